@@ -1,0 +1,36 @@
+#pragma once
+// Output files are written to a temporary file beside the target and renamed into place on
+// commit(), so a failure (or a crash) never leaves a partial or corrupted output.
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace quarot {
+
+// Throws quarot::Error if `target` is (the same file as) one of `inputs`.
+void refuse_overwriting_inputs(const std::string& target, const std::vector<std::string>& inputs);
+
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string target);  // creates the temporary file; throws on failure
+  ~AtomicFile();                            // removes the temporary file unless committed
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, std::size_t n);
+  void write(const std::string& s) { write(s.data(), s.size()); }
+  void commit();  // flush, fsync, rename over the target
+  const std::string& target() const { return target_; }
+
+ private:
+  std::string target_, temp_;
+  std::FILE* f_ = nullptr;
+  bool committed_ = false;
+};
+
+// Whole-file convenience.
+void write_file_atomic(const std::string& target, const std::string& contents);
+std::string read_text_file(const std::string& path);  // throws quarot::Error naming the path
+
+}  // namespace quarot

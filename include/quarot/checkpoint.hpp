@@ -1,0 +1,57 @@
+#pragma once
+// Checkpoint loaders and writers: llama2.c .bin and Hugging Face folders (safetensors, sharded
+// or not; F32/F16/BF16). Every loader memory-maps its files and converts each tensor once.
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "quarot/weights.hpp"
+
+namespace quarot {
+
+// Called as tensors are converted: (bytes done, bytes total). May be empty.
+using LoadProgress = std::function<void(uint64_t done, uint64_t total)>;
+
+// llama2.c legacy format: 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size
+// (negative = untied classifier follows), seq_len), then fp32 tensors, the freq_cis block
+// (skipped), and the classifier when untied. RoPE layout: interleaved pairs.
+ModelWeights load_llama2c(const std::string& path);
+ModelWeights parse_llama2c(std::span<const uint8_t> file, const std::string& label);
+
+// A Hugging Face folder: config.json + model.safetensors, or model.safetensors.index.json and
+// its shards. Tensors are checked against the shapes config.json implies.
+ModelWeights load_hf(const std::string& dir, const LoadProgress& progress = {});
+
+// The weight_map of model.safetensors.index.json: tensor name -> shard file name.
+std::map<std::string, std::string> parse_hf_index(const std::string& json_text,
+                                                  const std::string& label);
+
+// Picks the loader from the path: a folder (or a file inside one named config.json,
+// model.safetensors or model.safetensors.index.json) is Hugging Face; a .bin file is llama2.c.
+ModelWeights load_model(const std::string& path, const LoadProgress& progress = {});
+
+struct HfWriteOptions {
+  DType dtype = DType::F32;         // F32, F16 or BF16
+  uint64_t max_shard_bytes = 0;     // 0: one model.safetensors; else shards of at most this
+  std::vector<std::string> inputs;  // files the writer must never overwrite
+};
+
+// Writes config.json and the safetensors file(s) into `dir` (created if missing). Each file is
+// written atomically; config.json last. A model in the interleaved RoPE layout is permuted to
+// Hugging Face's layout on the way out.
+void save_hf(const ModelWeights& m, const std::string& dir, const HfWriteOptions& opts = {});
+
+// llama2.c's tokenizer.bin: int32 max_token_length, then per piece: float score, int32 length,
+// bytes. The file carries no count; it is read to its end.
+struct Llama2cTokenizer {
+  int max_token_length = 0;
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+};
+Llama2cTokenizer load_llama2c_tokenizer(const std::string& path);
+Llama2cTokenizer parse_llama2c_tokenizer(std::span<const uint8_t> file, const std::string& label);
+
+}  // namespace quarot

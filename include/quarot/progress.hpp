@@ -1,0 +1,27 @@
+#pragma once
+// Progress for long work: a bar on a terminal, a plain line every few seconds otherwise (CI
+// logs), nothing when asked; always a closing summary line unless mode is None.
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace quarot {
+
+enum class ProgressMode { Auto, Bar, Plain, None };
+ProgressMode parse_progress_mode(const std::string& s);  // auto|bar|plain|none
+
+class Progress {
+ public:
+  Progress(std::string label, ProgressMode mode);
+  void update(uint64_t done, uint64_t total);  // thread-compatible, not thread-safe
+  void finish(const std::string& summary);     // prints "label: summary (elapsed)"
+  double elapsed_s() const;
+
+ private:
+  std::string label_;
+  ProgressMode mode_;
+  std::chrono::steady_clock::time_point start_, last_print_;
+  bool printed_bar_ = false;
+};
+
+}  // namespace quarot

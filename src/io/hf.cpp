@@ -1,0 +1,271 @@
+// Hugging Face checkpoint folders: config.json + safetensors (one file, or shards + index).
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "quarot/atomic_file.hpp"
+#include "quarot/checkpoint.hpp"
+#include "quarot/error.hpp"
+#include "quarot/safetensors.hpp"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace quarot {
+
+namespace {
+
+constexpr const char* kIndexName = "model.safetensors.index.json";
+constexpr const char* kSingleName = "model.safetensors";
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+bool is_shard_name(const std::string& n) {
+  return n.rfind("model-", 0) == 0 && n.size() > 12 && n.ends_with(".safetensors") &&
+         n.find("-of-") != std::string::npos;
+}
+
+struct Located {
+  const SafetensorsFile* file;
+  const TensorInfo* info;
+};
+
+// One unit of conversion work: a slice of one tensor.
+struct Job {
+  const uint8_t* src;
+  DType dtype;
+  float* dst;
+  std::size_t n;
+};
+
+void run_jobs(const std::vector<Job>& jobs, const LoadProgress& progress) {
+  uint64_t total = 0;
+  for (const auto& j : jobs) total += j.n * dtype_size(j.dtype);
+  std::atomic<std::size_t> next{0};
+  std::mutex mu;
+  uint64_t done = 0;
+  auto worker = [&] {
+    for (std::size_t i; (i = next++) < jobs.size();) {
+      const Job& j = jobs[i];
+      convert_to_f32(j.dtype, j.src, j.n, j.dst);
+      if (progress) {
+        std::lock_guard lock(mu);
+        done += j.n * dtype_size(j.dtype);
+        progress(done, total);
+      }
+    }
+  };
+  const unsigned n_threads = std::max(1u, std::min(std::thread::hardware_concurrency(), 8u));
+  std::vector<std::thread> threads;
+  for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads) t.join();
+}
+
+}  // namespace
+
+std::map<std::string, std::string> parse_hf_index(const std::string& json_text, const std::string& label) {
+  json j;
+  try {
+    j = json::parse(json_text);
+  } catch (const json::exception& e) {
+    throw Error(label, std::string("not valid JSON: ") + e.what());
+  }
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+    throw Error(label, "no 'weight_map' object (not a safetensors index)");
+  std::map<std::string, std::string> map;
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    if (!it.value().is_string())
+      throw Error(label, "weight_map entry '" + it.key() + "' is not a file name");
+    const auto file = it.value().get<std::string>();
+    if (file.empty() || file.find('/') != std::string::npos || file == "." || file == "..")
+      throw Error(label, "weight_map entry '" + it.key() + "' names '" + file +
+                             "', not a file in the same folder");
+    map[it.key()] = file;
+  }
+  if (map.empty()) throw Error(label, "weight_map is empty");
+  return map;
+}
+
+ModelWeights load_hf(const std::string& dir, const LoadProgress& progress) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) throw Error(dir, "no such file or folder");
+  if (!fs::is_directory(dir, ec)) throw Error(dir, "not a Hugging Face model folder");
+  const fs::path root(dir);
+  const std::string config_path = (root / "config.json").string();
+  if (!fs::exists(config_path, ec)) throw Error(dir, "no config.json in this folder");
+  const ModelConfig config = parse_hf_config(read_text_file(config_path), config_path);
+
+  // Open the safetensors file(s).
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  std::map<std::string, Located> where;
+  const std::string index_path = (root / kIndexName).string();
+  auto add_file = [&](const std::string& path) -> SafetensorsFile& {
+    files.push_back(std::make_unique<SafetensorsFile>(path));
+    SafetensorsFile& f = *files.back();
+    for (const auto& t : f.header().tensors) {
+      auto [it, fresh] = where.emplace(t.name, Located{&f, &t});
+      if (!fresh)
+        throw Error(path, "duplicate tensor '" + t.name + "' (also in " + it->second.file->path() + ")");
+    }
+    return f;
+  };
+  if (fs::exists(index_path, ec)) {
+    const auto weight_map = parse_hf_index(read_text_file(index_path), index_path);
+    std::set<std::string> shard_names;
+    for (const auto& [name, file] : weight_map) shard_names.insert(file);
+    for (const auto& shard : shard_names) {
+      const std::string path = (root / shard).string();
+      if (!fs::exists(path, ec)) throw Error(index_path, "lists shard '" + shard + "', which is missing");
+      add_file(path);
+    }
+    for (const auto& [name, file] : weight_map) {
+      auto it = where.find(name);
+      if (it == where.end() || fs::path(it->second.file->path()).filename() != file)
+        throw Error((root / file).string(), "tensor '" + name + "' listed in the index is not in this shard");
+    }
+    for (const auto& [name, loc] : where)
+      if (!weight_map.count(name))
+        throw Error(loc.file->path(), "tensor '" + name + "' is not in the index's weight_map");
+  } else if (fs::exists(root / kSingleName, ec)) {
+    add_file((root / kSingleName).string());
+  } else {
+    throw Error(dir, std::string("no ") + kSingleName + " or " + kIndexName + " in this folder");
+  }
+
+  ModelWeights m;
+  m.config = config;
+  m.source = dir;
+  allocate(m);
+  std::vector<Job> jobs;
+  std::set<std::string> used;
+  for_each_tensor(m, [&](const TensorRef& t) {
+    auto it = where.find(t.name);
+    if (it == where.end()) throw Error(dir, "missing tensor '" + t.name + "' (config.json implies it)");
+    const auto& [file, info] = it->second;
+    if (info->shape != t.shape)
+      throw Error(file->path(), "tensor '" + t.name + "' has shape " + shape_str(info->shape) +
+                                    " but config.json implies " + shape_str(t.shape));
+    if (!is_float(info->dtype))
+      throw Error(file->path(), "tensor '" + t.name + "' has dtype " + std::string(dtype_name(info->dtype)) +
+                                    "; weights must be F32, F16 or BF16");
+    if (t.name == "model.embed_tokens.weight") m.source_dtype = info->dtype;
+    used.insert(t.name);
+    const auto bytes = file->data(*info);
+    const std::size_t esize = dtype_size(info->dtype);
+    constexpr std::size_t kSlice = std::size_t(16) << 20;  // elements per job: balances threads
+    for (std::size_t off = 0; off < t.data.size(); off += kSlice)
+      jobs.push_back({bytes.data() + off * esize, info->dtype, t.data.data() + off,
+                      std::min(kSlice, t.data.size() - off)});
+  });
+  for (const auto& [name, loc] : where) {
+    if (used.count(name) || name.ends_with("rotary_emb.inv_freq")) continue;
+    if (name == "lm_head.weight" && config.tied_embeddings) continue;  // tied: the embedding wins
+    throw Error(loc.file->path(), "unexpected tensor '" + name +
+                                      "' (config.json does not describe it: unsupported architecture?)");
+  }
+  run_jobs(jobs, progress);
+  return m;
+}
+
+ModelWeights load_model(const std::string& path, const LoadProgress& progress) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(path, "no such file or folder");
+  if (fs::is_directory(path, ec)) return load_hf(path, progress);
+  const fs::path p(path);
+  const std::string name = p.filename().string();
+  if (name == "config.json" || name == kSingleName || name == kIndexName || is_shard_name(name)) {
+    const fs::path parent = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    return load_hf(parent.string(), progress);
+  }
+  if (p.extension() == ".bin") return load_llama2c(path);
+  throw Error(path, "unknown checkpoint format (expected a llama2.c .bin or a Hugging Face folder)");
+}
+
+void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOptions& opts) {
+  if (opts.dtype != DType::F32 && opts.dtype != DType::F16 && opts.dtype != DType::BF16)
+    throw Error(dir, "Hugging Face weights are written as F32, F16 or BF16, not " +
+                         std::string(dtype_name(opts.dtype)));
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec)) throw Error(dir, "exists and is not a folder");
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(dir, "cannot create folder: " + ec.message());
+
+  // Hugging Face files use the rotate_half layout; permute a copy when needed.
+  std::unique_ptr<ModelWeights> converted;
+  const ModelWeights* m = &model;
+  if (model.config.rope_layout != RopeLayout::Half) {
+    converted = std::make_unique<ModelWeights>(model);
+    convert_rope_layout(*converted, RopeLayout::Half);
+    m = converted.get();
+  }
+
+  std::vector<TensorToWrite> all;
+  for_each_tensor(*m, [&](const TensorRef& t) {
+    all.push_back({t.name, opts.dtype, t.shape, t.data.data(), DType::F32});
+  });
+  // Group into shards.
+  std::vector<std::vector<TensorToWrite>> shards(1);
+  uint64_t shard_bytes = 0, total = 0;
+  for (auto& t : all) {
+    const uint64_t b = tensor_bytes(t.dtype, t.shape);
+    total += b;
+    if (opts.max_shard_bytes && shard_bytes > 0 && shard_bytes + b > opts.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(t);
+    shard_bytes += b;
+  }
+  const fs::path root(dir);
+  const std::map<std::string, std::string> meta{{"format", "pt"}};
+  std::set<std::string> written;
+  auto protect = [&](const std::string& path) { refuse_overwriting_inputs(path, opts.inputs); };
+  if (!opts.max_shard_bytes) {
+    const std::string path = (root / kSingleName).string();
+    protect(path);
+    write_safetensors(path, all, meta);
+    written.insert(kSingleName);
+  } else {
+    json weight_map = json::object();
+    char name[64];
+    for (std::size_t s = 0; s < shards.size(); ++s) {
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+      const std::string path = (root / name).string();
+      protect(path);
+      write_safetensors(path, shards[s], meta);
+      written.insert(name);
+      for (const auto& t : shards[s]) weight_map[t.name] = name;
+    }
+    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    protect((root / kIndexName).string());
+    write_file_atomic((root / kIndexName).string(), index.dump(2) + "\n");
+    written.insert(kIndexName);
+  }
+  // Remove model files of an earlier, differently sharded write, so the folder stays coherent.
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string n = entry.path().filename().string();
+    if (!(n == kSingleName || n == kIndexName || is_shard_name(n)) || written.count(n)) continue;
+    const bool is_input = std::any_of(opts.inputs.begin(), opts.inputs.end(), [&](const std::string& in) {
+      std::error_code e2;
+      return fs::equivalent(entry.path(), in, e2);
+    });
+    if (!is_input) fs::remove(entry.path(), ec);
+  }
+  const char* torch_dtype = opts.dtype == DType::F32 ? "float32" : opts.dtype == DType::F16 ? "float16" : "bfloat16";
+  const std::string config_path = (root / "config.json").string();
+  protect(config_path);
+  write_file_atomic(config_path, hf_config_json(m->config, torch_dtype));
+}
+
+}  // namespace quarot

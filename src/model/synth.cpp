@@ -1,0 +1,202 @@
+#include "quarot/synth.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <mutex>
+#include <thread>
+
+#include "quarot/error.hpp"
+
+namespace quarot {
+
+namespace {
+
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+
+// xoshiro256**: small, fast, and the same sequence everywhere.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) {
+    for (auto& w : s_) w = splitmix64(seed);
+  }
+  uint64_t next() {
+    const uint64_t r = rotl(s_[1] * 5, 7) * 9, t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return r;
+  }
+  // Uniform in [0, 1) with 24 random bits: exact in fp32.
+  float uniform() { return float(next() >> 40) * 0x1p-24f; }
+  // Approximately standard normal: the sum of four 24-bit uniforms (Irwin-Hall), centred and
+  // scaled to unit variance. Integer arithmetic and one multiply: bit-identical everywhere,
+  // unlike std::normal_distribution or Box-Muller through libm.
+  float gaussian() {
+    const uint64_t a = next(), b = next();
+    const uint64_t sum = (a >> 40) + ((a >> 8) & 0xffffff) + (b >> 40) + ((b >> 8) & 0xffffff);
+    return (float(sum) * 0x1p-24f - 2.0f) * 1.7320508f;
+  }
+
+ private:
+  static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+  uint64_t s_[4];
+};
+
+ModelConfig base_config(Family f, int hidden, int inter, int layers, int heads, int kv_heads,
+                        int vocab, int max_pos, double theta, double eps, bool tied) {
+  ModelConfig c;
+  c.family = f;
+  c.hidden = hidden;
+  c.intermediate = inter;
+  c.n_layers = layers;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.head_dim = hidden / heads;
+  c.vocab = vocab;
+  c.max_positions = max_pos;
+  c.rope_theta = theta;
+  c.rms_eps = eps;
+  c.tied_embeddings = tied;
+  c.rope_layout = RopeLayout::Half;
+  return c;
+}
+
+}  // namespace
+
+std::vector<std::string> synth_preset_names() {
+  return {"tiny", "llama2-7b-layer", "llama3-8b-layer", "qwen2-small"};
+}
+
+SynthSpec synth_preset(const std::string& name) {
+  SynthSpec s;
+  if (name == "tiny") {
+    s.config = base_config(Family::Llama, 64, 172, 2, 8, 4, 512, 512, 10000.0, 1e-5, false);
+    s.residual_outliers = 2;
+    s.ffn_outliers = 2;
+  } else if (name == "llama2-7b-layer") {
+    s.config = base_config(Family::Llama, 4096, 11008, 1, 32, 32, 32000, 4096, 10000.0, 1e-5, false);
+  } else if (name == "llama3-8b-layer") {
+    s.config = base_config(Family::Llama, 4096, 14336, 1, 32, 8, 128256, 8192, 500000.0, 1e-5, false);
+    s.config.bos_id = 128000;
+    s.config.eos_id = 128001;
+  } else if (name == "qwen2-small") {
+    s.config = base_config(Family::Qwen2, 896, 4864, 2, 14, 2, 151936, 32768, 1000000.0, 1e-6, true);
+    s.config.q_bias = s.config.k_bias = s.config.v_bias = true;
+    s.config.bos_id = 151643;
+    s.config.eos_id = 151645;
+  } else {
+    std::string known;
+    for (const auto& n : synth_preset_names()) known += (known.empty() ? "" : ", ") + n;
+    throw Error("--preset", "unknown synthetic preset '" + name + "' (known: " + known + ")");
+  }
+  return s;
+}
+
+PlantedOutliers planted_outliers(const SynthSpec& spec) {
+  PlantedOutliers p;
+  uint64_t state = spec.seed ^ 0x6f75746c69657273ull;  // "outliers"
+  Rng rng(splitmix64(state));
+  auto pick = [&](int count, int width, std::vector<int>& ch, std::vector<float>& sc) {
+    count = std::min(count, width);
+    while (int(ch.size()) < count) {
+      const int c = int(rng.next() % uint64_t(width));
+      if (std::find(ch.begin(), ch.end(), c) != ch.end()) continue;
+      ch.push_back(c);
+      sc.push_back(spec.outlier_min + (spec.outlier_max - spec.outlier_min) * rng.uniform());
+    }
+  };
+  pick(spec.residual_outliers, spec.config.hidden, p.residual_channels, p.residual_scales);
+  pick(spec.ffn_outliers, spec.config.intermediate, p.ffn_channels, p.ffn_scales);
+  return p;
+}
+
+ModelWeights make_synthetic(const SynthSpec& spec, const std::function<void(uint64_t, uint64_t)>& progress) {
+  ModelWeights m;
+  m.config = spec.config;
+  m.config.rope_layout = RopeLayout::Half;
+  m.source = "synthetic(seed " + std::to_string(spec.seed) + ")";
+  allocate(m);
+  const PlantedOutliers out = planted_outliers(spec);
+
+  std::vector<TensorRef> tensors;
+  for_each_tensor(m, [&](const TensorRef& t) { tensors.push_back(t); });
+
+  // Fill in chunks whose seeds depend only on (seed, name, chunk): the result does not depend
+  // on the number of threads.
+  constexpr std::size_t kChunk = std::size_t(1) << 20;
+  struct Chunk {
+    const TensorRef* t;
+    std::size_t begin, end;
+  };
+  std::vector<Chunk> chunks;
+  for (const auto& t : tensors)
+    for (std::size_t b = 0; b < t.data.size(); b += kChunk)
+      chunks.push_back({&t, b, std::min(t.data.size(), b + kChunk)});
+
+  auto fill = [&](const Chunk& ch) {
+    const TensorRef& t = *ch.t;
+    uint64_t state = spec.seed ^ fnv1a(t.name) ^ (ch.begin * 0x9e3779b97f4a7c15ull);
+    Rng rng(splitmix64(state));
+    const bool is_norm = t.name.ends_with("norm.weight");
+    const bool is_bias = t.name.ends_with(".bias");
+    const bool is_embed = t.name == "model.embed_tokens.weight";
+    const float fan_in = t.shape.size() == 2 ? float(t.shape[1]) : 1.f;
+    const float std = is_embed ? 1.0f : is_bias ? 0.1f : 1.0f / std::sqrt(fan_in);
+    for (std::size_t i = ch.begin; i < ch.end; ++i)
+      t.data[i] = is_norm ? 1.0f + 0.1f * rng.gaussian() : std * rng.gaussian();
+  };
+  std::atomic<std::size_t> next{0};
+  std::mutex mu;
+  uint64_t done = 0;
+  auto worker = [&] {
+    for (std::size_t i; (i = next++) < chunks.size();) {
+      fill(chunks[i]);
+      if (progress) {
+        std::lock_guard lock(mu);
+        progress(++done, chunks.size());
+      }
+    }
+  };
+  const unsigned n_threads = std::max(1u, std::min(std::thread::hardware_concurrency(), 8u));
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < n_threads; ++i) threads.emplace_back(worker);
+  worker();
+  for (auto& th : threads) th.join();
+
+  // Plant the outliers. Residual channels: embedding columns and the rows of o_proj/down_proj
+  // that add into them, so the channel stays large through every layer. FFN channels: rows of
+  // up_proj, so gate*up (down_proj's input) is large there.
+  const auto& c = m.config;
+  for (std::size_t k = 0; k < out.residual_channels.size(); ++k) {
+    const int ch = out.residual_channels[k];
+    const float s = out.residual_scales[k];
+    for (int v = 0; v < c.vocab; ++v) m.tok_embeddings.row(v)[ch] *= s;
+    for (auto& L : m.layers) {
+      for (int64_t j = 0; j < L.wo.cols; ++j) L.wo.row(ch)[j] *= s;
+      for (int64_t j = 0; j < L.w_down.cols; ++j) L.w_down.row(ch)[j] *= s;
+    }
+  }
+  for (std::size_t k = 0; k < out.ffn_channels.size(); ++k) {
+    const int ch = out.ffn_channels[k];
+    for (auto& L : m.layers)
+      for (int64_t j = 0; j < L.w_up.cols; ++j) L.w_up.row(ch)[j] *= out.ffn_scales[k];
+  }
+  return m;
+}
+
+}  // namespace quarot

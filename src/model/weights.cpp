@@ -1,0 +1,171 @@
+#include "quarot/weights.hpp"
+
+#include <cstdio>
+#include <sstream>
+
+namespace quarot {
+
+namespace {
+
+void size_matrix(Matrix& m, int64_t rows, int64_t cols) {
+  m.rows = rows;
+  m.cols = cols;
+  m.data.assign(static_cast<std::size_t>(rows * cols), 0.f);
+}
+
+template <class M, class Fn>
+void visit(M& m, const Fn& fn) {
+  const auto& c = m.config;
+  auto mat = [&](const std::string& name, auto& x) {
+    fn(TensorRef{name, {x.rows, x.cols}, {const_cast<float*>(x.data.data()), x.data.size()}});
+  };
+  auto vec = [&](const std::string& name, auto& v) {
+    fn(TensorRef{name, {static_cast<int64_t>(v.size())}, {const_cast<float*>(v.data()), v.size()}});
+  };
+  mat("model.embed_tokens.weight", m.tok_embeddings);
+  for (int i = 0; i < c.n_layers; ++i) {
+    auto& L = m.layers[i];
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    vec(p + "input_layernorm.weight", L.attn_norm);
+    mat(p + "self_attn.q_proj.weight", L.wq);
+    if (c.q_bias) vec(p + "self_attn.q_proj.bias", L.bq);
+    mat(p + "self_attn.k_proj.weight", L.wk);
+    if (c.k_bias) vec(p + "self_attn.k_proj.bias", L.bk);
+    mat(p + "self_attn.v_proj.weight", L.wv);
+    if (c.v_bias) vec(p + "self_attn.v_proj.bias", L.bv);
+    mat(p + "self_attn.o_proj.weight", L.wo);
+    if (c.o_bias) vec(p + "self_attn.o_proj.bias", L.bo);
+    vec(p + "post_attention_layernorm.weight", L.ffn_norm);
+    mat(p + "mlp.gate_proj.weight", L.w_gate);
+    mat(p + "mlp.up_proj.weight", L.w_up);
+    mat(p + "mlp.down_proj.weight", L.w_down);
+  }
+  vec("model.norm.weight", m.final_norm);
+  if (!c.tied_embeddings) mat("lm_head.weight", m.lm_head);
+}
+
+// Row permutation of one head's rows between RoPE layouts. Interleaved pair (2j, 2j+1) sits at
+// Half rows (j, j + d/2): this is the permutation Hugging Face's conversion script applies.
+void permute_heads(float* rows, int64_t cols, int n_heads, int head_dim, RopeLayout target) {
+  std::vector<float> tmp(static_cast<std::size_t>(head_dim * cols));
+  const int half = head_dim / 2;
+  for (int h = 0; h < n_heads; ++h) {
+    float* head = rows + int64_t(h) * head_dim * cols;
+    for (int j = 0; j < half; ++j) {
+      for (int k = 0; k < 2; ++k) {
+        const int inter = 2 * j + k, halfrow = j + k * half;
+        const int src = target == RopeLayout::Half ? inter : halfrow;
+        const int dst = target == RopeLayout::Half ? halfrow : inter;
+        std::copy(head + src * cols, head + (src + 1) * cols, tmp.data() + dst * cols);
+      }
+    }
+    std::copy(tmp.begin(), tmp.end(), head);
+  }
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.2f %s" : "%.0f %s", b, units[u]);
+  return buf;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+}  // namespace
+
+void allocate(ModelWeights& m) {
+  const auto& c = m.config;
+  c.validate(m.source);
+  size_matrix(m.tok_embeddings, c.vocab, c.hidden);
+  m.layers.assign(c.n_layers, LayerWeights{});
+  for (auto& L : m.layers) {
+    L.attn_norm.assign(c.hidden, 0.f);
+    size_matrix(L.wq, c.q_dim(), c.hidden);
+    size_matrix(L.wk, c.kv_dim(), c.hidden);
+    size_matrix(L.wv, c.kv_dim(), c.hidden);
+    size_matrix(L.wo, c.hidden, c.q_dim());
+    L.bq.assign(c.q_bias ? c.q_dim() : 0, 0.f);
+    L.bk.assign(c.k_bias ? c.kv_dim() : 0, 0.f);
+    L.bv.assign(c.v_bias ? c.kv_dim() : 0, 0.f);
+    L.bo.assign(c.o_bias ? c.hidden : 0, 0.f);
+    L.ffn_norm.assign(c.hidden, 0.f);
+    size_matrix(L.w_gate, c.intermediate, c.hidden);
+    size_matrix(L.w_up, c.intermediate, c.hidden);
+    size_matrix(L.w_down, c.hidden, c.intermediate);
+  }
+  m.final_norm.assign(c.hidden, 0.f);
+  if (c.tied_embeddings) m.lm_head = Matrix{};
+  else size_matrix(m.lm_head, c.vocab, c.hidden);
+}
+
+void for_each_tensor(ModelWeights& m, const std::function<void(const TensorRef&)>& fn) {
+  visit(m, fn);
+}
+void for_each_tensor(const ModelWeights& m, const std::function<void(const TensorRef&)>& fn) {
+  visit(m, fn);
+}
+
+int64_t parameter_count(const ModelWeights& m) {
+  int64_t n = 0;
+  for_each_tensor(m, [&](const TensorRef& t) { n += static_cast<int64_t>(t.data.size()); });
+  return n;
+}
+
+void convert_rope_layout(ModelWeights& m, RopeLayout target) {
+  auto& c = m.config;
+  if (c.rope_layout == target) return;
+  for (auto& L : m.layers) {
+    permute_heads(L.wq.data.data(), L.wq.cols, c.n_heads, c.head_dim, target);
+    permute_heads(L.wk.data.data(), L.wk.cols, c.n_kv_heads, c.head_dim, target);
+    if (!L.bq.empty()) permute_heads(L.bq.data(), 1, c.n_heads, c.head_dim, target);
+    if (!L.bk.empty()) permute_heads(L.bk.data(), 1, c.n_kv_heads, c.head_dim, target);
+  }
+  c.rope_layout = target;
+}
+
+std::string describe(const ModelWeights& m) {
+  const auto& c = m.config;
+  std::ostringstream o;
+  const int64_t params = parameter_count(m);
+  o << "model:        " << m.source << "\n"
+    << "architecture: " << family_name(c.family) << " (" << c.n_layers << " layers, hidden "
+    << c.hidden << ", FFN " << c.intermediate << ", " << c.n_heads << " heads, " << c.n_kv_heads
+    << " KV heads";
+  if (c.n_heads != c.n_kv_heads) o << ", GQA " << c.n_heads / c.n_kv_heads << ":1";
+  o << ", head_dim " << c.head_dim << ", vocab " << c.vocab << ")\n"
+    << "embeddings:   " << (c.tied_embeddings ? "tied (classifier = embedding)" : "untied") << "\n"
+    << "biases:       " << (c.q_bias ? "q " : "") << (c.k_bias ? "k " : "") << (c.v_bias ? "v " : "")
+    << (c.o_bias ? "o " : "") << (c.q_bias || c.k_bias || c.v_bias || c.o_bias ? "" : "none") << "\n"
+    << "rope:         theta " << c.rope_theta << ", layout " << rope_layout_name(c.rope_layout);
+  if (c.rope_scaling.type == RopeScalingType::Linear) o << ", linear scaling x" << c.rope_scaling.factor;
+  if (c.rope_scaling.type == RopeScalingType::Llama3) o << ", llama3 scaling x" << c.rope_scaling.factor;
+  o << "\n"
+    << "norm:         RMSNorm eps " << c.rms_eps << "\n"
+    << "positions:    max " << c.max_positions << "; bos " << c.bos_id << ", eos " << c.eos_id << "\n";
+  o << "tensors (per layer, layer 0 shown):\n";
+  for_each_tensor(m, [&](const TensorRef& t) {
+    const bool layer = t.name.rfind("model.layers.", 0) == 0;
+    if (layer && t.name.rfind("model.layers.0.", 0) != 0) return;
+    char line[160];
+    std::snprintf(line, sizeof line, "  %-48s %s\n", t.name.c_str(), shape_str(t.shape).c_str());
+    o << line;
+  });
+  const auto src_bytes = double(params) * double(dtype_size(m.source_dtype));
+  o << "parameters:   " << params << " (" << (double(params) / 1e6) << " M)\n"
+    << "dtype:        " << dtype_name(m.source_dtype) << " on disk, F32 in memory\n"
+    << "bytes:        " << human_bytes(src_bytes) << " as " << dtype_name(m.source_dtype) << ", "
+    << human_bytes(double(params) * 4) << " as F32\n";
+  return o.str();
+}
+
+}  // namespace quarot

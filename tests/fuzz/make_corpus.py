@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets (small valid and near-valid inputs).
+Run from the repository root: python3 tests/fuzz/make_corpus.py"""
+import json, os, struct
+
+root = "tests/fuzz/corpus"
+
+def st(header, data):
+    h = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+def put(target, name, blob):
+    os.makedirs(f"{root}/{target}", exist_ok=True)
+    with open(f"{root}/{target}/{name}", "wb") as f:
+        f.write(blob if isinstance(blob, bytes) else blob.encode())
+
+put("fuzz_safetensors", "valid", st({"__metadata__": {"format": "pt"},
+    "a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+    "b": {"dtype": "BF16", "shape": [3], "data_offsets": [16, 22]}}, bytes(22)))
+put("fuzz_safetensors", "empty-tensor", st({"e": {"dtype": "I8", "shape": [0], "data_offsets": [0, 0]}}, b""))
+put("fuzz_safetensors", "overlap", st({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+    "b": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]}}, bytes(6)))
+
+put("fuzz_hf_index", "index", json.dumps({"metadata": {"total_size": 8},
+    "weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors",
+                   "lm_head.weight": "model-00002-of-00002.safetensors"}}))
+put("fuzz_hf_index", "config-llama3", json.dumps({"model_type": "llama", "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "vocab_size": 100, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}, "eos_token_id": [2, 3]}))
+put("fuzz_hf_index", "config-qwen2", json.dumps({"model_type": "qwen2", "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "vocab_size": 100, "tie_word_embeddings": True, "sliding_window": 4096, "use_sliding_window": False}))
+
+# llama2.c: dim 4, hidden 6, 1 layer, 2 heads, 1 kv head, vocab 3 (tied), seq_len 2.
+d, f, L, nh, nkv, V, seq = 4, 6, 1, 2, 1, 3, 2
+hd = d // nh
+n = V * d + L * (d + d * d + 2 * nkv * hd * d + d * d + d + 3 * f * d) + d + seq * hd
+put("fuzz_llama2c", "tiny-tied", struct.pack("<7i", d, f, L, nh, nkv, V, seq) + struct.pack(f"<{n}f", *[0.5] * n))
+put("fuzz_llama2c", "tiny-untied", struct.pack("<7i", d, f, L, nh, nkv, -V, seq) + struct.pack(f"<{n + V * d}f", *[0.5] * (n + V * d)))
+tok = struct.pack("<i", 3) + b"".join(struct.pack("<fi", -float(i), len(p)) + p for i, p in enumerate([b"<s>", b"a", b"bc"]))
+put("fuzz_llama2c", "tokenizer", tok)

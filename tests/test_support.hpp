@@ -1,0 +1,87 @@
+#pragma once
+// Shared by the tests: where the real data lives (skip, never fail, when it is missing),
+// temporary folders, and running the tools as a user would.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace quarot::test {
+
+namespace fs = std::filesystem;
+
+// QUAROT_DATA (environment) overrides the configured default (../shared/data).
+inline std::string data_dir() {
+  if (const char* env = std::getenv("QUAROT_DATA")) return env;
+  return QUAROT_DATA_DIR;
+}
+
+inline std::string data_file(const std::string& rel) { return (fs::path(data_dir()) / rel).string(); }
+
+// Skips the current test with a clear message when a data file is missing.
+#define QUAROT_REQUIRE_DATA(rel)                                                          \
+  do {                                                                                    \
+    if (!std::filesystem::exists(::quarot::test::data_file(rel)))                         \
+      GTEST_SKIP() << "real data not found: " << ::quarot::test::data_file(rel)           \
+                   << " (set QUAROT_DATA or QUAROT_DATA_DIR to the shared data folder)"; \
+  } while (0)
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "quarot-test-XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& rel) const { return (path_ / rel).string(); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+inline std::vector<uint8_t> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+inline void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+}
+
+struct ToolResult {
+  int exit_code;
+  std::string stdout_text, stderr_text;
+};
+
+// Runs a quarot tool (by name, from the build's tools folder) with a shell-quoted argument string.
+inline ToolResult run_tool(const std::string& tool, const std::string& args) {
+  TempDir t;
+  const std::string out = t / "out", err = t / "err";
+  const std::string cmd = std::string(QUAROT_TOOL_DIR) + "/" + tool + " " + args + " >" + out + " 2>" + err + " </dev/null";
+  const int status = std::system(cmd.c_str());
+  auto slurp = [](const std::string& p) {
+    auto b = read_bytes(p);
+    return std::string(b.begin(), b.end());
+  };
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+inline int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+}  // namespace quarot::test

@@ -1,0 +1,82 @@
+#pragma once
+// What every quarot tool shares: exit codes (0 ok, 1 failure, 2 usage), one-line errors, and
+// CLI11 errors remapped to those codes.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include "quarot/error.hpp"
+
+namespace quarot::cli {
+
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+
+// Parses argv; returns -1 to go on, or the exit code to return now (help: 0, usage error: 2).
+inline int parse(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "%s: error: %s (see --help)\n", app.get_name().c_str(), e.what());
+    return kExitUsage;
+  }
+  return -1;
+}
+
+// Runs the tool body; any quarot::Error (or other exception) becomes one line and exit 1.
+template <class Fn>
+int run(const std::string& tool, Fn&& body) {
+  try {
+    return body();
+  } catch (const quarot::Error& e) {
+    std::fprintf(stderr, "%s: error: %s\n", tool.c_str(), e.what());
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "%s: error: out of memory\n", tool.c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", tool.c_str(), e.what());
+  }
+  return kExitFailure;
+}
+
+}  // namespace quarot::cli
+
+#include <cctype>
+#include <cstdint>
+
+#include "quarot/dtype.hpp"
+
+namespace quarot::cli {
+
+// "512M", "2G", "2GB", "1048576" -> bytes (powers of 1024). Throws CLI::ValidationError.
+inline uint64_t parse_bytes(const std::string& s) {
+  std::size_t pos = 0;
+  unsigned long long v = 0;
+  try {
+    v = std::stoull(s, &pos);
+  } catch (const std::exception&) {
+    throw CLI::ValidationError("size", "'" + s + "' is not a size like 512M or 2G");
+  }
+  std::string unit = s.substr(pos);
+  for (auto& ch : unit) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+  if (unit.ends_with("IB")) unit.resize(unit.size() - 2);
+  else if (unit.ends_with("B")) unit.pop_back();
+  const int shift = unit.empty() ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : unit == "T" ? 40 : -1;
+  if (shift < 0) throw CLI::ValidationError("size", "'" + s + "' has an unknown unit (K, M, G, T)");
+  return uint64_t(v) << shift;
+}
+
+inline DType parse_float_dtype(const std::string& s) {
+  if (s == "f32" || s == "F32" || s == "float32") return DType::F32;
+  if (s == "f16" || s == "F16" || s == "float16") return DType::F16;
+  if (s == "bf16" || s == "BF16" || s == "bfloat16") return DType::BF16;
+  throw CLI::ValidationError("--dtype", "'" + s + "' is not one of f32, f16, bf16");
+}
+
+}  // namespace quarot::cli

@@ -1,0 +1,38 @@
+// quarot-inspect: load a checkpoint (llama2.c .bin or Hugging Face folder) and print what it is.
+#include <cstdio>
+
+#include "cli.hpp"
+#include "quarot/checkpoint.hpp"
+#include "quarot/progress.hpp"
+
+int main(int argc, char** argv) {
+  struct Args {
+    std::string model, tokenizer, progress = "auto";
+  } args;
+  CLI::App app{
+      "Load a LLaMA-style checkpoint and print its summary: architecture, shapes, parameter\n"
+      "count, dtype and bytes. MODEL is a llama2.c .bin file or a Hugging Face folder\n"
+      "(config.json + model.safetensors, or sharded with model.safetensors.index.json).\n"
+      "Every tensor is read and validated, so this also checks a checkpoint end to end.",
+      "quarot-inspect"};
+  app.add_option("model", args.model, "checkpoint: llama2.c .bin or Hugging Face folder")->required();
+  app.add_option("--tokenizer", args.tokenizer, "also load a llama2.c tokenizer.bin and summarize it");
+  app.add_option("--progress", args.progress, "progress display while loading")
+      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
+      ->capture_default_str();
+  if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
+
+  return quarot::cli::run("quarot-inspect", [&] {
+    quarot::Progress progress("load", quarot::parse_progress_mode(args.progress));
+    const auto m = quarot::load_model(args.model, [&](uint64_t d, uint64_t t) { progress.update(d, t); });
+    progress.finish(std::to_string(quarot::parameter_count(m)) + " parameters read");
+    std::fputs(quarot::describe(m).c_str(), stdout);
+    if (!args.tokenizer.empty()) {
+      const auto tok = quarot::load_llama2c_tokenizer(args.tokenizer);
+      std::printf("tokenizer:    %s: %zu pieces, max piece length %d%s\n", args.tokenizer.c_str(),
+                  tok.pieces.size(), tok.max_token_length,
+                  int(tok.pieces.size()) == m.config.vocab ? "" : "  (WARNING: vocab size differs from the model's)");
+    }
+    return 0;
+  });
+}
