@@ -10,12 +10,13 @@
 
 #include "quarot/config.hpp"
 #include "quarot/dtype.hpp"
+#include "quarot/large_buffer.hpp"
 
 namespace quarot {
 
 struct Matrix {
   int64_t rows = 0, cols = 0;
-  std::vector<float> data;  // rows * cols, row-major
+  FloatBuffer data;  // rows * cols, row-major (huge-page backed when large)
   float* row(int64_t r) { return data.data() + r * cols; }
   const float* row(int64_t r) const { return data.data() + r * cols; }
 };
