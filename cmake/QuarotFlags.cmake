@@ -16,3 +16,8 @@ if(QUAROT_SANITIZE)
                          -fno-sanitize-recover=all -fno-omit-frame-pointer)
   target_link_options(quarot_flags INTERFACE -fsanitize=address,undefined)
 endif()
+if(QUAROT_NATIVE)
+  # Like llama.cpp's GGML_NATIVE: quarot is built where it runs, and Eigen picks its SIMD width
+  # at compile time. Kernels with run-time dispatch (later: INT4) do not depend on this.
+  target_compile_options(quarot_flags INTERFACE -march=native)
+endif()

@@ -1,0 +1,76 @@
+#pragma once
+// The float forward pass of a LLaMA-family decoder: a window of tokens at once (prefill, causal
+// attention) or one token at a time (decode), both through the same KV cache.
+//
+// Per layer, in order (the named hook points are where later stages insert online transforms
+// and fake quantizers; a hook sees the activation as [tokens][width], row-major, and may
+// change it in place):
+//   h = RMSNorm(x) * attn_norm            -> QkvInput       (input of q/k/v_proj)
+//   q, k, v = h Wq^T + bq, ...            ; RoPE on q and k
+//                                         -> QueryAfterRope, KeyAfterRope, ValueAfterProj
+//   a = softmax(q k^T / sqrt(d) + causal) v
+//                                         -> OProjInput     (input of o_proj)
+//   x += a Wo^T + bo
+//   h = RMSNorm(x) * ffn_norm             -> GateUpInput    (input of gate/up_proj)
+//   m = silu(h Wg^T) * (h Wu^T)           -> DownProjInput  (input of down_proj)
+//   x += m Wd^T
+// then logits = RMSNorm(x) * final_norm W_cls^T (the classifier's input is not hooked).
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "quarot/weights.hpp"
+
+namespace quarot {
+
+enum class HookPoint { QkvInput, QueryAfterRope, KeyAfterRope, ValueAfterProj, OProjInput, GateUpInput, DownProjInput };
+const char* hook_point_name(HookPoint p);
+
+template <class T>
+struct ActivationView {
+  T* data;
+  int rows;  // tokens
+  int cols;  // width at this point
+  T* row(int r) const { return data + int64_t(r) * cols; }
+};
+
+template <class T>
+using ForwardHook = std::function<void(HookPoint, int layer, const ActivationView<T>&)>;
+
+// T = float (weights used in place, no copy) or double (weights converted once; for tests and
+// invariance proofs). Threads: OpenMP, all cores unless QUAROT_THREADS / omp settings say less.
+template <class T>
+class Transformer {
+ public:
+  Transformer(const ModelWeights& weights, int max_context);
+  ~Transformer();
+  Transformer(Transformer&&) noexcept;
+  Transformer& operator=(Transformer&&) noexcept;
+
+  const ModelConfig& config() const;
+  int max_context() const;
+  int position() const;  // tokens in the KV cache
+  void reset();          // empties the KV cache
+  void set_hook(ForwardHook<T> hook);
+
+  // Runs `tokens` at positions position() .. position()+n-1 (attending to the cache and to each
+  // other causally), appends their keys/values to the cache and writes logits [n][vocab].
+  // Throws quarot::Error when the cache would overflow max_context or a token is out of range.
+  void forward(std::span<const int> tokens, std::vector<T>& logits);
+  // Logits of the last token only (decode): saves the classifier GEMM for the other tokens.
+  void forward_last(std::span<const int> tokens, std::vector<T>& logits);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+extern template class Transformer<float>;
+extern template class Transformer<double>;
+
+// Greedy decoding from `prompt`: appends `n_new` argmax tokens (stops early at eos if asked).
+std::vector<int> generate_greedy(Transformer<float>& model, std::span<const int> prompt, int n_new, bool stop_at_eos);
+
+}  // namespace quarot

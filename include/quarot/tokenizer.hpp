@@ -1,0 +1,37 @@
+#pragma once
+// Tokenizers: SentencePiece models (libsentencepiece) and llama2.c's tokenizer.bin (its own BPE
+// merge by score and decoding, as run.c does). encode() never adds BOS: callers decide, by the
+// evaluation protocol.
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace quarot {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual std::vector<int> encode(const std::string& text) const = 0;
+  virtual std::string decode(std::span<const int> ids) const = 0;
+  virtual int vocab_size() const = 0;
+  virtual int bos_id() const { return 1; }
+  virtual int eos_id() const { return 2; }
+  virtual std::string kind() const = 0;
+};
+
+// By file: *.model -> SentencePiece; anything else -> llama2.c tokenizer.bin.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
+std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path);
+std::unique_ptr<Tokenizer> load_llama2c_bpe(const std::string& path);
+
+// Reads a text file for tokenization with Windows line endings (CRLF) turned into LF: the
+// evaluation protocols are defined on LF text (WikiText-2 as shipped in ../shared/data has CRLF,
+// which costs 8,713 extra LLaMA-2 tokens). `crlf_count`, when given, receives how many.
+std::string read_text_lf(const std::string& path, std::size_t* crlf_count = nullptr);
+
+// Pre-tokenized ids: whitespace-separated integers, one sequence per line (blank lines
+// skipped). Every id is checked against `vocab` (when > 0); errors name file and line.
+std::vector<std::vector<int>> read_ids_file(const std::string& path, int vocab);
+
+}  // namespace quarot

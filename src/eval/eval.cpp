@@ -1,0 +1,148 @@
+#include "quarot/eval.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "quarot/error.hpp"
+
+namespace quarot {
+
+Protocol parse_protocol(const std::string& s) {
+  if (s == "paper") return Protocol::Paper;
+  if (s == "llama.cpp" || s == "llamacpp") return Protocol::LlamaCpp;
+  throw Error("--protocol", "must be paper or llama.cpp, got '" + s + "'");
+}
+std::string protocol_name(Protocol p) { return p == Protocol::Paper ? "paper" : "llama.cpp"; }
+
+namespace {
+
+Window cut(const int* begin, int ctx, Protocol p, int bos) {
+  Window w{std::vector<int>(begin, begin + ctx), 0};
+  if (p == Protocol::LlamaCpp) {
+    w.tokens[0] = bos;
+    w.first_scored = ctx / 2;
+  }
+  return w;
+}
+
+// log-softmax of one row in double: returns log Z (so log p_i = x_i - logZ).
+double log_partition(const float* x, int n) {
+  const double mx = *std::max_element(x, x + n);
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += std::exp(double(x[i]) - mx);
+  return mx + std::log(s);
+}
+
+}  // namespace
+
+std::vector<Window> make_windows(const std::vector<int>& stream, Protocol p, int ctx, int bos, int max_windows) {
+  if (ctx < 2) throw Error("--ctx", "must be at least 2");
+  std::vector<Window> out;
+  for (std::size_t at = 0; at + std::size_t(ctx) <= stream.size(); at += std::size_t(ctx)) {
+    if (max_windows > 0 && int(out.size()) >= max_windows) break;
+    out.push_back(cut(stream.data() + at, ctx, p, bos));
+  }
+  return out;
+}
+
+std::vector<Window> windows_per_sequence(const std::vector<std::vector<int>>& seqs, Protocol p, int ctx, int bos,
+                                         int max_windows) {
+  std::vector<Window> out;
+  for (const auto& s : seqs) {
+    if (s.size() < 2) continue;
+    if (int(s.size()) <= ctx) {
+      if (max_windows > 0 && int(out.size()) >= max_windows) break;
+      out.push_back(cut(s.data(), int(s.size()), p, bos));
+      continue;
+    }
+    for (auto& w : make_windows(s, p, ctx, bos, 0)) {
+      if (max_windows > 0 && int(out.size()) >= max_windows) break;
+      out.push_back(std::move(w));
+    }
+  }
+  return out;
+}
+
+EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& windows, Protocol p, Transformer<float>* base,
+                    const EvalProgress& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  EvalResult r;
+  r.protocol = p;
+  r.has_kld = base != nullptr;
+  const int V = model.config().vocab;
+  if (base && base->config().vocab != V) throw Error("--kld-base", "the base model's vocabulary differs");
+  std::vector<float> logits, base_logits;
+  std::vector<double> all_nll, klds;
+  long long agree = 0;
+  double sum_window_means = 0;
+  for (std::size_t wi = 0; wi < windows.size(); ++wi) {
+    const Window& w = windows[wi];
+    r.ctx = std::max(r.ctx, int(w.tokens.size()));
+    model.reset();
+    model.forward(w.tokens, logits);
+    if (base) {
+      base->reset();
+      base->forward(w.tokens, base_logits);
+    }
+    double window_sum = 0;
+    int window_n = 0;
+    for (int j = w.first_scored; j + 1 < int(w.tokens.size()); ++j) {
+      const float* x = logits.data() + std::size_t(j) * V;
+      const double logz = log_partition(x, V);
+      const double nll = logz - x[w.tokens[j + 1]];
+      window_sum += nll;
+      ++window_n;
+      all_nll.push_back(nll);
+      if (base) {
+        const float* b = base_logits.data() + std::size_t(j) * V;
+        const double logzb = log_partition(b, V);
+        double kl = 0;
+        for (int i = 0; i < V; ++i) {
+          const double lpb = b[i] - logzb;
+          kl += std::exp(lpb) * (lpb - (x[i] - logz));
+        }
+        klds.push_back(std::max(0.0, kl));
+        agree += (std::max_element(x, x + V) - x) == (std::max_element(b, b + V) - b);
+      }
+    }
+    if (window_n == 0) continue;
+    r.window_nll.push_back(window_sum / window_n);
+    sum_window_means += window_sum / window_n;
+    r.windows = int(r.window_nll.size());
+    r.tokens_scored += window_n;
+    // Running figures, so the progress line can show "ppl so far".
+    if (p == Protocol::Paper) {
+      r.mean_nll = sum_window_means / r.windows;
+    } else {
+      double s = 0;
+      for (double v : all_nll) s += v;
+      r.mean_nll = s / double(all_nll.size());
+    }
+    r.ppl = std::exp(r.mean_nll);
+    if (progress) progress(int(wi) + 1, int(windows.size()), r);
+  }
+  if (r.windows == 0) throw Error("evaluation", "no window to score (the text is shorter than one context window)");
+  if (p == Protocol::LlamaCpp && all_nll.size() > 1) {
+    // As llama.cpp: the standard error of the mean NLL, carried to PPL to first order.
+    double mean = r.mean_nll, var = 0;
+    for (double v : all_nll) var += (v - mean) * (v - mean);
+    var /= double(all_nll.size() - 1);
+    r.ppl_stderr = r.ppl * std::sqrt(var / double(all_nll.size()));
+  }
+  if (base && !klds.empty()) {
+    double s = 0;
+    for (double k : klds) s += k;
+    r.kld_mean = s / double(klds.size());
+    r.kld_max = *std::max_element(klds.begin(), klds.end());
+    auto sorted = klds;
+    const std::size_t k99 = std::min(sorted.size() - 1, std::size_t(std::ceil(0.99 * double(sorted.size()))) - 1);
+    std::nth_element(sorted.begin(), sorted.begin() + std::ptrdiff_t(k99), sorted.end());
+    r.kld_p99 = sorted[k99];
+    r.top1_agreement = double(agree) / double(klds.size());
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace quarot

@@ -1,0 +1,184 @@
+// quarot-eval: perplexity (and KL divergence against a base model) of a checkpoint on a text or
+// a pre-tokenized ids file, under the QuaRot/GPTQ ("paper") or llama.cpp protocol.
+#include <omp.h>
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli.hpp"
+#include "quarot/atomic_file.hpp"
+#include "quarot/checkpoint.hpp"
+#include "quarot/eval.hpp"
+#include "quarot/progress.hpp"
+#include "quarot/sha256.hpp"
+#include "quarot/tokenizer.hpp"
+
+int main(int argc, char** argv) {
+  struct Args {
+    std::string model, text, tokenizer, ids, ids_lines = "stream", split_docs, protocol = "paper", kld_base, json,
+        progress = "auto";
+    int ctx = 0, chunks = 0, threads = 0;
+  } args;
+  CLI::App app{
+      "Perplexity of a checkpoint on a text (with its tokenizer) or a pre-tokenized ids file.\n"
+      "Protocols: 'paper' (QuaRot/GPTQ: one BOS in front, non-overlapping windows of --ctx, tail\n"
+      "dropped, every target scored, PPL = exp(mean of window mean NLL)); 'llama.cpp' (windows of\n"
+      "--ctx, first token set to BOS, second half scored, PPL ± standard error).\n"
+      "With --kld-base, also KL(base || model): mean, 99th percentile, top-1 agreement.\n"
+      "TinyStories (see ../shared/data/MANIFEST.md):\n"
+      "  quarot-eval stories260K.bin --ids validation_100.tok512.ids --ctx 512",
+      "quarot-eval"};
+  app.add_option("model", args.model, "checkpoint: llama2.c .bin or Hugging Face folder")->required();
+  auto* text = app.add_option("--text", args.text, "text file to evaluate (needs --tokenizer)");
+  app.add_option("--tokenizer", args.tokenizer, "SentencePiece .model or llama2.c tokenizer .bin");
+  auto* ids = app.add_option("--ids", args.ids, "pre-tokenized ids: whitespace-separated, one sequence per line");
+  app.add_option("--ids-lines", args.ids_lines,
+                 "stream: lines concatenated into one token stream (the TinyStories protocol); "
+                 "windows: each line is its own window")
+      ->check(CLI::IsMember({"stream", "windows"}))
+      ->capture_default_str();
+  app.add_option("--split-docs", args.split_docs,
+                 "with --text: split at this separator (e.g. '<|endoftext|>'), strip each document and "
+                 "give each its own BOS");
+  app.add_option("--protocol", args.protocol, "paper or llama.cpp")
+      ->check(CLI::IsMember({"paper", "llama.cpp"}))
+      ->capture_default_str();
+  app.add_option("--ctx", args.ctx, "window length (default: 2048 paper / 512 llama.cpp, capped at the model's max)")
+      ->check(CLI::Range(2, 1 << 20));
+  app.add_option("--chunks", args.chunks, "evaluate at most this many windows (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--kld-base", args.kld_base, "base checkpoint for KL divergence and top-1 agreement");
+  app.add_option("--json", args.json, "write every figure to this JSON file");
+  app.add_option("--threads", args.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--progress", args.progress, "per-window lines: auto|bar|plain|none")
+      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
+      ->capture_default_str();
+  text->excludes(ids);
+  if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
+  if (args.text.empty() == args.ids.empty()) {
+    std::fprintf(stderr, "quarot-eval: error: give exactly one of --text or --ids (see --help)\n");
+    return quarot::cli::kExitUsage;
+  }
+  if (!args.text.empty() && args.tokenizer.empty()) {
+    std::fprintf(stderr, "quarot-eval: error: --text needs --tokenizer (see --help)\n");
+    return quarot::cli::kExitUsage;
+  }
+
+  return quarot::cli::run("quarot-eval", [&] {
+    if (args.threads > 0) omp_set_num_threads(args.threads);
+    const quarot::Protocol protocol = quarot::parse_protocol(args.protocol);
+    const auto weights = quarot::load_model(args.model);
+    const auto& cfg = weights.config;
+    int ctx = args.ctx ? args.ctx : (protocol == quarot::Protocol::Paper ? 2048 : 512);
+    if (ctx > cfg.max_positions) {
+      if (args.ctx) std::fprintf(stderr, "quarot-eval: --ctx %d exceeds the model's %d positions; using %d\n", ctx, cfg.max_positions, cfg.max_positions);
+      ctx = cfg.max_positions;
+    }
+
+    // Token source.
+    std::vector<quarot::Window> windows;
+    std::string source, source_sha;
+    long long source_tokens = 0;
+    const int bos = cfg.bos_id >= 0 ? cfg.bos_id : 1;
+    if (!args.ids.empty()) {
+      source = args.ids;
+      source_sha = quarot::sha256_file(args.ids);
+      const auto seqs = quarot::read_ids_file(args.ids, cfg.vocab);
+      for (const auto& s : seqs) source_tokens += (long long)s.size();
+      if (args.ids_lines == "windows") {
+        windows = quarot::windows_per_sequence(seqs, protocol, ctx, bos, args.chunks);
+      } else {
+        std::vector<int> stream;
+        for (const auto& s : seqs) stream.insert(stream.end(), s.begin(), s.end());
+        windows = quarot::make_windows(stream, protocol, ctx, bos, args.chunks);
+      }
+    } else {
+      source = args.text;
+      source_sha = quarot::sha256_file(args.text);
+      const auto tok = quarot::load_tokenizer(args.tokenizer);
+      if (tok->vocab_size() != cfg.vocab)
+        throw quarot::Error(args.tokenizer, "has " + std::to_string(tok->vocab_size()) + " pieces but the model's vocabulary is " +
+                                                std::to_string(cfg.vocab));
+      std::size_t crlf = 0;
+      const std::string text_all = quarot::read_text_lf(args.text, &crlf);
+      if (crlf) std::fprintf(stderr, "quarot-eval: %s: %zu CRLF line endings read as LF\n", args.text.c_str(), crlf);
+      std::vector<int> stream;
+      auto add_doc = [&](std::string doc) {
+        const auto b = doc.find_first_not_of(" \t\r\n");
+        const auto e = doc.find_last_not_of(" \t\r\n");
+        doc = b == std::string::npos ? "" : doc.substr(b, e - b + 1);
+        if (doc.empty()) return;
+        stream.push_back(bos);
+        const auto t = tok->encode(doc);
+        stream.insert(stream.end(), t.begin(), t.end());
+      };
+      if (args.split_docs.empty()) {
+        stream.push_back(bos);  // the paper protocol: the whole text, one BOS in front
+        const auto t = tok->encode(text_all);
+        stream.insert(stream.end(), t.begin(), t.end());
+      } else {
+        for (std::size_t at = 0;;) {
+          const auto next = text_all.find(args.split_docs, at);
+          add_doc(text_all.substr(at, next == std::string::npos ? std::string::npos : next - at));
+          if (next == std::string::npos) break;
+          at = next + args.split_docs.size();
+        }
+      }
+      source_tokens = (long long)stream.size();
+      windows = quarot::make_windows(stream, protocol, ctx, bos, args.chunks);
+    }
+    if (windows.empty())
+      throw quarot::Error(source, std::to_string(source_tokens) + " tokens: shorter than one window of " + std::to_string(ctx));
+
+    int max_len = 0;
+    for (const auto& w : windows) max_len = std::max(max_len, int(w.tokens.size()));
+    quarot::Transformer<float> model(weights, max_len);
+    std::unique_ptr<quarot::ModelWeights> base_weights;
+    std::unique_ptr<quarot::Transformer<float>> base;
+    if (!args.kld_base.empty()) {
+      base_weights = std::make_unique<quarot::ModelWeights>(quarot::load_model(args.kld_base));
+      base = std::make_unique<quarot::Transformer<float>>(*base_weights, max_len);
+    }
+    const auto mode = quarot::parse_progress_mode(args.progress);
+    std::fprintf(stderr, "quarot-eval: %s, protocol %s, %zu windows of %d tokens, %d threads\n", args.model.c_str(),
+                 args.protocol.c_str(), windows.size(), ctx, omp_get_max_threads());
+    const auto r = quarot::evaluate(model, windows, protocol, base.get(), [&](int i, int n, const quarot::EvalResult& s) {
+      if (mode != quarot::ProgressMode::None) std::fprintf(stderr, "[%d/%d] ppl so far %.4f\n", i, n, s.ppl);
+    });
+
+    std::printf("model:      %s\n", args.model.c_str());
+    std::printf("tokens:     %s (%lld tokens, sha256 %s)\n", source.c_str(), source_tokens, source_sha.c_str());
+    std::printf("protocol:   %s, ctx %d, %d windows, %lld targets scored\n", args.protocol.c_str(), ctx, r.windows, r.tokens_scored);
+    if (protocol == quarot::Protocol::LlamaCpp) std::printf("perplexity: %.4f ± %.4f\n", r.ppl, r.ppl_stderr);
+    else std::printf("perplexity: %.4f\n", r.ppl);
+    if (r.has_kld)
+      std::printf("KLD vs %s: mean %.6f, p99 %.6f, max %.6f; top-1 agreement %.2f%%\n", args.kld_base.c_str(), r.kld_mean,
+                  r.kld_p99, r.kld_max, 100 * r.top1_agreement);
+    std::printf("time:       %.2fs (%.0f tokens/s)\n", r.seconds, double(r.windows) * ctx / r.seconds);
+
+    if (!args.json.empty()) {
+      nlohmann::json j = {
+          {"schema", "quarot-eval/1"},
+          {"model", args.model},
+          {"protocol", quarot::protocol_name(protocol)},
+          {"ctx", ctx},
+          {"token_source", {{"path", source}, {"sha256", source_sha}, {"tokens", source_tokens},
+                            {"kind", args.ids.empty() ? "text" : "ids"}, {"tokenizer", args.tokenizer},
+                            {"ids_lines", args.ids.empty() ? "" : args.ids_lines}, {"split_docs", args.split_docs}}},
+          {"windows", r.windows},
+          {"tokens_scored", r.tokens_scored},
+          {"mean_nll", r.mean_nll},
+          {"perplexity", r.ppl},
+          {"perplexity_stderr", r.ppl_stderr},
+          {"window_nll", r.window_nll},
+          {"seconds", r.seconds},
+          {"threads", omp_get_max_threads()},
+      };
+      if (r.has_kld)
+        j["kld"] = {{"base", args.kld_base}, {"mean", r.kld_mean}, {"p99", r.kld_p99}, {"max", r.kld_max},
+                    {"top1_agreement", r.top1_agreement}};
+      quarot::write_file_atomic(args.json, j.dump(2) + "\n");
+    }
+    return 0;
+  });
+}
