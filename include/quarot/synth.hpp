@@ -18,6 +18,7 @@ struct SynthSpec {
   uint64_t seed = 0;
   int residual_outliers = 4;  // channels of the residual stream
   int ffn_outliers = 4;       // channels of the FFN activation (down_proj's input)
+  int kv_outliers = 2;        // key and value channels (rows of k_proj / v_proj), hence o_proj's input
   float outlier_min = 20.f, outlier_max = 100.f;
 };
 
@@ -26,8 +27,8 @@ std::vector<std::string> synth_preset_names();
 SynthSpec synth_preset(const std::string& name);
 
 struct PlantedOutliers {
-  std::vector<int> residual_channels, ffn_channels;
-  std::vector<float> residual_scales, ffn_scales;
+  std::vector<int> residual_channels, ffn_channels, kv_channels;
+  std::vector<float> residual_scales, ffn_scales, kv_scales;
 };
 PlantedOutliers planted_outliers(const SynthSpec& spec);
 

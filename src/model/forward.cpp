@@ -4,18 +4,12 @@
 
 #include <omp.h>
 
-// GCC 12's avx512fintrin.h (_mm512_extractf64x4_pd, inlined through Eigen's packet math) trips
-// -Wmaybe-uninitialized on its own undefined-vector idiom; nothing in this file is uninitialized.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numbers>
 
+#include "quarot/detail/eigen.hpp"
 #include "quarot/error.hpp"
 
 namespace quarot {

@@ -6,56 +6,16 @@
 #include <mutex>
 #include <thread>
 
+#include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
 
 namespace quarot {
 
+using detail::fnv1a;
+using detail::Rng;
+using detail::splitmix64;
+
 namespace {
-
-uint64_t splitmix64(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
-
-// xoshiro256**: small, fast, and the same sequence everywhere.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) {
-    for (auto& w : s_) w = splitmix64(seed);
-  }
-  uint64_t next() {
-    const uint64_t r = rotl(s_[1] * 5, 7) * 9, t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = rotl(s_[3], 45);
-    return r;
-  }
-  // Uniform in [0, 1) with 24 random bits: exact in fp32.
-  float uniform() { return float(next() >> 40) * 0x1p-24f; }
-  // Approximately standard normal: the sum of four 24-bit uniforms (Irwin-Hall), centred and
-  // scaled to unit variance. Integer arithmetic and one multiply: bit-identical everywhere,
-  // unlike std::normal_distribution or Box-Muller through libm.
-  float gaussian() {
-    const uint64_t a = next(), b = next();
-    const uint64_t sum = (a >> 40) + ((a >> 8) & 0xffffff) + (b >> 40) + ((b >> 8) & 0xffffff);
-    return (float(sum) * 0x1p-24f - 2.0f) * 1.7320508f;
-  }
-
- private:
-  static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  uint64_t s_[4];
-};
 
 ModelConfig base_config(Family f, int hidden, int inter, int layers, int heads, int kv_heads,
                         int vocab, int max_pos, double theta, double eps, bool tied) {
@@ -122,6 +82,7 @@ PlantedOutliers planted_outliers(const SynthSpec& spec) {
   };
   pick(spec.residual_outliers, spec.config.hidden, p.residual_channels, p.residual_scales);
   pick(spec.ffn_outliers, spec.config.intermediate, p.ffn_channels, p.ffn_scales);
+  pick(spec.kv_outliers, spec.config.kv_dim(), p.kv_channels, p.kv_scales);
   return p;
 }
 
@@ -195,6 +156,15 @@ ModelWeights make_synthetic(const SynthSpec& spec, const std::function<void(uint
     const int ch = out.ffn_channels[k];
     for (auto& L : m.layers)
       for (int64_t j = 0; j < L.w_up.cols; ++j) L.w_up.row(ch)[j] *= out.ffn_scales[k];
+  }
+  // Key and value channels: rows of k_proj and v_proj (the value outliers reach o_proj's input).
+  for (std::size_t k = 0; k < out.kv_channels.size(); ++k) {
+    const int ch = out.kv_channels[k];
+    for (auto& L : m.layers)
+      for (int64_t j = 0; j < L.wk.cols; ++j) {
+        L.wk.row(ch)[j] *= out.kv_scales[k];
+        L.wv.row(ch)[j] *= out.kv_scales[k];
+      }
   }
   return m;
 }

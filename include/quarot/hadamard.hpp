@@ -1,0 +1,64 @@
+#pragma once
+// Orthonormal Hadamard transforms of any useful size n = K * 2^k:
+//   Q = (H_K (x) H_m) / sqrt(n),  m = 2^k,
+// with H_m Sylvester's and H_K a base matrix built in code by a published construction:
+//   Paley I   (K = q + 1,   q prime, q = 3 mod 4): 12, 20, 44, 60, 108, 140, ...
+//   Paley II  (K = 2(q + 1), q prime, q = 1 mod 4): 28, 36, 76, 148, ...
+// Bases are at most 256 (a K x K factor costs K^2 per group of m values). When no construction
+// of such a size is known to the code (e.g. 172 = 4 * 43, 156, 52), the
+// K x K factor is a seeded random orthogonal matrix instead: still orthogonal (so every rotation
+// stays exact) but not a Hadamard matrix; `is_hadamard()` says so and callers log and report it.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace quarot {
+
+class Hadamard {
+ public:
+  // Throws quarot::Error for n < 1.
+  static Hadamard make(int n, uint64_t fallback_seed = 0);
+
+  int size() const { return n_; }
+  int base_size() const { return k_; }  // K
+  int pow2() const { return m_; }       // m = 2^k
+  bool is_hadamard() const { return hadamard_; }
+  const std::string& construction() const { return construction_; }  // e.g. "paley2(q=13) x sylvester(512)"
+
+  // x[r] <- x[r] * Q for each of `rows` rows of length n (row r at x + r * stride).
+  void right(float* x, int rows, int64_t stride) const;
+  void right(double* x, int rows, int64_t stride) const;
+  // x[r] <- x[r] * Q^T (the inverse).
+  void right_transpose(float* x, int rows, int64_t stride) const;
+  void right_transpose(double* x, int rows, int64_t stride) const;
+
+  // X <- Q^T X for X with n rows of `cols` values (row-major): the transform applied to every
+  // column at once, with whole-row butterflies (no transpose).
+  void left_transpose(double* x, int64_t cols) const;
+
+  std::vector<double> dense() const;                // Q, n x n row-major
+  const std::vector<double>& base() const { return base_; }  // H_K / sqrt(K), K x K row-major
+
+ private:
+  template <class T>
+  void apply(T* x, int rows, int64_t stride, bool transpose) const;
+  int n_ = 1, k_ = 1, m_ = 1;
+  bool hadamard_ = true;
+  std::string construction_;
+  std::vector<double> base_;  // orthonormal K x K
+};
+
+// Unnormalized in-place Walsh-Hadamard butterflies on n = 2^k values (x <- H_n x).
+void fwht_reference(float* x, int n);
+void fwht(float* x, int n);  // AVX-512 / AVX2 / scalar, chosen at run time
+void fwht(double* x, int n);
+const char* fwht_isa();      // which path fwht(float*) uses here
+
+// The +-1 base matrices, unnormalized (tests check H H^T = K I); empty if unknown.
+std::vector<int> hadamard_base_matrix(int k);
+// A seeded random orthogonal k x k matrix (row-major, fp64): Gaussian entries from the project's
+// PRNG, orthonormalized by modified Gram-Schmidt, twice.
+std::vector<double> random_orthogonal(int k, uint64_t seed);
+bool is_prime(int q);
+
+}  // namespace quarot

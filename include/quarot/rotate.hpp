@@ -1,0 +1,74 @@
+#pragma once
+// QuaRot's rotations (arXiv 2404.00456, sections 4-5): make the model outlier-free without
+// changing what it computes.
+//   fusion: untie embeddings; fold each RMSNorm scale into the linear layers that read it
+//   R1: residual stream x -> x Q, Q = diag(s) H_d / sqrt(d) (or a seeded random orthogonal Q),
+//       absorbed: embedding rows and q/k/v/gate/up/classifier inputs get W Q; o/down outputs
+//       (and their biases) get Q^T W
+//   R2: per-head H_hd on v_proj's output rows (per KV head, bias too); o_proj's input gets the
+//       full H_heads (x) H_hd, split into the head-wise factor (absorbed into W_o) and the
+//       cross-head factor H_heads (x) I (online, before o_proj's input quantizer)
+//   R3: online per-head H_hd on queries and keys after RoPE (cancels in q k^T)
+//   R4: online H_inter on down_proj's input, its transpose absorbed into W_down
+// Every weight transform runs in fp64 and is cast to fp32 once.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "quarot/forward.hpp"
+#include "quarot/hadamard.hpp"
+#include "quarot/weights.hpp"
+
+namespace quarot {
+
+enum class R1Kind { Hadamard, Random };
+
+struct RotationOptions {
+  bool fuse_norms = true;
+  bool r1 = true, r2 = true, r3 = true, r4 = true;
+  bool r2_online_cross_head = true;  // QuaRot's full Hadamard at o_proj's input
+  R1Kind r1_kind = R1Kind::Hadamard;
+  uint64_t seed = 0;
+  bool center_embeddings = false;  // not exact for RMSNorm: off unless asked
+};
+
+// What the forward pass must apply online to a rotated model. Empty pointers: not applied.
+struct OnlineTransforms {
+  std::shared_ptr<const Hadamard> r3;          // size head_dim, on queries and keys after RoPE
+  std::shared_ptr<const Hadamard> r4;          // size intermediate, on down_proj's input
+  std::shared_ptr<const Hadamard> cross_head;  // size n_heads, on o_proj's input (x I_head_dim)
+  int n_heads = 0, head_dim = 0;
+  bool empty() const { return !r3 && !r4 && !cross_head; }
+  std::string describe() const;  // one line per transform: where, size, construction
+};
+
+struct RotationReport {
+  std::vector<std::string> steps;  // what was done, in order, for the log and the report
+  std::vector<std::string> fallbacks;  // sizes without a Hadamard construction
+};
+
+// Rotates `m` in place and returns the online transforms its forward pass needs.
+// Throws quarot::Error for an impossible combination (R1 without norm fusion).
+OnlineTransforms rotate_model(ModelWeights& m, const RotationOptions& opts, RotationReport* report = nullptr);
+
+// A forward hook applying the online transforms (then `next`, if any, at the same point).
+template <class T>
+ForwardHook<T> online_hook(const OnlineTransforms& t, ForwardHook<T> next = {});
+
+// Per (hook point, layer): activation statistics on some tokens, before quantization.
+struct ActivationStats {
+  HookPoint point;
+  int layer;
+  int channels;
+  double max_over_median;  // max over channels of (max |x| over tokens) / median of the same
+  double kurtosis;         // of all values at this point (3 for a Gaussian)
+  double max_abs;
+};
+// Runs each window through the model (fp64, with its online transforms when given) and collects
+// the statistics at every linear input (q/k/v, o, gate/up, down) and at the keys and values,
+// where a quantizer would see them.
+std::vector<ActivationStats> activation_stats(const ModelWeights& m, const OnlineTransforms* online,
+                                              const std::vector<std::vector<int>>& windows);
+
+}  // namespace quarot

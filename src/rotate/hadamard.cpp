@@ -1,0 +1,297 @@
+#include "quarot/hadamard.hpp"
+
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "quarot/detail/rng.hpp"
+#include "quarot/error.hpp"
+
+namespace quarot {
+
+bool is_prime(int q) {
+  if (q < 2) return false;
+  for (int d = 2; d * d <= q; ++d)
+    if (q % d == 0) return false;
+  return true;
+}
+
+namespace {
+
+// Quadratic character of a mod q (q prime): 0, +1 or -1.
+int chi(int a, int q) {
+  a = ((a % q) + q) % q;
+  if (a == 0) return 0;
+  long long r = 1, b = a;
+  for (int e = (q - 1) / 2; e; e >>= 1) {  // Euler's criterion: a^((q-1)/2) mod q
+    if (e & 1) r = r * b % q;
+    b = b * b % q;
+  }
+  return r == 1 ? 1 : -1;
+}
+
+// Jacobsthal-based conference core: C[i][j] for the (q+1) x (q+1) matrix with a bordered
+// first row/column; `skew` selects Paley I's antisymmetric form.
+std::vector<int> conference(int q, bool skew) {
+  const int s = q + 1;
+  std::vector<int> c(std::size_t(s) * s, 0);
+  for (int j = 1; j < s; ++j) {
+    c[j] = 1;
+    c[std::size_t(j) * s] = skew ? -1 : 1;
+  }
+  for (int i = 1; i < s; ++i)
+    for (int j = 1; j < s; ++j) c[std::size_t(i) * s + j] = chi(j - i, q);
+  return c;
+}
+
+}  // namespace
+
+std::vector<int> hadamard_base_matrix(int k) {
+  if (k == 1) return {1};
+  if (k == 2) return {1, 1, 1, -1};
+  // Paley I: q = k - 1 prime, q = 3 mod 4. H = I + S with S the skew conference matrix.
+  if (is_prime(k - 1) && (k - 1) % 4 == 3) {
+    auto h = conference(k - 1, true);
+    for (int i = 0; i < k; ++i) h[std::size_t(i) * k + i] += 1;
+    return h;
+  }
+  // Paley II: q = k/2 - 1 prime, q = 1 mod 4. H = C (x) [[1,1],[1,-1]] + I (x) [[1,-1],[-1,-1]].
+  if (k % 2 == 0 && is_prime(k / 2 - 1) && (k / 2 - 1) % 4 == 1) {
+    const int s = k / 2;
+    const auto c = conference(s - 1, false);
+    std::vector<int> h(std::size_t(k) * k);
+    const int a[2][2] = {{1, 1}, {1, -1}}, b[2][2] = {{1, -1}, {-1, -1}};
+    for (int i = 0; i < s; ++i)
+      for (int j = 0; j < s; ++j)
+        for (int u = 0; u < 2; ++u)
+          for (int v = 0; v < 2; ++v)
+            h[std::size_t(2 * i + u) * k + 2 * j + v] = c[std::size_t(i) * s + j] * a[u][v] + (i == j ? b[u][v] : 0);
+    return h;
+  }
+  return {};
+}
+
+namespace {
+
+std::string describe_base(int k) {
+  if (k == 1) return "";
+  if (is_prime(k - 1) && (k - 1) % 4 == 3) return "paley1(q=" + std::to_string(k - 1) + ")";
+  return "paley2(q=" + std::to_string(k / 2 - 1) + ")";
+}
+
+}  // namespace
+
+std::vector<double> random_orthogonal(int k, uint64_t seed) {
+  uint64_t st = seed ^ 0x726f746174696f6eull;  // "rotation"
+  detail::Rng rng(detail::splitmix64(st));
+  std::vector<double> a(std::size_t(k) * k);
+  for (auto& v : a) v = rng.gaussian();
+  for (int pass = 0; pass < 2; ++pass)
+    for (int i = 0; i < k; ++i) {
+      double* ri = a.data() + std::size_t(i) * k;
+      for (int j = 0; j < i; ++j) {
+        const double* rj = a.data() + std::size_t(j) * k;
+        double d = 0;
+        for (int c = 0; c < k; ++c) d += ri[c] * rj[c];
+        for (int c = 0; c < k; ++c) ri[c] -= d * rj[c];
+      }
+      double nrm = 0;
+      for (int c = 0; c < k; ++c) nrm += ri[c] * ri[c];
+      nrm = std::sqrt(nrm);
+      for (int c = 0; c < k; ++c) ri[c] /= nrm;
+    }
+  return a;
+}
+
+Hadamard Hadamard::make(int n, uint64_t fallback_seed) {
+  if (n < 1) throw Error("hadamard", "size must be positive, got " + std::to_string(n));
+  Hadamard h;
+  h.n_ = n;
+  int odd = n, m = 1;
+  while (odd % 2 == 0) {
+    odd /= 2;
+    m *= 2;
+  }
+  // The smallest K = odd * 2^j (dividing n) with a known construction. K is mixed densely
+  // (K^2 * m operations per row against m log m for the butterflies), so bases beyond
+  // kMaxBase are not used even when a construction exists (11008 = 5504 * 2 has Paley I
+  // with q = 5503): the random orthogonal fallback on the odd part is far cheaper.
+  constexpr int kMaxBase = 256;
+  for (int k = odd; k <= n && k <= kMaxBase; k *= 2) {
+    const auto base = hadamard_base_matrix(k);
+    if (base.empty()) continue;
+    h.k_ = k;
+    h.m_ = n / k;
+    h.base_.resize(base.size());
+    const double s = 1.0 / std::sqrt(double(k));
+    for (std::size_t i = 0; i < base.size(); ++i) h.base_[i] = base[i] * s;
+    const std::string b = describe_base(k);
+    h.construction_ = b.empty() ? "sylvester(" + std::to_string(n) + ")"
+                                : b + (h.m_ > 1 ? " x sylvester(" + std::to_string(h.m_) + ")" : "");
+    return h;
+  }
+  h.k_ = odd;
+  h.m_ = m;
+  h.hadamard_ = false;
+  h.base_ = random_orthogonal(odd, fallback_seed ^ uint64_t(odd));
+  h.construction_ = "random-orthogonal(" + std::to_string(odd) + ", seed " + std::to_string(fallback_seed) + ")" +
+                    (m > 1 ? " x sylvester(" + std::to_string(m) + ")" : "") +
+                    " [no Hadamard construction for " + std::to_string(odd) + " in quarot]";
+  return h;
+}
+
+// --- Fast Walsh-Hadamard transform --------------------------------------------------------
+
+void fwht_reference(float* x, int n) {
+  for (int h = 1; h < n; h *= 2)
+    for (int i = 0; i < n; i += 2 * h)
+      for (int j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+}
+
+void fwht(double* x, int n) {
+  for (int h = 1; h < n; h *= 2)
+    for (int i = 0; i < n; i += 2 * h)
+      for (int j = i; j < i + h; ++j) {
+        const double a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+}
+
+namespace {
+
+// Stages with stride >= the vector width run on whole vectors; the first stages (stride < width)
+// run in scalar code on the same data. Same additions in the same order as the reference, so
+// the results are bit-identical.
+__attribute__((target("avx512f"))) void fwht_avx512(float* x, int n) {
+  int h = 1;
+  for (; h < n && h < 16; h *= 2)
+    for (int i = 0; i < n; i += 2 * h)
+      for (int j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+  for (; h < n; h *= 2)
+    for (int i = 0; i < n; i += 2 * h)
+      for (int j = i; j < i + h; j += 16) {
+        const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + h);
+        _mm512_storeu_ps(x + j, _mm512_add_ps(a, b));
+        _mm512_storeu_ps(x + j + h, _mm512_sub_ps(a, b));
+      }
+}
+
+__attribute__((target("avx2"))) void fwht_avx2(float* x, int n) {
+  int h = 1;
+  for (; h < n && h < 8; h *= 2)
+    for (int i = 0; i < n; i += 2 * h)
+      for (int j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+  for (; h < n; h *= 2)
+    for (int i = 0; i < n; i += 2 * h)
+      for (int j = i; j < i + h; j += 8) {
+        const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
+        _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+        _mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
+      }
+}
+
+using FwhtFn = void (*)(float*, int);
+FwhtFn pick_fwht() {
+  if (__builtin_cpu_supports("avx512f")) return fwht_avx512;
+  if (__builtin_cpu_supports("avx2")) return fwht_avx2;
+  return fwht_reference;
+}
+const FwhtFn kFwht = pick_fwht();
+
+}  // namespace
+
+void fwht(float* x, int n) { kFwht(x, n); }
+const char* fwht_isa() { return kFwht == fwht_avx512 ? "avx512" : kFwht == fwht_avx2 ? "avx2" : "scalar"; }
+
+// --- The full transform: (H_K (x) H_m) / sqrt(n) --------------------------------------------
+
+template <class T>
+void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose) const {
+  // Row vector y = x Q with Q = (B (x) H_m)/sqrt(m), B = H_K/sqrt(K) orthonormal. Viewing x as
+  // [K][m]: y[c][:] = sum_a B[a][c] * (H_m x[a][:]) / sqrt(m) (H_m is symmetric). For Q^T use
+  // B^T, i.e. B[c][a].
+  const T scale = T(1.0 / std::sqrt(double(m_)));
+  std::vector<T> tmp(k_ > 1 ? std::size_t(n_) : 0);
+  for (int r = 0; r < rows; ++r) {
+    T* row = x + int64_t(r) * stride;
+    if (m_ > 1)
+      for (int a = 0; a < k_; ++a) fwht(row + int64_t(a) * m_, m_);
+    if (k_ == 1) {
+      for (int i = 0; i < n_; ++i) row[i] *= scale;
+      continue;
+    }
+    std::fill(tmp.begin(), tmp.end(), T(0));
+    for (int a = 0; a < k_; ++a) {
+      const T* src = row + int64_t(a) * m_;
+      for (int c = 0; c < k_; ++c) {
+        const T w = T(transpose ? base_[std::size_t(c) * k_ + a] : base_[std::size_t(a) * k_ + c]) * scale;
+        if (w == T(0)) continue;
+        T* dst = tmp.data() + int64_t(c) * m_;
+        for (int i = 0; i < m_; ++i) dst[i] += w * src[i];
+      }
+    }
+    std::copy(tmp.begin(), tmp.end(), row);
+  }
+}
+
+void Hadamard::right(float* x, int rows, int64_t stride) const { apply(x, rows, stride, false); }
+void Hadamard::right(double* x, int rows, int64_t stride) const { apply(x, rows, stride, false); }
+void Hadamard::right_transpose(float* x, int rows, int64_t stride) const { apply(x, rows, stride, true); }
+void Hadamard::right_transpose(double* x, int rows, int64_t stride) const { apply(x, rows, stride, true); }
+
+void Hadamard::left_transpose(double* x, int64_t cols) const {
+  // (Q^T X)[c*m + e] = sum_a B[a][c] sum_b H_m[b][e] X[a*m + b] / sqrt(m).
+  const std::size_t row = std::size_t(cols);
+  for (int a = 0; a < k_; ++a) {
+    double* blk = x + std::size_t(a) * m_ * row;
+    for (int h = 1; h < m_; h *= 2)
+      for (int i = 0; i < m_; i += 2 * h)
+        for (int j = i; j < i + h; ++j) {
+          double* p = blk + std::size_t(j) * row;
+          double* q = blk + std::size_t(j + h) * row;
+          for (std::size_t t = 0; t < row; ++t) {
+            const double u = p[t], v = q[t];
+            p[t] = u + v;
+            q[t] = u - v;
+          }
+        }
+  }
+  const double scale = 1.0 / std::sqrt(double(m_));
+  const std::size_t block = std::size_t(m_) * row;
+  if (k_ == 1) {
+    for (std::size_t t = 0; t < block; ++t) x[t] *= scale;
+    return;
+  }
+  std::vector<double> tmp(std::size_t(k_) * block, 0.0);
+  for (int a = 0; a < k_; ++a)
+    for (int c = 0; c < k_; ++c) {
+      const double w = base_[std::size_t(a) * k_ + c] * scale;
+      if (w == 0.0) continue;
+      const double* src = x + std::size_t(a) * block;
+      double* dst = tmp.data() + std::size_t(c) * block;
+      for (std::size_t t = 0; t < block; ++t) dst[t] += w * src[t];
+    }
+  std::copy(tmp.begin(), tmp.end(), x);
+}
+
+std::vector<double> Hadamard::dense() const {
+  std::vector<double> q(std::size_t(n_) * n_, 0.0);
+  for (int i = 0; i < n_; ++i) q[std::size_t(i) * n_ + i] = 1.0;
+  right(q.data(), n_, n_);  // rows of I times Q = Q
+  return q;
+}
+
+}  // namespace quarot

@@ -1,0 +1,314 @@
+#include "quarot/rotate.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <sstream>
+
+#include "quarot/detail/eigen.hpp"
+#include "quarot/detail/rng.hpp"
+#include "quarot/large_buffer.hpp"
+#include "quarot/error.hpp"
+
+namespace quarot {
+
+namespace {
+
+// A right-multiplication x <- x * R on rows of doubles.
+struct RightOp {
+  int n = 0;
+  std::vector<double> signs;           // applied first, if not empty
+  std::shared_ptr<const Hadamard> h;   // then the Hadamard, or
+  std::vector<double> dense;           // a dense n x n matrix
+  void apply(double* x, int rows, int64_t stride) const {
+    for (int r = 0; r < rows; ++r) {
+      double* row = x + int64_t(r) * stride;
+      if (!signs.empty())
+        for (int i = 0; i < n; ++i) row[i] *= signs[i];
+    }
+    if (h) {
+      h->right(x, rows, stride);
+      return;
+    }
+    std::vector<double> tmp(n);
+    for (int r = 0; r < rows; ++r) {
+      double* row = x + int64_t(r) * stride;
+      std::fill(tmp.begin(), tmp.end(), 0.0);
+      for (int i = 0; i < n; ++i) {
+        const double v = row[i];
+        const double* q = dense.data() + std::size_t(i) * n;
+        for (int j = 0; j < n; ++j) tmp[j] += v * q[j];
+      }
+      std::copy(tmp.begin(), tmp.end(), row);
+    }
+  }
+  // X <- R^T X for X with n rows of `cols` values.
+  void apply_left_transpose(double* x, int64_t cols) const {
+    if (!signs.empty())
+      for (int i = 0; i < n; ++i)
+        for (int64_t c = 0; c < cols; ++c) x[i * cols + c] *= signs[i];
+    if (h) {
+      h->left_transpose(x, cols);
+      return;
+    }
+    using Mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    Eigen::Map<Mat> xm(x, n, cols);
+    const Mat y = Eigen::Map<const Mat>(dense.data(), n, n).transpose() * xm;
+    xm = y;
+  }
+};
+
+using DoubleBuffer = std::vector<double, LargeAllocator<double>>;  // huge pages: see large_buffer.hpp
+
+DoubleBuffer to_double(const float* p, std::size_t n) { return DoubleBuffer(p, p + n); }
+template <class V>
+void from_double(const V& d, float* p) {
+  for (std::size_t i = 0; i < d.size(); ++i) p[i] = float(d[i]);
+}
+
+// One weight matrix in fp64 through its whole pipeline, cast once at the end.
+struct Work {
+  Matrix& m;
+  DoubleBuffer d;
+  explicit Work(Matrix& mat) : m(mat), d(to_double(mat.data.data(), mat.data.size())) {}
+  ~Work() { from_double(d, m.data.data()); }
+  void scale_columns(const std::vector<float>& g) {
+    for (int64_t r = 0; r < m.rows; ++r)
+      for (int64_t c = 0; c < m.cols; ++c) d[std::size_t(r * m.cols + c)] *= g[c];
+  }
+  // W <- W R (rows are inputs-side vectors).
+  void right(const RightOp& op) { op.apply(d.data(), int(m.rows), m.cols); }
+  // W <- R^T W (R acts on the output side).
+  void left_transpose(const RightOp& op) { op.apply_left_transpose(d.data(), m.cols); }
+  // Row segments of length `seg` (e.g. per head) each get x <- x H.
+  void right_segments(const Hadamard& h, int seg) {
+    for (int64_t r = 0; r < m.rows; ++r)
+      h.right(d.data() + r * m.cols, int(m.cols / seg), seg);
+  }
+};
+
+void right_vec(std::vector<float>& v, const RightOp& op) {
+  auto d = to_double(v.data(), v.size());
+  op.apply(d.data(), 1, int64_t(d.size()));
+  from_double(d, v.data());
+}
+
+// Cross-head mixing x <- x (H (x) I_hd) on rows of [heads][hd]: column i of each row's
+// [heads][hd] view, as a row vector, gets x <- x H.
+template <class T>
+void cross_head(const Hadamard& h, T* x, int rows, int heads, int hd) {
+  std::vector<T> t(std::size_t(heads) * hd);
+  for (int r = 0; r < rows; ++r) {
+    T* row = x + int64_t(r) * heads * hd;
+    for (int a = 0; a < heads; ++a)
+      for (int i = 0; i < hd; ++i) t[std::size_t(i) * heads + a] = row[a * hd + i];
+    h.right(t.data(), hd, heads);
+    for (int a = 0; a < heads; ++a)
+      for (int i = 0; i < hd; ++i) row[a * hd + i] = t[std::size_t(i) * heads + a];
+  }
+}
+
+std::shared_ptr<const Hadamard> make_h(int n, uint64_t seed, RotationReport* report, const char* what) {
+  auto h = std::make_shared<const Hadamard>(Hadamard::make(n, seed));
+  if (report) {
+    report->steps.push_back(std::string(what) + ": " + h->construction());
+    if (!h->is_hadamard()) report->fallbacks.push_back(std::string(what) + " (" + std::to_string(n) + "): " + h->construction());
+  }
+  return h;
+}
+
+}  // namespace
+
+std::string OnlineTransforms::describe() const {
+  std::ostringstream o;
+  if (r3) o << "R3 online on queries and keys after RoPE, per head: " << r3->construction() << "\n";
+  if (cross_head) o << "R2 cross-head online on o_proj's input: " << cross_head->construction() << " (x) I_" << head_dim << "\n";
+  if (r4) o << "R4 online on down_proj's input: " << r4->construction() << "\n";
+  return o.str();
+}
+
+OnlineTransforms rotate_model(ModelWeights& m, const RotationOptions& opts, RotationReport* report) {
+  auto& c = m.config;
+  if (opts.r1 && !opts.fuse_norms)
+    throw Error("--rotate", "R1 needs the RMSNorm scales fused first (a rotation does not commute with them)");
+  auto log = [&](const std::string& s) {
+    if (report) report->steps.push_back(s);
+  };
+  const int d = c.hidden, hd = c.head_dim, f = c.intermediate;
+
+  if ((opts.fuse_norms || opts.r1) && c.tied_embeddings) {
+    m.lm_head = m.tok_embeddings;  // the classifier gets its own copy before either changes
+    c.tied_embeddings = false;
+    log("untied the embeddings (classifier copied)");
+  }
+  if (opts.center_embeddings) {
+    for (int64_t v = 0; v < m.tok_embeddings.rows; ++v) {
+      float* row = m.tok_embeddings.row(v);
+      double mean = 0;
+      for (int i = 0; i < d; ++i) mean += row[i];
+      mean /= d;
+      for (int i = 0; i < d; ++i) row[i] = float(row[i] - mean);
+    }
+    log("centred the embedding rows (not exact for RMSNorm)");
+  }
+
+  RightOp q1;  // R1
+  if (opts.r1) {
+    q1.n = d;
+    if (opts.r1_kind == R1Kind::Hadamard) {
+      uint64_t st = opts.seed ^ 0x5231ull;  // "R1"
+      detail::Rng rng(detail::splitmix64(st));
+      q1.signs.resize(d);
+      for (auto& s : q1.signs) s = rng.sign();
+      q1.h = make_h(d, opts.seed, report, "R1 randomized Hadamard (residual)");
+    } else {
+      q1.dense = random_orthogonal(d, opts.seed ^ 0x52616e64ull);
+      log("R1 random orthogonal (residual, " + std::to_string(d) + ", seed " + std::to_string(opts.seed) + ")");
+    }
+  }
+  OnlineTransforms online;
+  online.n_heads = c.n_heads;
+  online.head_dim = hd;
+  std::shared_ptr<const Hadamard> h_head, h_heads, h_inter;
+  if (opts.r2 || opts.r3) h_head = make_h(hd, opts.seed, report, "per-head Hadamard (R2/R3)");
+  if (opts.r2 && opts.r2_online_cross_head) h_heads = make_h(c.n_heads, opts.seed, report, "cross-head Hadamard (R2, online)");
+  if (opts.r4) h_inter = make_h(f, opts.seed, report, "R4 Hadamard (down_proj input, online)");
+
+  // The embedding (rows are residual vectors).
+  if (opts.r1) {
+    Work e(m.tok_embeddings);
+    e.right(q1);
+  }
+  for (auto& L : m.layers) {
+    {  // q, k, v read the attention norm's output.
+      for (Matrix* w : {&L.wq, &L.wk, &L.wv}) {
+        Work x(*w);
+        if (opts.fuse_norms) x.scale_columns(L.attn_norm);
+        if (opts.r1) x.right(q1);
+        if (w == &L.wv && opts.r2) {
+          // Per KV head: the head's block of rows gets H^T from the left.
+          for (int kvh = 0; kvh < c.n_kv_heads; ++kvh) h_head->left_transpose(x.d.data() + std::size_t(kvh) * hd * w->cols, w->cols);
+        }
+      }
+      if (opts.r2 && !L.bv.empty()) {
+        auto b = to_double(L.bv.data(), L.bv.size());
+        h_head->right(b.data(), c.n_kv_heads, hd);
+        from_double(b, L.bv.data());
+      }
+    }
+    {  // o_proj: input side gets (I (x) H_hd)(H_heads (x) I); output side Q^T.
+      Work o(L.wo);
+      if (opts.r2) {
+        o.right_segments(*h_head, hd);
+        if (h_heads) cross_head(*h_heads, o.d.data(), int(L.wo.rows), c.n_heads, hd);
+      }
+      if (opts.r1) o.left_transpose(q1);
+    }
+    if (opts.r1 && !L.bo.empty()) right_vec(L.bo, q1);
+    for (Matrix* w : {&L.w_gate, &L.w_up}) {
+      Work x(*w);
+      if (opts.fuse_norms) x.scale_columns(L.ffn_norm);
+      if (opts.r1) x.right(q1);
+    }
+    {
+      Work x(L.w_down);
+      if (opts.r4) x.right_segments(*h_inter, f);
+      if (opts.r1) x.left_transpose(q1);
+    }
+    if (opts.fuse_norms) {
+      std::fill(L.attn_norm.begin(), L.attn_norm.end(), 1.f);
+      std::fill(L.ffn_norm.begin(), L.ffn_norm.end(), 1.f);
+    }
+  }
+  {
+    Work x(m.lm_head);
+    if (opts.fuse_norms) x.scale_columns(m.final_norm);
+    if (opts.r1) x.right(q1);
+  }
+  if (opts.fuse_norms) {
+    std::fill(m.final_norm.begin(), m.final_norm.end(), 1.f);
+    log("fused the RMSNorm scales into q/k/v, gate/up and the classifier");
+  }
+  if (opts.r1) log("R1 absorbed: embedding, q/k/v/gate/up/classifier inputs, o/down outputs");
+  if (opts.r2) log(std::string("R2 absorbed: v_proj rows per KV head, o_proj input") + (h_heads ? " (cross-head factor online)" : ""));
+  if (opts.r4) log("R4: H^T absorbed into down_proj, H online on its input");
+  if (opts.r3) log("R3: online per-head Hadamard on queries and keys after RoPE");
+  online.r3 = opts.r3 ? h_head : nullptr;
+  online.r4 = h_inter;
+  online.cross_head = h_heads;
+  return online;
+}
+
+template <class T>
+ForwardHook<T> online_hook(const OnlineTransforms& t, ForwardHook<T> next) {
+  return [t, next](HookPoint p, int layer, const ActivationView<T>& v) {
+    switch (p) {
+      case HookPoint::QueryAfterRope:
+      case HookPoint::KeyAfterRope:
+        if (t.r3) t.r3->right(v.data, v.rows * (v.cols / t.head_dim), t.head_dim);
+        break;
+      case HookPoint::OProjInput:
+        if (t.cross_head) cross_head(*t.cross_head, v.data, v.rows, t.n_heads, t.head_dim);
+        break;
+      case HookPoint::DownProjInput:
+        if (t.r4) t.r4->right(v.data, v.rows, v.cols);
+        break;
+      default:
+        break;
+    }
+    if (next) next(p, layer, v);
+  };
+}
+
+template ForwardHook<float> online_hook(const OnlineTransforms&, ForwardHook<float>);
+template ForwardHook<double> online_hook(const OnlineTransforms&, ForwardHook<double>);
+
+std::vector<ActivationStats> activation_stats(const ModelWeights& m, const OnlineTransforms* online,
+                                              const std::vector<std::vector<int>>& windows) {
+  struct Acc {
+    std::vector<double> chan_max;
+    double sum = 0, sum2 = 0, sum3 = 0, sum4 = 0, n = 0, max_abs = 0;
+  };
+  std::map<std::pair<int, int>, Acc> acc;  // (layer, point)
+  ForwardHook<double> collect = [&](HookPoint p, int layer, const ActivationView<double>& v) {
+    if (p == HookPoint::QueryAfterRope) return;  // queries are not cached nor a linear input
+    Acc& a = acc[{layer, int(p)}];
+    a.chan_max.resize(std::size_t(v.cols), 0.0);
+    for (int r = 0; r < v.rows; ++r)
+      for (int c = 0; c < v.cols; ++c) {
+        const double x = v.row(r)[c], ax = std::fabs(x);
+        a.chan_max[c] = std::max(a.chan_max[c], ax);
+        a.max_abs = std::max(a.max_abs, ax);
+        a.sum += x;
+        a.sum2 += x * x;
+        a.sum3 += x * x * x;
+        a.sum4 += x * x * x * x;
+        a.n += 1;
+      }
+  };
+  int max_len = 1;
+  for (const auto& w : windows) max_len = std::max(max_len, int(w.size()));
+  Transformer<double> model(m, max_len);
+  model.set_hook(online && !online->empty() ? online_hook<double>(*online, collect) : collect);
+  std::vector<double> logits;
+  for (const auto& w : windows) {
+    model.reset();
+    model.forward(w, logits);
+  }
+  std::vector<ActivationStats> out;
+  for (auto& [key, a] : acc) {
+    auto sorted = a.chan_max;
+    std::nth_element(sorted.begin(), sorted.begin() + std::ptrdiff_t(sorted.size() / 2), sorted.end());
+    const double median = sorted[sorted.size() / 2];
+    const double mean = a.sum / a.n;
+    const double var = a.sum2 / a.n - mean * mean;
+    // Fourth central moment from the raw moments.
+    const double m4 = a.sum4 / a.n - 4 * mean * a.sum3 / a.n + 6 * mean * mean * a.sum2 / a.n - 3 * std::pow(mean, 4);
+    out.push_back({HookPoint(key.second), key.first, int(a.chan_max.size()),
+                   median > 0 ? *std::max_element(a.chan_max.begin(), a.chan_max.end()) / median : 0.0,
+                   var > 0 ? m4 / (var * var) : 0.0, a.max_abs});
+  }
+  return out;
+}
+
+}  // namespace quarot
