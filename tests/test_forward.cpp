@@ -63,6 +63,11 @@ ModelWeights scaled_down(const std::string& preset, int hidden, int head_dim, in
   return make_synthetic(s);
 }
 
+// Synthetic models carry planted x20-100 key/value channels, which make attention logits
+// ill-conditioned in fp32: measured 1.0-1.5e-5 against the fp64 reference (2026-11-23). fp64
+// still matches to 1e-10; the real model meets the 1e-5.
+constexpr double kSyntheticFp32Tol = 3e-5;
+
 }  // namespace
 
 TEST(Forward, Stories260KMatchesReference) {
@@ -109,7 +114,7 @@ TEST(Forward, Llama3ShapedGqaMatchesReference) {
   ASSERT_EQ(m.config.n_heads / m.config.n_kv_heads, 4);
   const auto tokens = some_tokens(40, 320, 3);
   expect_matches_reference<double>(m, tokens, 1e-10);
-  expect_matches_reference<float>(m, tokens, 1e-5);
+  expect_matches_reference<float>(m, tokens, kSyntheticFp32Tol);
 }
 
 TEST(Forward, Qwen2ShapedBiasesTiedMatchesReference) {
@@ -117,7 +122,7 @@ TEST(Forward, Qwen2ShapedBiasesTiedMatchesReference) {
   ASSERT_TRUE(m.config.q_bias && m.config.tied_embeddings);
   const auto tokens = some_tokens(40, 320, 4);
   expect_matches_reference<double>(m, tokens, 1e-10);
-  expect_matches_reference<float>(m, tokens, 1e-5);
+  expect_matches_reference<float>(m, tokens, kSyntheticFp32Tol);
 }
 
 TEST(Forward, LinearRopeScalingAndUntiedMatchReference) {
