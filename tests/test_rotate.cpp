@@ -77,9 +77,10 @@ ModelWeights synthetic(const std::string& preset, int layers, int vocab) {
 }
 
 // The rotation runs in fp64 but the rotated weights are stored in fp32, so an fp64 forward of
-// the rotated model differs from the original by fp32 rounding of the weights (~1e-7 measured);
-// the bar is 1e-5. R3 alone changes no weight and is exact to ~1e-15.
-constexpr double kFp64Tol = 1e-6;
+// the rotated model differs from the original by the fp32 rounding of the weights: measured
+// 3e-8..8e-8 on the real models, up to 1.4e-6 on outlier-planted synthetic ones (2026-11-23).
+// The bar is 1e-5. R3 alone changes no weight and is exact to ~1e-15.
+constexpr double kFp64Tol = 1e-5;
 
 constexpr bool kSanitized =
 #if defined(__SANITIZE_ADDRESS__)
@@ -192,4 +193,63 @@ TEST(Rotate, OutliersAreSpreadByAtLeast10x) {
       EXPECT_GE(b.max_over_median / a.max_over_median, 10.0) << hook_point_name(b.point) << " layer " << b.layer;
     }
   }
+}
+
+TEST(Rotate, RotatedCheckpointCarriesItsOnlineTransforms) {
+  TempDir dir;
+  auto m = synthetic("tiny", 2, 300);
+  const auto original = m;
+  RotationOptions o = only(true, true, true, true, true);
+  o.seed = 42;
+  const auto online = rotate_model(m, o);
+  record_rotation(m, o, online);
+  save_hf(m, dir / "rot", {DType::F32, 20000, {}});  // sharded: every shard carries the metadata
+  const auto back = load_hf(dir / "rot");
+  ASSERT_TRUE(back.metadata.count(kRotationMetadataKey));
+  const auto rebuilt = online_transforms_of(back);
+  ASSERT_TRUE(rebuilt.r3 && rebuilt.r4 && rebuilt.cross_head);
+  EXPECT_EQ(rebuilt.r4->dense(), online.r4->dense());  // same fallback seed: same matrix
+  // The reloaded model with its rebuilt transforms computes what the original computes.
+  const auto tokens = tokens_for(20, 300, 9);
+  Transformer<double> a(original, 20), b(back, 20);
+  b.set_hook(online_hook<double>(rebuilt));
+  std::vector<double> la, lb;
+  a.forward(tokens, la);
+  b.forward(tokens, lb);
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < la.size(); ++i) {
+    num = std::max(num, std::fabs(la[i] - lb[i]));
+    den = std::max(den, std::fabs(la[i]));
+  }
+  EXPECT_LE(num / den, kFp64Tol);
+  // Malformed or mismatched metadata is an error naming the model.
+  auto bad = back;
+  bad.metadata[kRotationMetadataKey] = "{\"version\": 1}";
+  EXPECT_THROW(online_transforms_of(bad), Error);
+  bad.metadata[kRotationMetadataKey] = back.metadata.at(kRotationMetadataKey);
+  bad.config.intermediate = 100;
+  EXPECT_THROW(online_transforms_of(bad), Error);
+  EXPECT_TRUE(online_transforms_of(original).empty());
+}
+
+TEST(RotateTool, RotatedStoriesEvaluateToTheSamePerplexity) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  TempDir dir;
+  const std::string model = data_file("stories260K/stories260K.bin");
+  auto r = run_tool("quarot-rotate", model + " -o " + (dir / "rot") + " --seed 3 --progress none --stats-ids " +
+                                         data_file("stories260K/calib-t1-seed42.ids") + " --stats-windows 2");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_NE(r.stdout_text.find("activation outliers"), std::string::npos);
+  EXPECT_NE(r.stdout_text.find("down_proj_input"), std::string::npos);
+  EXPECT_NE(r.stderr_text.find("not a Hadamard matrix: R4"), std::string::npos) << r.stderr_text;  // 172 = 4 * 43
+  const std::string ids = " --ids " + data_file("tinystories/validation_100.tok512.ids") + " --ctx 512 --chunks 3 --progress none";
+  r = run_tool("quarot-eval", (dir / "rot") + ids + " --kld-base " + model);
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_NE(r.stdout_text.find("top-1 agreement 100.00%"), std::string::npos) << r.stdout_text;
+  // Rotating a rotated model is refused; so is a run with nothing to do.
+  r = run_tool("quarot-rotate", (dir / "rot") + " -o " + (dir / "again"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.stderr_text.find("is already rotated"), std::string::npos);
+  EXPECT_FALSE(fs::exists(dir / "again"));
+  EXPECT_EQ(run_tool("quarot-rotate", model).exit_code, 2);
 }

@@ -11,6 +11,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/progress.hpp"
+#include "quarot/rotate.hpp"
 #include "quarot/sha256.hpp"
 #include "quarot/tokenizer.hpp"
 
@@ -133,11 +134,19 @@ int main(int argc, char** argv) {
     int max_len = 0;
     for (const auto& w : windows) max_len = std::max(max_len, int(w.tokens.size()));
     quarot::Transformer<float> model(weights, max_len);
+    // A rotated checkpoint runs with its online transforms (recorded in its metadata).
+    const auto online = quarot::online_transforms_of(weights);
+    if (!online.empty()) {
+      model.set_hook(quarot::online_hook<float>(online));
+      std::fprintf(stderr, "quarot-eval: rotated model; online transforms:\n%s", online.describe().c_str());
+    }
     std::unique_ptr<quarot::ModelWeights> base_weights;
     std::unique_ptr<quarot::Transformer<float>> base;
     if (!args.kld_base.empty()) {
       base_weights = std::make_unique<quarot::ModelWeights>(quarot::load_model(args.kld_base));
       base = std::make_unique<quarot::Transformer<float>>(*base_weights, max_len);
+      const auto base_online = quarot::online_transforms_of(*base_weights);
+      if (!base_online.empty()) base->set_hook(quarot::online_hook<float>(base_online));
     }
     const auto mode = quarot::parse_progress_mode(args.progress);
     std::fprintf(stderr, "quarot-eval: %s, protocol %s, %zu windows of %d tokens, %d threads\n", args.model.c_str(),

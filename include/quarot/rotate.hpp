@@ -52,6 +52,14 @@ struct RotationReport {
 // Throws quarot::Error for an impossible combination (R1 without norm fusion).
 OnlineTransforms rotate_model(ModelWeights& m, const RotationOptions& opts, RotationReport* report = nullptr);
 
+// The key under which a rotated checkpoint records its rotation (JSON) in its metadata.
+inline constexpr const char* kRotationMetadataKey = "quarot.rotation";
+// Records `opts` and `online` in m.metadata, so that the online transforms can be rebuilt.
+void record_rotation(ModelWeights& m, const RotationOptions& opts, const OnlineTransforms& online);
+// The online transforms a loaded checkpoint needs: empty for an unrotated one. Throws
+// quarot::Error naming the model when the metadata is malformed or does not fit the config.
+OnlineTransforms online_transforms_of(const ModelWeights& m);
+
 // A forward hook applying the online transforms (then `next`, if any, at the same point).
 template <class T>
 ForwardHook<T> online_hook(const OnlineTransforms& t, ForwardHook<T> next = {});

@@ -4,6 +4,7 @@
 // Hugging Face names through for_each_tensor, which loaders, writers and generators share.
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -37,6 +38,9 @@ struct ModelWeights {
   Matrix lm_head;                 // [vocab][hidden]; empty when config.tied_embeddings
   DType source_dtype = DType::F32;
   std::string source;  // where it was loaded from, for messages
+  // Free-form string metadata carried in the checkpoint (safetensors __metadata__), e.g.
+  // "quarot.rotation": the online transforms a rotated model needs (see rotate.hpp).
+  std::map<std::string, std::string> metadata;
 
   const Matrix& classifier() const { return config.tied_embeddings ? tok_embeddings : lm_head; }
 };

@@ -147,6 +147,8 @@ ModelWeights load_hf(const std::string& dir, const LoadProgress& progress) {
   m.config = config;
   m.source = dir;
   allocate(m);
+  for (const auto& [k, v] : files.front()->header().metadata)
+    if (k != "format") m.metadata[k] = v;
   std::vector<Job> jobs;
   std::set<std::string> used;
   for_each_tensor(m, [&](const TensorRef& t) {
@@ -228,7 +230,8 @@ void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOpt
     shard_bytes += b;
   }
   const fs::path root(dir);
-  const std::map<std::string, std::string> meta{{"format", "pt"}};
+  std::map<std::string, std::string> meta = m->metadata;
+  meta["format"] = "pt";
   std::set<std::string> written;
   auto protect = [&](const std::string& path) { refuse_overwriting_inputs(path, opts.inputs); };
   if (!opts.max_shard_bytes) {

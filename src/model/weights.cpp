@@ -163,6 +163,7 @@ std::string describe(const ModelWeights& m) {
   const auto src_bytes = double(params) * double(dtype_size(m.source_dtype));
   o << "parameters:   " << params << " (" << (double(params) / 1e6) << " M)\n"
     << "dtype:        " << dtype_name(m.source_dtype) << " on disk, F32 in memory\n"
+    << (m.metadata.count("quarot.rotation") ? "rotation:     " + m.metadata.at("quarot.rotation") + "\n" : std::string())
     << "bytes:        " << human_bytes(src_bytes) << " as " << dtype_name(m.source_dtype) << ", "
     << human_bytes(double(params) * 4) << " as F32\n";
   return o.str();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "quarot/detail/eigen.hpp"
@@ -237,6 +238,55 @@ OnlineTransforms rotate_model(ModelWeights& m, const RotationOptions& opts, Rota
   online.r4 = h_inter;
   online.cross_head = h_heads;
   return online;
+}
+
+void record_rotation(ModelWeights& m, const RotationOptions& opts, const OnlineTransforms& online) {
+  nlohmann::json j = {
+      {"version", 1},
+      {"seed", opts.seed},
+      {"fused_norms", opts.fuse_norms},
+      {"r1", opts.r1 ? (opts.r1_kind == R1Kind::Hadamard ? "randomized-hadamard" : "random-orthogonal") : "none"},
+      {"r2", opts.r2},
+      {"centered_embeddings", opts.center_embeddings},
+      {"online",
+       {{"r3_head_dim", online.r3 ? online.r3->size() : 0},
+        {"cross_head_n_heads", online.cross_head ? online.cross_head->size() : 0},
+        {"r4_intermediate", online.r4 ? online.r4->size() : 0}}},
+      {"constructions",
+       {{"r3", online.r3 ? online.r3->construction() : ""},
+        {"cross_head", online.cross_head ? online.cross_head->construction() : ""},
+        {"r4", online.r4 ? online.r4->construction() : ""}}},
+  };
+  m.metadata[kRotationMetadataKey] = j.dump();
+}
+
+OnlineTransforms online_transforms_of(const ModelWeights& m) {
+  OnlineTransforms t;
+  auto it = m.metadata.find(kRotationMetadataKey);
+  if (it == m.metadata.end()) return t;
+  const auto& c = m.config;
+  t.n_heads = c.n_heads;
+  t.head_dim = c.head_dim;
+  try {
+    const auto j = nlohmann::json::parse(it->second);
+    if (j.at("version").get<int>() != 1) throw Error(m.source, "unsupported quarot.rotation version");
+    const uint64_t seed = j.at("seed").get<uint64_t>();
+    const auto& on = j.at("online");
+    auto get = [&](const char* key, int expected) -> std::shared_ptr<const Hadamard> {
+      const int n = on.at(key).get<int>();
+      if (n == 0) return nullptr;
+      if (n != expected)
+        throw Error(m.source, std::string("quarot.rotation: ") + key + " = " + std::to_string(n) +
+                                  " does not match the model (" + std::to_string(expected) + ")");
+      return std::make_shared<const Hadamard>(Hadamard::make(n, seed));
+    };
+    t.r3 = get("r3_head_dim", c.head_dim);
+    t.cross_head = get("cross_head_n_heads", c.n_heads);
+    t.r4 = get("r4_intermediate", c.intermediate);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(m.source, std::string("malformed quarot.rotation metadata: ") + e.what());
+  }
+  return t;
 }
 
 template <class T>
