@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
 # The main job, end to end on the default model: stories260K from the shared data folder, or,
 # when that is missing, a small synthetic model generated on the spot.
-# Today the job loads the checkpoint, validates every tensor and prints its summary; the
-# rotation, quantization, packing and report steps join this same command as they land.
+# Today: load and validate the checkpoint (summary), evaluate its float perplexity, rotate it
+# (QuaRot's fusion + R1..R4; outlier statistics before/after) and evaluate the rotated model
+# against the original (same perplexity, KL divergence ~0). Quantization, packing and the
+# report join this same command as they land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc)" >/dev/null
 bin=build/release/tools
+out=build/default-run
 data="${QUAROT_DATA:-../shared/data}"
 model="$data/stories260K/stories260K.bin"
-tokenizer="$data/stories260K/tok512.bin"
+mkdir -p "$out"
 if [ -f "$model" ]; then
-  "$bin/quarot-inspect" "$model" --tokenizer "$tokenizer"
+  "$bin/quarot-inspect" "$model" --tokenizer "$data/stories260K/tok512.bin"
+  eval_args=(--ids "$data/tinystories/validation_100.tok512.ids" --ctx 512)
+  stats_args=(--stats-ids "$data/stories260K/calib-t1-seed42.ids")
 else
-  echo "run-default: $model not found; generating a small synthetic model instead" >&2
-  "$bin/quarot-synth" --preset tiny --seed 0 -o build/default-model
-  "$bin/quarot-inspect" build/default-model
+  echo "run-default: $model not found; using a small synthetic model instead" >&2
+  model="$out/synthetic"
+  "$bin/quarot-synth" --preset tiny --seed 0 -o "$model"
+  "$bin/quarot-inspect" "$model"
+  # Token ids for evaluation: deterministic pseudo-text over the synthetic vocabulary.
+  awk 'BEGIN { s = 1; for (l = 0; l < 16; l++) { line = "1"; for (i = 0; i < 255; i++) { s = (s * 1103515245 + 12345) % 2147483648; line = line " " (3 + s % 500) } print line } }' > "$out/synthetic.ids"
+  eval_args=(--ids "$out/synthetic.ids" --ctx 256)
+  stats_args=(--stats-ids "$out/synthetic.ids")
 fi
+echo "== float model"
+"$bin/quarot-eval" "$model" "${eval_args[@]}" --progress none --json "$out/eval-float.json"
+echo "== rotate (QuaRot: fusion, R1, R2, R3, R4)"
+"$bin/quarot-rotate" "$model" -o "$out/rotated" "${stats_args[@]}" --progress none
+echo "== rotated model against the float model"
+"$bin/quarot-eval" "$out/rotated" "${eval_args[@]}" --kld-base "$model" --progress none --json "$out/eval-rotated.json"
