@@ -105,12 +105,7 @@ TEST(Forward, HfConversionGivesTheSameLogits) {
     std::vector<T> la, lb;
     a.forward(tokens, la);
     b.forward(tokens, lb);
-    double num = 0, den = 0;
-    for (std::size_t i = 0; i < la.size(); ++i) {
-      num = std::max(num, double(std::fabs(la[i] - lb[i])));
-      den = std::max(den, double(std::fabs(la[i])));
-    }
-    return num / den;
+    return max_rel_diff(la, lb);
   };
   EXPECT_LE(rel(0.0), 1e-10);
   EXPECT_LE(rel(0.0f), 1e-5);

@@ -47,12 +47,7 @@ double invariance_error(const ModelWeights& m, const RotationOptions& o, const s
   } else {
     b.forward(tokens, lb);
   }
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < la.size(); ++i) {
-    num = std::max(num, double(std::fabs(la[i] - lb[i])));
-    den = std::max(den, double(std::fabs(la[i])));
-  }
-  return num / den;
+  return max_rel_diff(la, lb);
 }
 
 RotationOptions only(bool fuse, bool r1, bool r2, bool r3, bool r4) {
@@ -225,12 +220,7 @@ TEST(Rotate, RotatedCheckpointCarriesItsOnlineTransforms) {
   std::vector<double> la, lb;
   a.forward(tokens, la);
   b.forward(tokens, lb);
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < la.size(); ++i) {
-    num = std::max(num, std::fabs(la[i] - lb[i]));
-    den = std::max(den, std::fabs(la[i]));
-  }
-  EXPECT_LE(num / den, kFp64Tol);
+  EXPECT_LE(max_rel_diff(la, lb), kFp64Tol);
   // Malformed or mismatched metadata is an error naming the model.
   auto bad = back;
   bad.metadata[kRotationMetadataKey] = "{\"version\": 1}";

@@ -3,6 +3,7 @@
 // temporary folders, and running the tools as a user would.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -76,6 +77,17 @@ inline ToolResult run_tool(const std::string& tool, const std::string& args) {
     return std::string(b.begin(), b.end());
   };
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+// max |a - b| / max |a| over two equally long vectors (logits).
+template <class A, class B>
+double max_rel_diff(const A& a, const B& b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    num = std::max(num, std::fabs(double(a[i]) - double(b[i])));
+    den = std::max(den, std::fabs(double(a[i])));
+  }
+  return a.size() == b.size() ? num / den : INFINITY;
 }
 
 inline int count_lines(const std::string& s) {

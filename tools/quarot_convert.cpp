@@ -39,13 +39,7 @@ int main(int argc, char** argv) {
     quarot::Progress load("load", mode);
     const auto m = quarot::load_model(args.in, [&](uint64_t d, uint64_t t) { load.update(d, t); });
     load.finish(args.in);
-    // Never write into the input's own files.
-    namespace fs = std::filesystem;
-    if (fs::is_directory(args.in)) {
-      for (const auto& e : fs::directory_iterator(args.in)) opts.inputs.push_back(e.path().string());
-    } else {
-      opts.inputs.push_back(args.in);
-    }
+    opts.inputs = quarot::cli::input_files(args.in);  // never write into the input's own files
     quarot::Progress write("write", mode);
     quarot::save_hf(m, args.out, opts);
     write.finish(args.out);

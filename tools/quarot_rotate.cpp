@@ -113,10 +113,7 @@ int main(int argc, char** argv) {
 
     if (!windows.empty()) print_stats(before, quarot::activation_stats(m, &online, windows));
     if (!args.out.empty()) {
-      if (std::filesystem::is_directory(args.model))
-        for (const auto& e : std::filesystem::directory_iterator(args.model)) write_opts.inputs.push_back(e.path().string());
-      else
-        write_opts.inputs.push_back(args.model);
+      write_opts.inputs = quarot::cli::input_files(args.model);
       quarot::save_hf(m, args.out, write_opts);
       std::printf("wrote %s\n", args.out.c_str());
     }

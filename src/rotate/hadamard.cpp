@@ -142,41 +142,26 @@ Hadamard Hadamard::make(int n, uint64_t fallback_seed) {
 
 // --- Fast Walsh-Hadamard transform --------------------------------------------------------
 
-void fwht_reference(float* x, int n) {
-  for (int h = 1; h < n; h *= 2)
-    for (int i = 0; i < n; i += 2 * h)
-      for (int j = i; j < i + h; ++j) {
-        const float a = x[j], b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
-      }
-}
-
-void fwht(double* x, int n) {
-  for (int h = 1; h < n; h *= 2)
-    for (int i = 0; i < n; i += 2 * h)
-      for (int j = i; j < i + h; ++j) {
-        const double a = x[j], b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
-      }
-}
-
 namespace {
 
-// Stages with stride >= the vector width run on whole vectors; the first stages (stride < width)
-// run in scalar code on the same data. Same additions in the same order as the reference, so
-// the results are bit-identical.
-__attribute__((target("avx512f"))) void fwht_avx512(float* x, int n) {
+// The first butterfly stages (stride < `width`) in scalar code; returns the next stride.
+template <class T>
+int scalar_stages(T* x, int n, int width) {
   int h = 1;
-  for (; h < n && h < 16; h *= 2)
+  for (; h < n && h < width; h *= 2)
     for (int i = 0; i < n; i += 2 * h)
       for (int j = i; j < i + h; ++j) {
-        const float a = x[j], b = x[j + h];
+        const T a = x[j], b = x[j + h];
         x[j] = a + b;
         x[j + h] = a - b;
       }
-  for (; h < n; h *= 2)
+  return h;
+}
+
+// Stages with stride >= the vector width run on whole vectors; the first stages run in scalar
+// code on the same data. Same additions in the same order as the reference: bit-identical.
+__attribute__((target("avx512f"))) void fwht_avx512(float* x, int n) {
+  for (int h = scalar_stages(x, n, 16); h < n; h *= 2)
     for (int i = 0; i < n; i += 2 * h)
       for (int j = i; j < i + h; j += 16) {
         const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + h);
@@ -186,15 +171,7 @@ __attribute__((target("avx512f"))) void fwht_avx512(float* x, int n) {
 }
 
 __attribute__((target("avx2"))) void fwht_avx2(float* x, int n) {
-  int h = 1;
-  for (; h < n && h < 8; h *= 2)
-    for (int i = 0; i < n; i += 2 * h)
-      for (int j = i; j < i + h; ++j) {
-        const float a = x[j], b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
-      }
-  for (; h < n; h *= 2)
+  for (int h = scalar_stages(x, n, 8); h < n; h *= 2)
     for (int i = 0; i < n; i += 2 * h)
       for (int j = i; j < i + h; j += 8) {
         const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
@@ -207,12 +184,14 @@ using FwhtFn = void (*)(float*, int);
 FwhtFn pick_fwht() {
   if (__builtin_cpu_supports("avx512f")) return fwht_avx512;
   if (__builtin_cpu_supports("avx2")) return fwht_avx2;
-  return fwht_reference;
+  return [](float* x, int n) { scalar_stages(x, n, n); };
 }
 const FwhtFn kFwht = pick_fwht();
 
 }  // namespace
 
+void fwht_reference(float* x, int n) { scalar_stages(x, n, n); }
+void fwht(double* x, int n) { scalar_stages(x, n, n); }
 void fwht(float* x, int n) { kFwht(x, n); }
 const char* fwht_isa() { return kFwht == fwht_avx512 ? "avx512" : kFwht == fwht_avx2 ? "avx2" : "scalar"; }
 
