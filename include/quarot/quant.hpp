@@ -1,0 +1,107 @@
+#pragma once
+// Quantizers (QuaRot / GPTQ as published):
+//  - integer grids of 2-8 bits: symmetric (scale = max|x| / (2^(b-1) - 1), codes clamped to
+//    [-2^(b-1), 2^(b-1) - 1]) or asymmetric (scale = (max - min) / (2^b - 1), integer zero point,
+//    codes in [0, 2^b - 1]); round half to even;
+//  - weights per output channel or per group of input columns: RTN with an optional clip search
+//    (shrink p = 1 - i/100, i < 80, minimizing sum |q(w) - w|^2.4), or GPTQ;
+//  - activations per token (symmetric, clip ratio) and the KV cache per head (asymmetric).
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "quarot/forward.hpp"
+
+namespace quarot {
+
+struct Grid {
+  int bits = 4;
+  bool symmetric = true;
+  int qmin() const { return symmetric ? -(1 << (bits - 1)) : 0; }
+  int qmax() const { return symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1; }
+};
+
+struct QParams {
+  double scale = 1.0;
+  int zero = 0;  // 0 for symmetric grids
+};
+
+// Parameters covering x (times `clip` <= 1). A zero range gives scale 1 (every value is 0).
+QParams grid_params(std::span<const float> x, const Grid& g, double clip = 1.0);
+inline int quantize_code(double x, const QParams& p, const Grid& g);
+inline double dequantize_code(int q, const QParams& p) { return (q - p.zero) * p.scale; }
+// Round trip of one value through the grid.
+double fake_quant(double x, const QParams& p, const Grid& g);
+
+struct WeightQuantOptions {
+  Grid grid{4, true};
+  int group_size = 0;        // 0: one group per output channel (row); else columns per group
+  bool clip_search = true;   // per row / group: the shrink p minimizing sum |q(w)-w|^2.4
+};
+
+// The result of quantizing one weight matrix [rows][cols]: integer codes and parameters (for
+// packing) and the dequantized weights (for simulation).
+struct QuantizedMatrix {
+  int64_t rows = 0, cols = 0;
+  int group_size = 0;              // columns per group (cols when per channel)
+  Grid grid;
+  std::vector<int8_t> codes;       // rows * cols
+  std::vector<QParams> params;     // rows * (cols / group_size), row-major
+  std::vector<float> dequantized;  // rows * cols
+};
+
+// Throws quarot::Error when bits are outside 2..8 or the group size does not divide cols.
+void check_weight_options(const WeightQuantOptions& o, int64_t cols, const std::string& what);
+
+QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const WeightQuantOptions& o);
+
+struct GptqOptions {
+  WeightQuantOptions weights;
+  double damp = 0.01;        // fraction of the mean Hessian diagonal added to the diagonal
+  int block_size = 128;
+  bool act_order = false;
+  bool static_groups = false;
+};
+
+struct GptqResult {
+  QuantizedMatrix q;
+  double loss = 0;        // sum over columns of (w - q)^2 / d^2 / 2, as the reference reports
+  double damp_used = 0;   // the damping fraction that made H positive definite
+  int dead_inputs = 0;    // columns with H_ii == 0 (zeroed)
+  double seconds = 0;
+};
+
+// GPTQ on W [rows][cols] (row-major fp32) with Hessian H [cols][cols] (row-major fp64,
+// H = 2/N sum x x^T). When H is not positive definite after damping, retries with 10x the
+// damping (up to 3 times) and says so in damp_used; throws quarot::Error after that.
+GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o);
+
+// Activation and KV-cache quantization in the forward pass (fake quant: values are rounded to
+// the grid and dequantized in place).
+struct ActQuantOptions {
+  int a_bits = 16;       // >= 16: activations not quantized
+  double a_clip = 1.0;   // QuaRot: 0.9
+  int a_group = 0;       // 0: per token; else groups of columns
+  int k_bits = 16, v_bits = 16;
+  double kv_clip = 1.0;  // QuaRot: 0.95
+  bool kv_asym = true;   // per head, asymmetric (QuaRot)
+  bool any() const { return a_bits < 16 || k_bits < 16 || v_bits < 16; }
+};
+void check_act_options(const ActQuantOptions& o);
+// Quantizes rows of `x` in groups of `group` columns (0: whole row).
+template <class T>
+void fake_quant_rows(T* x, int rows, int cols, int group, const Grid& g, double clip);
+// A hook quantizing the linear inputs (q/k/v, o, gate/up, down) and the keys/values; chain it
+// after the online transforms: online_hook(t, act_quant_hook<T>(o)).
+template <class T>
+ForwardHook<T> act_quant_hook(const ActQuantOptions& o, int head_dim, ForwardHook<T> next = {});
+
+inline int quantize_code(double x, const QParams& p, const Grid& g) {
+  double q = __builtin_nearbyint(x / p.scale) + p.zero;  // round half to even (default FP mode)
+  if (q < g.qmin()) q = g.qmin();
+  if (q > g.qmax()) q = g.qmax();
+  return int(q);
+}
+
+}  // namespace quarot

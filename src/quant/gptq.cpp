@@ -1,0 +1,159 @@
+// GPTQ (Frantar et al., 2022), following the reference implementation used by QuaRot: Cholesky
+// of the damped inverse Hessian, blocks of columns with lazy updates, dynamic or static groups,
+// optional act-order.
+#include "quarot/detail/eigen.hpp"  // first: its diagnostics pragma must precede Eigen
+
+#include <Eigen/Cholesky>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include "quarot/error.hpp"
+#include "quarot/quant.hpp"
+
+namespace quarot {
+
+namespace {
+using MatRM = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MatCM = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+
+QParams params_for(const MatCM& w, int64_t row, int64_t c0, int64_t n, const WeightQuantOptions& o) {
+  std::vector<float> x(static_cast<std::size_t>(n));
+  for (int64_t i = 0; i < n; ++i) x[std::size_t(i)] = float(w(row, c0 + i));
+  const auto q = quantize_rtn(x.data(), 1, n, WeightQuantOptions{o.grid, 0, o.clip_search});
+  return q.params[0];
+}
+}  // namespace
+
+GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  check_weight_options(o.weights, cols, "gptq");
+  if (int64_t(hessian.size()) != cols * cols) throw Error("gptq", "Hessian size does not match the input width");
+  GptqResult res;
+  const Grid& g = o.weights.grid;
+  const int64_t gs = o.weights.group_size ? o.weights.group_size : cols;
+
+  MatCM W(rows, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) W(r, c) = w_in[r * cols + c];
+  MatRM H = Eigen::Map<MatRM>(hessian.data(), cols, cols);
+
+  for (int64_t i = 0; i < cols; ++i)
+    if (H(i, i) == 0) {  // a dead input: nothing to compensate with
+      H(i, i) = 1;
+      W.col(i).setZero();
+      ++res.dead_inputs;
+    }
+
+  // Static groups: parameters from the original weights, in the original column order.
+  std::vector<QParams> static_params;
+  const int64_t n_groups = cols / gs;
+  if (o.weights.group_size && o.static_groups) {
+    static_params.resize(std::size_t(rows * n_groups));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t gi = 0; gi < n_groups; ++gi) static_params[std::size_t(r * n_groups + gi)] = params_for(W, r, gi * gs, gs, o.weights);
+  }
+
+  std::vector<int64_t> perm(static_cast<std::size_t>(cols));
+  std::iota(perm.begin(), perm.end(), 0);
+  if (o.act_order) {
+    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
+    MatCM Wp(rows, cols);
+    MatRM Hp(cols, cols);
+    for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
+    for (int64_t i = 0; i < cols; ++i)
+      for (int64_t j = 0; j < cols; ++j) Hp(i, j) = H(perm[i], perm[j]);
+    W.swap(Wp);
+    H.swap(Hp);
+  }
+
+  // Damped inverse Hessian, as the upper Cholesky factor.
+  const double mean_diag = H.diagonal().mean();
+  MatRM Hinv;
+  double damp = o.damp;
+  for (int attempt = 0;; ++attempt) {
+    MatRM Hd = H;
+    Hd.diagonal().array() += damp * mean_diag;
+    Eigen::LLT<MatRM> llt(Hd);
+    if (llt.info() == Eigen::Success) {
+      const MatRM inv = llt.solve(MatRM::Identity(cols, cols));
+      Eigen::LLT<MatRM> llt2(inv);
+      if (llt2.info() == Eigen::Success) {
+        Hinv = llt2.matrixU();
+        break;
+      }
+    }
+    if (attempt == 3)
+      throw Error("gptq", "the Hessian is not positive definite even with damping " + std::to_string(damp) +
+                              " (calibration data too small or degenerate?)");
+    damp *= 10;
+  }
+  res.damp_used = damp;
+
+  // Per-row parameters without groups: from the whole (permuted) row, before any update.
+  std::vector<QParams> row_params;
+  if (!o.weights.group_size) {
+    row_params.resize(std::size_t(rows));
+    for (int64_t r = 0; r < rows; ++r) row_params[std::size_t(r)] = params_for(W, r, 0, cols, o.weights);
+  }
+  std::vector<QParams> current(static_cast<std::size_t>(rows));
+  MatCM Q(rows, cols);
+  std::vector<int> codes(static_cast<std::size_t>(rows * cols));
+  std::vector<QParams> out_params(static_cast<std::size_t>(rows * n_groups));
+  double loss = 0;
+  const int64_t bs = std::max(1, o.block_size);
+  for (int64_t i1 = 0; i1 < cols; i1 += bs) {
+    const int64_t i2 = std::min(i1 + bs, cols), count = i2 - i1;
+    MatCM W1 = W.middleCols(i1, count);
+    MatCM Err1(rows, count);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t col = i1 + i, orig = perm[std::size_t(col)];
+      if (o.weights.group_size) {
+        if (o.static_groups) {
+          for (int64_t r = 0; r < rows; ++r) current[std::size_t(r)] = static_params[std::size_t(r * n_groups + orig / gs)];
+        } else if (col % gs == 0) {
+          // As the reference: parameters from the (lazily updated) weights of the next group.
+          MatCM cur = W;
+          cur.middleCols(i1, count) = W1;
+          for (int64_t r = 0; r < rows; ++r) current[std::size_t(r)] = params_for(cur, r, col, std::min(gs, cols - col), o.weights);
+        }
+      } else {
+        current = row_params;
+      }
+      const double d = Hinv(col, col);
+      for (int64_t r = 0; r < rows; ++r) {
+        const double wv = W1(r, i);
+        const int code = quantize_code(wv, current[std::size_t(r)], g);
+        const double qv = dequantize_code(code, current[std::size_t(r)]);
+        Q(r, col) = qv;
+        codes[std::size_t(r * cols + orig)] = code;
+        const int64_t group = o.weights.group_size ? orig / gs : 0;
+        out_params[std::size_t(r * n_groups + group)] = current[std::size_t(r)];
+        loss += (wv - qv) * (wv - qv) / (d * d) / 2;
+        Err1(r, i) = (wv - qv) / d;
+      }
+      W1.rightCols(count - i).noalias() -= Err1.col(i) * Hinv.block(col, col, 1, count - i);
+    }
+    if (i2 < cols) W.rightCols(cols - i2).noalias() -= Err1 * Hinv.block(i1, i2, count, cols - i2);
+  }
+
+  QuantizedMatrix& q = res.q;
+  q.rows = rows;
+  q.cols = cols;
+  q.grid = g;
+  q.group_size = int(gs);
+  q.codes.resize(std::size_t(rows * cols));
+  q.dequantized.resize(std::size_t(rows * cols));
+  q.params = std::move(out_params);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) {
+      const int64_t orig = perm[std::size_t(j)];
+      q.dequantized[std::size_t(r * cols + orig)] = float(Q(r, j));
+      const int code = codes[std::size_t(r * cols + orig)];
+      q.codes[std::size_t(r * cols + orig)] = int8_t(code - (g.symmetric ? 0 : 128));
+    }
+  res.loss = loss;
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace quarot

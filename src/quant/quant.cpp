@@ -1,0 +1,152 @@
+#include "quarot/quant.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "quarot/error.hpp"
+
+namespace quarot {
+
+namespace {
+
+QParams params_from_range(double lo, double hi, const Grid& g) {
+  QParams p;
+  if (g.symmetric) {
+    const double m = std::max(std::fabs(lo), std::fabs(hi));
+    p.scale = m > 0 ? m / g.qmax() : 1.0;
+    return p;
+  }
+  lo = std::min(lo, 0.0);  // the range always holds 0, so that 0 is exact
+  hi = std::max(hi, 0.0);
+  if (hi == lo) return p;  // all zero: scale 1, zero 0
+  p.scale = (hi - lo) / g.qmax();
+  p.zero = int(std::nearbyint(-lo / p.scale));
+  return p;
+}
+
+// Best shrink of [lo, hi] for the values x (the reference's "mse" search: norm 2.4, grid 100,
+// max shrink 0.8).
+QParams clip_searched(std::span<const float> x, double lo, double hi, const Grid& g) {
+  QParams best = params_from_range(lo, hi, g);
+  double best_err = INFINITY;
+  for (int i = 0; i < 80; ++i) {
+    const double p = 1.0 - i / 100.0;
+    const QParams c = params_from_range(p * lo, p * hi, g);
+    double err = 0;
+    for (float v : x) err += std::pow(std::fabs(fake_quant(v, c, g) - v), 2.4);
+    if (err < best_err) {
+      best_err = err;
+      best = c;
+    }
+  }
+  return best;
+}
+
+void range_of(std::span<const float> x, double& lo, double& hi) {
+  lo = 0;
+  hi = 0;
+  if (x.empty()) return;
+  lo = hi = x[0];
+  for (float v : x) {
+    lo = std::min(lo, double(v));
+    hi = std::max(hi, double(v));
+  }
+}
+
+}  // namespace
+
+QParams grid_params(std::span<const float> x, const Grid& g, double clip) {
+  double lo, hi;
+  range_of(x, lo, hi);
+  return params_from_range(lo * clip, hi * clip, g);
+}
+
+double fake_quant(double x, const QParams& p, const Grid& g) { return dequantize_code(quantize_code(x, p, g), p); }
+
+void check_weight_options(const WeightQuantOptions& o, int64_t cols, const std::string& what) {
+  if (o.grid.bits < 2 || o.grid.bits > 8)
+    throw Error(what, "weight bits must be 2..8, got " + std::to_string(o.grid.bits));
+  if (o.group_size < 0 || (o.group_size > 0 && cols % o.group_size != 0))
+    throw Error(what, "group size " + std::to_string(o.group_size) + " does not divide the input width " + std::to_string(cols));
+}
+
+QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const WeightQuantOptions& o) {
+  check_weight_options(o, cols, "rtn");
+  QuantizedMatrix q;
+  q.rows = rows;
+  q.cols = cols;
+  q.grid = o.grid;
+  q.group_size = o.group_size ? o.group_size : int(cols);
+  const int64_t groups = cols / q.group_size;
+  q.codes.resize(std::size_t(rows * cols));
+  q.params.resize(std::size_t(rows * groups));
+  q.dequantized.resize(std::size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      const std::span<const float> x(w + r * cols + gi * q.group_size, std::size_t(q.group_size));
+      double lo, hi;
+      range_of(x, lo, hi);
+      const QParams p = o.clip_search ? clip_searched(x, lo, hi, o.grid) : params_from_range(lo, hi, o.grid);
+      q.params[std::size_t(r * groups + gi)] = p;
+      for (int64_t c = 0; c < q.group_size; ++c) {
+        const std::size_t at = std::size_t(r * cols + gi * q.group_size + c);
+        const int code = quantize_code(w[at], p, o.grid);
+        q.codes[at] = int8_t(code - (o.grid.symmetric ? 0 : 128));  // asym codes stored offset by 128
+        q.dequantized[at] = float(dequantize_code(code, p));
+      }
+    }
+  return q;
+}
+
+void check_act_options(const ActQuantOptions& o) {
+  for (auto [bits, name] : {std::pair{o.a_bits, "--a-bits"}, {o.k_bits, "--k-bits"}, {o.v_bits, "--v-bits"}})
+    if (bits < 16 && (bits < 2 || bits > 8)) throw Error(name, "must be 2..8 (or 16 for none), got " + std::to_string(bits));
+  for (auto [clip, name] : {std::pair{o.a_clip, "--a-clip"}, {o.kv_clip, "--kv-clip"}})
+    if (!(clip > 0 && clip <= 1)) throw Error(name, "must be in (0, 1], got " + std::to_string(clip));
+}
+
+template <class T>
+void fake_quant_rows(T* x, int rows, int cols, int group, const Grid& g, double clip) {
+  const int gs = group > 0 ? group : cols;
+  for (int r = 0; r < rows; ++r)
+    for (int c0 = 0; c0 < cols; c0 += gs) {
+      T* v = x + int64_t(r) * cols + c0;
+      double lo = v[0], hi = v[0];
+      for (int i = 0; i < gs; ++i) {
+        lo = std::min(lo, double(v[i]));
+        hi = std::max(hi, double(v[i]));
+      }
+      const QParams p = params_from_range(lo * clip, hi * clip, g);
+      for (int i = 0; i < gs; ++i) v[i] = T(fake_quant(double(v[i]), p, g));
+    }
+}
+template void fake_quant_rows<float>(float*, int, int, int, const Grid&, double);
+template void fake_quant_rows<double>(double*, int, int, int, const Grid&, double);
+
+template <class T>
+ForwardHook<T> act_quant_hook(const ActQuantOptions& o, int head_dim, ForwardHook<T> next) {
+  check_act_options(o);
+  return [o, head_dim, next](HookPoint p, int layer, const ActivationView<T>& v) {
+    switch (p) {
+      case HookPoint::QkvInput:
+      case HookPoint::OProjInput:
+      case HookPoint::GateUpInput:
+      case HookPoint::DownProjInput:
+        if (o.a_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, o.a_group, Grid{o.a_bits, true}, o.a_clip);
+        break;
+      case HookPoint::KeyAfterRope:
+        if (o.k_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, head_dim, Grid{o.k_bits, !o.kv_asym}, o.kv_clip);
+        break;
+      case HookPoint::ValueAfterProj:
+        if (o.v_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, head_dim, Grid{o.v_bits, !o.kv_asym}, o.kv_clip);
+        break;
+      default:
+        break;
+    }
+    if (next) next(p, layer, v);
+  };
+}
+template ForwardHook<float> act_quant_hook(const ActQuantOptions&, int, ForwardHook<float>);
+template ForwardHook<double> act_quant_hook(const ActQuantOptions&, int, ForwardHook<double>);
+
+}  // namespace quarot
