@@ -54,6 +54,9 @@ class Transformer {
   int position() const;  // tokens in the KV cache
   void reset();          // empties the KV cache
   void set_hook(ForwardHook<T> hook);
+  // Calibration: make forward() return (with no logits) right after the hook at (layer, point),
+  // so that collecting one layer's inputs costs only the layers before it. layer < 0: never.
+  void set_stop_after(int layer, HookPoint point);
 
   // Runs `tokens` at positions position() .. position()+n-1 (attending to the cache and to each
   // other causally), appends their keys/values to the cache and writes logits [n][vocab].

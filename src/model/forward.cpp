@@ -84,6 +84,8 @@ struct Transformer<T>::Impl {
   std::vector<T> rope_cos, rope_sin;           // [max_ctx][head_dim/2]
   int pos = 0;
   ForwardHook<T> hook;
+  int stop_layer = -1;
+  HookPoint stop_point = HookPoint::QkvInput;
 
   const T* use(const float* src, std::size_t n) {
     if (n == 0) return nullptr;
@@ -122,8 +124,10 @@ struct Transformer<T>::Impl {
       }
   }
 
+  struct Stop {};  // thrown past the rest of the forward pass when calibration has what it needs
   void call_hook(HookPoint p, int layer, Mat<T>& m) {
     if (hook) hook(p, layer, ActivationView<T>{m.data(), int(m.rows()), int(m.cols())});
+    if (layer == stop_layer && p == stop_point) throw Stop{};
   }
 
   void rmsnorm(const Mat<T>& x, const T* weight, Mat<T>& out) const {
@@ -173,7 +177,10 @@ struct Transformer<T>::Impl {
     out.resize(n, qd);
     const T* K = kcache[layer].data();
     const T* V = vcache[layer].data();
-#pragma omp parallel
+    // One head per thread, when there is enough work to pay for waking the threads (a tiny
+    // model spends more time in OpenMP barriers than in attention otherwise).
+    const double work = double(cfg.n_heads) * n * ctx * hd;
+#pragma omp parallel if (work > 4e6)
     {
       Mat<T> s;  // the scores of one head: [n][ctx]
 #pragma omp for schedule(static)
@@ -199,6 +206,14 @@ struct Transformer<T>::Impl {
   }
 
   void run(std::span<const int> tokens, std::vector<T>& logits, bool last_only) {
+    try {
+      run_all(tokens, logits, last_only);
+    } catch (const Stop&) {
+      logits.clear();  // stopped early: the KV cache holds this window only up to that layer
+    }
+  }
+
+  void run_all(std::span<const int> tokens, std::vector<T>& logits, bool last_only) {
     const int n = int(tokens.size());
     if (n == 0) {
       logits.clear();
@@ -267,6 +282,11 @@ template <class T>
 void Transformer<T>::reset() { impl_->pos = 0; }
 template <class T>
 void Transformer<T>::set_hook(ForwardHook<T> hook) { impl_->hook = std::move(hook); }
+template <class T>
+void Transformer<T>::set_stop_after(int layer, HookPoint point) {
+  impl_->stop_layer = layer;
+  impl_->stop_point = point;
+}
 template <class T>
 void Transformer<T>::forward(std::span<const int> tokens, std::vector<T>& logits) { impl_->run(tokens, logits, false); }
 template <class T>

@@ -1,0 +1,62 @@
+#pragma once
+// Quantizing a whole model: weight quantization (RTN, or GPTQ with Hessians from calibration
+// tokens flowing through the rotated, online-transformed, not yet activation-quantized model,
+// layer by layer in the reference's order), plus the activation/KV quantizers of the forward
+// pass. Presets name the paper's settings.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "quarot/quant.hpp"
+#include "quarot/rotate.hpp"
+
+namespace quarot {
+
+enum class WeightMethod { None, Rtn, Gptq };
+
+struct QuantConfig {
+  std::string preset = "none";
+  WeightMethod method = WeightMethod::None;
+  GptqOptions gptq;  // .weights holds the grid/groups/clip search for RTN too
+  ActQuantOptions act;
+  bool rotate = true;
+  RotationOptions rotation;
+  int nsamples = 128;
+  int seqlen = 2048;  // capped at the model's max positions
+  uint64_t seed = 0;
+  std::string describe() const;  // the effective flags, one line
+};
+
+std::vector<std::string> quant_preset_names();
+// Throws quarot::Error for an unknown name (listing the known ones).
+QuantConfig quant_preset(const std::string& name);
+
+struct ModuleQuantStats {
+  int layer;
+  std::string module;          // "q_proj", ..., "down_proj"
+  double rel_weight_error;     // ||W - Q(W)||_F / ||W||_F
+  double gptq_loss = 0;        // GPTQ only
+  double damp_used = 0;        // GPTQ only
+  int dead_inputs = 0;
+  double seconds = 0;
+};
+
+// Calibration windows: the first `nsamples` sequences of `seqs` if each has >= seqlen tokens
+// (cut to seqlen), else `nsamples` random windows of `seqlen` from their concatenation (seeded,
+// as the reference samples its calibration text). Throws when the tokens are too few.
+std::vector<std::vector<int>> calibration_windows(const std::vector<std::vector<int>>& seqs, int nsamples, int seqlen,
+                                                  uint64_t seed, const std::string& source);
+
+using QuantProgress = std::function<void(int layer, int layers, const std::string& module)>;
+
+// Quantizes m's decoder weights in place (embeddings and classifier stay float). `online`: the
+// model's online transforms (empty when not rotated). `calib` is needed by GPTQ only.
+std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
+                                               const std::vector<std::vector<int>>& calib, const QuantProgress& progress = {});
+
+// The forward hook of a quantized model: online transforms, then activation/KV quantizers.
+template <class T>
+ForwardHook<T> quantized_model_hook(const OnlineTransforms& online, const ActQuantOptions& act, int head_dim);
+
+}  // namespace quarot

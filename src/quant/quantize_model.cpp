@@ -1,0 +1,199 @@
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include "quarot/detail/eigen.hpp"
+#include "quarot/detail/rng.hpp"
+#include "quarot/error.hpp"
+#include "quarot/quantize.hpp"
+
+namespace quarot {
+
+std::vector<std::string> quant_preset_names() { return {"w4a4kv4", "w4a4kv4-rtn", "w4a16", "w4a16-rtn", "w8a8kv8", "w6a6kv6", "none"}; }
+
+QuantConfig quant_preset(const std::string& name) {
+  QuantConfig c;
+  c.preset = name;
+  auto weights = [&](WeightMethod m, int bits, int group) {
+    c.method = m;
+    c.gptq.weights = {{bits, true}, group, true};  // symmetric, clip search (the paper's setting)
+  };
+  auto acts = [&](int a, int kv) {
+    c.act.a_bits = a;
+    c.act.a_clip = 0.9;  // the paper: activations symmetric per token, clip 0.9
+    c.act.k_bits = c.act.v_bits = kv;
+    c.act.kv_clip = 0.95;  // KV asymmetric, group = head_dim, clip 0.95
+    c.act.kv_asym = true;
+  };
+  if (name == "w4a4kv4") {
+    weights(WeightMethod::Gptq, 4, 0);
+    acts(4, 4);
+  } else if (name == "w4a4kv4-rtn") {
+    weights(WeightMethod::Rtn, 4, 0);
+    acts(4, 4);
+  } else if (name == "w4a16") {
+    weights(WeightMethod::Gptq, 4, 128);
+  } else if (name == "w4a16-rtn") {
+    weights(WeightMethod::Rtn, 4, 128);
+  } else if (name == "w8a8kv8") {
+    weights(WeightMethod::Rtn, 8, 0);
+    acts(8, 8);
+  } else if (name == "w6a6kv6") {
+    weights(WeightMethod::Gptq, 6, 0);
+    acts(6, 6);
+  } else if (name == "none") {
+    c.rotate = false;
+  } else {
+    std::string known;
+    for (const auto& n : quant_preset_names()) known += (known.empty() ? "" : ", ") + n;
+    throw Error("--preset", "unknown preset '" + name + "' (known: " + known + ")");
+  }
+  return c;
+}
+
+std::string QuantConfig::describe() const {
+  std::ostringstream o;
+  const auto& w = gptq.weights;
+  o << "--preset " << preset << " --rotate " << (rotate ? "on" : "off");
+  if (rotate) o << " --rotation " << (rotation.r1_kind == R1Kind::Hadamard ? "hadamard" : "random") << " --seed " << rotation.seed;
+  o << " --w-method " << (method == WeightMethod::None ? "none" : method == WeightMethod::Rtn ? "rtn" : "gptq");
+  if (method != WeightMethod::None) {
+    o << " --w-bits " << w.grid.bits << " --w-" << (w.grid.symmetric ? "sym" : "asym") << " --w-group " << w.group_size
+      << " --clip-search " << (w.clip_search ? "on" : "off");
+    if (method == WeightMethod::Gptq)
+      o << " --damp " << gptq.damp << " --act-order " << (gptq.act_order ? "on" : "off") << " --static-groups "
+        << (gptq.static_groups ? "on" : "off") << " --nsamples " << nsamples << " --seqlen " << seqlen;
+  }
+  o << " --a-bits " << act.a_bits << " --a-clip " << act.a_clip << " --k-bits " << act.k_bits << " --v-bits " << act.v_bits
+    << " --kv-clip " << act.kv_clip;
+  return o.str();
+}
+
+std::vector<std::vector<int>> calibration_windows(const std::vector<std::vector<int>>& seqs, int nsamples, int seqlen,
+                                                  uint64_t seed, const std::string& source) {
+  if (nsamples <= 0 || seqlen < 2) throw Error("--nsamples/--seqlen", "must be positive (seqlen >= 2)");
+  std::vector<std::vector<int>> out;
+  bool long_enough = int(seqs.size()) >= nsamples;
+  for (int i = 0; long_enough && i < nsamples; ++i) long_enough = int(seqs[i].size()) >= seqlen;
+  if (long_enough) {
+    for (int i = 0; i < nsamples; ++i) out.emplace_back(seqs[i].begin(), seqs[i].begin() + seqlen);
+    return out;
+  }
+  std::vector<int> stream;
+  for (const auto& s : seqs) stream.insert(stream.end(), s.begin(), s.end());
+  if (int64_t(stream.size()) < int64_t(nsamples) * seqlen)
+    throw Error(source, std::to_string(stream.size()) + " calibration tokens, fewer than nsamples x seqlen = " +
+                            std::to_string(int64_t(nsamples) * seqlen));
+  uint64_t st = seed ^ 0x63616c6962ull;  // "calib"
+  detail::Rng rng(detail::splitmix64(st));
+  const uint64_t span = stream.size() - std::size_t(seqlen);
+  for (int i = 0; i < nsamples; ++i) {
+    const std::size_t at = std::size_t(rng.next() % (span + 1));
+    out.emplace_back(stream.begin() + std::ptrdiff_t(at), stream.begin() + std::ptrdiff_t(at) + seqlen);
+  }
+  return out;
+}
+
+template <class T>
+ForwardHook<T> quantized_model_hook(const OnlineTransforms& online, const ActQuantOptions& act, int head_dim) {
+  ForwardHook<T> quant = act.any() ? act_quant_hook<T>(act, head_dim) : ForwardHook<T>{};
+  if (online.empty()) return quant;
+  return online_hook<T>(online, quant);
+}
+template ForwardHook<float> quantized_model_hook<float>(const OnlineTransforms&, const ActQuantOptions&, int);
+template ForwardHook<double> quantized_model_hook<double>(const OnlineTransforms&, const ActQuantOptions&, int);
+
+namespace {
+
+double rel_error(const Matrix& w, const std::vector<float>& q) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < q.size(); ++i) {
+    const double d = double(w.data[i]) - q[i];
+    num += d * d;
+    den += double(w.data[i]) * w.data[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : 0.0;
+}
+
+// H = 2/N sum x x^T of the activations at (layer, point), over all calibration windows, with the
+// model as it is now (earlier modules already quantized).
+std::vector<double> collect_hessian(const ModelWeights& m, const OnlineTransforms& online, int layer, HookPoint point,
+                                    const std::vector<std::vector<int>>& calib, int width) {
+  using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  MatD h = MatD::Zero(width, width);
+  double tokens = 0;
+  int max_len = 1;
+  for (const auto& w : calib) max_len = std::max(max_len, int(w.size()));
+  Transformer<float> model(m, max_len);
+  ForwardHook<float> collect = [&](HookPoint p, int l, const ActivationView<float>& v) {
+    if (l != layer || p != point) return;
+    const MatD x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data, v.rows, v.cols)
+                       .cast<double>();
+    h.noalias() += x.transpose() * x;
+    tokens += v.rows;
+  };
+  model.set_hook(online.empty() ? collect : online_hook<float>(online, collect));
+  model.set_stop_after(layer, point);
+  std::vector<float> logits;
+  for (const auto& w : calib) {
+    model.reset();
+    model.forward(w, logits);
+  }
+  h *= 2.0 / std::max(1.0, tokens);
+  return std::vector<double>(h.data(), h.data() + h.size());
+}
+
+}  // namespace
+
+std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
+                                               const std::vector<std::vector<int>>& calib, const QuantProgress& progress) {
+  std::vector<ModuleQuantStats> stats;
+  if (cfg.method == WeightMethod::None) return stats;
+  if (cfg.method == WeightMethod::Gptq && calib.empty()) throw Error("--calib", "GPTQ needs calibration tokens");
+  struct Module {
+    const char* name;
+    Matrix LayerWeights::*w;
+  };
+  // The reference's sequential order: [k, v, q] share one input, then [o], [up, gate], [down].
+  struct Group {
+    HookPoint point;
+    std::vector<Module> modules;
+  };
+  const std::vector<Group> groups = {
+      {HookPoint::QkvInput, {{"k_proj", &LayerWeights::wk}, {"v_proj", &LayerWeights::wv}, {"q_proj", &LayerWeights::wq}}},
+      {HookPoint::OProjInput, {{"o_proj", &LayerWeights::wo}}},
+      {HookPoint::GateUpInput, {{"up_proj", &LayerWeights::w_up}, {"gate_proj", &LayerWeights::w_gate}}},
+      {HookPoint::DownProjInput, {{"down_proj", &LayerWeights::w_down}}}};
+  for (int l = 0; l < m.config.n_layers; ++l) {
+    for (const auto& g : groups) {
+      std::vector<double> h;
+      if (cfg.method == WeightMethod::Gptq) {
+        const int width = int((m.layers[l].*(g.modules[0].w)).cols);
+        h = collect_hessian(m, online, l, g.point, calib, width);
+      }
+      for (const auto& mod : g.modules) {
+        if (progress) progress(l, m.config.n_layers, mod.name);
+        Matrix& w = m.layers[l].*(mod.w);
+        const auto t0 = std::chrono::steady_clock::now();
+        ModuleQuantStats s{l, mod.name, 0};
+        QuantizedMatrix q;
+        if (cfg.method == WeightMethod::Rtn) {
+          q = quantize_rtn(w.data.data(), w.rows, w.cols, cfg.gptq.weights);
+        } else {
+          auto r = gptq_quantize(w.data.data(), w.rows, w.cols, h, cfg.gptq);
+          s.gptq_loss = r.loss;
+          s.damp_used = r.damp_used;
+          s.dead_inputs = r.dead_inputs;
+          q = std::move(r.q);
+        }
+        s.rel_weight_error = rel_error(w, q.dequantized);
+        std::copy(q.dequantized.begin(), q.dequantized.end(), w.data.begin());
+        s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        stats.push_back(s);
+      }
+    }
+  }
+  return stats;
+}
+
+}  // namespace quarot

@@ -1,0 +1,123 @@
+// Whole-model quantization: calibration windows, presets, the sequential GPTQ pipeline, and the
+// quarot-quantize tool.
+#include <gtest/gtest.h>
+
+#include "quarot/error.hpp"
+#include "quarot/eval.hpp"
+#include "quarot/quantize.hpp"
+#include "quarot/synth.hpp"
+#include "test_support.hpp"
+
+using namespace quarot;
+using namespace quarot::test;
+
+namespace {
+
+std::vector<int> pseudo_text(int n, int vocab, uint64_t seed) {
+  // Token ids with some structure (a repeating motif plus noise), so there is something to fit.
+  std::vector<int> t = {1};
+  uint64_t s = seed;
+  while (int(t.size()) < n) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    t.push_back((s >> 60) < 10 ? int(3 + (t.size() % 17)) : int(3 + (s >> 33) % uint64_t(vocab - 3)));
+  }
+  return t;
+}
+
+ModelWeights tiny_model() {
+  SynthSpec s = synth_preset("tiny");
+  s.seed = 5;
+  s.config.vocab = 128;
+  return make_synthetic(s);
+}
+
+double mean_kld(const ModelWeights& base, const ModelWeights& q, const OnlineTransforms& online, const ActQuantOptions& act,
+                const std::vector<Window>& windows) {
+  Transformer<float> fb(base, 128), fq(q, 128);
+  fq.set_hook(quantized_model_hook<float>(online, act, q.config.head_dim));
+  return evaluate(fq, windows, Protocol::Paper, &fb).kld_mean;
+}
+
+}  // namespace
+
+TEST(Calibration, LinesOrSeededRandomWindows) {
+  const std::vector<std::vector<int>> lines = {{1, 2, 3, 4, 5}, {1, 6, 7, 8, 9}, {1, 10, 11, 12}};
+  const auto a = calibration_windows(lines, 2, 4, 0, "c.ids");
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[1], (std::vector<int>{1, 6, 7, 8}));  // first lines, cut to seqlen
+  const auto b = calibration_windows(lines, 3, 4, 7, "c.ids");  // line 3 too short: random windows
+  const auto b2 = calibration_windows(lines, 3, 4, 7, "c.ids");
+  ASSERT_EQ(b.size(), 3u);
+  EXPECT_EQ(b, b2);  // seeded
+  for (const auto& w : b) EXPECT_EQ(w.size(), 4u);
+  EXPECT_THROW(calibration_windows(lines, 4, 4, 0, "c.ids"), Error);  // 14 tokens < 16
+}
+
+TEST(Presets, ExpandToThePapersSettings) {
+  const auto c = quant_preset("w4a4kv4");
+  EXPECT_EQ(c.method, WeightMethod::Gptq);
+  EXPECT_EQ(c.gptq.weights.grid.bits, 4);
+  EXPECT_TRUE(c.gptq.weights.grid.symmetric && c.gptq.weights.clip_search);
+  EXPECT_EQ(c.act.a_bits, 4);
+  EXPECT_DOUBLE_EQ(c.act.a_clip, 0.9);
+  EXPECT_DOUBLE_EQ(c.act.kv_clip, 0.95);
+  EXPECT_TRUE(c.act.kv_asym);
+  EXPECT_TRUE(c.rotate);
+  EXPECT_EQ(quant_preset("w4a16").gptq.weights.group_size, 128);
+  EXPECT_EQ(quant_preset("w4a4kv4-rtn").method, WeightMethod::Rtn);
+  EXPECT_FALSE(quant_preset("none").rotate);
+  EXPECT_NE(c.describe().find("--a-clip 0.9"), std::string::npos);
+  for (const auto& n : quant_preset_names()) EXPECT_NO_THROW(quant_preset(n));
+  EXPECT_THROW(quant_preset("w3a3"), Error);
+}
+
+TEST(QuantizeModel, GptqBeatsRtnAndRotationHelpsW4A4) {
+  const auto base = tiny_model();
+  std::vector<std::vector<int>> calib;
+  for (int i = 0; i < 16; ++i) calib.push_back(pseudo_text(128, 128, 100 + i));
+  std::vector<Window> held_out;
+  for (int i = 0; i < 4; ++i) held_out.push_back({pseudo_text(128, 128, 900 + i), 0});
+
+  auto kld_for = [&](WeightMethod method, int w_bits, bool rotate, const ActQuantOptions& act) {
+    auto m = base;
+    QuantConfig cfg = quant_preset("w4a4kv4");
+    cfg.method = method;
+    cfg.gptq.weights.grid.bits = w_bits;
+    OnlineTransforms online;
+    if (rotate) online = rotate_model(m, cfg.rotation);
+    const auto stats = quantize_weights(m, online, cfg, calib);
+    EXPECT_EQ(stats.size(), std::size_t(7 * base.config.n_layers));
+    for (const auto& s : stats) EXPECT_GT(s.rel_weight_error, 0.0);
+    return mean_kld(base, m, online, act, held_out);
+  };
+  const ActQuantOptions none;
+  const double rtn3 = kld_for(WeightMethod::Rtn, 3, true, none);
+  const double gptq3 = kld_for(WeightMethod::Gptq, 3, true, none);
+  EXPECT_LT(gptq3, rtn3) << "W3A16: GPTQ " << gptq3 << " vs RTN " << rtn3;
+  ActQuantOptions a4;
+  a4.a_bits = a4.k_bits = a4.v_bits = 4;
+  a4.a_clip = 0.9;
+  a4.kv_clip = 0.95;
+  const double rotated = kld_for(WeightMethod::Gptq, 4, true, a4);
+  const double plain = kld_for(WeightMethod::Gptq, 4, false, a4);
+  EXPECT_LT(rotated, plain) << "W4A4KV4 with planted outliers: rotated " << rotated << " vs not " << plain;
+}
+
+TEST(QuantizeTool, ErrorsAndExitCodes) {
+  EXPECT_EQ(run_tool("quarot-quantize", "x.bin --preset w9").exit_code, 2);
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  const std::string model = data_file("stories260K/stories260K.bin");
+  auto r = run_tool("quarot-quantize", model + " --preset w4a4kv4 --progress none");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.stderr_text.find("GPTQ needs calibration token ids"), std::string::npos) << r.stderr_text;
+  r = run_tool("quarot-quantize", model + " --preset w4a16-rtn --progress none");  // group 128 vs width 64
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.stderr_text.find("does not divide the input width 64"), std::string::npos) << r.stderr_text;
+  r = run_tool("quarot-quantize", model + " --preset w8a8kv8 --a-bits 9 --progress none");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.stderr_text.find("--a-bits: must be 2..8"), std::string::npos) << r.stderr_text;
+  r = run_tool("quarot-quantize", model + " --preset w8a8kv8 --progress none --eval-ids " +
+                                      data_file("tinystories/validation_100.tok512.ids") + " --ctx 512 --chunks 2");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_NE(r.stdout_text.find("perplexity: float"), std::string::npos);
+}
