@@ -64,6 +64,8 @@ TEST(Presets, ExpandToThePapersSettings) {
   EXPECT_TRUE(c.act.kv_asym);
   EXPECT_TRUE(c.rotate);
   EXPECT_EQ(quant_preset("w4a16").gptq.weights.group_size, 128);
+  EXPECT_DOUBLE_EQ(quant_preset("w8a8kv8").act.a_clip, 1.0);  // the clip ratios are 4-bit settings
+  EXPECT_DOUBLE_EQ(quant_preset("w8a8kv8").act.kv_clip, 1.0);
   EXPECT_EQ(quant_preset("w4a4kv4-rtn").method, WeightMethod::Rtn);
   EXPECT_FALSE(quant_preset("none").rotate);
   EXPECT_NE(c.describe().find("--a-clip 0.9"), std::string::npos);

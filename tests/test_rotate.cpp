@@ -160,6 +160,13 @@ TEST(Rotate, SeedsDecideTheSigns) {
   EXPECT_EQ(a.tok_embeddings.data, b.tok_embeddings.data);
   EXPECT_EQ(a.layers[0].w_down.data, b.layers[0].w_down.data);
   EXPECT_NE(a.tok_embeddings.data, c.tok_embeddings.data);
+  // ... and the written checkpoints are byte-identical.
+  TempDir dir;
+  save_hf(a, dir / "a");
+  save_hf(b, dir / "b");
+  save_hf(c, dir / "c");
+  EXPECT_EQ(read_bytes(dir / "a/model.safetensors"), read_bytes(dir / "b/model.safetensors"));
+  EXPECT_NE(read_bytes(dir / "a/model.safetensors"), read_bytes(dir / "c/model.safetensors"));
   // Norms are weightless afterwards, embeddings untied.
   for (float g : a.layers[0].attn_norm) EXPECT_EQ(g, 1.f);
   EXPECT_FALSE(a.lm_head.data.empty());

@@ -20,10 +20,13 @@ QuantConfig quant_preset(const std::string& name) {
   };
   auto acts = [&](int a, int kv) {
     c.act.a_bits = a;
-    c.act.a_clip = 0.9;  // the paper: activations symmetric per token, clip 0.9
     c.act.k_bits = c.act.v_bits = kv;
-    c.act.kv_clip = 0.95;  // KV asymmetric, group = head_dim, clip 0.95
-    c.act.kv_asym = true;
+    c.act.kv_asym = true;  // KV asymmetric, group = head_dim
+    // The paper's clip ratios (activations 0.9, KV 0.95) are its 4-bit settings. At 8 bits,
+    // clipping every token's largest values costs more than the finer grid saves: measured on
+    // stories260K W8A8KV8 (2026-11-23): +3.58% PPL with them, +0.13% without.
+    c.act.a_clip = a <= 4 ? 0.9 : 1.0;
+    c.act.kv_clip = kv <= 4 ? 0.95 : 1.0;
   };
   if (name == "w4a4kv4") {
     weights(WeightMethod::Gptq, 4, 0);
