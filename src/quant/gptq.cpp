@@ -49,6 +49,7 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
   const int64_t n_groups = cols / gs;
   if (o.weights.group_size && o.static_groups) {
     static_params.resize(std::size_t(rows * n_groups));
+#pragma omp parallel for schedule(dynamic, 16) if (rows >= 64)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t gi = 0; gi < n_groups; ++gi) static_params[std::size_t(r * n_groups + gi)] = params_for(W, r, gi * gs, gs, o.weights);
   }
@@ -93,6 +94,7 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
   std::vector<QParams> row_params;
   if (!o.weights.group_size) {
     row_params.resize(std::size_t(rows));
+#pragma omp parallel for schedule(dynamic, 16) if (rows >= 64)
     for (int64_t r = 0; r < rows; ++r) row_params[std::size_t(r)] = params_for(W, r, 0, cols, o.weights);
   }
   std::vector<QParams> current(static_cast<std::size_t>(rows));
@@ -114,6 +116,7 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
           // As the reference: parameters from the (lazily updated) weights of the next group.
           MatCM cur = W;
           cur.middleCols(i1, count) = W1;
+#pragma omp parallel for schedule(dynamic, 16) if (rows >= 64)
           for (int64_t r = 0; r < rows; ++r) current[std::size_t(r)] = params_for(cur, r, col, std::min(gs, cols - col), o.weights);
         }
       } else {

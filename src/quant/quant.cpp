@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "quarot/detail/eigen.hpp"
 #include "quarot/error.hpp"
 
 namespace quarot {
@@ -24,21 +25,32 @@ QParams params_from_range(double lo, double hi, const Grid& g) {
   return p;
 }
 
+double exact_clip_error(std::span<const float> x, const QParams& c, const Grid& g) {
+  double err = 0;
+  for (float v : x) err += std::pow(std::fabs(fake_quant(v, c, g) - v), 2.4);
+  return err;
+}
+
 // Best shrink of [lo, hi] for the values x (the reference's "mse" search: norm 2.4, grid 100,
-// max shrink 0.8).
+// max shrink 0.8). The 80 candidates are scored with Eigen's vectorized log/exp (|e|^2.4 =
+// exp(2.4 log|e|); libm's pow was 70% of GPTQ's time); the winner is then checked against no
+// clipping with the exact pow, so the search is never worse than no clip.
 QParams clip_searched(std::span<const float> x, double lo, double hi, const Grid& g) {
-  QParams best = params_from_range(lo, hi, g);
-  double best_err = INFINITY;
+  const QParams full = params_from_range(lo, hi, g);
+  QParams best = full;
+  float best_err = INFINITY;
+  Eigen::ArrayXf err(Eigen::Index(x.size()));
   for (int i = 0; i < 80; ++i) {
     const double p = 1.0 - i / 100.0;
     const QParams c = params_from_range(p * lo, p * hi, g);
-    double err = 0;
-    for (float v : x) err += std::pow(std::fabs(fake_quant(v, c, g) - v), 2.4);
-    if (err < best_err) {
-      best_err = err;
+    for (std::size_t k = 0; k < x.size(); ++k) err[Eigen::Index(k)] = float(fake_quant(x[k], c, g) - x[k]);
+    const float e = ((err.abs().log()) * 2.4f).exp().sum();
+    if (e < best_err) {
+      best_err = e;
       best = c;
     }
   }
+  if (best.scale != full.scale && exact_clip_error(x, best, g) > exact_clip_error(x, full, g)) best = full;
   return best;
 }
 
@@ -81,6 +93,8 @@ QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const W
   q.codes.resize(std::size_t(rows * cols));
   q.params.resize(std::size_t(rows * groups));
   q.dequantized.resize(std::size_t(rows * cols));
+  // Rows are independent: the same result on any number of threads.
+#pragma omp parallel for schedule(dynamic, 16) if (rows >= 64)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t gi = 0; gi < groups; ++gi) {
       const std::span<const float> x(w + r * cols + gi * q.group_size, std::size_t(q.group_size));
