@@ -86,7 +86,6 @@ int main(int argc, char** argv) {
   if (a.v_bits) cfg.act.v_bits = a.v_bits;
   if (a.kv_clip > 0) cfg.act.kv_clip = a.kv_clip;
   if (a.no_rotate) cfg.rotate = false;
-  if (a.preset != "none" && !a.no_rotate) cfg.rotate = true;
   cfg.rotation.r1_kind = a.rotation == "random" ? quarot::R1Kind::Random : quarot::R1Kind::Hadamard;
   cfg.rotation.seed = a.seed;
   cfg.seed = a.seed;

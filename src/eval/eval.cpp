@@ -75,7 +75,7 @@ EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& window
   std::vector<float> logits, base_logits;
   std::vector<double> all_nll, klds;
   long long agree = 0;
-  double sum_window_means = 0;
+  double sum_window_means = 0, sum_nll = 0;
   for (std::size_t wi = 0; wi < windows.size(); ++wi) {
     const Window& w = windows[wi];
     r.ctx = std::max(r.ctx, int(w.tokens.size()));
@@ -93,6 +93,7 @@ EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& window
       const double nll = logz - x[w.tokens[j + 1]];
       window_sum += nll;
       ++window_n;
+      sum_nll += nll;
       all_nll.push_back(nll);
       if (base) {
         const float* b = base_logits.data() + std::size_t(j) * V;
@@ -112,13 +113,7 @@ EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& window
     r.windows = int(r.window_nll.size());
     r.tokens_scored += window_n;
     // Running figures, so the progress line can show "ppl so far".
-    if (p == Protocol::Paper) {
-      r.mean_nll = sum_window_means / r.windows;
-    } else {
-      double s = 0;
-      for (double v : all_nll) s += v;
-      r.mean_nll = s / double(all_nll.size());
-    }
+    r.mean_nll = p == Protocol::Paper ? sum_window_means / r.windows : sum_nll / double(all_nll.size());
     r.ppl = std::exp(r.mean_nll);
     if (progress) progress(int(wi) + 1, int(windows.size()), r);
   }

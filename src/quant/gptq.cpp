@@ -113,11 +113,13 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
         if (o.static_groups) {
           for (int64_t r = 0; r < rows; ++r) current[std::size_t(r)] = static_params[std::size_t(r * n_groups + orig / gs)];
         } else if (col % gs == 0) {
-          // As the reference: parameters from the (lazily updated) weights of the next group.
-          MatCM cur = W;
-          cur.middleCols(i1, count) = W1;
+          // As the reference: parameters from the (lazily updated) weights of the next group:
+          // its columns inside this block come from W1, the rest from W.
+          const int64_t width = std::min(gs, cols - col);
+          MatCM grp(rows, width);
+          for (int64_t j = 0; j < width; ++j) grp.col(j) = col + j < i2 ? W1.col(col + j - i1) : W.col(col + j);
 #pragma omp parallel for schedule(dynamic, 16) if (rows >= 64)
-          for (int64_t r = 0; r < rows; ++r) current[std::size_t(r)] = params_for(cur, r, col, std::min(gs, cols - col), o.weights);
+          for (int64_t r = 0; r < rows; ++r) current[std::size_t(r)] = params_for(grp, r, 0, width, o.weights);
         }
       } else {
         current = row_params;

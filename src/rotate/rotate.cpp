@@ -15,6 +15,8 @@ namespace quarot {
 
 namespace {
 
+using Mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
 // A right-multiplication x <- x * R on rows of doubles.
 struct RightOp {
   int n = 0;
@@ -31,17 +33,9 @@ struct RightOp {
       h->right(x, rows, stride);
       return;
     }
-    std::vector<double> tmp(n);
-    for (int r = 0; r < rows; ++r) {
-      double* row = x + int64_t(r) * stride;
-      std::fill(tmp.begin(), tmp.end(), 0.0);
-      for (int i = 0; i < n; ++i) {
-        const double v = row[i];
-        const double* q = dense.data() + std::size_t(i) * n;
-        for (int j = 0; j < n; ++j) tmp[j] += v * q[j];
-      }
-      std::copy(tmp.begin(), tmp.end(), row);
-    }
+    Eigen::Map<Mat, 0, Eigen::OuterStride<>> xm(x, rows, n, Eigen::OuterStride<>(stride));
+    const Mat y = xm * Eigen::Map<const Mat>(dense.data(), n, n);
+    xm = y;
   }
   // X <- R^T X for X with n rows of `cols` values.
   void apply_left_transpose(double* x, int64_t cols) const {
@@ -52,7 +46,6 @@ struct RightOp {
       h->left_transpose(x, cols);
       return;
     }
-    using Mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     Eigen::Map<Mat> xm(x, n, cols);
     const Mat y = Eigen::Map<const Mat>(dense.data(), n, n).transpose() * xm;
     xm = y;
