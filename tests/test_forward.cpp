@@ -2,6 +2,8 @@
 // real stories260K model, its Hugging Face conversion, and synthetic GQA / Qwen2-shaped models.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
 #include "quarot/forward.hpp"
@@ -141,20 +143,39 @@ TEST(Forward, HooksSeeEveryPointAndCanChangeTheResult) {
   Transformer<double> model(m, 16);
   std::map<HookPoint, int> calls;
   std::map<HookPoint, int> widths;
+  std::vector<double> last_output;
   model.set_hook([&](HookPoint p, int layer, const ActivationView<double>& v) {
     ++calls[p];
     widths[p] = v.cols;
+    if (p == HookPoint::LayerOutput && layer == 1) last_output.assign(v.data, v.data + std::size_t(v.rows) * v.cols);
     EXPECT_EQ(v.rows, 5);
     EXPECT_LT(layer, 2);
   });
   const std::vector<int> tokens = {1, 5, 9, 200, 7};
   std::vector<double> base, changed;
   model.forward(tokens, base);
-  EXPECT_EQ(calls.size(), 7u);
+  EXPECT_EQ(calls.size(), 8u);
   for (auto [p, n] : calls) EXPECT_EQ(n, 2) << hook_point_name(p);
   EXPECT_EQ(widths[HookPoint::QkvInput], 64);
   EXPECT_EQ(widths[HookPoint::KeyAfterRope], m.config.kv_dim());
   EXPECT_EQ(widths[HookPoint::DownProjInput], 172);
+  EXPECT_EQ(widths[HookPoint::LayerOutput], 64);
+  // The last layer's output is the residual stream the classifier reads: final RMSNorm and the
+  // classifier applied to it by hand give the logits of the last token.
+  {
+    const int d = 64, V = m.config.vocab, last = 4;
+    const double* xr = last_output.data() + std::size_t(last) * d;
+    double ss = 0;
+    for (int i = 0; i < d; ++i) ss += xr[i] * xr[i];
+    const double inv = 1.0 / std::sqrt(ss / d + m.config.rms_eps);
+    double worst = 0;
+    for (int t = 0; t < V; ++t) {
+      double z = 0;
+      for (int i = 0; i < d; ++i) z += xr[i] * inv * m.final_norm[i] * double(m.classifier().row(t)[i]);
+      worst = std::max(worst, std::fabs(z - base[std::size_t(last) * V + t]));
+    }
+    EXPECT_LT(worst, 1e-9);
+  }
   // A hook that zeroes down_proj's input in layer 1 must change the logits.
   model.reset();
   model.set_hook([](HookPoint p, int layer, const ActivationView<double>& v) {

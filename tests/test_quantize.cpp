@@ -2,10 +2,15 @@
 // quarot-quantize tool.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <fstream>
+#include <set>
+
 #include "quarot/error.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/synth.hpp"
+#include "quarot/tokenizer.hpp"
 #include "test_support.hpp"
 
 using namespace quarot;
@@ -111,15 +116,72 @@ TEST(QuantizeTool, ErrorsAndExitCodes) {
   const std::string model = data_file("stories260K/stories260K.bin");
   auto r = run_tool("quarot-quantize", model + " --preset w4a4kv4 --progress none");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.stderr_text.find("GPTQ needs calibration token ids"), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("GPTQ needs calibration data"), std::string::npos) << r.stderr_text;
+  // Text calibration without a tokenizer is refused, naming the file.
+  r = run_tool("quarot-quantize", model + " --preset w4a4kv4 --progress none --calib " + data_file("tinystories/validation_100.txt"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.stderr_text.find("validation_100.txt: calibration text needs a tokenizer"), std::string::npos) << r.stderr_text;
   r = run_tool("quarot-quantize", model + " --preset w4a16-rtn --progress none");  // group 128 vs width 64
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.stderr_text.find("does not divide the input width 64"), std::string::npos) << r.stderr_text;
   r = run_tool("quarot-quantize", model + " --preset w8a8kv8 --a-bits 9 --progress none");
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.stderr_text.find("--a-bits: must be 2..8"), std::string::npos) << r.stderr_text;
+  r = run_tool("quarot-quantize", model + " --preset w8a8kv8 --classifier-bits 12 --progress none");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.stderr_text.find("--classifier-bits: must be 2..8 or 16"), std::string::npos) << r.stderr_text;
   r = run_tool("quarot-quantize", model + " --preset w8a8kv8 --progress none --eval-ids " +
                                       data_file("tinystories/validation_100.tok512.ids") + " --ctx 512 --chunks 2");
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
   EXPECT_NE(r.stdout_text.find("perplexity: float"), std::string::npos);
+}
+
+TEST(QuantizeModel, ClassifierBitsUntieAndQuantizeOnlyTheClassifier) {
+  auto m = tiny_model();
+  m.config.tied_embeddings = true;  // as stories260K: the classifier reads the embeddings
+  m.lm_head = Matrix{};
+  const auto embeddings = m.tok_embeddings;
+  QuantConfig cfg = quant_preset("none");
+  cfg.classifier_bits = 8;
+  const auto stats = quantize_weights(m, {}, cfg, {});
+  ASSERT_EQ(stats.size(), 1u);
+  EXPECT_EQ(stats[0].module, "lm_head");
+  EXPECT_EQ(stats[0].layer, -1);
+  EXPECT_FALSE(m.config.tied_embeddings);
+  EXPECT_EQ(std::vector<float>(m.tok_embeddings.data.begin(), m.tok_embeddings.data.end()),
+            std::vector<float>(embeddings.data.begin(), embeddings.data.end()));  // embeddings untouched
+  // Per-channel symmetric 8-bit: every classifier row lies on its own grid of 255 levels and
+  // is within half a step of the original (clip search may only shrink the step).
+  ASSERT_EQ(m.lm_head.rows, embeddings.rows);
+  for (int64_t r = 0; r < m.lm_head.rows; ++r) {
+    float amax = 0;
+    for (int64_t c = 0; c < m.lm_head.cols; ++c) amax = std::max(amax, std::fabs(embeddings.row(r)[c]));
+    std::set<float> levels(m.lm_head.row(r), m.lm_head.row(r) + m.lm_head.cols);
+    EXPECT_LE(levels.size(), 255u);
+    for (int64_t c = 0; c < m.lm_head.cols; ++c)
+      EXPECT_LE(std::fabs(m.lm_head.row(r)[c] - embeddings.row(r)[c]), amax / 127.0 * 0.5 + 1e-6);
+  }
+  EXPECT_GT(stats[0].rel_weight_error, 0.0);
+  EXPECT_LT(stats[0].rel_weight_error, 0.05);  // planted outlier columns (20-100x) widen each row's grid
+  cfg.classifier_bits = 9;
+  EXPECT_THROW(quantize_weights(m, {}, cfg, {}), Error);
+}
+
+TEST(Calibration, TextIsTokenizedWholeWithBos) {
+  QUAROT_REQUIRE_DATA("stories260K/tok512.model");
+  const auto tok = load_tokenizer(data_file("stories260K/tok512.model"));
+  TempDir dir;
+  const std::string text = dir / "calib.txt";
+  {
+    std::ofstream f(text);
+    f << "Once upon a time, there was a little girl.\r\nShe liked to play.\n";
+  }
+  const auto seqs = read_calibration(text, tok.get(), 512);
+  ASSERT_EQ(seqs.size(), 1u);
+  EXPECT_EQ(seqs[0][0], tok->bos_id());
+  const auto expect = tok->encode("Once upon a time, there was a little girl.\nShe liked to play.\n");  // CRLF -> LF
+  EXPECT_EQ(std::vector<int>(seqs[0].begin() + 1, seqs[0].end()), expect);
+  EXPECT_THROW(read_calibration(text, nullptr, 512), Error);   // text needs a tokenizer
+  EXPECT_THROW(read_calibration(text, tok.get(), 32000), Error);  // tokenizer does not fit the model
+  EXPECT_THROW(read_calibration(dir / "missing.ids", nullptr, 512), Error);
 }

@@ -16,9 +16,9 @@
 
 int main(int argc, char** argv) {
   struct Args {
-    std::string model, preset = "w4a4kv4", calib, eval_ids, json, progress = "auto", rotation = "hadamard", w_method;
+    std::string model, preset = "w4a4kv4", calib, tokenizer, eval_ids, json, progress = "auto", rotation = "hadamard", w_method;
     int w_bits = 0, w_group = -1, a_bits = 0, k_bits = 0, v_bits = 0, nsamples = 128, seqlen = 2048, ctx = 0, chunks = 0,
-        threads = 0;
+        threads = 0, classifier_bits = 0;
     double a_clip = 0, kv_clip = 0, damp = 0.01;
     uint64_t seed = 0;
     bool no_rotate = false, act_order = false, static_groups = false, no_clip_search = false, w_asym = false;
@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   app.add_flag("--no-clip-search", a.no_clip_search, "no per-row clip search")->group("Weights");
   app.add_option("--damp", a.damp, "GPTQ damping, fraction of the mean Hessian diagonal")->capture_default_str()->group("Weights");
   app.add_flag("--act-order", a.act_order, "GPTQ: columns in decreasing Hessian diagonal order")->group("Weights");
+  app.add_option("--classifier-bits", a.classifier_bits, "quantize the classifier to this many bits (RTN; 16: float, the paper)")->group("Weights");
   app.add_flag("--static-groups", a.static_groups, "GPTQ: group parameters from the original weights")->group("Weights");
   app.add_option("--a-bits", a.a_bits, "activation bits (16: none)")->group("Activations & KV");
   app.add_option("--a-clip", a.a_clip, "activation clip ratio (paper: 0.9)")->group("Activations & KV");
@@ -54,7 +55,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-rotate", a.no_rotate, "quantize without QuaRot's rotations")->group("Rotation");
   app.add_option("--rotation", a.rotation, "R1: hadamard or random")->check(CLI::IsMember({"hadamard", "random"}))->capture_default_str()->group("Rotation");
   app.add_option("--seed", a.seed, "seed of rotations and calibration sampling")->capture_default_str()->group("Rotation");
-  app.add_option("--calib", a.calib, "calibration token ids (GPTQ)")->group("Calibration");
+  app.add_option("--calib", a.calib, "calibration data (GPTQ): token ids (*.ids) or text (with --tokenizer)")->group("Calibration");
+  app.add_option("--tokenizer", a.tokenizer, "tokenizer for text calibration: SentencePiece .model or llama2.c tokenizer.bin")->group("Calibration");
   app.add_option("--nsamples", a.nsamples, "calibration sequences")->capture_default_str()->group("Calibration");
   app.add_option("--seqlen", a.seqlen, "calibration sequence length (capped at the model's max)")->capture_default_str()->group("Calibration");
   app.add_option("--eval-ids", a.eval_ids, "evaluation token ids (lines concatenated, paper protocol)")->group("Evaluation");
@@ -85,6 +87,7 @@ int main(int argc, char** argv) {
   if (a.k_bits) cfg.act.k_bits = a.k_bits;
   if (a.v_bits) cfg.act.v_bits = a.v_bits;
   if (a.kv_clip > 0) cfg.act.kv_clip = a.kv_clip;
+  if (a.classifier_bits) cfg.classifier_bits = a.classifier_bits;
   if (a.no_rotate) cfg.rotate = false;
   cfg.rotation.r1_kind = a.rotation == "random" ? quarot::R1Kind::Random : quarot::R1Kind::Hadamard;
   cfg.rotation.seed = a.seed;
@@ -92,11 +95,20 @@ int main(int argc, char** argv) {
   cfg.nsamples = a.nsamples;
   cfg.seqlen = a.seqlen;
 
-  return quarot::cli::run("quarot-quantize", [&] {
-    if (a.threads > 0) omp_set_num_threads(a.threads);
+  try {  // bad flag values are usage errors (exit 2), found before any work
     quarot::check_act_options(cfg.act);
+    if (cfg.classifier_bits < 16 && (cfg.classifier_bits < 2 || cfg.classifier_bits > 8))
+      throw quarot::Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
     if (cfg.method != quarot::WeightMethod::None && (wq.grid.bits < 2 || wq.grid.bits > 8))
       throw quarot::Error("--w-bits", "must be 2..8, got " + std::to_string(wq.grid.bits));
+    if (wq.group_size < 0) throw quarot::Error("--w-group", "must be >= 0");
+  } catch (const quarot::Error& e) {
+    std::fprintf(stderr, "quarot-quantize: error: %s (see --help)\n", e.what());
+    return quarot::cli::kExitUsage;
+  }
+
+  return quarot::cli::run("quarot-quantize", [&] {
+    if (a.threads > 0) omp_set_num_threads(a.threads);
     const auto mode = quarot::parse_progress_mode(a.progress);
     const auto float_model = quarot::load_model(a.model);
     auto m = float_model;
@@ -114,8 +126,10 @@ int main(int argc, char** argv) {
     }
     std::vector<std::vector<int>> calib;
     if (cfg.method == quarot::WeightMethod::Gptq) {
-      if (a.calib.empty()) throw quarot::Error("--calib", "GPTQ needs calibration token ids (--calib FILE)");
-      calib = quarot::calibration_windows(quarot::read_ids_file(a.calib, c.vocab), cfg.nsamples, cfg.seqlen, cfg.seed, a.calib);
+      if (a.calib.empty()) throw quarot::Error("--calib", "GPTQ needs calibration data (--calib FILE: *.ids or text)");
+      std::unique_ptr<quarot::Tokenizer> tok;
+      if (!a.tokenizer.empty()) tok = quarot::load_tokenizer(a.tokenizer);
+      calib = quarot::calibration_windows(quarot::read_calibration(a.calib, tok.get(), c.vocab), cfg.nsamples, cfg.seqlen, cfg.seed, a.calib);
     }
     quarot::Progress qp("quantize", mode);
     const auto stats = quarot::quantize_weights(m, online, cfg, calib, [&](int l, int n, const std::string&) { qp.update(uint64_t(l), uint64_t(n)); });

@@ -13,7 +13,7 @@
 //   x += a Wo^T + bo
 //   h = RMSNorm(x) * ffn_norm             -> GateUpInput    (input of gate/up_proj)
 //   m = silu(h Wg^T) * (h Wu^T)           -> DownProjInput  (input of down_proj)
-//   x += m Wd^T
+//   x += m Wd^T                           -> LayerOutput    (the residual stream; observe only)
 // then logits = RMSNorm(x) * final_norm W_cls^T (the classifier's input is not hooked).
 #include <cstdint>
 #include <functional>
@@ -25,7 +25,7 @@
 
 namespace quarot {
 
-enum class HookPoint { QkvInput, QueryAfterRope, KeyAfterRope, ValueAfterProj, OProjInput, GateUpInput, DownProjInput };
+enum class HookPoint { QkvInput, QueryAfterRope, KeyAfterRope, ValueAfterProj, OProjInput, GateUpInput, DownProjInput, LayerOutput };
 const char* hook_point_name(HookPoint p);
 
 template <class T>

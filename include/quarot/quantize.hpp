@@ -22,6 +22,9 @@ struct QuantConfig {
   ActQuantOptions act;
   bool rotate = true;
   RotationOptions rotation;
+  // < 16: the classifier (lm_head) is RTN-quantized per output channel, symmetric, with clip
+  // search (untied from the embeddings first); 16: it stays float as in the paper.
+  int classifier_bits = 16;
   int nsamples = 128;
   int seqlen = 2048;  // capped at the model's max positions
   uint64_t seed = 0;
@@ -48,9 +51,17 @@ struct ModuleQuantStats {
 std::vector<std::vector<int>> calibration_windows(const std::vector<std::vector<int>>& seqs, int nsamples, int seqlen,
                                                   uint64_t seed, const std::string& source);
 
+// Calibration tokens from `path`: a pre-tokenized ids file (*.ids, one sequence per line) or
+// text (anything else) tokenized whole with `tokenizer` (required for text; BOS once at the
+// start, as the reference tokenizes its joined calibration text). Throws quarot::Error naming
+// the file.
+class Tokenizer;
+std::vector<std::vector<int>> read_calibration(const std::string& path, const Tokenizer* tokenizer, int vocab);
+
 using QuantProgress = std::function<void(int layer, int layers, const std::string& module)>;
 
-// Quantizes m's decoder weights in place (embeddings and classifier stay float). `online`: the
+// Quantizes m's decoder weights in place (embeddings stay float; the classifier too unless
+// cfg.classifier_bits < 16, reported as module "lm_head" of layer -1). `online`: the
 // model's online transforms (empty when not rotated). `calib` is needed by GPTQ only.
 std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
                                                const std::vector<std::vector<int>>& calib, const QuantProgress& progress = {});

@@ -23,6 +23,7 @@ const char* hook_point_name(HookPoint p) {
     case HookPoint::OProjInput: return "o_proj_input";
     case HookPoint::GateUpInput: return "gate_up_input";
     case HookPoint::DownProjInput: return "down_proj_input";
+    case HookPoint::LayerOutput: return "layer_output";
   }
   return "?";
 }
@@ -254,6 +255,7 @@ struct Transformer<T>::Impl {
       g = g.unaryExpr([](T z) { return z / (T(1) + std::exp(-z)); }).cwiseProduct(u);
       call_hook(HookPoint::DownProjInput, l, g);
       linear_add(g, L.wd, d, nullptr, x);
+      call_hook(HookPoint::LayerOutput, l, x);
     }
     pos += n;
     Mat<T> last = last_only ? Mat<T>(x.bottomRows(1)) : std::move(x);

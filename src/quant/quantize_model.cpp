@@ -6,6 +6,7 @@
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quantize.hpp"
+#include "quarot/tokenizer.hpp"
 
 namespace quarot {
 
@@ -68,7 +69,7 @@ std::string QuantConfig::describe() const {
         << (gptq.static_groups ? "on" : "off") << " --nsamples " << nsamples << " --seqlen " << seqlen;
   }
   o << " --a-bits " << act.a_bits << " --a-clip " << act.a_clip << " --k-bits " << act.k_bits << " --v-bits " << act.v_bits
-    << " --kv-clip " << act.kv_clip;
+    << " --kv-clip " << act.kv_clip << " --classifier-bits " << classifier_bits;
   return o.str();
 }
 
@@ -95,6 +96,21 @@ std::vector<std::vector<int>> calibration_windows(const std::vector<std::vector<
     out.emplace_back(stream.begin() + std::ptrdiff_t(at), stream.begin() + std::ptrdiff_t(at) + seqlen);
   }
   return out;
+}
+
+std::vector<std::vector<int>> read_calibration(const std::string& path, const Tokenizer* tokenizer, int vocab) {
+  const bool ids = path.size() >= 4 && path.compare(path.size() - 4, 4, ".ids") == 0;
+  if (ids) return read_ids_file(path, vocab);
+  if (!tokenizer)
+    throw Error(path, "calibration text needs a tokenizer (--tokenizer FILE); pre-tokenized ids must be named *.ids");
+  if (vocab > 0 && tokenizer->vocab_size() != vocab)
+    throw Error(path, "the tokenizer has " + std::to_string(tokenizer->vocab_size()) + " pieces, the model " +
+                          std::to_string(vocab));
+  std::vector<int> stream = {tokenizer->bos_id()};
+  const auto body = tokenizer->encode(read_text_lf(path));
+  if (body.empty()) throw Error(path, "no calibration text");
+  stream.insert(stream.end(), body.begin(), body.end());
+  return {stream};
 }
 
 template <class T>
@@ -151,6 +167,20 @@ std::vector<double> collect_hessian(const ModelWeights& m, const OnlineTransform
 std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
                                                const std::vector<std::vector<int>>& calib, const QuantProgress& progress) {
   std::vector<ModuleQuantStats> stats;
+  if (cfg.classifier_bits < 16) {
+    if (cfg.classifier_bits < 2 || cfg.classifier_bits > 8) throw Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
+    if (m.config.tied_embeddings) {
+      m.lm_head = m.tok_embeddings;  // the embeddings stay float: the classifier gets its own copy
+      m.config.tied_embeddings = false;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    WeightQuantOptions o{{cfg.classifier_bits, true}, 0, true};
+    const auto q = quantize_rtn(m.lm_head.data.data(), m.lm_head.rows, m.lm_head.cols, o);
+    ModuleQuantStats s{-1, "lm_head", rel_error(m.lm_head, q.dequantized)};
+    std::copy(q.dequantized.begin(), q.dequantized.end(), m.lm_head.data.begin());
+    s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats.push_back(s);
+  }
   if (cfg.method == WeightMethod::None) return stats;
   if (cfg.method == WeightMethod::Gptq && calib.empty()) throw Error("--calib", "GPTQ needs calibration tokens");
   struct Module {

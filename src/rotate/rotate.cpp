@@ -314,7 +314,8 @@ std::vector<ActivationStats> activation_stats(const ModelWeights& m, const Onlin
   };
   std::map<std::pair<int, int>, Acc> acc;  // (layer, point)
   ForwardHook<double> collect = [&](HookPoint p, int layer, const ActivationView<double>& v) {
-    if (p == HookPoint::QueryAfterRope) return;  // queries are not cached nor a linear input
+    // Queries are neither cached nor a linear input; the layer output is not quantized.
+    if (p == HookPoint::QueryAfterRope || p == HookPoint::LayerOutput) return;
     Acc& a = acc[{layer, int(p)}];
     a.chan_max.resize(std::size_t(v.cols), 0.0);
     for (int r = 0; r < v.rows; ++r)
