@@ -10,17 +10,22 @@ namespace quarot {
 
 namespace {
 
+// Scales are rounded to fp32, the precision the packed model file stores: the simulation and
+// the packed integer model then dequantize to the very same weights (code * fp32 scale is exact
+// in double, so rounding it to float equals the fp32 product the integer path computes).
 QParams params_from_range(double lo, double hi, const Grid& g) {
   QParams p;
   if (g.symmetric) {
     const double m = std::max(std::fabs(lo), std::fabs(hi));
-    p.scale = m > 0 ? m / g.qmax() : 1.0;
+    p.scale = m > 0 ? double(float(m / g.qmax())) : 1.0;
+    if (p.scale == 0) p.scale = 1.0;  // below fp32's range: every value rounds to 0 anyway
     return p;
   }
   lo = std::min(lo, 0.0);  // the range always holds 0, so that 0 is exact
   hi = std::max(hi, 0.0);
   if (hi == lo) return p;  // all zero: scale 1, zero 0
-  p.scale = (hi - lo) / g.qmax();
+  p.scale = double(float((hi - lo) / g.qmax()));
+  if (p.scale == 0) return QParams{};
   p.zero = int(std::nearbyint(-lo / p.scale));
   return p;
 }

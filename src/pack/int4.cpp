@@ -1,0 +1,332 @@
+// INT4 kernels: a scalar reference and AVX2 / AVX-512-VNNI paths (compiled for those targets
+// with function attributes and chosen at run time, so the library runs on any x86-64).
+// This file is compiled with -ffp-contract=off (see src/CMakeLists.txt): the fp32 epilogue must
+// round the same way in every path.
+#include "quarot/int4.hpp"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "quarot/detail/eigen.hpp"
+#include "quarot/error.hpp"
+
+namespace quarot {
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return true;
+    case Isa::Avx2: return __builtin_cpu_supports("avx2");
+    case Isa::Avx512Vnni:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  }
+  return false;
+}
+
+Isa best_isa() {
+  static const Isa best = [] {
+    Isa cap = Isa::Avx512Vnni;
+    if (const char* e = std::getenv("QUAROT_ISA")) {
+      const std::string s = e;
+      cap = s == "scalar" ? Isa::Scalar : s == "avx2" ? Isa::Avx2 : Isa::Avx512Vnni;
+    }
+    for (Isa i : {Isa::Avx512Vnni, Isa::Avx2})
+      if (int(i) <= int(cap) && isa_supported(i)) return i;
+    return Isa::Scalar;
+  }();
+  return best;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512Vnni: return "avx512-vnni";
+  }
+  return "?";
+}
+
+void pack_int4_row(const uint8_t* u, int64_t cols, uint8_t pad, uint8_t* out) {
+  const int64_t padded = int4_padded_cols(cols);
+  for (int64_t b = 0; b < padded / kInt4Block; ++b)
+    for (int j = 0; j < 32; ++j) {
+      const int64_t lo = b * kInt4Block + j, hi = lo + 32;
+      const uint8_t a = lo < cols ? u[lo] : pad, c = hi < cols ? u[hi] : pad;
+      out[b * 32 + j] = uint8_t((a & 0x0F) | ((c & 0x0F) << 4));
+    }
+}
+
+float Int4Weights::weight(int64_t r, int64_t c) const {
+  const int64_t g = group_size >= cols ? 0 : c / group_size;
+  const int z = zeros ? zeros[r * groups() + g] : 8;
+  return float(int(int4_at(packed + r * (cols_padded() / 2), c)) - z) * scales[r * groups() + g];
+}
+
+// ---------------------------------------------------------------- activation quantization
+
+namespace {
+
+// Per-row parameters exactly as the fake quantizer computes them (quant.cpp: params_from_range
+// on [clip*lo, clip*hi], symmetric: scale = clip*max|x| / qmax rounded to fp32).
+double act_scale(const float* x, int64_t cols, int bits, double clip) {
+  double lo = x[0], hi = x[0];
+  for (int64_t i = 0; i < cols; ++i) {
+    lo = std::min(lo, double(x[i]));
+    hi = std::max(hi, double(x[i]));
+  }
+  const double m = std::max(std::fabs(lo * clip), std::fabs(hi * clip));
+  const int qmax = (1 << (bits - 1)) - 1;
+  double s = m > 0 ? double(float(m / qmax)) : 1.0;
+  return s == 0 ? 1.0 : s;
+}
+
+void quantize_row_scalar(const float* x, int64_t cols, double scale, int qmin, int qmax, int8_t* q) {
+  for (int64_t i = 0; i < cols; ++i) {
+    double v = __builtin_nearbyint(double(x[i]) / scale);
+    v = std::min(std::max(v, double(qmin)), double(qmax));
+    q[i] = int8_t(v);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_row_avx512(const float* x, int64_t cols, double scale,
+                                                                              int qmin, int qmax, int8_t* q) {
+  const __m512d s = _mm512_set1_pd(scale), lo = _mm512_set1_pd(qmin), hi = _mm512_set1_pd(qmax);
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) {
+    const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
+    __m512d r = _mm512_roundscale_pd(_mm512_div_pd(v, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_min_pd(_mm512_max_pd(r, lo), hi);
+    const __m256i i32 = _mm512_cvtpd_epi32(r);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), _mm256_cvtepi32_epi8(i32));
+  }
+  quantize_row_scalar(x + i, cols - i, scale, qmin, qmax, q + i);
+}
+
+}  // namespace
+
+void quantize_activations(const float* x, int rows, int64_t cols, int bits, double clip, Int8Activations& out, Isa isa) {
+  if (bits < 2 || bits > 8) throw Error("int4", "activation bits must be 2..8, got " + std::to_string(bits));
+  out.rows = rows;
+  out.cols = cols;
+  out.cols_padded = int4_padded_cols(cols);
+  const int64_t K = out.cols_padded, nb = K / kInt4Block;
+  out.q.assign(std::size_t(rows * K), 0);
+  out.scale.resize(std::size_t(rows));
+  out.block_sums.assign(std::size_t(rows * nb), 0);
+  const int qmin = -(1 << (bits - 1)), qmax = (1 << (bits - 1)) - 1;
+#pragma omp parallel for schedule(static) if (int64_t(rows) * cols > (1 << 16))
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + int64_t(r) * cols;
+    int8_t* qr = out.q.data() + int64_t(r) * K;
+    const double s = cols > 0 ? act_scale(xr, cols, bits, clip) : 1.0;
+    out.scale[std::size_t(r)] = float(s);
+    if (isa == Isa::Avx512Vnni)
+      quantize_row_avx512(xr, cols, s, qmin, qmax, qr);
+    else
+      quantize_row_scalar(xr, cols, s, qmin, qmax, qr);
+    for (int64_t b = 0; b < nb; ++b) {
+      int32_t sum = 0;
+      for (int j = 0; j < kInt4Block; ++j) sum += qr[b * kInt4Block + j];
+      out.block_sums[std::size_t(int64_t(r) * nb + b)] = sum;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- GEMM
+
+namespace {
+
+struct GemmContext {
+  const Int4Weights& w;
+  const Int8Activations& x;
+  const float* bias;
+  float* y;
+  int64_t K, nb, G, bpg;
+  std::vector<int32_t> xsum;  // [token][group]: sum of the token's codes over the group
+  GemmContext(const Int4Weights& w_, const Int8Activations& x_, const float* b, float* y_)
+      : w(w_), x(x_), bias(b), y(y_), K(w_.cols_padded()), nb(K / kInt4Block), G(w_.groups()), bpg(w_.blocks_per_group()) {
+    xsum.assign(std::size_t(x.rows * G), 0);
+    for (int t = 0; t < x.rows; ++t)
+      for (int64_t k = 0; k < nb; ++k) xsum[std::size_t(t * G + k / bpg)] += x.block_sums[std::size_t(t * nb + k)];
+  }
+  // The fp32 epilogue, shared by every path: one group's integer dot into the running sum.
+  float group_term(int64_t o, int64_t g, int t, int32_t dot) const {
+    const int32_t z = w.zeros ? w.zeros[o * G + g] : 8;
+    return w.scales[o * G + g] * float(dot - z * xsum[std::size_t(t * G + g)]);
+  }
+  void store(int t, int64_t o, float acc) const {
+    float v = acc * x.scale[std::size_t(t)];
+    if (bias) v = v + bias[o];
+    y[int64_t(t) * w.rows + o] = v;
+  }
+};
+
+void gemm_scalar(const GemmContext& c) {
+  const auto& w = c.w;
+  const int64_t row_bytes = c.K / 2;
+#pragma omp parallel for schedule(static) if (w.rows * c.x.rows * c.K > (1 << 20))
+  for (int64_t o = 0; o < w.rows; ++o) {
+    const uint8_t* pr = w.packed + o * row_bytes;
+    for (int t = 0; t < c.x.rows; ++t) {
+      const int8_t* q = c.x.q.data() + int64_t(t) * c.K;
+      float acc = 0;
+      for (int64_t g = 0; g < c.G; ++g) {
+        int32_t dot = 0;
+        for (int64_t i = g * c.bpg * kInt4Block; i < (g + 1) * c.bpg * kInt4Block; ++i) dot += int32_t(int4_at(pr, i)) * q[i];
+        acc += c.group_term(o, g, t, dot);
+      }
+      c.store(t, o, acc);
+    }
+  }
+}
+
+// Unpacks `nr` packed rows into one byte per code (rows nr..R-1 zero-filled).
+__attribute__((target("avx2"))) void unpack_rows(const uint8_t* packed, int64_t row_bytes, int nr, int R, int64_t K,
+                                                 uint8_t* out) {
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  for (int r = 0; r < nr; ++r) {
+    const uint8_t* src = packed + r * row_bytes;
+    uint8_t* dst = out + r * K;
+    for (int64_t b = 0; b < K / kInt4Block; ++b) {
+      const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b * 32));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + b * 64), _mm256_and_si256(p, mask));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + b * 64 + 32), _mm256_and_si256(_mm256_srli_epi16(p, 4), mask));
+    }
+  }
+  if (nr < R) std::memset(out + nr * K, 0, std::size_t((R - nr) * K));
+}
+
+constexpr int kTokenBlock = 32;  // tokens whose codes stay in L2 while a row tile sweeps them
+
+template <int R, int T, class TileFn>
+void gemm_tiled(const GemmContext& c, TileFn tile) {
+  const auto& w = c.w;
+  const int M = c.x.rows;
+  const int64_t row_bytes = c.K / 2;
+  const std::vector<int8_t> zero_row(std::size_t(c.K), 0);
+  const bool parallel = w.rows * int64_t(M) * c.K > (1 << 20);
+  for (int tb = 0; tb < M; tb += kTokenBlock) {
+    const int te = std::min(M, tb + kTokenBlock);
+#pragma omp parallel if (parallel)
+    {
+      std::vector<uint8_t> wu(std::size_t(R * c.K) + 64);
+      uint8_t* wa = wu.data() + (64 - reinterpret_cast<uintptr_t>(wu.data()) % 64) % 64;
+#pragma omp for schedule(static)
+      for (int64_t o0 = 0; o0 < w.rows; o0 += R) {
+        const int nr = int(std::min<int64_t>(R, w.rows - o0));
+        unpack_rows(w.packed + o0 * row_bytes, row_bytes, nr, R, c.K, wa);
+        for (int t0 = tb; t0 < te; t0 += T) {
+          const int nt = std::min(T, te - t0);
+          const int8_t* xs[T];
+          for (int t = 0; t < T; ++t) xs[t] = t < nt ? c.x.q.data() + int64_t(t0 + t) * c.K : zero_row.data();
+          float acc[R][T] = {};
+          for (int64_t g = 0; g < c.G; ++g) {
+            int32_t dots[R][T];
+            tile(wa, xs, g * c.bpg, (g + 1) * c.bpg, c.K, dots);
+            for (int r = 0; r < nr; ++r)
+              for (int t = 0; t < nt; ++t) acc[r][t] += c.group_term(o0 + r, g, t0 + t, dots[r][t]);
+          }
+          for (int r = 0; r < nr; ++r)
+            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, acc[r][t]);
+        }
+      }
+    }
+  }
+}
+
+// 4 rows x 4 tokens of int32 dots over blocks [b0, b1): 16 zmm accumulators, vpdpbusd.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_avx512(const uint8_t* wu, const int8_t* const* xs,
+                                                                                 int64_t b0, int64_t b1, int64_t K,
+                                                                                 int32_t (&dots)[4][4]) {
+  __m512i acc[4][4];
+  for (auto& r : acc)
+    for (auto& a : r) a = _mm512_setzero_si512();
+  for (int64_t b = b0; b < b1; ++b) {
+    __m512i wv[4], xv[4];
+    for (int r = 0; r < 4; ++r) wv[r] = _mm512_load_si512(wu + r * K + b * 64);
+    for (int t = 0; t < 4; ++t) xv[t] = _mm512_loadu_si512(xs[t] + b * 64);
+    for (int r = 0; r < 4; ++r)
+      for (int t = 0; t < 4; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], xv[t]);
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < 4; ++t) dots[r][t] = _mm512_reduce_add_epi32(acc[r][t]);
+}
+
+// 4 rows x 2 tokens: u8 x s8 -> s16 pairs (no saturation: |15 * 128 * 2| < 2^15) -> s32.
+__attribute__((target("avx2"))) void tile_avx2(const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K,
+                                               int32_t (&dots)[4][2]) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[4][2];
+  for (auto& r : acc)
+    for (auto& a : r) a = _mm256_setzero_si256();
+  for (int64_t b = b0; b < b1; ++b)
+    for (int h = 0; h < 2; ++h) {
+      const int64_t off = b * 64 + h * 32;
+      __m256i xv[2];
+      for (int t = 0; t < 2; ++t) xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t] + off));
+      for (int r = 0; r < 4; ++r) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wu + r * K + off));
+        for (int t = 0; t < 2; ++t)
+          acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv[t]), ones));
+      }
+    }
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < 2; ++t) {
+      __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc[r][t]), _mm256_extracti128_si256(acc[r][t], 1));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+      dots[r][t] = _mm_cvtsi128_si32(s);
+    }
+}
+
+}  // namespace
+
+void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y, Isa isa) {
+  if (x.cols != w.cols) throw Error("int4_gemm", "activation width " + std::to_string(x.cols) + " != weight width " + std::to_string(w.cols));
+  if (w.group_size < w.cols && (w.group_size % kInt4Block != 0 || w.cols % w.group_size != 0))
+    throw Error("int4_gemm", "group size " + std::to_string(w.group_size) + " must be a multiple of 64 dividing " + std::to_string(w.cols));
+  if (x.rows == 0 || w.rows == 0) return;
+  if (!isa_supported(isa)) isa = best_isa();
+  const GemmContext c(w, x, bias, y);
+  switch (isa) {
+    case Isa::Avx512Vnni:
+      gemm_tiled<4, 4>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K, int32_t(&d)[4][4]) {
+        tile_avx512(wu, xs, b0, b1, K, d);
+      });
+      break;
+    case Isa::Avx2:
+      gemm_tiled<4, 2>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K, int32_t(&d)[4][2]) {
+        tile_avx2(wu, xs, b0, b1, K, d);
+      });
+      break;
+    case Isa::Scalar:
+      gemm_scalar(c);
+      break;
+  }
+}
+
+void int4_gemm_f32(const Int4Weights& w, const float* x, int rows, const float* bias, float* y) {
+  using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  constexpr int64_t kTile = 64;
+  const Eigen::Map<const MatF> X(x, rows, w.cols);
+  Eigen::Map<MatF> Y(y, rows, w.rows);
+  MatF tile(kTile, w.cols);
+  for (int64_t o0 = 0; o0 < w.rows; o0 += kTile) {
+    const int64_t nr = std::min(kTile, w.rows - o0);
+#pragma omp parallel for schedule(static) if (nr * w.cols > (1 << 16))
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t c = 0; c < w.cols; ++c) tile(r, c) = w.weight(o0 + r, c);
+    Y.middleCols(o0, nr).noalias() = X * tile.topRows(nr).transpose();
+  }
+  if (bias)
+    for (int t = 0; t < rows; ++t)
+      for (int64_t o = 0; o < w.rows; ++o) Y(t, o) += bias[o];
+}
+
+}  // namespace quarot

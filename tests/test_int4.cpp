@@ -1,0 +1,205 @@
+// Integer kernels: every optimized path against the scalar reference, exactly (the int32 sums
+// are exact and the fp32 epilogue runs the same operations in the same order), and the scalar
+// reference against a plain fp64 product of the dequantized operands (tolerance 1e-5 relative:
+// only the fp32 epilogue rounds).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "quarot/detail/rng.hpp"
+#include "quarot/error.hpp"
+#include "quarot/int4.hpp"
+#include "quarot/quant.hpp"
+
+using namespace quarot;
+
+namespace {
+
+struct PackedMatrix {
+  int64_t rows, cols, group;
+  std::vector<uint8_t> u;  // unsigned codes [rows][cols]
+  std::vector<uint8_t> packed;
+  std::vector<float> scales;
+  std::vector<uint8_t> zeros;
+  Int4Weights view() const {
+    Int4Weights w;
+    w.rows = rows;
+    w.cols = cols;
+    w.group_size = group;
+    w.packed = packed.data();
+    w.scales = scales.data();
+    w.zeros = zeros.empty() ? nullptr : zeros.data();
+    return w;
+  }
+};
+
+// fill: -1 random codes; else every code = fill.
+PackedMatrix make_weights(int64_t rows, int64_t cols, int64_t group, bool asym, uint64_t seed, int fill = -1) {
+  detail::Rng rng(seed);
+  PackedMatrix m{rows, cols, group ? group : cols, {}, {}, {}, {}};
+  const int64_t G = group ? cols / group : 1, K = int4_padded_cols(cols);
+  m.u.resize(std::size_t(rows * cols));
+  for (auto& v : m.u) v = uint8_t(fill >= 0 ? fill : int(rng.next() % 16));
+  m.scales.resize(std::size_t(rows * G));
+  for (auto& s : m.scales) s = 0.001f + float(rng.next() % 1000) * 1e-5f;
+  if (asym) {
+    m.zeros.resize(std::size_t(rows * G));
+    for (auto& z : m.zeros) z = uint8_t(rng.next() % 16);
+  }
+  m.packed.resize(std::size_t(rows * K / 2));
+  for (int64_t r = 0; r < rows; ++r)
+    pack_int4_row(m.u.data() + r * cols, cols, asym ? m.zeros[std::size_t(r * G)] : 8, m.packed.data() + r * K / 2);
+  return m;
+}
+
+std::vector<float> gaussian(std::size_t n, uint64_t seed) {
+  detail::Rng rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = rng.gaussian();
+  return v;
+}
+
+std::vector<Isa> fast_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::Avx2, Isa::Avx512Vnni})
+    if (isa_supported(i)) v.push_back(i);
+  return v;
+}
+
+}  // namespace
+
+TEST(Int4Pack, NibbleLayoutAndPadding) {
+  // 100 columns -> padded to 128: two blocks of 32 bytes; byte j of a block = col j | col j+32 << 4.
+  std::vector<uint8_t> u(100);
+  for (int i = 0; i < 100; ++i) u[i] = uint8_t(i % 16);
+  std::vector<uint8_t> out(64);
+  pack_int4_row(u.data(), 100, 8, out.data());
+  EXPECT_EQ(out[0], uint8_t(0 | (0 << 4)));            // cols 0 and 32
+  EXPECT_EQ(out[5], uint8_t(5 | ((37 % 16) << 4)));    // cols 5 and 37
+  EXPECT_EQ(out[32 + 3], uint8_t(67 % 16 | ((99 % 16) << 4)));  // cols 67 and 99 (the last real one)
+  EXPECT_EQ(out[32 + 31], uint8_t(95 % 16 | (8 << 4)));  // col 95 and padding (pad 8)
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(int4_at(out.data(), i), u[i]) << i;
+  for (int i = 100; i < 128; ++i) EXPECT_EQ(int4_at(out.data(), i), 8) << i;
+}
+
+TEST(Int4Activations, EqualTheFakeQuantizerAndEveryPathAgrees) {
+  for (int bits : {4, 8, 3})
+    for (int64_t cols : {64, 100, 172, 4096}) {
+      auto x = gaussian(std::size_t(5 * cols), uint64_t(cols + bits));
+      x[3] = 40.f;  // an outlier
+      std::fill(x.begin() + 2 * cols, x.begin() + 3 * cols, 0.f);  // an all-zero token
+      Int8Activations ref;
+      quantize_activations(x.data(), 5, cols, bits, 0.9, ref, Isa::Scalar);
+      auto fq = x;
+      fake_quant_rows(fq.data(), 5, int(cols), 0, Grid{bits, true}, 0.9);
+      for (int r = 0; r < 5; ++r)
+        for (int64_t c = 0; c < cols; ++c)
+          ASSERT_EQ(float(ref.q[std::size_t(r * ref.cols_padded + c)]) * ref.scale[std::size_t(r)], fq[std::size_t(r * cols + c)])
+              << "bits " << bits << " cols " << cols << " at " << r << "," << c;
+      for (int r = 0; r < 5; ++r)
+        for (int64_t c = cols; c < ref.cols_padded; ++c) ASSERT_EQ(ref.q[std::size_t(r * ref.cols_padded + c)], 0);
+      for (Isa isa : fast_isas()) {
+        Int8Activations o;
+        quantize_activations(x.data(), 5, cols, bits, 0.9, o, isa);
+        EXPECT_EQ(o.q, ref.q) << isa_name(isa);
+        EXPECT_EQ(o.scale, ref.scale);
+        EXPECT_EQ(o.block_sums, ref.block_sums);
+      }
+    }
+  Int8Activations o;
+  EXPECT_THROW(quantize_activations(nullptr, 1, 64, 9, 1.0, o), Error);
+}
+
+TEST(Int4Gemm, OptimizedPathsEqualTheScalarReferenceExactly) {
+  ASSERT_FALSE(fast_isas().empty()) << "this machine should run AVX2 at least";
+  struct Case {
+    int64_t rows, cols, group;
+    int tokens, a_bits;
+    bool asym, bias;
+  };
+  const Case cases[] = {{7, 64, 0, 1, 4, false, false},   {33, 100, 0, 3, 4, false, true}, {17, 172, 0, 5, 8, true, false},
+                        {12, 256, 64, 33, 4, false, true}, {9, 256, 128, 2, 8, true, true}, {64, 512, 0, 70, 4, false, false},
+                        {5, 192, 64, 4, 2, true, false}};
+  for (const auto& k : cases) {
+    const auto w = make_weights(k.rows, k.cols, k.group, k.asym, uint64_t(k.rows * 31 + k.cols));
+    const auto x = gaussian(std::size_t(k.tokens * k.cols), uint64_t(k.tokens + 7));
+    const auto bias = gaussian(std::size_t(k.rows), 99);
+    Int8Activations a;
+    quantize_activations(x.data(), k.tokens, k.cols, k.a_bits, 1.0, a);
+    std::vector<float> ref(std::size_t(k.tokens * k.rows)), got(ref.size());
+    int4_gemm(w.view(), a, k.bias ? bias.data() : nullptr, ref.data(), Isa::Scalar);
+    // The scalar reference against fp64 over the dequantized operands.
+    for (int t = 0; t < k.tokens; ++t)
+      for (int64_t o = 0; o < k.rows; ++o) {
+        double e = k.bias ? bias[std::size_t(o)] : 0.0, mag = std::fabs(e);
+        for (int64_t i = 0; i < k.cols; ++i) {
+          const double p = double(a.q[std::size_t(t * a.cols_padded + i)]) * a.scale[std::size_t(t)] * w.view().weight(o, i);
+          e += p;
+          mag += std::fabs(p);
+        }
+        ASSERT_NEAR(ref[std::size_t(t * k.rows + o)], e, 1e-5 * mag + 1e-7) << k.rows << "x" << k.cols << " t" << t << " o" << o;
+      }
+    for (Isa isa : fast_isas()) {
+      std::fill(got.begin(), got.end(), -1.f);
+      int4_gemm(w.view(), a, k.bias ? bias.data() : nullptr, got.data(), isa);
+      EXPECT_EQ(0, std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)))
+          << isa_name(isa) << " " << k.rows << "x" << k.cols << " g" << k.group << " tokens " << k.tokens;
+    }
+  }
+}
+
+TEST(Int4Gemm, ExtremeCodesAreExact) {
+  // Weights all -8 (u = 0) or all 7 (u = 15) against activation codes all at -128 or 127 (8-bit).
+  for (int fill : {0, 15})
+    for (float xv : {-1.f, 1.f}) {
+      const int64_t rows = 8, cols = 4096;
+      auto w = make_weights(rows, cols, 0, false, 3, fill);
+      std::fill(w.scales.begin(), w.scales.end(), 0.5f);
+      std::vector<float> x(std::size_t(2 * cols), xv);
+      Int8Activations a;
+      quantize_activations(x.data(), 2, cols, 8, 1.0, a);
+      ASSERT_EQ(a.q[0], xv > 0 ? 127 : -127);  // symmetric: -1 maps to -127 (scale = 1/127)
+      std::vector<float> ref(std::size_t(2 * rows)), got(ref.size());
+      int4_gemm(w.view(), a, nullptr, ref.data(), Isa::Scalar);
+      const double expect = double(fill - 8) * 0.5 * a.q[0] * cols * a.scale[0];
+      EXPECT_NEAR(ref[0], expect, std::fabs(expect) * 1e-6);
+      for (Isa isa : fast_isas()) {
+        int4_gemm(w.view(), a, nullptr, got.data(), isa);
+        EXPECT_EQ(got, ref) << isa_name(isa);
+      }
+    }
+  // -128 itself: a hand-made code row (the quantizer never emits it for symmetric x, the kernel must take it).
+  auto w = make_weights(4, 64, 0, false, 4, 15);
+  Int8Activations a;
+  std::vector<float> x(64, 1.f);
+  quantize_activations(x.data(), 1, 64, 8, 1.0, a);
+  std::fill(a.q.begin(), a.q.end(), int8_t(-128));
+  std::fill(a.block_sums.begin(), a.block_sums.end(), -128 * 64);
+  std::vector<float> ref(4), got(4);
+  int4_gemm(w.view(), a, nullptr, ref.data(), Isa::Scalar);
+  for (Isa isa : fast_isas()) {
+    int4_gemm(w.view(), a, nullptr, got.data(), isa);
+    EXPECT_EQ(got, ref) << isa_name(isa);
+  }
+}
+
+TEST(Int4Gemm, FloatActivationsAndBadShapes) {
+  const auto w = make_weights(20, 172, 0, true, 8);
+  const auto x = gaussian(3 * 172, 5);
+  std::vector<float> y(60);
+  int4_gemm_f32(w.view(), x.data(), 3, nullptr, y.data());
+  for (int t = 0; t < 3; ++t)
+    for (int o = 0; o < 20; ++o) {
+      double e = 0;
+      for (int i = 0; i < 172; ++i) e += double(x[std::size_t(t * 172 + i)]) * w.view().weight(o, i);
+      EXPECT_NEAR(y[std::size_t(t * 20 + o)], e, 1e-4);
+    }
+  Int8Activations a;
+  quantize_activations(x.data(), 3, 100, 4, 1.0, a);
+  EXPECT_THROW(int4_gemm(w.view(), a, nullptr, y.data()), Error);  // width 100 vs 172
+  auto g = make_weights(4, 192, 0, false, 1);
+  g.group = 96;  // not a multiple of 64
+  quantize_activations(x.data(), 1, 192, 4, 1.0, a);
+  EXPECT_THROW(int4_gemm(g.view(), a, nullptr, y.data()), Error);
+}
