@@ -39,12 +39,34 @@ struct ActivationView {
 template <class T>
 using ForwardHook = std::function<void(HookPoint, int layer, const ActivationView<T>&)>;
 
+// The decoder's linear layers, in the order the forward pass calls them within a layer.
+enum class LinearModule { Q, K, V, O, Gate, Up, Down };
+const char* linear_module_name(LinearModule m);  // "q_proj", ..., "down_proj"
+
+// Runs the decoder's linear layers and holds the KV cache for a Transformer<float> (the packed
+// INT4 model, src/pack): the transformer keeps embeddings, norms, biases, RoPE, attention and
+// the classifier in fp32. One backend per transformer (it owns that transformer's cache).
+class LinearBackend {
+ public:
+  virtual ~LinearBackend() = default;
+  virtual void allocate(const ModelConfig& config, int max_context) = 0;
+  // out[n][rows] = in[n][cols] W^T for `module` of `layer` (biases are added by the caller).
+  // Calls come in forward order: Q, K, V on the same input, then O, Gate and Up on the same
+  // input, then Down.
+  virtual void linear(int layer, LinearModule module, const float* in, int n, int cols, float* out, int rows) = 0;
+  // Stores the keys and values [n][kv_dim] of positions pos .. pos+n-1 (after RoPE and the
+  // online transforms), then dequantizes positions 0 .. pos+n-1 into k_out / v_out [ctx][kv_dim].
+  virtual void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) = 0;
+};
+
 // T = float (weights used in place, no copy) or double (weights converted once; for tests and
 // invariance proofs). Threads: OpenMP, all cores unless QUAROT_THREADS / omp settings say less.
 template <class T>
 class Transformer {
  public:
   Transformer(const ModelWeights& weights, int max_context);
+  // With a backend (float only): the linear layers of `weights` may be empty (rows/cols set).
+  Transformer(const ModelWeights& weights, int max_context, std::unique_ptr<LinearBackend> backend);
   ~Transformer();
   Transformer(Transformer&&) noexcept;
   Transformer& operator=(Transformer&&) noexcept;

@@ -59,12 +59,15 @@ class Tokenizer;
 std::vector<std::vector<int>> read_calibration(const std::string& path, const Tokenizer* tokenizer, int vocab);
 
 using QuantProgress = std::function<void(int layer, int layers, const std::string& module)>;
+// Receives every quantized linear (codes and parameters), e.g. to pack it (packed.hpp).
+using QuantizedSink = std::function<void(int layer, LinearModule module, const QuantizedMatrix& q)>;
 
 // Quantizes m's decoder weights in place (embeddings stay float; the classifier too unless
 // cfg.classifier_bits < 16, reported as module "lm_head" of layer -1). `online`: the
 // model's online transforms (empty when not rotated). `calib` is needed by GPTQ only.
 std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
-                                               const std::vector<std::vector<int>>& calib, const QuantProgress& progress = {});
+                                               const std::vector<std::vector<int>>& calib, const QuantProgress& progress = {},
+                                               const QuantizedSink& sink = {});
 
 // The forward hook of a quantized model: online transforms, then activation/KV quantizers.
 template <class T>

@@ -28,6 +28,19 @@ const char* hook_point_name(HookPoint p) {
   return "?";
 }
 
+const char* linear_module_name(LinearModule m) {
+  switch (m) {
+    case LinearModule::Q: return "q_proj";
+    case LinearModule::K: return "k_proj";
+    case LinearModule::V: return "v_proj";
+    case LinearModule::O: return "o_proj";
+    case LinearModule::Gate: return "gate_proj";
+    case LinearModule::Up: return "up_proj";
+    case LinearModule::Down: return "down_proj";
+  }
+  return "?";
+}
+
 namespace {
 
 template <class T>
@@ -81,7 +94,8 @@ struct Transformer<T>::Impl {
   const T* cls;
   std::vector<Layer> layers;
   std::vector<std::vector<T>> owned;  // converted weights when T is not float
-  std::vector<std::vector<T>> kcache, vcache;  // per layer [max_ctx][kv_dim]
+  std::vector<std::vector<T>> kcache, vcache;  // per layer [max_ctx][kv_dim]; one scratch layer with a backend
+  std::unique_ptr<LinearBackend> backend;
   std::vector<T> rope_cos, rope_sin;           // [max_ctx][head_dim/2]
   int pos = 0;
   ForwardHook<T> hook;
@@ -98,8 +112,13 @@ struct Transformer<T>::Impl {
     }
   }
 
-  Impl(const ModelWeights& w, int max_context) : cfg(w.config), max_ctx(max_context) {
+  Impl(const ModelWeights& w, int max_context, std::unique_ptr<LinearBackend> b)
+      : cfg(w.config), max_ctx(max_context), backend(std::move(b)) {
     if (max_ctx <= 0) throw Error(w.source, "context length must be positive");
+    if constexpr (!std::is_same_v<T, float>) {
+      if (backend) throw Error(w.source, "a linear backend runs in fp32 only");
+    }
+    if (backend) backend->allocate(cfg, max_ctx);
     embed = use(w.tok_embeddings.data.data(), w.tok_embeddings.data.size());
     final_norm = use(w.final_norm.data(), w.final_norm.size());
     cls = cfg.tied_embeddings ? embed : use(w.lm_head.data.data(), w.lm_head.data.size());
@@ -111,8 +130,9 @@ struct Transformer<T>::Impl {
                         use(L.ffn_norm.data(), L.ffn_norm.size()), use(L.w_gate.data.data(), L.w_gate.data.size()),
                         use(L.w_up.data.data(), L.w_up.data.size()), use(L.w_down.data.data(), L.w_down.data.size())});
     }
-    kcache.assign(cfg.n_layers, std::vector<T>(std::size_t(max_ctx) * cfg.kv_dim()));
-    vcache.assign(cfg.n_layers, std::vector<T>(std::size_t(max_ctx) * cfg.kv_dim()));
+    const int cache_layers = backend ? 1 : cfg.n_layers;  // a backend holds the cache itself
+    kcache.assign(cache_layers, std::vector<T>(std::size_t(max_ctx) * cfg.kv_dim()));
+    vcache.assign(cache_layers, std::vector<T>(std::size_t(max_ctx) * cfg.kv_dim()));
     const auto inv = rope_inv_freq(cfg);
     const int half = cfg.head_dim / 2;
     rope_cos.resize(std::size_t(max_ctx) * half);
@@ -161,23 +181,37 @@ struct Transformer<T>::Impl {
   }
 
   // out = in W^T (+ bias); W is [rows][in.cols()] row-major.
-  static void linear(const Mat<T>& in, const T* w, int rows, const T* bias, Mat<T>& out) {
+  void linear(int layer, LinearModule m, const Mat<T>& in, const T* w, int rows, const T* bias, Mat<T>& out) {
     out.resize(in.rows(), rows);
-    out.noalias() = in * ConstMap<T>(w, rows, in.cols()).transpose();
+    if constexpr (std::is_same_v<T, float>) {
+      if (backend) {
+        backend->linear(layer, m, in.data(), int(in.rows()), int(in.cols()), out.data(), rows);
+      } else {
+        out.noalias() = in * ConstMap<T>(w, rows, in.cols()).transpose();
+      }
+    } else {
+      out.noalias() = in * ConstMap<T>(w, rows, in.cols()).transpose();
+    }
     if (bias) out.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias, rows);
   }
-  static void linear_add(const Mat<T>& in, const T* w, int rows, const T* bias, Mat<T>& x) {
+  void linear_add(int layer, LinearModule m, const Mat<T>& in, const T* w, int rows, const T* bias, Mat<T>& x) {
+    if (backend) {
+      linear(layer, m, in, w, rows, bias, tmp);
+      x += tmp;
+      return;
+    }
     x.noalias() += in * ConstMap<T>(w, rows, in.cols()).transpose();
     if (bias) x.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias, rows);
   }
+  Mat<T> tmp;
 
   void attention(int layer, const Mat<T>& q, Mat<T>& out) const {
     const int n = int(q.rows()), hd = cfg.head_dim, kvd = cfg.kv_dim(), qd = cfg.q_dim();
     const int ctx = pos + n, group = cfg.n_heads / cfg.n_kv_heads;
     const T scale = T(1) / std::sqrt(T(hd));
     out.resize(n, qd);
-    const T* K = kcache[layer].data();
-    const T* V = vcache[layer].data();
+    const T* K = kcache[backend ? 0 : layer].data();
+    const T* V = vcache[backend ? 0 : layer].data();
     // One head per thread, when there is enough work to pay for waking the threads (a tiny
     // model spends more time in OpenMP barriers than in attention otherwise).
     const double work = double(cfg.n_heads) * n * ctx * hd;
@@ -235,26 +269,31 @@ struct Transformer<T>::Impl {
       const Layer& L = layers[l];
       rmsnorm(x, L.attn_norm, h);
       call_hook(HookPoint::QkvInput, l, h);
-      linear(h, L.wq, cfg.q_dim(), L.bq, q);
-      linear(h, L.wk, cfg.kv_dim(), L.bk, k);
-      linear(h, L.wv, cfg.kv_dim(), L.bv, v);
+      linear(l, LinearModule::Q, h, L.wq, cfg.q_dim(), L.bq, q);
+      linear(l, LinearModule::K, h, L.wk, cfg.kv_dim(), L.bk, k);
+      linear(l, LinearModule::V, h, L.wv, cfg.kv_dim(), L.bv, v);
       rope(q, cfg.n_heads, pos);
       rope(k, cfg.n_kv_heads, pos);
       call_hook(HookPoint::QueryAfterRope, l, q);
       call_hook(HookPoint::KeyAfterRope, l, k);
       call_hook(HookPoint::ValueAfterProj, l, v);
-      std::copy(k.data(), k.data() + k.size(), kcache[l].data() + std::size_t(pos) * cfg.kv_dim());
-      std::copy(v.data(), v.data() + v.size(), vcache[l].data() + std::size_t(pos) * cfg.kv_dim());
+      if constexpr (std::is_same_v<T, float>) {
+        if (backend) backend->store_and_load_kv(l, pos, n, k.data(), v.data(), kcache[0].data(), vcache[0].data());
+      }
+      if (!backend) {
+        std::copy(k.data(), k.data() + k.size(), kcache[l].data() + std::size_t(pos) * cfg.kv_dim());
+        std::copy(v.data(), v.data() + v.size(), vcache[l].data() + std::size_t(pos) * cfg.kv_dim());
+      }
       attention(l, q, a);
       call_hook(HookPoint::OProjInput, l, a);
-      linear_add(a, L.wo, d, L.bo, x);
+      linear_add(l, LinearModule::O, a, L.wo, d, L.bo, x);
       rmsnorm(x, L.ffn_norm, h);
       call_hook(HookPoint::GateUpInput, l, h);
-      linear(h, L.wg, cfg.intermediate, nullptr, g);
-      linear(h, L.wu, cfg.intermediate, nullptr, u);
+      linear(l, LinearModule::Gate, h, L.wg, cfg.intermediate, nullptr, g);
+      linear(l, LinearModule::Up, h, L.wu, cfg.intermediate, nullptr, u);
       g = g.unaryExpr([](T z) { return z / (T(1) + std::exp(-z)); }).cwiseProduct(u);
       call_hook(HookPoint::DownProjInput, l, g);
-      linear_add(g, L.wd, d, nullptr, x);
+      linear_add(l, LinearModule::Down, g, L.wd, d, nullptr, x);
       call_hook(HookPoint::LayerOutput, l, x);
     }
     pos += n;
@@ -267,7 +306,10 @@ struct Transformer<T>::Impl {
 
 template <class T>
 Transformer<T>::Transformer(const ModelWeights& weights, int max_context)
-    : impl_(std::make_unique<Impl>(weights, max_context)) {}
+    : impl_(std::make_unique<Impl>(weights, max_context, nullptr)) {}
+template <class T>
+Transformer<T>::Transformer(const ModelWeights& weights, int max_context, std::unique_ptr<LinearBackend> backend)
+    : impl_(std::make_unique<Impl>(weights, max_context, std::move(backend))) {}
 template <class T>
 Transformer<T>::~Transformer() = default;
 template <class T>

@@ -165,7 +165,8 @@ std::vector<double> collect_hessian(const ModelWeights& m, const OnlineTransform
 }  // namespace
 
 std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
-                                               const std::vector<std::vector<int>>& calib, const QuantProgress& progress) {
+                                               const std::vector<std::vector<int>>& calib, const QuantProgress& progress,
+                                               const QuantizedSink& sink) {
   std::vector<ModuleQuantStats> stats;
   if (cfg.classifier_bits < 16) {
     if (cfg.classifier_bits < 2 || cfg.classifier_bits > 8) throw Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
@@ -186,6 +187,7 @@ std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTran
   struct Module {
     const char* name;
     Matrix LayerWeights::*w;
+    LinearModule id;
   };
   // The reference's sequential order: [k, v, q] share one input, then [o], [up, gate], [down].
   struct Group {
@@ -193,10 +195,11 @@ std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTran
     std::vector<Module> modules;
   };
   const std::vector<Group> groups = {
-      {HookPoint::QkvInput, {{"k_proj", &LayerWeights::wk}, {"v_proj", &LayerWeights::wv}, {"q_proj", &LayerWeights::wq}}},
-      {HookPoint::OProjInput, {{"o_proj", &LayerWeights::wo}}},
-      {HookPoint::GateUpInput, {{"up_proj", &LayerWeights::w_up}, {"gate_proj", &LayerWeights::w_gate}}},
-      {HookPoint::DownProjInput, {{"down_proj", &LayerWeights::w_down}}}};
+      {HookPoint::QkvInput,
+       {{"k_proj", &LayerWeights::wk, LinearModule::K}, {"v_proj", &LayerWeights::wv, LinearModule::V}, {"q_proj", &LayerWeights::wq, LinearModule::Q}}},
+      {HookPoint::OProjInput, {{"o_proj", &LayerWeights::wo, LinearModule::O}}},
+      {HookPoint::GateUpInput, {{"up_proj", &LayerWeights::w_up, LinearModule::Up}, {"gate_proj", &LayerWeights::w_gate, LinearModule::Gate}}},
+      {HookPoint::DownProjInput, {{"down_proj", &LayerWeights::w_down, LinearModule::Down}}}};
   for (int l = 0; l < m.config.n_layers; ++l) {
     for (const auto& g : groups) {
       std::vector<double> h;
@@ -221,6 +224,7 @@ std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTran
         }
         s.rel_weight_error = rel_error(w, q.dequantized);
         std::copy(q.dequantized.begin(), q.dequantized.end(), w.data.begin());
+        if (sink) sink(l, mod.id, q);
         s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         stats.push_back(s);
       }

@@ -1,0 +1,100 @@
+#pragma once
+// The packed INT4 model file (docs/format.md): a safetensors container with nibble-packed
+// weights, fp32 scales (and zero points when asymmetric), the float tensors, and in
+// __metadata__ the config, the quantization recipe, the rotation, the tool version and CRC32s.
+// The reader validates everything and memory-maps the packed weights; the integer backend runs
+// them (int4.hpp kernels, INT4 KV cache) inside the ordinary Transformer<float>.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "quarot/forward.hpp"
+#include "quarot/int4.hpp"
+#include "quarot/quant.hpp"
+#include "quarot/rotate.hpp"
+#include "quarot/safetensors.hpp"
+#include "quarot/weights.hpp"
+
+namespace quarot {
+
+inline constexpr int kPackedFormatVersion = 1;
+inline constexpr const char* kPackedFormatName = "quarot-int4";
+std::string quarot_version();  // the tool version written into files and reports
+
+// What a packed model was made with and what its integer path runs.
+struct PackRecipe {
+  std::string preset;        // informational
+  std::string method;        // "rtn" | "gptq"
+  int w_bits = 4;            // 2..4 (packed in nibbles)
+  bool w_symmetric = true;
+  int w_group = 0;           // 0: per output channel; else a multiple of 64
+  bool clip_search = true;
+  ActQuantOptions act;       // activations per token (a_group must be 0), KV cache
+  int classifier_bits = 16;  // the classifier is stored fp32 (dequantized when < 16)
+};
+std::string recipe_json(const PackRecipe& r);
+PackRecipe parse_recipe_json(const std::string& text, const std::string& source);
+
+// The HF-style name prefix of a linear module, e.g. "model.layers.3.self_attn.q_proj".
+std::string linear_tensor_prefix(int layer, LinearModule m);
+
+// Collects the quantized linears of a model and writes the packed file.
+class PackedWriter {
+ public:
+  // `m`: the model as quantized (rotated, fused); its float tensors (embeddings, norms, biases,
+  // classifier) are written as they are, its linear weights are not (add() gives them).
+  PackedWriter(const ModelWeights& m, const PackRecipe& recipe);
+  // Packs one linear layer now (its codes and scales are all that is kept). Throws quarot::Error
+  // for bits > 4 or groups that are not multiples of 64.
+  void add(int layer, LinearModule module, const QuantizedMatrix& q);
+  // Writes atomically (temporary file + rename); throws when a linear is missing.
+  // `extra_metadata` adds free-form keys (e.g. the input checksum).
+  void write(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
+  uint64_t packed_bytes() const;  // bytes of the packed linears so far
+
+ private:
+  struct Linear {
+    int64_t rows = 0, cols = 0, group = 0;
+    std::vector<uint8_t> packed, zeros;
+    std::vector<float> scales;
+  };
+  const ModelWeights& m_;
+  PackRecipe recipe_;
+  std::map<std::pair<int, int>, Linear> linears_;
+};
+
+class PackedModel {
+ public:
+  // Maps and validates `path`: format name and version, every tensor present with the shape
+  // the config implies, CRC32 of every tensor and of the header (verify_crc = false skips the
+  // tensor CRCs, not the structure). Errors are one line naming the file (and the tensor).
+  explicit PackedModel(const std::string& path, bool verify_crc = true);
+  ~PackedModel();
+  PackedModel(PackedModel&&) noexcept;
+
+  const std::string& path() const;
+  const ModelConfig& config() const;
+  const PackRecipe& recipe() const;
+  const OnlineTransforms& online() const;
+  // Config, embeddings, norms, biases, classifier; linear matrices empty (rows/cols set).
+  const ModelWeights& float_weights() const;
+  Int4Weights linear(int layer, LinearModule m) const;
+  uint64_t file_bytes() const;
+  const std::map<std::string, std::string>& metadata() const;
+
+  // The integer model: Transformer<float> with the INT4 backend and the online transforms.
+  Transformer<float> integer_model(int max_context, Isa isa = best_isa()) const;
+  // The same weights dequantized to fp32 (for the fake-quant simulation of this very model).
+  ModelWeights dequantized() const;
+  // The simulation: dequantized weights, online transforms and the recipe's fake quantizers.
+  // `weights` must outlive the returned transformer (it is used in place).
+  Transformer<float> simulated_model(const ModelWeights& weights, int max_context) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace quarot

@@ -1,0 +1,507 @@
+#include "quarot/packed.hpp"
+
+#include <zlib.h>
+
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "quarot/error.hpp"
+#include "quarot/quantize.hpp"
+
+namespace quarot {
+
+using json = nlohmann::json;
+
+std::string quarot_version() { return "0.3.0"; }
+
+namespace {
+
+constexpr LinearModule kModules[] = {LinearModule::Q,    LinearModule::K,  LinearModule::V,   LinearModule::O,
+                                     LinearModule::Gate, LinearModule::Up, LinearModule::Down};
+constexpr const char* kCrcKey = "quarot.crc32";
+constexpr const char* kHeaderCrcKey = "quarot.header_crc32";
+
+uint32_t crc32_of(const void* data, std::size_t n) {
+  return uint32_t(crc32_z(crc32_z(0L, Z_NULL, 0), static_cast<const Bytef*>(data), n));
+}
+std::string hex8(uint32_t v) {
+  char b[9];
+  std::snprintf(b, sizeof b, "%08x", v);
+  return b;
+}
+std::string shape_text(const std::vector<int64_t>& s) { return json(s).dump(); }
+
+// Every tensor's name, dtype, shape and offsets, and the metadata without the header CRC itself:
+// what the header CRC covers (the JSON text of the header is not canonical, this is).
+std::string canonical_header(const std::vector<TensorInfo>& tensors, std::map<std::string, std::string> meta) {
+  meta.erase(kHeaderCrcKey);
+  json t = json::array();
+  for (const auto& x : tensors) t.push_back({x.name, dtype_name(x.dtype), x.shape, x.begin, x.end});
+  return json{{"tensors", t}, {"metadata", meta}}.dump();
+}
+
+struct LinearShape {
+  int64_t rows, cols;
+};
+LinearShape linear_shape(const ModelConfig& c, LinearModule m) {
+  switch (m) {
+    case LinearModule::Q: return {c.q_dim(), c.hidden};
+    case LinearModule::K:
+    case LinearModule::V: return {c.kv_dim(), c.hidden};
+    case LinearModule::O: return {c.hidden, c.q_dim()};
+    case LinearModule::Gate:
+    case LinearModule::Up: return {c.intermediate, c.hidden};
+    case LinearModule::Down: return {c.hidden, c.intermediate};
+  }
+  return {0, 0};
+}
+
+Matrix LayerWeights::*linear_member(LinearModule m) {
+  switch (m) {
+    case LinearModule::Q: return &LayerWeights::wq;
+    case LinearModule::K: return &LayerWeights::wk;
+    case LinearModule::V: return &LayerWeights::wv;
+    case LinearModule::O: return &LayerWeights::wo;
+    case LinearModule::Gate: return &LayerWeights::w_gate;
+    case LinearModule::Up: return &LayerWeights::w_up;
+    case LinearModule::Down: return &LayerWeights::w_down;
+  }
+  return &LayerWeights::wq;
+}
+
+// The float parts of a model of config c: embeddings, norms, biases, classifier sized; linear
+// matrices get their shape and no data.
+void allocate_float_parts(ModelWeights& m) {
+  const auto& c = m.config;
+  c.validate(m.source);
+  auto size = [](Matrix& x, int64_t r, int64_t k, bool data) {
+    x.rows = r;
+    x.cols = k;
+    if (data) x.data.assign(std::size_t(r * k), 0.f);
+  };
+  size(m.tok_embeddings, c.vocab, c.hidden, true);
+  m.layers.assign(c.n_layers, LayerWeights{});
+  for (auto& L : m.layers) {
+    L.attn_norm.assign(c.hidden, 0.f);
+    L.ffn_norm.assign(c.hidden, 0.f);
+    L.bq.assign(c.q_bias ? c.q_dim() : 0, 0.f);
+    L.bk.assign(c.k_bias ? c.kv_dim() : 0, 0.f);
+    L.bv.assign(c.v_bias ? c.kv_dim() : 0, 0.f);
+    L.bo.assign(c.o_bias ? c.hidden : 0, 0.f);
+    for (LinearModule mod : kModules) {
+      const auto s = linear_shape(c, mod);
+      size(L.*linear_member(mod), s.rows, s.cols, false);
+    }
+  }
+  m.final_norm.assign(c.hidden, 0.f);
+  if (!c.tied_embeddings) size(m.lm_head, c.vocab, c.hidden, true);
+}
+
+bool is_linear_weight(const std::string& name) {
+  static const char* suffixes[] = {"q_proj.weight", "k_proj.weight",  "v_proj.weight",   "o_proj.weight",
+                                   "gate_proj.weight", "up_proj.weight", "down_proj.weight"};
+  for (const char* s : suffixes) {
+    const std::size_t n = std::strlen(s);
+    if (name.size() > n && name.compare(name.size() - n, n, s) == 0) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string linear_tensor_prefix(int layer, LinearModule m) {
+  const bool attn = m == LinearModule::Q || m == LinearModule::K || m == LinearModule::V || m == LinearModule::O;
+  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + linear_module_name(m);
+}
+
+std::string recipe_json(const PackRecipe& r) {
+  return json{{"preset", r.preset},
+              {"method", r.method},
+              {"w_bits", r.w_bits},
+              {"w_symmetric", r.w_symmetric},
+              {"w_group", r.w_group},
+              {"clip_search", r.clip_search},
+              {"a_bits", r.act.a_bits},
+              {"a_clip", r.act.a_clip},
+              {"a_group", r.act.a_group},
+              {"k_bits", r.act.k_bits},
+              {"v_bits", r.act.v_bits},
+              {"kv_clip", r.act.kv_clip},
+              {"kv_asymmetric", r.act.kv_asym},
+              {"classifier_bits", r.classifier_bits}}
+      .dump();
+}
+
+PackRecipe parse_recipe_json(const std::string& text, const std::string& source) {
+  try {
+    const json j = json::parse(text);
+    PackRecipe r;
+    r.preset = j.at("preset").get<std::string>();
+    r.method = j.at("method").get<std::string>();
+    r.w_bits = j.at("w_bits").get<int>();
+    r.w_symmetric = j.at("w_symmetric").get<bool>();
+    r.w_group = j.at("w_group").get<int>();
+    r.clip_search = j.at("clip_search").get<bool>();
+    r.act.a_bits = j.at("a_bits").get<int>();
+    r.act.a_clip = j.at("a_clip").get<double>();
+    r.act.a_group = j.at("a_group").get<int>();
+    r.act.k_bits = j.at("k_bits").get<int>();
+    r.act.v_bits = j.at("v_bits").get<int>();
+    r.act.kv_clip = j.at("kv_clip").get<double>();
+    r.act.kv_asym = j.at("kv_asymmetric").get<bool>();
+    r.classifier_bits = j.at("classifier_bits").get<int>();
+    check_act_options(r.act);
+    if (r.w_bits < 2 || r.w_bits > 4) throw Error("recipe", "w_bits must be 2..4");
+    if (r.act.a_group != 0) throw Error("recipe", "grouped activations are not supported by the integer path");
+    return r;
+  } catch (const Error& e) {
+    throw Error(source, std::string("bad recipe metadata: ") + e.what());
+  } catch (const std::exception& e) {
+    throw Error(source, std::string("bad recipe metadata: ") + e.what());
+  }
+}
+
+// ---------------------------------------------------------------- writer
+
+PackedWriter::PackedWriter(const ModelWeights& m, const PackRecipe& recipe) : m_(m), recipe_(recipe) {
+  if (m.config.rope_layout != RopeLayout::Half)
+    throw Error(m.source, "the packed format stores the Hugging Face RoPE layout; convert the model first");
+  if (recipe.act.a_group != 0) throw Error("--a-group", "the packed integer path quantizes activations per token only");
+}
+
+void PackedWriter::add(int layer, LinearModule module, const QuantizedMatrix& q) {
+  const std::string name = linear_tensor_prefix(layer, module);
+  if (q.grid.bits > 4) throw Error(name, "the packed format stores 2..4-bit weights, got " + std::to_string(q.grid.bits));
+  const auto want = linear_shape(m_.config, module);
+  if (q.rows != want.rows || q.cols != want.cols) throw Error(name, "quantized shape does not match the config");
+  const bool per_channel = q.group_size >= q.cols;
+  if (!per_channel && q.group_size % kInt4Block != 0)
+    throw Error(name, "weight groups must be multiples of 64 columns to pack, got " + std::to_string(q.group_size));
+  Linear L;
+  L.rows = q.rows;
+  L.cols = q.cols;
+  L.group = per_channel ? q.cols : q.group_size;
+  const int64_t G = per_channel ? 1 : q.cols / q.group_size, K = int4_padded_cols(q.cols);
+  L.scales.resize(std::size_t(q.rows * G));
+  if (!q.grid.symmetric) L.zeros.resize(std::size_t(q.rows * G));
+  L.packed.resize(std::size_t(q.rows * K / 2));
+  std::vector<uint8_t> u(std::size_t(q.cols));
+  for (int64_t r = 0; r < q.rows; ++r) {
+    for (int64_t g = 0; g < G; ++g) {
+      const QParams& p = q.params[std::size_t(r * G + g)];
+      L.scales[std::size_t(r * G + g)] = float(p.scale);
+      if (!q.grid.symmetric) L.zeros[std::size_t(r * G + g)] = uint8_t(p.zero);
+    }
+    for (int64_t c = 0; c < q.cols; ++c) {
+      const int code = q.codes[std::size_t(r * q.cols + c)];
+      u[std::size_t(c)] = uint8_t(q.grid.symmetric ? code + 8 : code + 128);  // asym codes are stored offset by -128
+    }
+    pack_int4_row(u.data(), q.cols, q.grid.symmetric ? 8 : L.zeros[std::size_t(r * G)], L.packed.data() + r * K / 2);
+  }
+  linears_[{layer, int(module)}] = std::move(L);
+}
+
+uint64_t PackedWriter::packed_bytes() const {
+  uint64_t n = 0;
+  for (const auto& [k, L] : linears_) n += L.packed.size() + L.scales.size() * 4 + L.zeros.size();
+  return n;
+}
+
+void PackedWriter::write(const std::string& path, const std::map<std::string, std::string>& extra) const {
+  std::vector<TensorToWrite> tensors;
+  for_each_tensor(m_, [&](const TensorRef& t) {
+    if (is_linear_weight(t.name)) return;
+    tensors.push_back({t.name, DType::F32, t.shape, t.data.data(), DType::F32});
+  });
+  for (int l = 0; l < m_.config.n_layers; ++l)
+    for (LinearModule mod : kModules) {
+      const auto it = linears_.find({l, int(mod)});
+      const std::string p = linear_tensor_prefix(l, mod);
+      if (it == linears_.end()) throw Error(path, "linear layer " + p + " was not quantized");
+      const Linear& L = it->second;
+      const int64_t G = int64_t(L.scales.size()) / L.rows;
+      tensors.push_back({p + ".qweight", DType::U8, {L.rows, int64_t(L.packed.size()) / L.rows}, L.packed.data(), DType::U8});
+      tensors.push_back({p + ".scales", DType::F32, {L.rows, G}, L.scales.data(), DType::F32});
+      if (!L.zeros.empty()) tensors.push_back({p + ".zeros", DType::U8, {L.rows, G}, L.zeros.data(), DType::U8});
+    }
+  std::map<std::string, std::string> meta = extra;
+  meta["format"] = kPackedFormatName;
+  meta["format_version"] = std::to_string(kPackedFormatVersion);
+  meta["config"] = hf_config_json(m_.config, "float32");
+  meta["recipe"] = recipe_json(recipe_);
+  meta["tool"] = "quarot " + quarot_version();
+  if (auto it = m_.metadata.find(kRotationMetadataKey); it != m_.metadata.end()) meta[kRotationMetadataKey] = it->second;
+  json crcs = json::object();
+  std::vector<TensorInfo> infos;
+  uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    const uint64_t bytes = tensor_bytes(t.dtype, t.shape);
+    crcs[t.name] = hex8(crc32_of(t.data, bytes));
+    TensorInfo info;
+    info.name = t.name;
+    info.dtype = t.dtype;
+    info.shape = t.shape;
+    info.begin = offset;
+    info.end = offset + bytes;
+    infos.push_back(info);
+    offset += bytes;
+  }
+  meta[kCrcKey] = crcs.dump();
+  const std::string canon = canonical_header(infos, meta);
+  meta[kHeaderCrcKey] = hex8(crc32_of(canon.data(), canon.size()));
+  write_safetensors(path, tensors, meta);
+}
+
+// ---------------------------------------------------------------- reader
+
+struct PackedModel::Impl {
+  SafetensorsFile file;
+  ModelWeights fw;
+  PackRecipe recipe;
+  OnlineTransforms online;
+  struct Linear {
+    Int4Weights view;
+    std::vector<float> scales;  // copied: the mapped bytes need not be 4-byte aligned
+  };
+  std::vector<Linear> linears;  // [layer * 7 + module]
+  explicit Impl(const std::string& path) : file(path) {}
+};
+
+PackedModel::~PackedModel() = default;
+PackedModel::PackedModel(PackedModel&&) noexcept = default;
+
+PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::make_unique<Impl>(path)) {
+  auto& I = *impl_;
+  const auto& h = I.file.header();
+  auto meta = [&](const char* key) -> const std::string& {
+    auto it = h.metadata.find(key);
+    if (it == h.metadata.end()) throw Error(path, std::string("not a quarot packed model: no '") + key + "' in the metadata");
+    return it->second;
+  };
+  if (meta("format") != kPackedFormatName) throw Error(path, "not a quarot packed model (format '" + meta("format") + "')");
+  if (meta("format_version") != std::to_string(kPackedFormatVersion))
+    throw Error(path, "packed format version " + meta("format_version") + " is not supported (this quarot reads version " +
+                          std::to_string(kPackedFormatVersion) + ")");
+  json crcs;
+  try {
+    crcs = json::parse(meta(kCrcKey));
+  } catch (const std::exception&) {
+    throw Error(path, "malformed CRC32 table in the metadata");
+  }
+
+  I.fw.source = path;
+  I.fw.config = parse_hf_config(meta("config"), path);
+  I.recipe = parse_recipe_json(meta("recipe"), path);
+  if (auto it = h.metadata.find(kRotationMetadataKey); it != h.metadata.end()) I.fw.metadata[kRotationMetadataKey] = it->second;
+  allocate_float_parts(I.fw);
+  I.online = online_transforms_of(I.fw);
+
+  std::set<std::string> expected;
+  auto tensor = [&](const std::string& name, DType dtype, const std::vector<int64_t>& shape) {
+    expected.insert(name);
+    const TensorInfo* t = I.file.find(name);
+    if (!t) throw Error(path, "tensor '" + name + "' is missing");
+    if (t->dtype != dtype || t->shape != shape)
+      throw Error(path, "tensor '" + name + "' is " + std::string(dtype_name(t->dtype)) + " " + shape_text(t->shape) +
+                            ", the config implies " + std::string(dtype_name(dtype)) + " " + shape_text(shape));
+    const auto bytes = I.file.data(*t);
+    if (verify_crc) {
+      if (!crcs.contains(name)) throw Error(path, "tensor '" + name + "' has no CRC32");
+      if (hex8(crc32_of(bytes.data(), bytes.size())) != crcs[name].get<std::string>())
+        throw Error(path, "tensor '" + name + "': CRC32 mismatch (corrupted data)");
+    }
+    return bytes;
+  };
+  for_each_tensor(I.fw, [&](const TensorRef& t) {
+    if (is_linear_weight(t.name)) return;
+    const auto b = tensor(t.name, DType::F32, t.shape);
+    std::memcpy(t.data.data(), b.data(), b.size());
+  });
+  const auto& c = I.fw.config;
+  const bool asym = !I.recipe.w_symmetric;
+  for (int l = 0; l < c.n_layers; ++l)
+    for (LinearModule mod : kModules) {
+      const auto s = linear_shape(c, mod);
+      const std::string p = linear_tensor_prefix(l, mod);
+      const int64_t group = I.recipe.w_group > 0 ? I.recipe.w_group : s.cols;
+      if (s.cols % group != 0 || (group < s.cols && group % kInt4Block != 0))
+        throw Error(path, "recipe group size " + std::to_string(group) + " does not fit " + p);
+      const int64_t G = s.cols / group;
+      Impl::Linear L;
+      const auto q = tensor(p + ".qweight", DType::U8, {s.rows, int4_padded_cols(s.cols) / 2});
+      const auto sc = tensor(p + ".scales", DType::F32, {s.rows, G});
+      L.scales.resize(std::size_t(s.rows * G));
+      std::memcpy(L.scales.data(), sc.data(), sc.size());
+      L.view.rows = s.rows;
+      L.view.cols = s.cols;
+      L.view.group_size = group;
+      L.view.packed = q.data();
+      if (asym) L.view.zeros = tensor(p + ".zeros", DType::U8, {s.rows, G}).data();
+      I.linears.push_back(std::move(L));
+      I.linears.back().view.scales = I.linears.back().scales.data();
+    }
+  for (const auto& t : h.tensors)
+    if (!expected.count(t.name)) throw Error(path, "unexpected tensor '" + t.name + "'");
+  // Last, so that a missing or misshapen tensor is reported by name first.
+  const std::string canon = canonical_header(h.tensors, h.metadata);
+  if (hex8(crc32_of(canon.data(), canon.size())) != meta(kHeaderCrcKey))
+    throw Error(path, "header CRC32 mismatch (the header is corrupted)");
+}
+
+const std::string& PackedModel::path() const { return impl_->file.path(); }
+const ModelConfig& PackedModel::config() const { return impl_->fw.config; }
+const PackRecipe& PackedModel::recipe() const { return impl_->recipe; }
+const OnlineTransforms& PackedModel::online() const { return impl_->online; }
+const ModelWeights& PackedModel::float_weights() const { return impl_->fw; }
+const std::map<std::string, std::string>& PackedModel::metadata() const { return impl_->file.header().metadata; }
+Int4Weights PackedModel::linear(int layer, LinearModule m) const { return impl_->linears[std::size_t(layer * 7 + int(m))].view; }
+uint64_t PackedModel::file_bytes() const { return impl_->file.header().data_start + (impl_->file.header().tensors.empty() ? 0 : impl_->file.header().tensors.back().end); }
+
+ModelWeights PackedModel::dequantized() const {
+  ModelWeights m = impl_->fw;
+  for (int l = 0; l < m.config.n_layers; ++l)
+    for (LinearModule mod : kModules) {
+      Matrix& w = m.layers[l].*linear_member(mod);
+      const Int4Weights v = linear(l, mod);
+      w.data.assign(std::size_t(w.rows * w.cols), 0.f);
+      for (int64_t r = 0; r < w.rows; ++r)
+        for (int64_t c = 0; c < w.cols; ++c) w.row(r)[c] = v.weight(r, c);
+    }
+  return m;
+}
+
+// ---------------------------------------------------------------- integer backend
+
+namespace {
+
+// The KV cache of one layer: per position and KV head, codes (nibble-packed when <= 4 bits,
+// element 2j in the low nibble) with an fp32 scale and a zero point, or fp32 when not quantized.
+struct KvCache {
+  int bits = 16;
+  bool asym = true;
+  double clip = 1.0;
+  int heads = 0, hd = 0, bytes_per_head = 0;
+  std::vector<uint8_t> codes;
+  std::vector<float> scale, raw;
+  std::vector<uint8_t> zero;
+
+  void allocate(int b, bool a, double c, int h, int d, int max_ctx) {
+    bits = b;
+    asym = a;
+    clip = c;
+    heads = h;
+    hd = d;
+    if (bits >= 16) {
+      raw.assign(std::size_t(max_ctx) * h * d, 0.f);
+      return;
+    }
+    bytes_per_head = bits <= 4 ? (d + 1) / 2 : d;
+    codes.assign(std::size_t(max_ctx) * h * bytes_per_head, 0);
+    scale.assign(std::size_t(max_ctx) * h, 0.f);
+    zero.assign(std::size_t(max_ctx) * h, 0);
+  }
+  // The fake quantizer's arithmetic (quant.cpp), so the integer model caches what the
+  // simulation computes.
+  void store(int pos, int n, const float* x) {
+    const int kvd = heads * hd;
+    if (bits >= 16) {
+      std::copy(x, x + std::size_t(n) * kvd, raw.begin() + std::ptrdiff_t(pos) * kvd);
+      return;
+    }
+    const Grid g{bits, !asym};
+    for (int t = 0; t < n; ++t)
+      for (int h = 0; h < heads; ++h) {
+        const float* v = x + std::size_t(t) * kvd + std::size_t(h) * hd;
+        const QParams p = grid_params(std::span<const float>(v, std::size_t(hd)), g, clip);
+        const std::size_t slot = std::size_t(pos + t) * heads + h;
+        scale[slot] = float(p.scale);
+        zero[slot] = uint8_t(g.symmetric ? -g.qmin() : p.zero);  // dequantized = (u - zero) * scale
+        uint8_t* out = codes.data() + slot * bytes_per_head;
+        if (bits <= 4) std::fill(out, out + bytes_per_head, 0);
+        for (int i = 0; i < hd; ++i) {
+          const uint8_t u = uint8_t(quantize_code(v[i], p, g) - g.qmin());
+          if (bits <= 4)
+            out[i / 2] = uint8_t(out[i / 2] | (i % 2 ? u << 4 : u));
+          else
+            out[i] = u;
+        }
+      }
+  }
+  void load(int ctx, float* out) const {
+    const int kvd = heads * hd;
+    if (bits >= 16) {
+      std::copy(raw.begin(), raw.begin() + std::ptrdiff_t(ctx) * kvd, out);
+      return;
+    }
+    for (int t = 0; t < ctx; ++t)
+      for (int h = 0; h < heads; ++h) {
+        const std::size_t slot = std::size_t(t) * heads + h;
+        const uint8_t* in = codes.data() + slot * bytes_per_head;
+        const double s = scale[slot];
+        const int z = zero[slot];
+        float* o = out + std::size_t(t) * kvd + std::size_t(h) * hd;
+        for (int i = 0; i < hd; ++i) {
+          const int u = bits <= 4 ? (i % 2 ? in[i / 2] >> 4 : in[i / 2] & 0x0F) : in[i];
+          o[i] = float(double(u - z) * s);
+        }
+      }
+  }
+};
+
+class IntegerBackend : public LinearBackend {
+ public:
+  IntegerBackend(const PackedModel& m, Isa isa) : m_(m), isa_(isa) {}
+  void allocate(const ModelConfig& c, int max_context) override {
+    const auto& a = m_.recipe().act;
+    k_.resize(std::size_t(c.n_layers));
+    v_.resize(std::size_t(c.n_layers));
+    for (int l = 0; l < c.n_layers; ++l) {
+      k_[l].allocate(a.k_bits, a.kv_asym, a.kv_clip, c.n_kv_heads, c.head_dim, max_context);
+      v_[l].allocate(a.v_bits, a.kv_asym, a.kv_clip, c.n_kv_heads, c.head_dim, max_context);
+    }
+  }
+  void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int /*rows*/) override {
+    const Int4Weights w = m_.linear(layer, m);
+    const auto& a = m_.recipe().act;
+    if (a.a_bits >= 16) {
+      int4_gemm_f32(w, in, n, nullptr, out);
+      return;
+    }
+    // q/k/v share one input, and gate/up another (the call order is the forward pass's).
+    const bool shared = (m == LinearModule::K || m == LinearModule::V || m == LinearModule::Up) && layer == last_layer_;
+    if (!shared) quantize_activations(in, n, cols, a.a_bits, a.a_clip, act_, isa_);
+    last_layer_ = (m == LinearModule::Q || m == LinearModule::K || m == LinearModule::Gate) ? layer : -1;
+    int4_gemm(w, act_, nullptr, out, isa_);
+  }
+  void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) override {
+    k_[layer].store(pos, n, k);
+    v_[layer].store(pos, n, v);
+    k_[layer].load(pos + n, k_out);
+    v_[layer].load(pos + n, v_out);
+  }
+
+ private:
+  const PackedModel& m_;
+  Isa isa_;
+  Int8Activations act_;
+  int last_layer_ = -1;
+  std::vector<KvCache> k_, v_;
+};
+
+}  // namespace
+
+Transformer<float> PackedModel::integer_model(int max_context, Isa isa) const {
+  Transformer<float> t(impl_->fw, max_context, std::make_unique<IntegerBackend>(*this, isa));
+  if (!impl_->online.empty()) t.set_hook(online_hook<float>(impl_->online));
+  return t;
+}
+
+Transformer<float> PackedModel::simulated_model(const ModelWeights& weights, int max_context) const {
+  Transformer<float> t(weights, max_context);
+  t.set_hook(quantized_model_hook<float>(impl_->online, impl_->recipe.act, weights.config.head_dim));
+  return t;
+}
+
+}  // namespace quarot
