@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
@@ -19,19 +20,6 @@ using namespace quarot::test;
 
 namespace {
 
-PackRecipe recipe_of(const QuantConfig& c) {
-  PackRecipe r;
-  r.preset = c.preset;
-  r.method = c.method == WeightMethod::Gptq ? "gptq" : "rtn";
-  r.w_bits = c.gptq.weights.grid.bits;
-  r.w_symmetric = c.gptq.weights.grid.symmetric;
-  r.w_group = c.gptq.weights.group_size;
-  r.clip_search = c.gptq.weights.clip_search;
-  r.act = c.act;
-  r.classifier_bits = c.classifier_bits;
-  return r;
-}
-
 // Rotates and quantizes `m` by `cfg` and writes the packed file; m becomes the quantized model.
 OnlineTransforms quantize_and_pack(ModelWeights& m, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib,
                                    const std::string& path) {
@@ -41,7 +29,7 @@ OnlineTransforms quantize_and_pack(ModelWeights& m, const QuantConfig& cfg, cons
     online = rotate_model(m, cfg.rotation);
     record_rotation(m, cfg.rotation, online);
   }
-  PackedWriter writer(m, recipe_of(cfg));
+  PackedWriter writer(m, make_pack_recipe(cfg));
   quantize_weights(m, online, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q) { writer.add(l, mod, q); });
   writer.write(path);
   return online;
@@ -231,4 +219,41 @@ TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
   const auto gi = generate_greedy(integer, bos, 20, false);
   const auto gs = generate_greedy(sim, bos, 20, false);
   EXPECT_EQ(gi, gs);
+}
+
+TEST(PackedTools, QuantizeWritesEvalAndRunExecute) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const std::string model = data_file("stories260K/stories260K.bin");
+  const std::string ids = data_file("tinystories/validation_100.tok512.ids");
+  TempDir dir;
+  const std::string out = dir / "s.q4.safetensors";
+  // Bad combinations are usage errors, before any work; nothing is written.
+  auto r = run_tool("quarot-quantize", model + " --preset w8a8kv8 -o " + out + " --progress none");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.stderr_text.find("--w-bits: the packed format stores 2..4-bit weights"), std::string::npos) << r.stderr_text;
+  r = run_tool("quarot-quantize", model + " --preset w4a4kv4-rtn -o " + model + " --progress none");
+  EXPECT_EQ(r.exit_code, 1);  // refuses to overwrite its input
+  EXPECT_FALSE(std::filesystem::exists(out));
+
+  r = run_tool("quarot-quantize", model + " --preset w4a4kv4-rtn -o " + out + " --progress none --eval-ids " + ids +
+                                      " --ctx 512 --chunks 4");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_NE(r.stdout_text.find("packed model: " + out), std::string::npos);
+  EXPECT_NE(r.stdout_text.find("packed integer model"), std::string::npos);
+  ASSERT_TRUE(is_packed_model(out));
+
+  r = run_tool("quarot-eval", out + " --ids " + ids + " --ctx 512 --chunks 4 --progress none --kld-base " + model);
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("integer path"), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stdout_text.find("perplexity:"), std::string::npos);
+
+  const auto gen = run_tool("quarot-run", out + " -n 20");
+  ASSERT_EQ(gen.exit_code, 0) << gen.stderr_text;
+  const auto sim = run_tool("quarot-run", out + " -n 20 --simulate");
+  ASSERT_EQ(sim.exit_code, 0) << sim.stderr_text;
+  EXPECT_EQ(gen.stdout_text, sim.stdout_text);  // the same 20 greedy tokens
+  EXPECT_EQ(run_tool("quarot-run", out + " --prompt hi").exit_code, 2);  // --prompt needs --tokenizer
+  EXPECT_EQ(run_tool("quarot-run", out + " --ids \"1 9999\"").exit_code, 1);
+  EXPECT_EQ(run_tool("quarot-run", model + " --simulate").exit_code, 1);  // not a packed model
 }

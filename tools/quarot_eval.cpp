@@ -10,6 +10,7 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
+#include "quarot/packed.hpp"
 #include "quarot/progress.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/sha256.hpp"
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
     std::string model, text, tokenizer, ids, ids_lines = "stream", split_docs, protocol = "paper", kld_base, json,
         progress = "auto";
     int ctx = 0, chunks = 0, threads = 0;
+    bool simulate = false;
   } args;
   CLI::App app{
       "Perplexity of a checkpoint on a text (with its tokenizer) or a pre-tokenized ids file.\n"
@@ -27,10 +29,15 @@ int main(int argc, char** argv) {
       "dropped, every target scored, PPL = exp(mean of window mean NLL)); 'llama.cpp' (windows of\n"
       "--ctx, first token set to BOS, second half scored, PPL ± standard error).\n"
       "With --kld-base, also KL(base || model): mean, 99th percentile, top-1 agreement.\n"
+      "Models: llama2.c .bin, Hugging Face folders (rotated ones run their online transforms), and\n"
+      "packed INT4 files from quarot-quantize -o (integer kernels; --simulate runs the fake-quant\n"
+      "simulation of the same weights instead).\n"
       "TinyStories (see ../shared/data/MANIFEST.md):\n"
-      "  quarot-eval stories260K.bin --ids validation_100.tok512.ids --ctx 512",
+      "  quarot-eval stories260K.bin --ids validation_100.tok512.ids --ctx 512\n"
+      "  quarot-eval stories.q4.safetensors --ids validation_100.tok512.ids --ctx 512 --kld-base stories260K.bin",
       "quarot-eval"};
-  app.add_option("model", args.model, "checkpoint: llama2.c .bin or Hugging Face folder")->required();
+  app.add_option("model", args.model, "checkpoint: llama2.c .bin, Hugging Face folder, or packed .q4.safetensors")->required();
+  app.add_flag("--simulate", args.simulate, "packed model: run the fake-quant simulation instead of the integer path");
   auto* text = app.add_option("--text", args.text, "text file to evaluate (needs --tokenizer)");
   app.add_option("--tokenizer", args.tokenizer, "SentencePiece .model or llama2.c tokenizer .bin");
   auto* ids = app.add_option("--ids", args.ids, "pre-tokenized ids: whitespace-separated, one sequence per line");
@@ -68,8 +75,8 @@ int main(int argc, char** argv) {
   return quarot::cli::run("quarot-eval", [&] {
     if (args.threads > 0) omp_set_num_threads(args.threads);
     const quarot::Protocol protocol = quarot::parse_protocol(args.protocol);
-    const auto weights = quarot::load_model(args.model);
-    const auto& cfg = weights.config;
+    const quarot::LoadedModel loaded(args.model, args.simulate);
+    const auto& cfg = loaded.config();
     int ctx = args.ctx ? args.ctx : (protocol == quarot::Protocol::Paper ? 2048 : 512);
     if (ctx > cfg.max_positions) {
       if (args.ctx) std::fprintf(stderr, "quarot-eval: --ctx %d exceeds the model's %d positions; using %d\n", ctx, cfg.max_positions, cfg.max_positions);
@@ -133,20 +140,17 @@ int main(int argc, char** argv) {
 
     int max_len = 0;
     for (const auto& w : windows) max_len = std::max(max_len, int(w.tokens.size()));
-    quarot::Transformer<float> model(weights, max_len);
-    // A rotated checkpoint runs with its online transforms (recorded in its metadata).
-    const auto online = quarot::online_transforms_of(weights);
-    if (!online.empty()) {
-      model.set_hook(quarot::online_hook<float>(online));
-      std::fprintf(stderr, "quarot-eval: rotated model; online transforms:\n%s", online.describe().c_str());
+    auto model = loaded.transformer(max_len);
+    std::fprintf(stderr, "quarot-eval: %s: %s\n", args.model.c_str(), loaded.describe().c_str());
+    if (loaded.float_weights() && !loaded.packed()) {
+      const auto online = quarot::online_transforms_of(*loaded.float_weights());
+      if (!online.empty()) std::fprintf(stderr, "quarot-eval: online transforms:\n%s", online.describe().c_str());
     }
-    std::unique_ptr<quarot::ModelWeights> base_weights;
+    std::unique_ptr<quarot::LoadedModel> base_loaded;
     std::unique_ptr<quarot::Transformer<float>> base;
     if (!args.kld_base.empty()) {
-      base_weights = std::make_unique<quarot::ModelWeights>(quarot::load_model(args.kld_base));
-      base = std::make_unique<quarot::Transformer<float>>(*base_weights, max_len);
-      const auto base_online = quarot::online_transforms_of(*base_weights);
-      if (!base_online.empty()) base->set_hook(quarot::online_hook<float>(base_online));
+      base_loaded = std::make_unique<quarot::LoadedModel>(args.kld_base);
+      base = std::make_unique<quarot::Transformer<float>>(base_loaded->transformer(max_len));
     }
     const auto mode = quarot::parse_progress_mode(args.progress);
     std::fprintf(stderr, "quarot-eval: %s, protocol %s, %zu windows of %d tokens, %d threads\n", args.model.c_str(),
@@ -169,6 +173,7 @@ int main(int argc, char** argv) {
       nlohmann::json j = {
           {"schema", "quarot-eval/1"},
           {"model", args.model},
+          {"model_kind", loaded.describe()},
           {"protocol", quarot::protocol_name(protocol)},
           {"ctx", ctx},
           {"token_source", {{"path", source}, {"sha256", source_sha}, {"tokens", source_tokens},

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -10,13 +11,14 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
+#include "quarot/packed.hpp"
 #include "quarot/progress.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/tokenizer.hpp"
 
 int main(int argc, char** argv) {
   struct Args {
-    std::string model, preset = "w4a4kv4", calib, tokenizer, eval_ids, json, progress = "auto", rotation = "hadamard", w_method;
+    std::string model, output, preset = "w4a4kv4", calib, tokenizer, eval_ids, json, progress = "auto", rotation = "hadamard", w_method;
     int w_bits = 0, w_group = -1, a_bits = 0, k_bits = 0, v_bits = 0, nsamples = 128, seqlen = 2048, ctx = 0, chunks = 0,
         threads = 0, classifier_bits = 0;
     double a_clip = 0, kv_clip = 0, damp = 0.01;
@@ -29,13 +31,15 @@ int main(int argc, char** argv) {
       "Rotate (QuaRot, arXiv 2404.00456) and quantize a LLaMA-family checkpoint, then measure the\n"
       "quantized model against the float one: perplexity and KL divergence on --eval-ids, and the\n"
       "weight error of every linear module. Quantization is simulated here (fake-quantized\n"
-      "weights, activations and KV cache in the float forward pass); writing a packed INT4 file\n"
-      "and the JSON/Markdown report are separate issues of the roadmap and not done by this tool yet.\n"
+      "weights, activations and KV cache in the float forward pass). With -o, the quantized model\n"
+      "is written as a packed INT4 file (docs/format.md) that quarot-eval and quarot-run execute\n"
+      "with integer kernels; with --eval-ids it is then evaluated that way too.\n"
       "Presets (flags after --preset override them):" + presets + "\n"
       "Example: quarot-quantize stories260K.bin --preset w4a4kv4 --calib calib-t1-seed42.ids\n"
       "         --seqlen 512 --eval-ids validation_100.tok512.ids --ctx 512",
       "quarot-quantize"};
   app.add_option("model", a.model, "checkpoint: llama2.c .bin or Hugging Face folder")->required()->group("Input/Output");
+  app.add_option("-o,--output", a.output, "write the packed INT4 model here (e.g. model.q4.safetensors)")->group("Input/Output");
   app.add_option("--json", a.json, "write every figure to this JSON file")->group("Input/Output");
   app.add_option("--preset", a.preset, "quantization preset")->capture_default_str()->group("Weights");
   app.add_option("--w-method", a.w_method, "rtn, gptq or none")->check(CLI::IsMember({"rtn", "gptq", "none"}))->group("Weights");
@@ -102,6 +106,7 @@ int main(int argc, char** argv) {
     if (cfg.method != quarot::WeightMethod::None && (wq.grid.bits < 2 || wq.grid.bits > 8))
       throw quarot::Error("--w-bits", "must be 2..8, got " + std::to_string(wq.grid.bits));
     if (wq.group_size < 0) throw quarot::Error("--w-group", "must be >= 0");
+    if (!a.output.empty()) (void)quarot::make_pack_recipe(cfg);  // the packed format can hold it
   } catch (const quarot::Error& e) {
     std::fprintf(stderr, "quarot-quantize: error: %s (see --help)\n", e.what());
     return quarot::cli::kExitUsage;
@@ -110,8 +115,10 @@ int main(int argc, char** argv) {
   return quarot::cli::run("quarot-quantize", [&] {
     if (a.threads > 0) omp_set_num_threads(a.threads);
     const auto mode = quarot::parse_progress_mode(a.progress);
+    if (!a.output.empty()) quarot::refuse_overwriting_inputs(a.output, {a.model});
     const auto float_model = quarot::load_model(a.model);
     auto m = float_model;
+    quarot::convert_rope_layout(m, quarot::RopeLayout::Half);  // the packed format's layout (same function)
     const auto& c = m.config;
     cfg.seqlen = std::min(cfg.seqlen, c.max_positions);
     std::fprintf(stderr, "quarot-quantize: %s\n  %s\n", a.model.c_str(), cfg.describe().c_str());
@@ -122,6 +129,7 @@ int main(int argc, char** argv) {
       quarot::RotationReport rep;
       online = quarot::rotate_model(m, cfg.rotation, &rep);
       rotation_steps = rep.steps;
+      quarot::record_rotation(m, cfg.rotation, online);
       for (const auto& f : rep.fallbacks) std::fprintf(stderr, "quarot-quantize: warning: not a Hadamard matrix: %s\n", f.c_str());
     }
     std::vector<std::vector<int>> calib;
@@ -132,8 +140,21 @@ int main(int argc, char** argv) {
       calib = quarot::calibration_windows(quarot::read_calibration(a.calib, tok.get(), c.vocab), cfg.nsamples, cfg.seqlen, cfg.seed, a.calib);
     }
     quarot::Progress qp("quantize", mode);
-    const auto stats = quarot::quantize_weights(m, online, cfg, calib, [&](int l, int n, const std::string&) { qp.update(uint64_t(l), uint64_t(n)); });
+    std::unique_ptr<quarot::PackedWriter> writer;
+    if (!a.output.empty()) writer = std::make_unique<quarot::PackedWriter>(m, quarot::make_pack_recipe(cfg));
+    const auto stats = quarot::quantize_weights(
+        m, online, cfg, calib, [&](int l, int n, const std::string&) { qp.update(uint64_t(l), uint64_t(n)); },
+        [&](int l, quarot::LinearModule mod, const quarot::QuantizedMatrix& q) {
+          if (writer) writer->add(l, mod, q);
+        });
     qp.finish(std::to_string(stats.size()) + " modules");
+    if (writer) {
+      writer->write(a.output, {{"quarot.source", a.model}});
+      const auto bytes = std::filesystem::file_size(a.output);
+      const double fp32 = double(quarot::parameter_count(float_model)) * 4;
+      std::printf("packed model: %s, %.2f MiB (%.3fx the fp32 model)\n", a.output.c_str(), double(bytes) / (1 << 20),
+                  double(bytes) / fp32);
+    }
 
     // Summary by module kind.
     std::map<std::string, std::pair<double, int>> by_kind;
@@ -164,6 +185,15 @@ int main(int argc, char** argv) {
       std::printf("perplexity: float %.4f -> quantized %.4f (%+.2f%%)\n", fr.ppl, qr.ppl, 100 * (qr.ppl / fr.ppl - 1));
       std::printf("KLD vs float: mean %.5f, p99 %.5f; top-1 agreement %.2f%% (%d windows of %d)\n", qr.kld_mean, qr.kld_p99,
                   100 * qr.top1_agreement, qr.windows, ctx);
+      if (!a.output.empty()) {
+        const quarot::PackedModel packed(a.output);
+        auto im = packed.integer_model(ctx);
+        const auto ir = quarot::evaluate(im, windows, quarot::Protocol::Paper, &fm);
+        std::printf("packed integer model (%s): perplexity %.4f, KLD vs float %.5f, top-1 agreement %.2f%%\n",
+                    quarot::isa_name(quarot::best_isa()), ir.ppl, ir.kld_mean, 100 * ir.top1_agreement);
+        j["eval_packed"] = {{"ppl", ir.ppl}, {"kld_mean", ir.kld_mean}, {"top1_agreement", ir.top1_agreement},
+                            {"seconds", ir.seconds}, {"isa", quarot::isa_name(quarot::best_isa())}};
+      }
       j["eval"] = {{"ids", a.eval_ids}, {"ctx", ctx}, {"windows", qr.windows}, {"ppl_float", fr.ppl}, {"ppl_quantized", qr.ppl},
                    {"kld_mean", qr.kld_mean}, {"kld_p99", qr.kld_p99}, {"top1_agreement", qr.top1_agreement}};
     }

@@ -13,6 +13,7 @@
 #include "quarot/forward.hpp"
 #include "quarot/int4.hpp"
 #include "quarot/quant.hpp"
+#include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/safetensors.hpp"
 #include "quarot/weights.hpp"
@@ -35,6 +36,10 @@ struct PackRecipe {
   int classifier_bits = 16;  // the classifier is stored fp32 (dequantized when < 16)
 };
 std::string recipe_json(const PackRecipe& r);
+// The recipe of a quantization config; throws quarot::Error (naming the flag) when the packed
+// format cannot hold it (no weight quantization, bits > 4, groups not multiples of 64, grouped
+// activations).
+PackRecipe make_pack_recipe(const QuantConfig& c);
 PackRecipe parse_recipe_json(const std::string& text, const std::string& source);
 
 // The HF-style name prefix of a linear module, e.g. "model.layers.3.self_attn.q_proj".
@@ -95,6 +100,29 @@ class PackedModel {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+// True for a .safetensors file whose metadata names the packed format.
+bool is_packed_model(const std::string& path);
+
+// Any checkpoint, ready to run: a float one (with its online transforms when rotated) or a
+// packed one (the integer path; with simulate = true, the fake-quant simulation of the same
+// weights instead).
+class LoadedModel {
+ public:
+  explicit LoadedModel(const std::string& path, bool simulate = false, bool verify_crc = true);
+  const ModelConfig& config() const;
+  bool packed() const { return packed_ != nullptr; }
+  std::string describe() const;  // one line: what runs and how
+  Transformer<float> transformer(int max_context) const;
+  const PackedModel* packed_model() const { return packed_.get(); }
+  const ModelWeights* float_weights() const { return weights_.get(); }
+
+ private:
+  std::unique_ptr<PackedModel> packed_;
+  std::unique_ptr<ModelWeights> weights_;  // float model, or the packed model dequantized (simulate)
+  OnlineTransforms online_;
+  bool simulate_ = false;
 };
 
 }  // namespace quarot

@@ -4,9 +4,11 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quantize.hpp"
 
@@ -132,6 +134,25 @@ std::string recipe_json(const PackRecipe& r) {
               {"kv_asymmetric", r.act.kv_asym},
               {"classifier_bits", r.classifier_bits}}
       .dump();
+}
+
+PackRecipe make_pack_recipe(const QuantConfig& c) {
+  const auto& w = c.gptq.weights;
+  if (c.method == WeightMethod::None) throw Error("--output", "a packed model needs quantized weights (--w-method rtn or gptq)");
+  if (w.grid.bits > 4) throw Error("--w-bits", "the packed format stores 2..4-bit weights, got " + std::to_string(w.grid.bits));
+  if (w.group_size > 0 && w.group_size % kInt4Block != 0)
+    throw Error("--w-group", "packed weight groups must be multiples of 64, got " + std::to_string(w.group_size));
+  if (c.act.a_group != 0) throw Error("--a-group", "the packed integer path quantizes activations per token only");
+  PackRecipe r;
+  r.preset = c.preset;
+  r.method = c.method == WeightMethod::Gptq ? "gptq" : "rtn";
+  r.w_bits = w.grid.bits;
+  r.w_symmetric = w.grid.symmetric;
+  r.w_group = w.group_size;
+  r.clip_search = w.clip_search;
+  r.act = c.act;
+  r.classifier_bits = c.classifier_bits;
+  return r;
 }
 
 PackRecipe parse_recipe_json(const std::string& text, const std::string& source) {
@@ -501,6 +522,47 @@ Transformer<float> PackedModel::integer_model(int max_context, Isa isa) const {
 Transformer<float> PackedModel::simulated_model(const ModelWeights& weights, int max_context) const {
   Transformer<float> t(weights, max_context);
   t.set_hook(quantized_model_hook<float>(impl_->online, impl_->recipe.act, weights.config.head_dim));
+  return t;
+}
+
+bool is_packed_model(const std::string& path) {
+  const std::string ext = ".safetensors";
+  if (path.size() < ext.size() || path.compare(path.size() - ext.size(), ext.size(), ext) != 0) return false;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return false;
+  const SafetensorsFile f(path);
+  const auto it = f.header().metadata.find("format");
+  return it != f.header().metadata.end() && it->second == kPackedFormatName;
+}
+
+LoadedModel::LoadedModel(const std::string& path, bool simulate, bool verify_crc) : simulate_(simulate) {
+  if (is_packed_model(path)) {
+    packed_ = std::make_unique<PackedModel>(path, verify_crc);
+    if (simulate) weights_ = std::make_unique<ModelWeights>(packed_->dequantized());
+  } else {
+    if (simulate) throw Error(path, "--simulate applies to packed models only");
+    weights_ = std::make_unique<ModelWeights>(load_model(path));
+    online_ = online_transforms_of(*weights_);
+  }
+}
+
+const ModelConfig& LoadedModel::config() const { return packed_ ? packed_->config() : weights_->config; }
+
+std::string LoadedModel::describe() const {
+  if (packed_) {
+    const auto& r = packed_->recipe();
+    std::string s = "packed INT" + std::to_string(r.w_bits) + " (" + r.preset + ": W" + std::to_string(r.w_bits) + "A" +
+                    std::to_string(r.act.a_bits) + "KV" + std::to_string(r.act.k_bits) + ", " + r.method + ")";
+    s += simulate_ ? ", fake-quant simulation of the same weights" : std::string(", integer path (") + isa_name(best_isa()) + ")";
+    return s + (packed_->online().empty() ? "" : ", rotated");
+  }
+  return online_.empty() ? "float" : "float, rotated (online transforms)";
+}
+
+Transformer<float> LoadedModel::transformer(int max_context) const {
+  if (packed_) return simulate_ ? packed_->simulated_model(*weights_, max_context) : packed_->integer_model(max_context);
+  Transformer<float> t(*weights_, max_context);
+  if (!online_.empty()) t.set_hook(online_hook<float>(online_));
   return t;
 }
 
