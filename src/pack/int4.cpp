@@ -285,6 +285,43 @@ __attribute__((target("avx2"))) void tile_avx2(const uint8_t* wu, const int8_t* 
     }
 }
 
+// Decode shapes (1..3 tokens): every packed byte is unpacked in registers right before use and
+// shared by the T tokens; no scratch buffer, one pass over the weights (memory-bound).
+template <int T>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_avx512(const GemmContext& c) {
+  constexpr int R = 4;
+  const auto& w = c.w;
+  const int64_t row_bytes = c.K / 2, tiles = (w.rows + R - 1) / R;
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+#pragma omp parallel for schedule(static) if (w.rows * c.K > (1 << 18))
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t o0 = tile * R;
+    const int nr = int(std::min<int64_t>(R, w.rows - o0));
+    const uint8_t* rows[R];
+    for (int r = 0; r < R; ++r) rows[r] = w.packed + (o0 + std::min(r, nr - 1)) * row_bytes;  // spare lanes repeat the last row
+    float acc[R][T] = {};
+    for (int64_t g = 0; g < c.G; ++g) {
+      __m512i sum[R][T];
+      for (auto& a : sum)
+        for (auto& v : a) v = _mm512_setzero_si512();
+      for (int64_t b = g * c.bpg; b < (g + 1) * c.bpg; ++b) {
+        __m512i xv[T];
+        for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_si512(c.x.q.data() + int64_t(t) * c.K + b * 64);
+        for (int r = 0; r < R; ++r) {
+          const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + b * 32));
+          const __m256i lo = _mm256_and_si256(p, mask), hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), mask);
+          const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+          for (int t = 0; t < T; ++t) sum[r][t] = _mm512_dpbusd_epi32(sum[r][t], wv, xv[t]);
+        }
+      }
+      for (int r = 0; r < nr; ++r)
+        for (int t = 0; t < T; ++t) acc[r][t] += c.group_term(o0 + r, g, t, _mm512_reduce_add_epi32(sum[r][t]));
+    }
+    for (int r = 0; r < nr; ++r)
+      for (int t = 0; t < T; ++t) c.store(t, o0 + r, acc[r][t]);
+  }
+}
+
 }  // namespace
 
 void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y, Isa isa) {
@@ -296,6 +333,9 @@ void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias
   const GemmContext c(w, x, bias, y);
   switch (isa) {
     case Isa::Avx512Vnni:
+      if (x.rows == 1) return gemv_avx512<1>(c);
+      if (x.rows == 2) return gemv_avx512<2>(c);
+      if (x.rows == 3) return gemv_avx512<3>(c);
       gemm_tiled<4, 4>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K, int32_t(&d)[4][4]) {
         tile_avx512(wu, xs, b0, b1, K, d);
       });
