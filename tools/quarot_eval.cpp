@@ -167,7 +167,8 @@ int main(int argc, char** argv) {
     if (r.has_kld)
       std::printf("KLD vs %s: mean %.6f, p99 %.6f, max %.6f; top-1 agreement %.2f%%\n", args.kld_base.c_str(), r.kld_mean,
                   r.kld_p99, r.kld_max, 100 * r.top1_agreement);
-    std::printf("time:       %.2fs (%.0f tokens/s)\n", r.seconds, double(r.windows) * ctx / r.seconds);
+    std::printf("time:       %.2fs (%.0f tokens/s); peak RSS %.1f MiB\n", r.seconds, double(r.windows) * ctx / r.seconds,
+                double(quarot::peak_rss_bytes()) / (1 << 20));
 
     if (!args.json.empty()) {
       nlohmann::json j = {
@@ -187,6 +188,7 @@ int main(int argc, char** argv) {
           {"window_nll", r.window_nll},
           {"seconds", r.seconds},
           {"threads", omp_get_max_threads()},
+          {"peak_rss_bytes", quarot::peak_rss_bytes()},
       };
       if (r.has_kld)
         j["kld"] = {{"base", args.kld_base}, {"mean", r.kld_mean}, {"p99", r.kld_p99}, {"max", r.kld_max},

@@ -8,6 +8,7 @@
 
 #include "cli.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/progress.hpp"
 #include "quarot/tokenizer.hpp"
 
 int main(int argc, char** argv) {
@@ -74,8 +75,8 @@ int main(int argc, char** argv) {
     std::printf("\n");
     if (tok) std::printf("text: %s\n", tok->decode(out).c_str());
     const int generated = int(out.size() - prompt_ids.size());
-    std::fprintf(stderr, "quarot-run: %zu prompt + %d generated tokens in %.3fs (%.1f tokens/s)\n", prompt_ids.size(), generated,
-                 secs, generated / secs);
+    std::fprintf(stderr, "quarot-run: %zu prompt + %d generated tokens in %.3fs (%.1f tokens/s); peak RSS %.1f MiB\n",
+                 prompt_ids.size(), generated, secs, generated / secs, double(quarot::peak_rss_bytes()) / (1 << 20));
     return 0;
   });
 }

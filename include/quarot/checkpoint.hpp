@@ -20,6 +20,8 @@ using LoadProgress = std::function<void(uint64_t done, uint64_t total)>;
 // (skipped), and the classifier when untied. RoPE layout: interleaved pairs.
 ModelWeights load_llama2c(const std::string& path);
 ModelWeights parse_llama2c(std::span<const uint8_t> file, const std::string& label);
+// The config of a llama2.c checkpoint from its header only (no size check).
+ModelConfig parse_llama2c_config(std::span<const uint8_t> file, const std::string& label);
 
 // A Hugging Face folder: config.json + model.safetensors, or model.safetensors.index.json and
 // its shards. Tensors are checked against the shapes config.json implies.
@@ -32,6 +34,8 @@ std::map<std::string, std::string> parse_hf_index(const std::string& json_text,
 // Picks the loader from the path: a folder (or a file inside one named config.json,
 // model.safetensors or model.safetensors.index.json) is Hugging Face; a .bin file is llama2.c.
 ModelWeights load_model(const std::string& path, const LoadProgress& progress = {});
+// The config alone (config.json, or a llama2.c header), without reading the weights.
+ModelConfig read_model_config(const std::string& path);
 
 struct HfWriteOptions {
   DType dtype = DType::F32;         // F32, F16 or BF16

@@ -7,13 +7,17 @@
 
 namespace quarot {
 
+// Peak resident memory of this process so far (getrusage), for summaries and reports.
+uint64_t peak_rss_bytes();
+
 enum class ProgressMode { Auto, Bar, Plain, None };
 ProgressMode parse_progress_mode(const std::string& s);  // auto|bar|plain|none
 
 class Progress {
  public:
   Progress(std::string label, ProgressMode mode);
-  void update(uint64_t done, uint64_t total);  // thread-compatible, not thread-safe
+  // `what`: the item in progress, e.g. "layer 3/32 up_proj". Thread-compatible, not thread-safe.
+  void update(uint64_t done, uint64_t total, const std::string& what = {});
   void finish(const std::string& summary);     // prints "label: summary (elapsed)"
   double elapsed_s() const;
 

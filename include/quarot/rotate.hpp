@@ -73,7 +73,7 @@ struct ActivationStats {
   double kurtosis;         // of all values at this point (3 for a Gaussian)
   double max_abs;
 };
-// Runs each window through the model (fp64, with its online transforms when given) and collects
+// Runs each window through the model (fp32, with its online transforms when given) and collects
 // the statistics at every linear input (q/k/v, o, gate/up, down) and at the keys and values,
 // where a quantizer would see them.
 std::vector<ActivationStats> activation_stats(const ModelWeights& m, const OnlineTransforms* online,

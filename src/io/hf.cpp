@@ -194,6 +194,28 @@ ModelWeights load_model(const std::string& path, const LoadProgress& progress) {
   throw Error(path, "unknown checkpoint format (expected a llama2.c .bin or a Hugging Face folder)");
 }
 
+ModelConfig read_model_config(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(path, "no such file or folder");
+  fs::path dir;
+  if (fs::is_directory(path, ec)) {
+    dir = path;
+  } else {
+    const fs::path p(path);
+    const std::string name = p.filename().string();
+    if (name == "config.json" || name == kSingleName || name == kIndexName || is_shard_name(name)) {
+      dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    } else if (p.extension() == ".bin") {
+      const MappedFile f(path);
+      return parse_llama2c_config(f.bytes(), path);
+    } else {
+      throw Error(path, "unknown checkpoint format (expected a llama2.c .bin or a Hugging Face folder)");
+    }
+  }
+  const std::string cfg = (dir / "config.json").string();
+  return parse_hf_config(read_text_file(cfg), cfg);
+}
+
 void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOptions& opts) {
   if (opts.dtype != DType::F32 && opts.dtype != DType::F16 && opts.dtype != DType::BF16)
     throw Error(dir, "Hugging Face weights are written as F32, F16 or BF16, not " +

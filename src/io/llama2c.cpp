@@ -18,7 +18,7 @@ int32_t read_i32(const uint8_t* p) {
 
 }  // namespace
 
-ModelWeights parse_llama2c(std::span<const uint8_t> file, const std::string& label) {
+ModelConfig parse_llama2c_config(std::span<const uint8_t> file, const std::string& label) {
   constexpr std::size_t kHeader = 7 * 4;
   if (file.size() < kHeader)
     throw Error(label, "not a llama2.c checkpoint: " + std::to_string(file.size()) +
@@ -35,10 +35,7 @@ ModelWeights parse_llama2c(std::span<const uint8_t> file, const std::string& lab
       throw Error(label, std::string("llama2.c header field '") + names[i] + "' = " +
                              std::to_string(h[i]) + " is out of range (corrupt header?)");
   }
-  ModelWeights m;
-  m.source = label;
-  m.source_dtype = DType::F32;
-  ModelConfig& c = m.config;
+  ModelConfig c;
   c.family = Family::Llama;
   c.hidden = h[0];
   c.intermediate = h[1];
@@ -58,6 +55,18 @@ ModelWeights parse_llama2c(std::span<const uint8_t> file, const std::string& lab
                            " is not a multiple of n_heads " + std::to_string(c.n_heads));
   c.head_dim = c.hidden / c.n_heads;
   c.validate(label);
+  return c;
+}
+
+ModelWeights parse_llama2c(std::span<const uint8_t> file, const std::string& label) {
+  constexpr std::size_t kHeader = 7 * 4;
+  ModelWeights m;
+  m.source = label;
+  m.source_dtype = DType::F32;
+  m.config = parse_llama2c_config(file, label);
+  const ModelConfig& c = m.config;
+  int32_t vocab_field;
+  std::memcpy(&vocab_field, file.data() + 20, 4);
 
   // Expected size: every tensor, the freq_cis block (seq_len x head_dim/2, real and imaginary),
   // and the classifier when untied.
@@ -70,7 +79,7 @@ ModelWeights parse_llama2c(std::span<const uint8_t> file, const std::string& lab
     const bool shorter = file.size() < expected;
     throw Error(label, "llama2.c checkpoint has " + std::to_string(file.size()) +
                            " bytes but its header (dim " + std::to_string(c.hidden) + ", " +
-                           std::to_string(c.n_layers) + " layers, vocab " + std::to_string(h[5]) +
+                           std::to_string(c.n_layers) + " layers, vocab " + std::to_string(vocab_field) +
                            ") implies " + std::to_string(expected) +
                            (shorter ? ": truncated" : ": trailing bytes (wrong header?)"));
   }

@@ -1,5 +1,6 @@
 #include "quarot/progress.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -7,6 +8,12 @@
 #include "quarot/error.hpp"
 
 namespace quarot {
+
+uint64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return uint64_t(u.ru_maxrss) * 1024;  // Linux reports KiB
+}
 
 ProgressMode parse_progress_mode(const std::string& s) {
   if (s == "auto") return ProgressMode::Auto;
@@ -25,7 +32,7 @@ double Progress::elapsed_s() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
 }
 
-void Progress::update(uint64_t done, uint64_t total) {
+void Progress::update(uint64_t done, uint64_t total, const std::string& what) {
   if (mode_ == ProgressMode::None || total == 0) return;
   const auto now = std::chrono::steady_clock::now();
   const double since = std::chrono::duration<double>(now - last_print_).count();
@@ -41,10 +48,11 @@ void Progress::update(uint64_t done, uint64_t total) {
     const int filled = int(frac * 30);
     for (int i = 0; i < 30; ++i) bar[i] = i < filled ? '#' : '.';
     bar[30] = 0;
-    std::fprintf(stderr, "\r%s [%s] %5.1f%%  %.1fs elapsed, ETA %.1fs ", label_.c_str(), bar, 100 * frac, el, eta);
+    std::fprintf(stderr, "\r%s [%s] %5.1f%% %s %.1fs elapsed, ETA %.1fs   ", label_.c_str(), bar, 100 * frac, what.c_str(), el, eta);
     printed_bar_ = true;
   } else if (!last) {
-    std::fprintf(stderr, "%s: %.1f%% (%.1fs elapsed, ETA %.1fs)\n", label_.c_str(), 100 * frac, el, eta);
+    std::fprintf(stderr, "%s: %.1f%%%s%s (%.1fs elapsed, ETA %.1fs)\n", label_.c_str(), 100 * frac, what.empty() ? "" : " ",
+                 what.c_str(), el, eta);
   }
 }
 

@@ -1,5 +1,7 @@
 #include "quarot/packed.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cstdio>
@@ -99,6 +101,15 @@ void allocate_float_parts(ModelWeights& m) {
   }
   m.final_norm.assign(c.hidden, 0.f);
   if (!c.tied_embeddings) size(m.lm_head, c.vocab, c.hidden, true);
+}
+
+// Drops the pages of a mapped range that was copied out (embeddings, classifier, norms): they
+// would otherwise stay resident after the CRC check read them, doubling their memory.
+void release_mapped(std::span<const uint8_t> bytes) {
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  uintptr_t b = (reinterpret_cast<uintptr_t>(bytes.data()) + page - 1) / page * page;
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(bytes.data()) + bytes.size()) / page * page;
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
 }
 
 bool is_linear_weight(const std::string& name) {
@@ -339,6 +350,7 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
     if (is_linear_weight(t.name)) return;
     const auto b = tensor(t.name, DType::F32, t.shape);
     std::memcpy(t.data.data(), b.data(), b.size());
+    release_mapped(b);
   });
   const auto& c = I.fw.config;
   const bool asym = !I.recipe.w_symmetric;

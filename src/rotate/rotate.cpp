@@ -313,7 +313,7 @@ std::vector<ActivationStats> activation_stats(const ModelWeights& m, const Onlin
     double sum = 0, sum2 = 0, sum3 = 0, sum4 = 0, n = 0, max_abs = 0;
   };
   std::map<std::pair<int, int>, Acc> acc;  // (layer, point)
-  ForwardHook<double> collect = [&](HookPoint p, int layer, const ActivationView<double>& v) {
+  ForwardHook<float> collect = [&](HookPoint p, int layer, const ActivationView<float>& v) {
     // Queries are neither cached nor a linear input; the layer output is not quantized.
     if (p == HookPoint::QueryAfterRope || p == HookPoint::LayerOutput) return;
     Acc& a = acc[{layer, int(p)}];
@@ -332,9 +332,10 @@ std::vector<ActivationStats> activation_stats(const ModelWeights& m, const Onlin
   };
   int max_len = 1;
   for (const auto& w : windows) max_len = std::max(max_len, int(w.size()));
-  Transformer<double> model(m, max_len);
-  model.set_hook(online && !online->empty() ? online_hook<double>(*online, collect) : collect);
-  std::vector<double> logits;
+  // fp32 (moments accumulated in fp64): a 7B model's fp64 copy would not fit in memory.
+  Transformer<float> model(m, max_len);
+  model.set_hook(online && !online->empty() ? online_hook<float>(*online, collect) : collect);
+  std::vector<float> logits;
   for (const auto& w : windows) {
     model.reset();
     model.forward(w, logits);
