@@ -1,0 +1,413 @@
+// quarot-batch: a grid of quarot-quantize runs (models x runs) from a JSON or TOML plan, one
+// folder per run, a combined summary (Markdown, CSV, JSON, SVG) and gates that set the exit
+// code; --shard i/N splits a plan across CI machines and `quarot-batch merge` joins the shards.
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "cli.hpp"
+#include "quarot/atomic_file.hpp"
+#include "quarot/packed.hpp"
+#include "quarot/report.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kGateNames[] = {"max_ppl_ratio", "max_ppl", "max_kld", "min_top1"};
+
+// ${NAME} and ${NAME:-default} from the environment.
+std::string expand_env(const std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size();) {
+    if (s.compare(i, 2, "${") == 0) {
+      const std::size_t e = s.find('}', i);
+      if (e == std::string::npos) throw quarot::Error("plan", "unterminated ${ in '" + s + "'");
+      std::string name = s.substr(i + 2, e - i - 2), def;
+      if (const auto d = name.find(":-"); d != std::string::npos) {
+        def = name.substr(d + 2);
+        name = name.substr(0, d);
+      }
+      const char* v = std::getenv(name.c_str());
+      out += v && *v ? v : def;
+      i = e + 1;
+    } else {
+      out += s[i++];
+    }
+  }
+  return out;
+}
+
+json read_plan(const std::string& path) {
+  const std::string text = quarot::read_text_file(path);
+  const auto first = text.find_first_not_of(" \t\r\n");
+  json plan;
+  if (first != std::string::npos && text[first] == '{') {
+    try {
+      plan = json::parse(text);
+    } catch (const std::exception& e) {
+      throw quarot::Error(path, std::string("invalid JSON: ") + e.what());
+    }
+  } else {
+    try {
+      const toml::table t = toml::parse(text, path);
+      std::ostringstream s;
+      s << toml::json_formatter{t};
+      plan = json::parse(s.str());
+    } catch (const toml::parse_error& e) {
+      throw quarot::Error(path, std::string("invalid TOML: ") + std::string(e.description()) + " at line " +
+                                    std::to_string(e.source().begin.line));
+    }
+  }
+  if (!plan.is_object() || !plan.contains("models") || !plan["models"].is_array() || plan["models"].empty() || !plan.contains("runs") ||
+      !plan["runs"].is_array() || plan["runs"].empty())
+    throw quarot::Error(path, "a plan needs non-empty 'models' and 'runs' arrays");
+  return plan;
+}
+
+struct Run {
+  int index = 0;
+  std::string model, name, dir;
+  json options;  // quarot-quantize options (long names)
+  json gates;
+};
+
+// Values that name files: relative to the plan's folder, with ${VAR} expanded.
+bool is_path_key(const std::string& k) { return k == "path" || k == "calib" || k == "eval-ids" || k == "tokenizer"; }
+
+std::vector<Run> expand(const json& plan, const std::string& plan_path, const std::string& out) {
+  const fs::path base = fs::absolute(plan_path).parent_path();
+  auto resolve = [&](const json& o) {
+    json r = json::object();
+    for (auto it = o.begin(); it != o.end(); ++it) {
+      if (it.key() == "name" || it.key() == "gates") continue;
+      json v = it.value();
+      if (v.is_string()) {
+        std::string s = expand_env(v.get<std::string>());
+        if (is_path_key(it.key()) && !s.empty() && fs::path(s).is_relative()) s = (base / s).lexically_normal().string();
+        v = s;
+      }
+      r[it.key()] = v;
+    }
+    return r;
+  };
+  const json defaults = resolve(plan.value("defaults", json::object()));
+  const json default_gates = plan.value("gates", json::object());
+  std::vector<Run> runs;
+  for (const auto& m : plan["models"]) {
+    if (!m.contains("name") || !m.contains("path")) throw quarot::Error(plan_path, "every model needs 'name' and 'path'");
+    const json mo = resolve(m);
+    for (const auto& r : plan["runs"]) {
+      if (!r.contains("name")) throw quarot::Error(plan_path, "every run needs a 'name'");
+      Run x;
+      x.index = int(runs.size());
+      x.model = m["name"].get<std::string>();
+      x.name = r["name"].get<std::string>();
+      x.dir = (fs::path(out) / x.model / x.name).string();
+      x.options = defaults;
+      for (auto it = mo.begin(); it != mo.end(); ++it) x.options[it.key()] = it.value();
+      const json ro = resolve(r);
+      for (auto it = ro.begin(); it != ro.end(); ++it) x.options[it.key()] = it.value();
+      x.gates = default_gates;
+      const json run_gates = r.value("gates", json::object());
+      for (auto it = run_gates.begin(); it != run_gates.end(); ++it) x.gates[it.key()] = it.value();
+      for (auto it = x.gates.begin(); it != x.gates.end(); ++it)
+        if (std::find(std::begin(kGateNames), std::end(kGateNames), it.key()) == std::end(kGateNames))
+          throw quarot::Error(plan_path, "run '" + x.name + "': unknown gate '" + it.key() + "' (known: max_ppl_ratio, max_ppl, max_kld, min_top1)");
+      runs.push_back(x);
+    }
+  }
+  return runs;
+}
+
+bool packs(const json& options) {
+  const std::string preset = options.value("preset", std::string("w4a4kv4"));
+  const std::string method = options.value("w-method", std::string());
+  return !(preset == "none" && method.empty()) && method != "none";
+}
+
+std::string self_dir() {
+  std::error_code ec;
+  const auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : p.parent_path().string();
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string o = "'";
+  for (char c : s) o += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return o + "'";
+}
+
+// The quarot-quantize config of a run (model path as the positional argument).
+json run_config(const Run& r) {
+  json c = r.options;
+  c.erase("path");
+  return c;
+}
+
+bool report_verifies(const Run& r) {
+  const fs::path d(r.dir);
+  std::error_code ec;
+  if (!fs::exists(d / "report.json", ec) || !fs::exists(d / "config.json", ec)) return false;
+  try {
+    if (json::parse(quarot::read_text_file((d / "config.json").string())) != run_config(r)) return false;
+    if (!json::parse(quarot::read_text_file((d / "report.json").string())).contains("eval")) return false;
+    if (packs(r.options)) quarot::PackedModel p((d / "model.q4.safetensors").string());  // CRCs and all
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+// One row of the summary from a run's report (or its failure).
+json row_of(const Run& r, bool ok, const std::string& failure) {
+  json row = {{"index", r.index}, {"model", r.model}, {"run", r.name}, {"ok", ok}, {"failure", failure}, {"gates", r.gates}};
+  if (!ok) return row;
+  const json rep = json::parse(quarot::read_text_file((fs::path(r.dir) / "report.json").string()));
+  row["preset"] = rep["config"]["preset"];
+  row["rotate"] = rep["config"]["rotate"];
+  row["bits_per_weight"] = rep["sizes"]["bits_per_weight"];
+  row["packed_bytes"] = rep["sizes"]["packed_bytes"];
+  const json& ev = rep["eval"];
+  if (!ev.is_null()) {
+    const json& q = ev["packed"].is_null() ? ev["quantized"] : ev["packed"];
+    row["ppl_float"] = ev["float"]["ppl"];
+    row["ppl"] = q["ppl"];
+    row["kld"] = q["kld_mean"];
+    row["top1"] = q["top1_agreement"];
+    row["measured_on"] = ev["packed"].is_null() ? "simulation" : "packed integer model";
+  }
+  row["seconds"] = rep["timings"]["total"];
+  return row;
+}
+
+// Applies the gates; returns the failures ("model/run: figure value > limit").
+std::vector<std::string> apply_gates(json& row) {
+  std::vector<std::string> fails;
+  const std::string who = row["model"].get<std::string>() + "/" + row["run"].get<std::string>();
+  if (!row["ok"].get<bool>()) {
+    fails.push_back(who + ": run failed: " + row["failure"].get<std::string>());
+    row["verdict"] = "FAILED";
+    return fails;
+  }
+  auto check = [&](const char* gate, const char* figure, double value, bool max) {
+    if (!row["gates"].contains(gate)) return;
+    const double limit = row["gates"][gate].get<double>();
+    if (std::isnan(value) || (max ? value > limit : value < limit)) {
+      char b[256];
+      std::snprintf(b, sizeof b, "%s: %s %.4f %s %s %.4f", who.c_str(), figure, value, max ? ">" : "<", gate, limit);
+      fails.push_back(b);
+    }
+  };
+  const bool has_eval = row.contains("ppl");
+  if (!has_eval && !row["gates"].empty()) fails.push_back(who + ": gates need an evaluation (eval-ids)");
+  if (has_eval) {
+    const double ppl = row["ppl"].get<double>(), ppl_f = row["ppl_float"].get<double>();
+    check("max_ppl_ratio", "perplexity ratio", ppl / ppl_f, true);
+    check("max_ppl", "perplexity", ppl, true);
+    check("max_kld", "KLD", row["kld"].get<double>(), true);
+    check("min_top1", "top-1 agreement", row["top1"].get<double>(), false);
+  }
+  row["verdict"] = fails.empty() ? "pass" : "FAIL";
+  return fails;
+}
+
+std::string fmt(const json& v, const char* f) {
+  if (!v.is_number()) return "";
+  char b[64];
+  std::snprintf(b, sizeof b, f, v.get<double>());
+  return b;
+}
+
+// Writes summary.md / .csv / .json and ppl_vs_bits.svg for the rows; returns the gate failures.
+std::vector<std::string> write_summary(json rows, const std::string& out, const std::string& title) {
+  std::sort(rows.begin(), rows.end(), [](const json& a, const json& b) { return a["index"].get<int>() < b["index"].get<int>(); });
+  std::vector<std::string> fails;
+  for (auto& r : rows) {
+    const auto f = apply_gates(r);
+    fails.insert(fails.end(), f.begin(), f.end());
+  }
+  std::ostringstream md, csv;
+  md << "# " << title << "\n\n| model | run | preset | rotation | bits/weight | PPL float | PPL | PPL ratio | KLD | top-1 | measured on | gates | verdict |\n"
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  csv << "model,run,preset,rotate,bits_per_weight,ppl_float,ppl,ppl_ratio,kld,top1,measured_on,verdict\n";
+  std::map<std::string, quarot::ChartSeries> series;
+  for (const auto& r : rows) {
+    const bool ev = r.contains("ppl");
+    const std::string ratio = ev ? fmt(json(r["ppl"].get<double>() / r["ppl_float"].get<double>()), "%.4f") : "";
+    std::string gates;
+    for (auto it = r["gates"].begin(); it != r["gates"].end(); ++it) gates += (gates.empty() ? "" : ", ") + it.key() + " " + it.value().dump();
+    md << "| " << r["model"].get<std::string>() << " | " << r["run"].get<std::string>() << " | " << r.value("preset", std::string()) << " | "
+       << (r.contains("rotate") ? (r["rotate"].get<bool>() ? "on" : "off") : "") << " | " << fmt(r.value("bits_per_weight", json()), "%.3f")
+       << " | " << fmt(r.value("ppl_float", json()), "%.4f") << " | " << fmt(r.value("ppl", json()), "%.4f") << " | " << ratio << " | "
+       << fmt(r.value("kld", json()), "%.5f") << " | " << (ev ? fmt(json(100 * r["top1"].get<double>()), "%.2f%%") : "") << " | "
+       << r.value("measured_on", std::string()) << " | " << gates << " | " << r["verdict"].get<std::string>() << " |\n";
+    csv << r["model"].get<std::string>() << "," << r["run"].get<std::string>() << "," << r.value("preset", std::string()) << ","
+        << (r.contains("rotate") ? (r["rotate"].get<bool>() ? "on" : "off") : "") << "," << fmt(r.value("bits_per_weight", json()), "%.3f")
+        << "," << fmt(r.value("ppl_float", json()), "%.4f") << "," << fmt(r.value("ppl", json()), "%.4f") << "," << ratio << ","
+        << fmt(r.value("kld", json()), "%.5f") << "," << (ev ? fmt(r["top1"], "%.4f") : "") << "," << r.value("measured_on", std::string())
+        << "," << r["verdict"].get<std::string>() << "\n";
+    if (ev) {
+      auto& s = series[r["model"].get<std::string>()];
+      s.name = r["model"].get<std::string>();
+      s.x.push_back(r["bits_per_weight"].get<double>());
+      s.y.push_back(r["ppl"].get<double>());
+      s.labels.push_back(r["run"].get<std::string>());
+    }
+  }
+  if (!fails.empty()) {
+    md << "\n## Gate failures\n\n";
+    for (const auto& f : fails) md << "- " << f << "\n";
+  }
+  md << "\n![perplexity against bits per weight](ppl_vs_bits.svg)\n";
+  fs::create_directories(out);
+  quarot::write_file_atomic((fs::path(out) / "summary.md").string(), md.str());
+  quarot::write_file_atomic((fs::path(out) / "summary.csv").string(), csv.str());
+  quarot::write_file_atomic((fs::path(out) / "summary.json").string(), json{{"title", title}, {"rows", rows}}.dump(2) + "\n");
+  std::vector<quarot::ChartSeries> ss;
+  for (auto& [k, s] : series) ss.push_back(s);
+  quarot::ChartOptions o{"Perplexity against bits per weight", "bits per linear weight (scales included)", "perplexity"};
+  o.lines = false;
+  o.log_y = true;
+  quarot::write_file_atomic((fs::path(out) / "ppl_vs_bits.svg").string(), quarot::svg_chart(ss, o));
+  return fails;
+}
+
+int finish(const std::vector<std::string>& fails, const std::string& out) {
+  for (const auto& f : fails) std::fprintf(stderr, "quarot-batch: gate failed: %s\n", f.c_str());
+  std::printf("summary: %s/summary.md (%s)\n", out.c_str(), fails.empty() ? "all gates pass" : (std::to_string(fails.size()) + " gate failures").c_str());
+  return fails.empty() ? 0 : quarot::cli::kExitFailure;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string plan_path, out, shard = "1/1", progress = "plain";
+  std::vector<std::string> merge_dirs;
+  int jobs = 1;
+  bool resume = false, list = false;
+  CLI::App app{
+      "Runs a plan (JSON or TOML): every model x every run through quarot-quantize, each into OUT/MODEL/RUN\n"
+      "(packed model, report.json/.md, plots, log.txt), then OUT/summary.md, summary.csv, summary.json and\n"
+      "ppl_vs_bits.svg. Gates in the plan (max_ppl_ratio, max_ppl, max_kld, min_top1; per run or for all)\n"
+      "make the exit code 1 when any fails, naming the run and the figure.\n"
+      "Plan keys: name; defaults {quarot-quantize options}; gates {...}; models [{name, path, options...}];\n"
+      "runs [{name, options..., gates {...}}]. Paths are relative to the plan; ${VAR} and ${VAR:-default}\n"
+      "come from the environment. Example: examples/ci-plan.toml.\n"
+      "CI matrix: quarot-batch PLAN -o out/shard-$I --shard $I/N on N machines, then\n"
+      "quarot-batch merge -o out/all out/shard-*.",
+      "quarot-batch"};
+  app.require_subcommand(0, 1);
+  app.add_option("plan", plan_path, "the plan file (.json or .toml)");
+  app.add_option("-o,--output", out, "output folder (required)");
+  app.add_option("--jobs", jobs, "runs at once (threads are split between them)")->check(CLI::Range(1, 64))->capture_default_str();
+  app.add_option("--shard", shard, "run every N-th run starting at the i-th (i/N, 1 <= i <= N)")->capture_default_str();
+  app.add_flag("--resume", resume, "skip runs whose output and report exist, verify and match the plan");
+  app.add_flag("--list", list, "list the runs of this shard and exit");
+  app.add_option("--progress", progress, "plain: one line per run start/end; none")->check(CLI::IsMember({"plain", "none"}))->capture_default_str();
+  auto* merge = app.add_subcommand("merge", "combine the summaries of shard folders into one (gates applied again)");
+  merge->add_option("dirs", merge_dirs, "shard output folders")->required();
+  merge->add_option("-o,--output", out, "output folder")->required();
+  if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
+
+  if (merge->parsed()) {
+    return quarot::cli::run("quarot-batch", [&] {
+      json rows = json::array();
+      std::string title = "quarot batch";
+      for (const auto& d : merge_dirs) {
+        const std::string p = (fs::path(d) / "summary.json").string();
+        const json s = json::parse(quarot::read_text_file(p));
+        title = s.value("title", title);
+        for (const auto& r : s["rows"]) rows.push_back(r);
+      }
+      std::sort(rows.begin(), rows.end(), [](const json& a, const json& b) { return a["index"].get<int>() < b["index"].get<int>(); });
+      for (std::size_t i = 1; i < rows.size(); ++i)
+        if (rows[i]["index"] == rows[i - 1]["index"])
+          throw quarot::Error("merge", "run " + rows[i]["model"].get<std::string>() + "/" + rows[i]["run"].get<std::string>() + " appears in two shards");
+      return finish(write_summary(rows, out, title), out);
+    });
+  }
+  if (plan_path.empty() || out.empty()) {
+    std::fprintf(stderr, "quarot-batch: error: %s is required (see --help)\n", plan_path.empty() ? "a plan file" : "--output");
+    return quarot::cli::kExitUsage;
+  }
+  int shard_i = 0, shard_n = 0;
+  if (std::sscanf(shard.c_str(), "%d/%d", &shard_i, &shard_n) != 2 || shard_n < 1 || shard_i < 1 || shard_i > shard_n) {
+    std::fprintf(stderr, "quarot-batch: error: --shard must be i/N with 1 <= i <= N, got '%s' (see --help)\n", shard.c_str());
+    return quarot::cli::kExitUsage;
+  }
+
+  return quarot::cli::run("quarot-batch", [&] {
+    const json plan = read_plan(plan_path);
+    const std::string title = plan.value("name", std::string("quarot batch"));
+    std::vector<Run> all = expand(plan, plan_path, out), mine;
+    for (const auto& r : all)
+      if (r.index % shard_n == shard_i - 1) mine.push_back(r);
+    if (list) {
+      for (const auto& r : mine) std::printf("%d %s/%s\n", r.index, r.model.c_str(), r.name.c_str());
+      return 0;
+    }
+    const std::string quantize = (fs::path(self_dir()) / "quarot-quantize").string();
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    const int threads = int(std::max(1u, cores / unsigned(jobs)));
+    std::vector<json> rows(mine.size());
+    std::atomic<std::size_t> next{0};
+    std::mutex io;
+    auto work = [&] {
+      for (std::size_t k; (k = next++) < mine.size();) {
+        const Run& r = mine[k];
+        const std::string label = r.model + "/" + r.name;
+        if (resume && report_verifies(r)) {
+          std::lock_guard<std::mutex> lock(io);
+          if (progress == "plain") std::fprintf(stderr, "quarot-batch: [%zu/%zu] %s: up to date, skipped\n", k + 1, mine.size(), label.c_str());
+          rows[k] = row_of(r, true, "");
+          continue;
+        }
+        fs::create_directories(r.dir);
+        // Remove a previous run's results first: a failed run must not leave an old report behind.
+        for (const char* f : {"report.json", "report.md", "model.q4.safetensors"}) fs::remove(fs::path(r.dir) / f);
+        quarot::write_file_atomic((fs::path(r.dir) / "config.json").string(), run_config(r).dump(2) + "\n");
+        std::string cmd = shell_quote(quantize) + " " + shell_quote(r.options.value("path", std::string())) + " --config " +
+                          shell_quote((fs::path(r.dir) / "config.json").string()) + " --report-dir " + shell_quote(r.dir) +
+                          " --threads " + std::to_string(threads) + " --progress plain";
+        if (packs(r.options)) cmd += " -o " + shell_quote((fs::path(r.dir) / "model.q4.safetensors").string());
+        cmd += " >" + shell_quote((fs::path(r.dir) / "log.txt").string()) + " 2>&1 </dev/null";
+        {
+          std::lock_guard<std::mutex> lock(io);
+          if (progress == "plain") std::fprintf(stderr, "quarot-batch: [%zu/%zu] %s: running\n", k + 1, mine.size(), label.c_str());
+        }
+        const int status = std::system(cmd.c_str());
+        const bool ok = status == 0 && fs::exists(fs::path(r.dir) / "report.json");
+        std::string failure;
+        if (!ok) {
+          // The run's own one-line error, from its log.
+          std::ifstream log(fs::path(r.dir) / "log.txt");
+          for (std::string line; std::getline(log, line);)
+            if (line.find("error:") != std::string::npos) failure = line;
+          if (failure.empty()) failure = "exit status " + std::to_string(status);
+        }
+        rows[k] = row_of(r, ok, failure);
+        std::lock_guard<std::mutex> lock(io);
+        if (progress == "plain")
+          std::fprintf(stderr, "quarot-batch: [%zu/%zu] %s: %s%s\n", k + 1, mine.size(), label.c_str(), ok ? "done" : "FAILED: ",
+                       failure.c_str());
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int j = 0; j < jobs; ++j) pool.emplace_back(work);
+    for (auto& t : pool) t.join();
+    return finish(write_summary(json(rows), out, title), out);
+  });
+}
