@@ -18,6 +18,10 @@ namespace quarot {
 struct Matrix {
   int64_t rows = 0, cols = 0;
   FloatBuffer data;  // rows * cols, row-major (huge-page backed when large)
+  // Read-only weights used in place instead of `data` (empty then): the packed model's
+  // embeddings and classifier, straight from its memory map. Only the forward pass reads it.
+  const float* external = nullptr;
+  const float* values() const { return external ? external : data.data(); }
   float* row(int64_t r) { return data.data() + r * cols; }
   const float* row(int64_t r) const { return data.data() + r * cols; }
 };

@@ -119,9 +119,9 @@ struct Transformer<T>::Impl {
       if (backend) throw Error(w.source, "a linear backend runs in fp32 only");
     }
     if (backend) backend->allocate(cfg, max_ctx);
-    embed = use(w.tok_embeddings.data.data(), w.tok_embeddings.data.size());
+    embed = use(w.tok_embeddings.values(), std::size_t(w.tok_embeddings.rows * w.tok_embeddings.cols));
     final_norm = use(w.final_norm.data(), w.final_norm.size());
-    cls = cfg.tied_embeddings ? embed : use(w.lm_head.data.data(), w.lm_head.data.size());
+    cls = cfg.tied_embeddings ? embed : use(w.lm_head.values(), std::size_t(w.lm_head.rows * w.lm_head.cols));
     for (const auto& L : w.layers) {
       layers.push_back({use(L.attn_norm.data(), L.attn_norm.size()), use(L.wq.data.data(), L.wq.data.size()),
                         use(L.wk.data.data(), L.wk.data.size()), use(L.wv.data.data(), L.wv.data.size()),

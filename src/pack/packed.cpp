@@ -85,7 +85,7 @@ void allocate_float_parts(ModelWeights& m) {
     x.cols = k;
     if (data) x.data.assign(std::size_t(r * k), 0.f);
   };
-  size(m.tok_embeddings, c.vocab, c.hidden, true);
+  size(m.tok_embeddings, c.vocab, c.hidden, false);  // mapped in place (PackedModel)
   m.layers.assign(c.n_layers, LayerWeights{});
   for (auto& L : m.layers) {
     L.attn_norm.assign(c.hidden, 0.f);
@@ -100,7 +100,7 @@ void allocate_float_parts(ModelWeights& m) {
     }
   }
   m.final_norm.assign(c.hidden, 0.f);
-  if (!c.tied_embeddings) size(m.lm_head, c.vocab, c.hidden, true);
+  if (!c.tied_embeddings) size(m.lm_head, c.vocab, c.hidden, false);
 }
 
 // Drops the pages of a mapped range that was copied out (embeddings, classifier, norms): they
@@ -349,9 +349,21 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
   for_each_tensor(I.fw, [&](const TensorRef& t) {
     if (is_linear_weight(t.name)) return;
     const auto b = tensor(t.name, DType::F32, t.shape);
+    if (t.data.empty()) return;  // embeddings / classifier: used in place (below)
     std::memcpy(t.data.data(), b.data(), b.size());
     release_mapped(b);
   });
+  // The embeddings and the classifier stay in the memory map: a decode touches only the rows
+  // it looks up, and nothing is held twice. (F32 tensors come first in the file, so they are
+  // 4-byte aligned.) Their pages read by the CRC check are dropped; they come back on use.
+  auto in_place = [&](Matrix& x, const char* name) {
+    const auto b = I.file.data(*I.file.find(name));
+    if (reinterpret_cast<uintptr_t>(b.data()) % alignof(float) != 0) throw Error(path, std::string(name) + " is not 4-byte aligned");
+    x.external = reinterpret_cast<const float*>(b.data());
+    release_mapped(b);
+  };
+  in_place(I.fw.tok_embeddings, "model.embed_tokens.weight");
+  if (!I.fw.config.tied_embeddings) in_place(I.fw.lm_head, "lm_head.weight");
   const auto& c = I.fw.config;
   const bool asym = !I.recipe.w_symmetric;
   for (int l = 0; l < c.n_layers; ++l)
@@ -394,6 +406,11 @@ uint64_t PackedModel::file_bytes() const { return impl_->file.header().data_star
 
 ModelWeights PackedModel::dequantized() const {
   ModelWeights m = impl_->fw;
+  for (Matrix* x : {&m.tok_embeddings, &m.lm_head})  // a self-contained float model
+    if (x->external) {
+      x->data.assign(x->external, x->external + x->rows * x->cols);
+      x->external = nullptr;
+    }
   for (int l = 0; l < m.config.n_layers; ++l)
     for (LinearModule mod : kModules) {
       Matrix& w = m.layers[l].*linear_member(mod);
