@@ -190,14 +190,8 @@ TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
   auto m = load_model(data_file("stories260K/stories260K.bin"));
   // Under ASan+UBSan (3-8x slower) a smaller run still exercises every path; the 0.5% bound is
   // checked in the release build, where 76 windows make it statistically meaningful.
-  constexpr bool kSanitized =
-#if defined(__SANITIZE_ADDRESS__)
-      true;
-#else
-      false;
-#endif
   auto cfg = quant_preset("w4a4kv4");  // GPTQ, per-channel symmetric weights with clip search, A4 KV4
-  cfg.nsamples = kSanitized ? 4 : 16;
+  cfg.nsamples = kSanitizedBuild ? 4 : 16;
   cfg.seqlen = 512;
   const auto calib = calibration_windows(read_ids_file(data_file("stories260K/calib-t1-seed42.ids"), 512), cfg.nsamples,
                                          cfg.seqlen, 0, "calib");
@@ -208,7 +202,7 @@ TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
   const auto deq = p.dequantized();
   std::vector<int> stream;
   for (const auto& s : read_ids_file(data_file("tinystories/validation_100.tok512.ids"), 512)) stream.insert(stream.end(), s.begin(), s.end());
-  const auto windows = make_windows(stream, Protocol::Paper, 512, 1, kSanitized ? 6 : 0);
+  const auto windows = make_windows(stream, Protocol::Paper, 512, 1, kSanitizedBuild ? 6 : 0);
   auto integer = p.integer_model(512);
   auto sim = p.simulated_model(deq, 512);
   const auto ri = evaluate(integer, windows, Protocol::Paper);
@@ -219,7 +213,7 @@ TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
   // change later attention outputs by ~20%. Measured per window, the fp32 simulation, an fp64
   // simulation and the integer path each differ from the others by up to 0.05 nats in a few
   // windows (2026-11-23); over all 76 windows the perplexities agree far inside 0.5%.
-  if (!kSanitized) {
+  if (!kSanitizedBuild) {
     EXPECT_LT(std::fabs(ri.ppl / rs.ppl - 1), 0.005);
   }
   // Greedy from BOS: the first 20 tokens identical.

@@ -77,12 +77,6 @@ ModelWeights synthetic(const std::string& preset, int layers, int vocab) {
 // The bar is 1e-5. R3 alone changes no weight and is exact to ~1e-15.
 constexpr double kFp64Tol = 1e-5;
 
-constexpr bool kSanitized =
-#if defined(__SANITIZE_ADDRESS__)
-    true;
-#else
-    false;
-#endif
 
 }  // namespace
 
@@ -131,7 +125,7 @@ TEST(RotateInvariance, Qwen2SmallBiasesTied4864) {
 }
 
 TEST(RotateInvariance, Llama2And3LayerShapes) {
-  if (kSanitized) GTEST_SKIP() << "7B-shaped layers are checked in the release build (same code as the small models)";
+  if (kSanitizedBuild) GTEST_SKIP() << "7B-shaped layers are checked in the release build (same code as the small models)";
   // Vocabulary cut to 512 to keep the test's memory small (fp64 copies of two 2-layer models:
   // ~7 GB); every other shape is the real one.
   const auto all = only(true, true, true, true, true);

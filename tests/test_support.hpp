@@ -31,6 +31,14 @@ inline std::string data_file(const std::string& rel) { return (fs::path(data_dir
                    << " (set QUAROT_DATA or QUAROT_DATA_DIR to the shared data folder)"; \
   } while (0)
 
+// ASan/UBSan builds run 3-8x slower: the heaviest tests shrink or skip there.
+inline constexpr bool kSanitizedBuild =
+#if defined(__SANITIZE_ADDRESS__)
+    true;
+#else
+    false;
+#endif
+
 class TempDir {
  public:
   TempDir() {

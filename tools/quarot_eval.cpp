@@ -142,10 +142,7 @@ int main(int argc, char** argv) {
     for (const auto& w : windows) max_len = std::max(max_len, int(w.tokens.size()));
     auto model = loaded.transformer(max_len);
     std::fprintf(stderr, "quarot-eval: %s: %s\n", args.model.c_str(), loaded.describe().c_str());
-    if (loaded.float_weights() && !loaded.packed()) {
-      const auto online = quarot::online_transforms_of(*loaded.float_weights());
-      if (!online.empty()) std::fprintf(stderr, "quarot-eval: online transforms:\n%s", online.describe().c_str());
-    }
+    if (!loaded.online().empty()) std::fprintf(stderr, "quarot-eval: online transforms:\n%s", loaded.online().describe().c_str());
     std::unique_ptr<quarot::LoadedModel> base_loaded;
     std::unique_ptr<quarot::Transformer<float>> base;
     if (!args.kld_base.empty()) {

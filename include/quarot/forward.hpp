@@ -42,6 +42,10 @@ using ForwardHook = std::function<void(HookPoint, int layer, const ActivationVie
 // The decoder's linear layers, in the order the forward pass calls them within a layer.
 enum class LinearModule { Q, K, V, O, Gate, Up, Down };
 const char* linear_module_name(LinearModule m);  // "q_proj", ..., "down_proj"
+inline constexpr LinearModule kLinearModules[] = {LinearModule::Q,    LinearModule::K,  LinearModule::V,   LinearModule::O,
+                                                  LinearModule::Gate, LinearModule::Up, LinearModule::Down};
+// The member of LayerWeights holding that linear's weight: L.*linear_member(m).
+Matrix LayerWeights::*linear_member(LinearModule m);
 
 // Runs the decoder's linear layers and holds the KV cache for a Transformer<float> (the packed
 // INT4 model, src/pack): the transformer keeps embeddings, norms, biases, RoPE, attention and

@@ -117,6 +117,7 @@ class LoadedModel {
   Transformer<float> transformer(int max_context) const;
   const PackedModel* packed_model() const { return packed_.get(); }
   const ModelWeights* float_weights() const { return weights_.get(); }
+  const OnlineTransforms& online() const { return packed_ ? packed_->online() : online_; }
 
  private:
   std::unique_ptr<PackedModel> packed_;

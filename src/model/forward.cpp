@@ -41,6 +41,19 @@ const char* linear_module_name(LinearModule m) {
   return "?";
 }
 
+Matrix LayerWeights::*linear_member(LinearModule m) {
+  switch (m) {
+    case LinearModule::Q: return &LayerWeights::wq;
+    case LinearModule::K: return &LayerWeights::wk;
+    case LinearModule::V: return &LayerWeights::wv;
+    case LinearModule::O: return &LayerWeights::wo;
+    case LinearModule::Gate: return &LayerWeights::w_gate;
+    case LinearModule::Up: return &LayerWeights::w_up;
+    case LinearModule::Down: return &LayerWeights::w_down;
+  }
+  return &LayerWeights::wq;
+}
+
 namespace {
 
 template <class T>

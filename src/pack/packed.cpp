@@ -22,8 +22,6 @@ std::string quarot_version() { return "0.3.0"; }
 
 namespace {
 
-constexpr LinearModule kModules[] = {LinearModule::Q,    LinearModule::K,  LinearModule::V,   LinearModule::O,
-                                     LinearModule::Gate, LinearModule::Up, LinearModule::Down};
 constexpr const char* kCrcKey = "quarot.crc32";
 constexpr const char* kHeaderCrcKey = "quarot.header_crc32";
 
@@ -62,19 +60,6 @@ LinearShape linear_shape(const ModelConfig& c, LinearModule m) {
   return {0, 0};
 }
 
-Matrix LayerWeights::*linear_member(LinearModule m) {
-  switch (m) {
-    case LinearModule::Q: return &LayerWeights::wq;
-    case LinearModule::K: return &LayerWeights::wk;
-    case LinearModule::V: return &LayerWeights::wv;
-    case LinearModule::O: return &LayerWeights::wo;
-    case LinearModule::Gate: return &LayerWeights::w_gate;
-    case LinearModule::Up: return &LayerWeights::w_up;
-    case LinearModule::Down: return &LayerWeights::w_down;
-  }
-  return &LayerWeights::wq;
-}
-
 // The float parts of a model of config c: embeddings, norms, biases, classifier sized; linear
 // matrices get their shape and no data.
 void allocate_float_parts(ModelWeights& m) {
@@ -94,7 +79,7 @@ void allocate_float_parts(ModelWeights& m) {
     L.bk.assign(c.k_bias ? c.kv_dim() : 0, 0.f);
     L.bv.assign(c.v_bias ? c.kv_dim() : 0, 0.f);
     L.bo.assign(c.o_bias ? c.hidden : 0, 0.f);
-    for (LinearModule mod : kModules) {
+    for (LinearModule mod : kLinearModules) {
       const auto s = linear_shape(c, mod);
       size(L.*linear_member(mod), s.rows, s.cols, false);
     }
@@ -248,7 +233,7 @@ void PackedWriter::write(const std::string& path, const std::map<std::string, st
     tensors.push_back({t.name, DType::F32, t.shape, t.data.data(), DType::F32});
   });
   for (int l = 0; l < m_.config.n_layers; ++l)
-    for (LinearModule mod : kModules) {
+    for (LinearModule mod : kLinearModules) {
       const auto it = linears_.find({l, int(mod)});
       const std::string p = linear_tensor_prefix(l, mod);
       if (it == linears_.end()) throw Error(path, "linear layer " + p + " was not quantized");
@@ -367,7 +352,7 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
   const auto& c = I.fw.config;
   const bool asym = !I.recipe.w_symmetric;
   for (int l = 0; l < c.n_layers; ++l)
-    for (LinearModule mod : kModules) {
+    for (LinearModule mod : kLinearModules) {
       const auto s = linear_shape(c, mod);
       const std::string p = linear_tensor_prefix(l, mod);
       const int64_t group = I.recipe.w_group > 0 ? I.recipe.w_group : s.cols;
@@ -412,7 +397,7 @@ ModelWeights PackedModel::dequantized() const {
       x->external = nullptr;
     }
   for (int l = 0; l < m.config.n_layers; ++l)
-    for (LinearModule mod : kModules) {
+    for (LinearModule mod : kLinearModules) {
       Matrix& w = m.layers[l].*linear_member(mod);
       const Int4Weights v = linear(l, mod);
       w.data.assign(std::size_t(w.rows * w.cols), 0.f);

@@ -132,22 +132,6 @@ uint64_t QdecStore::bytes() const {
 
 namespace {
 
-constexpr LinearModule kModules[] = {LinearModule::Q,    LinearModule::K,  LinearModule::V,   LinearModule::O,
-                                     LinearModule::Gate, LinearModule::Up, LinearModule::Down};
-
-const Matrix& member(const LayerWeights& L, LinearModule m) {
-  switch (m) {
-    case LinearModule::Q: return L.wq;
-    case LinearModule::K: return L.wk;
-    case LinearModule::V: return L.wv;
-    case LinearModule::O: return L.wo;
-    case LinearModule::Gate: return L.w_gate;
-    case LinearModule::Up: return L.w_up;
-    case LinearModule::Down: return L.w_down;
-  }
-  return L.wq;
-}
-
 class QdecSimulationBackend : public LinearBackend {
  public:
   QdecSimulationBackend(const ModelWeights& m, const QdecStore& s, QdecK k) : m_(m), s_(s), k_(k) {}
@@ -158,7 +142,7 @@ class QdecSimulationBackend : public LinearBackend {
   }
   void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int rows) override {
     using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    const Matrix& w = member(m_.layers[std::size_t(layer)], m);
+    const Matrix& w = m_.layers[std::size_t(layer)].*linear_member(m);
     Eigen::Map<Mat>(out, n, rows).noalias() =
         Eigen::Map<const Mat>(in, n, cols) * Eigen::Map<const Mat>(w.data.data(), rows, cols).transpose();
     const ResidualStore& r = s_.at(layer, m);
@@ -187,9 +171,9 @@ QdecStore build_qdec_store(const ModelWeights& original, const ModelWeights& qua
   QdecStore s;
   s.bits = bits;
   for (int l = 0; l < original.config.n_layers; ++l)
-    for (LinearModule m : kModules) {
-      const Matrix& w = member(original.layers[std::size_t(l)], m);
-      const Matrix& q = member(quantized.layers[std::size_t(l)], m);
+    for (LinearModule m : kLinearModules) {
+      const Matrix& w = original.layers[std::size_t(l)].*linear_member(m);
+      const Matrix& q = quantized.layers[std::size_t(l)].*linear_member(m);
       if (w.rows != q.rows || w.cols != q.cols) throw Error("qdec", "original and quantized models differ in shape");
       s.linears.push_back(make_residual_store(w.data.data(), q.data.data(), w.rows, w.cols, bits));
     }
