@@ -30,7 +30,7 @@ OnlineTransforms quantize_and_pack(ModelWeights& m, const QuantConfig& cfg, cons
     record_rotation(m, cfg.rotation, online);
   }
   PackedWriter writer(m, make_pack_recipe(cfg));
-  quantize_weights(m, online, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q) { writer.add(l, mod, q); });
+  quantize_weights(m, online, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { writer.add(l, mod, q); });
   writer.write(path);
   return online;
 }

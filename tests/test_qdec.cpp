@@ -5,10 +5,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <iterator>
 
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
 #include "quarot/eval.hpp"
+#include "quarot/packed.hpp"
+#include "quarot/safetensors.hpp"
 #include "quarot/qdec.hpp"
 #include "quarot/quant.hpp"
 #include "quarot/quantize.hpp"
@@ -129,4 +133,240 @@ TEST(Qdec, ModelLevelKZeroIsThePlainModelAndMoreChannelsHelp) {
   EXPECT_LT(dall, d0);
   // Every channel with an 8-bit residual: the float model up to the residual's rounding.
   EXPECT_LT(dall8, 0.1 * d0) << d0 << " " << d64 << " " << dall << " " << dall8;
+}
+
+TEST(Qdec, TopKTiesAndSmallCases) {
+  std::vector<float> zeros(10, 0.f);
+  std::vector<int> got;
+  top_k_abs(zeros.data(), 10, 4, got);
+  EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3}));  // all tied: the lowest indices
+  const std::vector<float> x = {0.5f, -2.f, 2.f, 1.f, -2.f};
+  top_k_abs(x.data(), 5, 2, got);
+  EXPECT_EQ(got, (std::vector<int>{1, 2}));
+  top_k_abs(x.data(), 5, 3, got);
+  EXPECT_EQ(got, (std::vector<int>{1, 2, 4}));
+  top_k_abs(x.data(), 5, 5, got);
+  EXPECT_EQ(got, (std::vector<int>{1, 2, 4, 3, 0}));
+}
+
+// The vectorized kernel against the plain loop: the same products summed in the same order
+// (fma per selected row), so equal up to fp32 rounding of the contraction (stated: 1e-5 of the
+// sum of |terms|).
+TEST(Qdec, ApplyKernelMatchesTheReference) {
+  for (int bits : {4, 8})
+    for (int64_t rows : {1, 15, 16, 33, 200}) {
+      const int64_t cols = 70;
+      const auto w = gaussian(std::size_t(rows * cols), uint64_t(rows + bits));
+      const auto q = quantize_rtn(w.data(), rows, cols, {{3, true}, 0, true});
+      const auto r = make_residual_store(w.data(), q.dequantized.data(), rows, cols, bits);
+      const int tokens = 3, k = 9;
+      const auto x = gaussian(std::size_t(tokens * cols), 77);
+      std::vector<int> sel;
+      qdec_select(x.data(), tokens, int(cols), k, sel);
+      ASSERT_EQ(sel.size(), std::size_t(tokens * k));
+      const auto y0 = gaussian(std::size_t(tokens * rows), 5);
+      auto ref = y0;
+      qdec_apply_reference(r, x.data(), tokens, k, sel.data(), ref.data());
+      for (Isa isa : {Isa::Scalar, Isa::Avx512Vnni}) {
+        if (!isa_supported(isa)) continue;
+        auto y = y0;
+        qdec_apply(r, x.data(), tokens, k, sel.data(), y.data(), isa);
+        for (int t = 0; t < tokens; ++t)
+          for (int64_t o = 0; o < rows; ++o) {
+            double mag = std::fabs(y0[std::size_t(t * rows + o)]);
+            for (int j = 0; j < k; ++j) {
+              const int i = sel[std::size_t(t * k + j)];
+              mag += std::fabs(r.residual(i, o) * x[std::size_t(t * cols + i)]);
+            }
+            ASSERT_NEAR(y[std::size_t(t * rows + o)], ref[std::size_t(t * rows + o)], 1e-5 * mag + 1e-30)
+                << isa_name(isa) << " bits " << bits << " rows " << rows;
+          }
+      }
+    }
+}
+
+TEST(Qdec, ParsesKPerKindAndRejectsBadValues) {
+  EXPECT_EQ(parse_qdec_k("4"), QdecK::all(4));
+  EXPECT_EQ(parse_qdec_k("all"), QdecK::all(-1));
+  const QdecK k = parse_qdec_k("qkv=2,down=all", QdecK::all(4));
+  EXPECT_EQ(k.qkv, 2);
+  EXPECT_EQ(k.o, 4);
+  EXPECT_EQ(k.gate_up, 4);
+  EXPECT_EQ(k.down, -1);
+  EXPECT_EQ(parse_qdec_k(k.describe()), k);
+  for (const char* bad : {"", "x", "-1", "2000", "4x", "qkv=", "foo=1", "qkv=1,,o=2", "qkv:1"})
+    EXPECT_THROW(parse_qdec_k(bad), Error) << bad;
+  EXPECT_EQ(qdec_kind_of(LinearModule::V), 0);
+  EXPECT_EQ(qdec_kind_of(LinearModule::Up), 2);
+}
+
+TEST(Qdec, TunerStaysWithinTheBudgetAndGrowsTheCheapestKindFirst) {
+  QdecCosts c;
+  // Kind costs per level: down is 4x the cost of the others per step, o is free-ish.
+  const double unit[kQdecKinds] = {1e-6, 0.1e-6, 1e-6, 4e-6};
+  for (int kind = 0; kind < kQdecKinds; ++kind)
+    for (std::size_t lv = 0; lv < std::size(kQdecLevels); ++lv) c.seconds[kind][lv] = unit[kind] * kQdecLevels[lv];
+  const auto none = tune_qdec(c, 0.05e-6);
+  EXPECT_EQ(none.k, QdecK{});
+  EXPECT_EQ(none.cost_seconds, 0);
+  const auto small = tune_qdec(c, 3e-6);
+  EXPECT_LE(small.cost_seconds, 3e-6);
+  EXPECT_GT(small.k.o, small.k.qkv);  // the cheap kind grows first
+  EXPECT_EQ(small.k.down, 0);
+  EXPECT_FALSE(small.steps.empty());
+  const auto all = tune_qdec(c, 1.0);
+  EXPECT_EQ(all.k, QdecK::all(64));
+  // Every budget: within it, and no single remaining step would still fit.
+  for (double b : {1e-6, 5e-6, 20e-6, 100e-6, 300e-6}) {
+    const auto t = tune_qdec(c, b);
+    EXPECT_LE(t.cost_seconds, b * (1 + 1e-12));
+    for (int kind = 0; kind < kQdecKinds; ++kind) {
+      const auto* it = std::find(std::begin(kQdecLevels), std::end(kQdecLevels), t.k.kind(kind));
+      ASSERT_NE(it, std::end(kQdecLevels));
+      const std::size_t lv = std::size_t(it - std::begin(kQdecLevels));
+      if (lv + 1 < std::size(kQdecLevels)) {
+        EXPECT_GT(t.cost_seconds + c.seconds[kind][lv + 1] - c.seconds[kind][lv], b) << kind << " " << b;
+      }
+    }
+  }
+  // The measured costs of a real store: positive and growing with k (coarsely: 64 vs 1).
+  SynthSpec s = synth_preset("tiny");
+  s.config.vocab = 64;
+  const auto original = make_synthetic(s);
+  auto quantized = original;
+  QuantConfig cfg = quant_preset("w4a16-rtn");
+  cfg.gptq.weights.group_size = 0;
+  quantize_weights(quantized, {}, cfg, {});
+  const auto costs = measure_qdec_costs(build_qdec_store(original, quantized, 4), 2);
+  for (int kind = 0; kind < kQdecKinds; ++kind) {
+    EXPECT_EQ(costs.seconds[kind][0], 0);
+    EXPECT_GT(costs.seconds[kind][1], 0);
+  }
+}
+
+namespace {
+
+struct PackedQdec {
+  ModelWeights original, quantized;
+  OnlineTransforms online;
+  QdecStore store;
+  QuantConfig cfg;
+};
+
+// Rotates, quantizes and packs a tiny model with a QDEC section (k stored: `k`).
+PackedQdec pack_with_qdec(const std::string& path, const std::string& preset, int bits, QdecK k, bool with_section = true) {
+  PackedQdec p;
+  SynthSpec s = synth_preset("tiny");
+  s.seed = 21;
+  s.config.vocab = 96;
+  p.original = make_synthetic(s);
+  convert_rope_layout(p.original, RopeLayout::Half);
+  p.cfg = quant_preset(preset);
+  p.cfg.gptq.weights.group_size = 0;
+  p.online = rotate_model(p.original, p.cfg.rotation);
+  record_rotation(p.original, p.cfg.rotation, p.online);
+  p.quantized = p.original;
+  PackedWriter writer(p.quantized, make_pack_recipe(p.cfg));
+  quantize_weights(p.quantized, p.online, p.cfg, {}, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix& w) {
+    writer.add(l, mod, q);
+    if (with_section) writer.add_residual(l, mod, make_residual_store(w.data.data(), q.dequantized.data(), q.rows, q.cols, bits));
+  });
+  if (with_section) {
+    p.store = build_qdec_store(p.original, p.quantized, bits);
+    writer.set_qdec(k, R"({"note":"test"})");
+  }
+  writer.write(path);
+  return p;
+}
+
+std::vector<int> tokens_for_test(int n, int vocab) {
+  std::vector<int> t = {1};
+  for (int i = 1; i < n; ++i) t.push_back(3 + (i * 37) % (vocab - 3));
+  return t;
+}
+
+std::vector<float> logits_of(Transformer<float> m, const std::vector<int>& t) {
+  std::vector<float> l;
+  m.forward(t, l);
+  return l;
+}
+
+}  // namespace
+
+TEST(QdecPacked, ResidualSectionRoundTripsExactlyAndIsChecked) {
+  TempDir dir;
+  for (int bits : {4, 8}) {
+    const std::string path = dir / ("q" + std::to_string(bits) + ".q4.safetensors");
+    const QdecK k = parse_qdec_k("qkv=2,o=4,gate_up=8,down=all");
+    const auto p = pack_with_qdec(path, "w4a16-rtn", bits, k);
+    const PackedModel m(path);
+    ASSERT_NE(m.qdec(), nullptr);
+    EXPECT_EQ(m.qdec_k(), k);
+    EXPECT_EQ(m.qdec()->bits, bits);
+    ASSERT_EQ(m.qdec()->linears.size(), p.store.linears.size());
+    for (std::size_t i = 0; i < p.store.linears.size(); ++i) {
+      const auto& a = p.store.linears[i];
+      const auto& b = m.qdec()->linears[i];
+      ASSERT_EQ(a.rows, b.rows);
+      ASSERT_EQ(a.cols, b.cols);
+      EXPECT_EQ(a.scales, b.scales);
+      ASSERT_NE(b.external, nullptr);  // used in place from the map
+      EXPECT_EQ(0, std::memcmp(a.codes.data(), b.code_data(), a.codes.size())) << i;
+    }
+    EXPECT_EQ(m.qdec()->bytes(), p.store.bytes());
+  }
+  // A flipped byte in a residual is caught by name.
+  const std::string path = dir / "q4.q4.safetensors";
+  const SafetensorsFile f(path);
+  const TensorInfo* t = f.find("model.layers.1.mlp.down_proj.qdec_residual");
+  ASSERT_NE(t, nullptr);
+  const std::size_t at = std::size_t(f.header().data_start + t->begin + 3);
+  auto bytes = read_bytes(path);
+  bytes.at(at) ^= 0x10;
+  write_bytes(path, bytes);
+  try {
+    PackedModel bad(path);
+    FAIL() << "corruption not caught";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.down_proj.qdec_residual"), std::string::npos) << e.what();
+  }
+  // Without a section, asking for k > 0 is an error naming the file.
+  const std::string plain = dir / "plain.q4.safetensors";
+  pack_with_qdec(plain, "w4a16-rtn", 4, {}, false);
+  const PackedModel pm(plain);
+  EXPECT_EQ(pm.qdec(), nullptr);
+  EXPECT_THROW(pm.integer_model(16, best_isa(), QdecK::all(4)), Error);
+  EXPECT_NO_THROW(pm.integer_model(16, best_isa(), QdecK{}));
+}
+
+TEST(QdecPacked, KZeroIsThePlainIntegerModelAndIntegerMatchesSimulation) {
+  TempDir dir;
+  for (const char* preset : {"w4a16-rtn", "w4a4kv4-rtn"}) {
+    const std::string with = dir / "with.q4.safetensors", without = dir / "without.q4.safetensors";
+    const auto p = pack_with_qdec(with, preset, 4, QdecK::all(64));
+    pack_with_qdec(without, preset, 4, {}, false);
+    const PackedModel a(with), b(without);
+    const auto t = tokens_for_test(24, 96);
+    // k = 0: the plain integer model bit for bit; and the simulation's k = 0 the plain simulation.
+    EXPECT_EQ(logits_of(a.integer_model(32, best_isa(), QdecK{}), t), logits_of(b.integer_model(32), t)) << preset;
+    EXPECT_EQ(logits_of(qdec_simulation_model(p.quantized, p.store, QdecK{}, p.online, p.cfg.act, 32), t),
+              logits_of(b.simulated_model(p.quantized, 32), t))
+        << preset;
+    // k > 0: the integer path and the simulation agree (A16: up to fp32 summation order; A4KV4:
+    // a rare flipped 4-bit code, so a looser bound). (That more channels move toward the float
+    // model is checked with an 8-bit residual above: this random rotated model amplifies small
+    // changes chaotically, so its logit distance is not monotone in k.)
+    const auto li = logits_of(a.integer_model(32), t);
+    const auto ls = logits_of(a.simulated_model(p.quantized, 32), t);
+    const auto l0 = logits_of(b.integer_model(32), t);
+    double dis = 0, norm = 0, moved = 0;
+    for (std::size_t i = 0; i < li.size(); ++i) {
+      dis += std::pow(li[i] - ls[i], 2);
+      norm += std::pow(ls[i], 2);
+      moved += std::pow(li[i] - l0[i], 2);
+    }
+    EXPECT_GT(moved, 1e-6 * norm) << preset;  // the compensation does something
+    const bool a16 = std::string(preset) == "w4a16-rtn";
+    EXPECT_LT(std::sqrt(dis / norm), a16 ? 1e-5 : 0.05) << preset;
+  }
 }

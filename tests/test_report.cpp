@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "quarot/packed.hpp"
 #include "quarot/report.hpp"
 #include "test_support.hpp"
 
@@ -201,4 +202,46 @@ TEST(QuantizeCli, ReportValidatesAndCarriesTheNumbers) {
   auto bad = j;
   bad["modules"][0].erase("rel_weight_error");
   EXPECT_FALSE(validate_json_schema(schema, bad.dump()).empty());
+}
+
+TEST(QuantizeCli, QdecIsTunedWrittenAndReported) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  TempDir dir;
+  const std::string model = data_file("stories260K/stories260K.bin"), ids = data_file("tinystories/validation_100.tok512.ids");
+  const std::string out = dir / "qd/s.q4.safetensors";
+  // Usage errors first: nothing runs.
+  for (const std::string& bad : std::vector<std::string>{" --qdec-slowdown 5", " -o " + out + " --qdec-k 3 --qdec-slowdown 5", " -o " + out + " --qdec-bits 5",
+                                " -o " + out + " --qdec-k foo", " -o " + out + " --qdec-sweep"}) {
+    const auto r = run_tool("quarot-quantize", model + " --preset w4a16-rtn --w-group 0" + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.stderr_text;
+  }
+  EXPECT_FALSE(fs::exists(out));
+  const auto r = run_tool("quarot-quantize", model + " --preset w4a16-rtn --w-bits 3 --w-group 0 --qdec-slowdown 10 --qdec-sweep -o " + out +
+                                                 " --eval-ids " + ids + " --ctx 512 --chunks 2 --progress none");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  const std::string report = read_text(dir / "qd/report.json");
+  const auto errs = validate_json_schema(read_text(std::string(QUAROT_SOURCE_DIR) + "/docs/report.schema.json"), report);
+  EXPECT_TRUE(errs.empty()) << errs.front();
+  const auto j = nlohmann::json::parse(report);
+  const auto& q = j["qdec"];
+  ASSERT_TRUE(q.is_object());
+  EXPECT_LE(q["tuner"]["cost_seconds_per_token"].get<double>(), q["tuner"]["budget_seconds_per_token"].get<double>());
+  EXPECT_EQ(q["sweep"].size(), 9u);
+  // k = 0 in the sweep is the plain model; all channels beat it (3-bit weights, 4-bit residual).
+  EXPECT_DOUBLE_EQ(q["sweep"][0]["simulated"]["ppl"].get<double>(), j["eval"]["quantized"]["ppl"].get<double>());
+  EXPECT_LT(q["sweep"][8]["simulated"]["ppl"].get<double>(), q["sweep"][0]["simulated"]["ppl"].get<double>());
+  // The file carries the section and the tuned k; the report says the same.
+  const PackedModel pm(out);
+  ASSERT_NE(pm.qdec(), nullptr);
+  EXPECT_EQ(pm.qdec_k().describe(), q["k_chunk_text"].get<std::string>());
+  EXPECT_EQ(pm.qdec()->bytes(), q["residual_bytes"].get<uint64_t>());
+  const std::string md = read_text(dir / "qd/report.md");
+  EXPECT_NE(md.find("## QDEC"), std::string::npos);
+  EXPECT_NE(md.find(q["k_chunk_text"].get<std::string>()), std::string::npos);
+  // quarot-eval runs it with the file's k, or another; a model without the section refuses k > 0.
+  const auto e0 = run_tool("quarot-eval", out + " --ids " + ids + " --ctx 512 --chunks 2 --qdec-k 0 --progress none");
+  EXPECT_EQ(e0.exit_code, 0) << e0.stderr_text;
+  EXPECT_EQ(run_tool("quarot-eval", out + " --ids " + ids + " --qdec-k x").exit_code, 2);
+  EXPECT_EQ(run_tool("quarot-eval", model + " --ids " + ids + " --ctx 64 --chunks 1 --qdec-k 4").exit_code, 1);
 }

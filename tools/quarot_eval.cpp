@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
     std::string model, text, tokenizer, ids, ids_lines = "stream", split_docs, protocol = "paper", kld_base, json,
         progress = "auto";
     int ctx = 0, chunks = 0, threads = 0;
+    std::string qdec_k;
     bool simulate = false;
   } args;
   CLI::App app{
@@ -38,6 +40,9 @@ int main(int argc, char** argv) {
       "quarot-eval"};
   app.add_option("model", args.model, "checkpoint: llama2.c .bin, Hugging Face folder, or packed .q4.safetensors")->required();
   app.add_flag("--simulate", args.simulate, "packed model: run the fake-quant simulation instead of the integer path");
+  app.add_option("--qdec-k", args.qdec_k,
+                 "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
+                 "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)");
   auto* text = app.add_option("--text", args.text, "text file to evaluate (needs --tokenizer)");
   app.add_option("--tokenizer", args.tokenizer, "SentencePiece .model or llama2.c tokenizer .bin");
   auto* ids = app.add_option("--ids", args.ids, "pre-tokenized ids: whitespace-separated, one sequence per line");
@@ -63,6 +68,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   text->excludes(ids);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
+  std::optional<quarot::QdecK> qdec_k;
+  try {
+    if (!args.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(args.qdec_k);
+  } catch (const quarot::Error& e) {
+    std::fprintf(stderr, "quarot-eval: error: %s (see --help)\n", e.what());
+    return quarot::cli::kExitUsage;
+  }
   if (args.text.empty() == args.ids.empty()) {
     std::fprintf(stderr, "quarot-eval: error: give exactly one of --text or --ids (see --help)\n");
     return quarot::cli::kExitUsage;
@@ -75,7 +87,7 @@ int main(int argc, char** argv) {
   return quarot::cli::run("quarot-eval", [&] {
     if (args.threads > 0) omp_set_num_threads(args.threads);
     const quarot::Protocol protocol = quarot::parse_protocol(args.protocol);
-    const quarot::LoadedModel loaded(args.model, args.simulate);
+    const quarot::LoadedModel loaded(args.model, args.simulate, true, qdec_k);
     const auto& cfg = loaded.config();
     int ctx = args.ctx ? args.ctx : (protocol == quarot::Protocol::Paper ? 2048 : 512);
     if (ctx > cfg.max_positions) {

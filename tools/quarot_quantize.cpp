@@ -18,6 +18,7 @@
 #include "quarot/hadamard.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/progress.hpp"
+#include "quarot/qdec.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/report.hpp"
 #include "quarot/sha256.hpp"
@@ -40,8 +41,11 @@ struct Args {
                                        rotation = "hadamard", w_method;
   int w_bits = 0, w_group = -1, a_bits = 0, k_bits = 0, v_bits = 0, nsamples = 128, seqlen = 2048, ctx = 0, chunks = 0,
       threads = 0, classifier_bits = 0, outlier_windows = 4, verbose = 0;
-  double a_clip = 0, kv_clip = 0, damp = 0.01;
+  double a_clip = 0, kv_clip = 0, damp = 0.01, qdec_slowdown = 0;
   uint64_t seed = 0;
+  std::string qdec_k;
+  int qdec_bits = 4;
+  bool qdec = false, qdec_sweep = false;
   bool no_rotate = false, act_order = false, static_groups = false, no_clip_search = false, w_asym = false, dry_run = false,
        quiet = false, no_checksum = false;
 };
@@ -65,6 +69,7 @@ json config_json(const quarot::QuantConfig& c, const Args& a) {
           {"classifier_bits", c.classifier_bits},
           {"calibration", {{"path", a.calib}, {"tokenizer", a.tokenizer}, {"nsamples", c.nsamples}, {"seqlen", c.seqlen}, {"seed", c.seed}}},
           {"evaluation", {{"ids", a.eval_ids}, {"ctx", a.ctx}, {"chunks", a.chunks}}},
+          {"qdec", {{"enabled", a.qdec}, {"bits", a.qdec_bits}, {"k_chunk", a.qdec_k}, {"slowdown_percent", a.qdec_slowdown}, {"sweep", a.qdec_sweep}}},
           {"output", a.output}};
 }
 
@@ -211,6 +216,19 @@ int main(int argc, char** argv) {
   app.add_option("--k-bits", a.k_bits, "key cache bits (16: not quantized)")->group("Activations & KV");
   app.add_option("--v-bits", a.v_bits, "value cache bits (16: not quantized)")->group("Activations & KV");
   app.add_option("--kv-clip", a.kv_clip, "KV clip ratio (paper: 0.95)")->group("Activations & KV");
+  app.add_flag("--qdec", a.qdec,
+               "QDEC (arXiv 2412.20185): store the weight residual W - Q(W) and add back, per token, the rows of\n"
+               "the input channels with the largest |x| (a section of the packed file)")->group("QDEC");
+  app.add_option("--qdec-bits", a.qdec_bits, "residual bits")->check(CLI::IsMember({4, 8}))->capture_default_str()->group("QDEC");
+  auto* qdec_k_opt = app.add_option("--qdec-k", a.qdec_k,
+                            "channels added back per 1024 inputs: N for every kind, 'all', or per kind\n"
+                            "qkv=N,o=N,gate_up=N,down=N (default 4; implies --qdec)")->group("QDEC");
+  app.add_option("--qdec-slowdown", a.qdec_slowdown,
+                 "tune k per kind to this decode-time budget in percent, e.g. 2.5 (measured on the integer\n"
+                 "path; needs -o; implies --qdec)")->check(CLI::Range(0.01, 1000.0))->excludes(qdec_k_opt)->group("QDEC");
+  app.add_flag("--qdec-sweep", a.qdec_sweep,
+               "also evaluate k = 0, 1, 2, 4, 8, 16, 32, 64, all per 1024 (perplexity, KLD, time per token) into the\n"
+               "report (needs --eval-ids; implies --qdec)")->group("QDEC");
   app.add_option("--calib", a.calib, "calibration data for GPTQ: token ids (*.ids) or text (with --tokenizer)")->group("Calibration");
   app.add_option("--tokenizer", a.tokenizer, "tokenizer for text calibration (SentencePiece .model or llama2.c .bin)")->group("Calibration");
   app.add_option("--nsamples", a.nsamples, "calibration sequences")->check(CLI::PositiveNumber)->capture_default_str()->group("Calibration");
@@ -256,6 +274,13 @@ int main(int argc, char** argv) {
     if (cfg.classifier_bits < 16 && (cfg.classifier_bits < 2 || cfg.classifier_bits > 8))
       throw quarot::Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
     if (!a.output.empty()) (void)quarot::make_pack_recipe(cfg);  // the packed format can hold it
+    if (!a.qdec_k.empty() || a.qdec_slowdown > 0 || a.qdec_sweep) a.qdec = true;
+    if (a.qdec) {
+      if (cfg.method == quarot::WeightMethod::None) throw quarot::Error("--qdec", "needs quantized weights (--w-method rtn or gptq)");
+      (void)quarot::parse_qdec_k(a.qdec_k.empty() ? "4" : a.qdec_k);
+      if (a.qdec_slowdown > 0 && a.output.empty()) throw quarot::Error("--qdec-slowdown", "tunes on the integer path: give -o OUT");
+      if (a.qdec_sweep && a.eval_ids.empty()) throw quarot::Error("--qdec-sweep", "needs --eval-ids");
+    }
     if (cfg.method == quarot::WeightMethod::Gptq && a.calib.empty() && !a.dry_run)
       throw quarot::Error("--calib", "GPTQ needs calibration data (--calib FILE: *.ids or text)");
   } catch (const quarot::Error& e) {
@@ -345,6 +370,9 @@ int main(int argc, char** argv) {
     uint64_t modules_done = 0;
     std::unique_ptr<quarot::PackedWriter> writer;
     if (!a.output.empty()) writer = std::make_unique<quarot::PackedWriter>(m, quarot::make_pack_recipe(cfg));
+    quarot::QdecStore qstore;  // QDEC's residuals, made as each linear is quantized
+    qstore.bits = a.qdec_bits;
+    if (a.qdec) qstore.linears.resize(std::size_t(c.n_layers) * 7);
     const auto stats = quarot::quantize_weights(
         m, online, cfg, calib,
         [&](int l, int n, const std::string& mod) {
@@ -352,8 +380,11 @@ int main(int argc, char** argv) {
           qp.update(modules_done, uint64_t(n) * 7, "layer " + std::to_string(l + 1) + "/" + std::to_string(n) + " " + mod);
           ++modules_done;
         },
-        [&](int l, quarot::LinearModule mod, const quarot::QuantizedMatrix& q) {
+        [&](int l, quarot::LinearModule mod, const quarot::QuantizedMatrix& q, const quarot::Matrix& original) {
           if (writer) writer->add(l, mod, q);
+          if (a.qdec)
+            qstore.linears[std::size_t(l) * 7 + std::size_t(mod)] =
+                quarot::make_residual_store(original.data.data(), q.dequantized.data(), q.rows, q.cols, a.qdec_bits);
         });
     qp.finish(std::to_string(stats.size()) + " modules");
     timings["quantize"] = since(t);
@@ -384,14 +415,56 @@ int main(int argc, char** argv) {
     const double fp32_bytes = double(quarot::parameter_count(float_model)) * 4;
     json sizes = {{"fp32_bytes", fp32_bytes}, {"input_bytes", report["input"]["bytes"]}, {"linear_parameters", lin},
                   {"packed_bytes", nullptr}, {"bits_per_weight", cfg.method == quarot::WeightMethod::None ? 32.0 : bits_per_weight(cfg, c.hidden)}};
+    quarot::QdecK qk = quarot::parse_qdec_k(a.qdec_k.empty() ? "4" : a.qdec_k);
+    json qdec_report = nullptr;
+    if (a.qdec) {
+      qdec_report = {{"bits", a.qdec_bits}, {"residual_bytes", qstore.bytes()}, {"tuner", nullptr}};
+      if (writer) {
+        for (int l = 0; l < c.n_layers; ++l)
+          for (quarot::LinearModule mod : quarot::kLinearModules) writer->add_residual(l, mod, qstore.at(l, mod));
+        writer->set_qdec(qk);
+      }
+    }
     if (writer) {
       t = Clock::now();
       writer->write(a.output, {{"quarot.source", a.model}});
       timings["pack"] = since(t);
+      if (a.qdec_slowdown > 0) {
+        // The tuner: the plain integer decode step is the base; the compensation's cost per kind
+        // and level is measured on the residual rows themselves; the file is written again with
+        // the chosen k (its metadata carries them).
+        t = Clock::now();
+        const quarot::PackedModel first(a.output, false);
+        auto plain = first.integer_model(std::min(c.max_positions, 256), quarot::best_isa(), quarot::QdecK{});
+        const double base = quarot::decode_seconds_per_token(plain, 64, 5);
+        const auto costs = quarot::measure_qdec_costs(qstore);
+        const auto tuning = quarot::tune_qdec(costs, base * a.qdec_slowdown / 100);
+        qk = tuning.k;
+        json table = json::object();
+        for (int kind = 0; kind < quarot::kQdecKinds; ++kind) {
+          json row = json::array();
+          for (std::size_t lv = 0; lv < std::size(quarot::kQdecLevels); ++lv) row.push_back(costs.seconds[kind][lv]);
+          table[quarot::qdec_kind_name(kind)] = row;
+        }
+        qdec_report["tuner"] = {{"slowdown_percent", a.qdec_slowdown}, {"base_seconds_per_token", base},
+                                {"budget_seconds_per_token", tuning.budget_seconds}, {"cost_seconds_per_token", tuning.cost_seconds},
+                                {"levels", quarot::kQdecLevels}, {"cost_seconds", table}, {"steps", tuning.steps}};
+        writer->set_qdec(qk, qdec_report["tuner"].dump());
+        writer->write(a.output, {{"quarot.source", a.model}});
+        timings["qdec_tune"] = since(t);
+        log("QDEC tuner: base decode %.1f us/token, budget %.2f%% = %.2f us: k per 1024 %s (measured cost %.2f us)\n", base * 1e6,
+            a.qdec_slowdown, tuning.budget_seconds * 1e6, qk.describe().c_str(), tuning.cost_seconds * 1e6);
+      }
       sizes["packed_bytes"] = fs::file_size(a.output);
       sizes["bits_per_weight"] = double(writer->packed_bytes()) * 8 / double(lin);
       if (!a.quiet) std::printf("packed model: %s, %.2f MiB (%.3fx the fp32 model)\n", a.output.c_str(), double(fs::file_size(a.output)) / (1 << 20),
           double(fs::file_size(a.output)) / fp32_bytes);
+    }
+    if (a.qdec) {
+      qdec_report["k_chunk"] = {{"qkv", qk.qkv}, {"o", qk.o}, {"gate_up", qk.gate_up}, {"down", qk.down}};
+      qdec_report["k_chunk_text"] = qk.describe();
+      sizes["qdec_residual_bytes"] = qstore.bytes();
+      if (writer) qdec_report["residual_percent_of_packed_linears"] = 100.0 * double(qstore.bytes()) / double(writer->packed_bytes());
     }
     report["sizes"] = sizes;
 
@@ -414,18 +487,58 @@ int main(int argc, char** argv) {
       std::printf("perplexity: float %.4f -> quantized %.4f (%+.2f%%)\n", fr.ppl, qr.ppl, 100 * (qr.ppl / fr.ppl - 1));
       std::printf("KLD vs float: mean %.5f, p99 %.5f; top-1 agreement %.2f%% (%d windows of %d)\n", qr.kld_mean, qr.kld_p99,
                   100 * qr.top1_agreement, qr.windows, ctx);
+      auto result_json = [](const quarot::EvalResult& r) {
+        return json{{"ppl", r.ppl}, {"kld_mean", r.kld_mean}, {"kld_p99", r.kld_p99}, {"top1_agreement", r.top1_agreement}, {"seconds", r.seconds}};
+      };
+      if (a.qdec) {
+        auto sm = quarot::qdec_simulation_model(m, qstore, qk, online, cfg.act, ctx);
+        const auto sr = quarot::evaluate(sm, windows, quarot::Protocol::Paper, &fm, eval_progress("quantized+qdec"));
+        qdec_report["simulated"] = result_json(sr);
+        std::printf("with QDEC (%s per 1024, %d-bit residual): perplexity %.4f, KLD vs float %.5f (simulated)\n", qk.describe().c_str(),
+                    a.qdec_bits, sr.ppl, sr.kld_mean);
+      }
+      std::unique_ptr<quarot::PackedModel> packed;
       if (writer) {
-        const quarot::PackedModel packed(a.output);
-        auto im = packed.integer_model(ctx);
+        packed = std::make_unique<quarot::PackedModel>(a.output);
+        auto im = packed->integer_model(ctx);
         const auto ir = quarot::evaluate(im, windows, quarot::Protocol::Paper, &fm, eval_progress("packed"));
-        std::printf("packed integer model (%s): perplexity %.4f, KLD vs float %.5f, top-1 agreement %.2f%%\n",
-                    quarot::isa_name(quarot::best_isa()), ir.ppl, ir.kld_mean, 100 * ir.top1_agreement);
-        ev["packed"] = {{"ppl", ir.ppl}, {"kld_mean", ir.kld_mean}, {"kld_p99", ir.kld_p99}, {"top1_agreement", ir.top1_agreement},
-                        {"seconds", ir.seconds}, {"isa", quarot::isa_name(quarot::best_isa())}};
+        std::printf("packed integer model (%s%s): perplexity %.4f, KLD vs float %.5f, top-1 agreement %.2f%%\n",
+                    quarot::isa_name(quarot::best_isa()), a.qdec ? ", with QDEC" : "", ir.ppl, ir.kld_mean, 100 * ir.top1_agreement);
+        ev["packed"] = result_json(ir);
+        ev["packed"]["isa"] = quarot::isa_name(quarot::best_isa());
+        ev["packed"]["qdec"] = a.qdec;
+        if (a.qdec) {
+          // Decode time per token of the integer path without and with the compensation.
+          auto p0 = packed->integer_model(std::min(c.max_positions, 256), quarot::best_isa(), quarot::QdecK{});
+          auto p1 = packed->integer_model(std::min(c.max_positions, 256), quarot::best_isa(), qk);
+          const double s0 = quarot::decode_seconds_per_token(p0, 64, 5), s1 = quarot::decode_seconds_per_token(p1, 64, 5);
+          qdec_report["decode_seconds_per_token"] = {{"plain", s0}, {"qdec", s1}, {"slowdown_percent", 100 * (s1 / s0 - 1)}};
+          std::printf("QDEC decode time per token: %.1f -> %.1f us (%+.1f%%)\n", s0 * 1e6, s1 * 1e6, 100 * (s1 / s0 - 1));
+        }
+      }
+      if (a.qdec_sweep) {
+        // Perplexity, KLD and (integer path) decode time against k_chunk, the same k for every kind.
+        json sweep = json::array();
+        for (int kc : {0, 1, 2, 4, 8, 16, 32, 64, -1}) {
+          const auto k = quarot::QdecK::all(kc);
+          json row = {{"k_chunk", kc < 0 ? json("all") : json(kc)}};
+          if (packed) {
+            auto im = packed->integer_model(ctx, quarot::best_isa(), k);
+            row["packed"] = result_json(quarot::evaluate(im, windows, quarot::Protocol::Paper, &fm));
+            auto dm = packed->integer_model(std::min(c.max_positions, 256), quarot::best_isa(), k);
+            row["decode_seconds_per_token"] = quarot::decode_seconds_per_token(dm, 64, 3);
+          }
+          auto sm = quarot::qdec_simulation_model(m, qstore, k, online, cfg.act, ctx);
+          row["simulated"] = result_json(quarot::evaluate(sm, windows, quarot::Protocol::Paper, &fm));
+          log("  QDEC sweep k=%s: simulated ppl %.4f\n", kc < 0 ? "all" : std::to_string(kc).c_str(), row["simulated"]["ppl"].get<double>());
+          sweep.push_back(row);
+        }
+        qdec_report["sweep"] = sweep;
       }
       timings["eval"] = since(t);
     }
     report["eval"] = ev;
+    report["qdec"] = qdec_report;
     timings["total"] = since(t_all);
     report["timings"] = timings;
     report["peak_rss_bytes"] = quarot::peak_rss_bytes();

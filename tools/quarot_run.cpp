@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <sstream>
 
 #include "cli.hpp"
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
   struct Args {
     std::string model, prompt, tokenizer, ids;
     int n = 64, threads = 0;
+    std::string qdec_k;
     bool simulate = false, stop_at_eos = false;
   } a;
   CLI::App app{
@@ -30,16 +32,26 @@ int main(int argc, char** argv) {
   app.add_option("-n,--n", a.n, "tokens to generate")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   app.add_flag("--stop-at-eos", a.stop_at_eos, "stop at the end-of-sequence token");
   app.add_flag("--simulate", a.simulate, "packed model: run the fake-quant simulation instead of the integer path");
+  app.add_option("--qdec-k", a.qdec_k,
+                 "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
+                 "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)");
   app.add_option("--threads", a.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
   prompt->excludes(ids);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
+  std::optional<quarot::QdecK> qdec_k;
+  try {
+    if (!a.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(a.qdec_k);
+  } catch (const quarot::Error& e) {
+    std::fprintf(stderr, "quarot-run: error: %s (see --help)\n", e.what());
+    return quarot::cli::kExitUsage;
+  }
   if (!a.prompt.empty() && a.tokenizer.empty()) {
     std::fprintf(stderr, "quarot-run: error: --prompt needs --tokenizer (see --help)\n");
     return quarot::cli::kExitUsage;
   }
   return quarot::cli::run("quarot-run", [&] {
     if (a.threads > 0) omp_set_num_threads(a.threads);
-    const quarot::LoadedModel model(a.model, a.simulate);
+    const quarot::LoadedModel model(a.model, a.simulate, true, qdec_k);
     const auto& c = model.config();
     std::unique_ptr<quarot::Tokenizer> tok;
     if (!a.tokenizer.empty()) {

@@ -52,4 +52,8 @@ using EvalProgress = std::function<void(int, int, const EvalResult&)>;
 EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& windows, Protocol p,
                     Transformer<float>* base = nullptr, const EvalProgress& progress = {});
 
+// Seconds per decode step (one token through the model, logits of that token only), the minimum
+// over `repeats` runs of `steps` steps after a one-token prompt (the KV cache grows to steps + 1).
+double decode_seconds_per_token(Transformer<float>& model, int steps, int repeats = 3);
+
 }  // namespace quarot

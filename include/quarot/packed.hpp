@@ -7,11 +7,13 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "quarot/forward.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/qdec.hpp"
 #include "quarot/quant.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
@@ -54,6 +56,12 @@ class PackedWriter {
   // Packs one linear layer now (its codes and scales are all that is kept). Throws quarot::Error
   // for bits > 4 or groups that are not multiples of 64.
   void add(int layer, LinearModule module, const QuantizedMatrix& q);
+  // The optional QDEC section (docs/format.md): one residual store per linear (all or none) and
+  // the k_chunk per module kind the integer path uses by default; `info` (JSON text, e.g. the
+  // tuner's measurements) goes into the metadata as it is.
+  void add_residual(int layer, LinearModule module, ResidualStore r);
+  void set_qdec(QdecK k, const std::string& info = "{}");
+  uint64_t residual_bytes() const;
   // Writes atomically (temporary file + rename); throws when a linear is missing.
   // `extra_metadata` adds free-form keys (e.g. the input checksum).
   void write(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
@@ -68,6 +76,9 @@ class PackedWriter {
   const ModelWeights& m_;
   PackRecipe recipe_;
   std::map<std::pair<int, int>, Linear> linears_;
+  std::map<std::pair<int, int>, ResidualStore> residuals_;
+  QdecK qdec_k_;
+  std::string qdec_info_ = "{}";
 };
 
 class PackedModel {
@@ -87,15 +98,20 @@ class PackedModel {
   const ModelWeights& float_weights() const;
   Int4Weights linear(int layer, LinearModule m) const;
   uint64_t file_bytes() const;
+  // The QDEC section: nullptr when the file has none; its codes are used in place from the map.
+  const QdecStore* qdec() const;
+  QdecK qdec_k() const;  // the k the file asks for (zero without a section)
   const std::map<std::string, std::string>& metadata() const;
 
-  // The integer model: Transformer<float> with the INT4 backend and the online transforms.
-  Transformer<float> integer_model(int max_context, Isa isa = best_isa()) const;
+  // The integer model: Transformer<float> with the INT4 backend and the online transforms, plus
+  // QDEC's compensation when the file has the section (k: the file's unless given; needs the
+  // section when any k > 0).
+  Transformer<float> integer_model(int max_context, Isa isa = best_isa(), std::optional<QdecK> k = std::nullopt) const;
   // The same weights dequantized to fp32 (for the fake-quant simulation of this very model).
   ModelWeights dequantized() const;
   // The simulation: dequantized weights, online transforms and the recipe's fake quantizers.
   // `weights` must outlive the returned transformer (it is used in place).
-  Transformer<float> simulated_model(const ModelWeights& weights, int max_context) const;
+  Transformer<float> simulated_model(const ModelWeights& weights, int max_context, std::optional<QdecK> k = std::nullopt) const;
 
  private:
   struct Impl;
@@ -110,7 +126,9 @@ bool is_packed_model(const std::string& path);
 // weights instead).
 class LoadedModel {
  public:
-  explicit LoadedModel(const std::string& path, bool simulate = false, bool verify_crc = true);
+  // qdec_k: QDEC's k_chunk per kind for a packed model with the section (default: the file's).
+  explicit LoadedModel(const std::string& path, bool simulate = false, bool verify_crc = true,
+                       std::optional<QdecK> qdec_k = std::nullopt);
   const ModelConfig& config() const;
   bool packed() const { return packed_ != nullptr; }
   std::string describe() const;  // one line: what runs and how
@@ -124,6 +142,7 @@ class LoadedModel {
   std::unique_ptr<ModelWeights> weights_;  // float model, or the packed model dequantized (simulate)
   OnlineTransforms online_;
   bool simulate_ = false;
+  std::optional<QdecK> qdec_k_;
 };
 
 }  // namespace quarot

@@ -59,8 +59,9 @@ class Tokenizer;
 std::vector<std::vector<int>> read_calibration(const std::string& path, const Tokenizer* tokenizer, int vocab);
 
 using QuantProgress = std::function<void(int layer, int layers, const std::string& module)>;
-// Receives every quantized linear (codes and parameters), e.g. to pack it (packed.hpp).
-using QuantizedSink = std::function<void(int layer, LinearModule module, const QuantizedMatrix& q)>;
+// Receives every quantized linear (codes and parameters), e.g. to pack it (packed.hpp), with
+// the weight it was quantized from (the rotated float weight, e.g. for QDEC's residual).
+using QuantizedSink = std::function<void(int layer, LinearModule module, const QuantizedMatrix& q, const Matrix& original)>;
 
 // Quantizes m's decoder weights in place (embeddings stay float; the classifier too unless
 // cfg.classifier_bits < 16, reported as module "lm_head" of layer -1). `online`: the

@@ -140,4 +140,24 @@ EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& window
   return r;
 }
 
+double decode_seconds_per_token(Transformer<float>& model, int steps, int repeats) {
+  steps = std::max(1, std::min(steps, model.max_context() - 1));
+  const int vocab = model.config().vocab;
+  std::vector<float> logits;
+  double best = 1e300;
+  for (int r = 0; r < std::max(1, repeats); ++r) {
+    model.reset();
+    const int bos = model.config().bos_id >= 0 ? model.config().bos_id : 1;
+    model.forward_last(std::span<const int>(&bos, 1), logits);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < steps; ++i) {
+      const int tok = int((uint64_t(i) * 7919 + 13) % uint64_t(vocab));  // fixed, model-independent tokens
+      model.forward_last(std::span<const int>(&tok, 1), logits);
+    }
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps);
+  }
+  model.reset();
+  return best;
+}
+
 }  // namespace quarot

@@ -24,6 +24,7 @@ namespace {
 
 constexpr const char* kCrcKey = "quarot.crc32";
 constexpr const char* kHeaderCrcKey = "quarot.header_crc32";
+constexpr const char* kQdecKey = "qdec";
 
 uint32_t crc32_of(const void* data, std::size_t n) {
   return uint32_t(crc32_z(crc32_z(0L, Z_NULL, 0), static_cast<const Bytef*>(data), n));
@@ -220,6 +221,30 @@ void PackedWriter::add(int layer, LinearModule module, const QuantizedMatrix& q)
   linears_[{layer, int(module)}] = std::move(L);
 }
 
+void PackedWriter::add_residual(int layer, LinearModule module, ResidualStore r) {
+  const std::string name = linear_tensor_prefix(layer, module);
+  const auto want = linear_shape(m_.config, module);
+  if (r.rows != want.rows || r.cols != want.cols) throw Error(name, "QDEC residual shape does not match the config");
+  if (r.bits != 4 && r.bits != 8) throw Error(name, "QDEC residual bits must be 4 or 8");
+  if (!residuals_.empty() && residuals_.begin()->second.bits != r.bits) throw Error(name, "QDEC residuals of mixed bits");
+  if (r.external) {
+    r.codes.assign(r.external, r.external + r.cols * r.row_bytes());
+    r.external = nullptr;
+  }
+  residuals_[{layer, int(module)}] = std::move(r);
+}
+
+void PackedWriter::set_qdec(QdecK k, const std::string& info) {
+  qdec_k_ = k;
+  qdec_info_ = info;
+}
+
+uint64_t PackedWriter::residual_bytes() const {
+  uint64_t n = 0;
+  for (const auto& [key, r] : residuals_) n += r.bytes();
+  return n;
+}
+
 uint64_t PackedWriter::packed_bytes() const {
   uint64_t n = 0;
   for (const auto& [k, L] : linears_) n += L.packed.size() + L.scales.size() * 4 + L.zeros.size();
@@ -243,7 +268,29 @@ void PackedWriter::write(const std::string& path, const std::map<std::string, st
       tensors.push_back({p + ".scales", DType::F32, {L.rows, G}, L.scales.data(), DType::F32});
       if (!L.zeros.empty()) tensors.push_back({p + ".zeros", DType::U8, {L.rows, G}, L.zeros.data(), DType::U8});
     }
+  if (!residuals_.empty()) {
+    for (int l = 0; l < m_.config.n_layers; ++l)
+      for (LinearModule mod : kLinearModules) {
+        const auto it = residuals_.find({l, int(mod)});
+        const std::string p = linear_tensor_prefix(l, mod);
+        if (it == residuals_.end()) throw Error(path, "QDEC residual of " + p + " is missing (all linears or none)");
+        const ResidualStore& r = it->second;
+        tensors.push_back({p + ".qdec_residual", DType::U8, {r.cols, r.row_bytes()}, r.codes.data(), DType::U8});
+        tensors.push_back({p + ".qdec_scales", DType::F32, {r.rows}, r.scales.data(), DType::F32});
+      }
+  }
   std::map<std::string, std::string> meta = extra;
+  if (!residuals_.empty()) {
+    json k = json::object();
+    for (int i = 0; i < kQdecKinds; ++i) k[qdec_kind_name(i)] = qdec_k_.kind(i);
+    json info;
+    try {
+      info = json::parse(qdec_info_);
+    } catch (const std::exception&) {
+      throw Error(path, "QDEC info is not JSON");
+    }
+    meta[kQdecKey] = json{{"bits", residuals_.begin()->second.bits}, {"k_chunk", k}, {"info", info}}.dump();
+  }
   meta["format"] = kPackedFormatName;
   meta["format_version"] = std::to_string(kPackedFormatVersion);
   meta["config"] = hf_config_json(m_.config, "float32");
@@ -283,6 +330,8 @@ struct PackedModel::Impl {
     std::vector<float> scales;  // copied: the mapped bytes need not be 4-byte aligned
   };
   std::vector<Linear> linears;  // [layer * 7 + module]
+  std::unique_ptr<QdecStore> qdec;
+  QdecK qdec_k;
   explicit Impl(const std::string& path) : file(path) {}
 };
 
@@ -372,6 +421,34 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
       I.linears.push_back(std::move(L));
       I.linears.back().view.scales = I.linears.back().scales.data();
     }
+  if (auto it = h.metadata.find(kQdecKey); it != h.metadata.end()) {
+    json q;
+    try {
+      q = json::parse(it->second);
+      I.qdec = std::make_unique<QdecStore>();
+      I.qdec->bits = q.at("bits").get<int>();
+      for (int i = 0; i < kQdecKinds; ++i) I.qdec_k.kind(i) = q.at("k_chunk").at(qdec_kind_name(i)).get<int>();
+    } catch (const std::exception& e) {
+      throw Error(path, std::string("bad QDEC metadata: ") + e.what());
+    }
+    if (I.qdec->bits != 4 && I.qdec->bits != 8) throw Error(path, "QDEC residual bits must be 4 or 8");
+    for (int i = 0; i < kQdecKinds; ++i)
+      if (I.qdec_k.kind(i) < -1 || I.qdec_k.kind(i) > 1024) throw Error(path, "QDEC k_chunk out of range");
+    for (int l = 0; l < c.n_layers; ++l)
+      for (LinearModule mod : kLinearModules) {
+        const auto s = linear_shape(c, mod);
+        const std::string p = linear_tensor_prefix(l, mod);
+        ResidualStore r;
+        r.rows = s.rows;
+        r.cols = s.cols;
+        r.bits = I.qdec->bits;
+        r.external = tensor(p + ".qdec_residual", DType::U8, {s.cols, r.row_bytes()}).data();
+        const auto sc = tensor(p + ".qdec_scales", DType::F32, {s.rows});
+        r.scales.resize(std::size_t(s.rows));
+        std::memcpy(r.scales.data(), sc.data(), sc.size());
+        I.qdec->linears.push_back(std::move(r));
+      }
+  }
   for (const auto& t : h.tensors)
     if (!expected.count(t.name)) throw Error(path, "unexpected tensor '" + t.name + "'");
   // Last, so that a missing or misshapen tensor is reported by name first.
@@ -387,6 +464,8 @@ const OnlineTransforms& PackedModel::online() const { return impl_->online; }
 const ModelWeights& PackedModel::float_weights() const { return impl_->fw; }
 const std::map<std::string, std::string>& PackedModel::metadata() const { return impl_->file.header().metadata; }
 Int4Weights PackedModel::linear(int layer, LinearModule m) const { return impl_->linears[std::size_t(layer * 7 + int(m))].view; }
+const QdecStore* PackedModel::qdec() const { return impl_->qdec.get(); }
+QdecK PackedModel::qdec_k() const { return impl_->qdec_k; }
 uint64_t PackedModel::file_bytes() const { return impl_->file.header().data_start + (impl_->file.header().tensors.empty() ? 0 : impl_->file.header().tensors.back().end); }
 
 ModelWeights PackedModel::dequantized() const {
@@ -487,7 +566,7 @@ struct KvCache {
 
 class IntegerBackend : public LinearBackend {
  public:
-  IntegerBackend(const PackedModel& m, Isa isa) : m_(m), isa_(isa) {}
+  IntegerBackend(const PackedModel& m, Isa isa, QdecK k) : m_(m), isa_(isa), qdec_k_(k) {}
   void allocate(const ModelConfig& c, int max_context) override {
     const auto& a = m_.recipe().act;
     k_.resize(std::size_t(c.n_layers));
@@ -502,6 +581,7 @@ class IntegerBackend : public LinearBackend {
     const auto& a = m_.recipe().act;
     if (a.a_bits >= 16) {
       int4_gemm_f32(w, in, n, nullptr, out);
+      compensate(layer, m, in, n, cols, out);
       return;
     }
     // q/k/v share one input, and gate/up another (the call order is the forward pass's).
@@ -509,6 +589,7 @@ class IntegerBackend : public LinearBackend {
     if (!shared) quantize_activations(in, n, cols, a.a_bits, a.a_clip, act_, isa_);
     last_layer_ = (m == LinearModule::Q || m == LinearModule::K || m == LinearModule::Gate) ? layer : -1;
     int4_gemm(w, act_, nullptr, out, isa_);
+    compensate(layer, m, in, n, cols, out);
   }
   void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) override {
     k_[layer].store(pos, n, k);
@@ -518,8 +599,18 @@ class IntegerBackend : public LinearBackend {
   }
 
  private:
+  // QDEC: select on the unquantized input (shared by q/k/v and by gate/up) and add back.
+  void compensate(int layer, LinearModule m, const float* in, int n, int cols, float* out) {
+    const int k = qdec_k(qdec_k_.of(m), cols);
+    if (k == 0) return;
+    if (m != LinearModule::K && m != LinearModule::V && m != LinearModule::Up) qdec_select(in, n, cols, k, sel_);
+    qdec_apply(m_.qdec()->at(layer, m), in, n, k, sel_.data(), out, isa_);
+  }
+
   const PackedModel& m_;
   Isa isa_;
+  QdecK qdec_k_;
+  std::vector<int> sel_;
   Int8Activations act_;
   int last_layer_ = -1;
   std::vector<KvCache> k_, v_;
@@ -527,13 +618,24 @@ class IntegerBackend : public LinearBackend {
 
 }  // namespace
 
-Transformer<float> PackedModel::integer_model(int max_context, Isa isa) const {
-  Transformer<float> t(impl_->fw, max_context, std::make_unique<IntegerBackend>(*this, isa));
+namespace {
+QdecK checked_qdec_k(const PackedModel& m, std::optional<QdecK> k) {
+  const QdecK use = k ? *k : m.qdec_k();
+  if (use.any() && !m.qdec())
+    throw Error(m.path(), "has no QDEC section (quantize with --qdec to use --qdec-k)");
+  return use;
+}
+}  // namespace
+
+Transformer<float> PackedModel::integer_model(int max_context, Isa isa, std::optional<QdecK> k) const {
+  Transformer<float> t(impl_->fw, max_context, std::make_unique<IntegerBackend>(*this, isa, checked_qdec_k(*this, k)));
   if (!impl_->online.empty()) t.set_hook(online_hook<float>(impl_->online));
   return t;
 }
 
-Transformer<float> PackedModel::simulated_model(const ModelWeights& weights, int max_context) const {
+Transformer<float> PackedModel::simulated_model(const ModelWeights& weights, int max_context, std::optional<QdecK> k) const {
+  const QdecK use = checked_qdec_k(*this, k);
+  if (use.any()) return qdec_simulation_model(weights, *impl_->qdec, use, impl_->online, impl_->recipe.act, max_context);
   Transformer<float> t(weights, max_context);
   t.set_hook(quantized_model_hook<float>(impl_->online, impl_->recipe.act, weights.config.head_dim));
   return t;
@@ -549,12 +651,15 @@ bool is_packed_model(const std::string& path) {
   return it != f.header().metadata.end() && it->second == kPackedFormatName;
 }
 
-LoadedModel::LoadedModel(const std::string& path, bool simulate, bool verify_crc) : simulate_(simulate) {
+LoadedModel::LoadedModel(const std::string& path, bool simulate, bool verify_crc, std::optional<QdecK> qdec_k)
+    : simulate_(simulate), qdec_k_(qdec_k) {
   if (is_packed_model(path)) {
     packed_ = std::make_unique<PackedModel>(path, verify_crc);
+    (void)checked_qdec_k(*packed_, qdec_k);
     if (simulate) weights_ = std::make_unique<ModelWeights>(packed_->dequantized());
   } else {
     if (simulate) throw Error(path, "--simulate applies to packed models only");
+    if (qdec_k && qdec_k->any()) throw Error(path, "--qdec-k applies to packed models with a QDEC section only");
     weights_ = std::make_unique<ModelWeights>(load_model(path));
     online_ = online_transforms_of(*weights_);
   }
@@ -568,13 +673,18 @@ std::string LoadedModel::describe() const {
     std::string s = "packed INT" + std::to_string(r.w_bits) + " (" + r.preset + ": W" + std::to_string(r.w_bits) + "A" +
                     std::to_string(r.act.a_bits) + "KV" + std::to_string(r.act.k_bits) + ", " + r.method + ")";
     s += simulate_ ? ", fake-quant simulation of the same weights" : std::string(", integer path (") + isa_name(best_isa()) + ")";
+    if (packed_->qdec()) {
+      const QdecK k = qdec_k_ ? *qdec_k_ : packed_->qdec_k();
+      s += ", QDEC " + std::to_string(packed_->qdec()->bits) + "-bit residual, k per 1024 " + (k.any() ? k.describe() : "0 (off)");
+    }
     return s + (packed_->online().empty() ? "" : ", rotated");
   }
   return online_.empty() ? "float" : "float, rotated (online transforms)";
 }
 
 Transformer<float> LoadedModel::transformer(int max_context) const {
-  if (packed_) return simulate_ ? packed_->simulated_model(*weights_, max_context) : packed_->integer_model(max_context);
+  if (packed_)
+    return simulate_ ? packed_->simulated_model(*weights_, max_context, qdec_k_) : packed_->integer_model(max_context, best_isa(), qdec_k_);
   Transformer<float> t(*weights_, max_context);
   if (!online_.empty()) t.set_hook(online_hook<float>(online_));
   return t;

@@ -2,16 +2,23 @@
 #include "quarot/detail/eigen.hpp"
 #include "quarot/qdec.hpp"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <functional>
 #include <string>
 
+#include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
+#include "quarot/quantize.hpp"
 
 namespace quarot {
 
 int ResidualStore::code(int64_t in, int64_t out) const {
-  const uint8_t* row = codes.data() + in * row_bytes();
+  const uint8_t* row = code_data() + in * row_bytes();
   if (bits == 4) {
     const uint8_t b = row[out / 2];
     return int(out % 2 ? b >> 4 : b & 0x0F) - 8;
@@ -68,14 +75,35 @@ ResidualStore make_residual_store(const float* w, const float* wq, int64_t rows,
 
 void top_k_abs(const float* x, int n, int k, std::vector<int>& out) {
   k = std::clamp(k, 0, n);
-  out.resize(std::size_t(n));
-  for (int i = 0; i < n; ++i) out[std::size_t(i)] = i;
+  out.clear();
+  if (k == 0) return;
   auto before = [x](int a, int b) {
     const float fa = std::fabs(x[a]), fb = std::fabs(x[b]);
     return fa != fb ? fa > fb : a < b;  // a strict total order: deterministic ties
   };
-  std::partial_sort(out.begin(), out.begin() + k, out.end(), before);
-  out.resize(std::size_t(k));
+  if (k < n) {
+    // The k-th largest |x| (v): every |x| > v is in, then |x| == v in index order until k.
+    thread_local std::vector<float> a;
+    a.resize(std::size_t(n));
+    for (int i = 0; i < n; ++i) a[std::size_t(i)] = std::fabs(x[i]);
+    std::nth_element(a.begin(), a.begin() + (k - 1), a.end(), std::greater<float>());
+    const float v = a[std::size_t(k - 1)];
+    for (int i = 0; i < n; ++i)
+      if (std::fabs(x[i]) > v) out.push_back(i);
+    for (int i = 0; i < n && int(out.size()) < k; ++i)
+      if (std::fabs(x[i]) == v) out.push_back(i);
+    if (int(out.size()) != k) {  // NaNs break the order above: fall back to a full sort
+      out.resize(std::size_t(n));
+      for (int i = 0; i < n; ++i) out[std::size_t(i)] = i;
+      std::partial_sort(out.begin(), out.begin() + k, out.end(), before);
+      out.resize(std::size_t(k));
+      return;
+    }
+  } else {
+    out.resize(std::size_t(n));
+    for (int i = 0; i < n; ++i) out[std::size_t(i)] = i;
+  }
+  std::sort(out.begin(), out.end(), before);
 }
 
 int qdec_k(int k_chunk, int64_t cols) {
@@ -83,27 +111,31 @@ int qdec_k(int k_chunk, int64_t cols) {
   return int(std::min<int64_t>(cols, (int64_t(k_chunk) * cols + 1023) / 1024));
 }
 
-void qdec_compensate(const ResidualStore& r, const float* x, int tokens, int k, float* y) {
-  if (k <= 0) return;
-  std::vector<int> sel;
+void qdec_select(const float* x, int tokens, int cols, int k, std::vector<int>& sel) {
+  k = std::clamp(k, 0, cols);
+  sel.resize(std::size_t(tokens) * std::size_t(k));
+  thread_local std::vector<int> one;
+  for (int t = 0; t < tokens; ++t) {
+    top_k_abs(x + int64_t(t) * cols, cols, k, one);
+    std::copy(one.begin(), one.end(), sel.begin() + std::ptrdiff_t(t) * k);
+  }
+}
+
+void qdec_apply_reference(const ResidualStore& r, const float* x, int tokens, int k, const int* sel, float* y) {
   std::vector<float> acc(std::size_t(r.rows));
+  const uint8_t* codes = r.code_data();
   for (int t = 0; t < tokens; ++t) {
     const float* xt = x + int64_t(t) * r.cols;
-    top_k_abs(xt, int(r.cols), k, sel);
     std::fill(acc.begin(), acc.end(), 0.f);
-    // Sum of the selected residual rows weighted by x, then one multiply by the per-output
-    // scale (it factors out of the sum).
-    for (int i : sel) {
+    // The selected residual rows weighted by x, then one multiply by the per-output scale (it
+    // factors out of the sum).
+    for (int j = 0; j < k; ++j) {
+      const int i = sel[std::size_t(t) * k + j];
       const float xi = xt[i];
-      const uint8_t* row = r.codes.data() + int64_t(i) * r.row_bytes();
-      if (r.bits == 4) {
-        for (int64_t o = 0; o + 1 < r.rows; o += 2) {
-          acc[std::size_t(o)] += float(int(row[o / 2] & 0x0F) - 8) * xi;
-          acc[std::size_t(o + 1)] += float(int(row[o / 2] >> 4) - 8) * xi;
-        }
-        if (r.rows % 2) acc[std::size_t(r.rows - 1)] += float(int(row[r.rows / 2] & 0x0F) - 8) * xi;
-      } else {
-        for (int64_t o = 0; o < r.rows; ++o) acc[std::size_t(o)] += float(int(row[o]) - 128) * xi;
+      const uint8_t* row = codes + int64_t(i) * r.row_bytes();
+      for (int64_t o = 0; o < r.rows; ++o) {
+        const int q = r.bits == 4 ? int(o % 2 ? row[o / 2] >> 4 : row[o / 2] & 0x0F) - 8 : int(row[o]) - 128;
+        acc[std::size_t(o)] += float(q) * xi;
       }
     }
     float* yt = y + int64_t(t) * r.rows;
@@ -111,22 +143,147 @@ void qdec_compensate(const ResidualStore& r, const float* x, int tokens, int k, 
   }
 }
 
-int QdecK::of(LinearModule m) const {
+namespace {
+
+// acc_even[j] / acc_odd[j] hold outputs 2j / 2j + 1 (4-bit), acc_even[o] output o (8-bit).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void apply_row_avx512(const uint8_t* row, int64_t row_bytes, int bits,
+                                                                            float xi, float* acc_even, float* acc_odd) {
+  const __m512 vx = _mm512_set1_ps(xi);
+  if (bits == 4) {
+    const __m512 eight = _mm512_set1_ps(8.f);
+    const __m128i lo_mask = _mm_set1_epi8(0x0F);
+    for (int64_t j = 0; j < row_bytes; j += 16) {
+      const int64_t left = row_bytes - j;
+      const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+      const __m128i b = _mm_maskz_loadu_epi8(m, row + j);
+      const __m128i lo = _mm_and_si128(b, lo_mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), lo_mask);
+      const __m512 qe = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), eight);
+      const __m512 qo = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), eight);
+      _mm512_mask_storeu_ps(acc_even + j, m, _mm512_fmadd_ps(qe, vx, _mm512_maskz_loadu_ps(m, acc_even + j)));
+      _mm512_mask_storeu_ps(acc_odd + j, m, _mm512_fmadd_ps(qo, vx, _mm512_maskz_loadu_ps(m, acc_odd + j)));
+    }
+  } else {
+    const __m512 off = _mm512_set1_ps(128.f);
+    for (int64_t j = 0; j < row_bytes; j += 16) {
+      const int64_t left = row_bytes - j;
+      const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+      const __m512 q = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, row + j))), off);
+      _mm512_mask_storeu_ps(acc_even + j, m, _mm512_fmadd_ps(q, vx, _mm512_maskz_loadu_ps(m, acc_even + j)));
+    }
+  }
+}
+
+void apply_row_scalar(const uint8_t* row, int64_t row_bytes, int bits, float xi, float* acc_even, float* acc_odd) {
+  if (bits == 4) {
+    for (int64_t j = 0; j < row_bytes; ++j) {
+      acc_even[j] += float(int(row[j] & 0x0F) - 8) * xi;
+      acc_odd[j] += float(int(row[j] >> 4) - 8) * xi;
+    }
+  } else {
+    for (int64_t j = 0; j < row_bytes; ++j) acc_even[j] += float(int(row[j]) - 128) * xi;
+  }
+}
+
+}  // namespace
+
+void qdec_apply(const ResidualStore& r, const float* x, int tokens, int k, const int* sel, float* y, Isa isa) {
+  if (k <= 0) return;
+  const bool avx512 = isa == Isa::Avx512Vnni && isa_supported(Isa::Avx512Vnni);
+  const int64_t rb = r.row_bytes();
+  thread_local std::vector<float> even, odd;
+  even.resize(std::size_t(rb));
+  odd.resize(std::size_t(rb));
+  const uint8_t* codes = r.code_data();
+  for (int t = 0; t < tokens; ++t) {
+    const float* xt = x + int64_t(t) * r.cols;
+    std::fill(even.begin(), even.end(), 0.f);
+    std::fill(odd.begin(), odd.end(), 0.f);
+    for (int j = 0; j < k; ++j) {
+      const int i = sel[std::size_t(t) * k + j];
+      const uint8_t* row = codes + int64_t(i) * rb;
+      if (avx512)
+        apply_row_avx512(row, rb, r.bits, xt[i], even.data(), odd.data());
+      else
+        apply_row_scalar(row, rb, r.bits, xt[i], even.data(), odd.data());
+    }
+    float* yt = y + int64_t(t) * r.rows;
+    const float* s = r.scales.data();
+    if (r.bits == 4) {
+      for (int64_t o = 0; o < r.rows; ++o) yt[o] += s[o] * (o % 2 ? odd[std::size_t(o / 2)] : even[std::size_t(o / 2)]);
+    } else {
+      for (int64_t o = 0; o < r.rows; ++o) yt[o] += s[o] * even[std::size_t(o)];
+    }
+  }
+}
+
+void qdec_compensate(const ResidualStore& r, const float* x, int tokens, int k, float* y) {
+  if (k <= 0) return;
+  std::vector<int> sel;
+  qdec_select(x, tokens, int(r.cols), k, sel);
+  qdec_apply(r, x, tokens, std::min<int>(k, int(r.cols)), sel.data(), y);
+}
+
+const char* qdec_kind_name(int kind) {
+  static const char* names[] = {"qkv", "o", "gate_up", "down"};
+  return kind >= 0 && kind < kQdecKinds ? names[kind] : "?";
+}
+
+int qdec_kind_of(LinearModule m) {
   switch (m) {
     case LinearModule::Q:
     case LinearModule::K:
-    case LinearModule::V: return qkv;
-    case LinearModule::O: return o;
+    case LinearModule::V: return 0;
+    case LinearModule::O: return 1;
     case LinearModule::Gate:
-    case LinearModule::Up: return gate_up;
-    case LinearModule::Down: return down;
+    case LinearModule::Up: return 2;
+    case LinearModule::Down: return 3;
   }
   return 0;
 }
 
+std::string QdecK::describe() const {
+  std::string s;
+  for (int i = 0; i < kQdecKinds; ++i)
+    s += std::string(i ? "," : "") + qdec_kind_name(i) + "=" + (kind(i) < 0 ? std::string("all") : std::to_string(kind(i)));
+  return s;
+}
+
+QdecK parse_qdec_k(const std::string& text, QdecK base) {
+  auto value = [&](const std::string& v) {
+    if (v == "all") return -1;
+    std::size_t used = 0;
+    int k = -2;
+    try {
+      k = std::stoi(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != v.size() || v.empty() || k < 0 || k > 1024)
+      throw Error("--qdec-k", "'" + v + "' is not a channel count per 1024 inputs (0..1024 or 'all') in '" + text + "'");
+    return k;
+  };
+  if (text.find('=') == std::string::npos) return QdecK::all(value(text));
+  QdecK k = base;
+  std::size_t at = 0;
+  while (at <= text.size()) {
+    const std::size_t comma = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, comma - at);
+    const std::size_t eq = item.find('=');
+    if (eq == std::string::npos) throw Error("--qdec-k", "expected KIND=K items (qkv, o, gate_up, down) in '" + text + "'");
+    const std::string name = item.substr(0, eq);
+    int kind = -1;
+    for (int i = 0; i < kQdecKinds; ++i)
+      if (name == qdec_kind_name(i)) kind = i;
+    if (kind < 0) throw Error("--qdec-k", "unknown module kind '" + name + "' (qkv, o, gate_up, down) in '" + text + "'");
+    k.kind(kind) = value(item.substr(eq + 1));
+    at = comma + 1;
+  }
+  return k;
+}
+
 uint64_t QdecStore::bytes() const {
   uint64_t n = 0;
-  for (const auto& r : linears) n += r.codes.size() + r.scales.size() * 4;
+  for (const auto& r : linears) n += r.bytes();
   return n;
 }
 
@@ -134,7 +291,10 @@ namespace {
 
 class QdecSimulationBackend : public LinearBackend {
  public:
-  QdecSimulationBackend(const ModelWeights& m, const QdecStore& s, QdecK k) : m_(m), s_(s), k_(k) {}
+  QdecSimulationBackend(const ModelWeights& m, const QdecStore& s, QdecK k, const ActQuantOptions& act)
+      : m_(m), s_(s), k_(k), act_(act) {
+    if (s.layers() != m.config.n_layers) throw Error("qdec", "the residual store does not match the model's layers");
+  }
   void allocate(const ModelConfig& c, int max_context) override {
     kv_ = c.kv_dim();
     k_cache_.assign(std::size_t(c.n_layers), std::vector<float>(std::size_t(max_context) * kv_));
@@ -142,11 +302,23 @@ class QdecSimulationBackend : public LinearBackend {
   }
   void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int rows) override {
     using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    // q/k/v read one input, gate/up another (calls come in forward order): quantize and select once.
+    const bool first = m != LinearModule::K && m != LinearModule::V && m != LinearModule::Up;
+    const float* x = in;
+    if (act_.a_bits < 16) {
+      if (first) {
+        xq_.assign(in, in + std::size_t(n) * std::size_t(cols));
+        fake_quant_rows(xq_.data(), n, cols, act_.a_group, Grid{act_.a_bits, true}, act_.a_clip);
+      }
+      x = xq_.data();
+    }
     const Matrix& w = m_.layers[std::size_t(layer)].*linear_member(m);
     Eigen::Map<Mat>(out, n, rows).noalias() =
-        Eigen::Map<const Mat>(in, n, cols) * Eigen::Map<const Mat>(w.data.data(), rows, cols).transpose();
-    const ResidualStore& r = s_.at(layer, m);
-    qdec_compensate(r, in, n, qdec_k(k_.of(m), cols), out);
+        Eigen::Map<const Mat>(x, n, cols) * Eigen::Map<const Mat>(w.data.data(), rows, cols).transpose();
+    const int k = qdec_k(k_.of(m), cols);
+    if (k == 0) return;
+    if (first) qdec_select(in, n, cols, k, sel_);
+    qdec_apply(s_.at(layer, m), in, n, k, sel_.data(), out);
   }
   void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) override {
     auto& kc = k_cache_[std::size_t(layer)];
@@ -161,7 +333,10 @@ class QdecSimulationBackend : public LinearBackend {
   const ModelWeights& m_;
   const QdecStore& s_;
   QdecK k_;
+  ActQuantOptions act_;
   int kv_ = 0;
+  std::vector<float> xq_;
+  std::vector<int> sel_;
   std::vector<std::vector<float>> k_cache_, v_cache_;
 };
 
@@ -180,8 +355,102 @@ QdecStore build_qdec_store(const ModelWeights& original, const ModelWeights& qua
   return s;
 }
 
-std::unique_ptr<LinearBackend> make_qdec_simulation_backend(const ModelWeights& quantized, const QdecStore& store, QdecK k) {
-  return std::make_unique<QdecSimulationBackend>(quantized, store, k);
+std::unique_ptr<LinearBackend> make_qdec_simulation_backend(const ModelWeights& quantized, const QdecStore& store, QdecK k,
+                                                            const ActQuantOptions& act) {
+  return std::make_unique<QdecSimulationBackend>(quantized, store, k, act);
+}
+
+Transformer<float> qdec_simulation_model(const ModelWeights& quantized, const QdecStore& store, QdecK k,
+                                         const OnlineTransforms& online, const ActQuantOptions& act, int max_context) {
+  ActQuantOptions kv_only = act;
+  kv_only.a_bits = 16;  // the backend quantizes the linears' inputs (after selecting on them)
+  Transformer<float> t(quantized, max_context, make_qdec_simulation_backend(quantized, store, k, act));
+  if (auto hook = quantized_model_hook<float>(online, kv_only, quantized.config.head_dim)) t.set_hook(hook);
+  return t;
+}
+
+QdecCosts measure_qdec_costs(const QdecStore& store, int repeats, Isa isa) {
+  using Clock = std::chrono::steady_clock;
+  QdecCosts c;
+  const int layers = store.layers();
+  if (layers == 0) return c;
+  // Decode tokens' inputs: Gaussian (a fixed seed), so the selected rows are spread like real
+  // ones; every layer's own store rows are read.
+  // Eight different tokens in turn, so that the rows read change from token to token.
+  detail::Rng rng(0x71646563);
+  constexpr int kTokens = 8;
+  const int64_t width = std::max(store.at(0, LinearModule::Q).cols, store.at(0, LinearModule::Down).cols);
+  std::vector<float> xs(std::size_t(width * kTokens));
+  for (auto& v : xs) v = rng.gaussian();
+  int turn = 0;
+  std::vector<float> y;
+  std::vector<int> sel;
+  static constexpr LinearModule kinds[kQdecKinds][3] = {{LinearModule::Q, LinearModule::K, LinearModule::V},
+                                                        {LinearModule::O, LinearModule::O, LinearModule::O},
+                                                        {LinearModule::Gate, LinearModule::Up, LinearModule::Up},
+                                                        {LinearModule::Down, LinearModule::Down, LinearModule::Down}};
+  static constexpr int members[kQdecKinds] = {3, 1, 2, 1};
+  for (int kind = 0; kind < kQdecKinds; ++kind)
+    for (std::size_t lv = 1; lv < std::size(kQdecLevels); ++lv) {
+      auto one_token = [&] {
+        const float* x = xs.data() + int64_t(turn++ % kTokens) * width;
+        for (int l = 0; l < layers; ++l) {
+          const ResidualStore& first = store.at(l, kinds[kind][0]);
+          const int k = qdec_k(kQdecLevels[lv], first.cols);
+          qdec_select(x, 1, int(first.cols), k, sel);
+          for (int j = 0; j < members[kind]; ++j) {
+            const ResidualStore& r = store.at(l, kinds[kind][j]);
+            y.assign(std::size_t(r.rows), 0.f);
+            qdec_apply(r, x, 1, k, sel.data(), y.data(), isa);
+          }
+        }
+      };
+      // Enough tokens per timing that the clock's resolution does not matter (>= 2 ms).
+      int reps = 1;
+      for (;;) {
+        const auto t0 = Clock::now();
+        for (int i = 0; i < reps; ++i) one_token();
+        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+        if (s >= 2e-3 || reps >= (1 << 20)) break;
+        reps *= 4;
+      }
+      double best = INFINITY;
+      for (int r = 0; r < std::max(1, repeats); ++r) {
+        const auto t0 = Clock::now();
+        for (int i = 0; i < reps; ++i) one_token();
+        best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count() / reps);
+      }
+      c.seconds[kind][lv] = best;
+    }
+  return c;
+}
+
+QdecTuning tune_qdec(const QdecCosts& costs, double budget_seconds) {
+  QdecTuning t;
+  t.budget_seconds = budget_seconds;
+  std::size_t level[kQdecKinds] = {0, 0, 0, 0};
+  for (;;) {
+    int pick = -1;
+    double pick_delta = INFINITY;
+    for (int kind = 0; kind < kQdecKinds; ++kind) {
+      const std::size_t next = level[kind] + 1;
+      if (next >= std::size(kQdecLevels)) continue;
+      const double delta = costs.seconds[kind][next] - costs.seconds[kind][level[kind]];
+      if (t.cost_seconds + delta <= budget_seconds && delta < pick_delta) {
+        pick = kind;
+        pick_delta = delta;
+      }
+    }
+    if (pick < 0) break;
+    ++level[pick];
+    t.cost_seconds += pick_delta;
+    t.k.kind(pick) = kQdecLevels[level[pick]];
+    char line[160];
+    std::snprintf(line, sizeof line, "%s -> %d (+%.2f us, total %.2f of %.2f us)", qdec_kind_name(pick), t.k.kind(pick),
+                  pick_delta * 1e6, t.cost_seconds * 1e6, budget_seconds * 1e6);
+    t.steps.push_back(line);
+  }
+  return t;
 }
 
 }  // namespace quarot

@@ -223,8 +223,8 @@ std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTran
           q = std::move(r.q);
         }
         s.rel_weight_error = rel_error(w, q.dequantized);
+        if (sink) sink(l, mod.id, q, w);
         std::copy(q.dequantized.begin(), q.dequantized.end(), w.data.begin());
-        if (sink) sink(l, mod.id, q);
         s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         stats.push_back(s);
       }

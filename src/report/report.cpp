@@ -181,6 +181,39 @@ std::string report_markdown(const std::string& report_json) {
         << " | " << num(x["after"].get<double>(), "%.2f") << " |\n";
     m << "\n![outliers](outliers.svg)\n\n";
   }
+  if (const auto& qd = at(r, "qdec"); qd.is_object()) {
+    const auto& sim = at(qd, "simulated");
+    const auto& dec = at(qd, "decode_seconds_per_token");
+    m << "## QDEC (residual compensation, arXiv 2412.20185)\n\n";
+    m << "k per 1024 input channels: `" << fmt(at(qd, "k_chunk_text")) << "`; " << fmt(at(qd, "bits"), "%.0f") << "-bit residual, "
+      << mib(at(qd, "residual_bytes"));
+    if (at(qd, "residual_percent_of_packed_linears").is_number())
+      m << " (" << fmt(at(qd, "residual_percent_of_packed_linears"), "%.1f") << "% of the packed linears)";
+    m << ".\n\n| | without QDEC | with QDEC |\n|---|---|---|\n";
+    m << "| perplexity (simulated) | " << fmt(at(q, "ppl")) << " | " << fmt(at(sim, "ppl")) << " |\n";
+    m << "| KLD vs float (simulated) | " << fmt(at(q, "kld_mean"), "%.5f") << " | " << fmt(at(sim, "kld_mean"), "%.5f") << " |\n";
+    if (dec.is_object())
+      m << "| decode time per token (integer path) | " << num(at(dec, "plain").get<double>() * 1e6, "%.1f") << " µs | "
+        << num(at(dec, "qdec").get<double>() * 1e6, "%.1f") << " µs (" << num(at(dec, "slowdown_percent").get<double>(), "%+.1f") << "%) |\n";
+    if (const auto& tu = at(qd, "tuner"); tu.is_object()) {
+      m << "\nTuner: budget " << fmt(at(tu, "slowdown_percent"), "%.2f") << "% of " << num(at(tu, "base_seconds_per_token").get<double>() * 1e6, "%.1f")
+        << " µs per token = " << num(at(tu, "budget_seconds_per_token").get<double>() * 1e6, "%.2f") << " µs; the compensation's measured cost "
+        << num(at(tu, "cost_seconds_per_token").get<double>() * 1e6, "%.2f") << " µs. Steps:";
+      for (const auto& st : at(tu, "steps")) m << " " << st.get<std::string>() << ";";
+      m << "\n";
+    }
+    if (const auto& sw = at(qd, "sweep"); sw.is_array() && !sw.empty()) {
+      m << "\n| k per 1024 | perplexity (simulated) | KLD (simulated) | perplexity (integer) | KLD (integer) | decode µs/token |\n"
+        << "|---|---|---|---|---|---|\n";
+      for (const auto& row : sw) {
+        const auto& d = at(row, "decode_seconds_per_token");
+        m << "| " << fmt(at(row, "k_chunk"), "%.0f") << " | " << fmt(at(at(row, "simulated"), "ppl")) << " | "
+          << fmt(at(at(row, "simulated"), "kld_mean"), "%.5f") << " | " << fmt(at(at(row, "packed"), "ppl")) << " | "
+          << fmt(at(at(row, "packed"), "kld_mean"), "%.5f") << " | " << (d.is_number() ? num(d.get<double>() * 1e6, "%.1f") : "–") << " |\n";
+      }
+    }
+    m << "\n";
+  }
   if (const auto& t = at(r, "timings"); t.is_object()) {
     m << "## Timings\n\n| step | seconds |\n|---|---|\n";
     for (auto it = t.begin(); it != t.end(); ++it) m << "| " << it.key() << " | " << fmt(it.value(), "%.2f") << " |\n";
