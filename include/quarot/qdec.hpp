@@ -110,7 +110,9 @@ struct QdecCosts {
   // (kQdecLevels[j]): selection + application, measured on the store's real rows.
   double seconds[kQdecKinds][std::size(kQdecLevels)] = {};
 };
-// Measures the costs on this machine (single token, `repeats` timed runs each, the minimum kept).
+// Measures the costs on this machine: one token at a time over eight different inputs; a store
+// of 64 MB or more (a model larger than the cache) is timed cold (caches evicted before each
+// token, the median of 4 * repeats tokens), a smaller one warm (the minimum of `repeats` runs).
 QdecCosts measure_qdec_costs(const QdecStore& store, int repeats = 5, Isa isa = best_isa());
 struct QdecTuning {
   QdecK k;

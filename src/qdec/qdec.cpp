@@ -73,6 +73,74 @@ ResidualStore make_residual_store(const float* w, const float* wq, int64_t rows,
   return r;
 }
 
+namespace {
+
+// The running k best (|x|, index) as a heap whose top is the worst of them. Scanning indices in
+// increasing order, a later equal |x| never displaces an earlier one, so only |x| > top enters.
+struct TopK {
+  std::vector<std::pair<float, int>> heap;
+  static bool worse(const std::pair<float, int>& a, const std::pair<float, int>& b) {  // heap order
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  }
+  float threshold() const { return heap.front().first; }
+  void push(float v, int i) {
+    heap.front() = {v, i};
+    std::pop_heap(heap.begin(), heap.end(), worse);
+    std::push_heap(heap.begin(), heap.end(), worse);
+  }
+};
+
+// Candidates are rare once the heap is full: compare 16 |x| at a time against its threshold.
+__attribute__((target("avx512f"))) void scan_avx512(const float* x, int from, int n, TopK& h) {
+  int i = from;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_abs_ps(_mm512_loadu_ps(x + i));
+    __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_set1_ps(h.threshold()), _CMP_GT_OQ);
+    while (m) {
+      const int j = __builtin_ctz(m);
+      m = __mmask16(m & (m - 1));
+      const float a = std::fabs(x[i + j]);
+      if (a > h.threshold()) h.push(a, i + j);
+    }
+  }
+  for (; i < n; ++i)
+    if (const float a = std::fabs(x[i]); a > h.threshold()) h.push(a, i);
+}
+
+// For k much smaller than n: the k-th largest of the 16-wide block maxima is a threshold T with
+// at least k elements |x| >= T, so the top k are among the (few) elements >= T. Returns false
+// (nothing done) when x has NaN/inf or too few blocks.
+__attribute__((target("avx512f"))) bool top_k_blocks_avx512(const float* x, int n, int k, std::vector<int>& cand) {
+  const int nb = n / 16;
+  if (k * 4 > nb) return false;
+  thread_local std::vector<float> bm;
+  bm.resize(std::size_t(nb));
+  for (int b = 0; b < nb; ++b) {
+    const __m512 v = _mm512_abs_ps(_mm512_loadu_ps(x + 16 * b));
+    bm[std::size_t(b)] = _mm512_reduce_max_ps(v);
+  }
+  for (int i = 16 * nb; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  for (float v : bm)
+    if (!std::isfinite(v)) return false;
+  std::nth_element(bm.begin(), bm.begin() + (k - 1), bm.end(), std::greater<float>());
+  const __m512 t = _mm512_set1_ps(bm[std::size_t(k - 1)]);
+  const float tf = bm[std::size_t(k - 1)];
+  cand.clear();
+  for (int b = 0; b < nb; ++b) {
+    __mmask16 m = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + 16 * b)), t, _CMP_GE_OQ);
+    while (m) {
+      cand.push_back(16 * b + __builtin_ctz(m));
+      m = __mmask16(m & (m - 1));
+    }
+  }
+  for (int i = 16 * nb; i < n; ++i)
+    if (std::fabs(x[i]) >= tf) cand.push_back(i);
+  return true;
+}
+
+}  // namespace
+
 void top_k_abs(const float* x, int n, int k, std::vector<int>& out) {
   k = std::clamp(k, 0, n);
   out.clear();
@@ -81,27 +149,39 @@ void top_k_abs(const float* x, int n, int k, std::vector<int>& out) {
     const float fa = std::fabs(x[a]), fb = std::fabs(x[b]);
     return fa != fb ? fa > fb : a < b;  // a strict total order: deterministic ties
   };
+  bool finite = true;
+  if (k < n && isa_supported(Isa::Avx512Vnni) && top_k_blocks_avx512(x, n, k, out)) {
+    std::partial_sort(out.begin(), out.begin() + k, out.end(), before);
+    out.resize(std::size_t(k));
+    return;
+  }
   if (k < n) {
-    // The k-th largest |x| (v): every |x| > v is in, then |x| == v in index order until k.
-    thread_local std::vector<float> a;
-    a.resize(std::size_t(n));
-    for (int i = 0; i < n; ++i) a[std::size_t(i)] = std::fabs(x[i]);
-    std::nth_element(a.begin(), a.begin() + (k - 1), a.end(), std::greater<float>());
-    const float v = a[std::size_t(k - 1)];
-    for (int i = 0; i < n; ++i)
-      if (std::fabs(x[i]) > v) out.push_back(i);
-    for (int i = 0; i < n && int(out.size()) < k; ++i)
-      if (std::fabs(x[i]) == v) out.push_back(i);
-    if (int(out.size()) != k) {  // NaNs break the order above: fall back to a full sort
-      out.resize(std::size_t(n));
-      for (int i = 0; i < n; ++i) out[std::size_t(i)] = i;
-      std::partial_sort(out.begin(), out.begin() + k, out.end(), before);
-      out.resize(std::size_t(k));
-      return;
+    thread_local TopK h;
+    h.heap.clear();
+    for (int i = 0; i < k; ++i) {
+      h.heap.emplace_back(std::fabs(x[i]), i);
+      finite = finite && std::isfinite(x[i]);
     }
-  } else {
+    std::make_heap(h.heap.begin(), h.heap.end(), TopK::worse);
+    if (finite) {
+      if (isa_supported(Isa::Avx512Vnni)) {
+        scan_avx512(x, k, n, h);
+      } else {
+        for (int i = k; i < n; ++i)
+          if (const float a = std::fabs(x[i]); a > h.threshold()) h.push(a, i);
+      }
+      for (const auto& e : h.heap) {
+        finite = finite && std::isfinite(e.first);
+        out.push_back(e.second);
+      }
+    }
+  }
+  if (k == n || !finite) {  // everything, or NaN/inf in play: a plain full sort
     out.resize(std::size_t(n));
     for (int i = 0; i < n; ++i) out[std::size_t(i)] = i;
+    std::partial_sort(out.begin(), out.begin() + k, out.end(), before);
+    out.resize(std::size_t(k));
+    return;
   }
   std::sort(out.begin(), out.end(), before);
 }
@@ -146,31 +226,55 @@ void qdec_apply_reference(const ResidualStore& r, const float* x, int tokens, in
 namespace {
 
 // acc_even[j] / acc_odd[j] hold outputs 2j / 2j + 1 (4-bit), acc_even[o] output o (8-bit).
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void apply_row_avx512(const uint8_t* row, int64_t row_bytes, int bits,
-                                                                            float xi, float* acc_even, float* acc_odd) {
-  const __m512 vx = _mm512_set1_ps(xi);
+// Up to four selected rows at a time, so the accumulators are loaded and stored once per four.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void apply_rows_avx512(const uint8_t* const* rows, const float* xs, int nr,
+                                                                             int64_t row_bytes, int bits, float* acc_even,
+                                                                             float* acc_odd) {
+  __m512 vx[4];
+  for (int r = 0; r < 4; ++r) vx[r] = _mm512_set1_ps(r < nr ? xs[r] : 0.f);
   if (bits == 4) {
     const __m512 eight = _mm512_set1_ps(8.f);
     const __m128i lo_mask = _mm_set1_epi8(0x0F);
     for (int64_t j = 0; j < row_bytes; j += 16) {
       const int64_t left = row_bytes - j;
       const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-      const __m128i b = _mm_maskz_loadu_epi8(m, row + j);
-      const __m128i lo = _mm_and_si128(b, lo_mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), lo_mask);
-      const __m512 qe = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), eight);
-      const __m512 qo = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), eight);
-      _mm512_mask_storeu_ps(acc_even + j, m, _mm512_fmadd_ps(qe, vx, _mm512_maskz_loadu_ps(m, acc_even + j)));
-      _mm512_mask_storeu_ps(acc_odd + j, m, _mm512_fmadd_ps(qo, vx, _mm512_maskz_loadu_ps(m, acc_odd + j)));
+      __m512 ae = _mm512_maskz_loadu_ps(m, acc_even + j), ao = _mm512_maskz_loadu_ps(m, acc_odd + j);
+      for (int r = 0; r < nr; ++r) {
+        const __m128i b = _mm_maskz_loadu_epi8(m, rows[r] + j);
+        const __m128i lo = _mm_and_si128(b, lo_mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), lo_mask);
+        ae = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), eight), vx[r], ae);
+        ao = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), eight), vx[r], ao);
+      }
+      _mm512_mask_storeu_ps(acc_even + j, m, ae);
+      _mm512_mask_storeu_ps(acc_odd + j, m, ao);
     }
   } else {
     const __m512 off = _mm512_set1_ps(128.f);
     for (int64_t j = 0; j < row_bytes; j += 16) {
       const int64_t left = row_bytes - j;
       const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-      const __m512 q = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, row + j))), off);
-      _mm512_mask_storeu_ps(acc_even + j, m, _mm512_fmadd_ps(q, vx, _mm512_maskz_loadu_ps(m, acc_even + j)));
+      __m512 a = _mm512_maskz_loadu_ps(m, acc_even + j);
+      for (int r = 0; r < nr; ++r) {
+        const __m512 q = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, rows[r] + j))), off);
+        a = _mm512_fmadd_ps(q, vx[r], a);
+      }
+      _mm512_mask_storeu_ps(acc_even + j, m, a);
     }
   }
+}
+
+// y[2j] += s[2j] * even[j], y[2j + 1] += s[2j + 1] * odd[j]: interleave 16 + 16 into 32 outputs.
+__attribute__((target("avx512f"))) int64_t epilogue4_avx512(const float* even, const float* odd, const float* s, int64_t rows, float* y) {
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  int64_t o = 0;
+  for (; o + 32 <= rows; o += 32) {
+    const __m512 e = _mm512_loadu_ps(even + o / 2), d = _mm512_loadu_ps(odd + o / 2);
+    const __m512 a = _mm512_permutex2var_ps(e, lo_idx, d), b = _mm512_permutex2var_ps(e, hi_idx, d);
+    _mm512_storeu_ps(y + o, _mm512_fmadd_ps(_mm512_loadu_ps(s + o), a, _mm512_loadu_ps(y + o)));
+    _mm512_storeu_ps(y + o + 16, _mm512_fmadd_ps(_mm512_loadu_ps(s + o + 16), b, _mm512_loadu_ps(y + o + 16)));
+  }
+  return o;  // the rest is done by the caller
 }
 
 void apply_row_scalar(const uint8_t* row, int64_t row_bytes, int bits, float xi, float* acc_even, float* acc_odd) {
@@ -194,22 +298,36 @@ void qdec_apply(const ResidualStore& r, const float* x, int tokens, int k, const
   even.resize(std::size_t(rb));
   odd.resize(std::size_t(rb));
   const uint8_t* codes = r.code_data();
+  const float* s = r.scales.data();
   for (int t = 0; t < tokens; ++t) {
     const float* xt = x + int64_t(t) * r.cols;
+    const int* st = sel + std::size_t(t) * k;
     std::fill(even.begin(), even.end(), 0.f);
     std::fill(odd.begin(), odd.end(), 0.f);
-    for (int j = 0; j < k; ++j) {
-      const int i = sel[std::size_t(t) * k + j];
-      const uint8_t* row = codes + int64_t(i) * rb;
-      if (avx512)
-        apply_row_avx512(row, rb, r.bits, xt[i], even.data(), odd.data());
-      else
-        apply_row_scalar(row, rb, r.bits, xt[i], even.data(), odd.data());
+    if (avx512) {
+      for (int j = 0; j < k; j += 4) {
+        const int nr = std::min(4, k - j);
+        // The rows are scattered over the store (cold in a large model): fetch the next four
+        // while these four are summed.
+        for (int q = j + 4; q < std::min(k, j + 8); ++q) {
+          const char* p = reinterpret_cast<const char*>(codes + int64_t(st[q]) * rb);
+          for (int64_t off = 0; off < rb; off += 64) __builtin_prefetch(p + off);
+        }
+        const uint8_t* rows[4];
+        float xs[4];
+        for (int q = 0; q < nr; ++q) {
+          rows[q] = codes + int64_t(st[j + q]) * rb;
+          xs[q] = xt[st[j + q]];
+        }
+        apply_rows_avx512(rows, xs, nr, rb, r.bits, even.data(), odd.data());
+      }
+    } else {
+      for (int j = 0; j < k; ++j) apply_row_scalar(codes + int64_t(st[j]) * rb, rb, r.bits, xt[st[j]], even.data(), odd.data());
     }
     float* yt = y + int64_t(t) * r.rows;
-    const float* s = r.scales.data();
     if (r.bits == 4) {
-      for (int64_t o = 0; o < r.rows; ++o) yt[o] += s[o] * (o % 2 ? odd[std::size_t(o / 2)] : even[std::size_t(o / 2)]);
+      int64_t o = avx512 ? epilogue4_avx512(even.data(), odd.data(), s, r.rows, yt) : 0;
+      for (; o < r.rows; ++o) yt[o] += s[o] * (o % 2 ? odd[std::size_t(o / 2)] : even[std::size_t(o / 2)]);
     } else {
       for (int64_t o = 0; o < r.rows; ++o) yt[o] += s[o] * even[std::size_t(o)];
     }
@@ -383,6 +501,9 @@ QdecCosts measure_qdec_costs(const QdecStore& store, int repeats, Isa isa) {
   std::vector<float> xs(std::size_t(width * kTokens));
   for (auto& v : xs) v = rng.gaussian();
   int turn = 0;
+  // Stores past 64 MB stand for models that do not fit the last-level cache.
+  const bool cold = store.bytes() >= (64ull << 20);
+  std::vector<uint8_t> evict(cold ? (192ull << 20) : 0, 1);
   std::vector<float> y;
   std::vector<int> sel;
   static constexpr LinearModule kinds[kQdecKinds][3] = {{LinearModule::Q, LinearModule::K, LinearModule::V},
@@ -405,6 +526,20 @@ QdecCosts measure_qdec_costs(const QdecStore& store, int repeats, Isa isa) {
           }
         }
       };
+      if (cold) {
+        // A model larger than the cache reads cold rows at every decode step (the whole model
+        // passed through the cache since): evict before each timed token, keep the median.
+        std::vector<double> ts;
+        for (int r = 0; r < 4 * std::max(1, repeats); ++r) {
+          for (std::size_t i = 0; i < evict.size(); i += 64) evict[i] = uint8_t(evict[i] + 1);
+          const auto t0 = Clock::now();
+          one_token();
+          ts.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        }
+        std::nth_element(ts.begin(), ts.begin() + std::ptrdiff_t(ts.size() / 2), ts.end());
+        c.seconds[kind][lv] = ts[ts.size() / 2];
+        continue;
+      }
       // Enough tokens per timing that the clock's resolution does not matter (>= 2 ms).
       int reps = 1;
       for (;;) {
