@@ -59,8 +59,12 @@ int main(int argc, char** argv) {
     std::string ppl_table = "| setting | rotation |", time_table = "| setting | rotation | packed model | residual (% of it) |";
     for (int kc : kcs) ppl_table += std::string(" k=") + (kc < 0 ? "all" : std::to_string(kc)) + " |";
     for (int kc : timed_kcs) time_table += std::string(" k=") + (kc < 0 ? "all" : std::to_string(kc)) + " µs |";
-    ppl_table += "\n|---|---|" + std::string(std::size(kcs) * 4, '-') + "\n";
-    time_table += "\n|---|---|---|---|" + std::string(std::size(timed_kcs) * 4, '-') + "\n";
+    ppl_table += "\n|---|---|";
+    for (std::size_t i = 0; i < std::size(kcs); ++i) ppl_table += "---|";
+    time_table += "\n|---|---|---|---|";
+    for (std::size_t i = 0; i < std::size(timed_kcs); ++i) time_table += "---|";
+    ppl_table += "\n";
+    time_table += "\n";
     const fs::path tmp = fs::temp_directory_path() / ("quarot-bench-qdec-" + std::to_string(::getpid()) + ".q4.safetensors");
     for (const Setting s : settings) {
       if (s.gptq && calib.empty()) continue;

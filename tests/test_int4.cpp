@@ -185,16 +185,32 @@ TEST(Int4Gemm, ExtremeCodesAreExact) {
 }
 
 TEST(Int4Gemm, FloatActivationsAndBadShapes) {
+  // Decode (<= 8 tokens: the GEMV kernel when AVX-512 runs) and prefill (the tiled fp32 GEMM),
+  // per channel and grouped asymmetric, against an fp64 sum of the dequantized weights.
+  struct Case {
+    int64_t rows, cols, group;
+    bool asym;
+    int tokens;
+  };
+  for (const Case k : {Case{20, 172, 0, true, 3}, Case{20, 172, 0, false, 1}, Case{33, 256, 64, true, 2}, Case{7, 192, 64, false, 8},
+                       Case{9, 172, 0, false, 12}, Case{5, 256, 128, true, 9}}) {
+    const auto w = make_weights(k.rows, k.cols, k.group, k.asym, 8);
+    const auto x = gaussian(std::size_t(k.tokens * k.cols), 5);
+    std::vector<float> y(std::size_t(k.tokens * k.rows));
+    int4_gemm_f32(w.view(), x.data(), k.tokens, nullptr, y.data());
+    for (int t = 0; t < k.tokens; ++t)
+      for (int64_t o = 0; o < k.rows; ++o) {
+        double e = 0, mag = 0;
+        for (int64_t i = 0; i < k.cols; ++i) {
+          e += double(x[std::size_t(t * k.cols + i)]) * w.view().weight(o, i);
+          mag += std::fabs(double(x[std::size_t(t * k.cols + i)]) * w.view().weight(o, i));
+        }
+        EXPECT_NEAR(y[std::size_t(t * k.rows + o)], e, 1e-5 * mag + 1e-6) << k.rows << "x" << k.cols << " t" << k.tokens;
+      }
+  }
   const auto w = make_weights(20, 172, 0, true, 8);
   const auto x = gaussian(3 * 172, 5);
   std::vector<float> y(60);
-  int4_gemm_f32(w.view(), x.data(), 3, nullptr, y.data());
-  for (int t = 0; t < 3; ++t)
-    for (int o = 0; o < 20; ++o) {
-      double e = 0;
-      for (int i = 0; i < 172; ++i) e += double(x[std::size_t(t * 172 + i)]) * w.view().weight(o, i);
-      EXPECT_NEAR(y[std::size_t(t * 20 + o)], e, 1e-4);
-    }
   Int8Activations a;
   quantize_activations(x.data(), 3, 100, 4, 1.0, a);
   EXPECT_THROW(int4_gemm(w.view(), a, nullptr, y.data()), Error);  // width 100 vs 172

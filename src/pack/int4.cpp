@@ -359,7 +359,64 @@ void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias
   }
 }
 
+namespace {
+
+// W4A16 decode: per output row, unpack 64 codes per block to fp32 and multiply-add with up to
+// 8 tokens; the zero point comes out of the sum (sum (u - z) x = sum u x - z sum x) and the
+// group's scale multiplies the group's sum.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void gemv_f32_avx512(const Int4Weights& w, const float* xp, int rows,
+                                                                           int64_t K, const float* xsum, float* y) {
+  const int64_t G = w.groups(), bpg = w.blocks_per_group(), row_bytes = K / 2;
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < w.rows; ++o) {
+    const uint8_t* row = w.packed + o * row_bytes;
+    float out[8] = {};
+    for (int64_t g = 0; g < G; ++g) {
+      __m512 acc[8];
+      for (int t = 0; t < rows; ++t) acc[t] = _mm512_setzero_ps();
+      const int64_t b0 = g * bpg, b1 = std::min(K / kInt4Block, b0 + bpg);
+      for (int64_t b = b0; b < b1; ++b) {
+        const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
+        const __m256i mask = _mm256_set1_epi8(0x0F);
+        const __m256i lo = _mm256_and_si256(bytes, mask), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+        const __m512 u0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(lo)));
+        const __m512 u1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(lo, 1)));
+        const __m512 u2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(hi)));
+        const __m512 u3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(hi, 1)));
+        for (int t = 0; t < rows; ++t) {
+          const float* xt = xp + t * K + b * kInt4Block;
+          acc[t] = _mm512_fmadd_ps(u0, _mm512_loadu_ps(xt), acc[t]);
+          acc[t] = _mm512_fmadd_ps(u1, _mm512_loadu_ps(xt + 16), acc[t]);
+          acc[t] = _mm512_fmadd_ps(u2, _mm512_loadu_ps(xt + 32), acc[t]);
+          acc[t] = _mm512_fmadd_ps(u3, _mm512_loadu_ps(xt + 48), acc[t]);
+        }
+      }
+      const float sc = w.scales[o * G + g];
+      const float z = w.zeros ? float(w.zeros[o * G + g]) : 8.f;
+      for (int t = 0; t < rows; ++t) out[t] += sc * (_mm512_reduce_add_ps(acc[t]) - z * xsum[t * G + g]);
+    }
+    for (int t = 0; t < rows; ++t) y[t * w.rows + o] = out[t];
+  }
+}
+
+}  // namespace
+
 void int4_gemm_f32(const Int4Weights& w, const float* x, int rows, const float* bias, float* y) {
+  if (rows <= 8 && isa_supported(Isa::Avx512Vnni) && best_isa() == Isa::Avx512Vnni) {
+    const int64_t K = w.cols_padded(), G = w.groups(), bpg = w.blocks_per_group();
+    thread_local std::vector<float> xp, xsum;
+    xp.assign(std::size_t(rows * K), 0.f);
+    xsum.assign(std::size_t(rows * G), 0.f);
+    for (int t = 0; t < rows; ++t) {
+      std::copy(x + t * w.cols, x + (t + 1) * w.cols, xp.begin() + t * K);
+      for (int64_t i = 0; i < w.cols; ++i) xsum[std::size_t(t * G + std::min(G - 1, i / (bpg * kInt4Block)))] += x[t * w.cols + i];
+    }
+    gemv_f32_avx512(w, xp.data(), rows, K, xsum.data(), y);
+    if (bias)
+      for (int t = 0; t < rows; ++t)
+        for (int64_t o = 0; o < w.rows; ++o) y[t * w.rows + o] += bias[o];
+    return;
+  }
   using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   constexpr int64_t kTile = 64;
   const Eigen::Map<const MatF> X(x, rows, w.cols);
