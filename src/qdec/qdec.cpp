@@ -155,7 +155,27 @@ void top_k_abs(const float* x, int n, int k, std::vector<int>& out) {
     out.resize(std::size_t(k));
     return;
   }
-  if (k < n) {
+  if (k < n && k * 64 > n) {
+    // Many channels: the k-th largest |x| by selection (O(n)), then every |x| above it and the
+    // ties in index order.
+    thread_local std::vector<float> a;
+    a.resize(std::size_t(n));
+    for (int i = 0; i < n; ++i) {
+      a[std::size_t(i)] = std::fabs(x[i]);
+      finite = finite && std::isfinite(x[i]);
+    }
+    if (finite) {
+      std::nth_element(a.begin(), a.begin() + (k - 1), a.end(), std::greater<float>());
+      const float v = a[std::size_t(k - 1)];
+      for (int i = 0; i < n; ++i)
+        if (std::fabs(x[i]) > v) out.push_back(i);
+      for (int i = 0; i < n && int(out.size()) < k; ++i)
+        if (std::fabs(x[i]) == v) out.push_back(i);
+      std::sort(out.begin(), out.end(), before);
+      return;
+    }
+  }
+  if (k < n && finite) {
     thread_local TopK h;
     h.heap.clear();
     for (int i = 0; i < k; ++i) {
