@@ -45,7 +45,7 @@ struct Args {
   uint64_t seed = 0;
   std::string qdec_k;
   int qdec_bits = 4;
-  bool qdec = false, qdec_sweep = false;
+  bool qdec = false, qdec_sweep = false, stream = false;
   bool no_rotate = false, act_order = false, static_groups = false, no_clip_search = false, w_asym = false, dry_run = false,
        quiet = false, no_checksum = false;
 };
@@ -239,6 +239,10 @@ int main(int argc, char** argv) {
   app.add_option("--outlier-windows", a.outlier_windows, "windows for the outlier statistics before/after rotation (0: skip)")
       ->check(CLI::NonNegativeNumber)->capture_default_str()->group("Evaluation");
   app.add_option("--threads", a.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber)->group("Runtime");
+  app.add_flag("--stream", a.stream,
+               "read, rotate and quantize one decoder layer at a time from the memory-mapped input (checkpoints\n"
+               "larger than memory; chosen automatically when the fp32 model would not fit). Same packed file;\n"
+               "only the packed model is evaluated (no float reference, no outlier statistics)")->group("Runtime");
   app.add_flag("--no-checksum", a.no_checksum, "skip the input's sha256 in the report (saves a read of the input)")->group("Runtime");
   app.add_option("--progress", a.progress, "auto (bar on a terminal, lines otherwise), bar, plain or none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))->capture_default_str()->group("Logging");
@@ -275,6 +279,7 @@ int main(int argc, char** argv) {
       throw quarot::Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
     if (!a.output.empty()) (void)quarot::make_pack_recipe(cfg);  // the packed format can hold it
     if (!a.qdec_k.empty() || a.qdec_slowdown > 0 || a.qdec_sweep) a.qdec = true;
+    if (a.stream && cfg.method == quarot::WeightMethod::None) throw quarot::Error("--stream", "needs quantized weights (--w-method rtn or gptq)");
     if (a.qdec) {
       if (cfg.method == quarot::WeightMethod::None) throw quarot::Error("--qdec", "needs quantized weights (--w-method rtn or gptq)");
       (void)quarot::parse_qdec_k(a.qdec_k.empty() ? "4" : a.qdec_k);
@@ -311,12 +316,34 @@ int main(int argc, char** argv) {
     json timings = json::object();
 
     auto t = Clock::now();
-    const auto float_model = quarot::load_model(a.model);
+    // Whole model in memory, or streamed layer by layer when its fp32 copies would not fit.
+    int64_t params = 0;
+    for (const auto& [name, shape] : quarot::tensor_shapes(quarot::read_model_config(a.model))) {
+      int64_t n = 1;
+      for (int64_t d : shape) n *= d;
+      params += n;
+    }
+    bool stream = a.stream;
+    if (!stream && cfg.method != quarot::WeightMethod::None) {
+      const double need = double(params) * 4 * 2.2;  // the float model, its rotated/quantized copy, scratch
+      const double avail = double(quarot::available_memory_bytes());
+      if (avail > 0 && need > avail) {
+        stream = true;
+        log("quarot-quantize: the fp32 model needs about %.1f GiB twice, %.1f GiB are available: streaming layer by layer (--stream)\n",
+            double(params) * 4 / double(1 << 30), avail / double(1 << 30));
+      }
+    }
+    std::unique_ptr<quarot::CheckpointReader> reader;
+    quarot::ModelWeights float_model;
+    if (stream)
+      reader = std::make_unique<quarot::CheckpointReader>(a.model);
+    else
+      float_model = quarot::load_model(a.model);
     timings["load"] = since(t);
-    const auto& c = float_model.config;
+    const quarot::ModelConfig c = stream ? reader->config() : float_model.config;
     cfg.seqlen = std::min(cfg.seqlen, c.max_positions);
-    log("quarot-quantize: %s: %d layers, hidden %d, %.1f M parameters (%.2fs)\n  %s\n", a.model.c_str(), c.n_layers, c.hidden,
-        double(quarot::parameter_count(float_model)) / 1e6, since(t), cfg.describe().c_str());
+    log("quarot-quantize: %s: %d layers, hidden %d, %.1f M parameters (%s, %.2fs)\n  %s\n", a.model.c_str(), c.n_layers, c.hidden,
+        double(params) / 1e6, stream ? "streamed" : "loaded", since(t), cfg.describe().c_str());
 
     // Token sources: calibration and evaluation.
     t = Clock::now();
@@ -330,9 +357,9 @@ int main(int argc, char** argv) {
     const int ctx = a.ctx ? std::min(a.ctx, c.max_positions) : std::min(2048, c.max_positions);
     std::vector<quarot::Window> windows;
     if (!a.eval_ids.empty()) {
-      std::vector<int> stream;
-      for (const auto& s : quarot::read_ids_file(a.eval_ids, c.vocab)) stream.insert(stream.end(), s.begin(), s.end());
-      windows = quarot::make_windows(stream, quarot::Protocol::Paper, ctx, c.bos_id >= 0 ? c.bos_id : 1, a.chunks);
+      std::vector<int> ids;
+      for (const auto& s : quarot::read_ids_file(a.eval_ids, c.vocab)) ids.insert(ids.end(), s.begin(), s.end());
+      windows = quarot::make_windows(ids, quarot::Protocol::Paper, ctx, c.bos_id >= 0 ? c.bos_id : 1, a.chunks);
       if (windows.empty()) throw quarot::Error(a.eval_ids, "shorter than one window of " + std::to_string(ctx));
     }
     // Outlier statistics: a few windows of at most 256 tokens, from the evaluation ids or the calibration set.
@@ -350,10 +377,18 @@ int main(int argc, char** argv) {
     quarot::convert_rope_layout(m, quarot::RopeLayout::Half);  // the packed format's layout (same function)
     std::vector<quarot::ActivationStats> before, after;
     t = Clock::now();
+    if (stream) stat_windows.clear();  // the statistics need the whole float model
     if (!stat_windows.empty() && cfg.rotate) before = quarot::activation_stats(m, nullptr, stat_windows);
     quarot::OnlineTransforms online;
     json rotation = {{"steps", json::array()}, {"fallbacks", json::array()}};
-    if (cfg.rotate) {
+    std::unique_ptr<quarot::StreamingQuantizer> streamer;
+    if (stream) {
+      streamer = std::make_unique<quarot::StreamingQuantizer>(*reader, cfg);  // float parts read and rotated now
+      online = streamer->online();
+      const auto& rep = streamer->rotation();
+      if (cfg.rotate) rotation = {{"steps", rep.steps}, {"fallbacks", rep.fallbacks}, {"online", online.describe()}};
+      for (const auto& f : rep.fallbacks) std::fprintf(stderr, "quarot-quantize: warning: not a Hadamard matrix: %s\n", f.c_str());
+    } else if (cfg.rotate) {
       quarot::RotationReport rep;
       online = quarot::rotate_model(m, cfg.rotation, &rep);
       quarot::record_rotation(m, cfg.rotation, online);
@@ -369,30 +404,34 @@ int main(int argc, char** argv) {
     quarot::Progress qp("quantize", mode);
     uint64_t modules_done = 0;
     std::unique_ptr<quarot::PackedWriter> writer;
-    if (!a.output.empty()) writer = std::make_unique<quarot::PackedWriter>(m, quarot::make_pack_recipe(cfg));
+    const quarot::ModelWeights& qmodel = stream ? streamer->model() : m;  // what the writer takes the float tensors from
+    if (!a.output.empty()) writer = std::make_unique<quarot::PackedWriter>(qmodel, quarot::make_pack_recipe(cfg));
     quarot::QdecStore qstore;  // QDEC's residuals, made as each linear is quantized
     qstore.bits = a.qdec_bits;
     if (a.qdec) qstore.linears.resize(std::size_t(c.n_layers) * 7);
-    const auto stats = quarot::quantize_weights(
-        m, online, cfg, calib,
-        [&](int l, int n, const std::string& mod) {
-          // 7 linears per layer, reported as each one starts.
-          qp.update(modules_done, uint64_t(n) * 7, "layer " + std::to_string(l + 1) + "/" + std::to_string(n) + " " + mod);
-          ++modules_done;
-        },
-        [&](int l, quarot::LinearModule mod, const quarot::QuantizedMatrix& q, const quarot::Matrix& original) {
-          if (writer) writer->add(l, mod, q);
-          if (a.qdec)
-            qstore.linears[std::size_t(l) * 7 + std::size_t(mod)] =
-                quarot::make_residual_store(original.data.data(), q.dequantized.data(), q.rows, q.cols, a.qdec_bits);
-        });
+    const quarot::QuantProgress progress = [&](int l, int n, const std::string& mod) {
+      // 7 linears per layer, reported as each one starts.
+      qp.update(modules_done, uint64_t(n) * 7, "layer " + std::to_string(l + 1) + "/" + std::to_string(n) + " " + mod);
+      ++modules_done;
+    };
+    const quarot::QuantizedSink sink = [&](int l, quarot::LinearModule mod, const quarot::QuantizedMatrix& q, const quarot::Matrix& original) {
+      if (writer) writer->add(l, mod, q);
+      if (a.qdec)
+        qstore.linears[std::size_t(l) * 7 + std::size_t(mod)] =
+            quarot::make_residual_store(original.data.data(), q.dequantized.data(), q.rows, q.cols, a.qdec_bits);
+    };
+    const auto stats = stream ? streamer->run(calib, progress, sink,
+                                              [&](int l, int n) {
+                                                if (a.verbose) log("  layer %d/%d done, peak RSS %.0f MiB\n", l + 1, n, double(quarot::peak_rss_bytes()) / (1 << 20));
+                                              })
+                              : quarot::quantize_weights(m, online, cfg, calib, progress, sink);
     qp.finish(std::to_string(stats.size()) + " modules");
     timings["quantize"] = since(t);
 
     json report = {{"schema", "quarot-report/1"},
                    {"tool", {{"name", "quarot-quantize"}, {"version", quarot::quarot_version()}, {"git_commit", QUAROT_GIT_COMMIT}}},
                    {"input", {{"path", a.model}, {"sha256", a.no_checksum ? json(nullptr) : json(input_checksum(a.model))},
-                              {"bytes", input_bytes(a.model)}, {"parameters", quarot::parameter_count(float_model)}}},
+                              {"bytes", input_bytes(a.model)}, {"parameters", params}}},
                    {"config", config_json(cfg, a)},
                    {"flags", cfg.describe()},
                    {"seeds", {{"rotation", cfg.rotation.seed}, {"calibration", cfg.seed}}},
@@ -412,7 +451,7 @@ int main(int argc, char** argv) {
 
     // Sizes.
     const int64_t lin = linear_params(c);
-    const double fp32_bytes = double(quarot::parameter_count(float_model)) * 4;
+    const double fp32_bytes = double(params) * 4;
     json sizes = {{"fp32_bytes", fp32_bytes}, {"input_bytes", report["input"]["bytes"]}, {"linear_parameters", lin},
                   {"packed_bytes", nullptr}, {"bits_per_weight", cfg.method == quarot::WeightMethod::None ? 32.0 : bits_per_weight(cfg, c.hidden)}};
     quarot::QdecK qk = quarot::parse_qdec_k(a.qdec_k.empty() ? "4" : a.qdec_k);
@@ -469,7 +508,28 @@ int main(int argc, char** argv) {
     report["sizes"] = sizes;
 
     json ev = nullptr;
-    if (!windows.empty()) {
+    auto result_json = [](const quarot::EvalResult& r) {
+      return json{{"ppl", r.ppl}, {"kld_mean", r.kld_mean}, {"kld_p99", r.kld_p99}, {"top1_agreement", r.top1_agreement}, {"seconds", r.seconds}};
+    };
+    if (!windows.empty() && stream) {
+      // Streamed: no float model in memory, so no reference for KLD and no simulation; the
+      // packed model runs from its memory map.
+      t = Clock::now();
+      ev = {{"ids", a.eval_ids}, {"ctx", ctx}, {"windows", int(windows.size())}, {"protocol", "paper"},
+            {"float", nullptr}, {"quantized", nullptr}, {"packed", nullptr}};
+      if (writer) {
+        const quarot::PackedModel packed(a.output);
+        auto im = packed.integer_model(ctx);
+        const auto ir = quarot::evaluate(im, windows, quarot::Protocol::Paper);
+        ev["packed"] = result_json(ir);
+        for (const char* k : {"kld_mean", "kld_p99", "top1_agreement"}) ev["packed"][k] = nullptr;
+        ev["packed"]["isa"] = quarot::isa_name(quarot::best_isa());
+        ev["packed"]["qdec"] = a.qdec;
+        std::printf("packed integer model (%s): perplexity %.4f (%d windows of %d; streamed: no float reference)\n",
+                    quarot::isa_name(quarot::best_isa()), ir.ppl, ir.windows, ctx);
+      }
+      timings["eval"] = since(t);
+    } else if (!windows.empty()) {
       t = Clock::now();
       quarot::Transformer<float> fm(float_model, ctx), qm(m, ctx);
       qm.set_hook(quarot::quantized_model_hook<float>(online, cfg.act, c.head_dim));
@@ -487,9 +547,6 @@ int main(int argc, char** argv) {
       std::printf("perplexity: float %.4f -> quantized %.4f (%+.2f%%)\n", fr.ppl, qr.ppl, 100 * (qr.ppl / fr.ppl - 1));
       std::printf("KLD vs float: mean %.5f, p99 %.5f; top-1 agreement %.2f%% (%d windows of %d)\n", qr.kld_mean, qr.kld_p99,
                   100 * qr.top1_agreement, qr.windows, ctx);
-      auto result_json = [](const quarot::EvalResult& r) {
-        return json{{"ppl", r.ppl}, {"kld_mean", r.kld_mean}, {"kld_p99", r.kld_p99}, {"top1_agreement", r.top1_agreement}, {"seconds", r.seconds}};
-      };
       if (a.qdec) {
         auto sm = quarot::qdec_simulation_model(m, qstore, qk, online, cfg.act, ctx);
         const auto sr = quarot::evaluate(sm, windows, quarot::Protocol::Paper, &fm, eval_progress("quantized+qdec"));
@@ -566,9 +623,11 @@ int main(int argc, char** argv) {
                 sizes["packed_bytes"].is_null() ? "–" : (std::to_string(sizes["packed_bytes"].get<double>() / (1 << 20)).substr(0, 6) + " MiB").c_str(),
                 sizes["bits_per_weight"].get<double>(),
                 ev.is_null() ? "not evaluated"
-                             : (std::to_string(ev["float"]["ppl"].get<double>()).substr(0, 7) + " -> " +
-                                std::to_string((ev["packed"].is_null() ? ev["quantized"] : ev["packed"])["ppl"].get<double>()).substr(0, 7))
-                                   .c_str(),
+                : ev["float"].is_null()
+                    ? (ev["packed"].is_null() ? std::string("not evaluated") : std::to_string(ev["packed"]["ppl"].get<double>()).substr(0, 7) + " (packed)").c_str()
+                    : (std::to_string(ev["float"]["ppl"].get<double>()).substr(0, 7) + " -> " +
+                       std::to_string((ev["packed"].is_null() ? ev["quantized"] : ev["packed"])["ppl"].get<double>()).substr(0, 7))
+                          .c_str(),
                 since(t_all), double(quarot::peak_rss_bytes()) / (1 << 20),
                 report_dir.empty() ? "" : ("; report in " + report_dir + "/report.md").c_str());
     return 0;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -36,6 +37,28 @@ std::map<std::string, std::string> parse_hf_index(const std::string& json_text,
 ModelWeights load_model(const std::string& path, const LoadProgress& progress = {});
 // The config alone (config.json, or a llama2.c header), without reading the weights.
 ModelConfig read_model_config(const std::string& path);
+
+// A checkpoint read piece by piece, for models larger than memory: opening checks what
+// load_model checks (config, every tensor's presence, shape and dtype) without converting
+// anything; then the float parts and each decoder layer are converted to fp32 on demand from the
+// memory map, whose pages are dropped after each read. A llama2.c file (laid out by tensor kind,
+// not by layer) is loaded whole. Tensors come in the Hugging Face RoPE layout.
+class CheckpointReader {
+ public:
+  explicit CheckpointReader(const std::string& path);
+  ~CheckpointReader();
+  const ModelConfig& config() const;
+  const std::string& source() const;
+  DType dtype() const;
+  // Embeddings, final norm, classifier (untied only) and metadata; every layer sized with its
+  // linear matrices empty (rows/cols set) and no norms or biases.
+  ModelWeights float_parts() const;
+  LayerWeights layer(int l) const;  // norms, biases and linear weights of decoder layer l
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 struct HfWriteOptions {
   DType dtype = DType::F32;         // F32, F16 or BF16

@@ -90,6 +90,10 @@ class Transformer {
   void forward(std::span<const int> tokens, std::vector<T>& logits);
   // Logits of the last token only (decode): saves the classifier GEMM for the other tokens.
   void forward_last(std::span<const int> tokens, std::vector<T>& logits);
+  // The decoder layers alone on residual-stream rows x [n][hidden] (no embedding lookup, no
+  // final norm or classifier): out = the residual stream after the last layer (empty when a
+  // stop point ended the pass). A model streamed layer by layer runs one layer at a time so.
+  void forward_hidden(std::span<const T> x, std::vector<T>& out);
 
  private:
   struct Impl;

@@ -9,6 +9,8 @@ namespace quarot {
 
 // Peak resident memory of this process so far (getrusage), for summaries and reports.
 uint64_t peak_rss_bytes();
+// MemAvailable of /proc/meminfo (0 when unknown): what a new allocation can use without swapping.
+uint64_t available_memory_bytes();
 
 enum class ProgressMode { Auto, Bar, Plain, None };
 ProgressMode parse_progress_mode(const std::string& s);  // auto|bar|plain|none

@@ -56,6 +56,7 @@ std::vector<std::vector<int>> calibration_windows(const std::vector<std::vector<
 // start, as the reference tokenizes its joined calibration text). Throws quarot::Error naming
 // the file.
 class Tokenizer;
+class CheckpointReader;
 std::vector<std::vector<int>> read_calibration(const std::string& path, const Tokenizer* tokenizer, int vocab);
 
 using QuantProgress = std::function<void(int layer, int layers, const std::string& module)>;
@@ -73,5 +74,34 @@ std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTran
 // The forward hook of a quantized model: online transforms, then activation/KV quantizers.
 template <class T>
 ForwardHook<T> quantized_model_hook(const OnlineTransforms& online, const ActQuantOptions& act, int head_dim);
+
+// The pipeline for a checkpoint larger than memory: the float parts (embeddings, norms,
+// classifier) are read, untied and rotated first; then run() reads one decoder layer at a time
+// from the memory-mapped input, rotates it (Rotator), quantizes it (RTN, or GPTQ on the
+// calibration windows' activations carried from layer to layer through the layers already
+// quantized), hands every quantized linear to `sink` and drops the layer. Same arithmetic as
+// rotate_model + quantize_weights on the whole model, so the same quantized weights (tested).
+class StreamingQuantizer {
+ public:
+  StreamingQuantizer(const CheckpointReader& src, const QuantConfig& cfg);
+  ~StreamingQuantizer();
+  // Config (untied when rotated), embeddings, classifier, final norm; after run(), every layer's
+  // norms and biases. Linear matrices stay empty (rows/cols set). What PackedWriter needs.
+  const ModelWeights& model() const { return model_; }
+  const OnlineTransforms& online() const { return online_; }
+  const RotationReport& rotation() const { return rotation_; }
+  using LayerDone = std::function<void(int layer, int layers)>;
+  std::vector<ModuleQuantStats> run(const std::vector<std::vector<int>>& calib, const QuantProgress& progress = {},
+                                    const QuantizedSink& sink = {}, const LayerDone& layer_done = {});
+
+ private:
+  const CheckpointReader& src_;
+  QuantConfig cfg_;
+  ModelWeights model_;
+  OnlineTransforms online_;
+  RotationReport rotation_;
+  std::unique_ptr<Rotator> rotator_;
+  std::vector<ModuleQuantStats> stats_;  // the classifier's, when quantized
+};
 
 }  // namespace quarot

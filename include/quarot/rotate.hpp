@@ -52,6 +52,27 @@ struct RotationReport {
 // Throws quarot::Error for an impossible combination (R1 without norm fusion).
 OnlineTransforms rotate_model(ModelWeights& m, const RotationOptions& opts, RotationReport* report = nullptr);
 
+// The same rotations one piece at a time, for a model streamed layer by layer (rotate_model is
+// built on it, so both give the same bits). Untie and center first (the helpers below), then
+// rotate the embeddings, every layer and the classifier, in any order.
+class Rotator {
+ public:
+  Rotator(const ModelConfig& c, const RotationOptions& opts, RotationReport* report = nullptr);
+  ~Rotator();
+  void rotate_embeddings(Matrix& tok_embeddings) const;
+  void rotate_layer(LayerWeights& L) const;
+  void rotate_classifier(Matrix& lm_head, std::vector<float>& final_norm) const;
+  void finish_report(RotationReport* report) const;  // the summary lines rotate_model logs last
+  const OnlineTransforms& online() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+// A tied classifier becomes its own copy of the embeddings (returns whether it was tied).
+bool untie_for_rotation(ModelWeights& m, const RotationOptions& opts, RotationReport* report = nullptr);
+void center_embeddings(Matrix& tok_embeddings, RotationReport* report = nullptr);
+
 // The key under which a rotated checkpoint records its rotation (JSON) in its metadata.
 inline constexpr const char* kRotationMetadataKey = "quarot.rotation";
 // Records `opts` and `online` in m.metadata, so that the online transforms can be rebuilt.

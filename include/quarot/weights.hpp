@@ -61,7 +61,10 @@ void allocate(ModelWeights& m);
 void for_each_tensor(ModelWeights& m, const std::function<void(const TensorRef&)>& fn);
 void for_each_tensor(const ModelWeights& m, const std::function<void(const TensorRef&)>& fn);
 
-int64_t parameter_count(const ModelWeights& m);  // tied embeddings counted once
+int64_t parameter_count(const ModelWeights& m);
+// Every tensor name the config implies with its shape, in for_each_tensor's order, without
+// allocating anything.
+std::vector<std::pair<std::string, std::vector<int64_t>>> tensor_shapes(const ModelConfig& c);  // tied embeddings counted once
 
 // Permutes the q/k rows (and biases) between the two RoPE layouts, in place.
 void convert_rope_layout(ModelWeights& m, RopeLayout target);

@@ -9,6 +9,9 @@
 #include <set>
 #include <thread>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
@@ -97,18 +100,32 @@ std::map<std::string, std::string> parse_hf_index(const std::string& json_text, 
   return map;
 }
 
-ModelWeights load_hf(const std::string& dir, const LoadProgress& progress) {
+namespace {
+
+// An opened Hugging Face folder: its config, mapped safetensors files and where each tensor is,
+// validated against the config (every implied tensor present, shapes, float dtypes, nothing
+// unexpected) before any tensor is converted.
+struct HfFolder {
+  ModelConfig config;
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  std::map<std::string, Located> where;
+  std::map<std::string, std::string> metadata;
+  DType dtype = DType::F32;
+};
+
+HfFolder open_hf(const std::string& dir) {
   std::error_code ec;
   if (!fs::exists(dir, ec)) throw Error(dir, "no such file or folder");
   if (!fs::is_directory(dir, ec)) throw Error(dir, "not a Hugging Face model folder");
   const fs::path root(dir);
   const std::string config_path = (root / "config.json").string();
   if (!fs::exists(config_path, ec)) throw Error(dir, "no config.json in this folder");
-  const ModelConfig config = parse_hf_config(read_text_file(config_path), config_path);
+  HfFolder h;
+  h.config = parse_hf_config(read_text_file(config_path), config_path);
 
   // Open the safetensors file(s).
-  std::vector<std::unique_ptr<SafetensorsFile>> files;
-  std::map<std::string, Located> where;
+  auto& files = h.files;
+  auto& where = h.where;
   const std::string index_path = (root / kIndexName).string();
   auto add_file = [&](const std::string& path) -> SafetensorsFile& {
     files.push_back(std::make_unique<SafetensorsFile>(path));
@@ -142,42 +159,187 @@ ModelWeights load_hf(const std::string& dir, const LoadProgress& progress) {
   } else {
     throw Error(dir, std::string("no ") + kSingleName + " or " + kIndexName + " in this folder");
   }
-
-  ModelWeights m;
-  m.config = config;
-  m.source = dir;
-  allocate(m);
   for (const auto& [k, v] : files.front()->header().metadata)
-    if (k != "format") m.metadata[k] = v;
-  std::vector<Job> jobs;
+    if (k != "format") h.metadata[k] = v;
   std::set<std::string> used;
-  for_each_tensor(m, [&](const TensorRef& t) {
-    auto it = where.find(t.name);
-    if (it == where.end()) throw Error(dir, "missing tensor '" + t.name + "' (config.json implies it)");
+  for (const auto& [name, shape] : tensor_shapes(h.config)) {
+    auto it = where.find(name);
+    if (it == where.end()) throw Error(dir, "missing tensor '" + name + "' (config.json implies it)");
     const auto& [file, info] = it->second;
-    if (info->shape != t.shape)
-      throw Error(file->path(), "tensor '" + t.name + "' has shape " + shape_str(info->shape) +
-                                    " but config.json implies " + shape_str(t.shape));
+    if (info->shape != shape)
+      throw Error(file->path(), "tensor '" + name + "' has shape " + shape_str(info->shape) + " but config.json implies " + shape_str(shape));
     if (!is_float(info->dtype))
-      throw Error(file->path(), "tensor '" + t.name + "' has dtype " + std::string(dtype_name(info->dtype)) +
+      throw Error(file->path(), "tensor '" + name + "' has dtype " + std::string(dtype_name(info->dtype)) +
                                     "; weights must be F32, F16 or BF16");
-    if (t.name == "model.embed_tokens.weight") m.source_dtype = info->dtype;
-    used.insert(t.name);
-    const auto bytes = file->data(*info);
-    const std::size_t esize = dtype_size(info->dtype);
-    constexpr std::size_t kSlice = std::size_t(16) << 20;  // elements per job: balances threads
-    for (std::size_t off = 0; off < t.data.size(); off += kSlice)
-      jobs.push_back({bytes.data() + off * esize, info->dtype, t.data.data() + off,
-                      std::min(kSlice, t.data.size() - off)});
-  });
+    if (name == "model.embed_tokens.weight") h.dtype = info->dtype;
+    used.insert(name);
+  }
   for (const auto& [name, loc] : where) {
     if (used.count(name) || name.ends_with("rotary_emb.inv_freq")) continue;
-    if (name == "lm_head.weight" && config.tied_embeddings) continue;  // tied: the embedding wins
+    if (name == "lm_head.weight" && h.config.tied_embeddings) continue;  // tied: the embedding wins
     throw Error(loc.file->path(), "unexpected tensor '" + name +
                                       "' (config.json does not describe it: unsupported architecture?)");
   }
+  return h;
+}
+
+// Conversion jobs for one tensor (slices balance the threads).
+void add_jobs(const HfFolder& h, const TensorRef& t, std::vector<Job>& jobs) {
+  const auto& [file, info] = h.where.at(t.name);
+  const auto bytes = file->data(*info);
+  const std::size_t esize = dtype_size(info->dtype);
+  constexpr std::size_t kSlice = std::size_t(16) << 20;  // elements per job
+  for (std::size_t off = 0; off < t.data.size(); off += kSlice)
+    jobs.push_back({bytes.data() + off * esize, info->dtype, t.data.data() + off, std::min(kSlice, t.data.size() - off)});
+}
+
+// Drops the file pages of a tensor that was converted: they would stay in this process's RSS.
+void release(std::span<const uint8_t> bytes) {
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(bytes.data()) + page - 1) / page * page;
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(bytes.data()) + bytes.size()) / page * page;
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
+}  // namespace
+
+ModelWeights load_hf(const std::string& dir, const LoadProgress& progress) {
+  const HfFolder h = open_hf(dir);
+  ModelWeights m;
+  m.config = h.config;
+  m.source = dir;
+  m.source_dtype = h.dtype;
+  m.metadata = h.metadata;
+  allocate(m);
+  std::vector<Job> jobs;
+  for_each_tensor(m, [&](const TensorRef& t) { add_jobs(h, t, jobs); });
   run_jobs(jobs, progress);
   return m;
+}
+
+struct CheckpointReader::Impl {
+  std::string source;
+  HfFolder hf;                       // a Hugging Face folder, read tensor by tensor, or
+  std::unique_ptr<ModelWeights> whole;  // a llama2.c file, loaded whole (its layout is by tensor kind)
+};
+
+CheckpointReader::CheckpointReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  impl_->source = path;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(path, "no such file or folder");
+  const fs::path p(path);
+  const std::string name = p.filename().string();
+  if (fs::is_directory(path, ec)) {
+    impl_->hf = open_hf(path);
+  } else if (name == "config.json" || name == kSingleName || name == kIndexName || is_shard_name(name)) {
+    impl_->hf = open_hf((p.has_parent_path() ? p.parent_path() : fs::path(".")).string());
+  } else if (p.extension() == ".bin") {
+    impl_->whole = std::make_unique<ModelWeights>(load_llama2c(path));
+    convert_rope_layout(*impl_->whole, RopeLayout::Half);
+  } else {
+    throw Error(path, "unknown checkpoint format (expected a llama2.c .bin or a Hugging Face folder)");
+  }
+  if (!impl_->whole && impl_->hf.config.rope_layout != RopeLayout::Half)
+    throw Error(path, "expected the Hugging Face RoPE layout");  // parse_hf_config always gives it
+}
+CheckpointReader::~CheckpointReader() = default;
+
+const ModelConfig& CheckpointReader::config() const { return impl_->whole ? impl_->whole->config : impl_->hf.config; }
+const std::string& CheckpointReader::source() const { return impl_->source; }
+DType CheckpointReader::dtype() const { return impl_->whole ? impl_->whole->source_dtype : impl_->hf.dtype; }
+
+ModelWeights CheckpointReader::float_parts() const {
+  ModelWeights m;
+  m.config = config();
+  m.source = impl_->source;
+  m.source_dtype = dtype();
+  const auto& c = m.config;
+  auto size = [](Matrix& x, int64_t r, int64_t k, bool data) {
+    x.rows = r;
+    x.cols = k;
+    x.data.assign(data ? std::size_t(r * k) : 0, 0.f);
+  };
+  size(m.tok_embeddings, c.vocab, c.hidden, true);
+  if (!c.tied_embeddings) size(m.lm_head, c.vocab, c.hidden, true);
+  m.final_norm.assign(std::size_t(c.hidden), 0.f);
+  m.layers.assign(std::size_t(c.n_layers), LayerWeights{});
+  for (auto& L : m.layers) {
+    size(L.wq, c.q_dim(), c.hidden, false);
+    size(L.wk, c.kv_dim(), c.hidden, false);
+    size(L.wv, c.kv_dim(), c.hidden, false);
+    size(L.wo, c.hidden, c.q_dim(), false);
+    size(L.w_gate, c.intermediate, c.hidden, false);
+    size(L.w_up, c.intermediate, c.hidden, false);
+    size(L.w_down, c.hidden, c.intermediate, false);
+  }
+  if (impl_->whole) {
+    const auto& w = *impl_->whole;
+    m.metadata = w.metadata;
+    m.tok_embeddings.data = w.tok_embeddings.data;
+    if (!c.tied_embeddings) m.lm_head.data = w.lm_head.data;
+    m.final_norm = w.final_norm;
+    return m;
+  }
+  m.metadata = impl_->hf.metadata;
+  std::vector<Job> jobs;
+  auto tensor = [&](const char* name, std::span<float> out) {
+    add_jobs(impl_->hf, TensorRef{name, {}, out}, jobs);
+  };
+  tensor("model.embed_tokens.weight", m.tok_embeddings.data);
+  tensor("model.norm.weight", m.final_norm);
+  if (!c.tied_embeddings) tensor("lm_head.weight", m.lm_head.data);
+  run_jobs(jobs, {});
+  for (const char* n : {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"})
+    if (auto it = impl_->hf.where.find(n); it != impl_->hf.where.end()) release(it->second.file->data(*it->second.info));
+  return m;
+}
+
+LayerWeights CheckpointReader::layer(int l) const {
+  const auto& c = config();
+  if (l < 0 || l >= c.n_layers) throw Error(impl_->source, "no layer " + std::to_string(l));
+  if (impl_->whole) return impl_->whole->layers[std::size_t(l)];
+  // A one-layer model of this config gives the layer's tensors, names and shapes.
+  ModelWeights one;
+  one.config = c;
+  one.config.n_layers = l + 1;
+  one.config.vocab = 1;
+  one.config.tied_embeddings = true;
+  one.source = impl_->source;
+  one.tok_embeddings.rows = 0;
+  one.layers.assign(std::size_t(l + 1), LayerWeights{});
+  LayerWeights& L = one.layers[std::size_t(l)];
+  auto size = [](Matrix& x, int64_t r, int64_t k) {
+    x.rows = r;
+    x.cols = k;
+    x.data.assign(std::size_t(r * k), 0.f);
+  };
+  L.attn_norm.assign(std::size_t(c.hidden), 0.f);
+  L.ffn_norm.assign(std::size_t(c.hidden), 0.f);
+  size(L.wq, c.q_dim(), c.hidden);
+  size(L.wk, c.kv_dim(), c.hidden);
+  size(L.wv, c.kv_dim(), c.hidden);
+  size(L.wo, c.hidden, c.q_dim());
+  size(L.w_gate, c.intermediate, c.hidden);
+  size(L.w_up, c.intermediate, c.hidden);
+  size(L.w_down, c.hidden, c.intermediate);
+  L.bq.assign(c.q_bias ? std::size_t(c.q_dim()) : 0, 0.f);
+  L.bk.assign(c.k_bias ? std::size_t(c.kv_dim()) : 0, 0.f);
+  L.bv.assign(c.v_bias ? std::size_t(c.kv_dim()) : 0, 0.f);
+  L.bo.assign(c.o_bias ? std::size_t(c.hidden) : 0, 0.f);
+  const std::string prefix = "model.layers." + std::to_string(l) + ".";
+  std::vector<Job> jobs;
+  std::vector<std::string> names;
+  for_each_tensor(one, [&](const TensorRef& t) {
+    if (t.name.rfind(prefix, 0) != 0) return;
+    add_jobs(impl_->hf, t, jobs);
+    names.push_back(t.name);
+  });
+  run_jobs(jobs, {});
+  for (const auto& n : names) {
+    const auto& loc = impl_->hf.where.at(n);
+    release(loc.file->data(*loc.info));
+  }
+  return std::move(L);
 }
 
 ModelWeights load_model(const std::string& path, const LoadProgress& progress) {

@@ -277,6 +277,31 @@ struct Transformer<T>::Impl {
         throw Error("forward", "token id " + std::to_string(tokens[i]) + " outside the vocabulary (" + std::to_string(V) + ")");
       x.row(i) = ConstMap<T>(embed + std::size_t(tokens[i]) * d, 1, d);
     }
+    decoder(x);
+    Mat<T> h;
+    Mat<T> last = last_only ? Mat<T>(x.bottomRows(1)) : std::move(x);
+    rmsnorm(last, final_norm, h);
+    logits.resize(std::size_t(h.rows()) * V);
+    Eigen::Map<Mat<T>>(logits.data(), h.rows(), V).noalias() = h * ConstMap<T>(cls, V, d).transpose();
+  }
+
+  void run_hidden(const T* in, int n, std::vector<T>& out) {
+    if (pos + n > max_ctx)
+      throw Error("forward", "context overflow: " + std::to_string(pos) + " cached + " + std::to_string(n) +
+                                 " new tokens > max context " + std::to_string(max_ctx));
+    Mat<T> x = ConstMap<T>(in, n, cfg.hidden);
+    try {
+      decoder(x);
+    } catch (const Stop&) {
+      out.clear();
+      return;
+    }
+    out.assign(x.data(), x.data() + x.size());
+  }
+
+  // The decoder layers on the residual stream x [n][hidden], in place; advances pos.
+  void decoder(Mat<T>& x) {
+    const int n = int(x.rows()), d = cfg.hidden;
     Mat<T> h, q, k, v, a, g, u;
     for (int l = 0; l < cfg.n_layers; ++l) {
       const Layer& L = layers[l];
@@ -310,10 +335,6 @@ struct Transformer<T>::Impl {
       call_hook(HookPoint::LayerOutput, l, x);
     }
     pos += n;
-    Mat<T> last = last_only ? Mat<T>(x.bottomRows(1)) : std::move(x);
-    rmsnorm(last, final_norm, h);
-    logits.resize(std::size_t(h.rows()) * V);
-    Eigen::Map<Mat<T>>(logits.data(), h.rows(), V).noalias() = h * ConstMap<T>(cls, V, d).transpose();
   }
 };
 
@@ -348,6 +369,12 @@ template <class T>
 void Transformer<T>::forward(std::span<const int> tokens, std::vector<T>& logits) { impl_->run(tokens, logits, false); }
 template <class T>
 void Transformer<T>::forward_last(std::span<const int> tokens, std::vector<T>& logits) { impl_->run(tokens, logits, true); }
+template <class T>
+void Transformer<T>::forward_hidden(std::span<const T> x, std::vector<T>& out) {
+  const int d = impl_->cfg.hidden;
+  if (x.size() % std::size_t(d) != 0) throw Error("forward", "hidden input is not a whole number of rows of " + std::to_string(d));
+  impl_->run_hidden(x.data(), int(x.size() / std::size_t(d)), out);
+}
 
 template class Transformer<float>;
 template class Transformer<double>;

@@ -15,6 +15,17 @@ uint64_t peak_rss_bytes() {
   return uint64_t(u.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
+uint64_t available_memory_bytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  uint64_t kib = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %lu kB", &kib) == 1) break;
+  std::fclose(f);
+  return kib * 1024;
+}
+
 ProgressMode parse_progress_mode(const std::string& s) {
   if (s == "auto") return ProgressMode::Auto;
   if (s == "bar") return ProgressMode::Bar;

@@ -115,6 +115,31 @@ void for_each_tensor(const ModelWeights& m, const std::function<void(const Tenso
   visit(m, fn);
 }
 
+std::vector<std::pair<std::string, std::vector<int64_t>>> tensor_shapes(const ModelConfig& c) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> t;
+  const int64_t d = c.hidden, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate;
+  t.push_back({"model.embed_tokens.weight", {c.vocab, d}});
+  for (int i = 0; i < c.n_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    t.push_back({p + "input_layernorm.weight", {d}});
+    t.push_back({p + "self_attn.q_proj.weight", {q, d}});
+    if (c.q_bias) t.push_back({p + "self_attn.q_proj.bias", {q}});
+    t.push_back({p + "self_attn.k_proj.weight", {kv, d}});
+    if (c.k_bias) t.push_back({p + "self_attn.k_proj.bias", {kv}});
+    t.push_back({p + "self_attn.v_proj.weight", {kv, d}});
+    if (c.v_bias) t.push_back({p + "self_attn.v_proj.bias", {kv}});
+    t.push_back({p + "self_attn.o_proj.weight", {d, q}});
+    if (c.o_bias) t.push_back({p + "self_attn.o_proj.bias", {d}});
+    t.push_back({p + "post_attention_layernorm.weight", {d}});
+    t.push_back({p + "mlp.gate_proj.weight", {f, d}});
+    t.push_back({p + "mlp.up_proj.weight", {f, d}});
+    t.push_back({p + "mlp.down_proj.weight", {d, f}});
+  }
+  t.push_back({"model.norm.weight", {d}});
+  if (!c.tied_embeddings) t.push_back({"lm_head.weight", {c.vocab, d}});
+  return t;
+}
+
 int64_t parameter_count(const ModelWeights& m) {
   int64_t n = 0;
   for_each_tensor(m, [&](const TensorRef& t) { n += static_cast<int64_t>(t.data.size()); });

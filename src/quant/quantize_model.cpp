@@ -4,6 +4,7 @@
 
 #include "quarot/detail/eigen.hpp"
 #include "quarot/detail/rng.hpp"
+#include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/tokenizer.hpp"
@@ -134,32 +135,151 @@ double rel_error(const Matrix& w, const std::vector<float>& q) {
   return den > 0 ? std::sqrt(num / den) : 0.0;
 }
 
-// H = 2/N sum x x^T of the activations at (layer, point), over all calibration windows, with the
-// model as it is now (earlier modules already quantized).
-std::vector<double> collect_hessian(const ModelWeights& m, const OnlineTransforms& online, int layer, HookPoint point,
-                                    const std::vector<std::vector<int>>& calib, int width) {
-  using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  MatD h = MatD::Zero(width, width);
-  double tokens = 0;
-  int max_len = 1;
-  for (const auto& w : calib) max_len = std::max(max_len, int(w.size()));
-  Transformer<float> model(m, max_len);
-  ForwardHook<float> collect = [&](HookPoint p, int l, const ActivationView<float>& v) {
-    if (l != layer || p != point) return;
-    const MatD x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data, v.rows, v.cols)
-                       .cast<double>();
-    h.noalias() += x.transpose() * x;
-    tokens += v.rows;
-  };
-  model.set_hook(online.empty() ? collect : online_hook<float>(online, collect));
-  model.set_stop_after(layer, point);
-  std::vector<float> logits;
-  for (const auto& w : calib) {
-    model.reset();
-    model.forward(w, logits);
+
+}  // namespace
+
+namespace {
+
+// The classifier (cfg.classifier_bits < 16): RTN per output channel, untied first.
+void quantize_classifier(ModelWeights& m, const QuantConfig& cfg, std::vector<ModuleQuantStats>& stats) {
+  if (cfg.classifier_bits >= 16) return;
+  if (cfg.classifier_bits < 2 || cfg.classifier_bits > 8) throw Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
+  if (m.config.tied_embeddings) {
+    m.lm_head = m.tok_embeddings;  // the embeddings stay float: the classifier gets its own copy
+    m.config.tied_embeddings = false;
   }
-  h *= 2.0 / std::max(1.0, tokens);
-  return std::vector<double>(h.data(), h.data() + h.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  WeightQuantOptions o{{cfg.classifier_bits, true}, 0, true};
+  const auto q = quantize_rtn(m.lm_head.data.data(), m.lm_head.rows, m.lm_head.cols, o);
+  ModuleQuantStats s{-1, "lm_head", rel_error(m.lm_head, q.dequantized)};
+  std::copy(q.dequantized.begin(), q.dequantized.end(), m.lm_head.data.begin());
+  s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  stats.push_back(s);
+}
+
+struct Module {
+  const char* name;
+  Matrix LayerWeights::*w;
+  LinearModule id;
+};
+// The reference's sequential order: [k, v, q] share one input, then [o], [up, gate], [down].
+struct Group {
+  HookPoint point;
+  std::vector<Module> modules;
+};
+const std::vector<Group>& module_groups() {
+  static const std::vector<Group> groups = {
+      {HookPoint::QkvInput,
+       {{"k_proj", &LayerWeights::wk, LinearModule::K}, {"v_proj", &LayerWeights::wv, LinearModule::V}, {"q_proj", &LayerWeights::wq, LinearModule::Q}}},
+      {HookPoint::OProjInput, {{"o_proj", &LayerWeights::wo, LinearModule::O}}},
+      {HookPoint::GateUpInput, {{"up_proj", &LayerWeights::w_up, LinearModule::Up}, {"gate_proj", &LayerWeights::w_gate, LinearModule::Gate}}},
+      {HookPoint::DownProjInput, {{"down_proj", &LayerWeights::w_down, LinearModule::Down}}}};
+  return groups;
+}
+
+// Quantizes layer l's linears group by group; `hessian(point, width)` gives a group's input
+// Hessian with the layer as quantized so far (GPTQ only).
+using HessianSource = std::function<std::vector<double>(HookPoint, int width)>;
+void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg, const HessianSource& hessian,
+                    const QuantProgress& progress, const QuantizedSink& sink, std::vector<ModuleQuantStats>& stats) {
+  for (const auto& g : module_groups()) {
+    std::vector<double> h;
+    if (cfg.method == WeightMethod::Gptq) h = hessian(g.point, int((L.*(g.modules[0].w)).cols));
+    for (const auto& mod : g.modules) {
+      if (progress) progress(l, n_layers, mod.name);
+      Matrix& w = L.*(mod.w);
+      const auto t0 = std::chrono::steady_clock::now();
+      ModuleQuantStats s{l, mod.name, 0};
+      QuantizedMatrix q;
+      if (cfg.method == WeightMethod::Rtn) {
+        q = quantize_rtn(w.data.data(), w.rows, w.cols, cfg.gptq.weights);
+      } else {
+        auto r = gptq_quantize(w.data.data(), w.rows, w.cols, h, cfg.gptq);
+        s.gptq_loss = r.loss;
+        s.damp_used = r.damp_used;
+        s.dead_inputs = r.dead_inputs;
+        q = std::move(r.q);
+      }
+      s.rel_weight_error = rel_error(w, q.dequantized);
+      if (sink) sink(l, mod.id, q, w);
+      std::copy(q.dequantized.begin(), q.dequantized.end(), w.data.begin());
+      s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      stats.push_back(s);
+    }
+  }
+}
+
+// Quantizes the decoder layer by layer: take(l) gives layer l (rotated), it is quantized group by
+// group, then put(l, layer) takes it back. GPTQ's Hessians come from the calibration windows'
+// residual stream carried from layer to layer through the layers as quantized (each layer run
+// alone, from hidden states): the arithmetic of a whole-model forward stopped at that layer, so
+// the same Hessians as recomputing from the embeddings, at the cost of one pass per layer.
+void quantize_layer_by_layer(const ModelConfig& c, const Matrix& embeddings, const OnlineTransforms& online, const QuantConfig& cfg,
+                             const std::vector<std::vector<int>>& calib, const std::function<LayerWeights(int)>& take,
+                             const std::function<void(int, LayerWeights&&)>& put, const QuantProgress& progress,
+                             const QuantizedSink& sink, std::vector<ModuleQuantStats>& stats) {
+  const bool gptq = cfg.method == WeightMethod::Gptq;
+  if (gptq && calib.empty()) throw Error("--calib", "GPTQ needs calibration tokens");
+  std::vector<std::vector<float>> xs;
+  int max_len = 1;
+  if (gptq) {
+    for (const auto& w : calib) {
+      std::vector<float> x(w.size() * std::size_t(c.hidden));
+      for (std::size_t i = 0; i < w.size(); ++i) {
+        if (w[i] < 0 || w[i] >= c.vocab) throw Error("--calib", "token id " + std::to_string(w[i]) + " outside the vocabulary");
+        std::copy(embeddings.row(w[i]), embeddings.row(w[i]) + c.hidden, x.begin() + std::ptrdiff_t(i) * c.hidden);
+      }
+      xs.push_back(std::move(x));
+      max_len = std::max(max_len, int(w.size()));
+    }
+  }
+  for (int l = 0; l < c.n_layers; ++l) {
+    // This layer alone as a one-layer model: transformers over it read its weights in place,
+    // so they see each module as soon as it is quantized.
+    ModelWeights one;
+    one.config = c;
+    one.config.n_layers = 1;
+    one.config.tied_embeddings = true;
+    one.tok_embeddings.rows = c.vocab;
+    one.tok_embeddings.cols = c.hidden;
+    one.final_norm.assign(std::size_t(c.hidden), 1.f);
+    one.layers.push_back(take(l));
+    LayerWeights& L = one.layers.front();
+    HessianSource hessian = [&](HookPoint point, int width) {
+      using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+      MatD h = MatD::Zero(width, width);
+      double tokens = 0;
+      Transformer<float> model(one, max_len);
+      ForwardHook<float> collect = [&](HookPoint p, int, const ActivationView<float>& v) {
+        if (p != point) return;
+        const MatD x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data, v.rows, v.cols)
+                           .cast<double>();
+        h.noalias() += x.transpose() * x;
+        tokens += v.rows;
+      };
+      model.set_hook(online.empty() ? collect : online_hook<float>(online, collect));
+      model.set_stop_after(0, point);
+      std::vector<float> out;
+      for (const auto& x : xs) {
+        model.reset();
+        model.forward_hidden(x, out);
+      }
+      h *= 2.0 / std::max(1.0, tokens);
+      return std::vector<double>(h.data(), h.data() + h.size());
+    };
+    quantize_layer(L, l, c.n_layers, cfg, hessian, progress, sink, stats);
+    if (gptq && l + 1 < c.n_layers) {  // the next layer's inputs, through this quantized layer
+      Transformer<float> model(one, max_len);
+      if (!online.empty()) model.set_hook(online_hook<float>(online));
+      std::vector<float> out;
+      for (auto& x : xs) {
+        model.reset();
+        model.forward_hidden(x, out);
+        x.swap(out);
+      }
+    }
+    put(l, std::move(L));
+  }
 }
 
 }  // namespace
@@ -168,68 +288,58 @@ std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTran
                                                const std::vector<std::vector<int>>& calib, const QuantProgress& progress,
                                                const QuantizedSink& sink) {
   std::vector<ModuleQuantStats> stats;
-  if (cfg.classifier_bits < 16) {
-    if (cfg.classifier_bits < 2 || cfg.classifier_bits > 8) throw Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
-    if (m.config.tied_embeddings) {
-      m.lm_head = m.tok_embeddings;  // the embeddings stay float: the classifier gets its own copy
-      m.config.tied_embeddings = false;
-    }
-    const auto t0 = std::chrono::steady_clock::now();
-    WeightQuantOptions o{{cfg.classifier_bits, true}, 0, true};
-    const auto q = quantize_rtn(m.lm_head.data.data(), m.lm_head.rows, m.lm_head.cols, o);
-    ModuleQuantStats s{-1, "lm_head", rel_error(m.lm_head, q.dequantized)};
-    std::copy(q.dequantized.begin(), q.dequantized.end(), m.lm_head.data.begin());
-    s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    stats.push_back(s);
-  }
+  quantize_classifier(m, cfg, stats);
   if (cfg.method == WeightMethod::None) return stats;
-  if (cfg.method == WeightMethod::Gptq && calib.empty()) throw Error("--calib", "GPTQ needs calibration tokens");
-  struct Module {
-    const char* name;
-    Matrix LayerWeights::*w;
-    LinearModule id;
-  };
-  // The reference's sequential order: [k, v, q] share one input, then [o], [up, gate], [down].
-  struct Group {
-    HookPoint point;
-    std::vector<Module> modules;
-  };
-  const std::vector<Group> groups = {
-      {HookPoint::QkvInput,
-       {{"k_proj", &LayerWeights::wk, LinearModule::K}, {"v_proj", &LayerWeights::wv, LinearModule::V}, {"q_proj", &LayerWeights::wq, LinearModule::Q}}},
-      {HookPoint::OProjInput, {{"o_proj", &LayerWeights::wo, LinearModule::O}}},
-      {HookPoint::GateUpInput, {{"up_proj", &LayerWeights::w_up, LinearModule::Up}, {"gate_proj", &LayerWeights::w_gate, LinearModule::Gate}}},
-      {HookPoint::DownProjInput, {{"down_proj", &LayerWeights::w_down, LinearModule::Down}}}};
-  for (int l = 0; l < m.config.n_layers; ++l) {
-    for (const auto& g : groups) {
-      std::vector<double> h;
-      if (cfg.method == WeightMethod::Gptq) {
-        const int width = int((m.layers[l].*(g.modules[0].w)).cols);
-        h = collect_hessian(m, online, l, g.point, calib, width);
-      }
-      for (const auto& mod : g.modules) {
-        if (progress) progress(l, m.config.n_layers, mod.name);
-        Matrix& w = m.layers[l].*(mod.w);
-        const auto t0 = std::chrono::steady_clock::now();
-        ModuleQuantStats s{l, mod.name, 0};
-        QuantizedMatrix q;
-        if (cfg.method == WeightMethod::Rtn) {
-          q = quantize_rtn(w.data.data(), w.rows, w.cols, cfg.gptq.weights);
-        } else {
-          auto r = gptq_quantize(w.data.data(), w.rows, w.cols, h, cfg.gptq);
-          s.gptq_loss = r.loss;
-          s.damp_used = r.damp_used;
-          s.dead_inputs = r.dead_inputs;
-          q = std::move(r.q);
-        }
-        s.rel_weight_error = rel_error(w, q.dequantized);
-        if (sink) sink(l, mod.id, q, w);
-        std::copy(q.dequantized.begin(), q.dequantized.end(), w.data.begin());
-        s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        stats.push_back(s);
-      }
-    }
+  // Each layer is moved out while it is quantized and moved back (no copy).
+  quantize_layer_by_layer(
+      m.config, m.tok_embeddings, online, cfg, calib, [&](int l) { return std::move(m.layers[std::size_t(l)]); },
+      [&](int l, LayerWeights&& L) { m.layers[std::size_t(l)] = std::move(L); }, progress, sink, stats);
+  return stats;
+}
+
+// ---------------------------------------------------------------- streaming
+
+StreamingQuantizer::StreamingQuantizer(const CheckpointReader& src, const QuantConfig& cfg) : src_(src), cfg_(cfg) {
+  model_ = src.float_parts();
+  model_.source = src.source();
+  if (cfg.rotate) {
+    if (cfg.rotation.r1 && !cfg.rotation.fuse_norms)
+      throw Error("--rotate", "R1 needs the RMSNorm scales fused first (a rotation does not commute with them)");
+    untie_for_rotation(model_, cfg.rotation, &rotation_);
+    if (cfg.rotation.center_embeddings) center_embeddings(model_.tok_embeddings, &rotation_);
+    rotator_ = std::make_unique<Rotator>(model_.config, cfg.rotation, &rotation_);
+    rotator_->rotate_embeddings(model_.tok_embeddings);
+    rotator_->rotate_classifier(model_.lm_head, model_.final_norm);
+    online_ = rotator_->online();
+    record_rotation(model_, cfg.rotation, online_);
   }
+  quantize_classifier(model_, cfg, stats_);
+}
+StreamingQuantizer::~StreamingQuantizer() = default;
+
+std::vector<ModuleQuantStats> StreamingQuantizer::run(const std::vector<std::vector<int>>& calib, const QuantProgress& progress,
+                                                      const QuantizedSink& sink, const LayerDone& layer_done) {
+  if (cfg_.method == WeightMethod::None) throw Error("--w-method", "streaming needs quantized weights (rtn or gptq)");
+  std::vector<ModuleQuantStats> stats = stats_;
+  quantize_layer_by_layer(
+      model_.config, model_.tok_embeddings, online_, cfg_, calib,
+      [&](int l) {
+        LayerWeights L = src_.layer(l);
+        if (rotator_) rotator_->rotate_layer(L);
+        return L;
+      },
+      [&](int l, LayerWeights&& L) {
+        // Keep the float parts (fused norms, rotated biases) for the writer; drop the weights.
+        LayerWeights& keep = model_.layers[std::size_t(l)];
+        keep.attn_norm = std::move(L.attn_norm);
+        keep.ffn_norm = std::move(L.ffn_norm);
+        keep.bq = std::move(L.bq);
+        keep.bk = std::move(L.bk);
+        keep.bv = std::move(L.bv);
+        keep.bo = std::move(L.bo);
+        if (layer_done) layer_done(l, model_.config.n_layers);
+      },
+      progress, sink, stats);
   return stats;
 }
 

@@ -121,116 +121,152 @@ std::string OnlineTransforms::describe() const {
   return o.str();
 }
 
-OnlineTransforms rotate_model(ModelWeights& m, const RotationOptions& opts, RotationReport* report) {
-  auto& c = m.config;
+struct Rotator::Impl {
+  ModelConfig c;
+  RotationOptions opts;
+  RightOp q1;  // R1
+  std::shared_ptr<const Hadamard> h_head, h_heads, h_inter;
+  OnlineTransforms online;
+};
+
+Rotator::Rotator(const ModelConfig& c, const RotationOptions& opts, RotationReport* report) : impl_(std::make_unique<Impl>()) {
   if (opts.r1 && !opts.fuse_norms)
     throw Error("--rotate", "R1 needs the RMSNorm scales fused first (a rotation does not commute with them)");
-  auto log = [&](const std::string& s) {
-    if (report) report->steps.push_back(s);
-  };
+  auto& I = *impl_;
+  I.c = c;
+  I.opts = opts;
   const int d = c.hidden, hd = c.head_dim, f = c.intermediate;
-
-  if ((opts.fuse_norms || opts.r1) && c.tied_embeddings) {
-    m.lm_head = m.tok_embeddings;  // the classifier gets its own copy before either changes
-    c.tied_embeddings = false;
-    log("untied the embeddings (classifier copied)");
-  }
-  if (opts.center_embeddings) {
-    for (int64_t v = 0; v < m.tok_embeddings.rows; ++v) {
-      float* row = m.tok_embeddings.row(v);
-      double mean = 0;
-      for (int i = 0; i < d; ++i) mean += row[i];
-      mean /= d;
-      for (int i = 0; i < d; ++i) row[i] = float(row[i] - mean);
-    }
-    log("centred the embedding rows (not exact for RMSNorm)");
-  }
-
-  RightOp q1;  // R1
   if (opts.r1) {
-    q1.n = d;
+    I.q1.n = d;
     if (opts.r1_kind == R1Kind::Hadamard) {
       uint64_t st = opts.seed ^ 0x5231ull;  // "R1"
       detail::Rng rng(detail::splitmix64(st));
-      q1.signs.resize(d);
-      for (auto& s : q1.signs) s = rng.sign();
-      q1.h = make_h(d, opts.seed, report, "R1 randomized Hadamard (residual)");
+      I.q1.signs.resize(d);
+      for (auto& s : I.q1.signs) s = rng.sign();
+      I.q1.h = make_h(d, opts.seed, report, "R1 randomized Hadamard (residual)");
     } else {
-      q1.dense = random_orthogonal(d, opts.seed ^ 0x52616e64ull);
-      log("R1 random orthogonal (residual, " + std::to_string(d) + ", seed " + std::to_string(opts.seed) + ")");
+      I.q1.dense = random_orthogonal(d, opts.seed ^ 0x52616e64ull);
+      if (report) report->steps.push_back("R1 random orthogonal (residual, " + std::to_string(d) + ", seed " + std::to_string(opts.seed) + ")");
     }
   }
-  OnlineTransforms online;
-  online.n_heads = c.n_heads;
-  online.head_dim = hd;
-  std::shared_ptr<const Hadamard> h_head, h_heads, h_inter;
-  if (opts.r2 || opts.r3) h_head = make_h(hd, opts.seed, report, "per-head Hadamard (R2/R3)");
-  if (opts.r2 && opts.r2_online_cross_head) h_heads = make_h(c.n_heads, opts.seed, report, "cross-head Hadamard (R2, online)");
-  if (opts.r4) h_inter = make_h(f, opts.seed, report, "R4 Hadamard (down_proj input, online)");
+  I.online.n_heads = c.n_heads;
+  I.online.head_dim = hd;
+  if (opts.r2 || opts.r3) I.h_head = make_h(hd, opts.seed, report, "per-head Hadamard (R2/R3)");
+  if (opts.r2 && opts.r2_online_cross_head) I.h_heads = make_h(c.n_heads, opts.seed, report, "cross-head Hadamard (R2, online)");
+  if (opts.r4) I.h_inter = make_h(f, opts.seed, report, "R4 Hadamard (down_proj input, online)");
+  I.online.r3 = opts.r3 ? I.h_head : nullptr;
+  I.online.r4 = I.h_inter;
+  I.online.cross_head = I.h_heads;
+}
+Rotator::~Rotator() = default;
+const OnlineTransforms& Rotator::online() const { return impl_->online; }
 
-  // The embedding (rows are residual vectors).
-  if (opts.r1) {
-    Work e(m.tok_embeddings);
-    e.right(q1);
+void Rotator::rotate_embeddings(Matrix& tok_embeddings) const {
+  if (impl_->opts.r1) {
+    Work e(tok_embeddings);
+    e.right(impl_->q1);
   }
-  for (auto& L : m.layers) {
-    {  // q, k, v read the attention norm's output.
-      for (Matrix* w : {&L.wq, &L.wk, &L.wv}) {
-        Work x(*w);
-        if (opts.fuse_norms) x.scale_columns(L.attn_norm);
-        if (opts.r1) x.right(q1);
-        if (w == &L.wv && opts.r2) {
-          // Per KV head: the head's block of rows gets H^T from the left.
-          for (int kvh = 0; kvh < c.n_kv_heads; ++kvh) h_head->left_transpose(x.d.data() + std::size_t(kvh) * hd * w->cols, w->cols);
-        }
-      }
-      if (opts.r2 && !L.bv.empty()) {
-        auto b = to_double(L.bv.data(), L.bv.size());
-        h_head->right(b.data(), c.n_kv_heads, hd);
-        from_double(b, L.bv.data());
-      }
-    }
-    {  // o_proj: input side gets (I (x) H_hd)(H_heads (x) I); output side Q^T.
-      Work o(L.wo);
-      if (opts.r2) {
-        o.right_segments(*h_head, hd);
-        if (h_heads) cross_head(*h_heads, o.d.data(), int(L.wo.rows), c.n_heads, hd);
-      }
-      if (opts.r1) o.left_transpose(q1);
-    }
-    if (opts.r1 && !L.bo.empty()) right_vec(L.bo, q1);
-    for (Matrix* w : {&L.w_gate, &L.w_up}) {
+}
+
+void Rotator::rotate_layer(LayerWeights& L) const {
+  const auto& I = *impl_;
+  const auto& opts = I.opts;
+  const auto& c = I.c;
+  const int hd = c.head_dim, f = c.intermediate;
+  {  // q, k, v read the attention norm's output.
+    for (Matrix* w : {&L.wq, &L.wk, &L.wv}) {
       Work x(*w);
-      if (opts.fuse_norms) x.scale_columns(L.ffn_norm);
-      if (opts.r1) x.right(q1);
+      if (opts.fuse_norms) x.scale_columns(L.attn_norm);
+      if (opts.r1) x.right(I.q1);
+      if (w == &L.wv && opts.r2) {
+        // Per KV head: the head's block of rows gets H^T from the left.
+        for (int kvh = 0; kvh < c.n_kv_heads; ++kvh) I.h_head->left_transpose(x.d.data() + std::size_t(kvh) * hd * w->cols, w->cols);
+      }
     }
-    {
-      Work x(L.w_down);
-      if (opts.r4) x.right_segments(*h_inter, f);
-      if (opts.r1) x.left_transpose(q1);
+    if (opts.r2 && !L.bv.empty()) {
+      auto b = to_double(L.bv.data(), L.bv.size());
+      I.h_head->right(b.data(), c.n_kv_heads, hd);
+      from_double(b, L.bv.data());
     }
-    if (opts.fuse_norms) {
-      std::fill(L.attn_norm.begin(), L.attn_norm.end(), 1.f);
-      std::fill(L.ffn_norm.begin(), L.ffn_norm.end(), 1.f);
+  }
+  {  // o_proj: input side gets (I (x) H_hd)(H_heads (x) I); output side Q^T.
+    Work o(L.wo);
+    if (opts.r2) {
+      o.right_segments(*I.h_head, hd);
+      if (I.h_heads) cross_head(*I.h_heads, o.d.data(), int(L.wo.rows), c.n_heads, hd);
     }
+    if (opts.r1) o.left_transpose(I.q1);
+  }
+  if (opts.r1 && !L.bo.empty()) right_vec(L.bo, I.q1);
+  for (Matrix* w : {&L.w_gate, &L.w_up}) {
+    Work x(*w);
+    if (opts.fuse_norms) x.scale_columns(L.ffn_norm);
+    if (opts.r1) x.right(I.q1);
   }
   {
-    Work x(m.lm_head);
-    if (opts.fuse_norms) x.scale_columns(m.final_norm);
-    if (opts.r1) x.right(q1);
+    Work x(L.w_down);
+    if (opts.r4) x.right_segments(*I.h_inter, f);
+    if (opts.r1) x.left_transpose(I.q1);
   }
   if (opts.fuse_norms) {
-    std::fill(m.final_norm.begin(), m.final_norm.end(), 1.f);
-    log("fused the RMSNorm scales into q/k/v, gate/up and the classifier");
+    std::fill(L.attn_norm.begin(), L.attn_norm.end(), 1.f);
+    std::fill(L.ffn_norm.begin(), L.ffn_norm.end(), 1.f);
   }
+}
+
+void Rotator::rotate_classifier(Matrix& lm_head, std::vector<float>& final_norm) const {
+  {
+    Work x(lm_head);
+    if (impl_->opts.fuse_norms) x.scale_columns(final_norm);
+    if (impl_->opts.r1) x.right(impl_->q1);
+  }
+  if (impl_->opts.fuse_norms) std::fill(final_norm.begin(), final_norm.end(), 1.f);
+}
+
+void Rotator::finish_report(RotationReport* report) const {
+  if (!report) return;
+  const auto& opts = impl_->opts;
+  auto log = [&](const std::string& s) { report->steps.push_back(s); };
+  if (opts.fuse_norms) log("fused the RMSNorm scales into q/k/v, gate/up and the classifier");
   if (opts.r1) log("R1 absorbed: embedding, q/k/v/gate/up/classifier inputs, o/down outputs");
-  if (opts.r2) log(std::string("R2 absorbed: v_proj rows per KV head, o_proj input") + (h_heads ? " (cross-head factor online)" : ""));
+  if (opts.r2) log(std::string("R2 absorbed: v_proj rows per KV head, o_proj input") + (impl_->h_heads ? " (cross-head factor online)" : ""));
   if (opts.r4) log("R4: H^T absorbed into down_proj, H online on its input");
   if (opts.r3) log("R3: online per-head Hadamard on queries and keys after RoPE");
-  online.r3 = opts.r3 ? h_head : nullptr;
-  online.r4 = h_inter;
-  online.cross_head = h_heads;
-  return online;
+}
+
+bool untie_for_rotation(ModelWeights& m, const RotationOptions& opts, RotationReport* report) {
+  if ((opts.fuse_norms || opts.r1) && m.config.tied_embeddings) {
+    m.lm_head = m.tok_embeddings;  // the classifier gets its own copy before either changes
+    m.config.tied_embeddings = false;
+    if (report) report->steps.push_back("untied the embeddings (classifier copied)");
+    return true;
+  }
+  return false;
+}
+
+void center_embeddings(Matrix& tok_embeddings, RotationReport* report) {
+  const int64_t d = tok_embeddings.cols;
+  for (int64_t v = 0; v < tok_embeddings.rows; ++v) {
+    float* row = tok_embeddings.row(v);
+    double mean = 0;
+    for (int64_t i = 0; i < d; ++i) mean += row[i];
+    mean /= double(d);
+    for (int64_t i = 0; i < d; ++i) row[i] = float(row[i] - mean);
+  }
+  if (report) report->steps.push_back("centred the embedding rows (not exact for RMSNorm)");
+}
+
+OnlineTransforms rotate_model(ModelWeights& m, const RotationOptions& opts, RotationReport* report) {
+  if (opts.r1 && !opts.fuse_norms)
+    throw Error("--rotate", "R1 needs the RMSNorm scales fused first (a rotation does not commute with them)");
+  untie_for_rotation(m, opts, report);
+  if (opts.center_embeddings) center_embeddings(m.tok_embeddings, report);
+  const Rotator r(m.config, opts, report);
+  r.rotate_embeddings(m.tok_embeddings);
+  for (auto& L : m.layers) r.rotate_layer(L);
+  r.rotate_classifier(m.lm_head, m.final_norm);
+  r.finish_report(report);
+  return r.online();
 }
 
 void record_rotation(ModelWeights& m, const RotationOptions& opts, const OnlineTransforms& online) {

@@ -1,0 +1,224 @@
+// The streaming pipeline (one decoder layer at a time from the memory-mapped input) against the
+// whole-model pipeline: the same packed file, byte for byte, for RTN and GPTQ, rotated or not,
+// tied or untied, bf16 shards; the reader's validation; forward_hidden against forward.
+// Eigen first: detail/eigen.hpp silences GCC 12 false positives inside it.
+#include "quarot/detail/eigen.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "quarot/checkpoint.hpp"
+#include "quarot/error.hpp"
+#include "quarot/packed.hpp"
+#include "quarot/quantize.hpp"
+#include "quarot/synth.hpp"
+#include "test_support.hpp"
+
+using namespace quarot;
+using namespace quarot::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::vector<int>> calib_windows(int vocab) {
+  std::vector<std::vector<int>> c;
+  for (int w = 0; w < 3; ++w) {
+    std::vector<int> t = {1};
+    for (int i = 1; i < 20; ++i) t.push_back(3 + (i * 31 + w * 17) % (vocab - 3));
+    c.push_back(t);
+  }
+  return c;
+}
+
+// The whole-model pipeline of quarot-quantize (load, rotate, quantize, pack).
+void pack_whole(const std::string& in, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib, const std::string& out) {
+  auto m = load_model(in);
+  convert_rope_layout(m, RopeLayout::Half);
+  OnlineTransforms online;
+  if (cfg.rotate) {
+    online = rotate_model(m, cfg.rotation);
+    record_rotation(m, cfg.rotation, online);
+  }
+  PackedWriter w(m, make_pack_recipe(cfg));
+  quantize_weights(m, online, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { w.add(l, mod, q); });
+  w.write(out);
+}
+
+void pack_streamed(const std::string& in, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib, const std::string& out) {
+  const CheckpointReader src(in);
+  StreamingQuantizer sq(src, cfg);
+  PackedWriter w(sq.model(), make_pack_recipe(cfg));
+  int layers_done = 0;
+  sq.run(calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { w.add(l, mod, q); },
+         [&](int, int) { ++layers_done; });
+  EXPECT_EQ(layers_done, src.config().n_layers);
+  w.write(out);
+}
+
+}  // namespace
+
+TEST(Stream, ForwardHiddenIsTheDecoderOfForward) {
+  SynthSpec s = synth_preset("tiny");
+  s.config.vocab = 64;
+  const auto m = make_synthetic(s);
+  Transformer<float> a(m, 16), b(m, 16);
+  std::vector<int> t = {1, 5, 9, 33, 12};
+  std::vector<float> la, x, out;
+  std::vector<float> hooked;
+  a.set_hook([&](HookPoint p, int l, const ActivationView<float>& v) {
+    if (p == HookPoint::LayerOutput && l == m.config.n_layers - 1) hooked.assign(v.data, v.data + std::size_t(v.rows) * v.cols);
+  });
+  a.forward(t, la);
+  for (int tok : t) x.insert(x.end(), m.tok_embeddings.row(tok), m.tok_embeddings.row(tok) + m.config.hidden);
+  b.forward_hidden(x, out);
+  EXPECT_EQ(out, hooked);  // bit for bit
+  EXPECT_EQ(b.position(), 5);
+  EXPECT_THROW(b.forward_hidden(std::span<const float>(x.data(), 3), out), Error);
+}
+
+TEST(Stream, SamePackedFileAsTheWholeModelPipeline) {
+  TempDir dir;
+  struct Case {
+    const char* preset;
+    bool rotate;
+    bool tied;
+  };
+  for (const Case k : {Case{"w4a16-rtn", true, false}, Case{"w4a16-rtn", false, true}, Case{"w4a4kv4", true, true}, Case{"w4a4kv4", false, false}}) {
+    SynthSpec s = synth_preset("tiny");
+    s.seed = 5;
+    s.config.vocab = 80;
+    s.config.tied_embeddings = k.tied;
+    const auto m = make_synthetic(s);
+    const std::string in = dir / (std::string("in-") + k.preset + (k.rotate ? "-r" : "") + (k.tied ? "-t" : ""));
+    HfWriteOptions o;
+    o.dtype = DType::BF16;
+    o.max_shard_bytes = 40000;  // several shards
+    save_hf(m, in, o);
+    ASSERT_TRUE(fs::exists(fs::path(in) / "model.safetensors.index.json"));
+    auto cfg = quant_preset(k.preset);
+    cfg.rotate = k.rotate;
+    cfg.gptq.weights.group_size = 0;
+    cfg.nsamples = 3;
+    const auto calib = calib_windows(s.config.vocab);
+    const std::string a = dir / "whole.q4.safetensors", b = dir / "stream.q4.safetensors";
+    pack_whole(in, cfg, calib, a);
+    pack_streamed(in, cfg, calib, b);
+    EXPECT_TRUE(read_bytes(a) == read_bytes(b)) << k.preset << " rotate " << k.rotate << " tied " << k.tied;
+  }
+}
+
+TEST(Stream, ReaderValidatesLikeTheLoader) {
+  TempDir dir;
+  SynthSpec s = synth_preset("tiny");
+  s.config.vocab = 64;
+  const auto m = make_synthetic(s);
+  const std::string in = dir / "m";
+  save_hf(m, in);
+  const CheckpointReader r(in);
+  EXPECT_EQ(r.config().n_layers, m.config.n_layers);
+  const auto L = r.layer(1);
+  EXPECT_TRUE(L.w_down.data == m.layers[1].w_down.data);
+  EXPECT_EQ(L.attn_norm, m.layers[1].attn_norm);
+  const auto f = r.float_parts();
+  EXPECT_TRUE(f.tok_embeddings.data == m.tok_embeddings.data);
+  EXPECT_TRUE(f.layers[0].wq.data.empty());
+  EXPECT_EQ(f.layers[0].wq.rows, m.layers[0].wq.rows);
+  EXPECT_THROW(r.layer(m.config.n_layers), Error);
+  EXPECT_THROW(CheckpointReader(dir / "missing"), Error);
+  // A tensor missing from the file is reported when opening, naming it.
+  auto cut = m;
+  cut.config.n_layers = 1;
+  cut.layers.resize(1);
+  save_hf(cut, dir / "cut");
+  write_bytes(dir / "cut/config.json", read_bytes(dir / "m/config.json"));  // claims more layers than the file has
+  try {
+    CheckpointReader bad(dir / "cut");
+    FAIL() << "missing tensors not caught";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing tensor 'model.layers.1."), std::string::npos) << e.what();
+  }
+  // The shapes table matches the allocated model's tensors.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> seen;
+  for_each_tensor(m, [&](const TensorRef& t) { seen.push_back({t.name, t.shape}); });
+  EXPECT_EQ(seen, tensor_shapes(m.config));
+}
+
+// GPTQ's Hessians come from calibration activations carried layer to layer; the reference
+// recomputes them with the whole model from the embeddings for every group (the original
+// implementation). Same quantized weights, bit for bit.
+TEST(Stream, CarriedActivationsGiveTheSameGptqAsWholeModelForwards) {
+  SynthSpec s = synth_preset("tiny");
+  s.seed = 9;
+  s.config.vocab = 72;
+  auto m = make_synthetic(s);
+  auto cfg = quant_preset("w4a4kv4");
+  cfg.gptq.weights.group_size = 0;
+  const auto online = rotate_model(m, cfg.rotation);
+  const auto calib = calib_windows(s.config.vocab);
+  auto ref = m;
+  quantize_weights(m, online, cfg, calib);
+  // The reference, module group by module group as GPTQ's reference code does.
+  const std::pair<HookPoint, std::vector<LinearModule>> groups[] = {
+      {HookPoint::QkvInput, {LinearModule::K, LinearModule::V, LinearModule::Q}},
+      {HookPoint::OProjInput, {LinearModule::O}},
+      {HookPoint::GateUpInput, {LinearModule::Up, LinearModule::Gate}},
+      {HookPoint::DownProjInput, {LinearModule::Down}}};
+  for (int l = 0; l < ref.config.n_layers; ++l)
+    for (const auto& [point, mods] : groups) {
+      const int width = int((ref.layers[std::size_t(l)].*linear_member(mods[0])).cols);
+      using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+      MatD hm = MatD::Zero(width, width);
+      double tokens = 0;
+      Transformer<float> model(ref, 32);
+      ForwardHook<float> collect = [&](HookPoint p, int layer, const ActivationView<float>& v) {
+        if (layer != l || p != point) return;
+        const MatD x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data, v.rows, v.cols)
+                           .cast<double>();
+        hm.noalias() += x.transpose() * x;
+        tokens += v.rows;
+      };
+      model.set_hook(online_hook<float>(online, collect));
+      model.set_stop_after(l, point);
+      std::vector<float> logits;
+      for (const auto& w : calib) {
+        model.reset();
+        model.forward(w, logits);
+      }
+      hm *= 2.0 / tokens;
+      const std::vector<double> h(hm.data(), hm.data() + hm.size());
+      for (LinearModule mod : mods) {
+        Matrix& w = ref.layers[std::size_t(l)].*linear_member(mod);
+        const auto r = gptq_quantize(w.data.data(), w.rows, w.cols, h, cfg.gptq);
+        std::copy(r.q.dequantized.begin(), r.q.dequantized.end(), w.data.begin());
+      }
+    }
+  std::size_t differ = 0, total = 0;
+  for (int l = 0; l < m.config.n_layers; ++l)
+    for (LinearModule mod : kLinearModules) {
+      const auto& a = (m.layers[std::size_t(l)].*linear_member(mod)).data;
+      const auto& b = (ref.layers[std::size_t(l)].*linear_member(mod)).data;
+      for (std::size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+      total += a.size();
+    }
+  EXPECT_EQ(differ, 0u) << " of " << total;
+}
+
+TEST(StreamCli, QuantizeStreamWritesTheSameFile) {
+  TempDir dir;
+  SynthSpec s = synth_preset("tiny");
+  s.config.vocab = 64;
+  HfWriteOptions o;
+  o.dtype = DType::BF16;
+  o.max_shard_bytes = 50000;
+  save_hf(make_synthetic(s), dir / "m", o);
+  const std::string in = dir / "m";
+  const auto a = run_tool("quarot-quantize", in + " --preset w4a4kv4-rtn --w-group 0 -o " + std::string(dir / "a/m.q4.safetensors") + " --progress none");
+  ASSERT_EQ(a.exit_code, 0) << a.stderr_text;
+  const auto b = run_tool("quarot-quantize", in + " --stream --preset w4a4kv4-rtn --w-group 0 -o " + std::string(dir / "b/m.q4.safetensors") +
+                                                 " --progress none");
+  ASSERT_EQ(b.exit_code, 0) << b.stderr_text;
+  EXPECT_TRUE(read_bytes(dir / "a/m.q4.safetensors") == read_bytes(dir / "b/m.q4.safetensors"));
+  EXPECT_TRUE(fs::exists(dir / "b/report.json"));
+  EXPECT_EQ(run_tool("quarot-quantize", in + " --stream --w-method none").exit_code, 2);
+}
