@@ -222,3 +222,35 @@ TEST(StreamCli, QuantizeStreamWritesTheSameFile) {
   EXPECT_TRUE(fs::exists(dir / "b/report.json"));
   EXPECT_EQ(run_tool("quarot-quantize", in + " --stream --w-method none").exit_code, 2);
 }
+
+TEST(Stream, SyntheticModelsWrittenShardByShardAreTheSameFiles) {
+  TempDir dir;
+  SynthSpec s = synth_preset("qwen2-small");  // biases, tied embeddings
+  s.config.n_layers = 2;
+  s.config.vocab = 300;
+  s.config.bos_id = 1;
+  s.config.eos_id = 2;
+  s.seed = 4;
+  HfWriteOptions o;
+  o.dtype = DType::BF16;
+  o.max_shard_bytes = 1 << 20;
+  save_hf(make_synthetic(s), dir / "whole", o);
+  const auto planted = planted_outliers(s);
+  auto cfg = s.config;
+  cfg.rope_layout = RopeLayout::Half;
+  const auto shapes = tensor_shapes(cfg);
+  save_hf_tensors(cfg, {}, dir / "streamed", o, [&](const std::string& name, FloatBuffer& scratch) {
+    for (const auto& [n, shape] : shapes)
+      if (n == name) {
+        scratch.assign(std::size_t(shape.size() == 2 ? shape[0] * shape[1] : shape[0]), 0.f);
+        synthetic_tensor(s, planted, name, shape, scratch);
+      }
+    return std::span<const float>(scratch);
+  });
+  std::size_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir / "whole")) {
+    ++files;
+    EXPECT_TRUE(read_bytes(e.path()) == read_bytes(dir / "streamed" / e.path().filename())) << e.path();
+  }
+  EXPECT_GT(files, 3u);  // config, index, shards
+}

@@ -57,20 +57,38 @@ int main(int argc, char** argv) {
     if (args.ffn_outliers >= 0) spec.ffn_outliers = args.ffn_outliers;
     const auto mode = quarot::parse_progress_mode(args.progress);
 
-    quarot::Progress gen("generate", mode);
-    const auto m = quarot::make_synthetic(spec, [&](uint64_t d, uint64_t t) { gen.update(d, t); });
-    gen.finish(args.preset + ", " + std::to_string(quarot::parameter_count(m)) + " parameters");
-
-    quarot::Progress write("write", mode);
+    // Generated shard by shard (tensor by tensor): a model larger than memory can be written.
+    spec.config.rope_layout = quarot::RopeLayout::Half;
+    const auto shapes = quarot::tensor_shapes(spec.config);
+    int64_t params = 0;
+    for (const auto& [name, shape] : shapes) {
+      int64_t n = 1;
+      for (int64_t d : shape) n *= d;
+      params += n;
+    }
+    const auto planted_now = quarot::planted_outliers(spec);
+    quarot::Progress gen("generate + write", mode);
+    uint64_t done = 0;
     quarot::HfWriteOptions opts;
     opts.dtype = dtype;
     opts.max_shard_bytes = shard_bytes;
-    quarot::save_hf(m, args.out, opts);
-    write.finish(args.out + " (" + args.dtype + ")");
+    quarot::save_hf_tensors(spec.config, {}, args.out, opts, [&](const std::string& name, quarot::FloatBuffer& scratch) {
+      std::vector<int64_t> shape;
+      for (const auto& [n, sh] : shapes)
+        if (n == name) shape = sh;
+      std::size_t count = 1;
+      for (int64_t d : shape) count *= std::size_t(d);
+      scratch.assign(count, 0.f);
+      quarot::synthetic_tensor(spec, planted_now, name, shape, scratch);
+      gen.update(++done, shapes.size(), name);
+      return std::span<const float>(scratch);
+    });
+    gen.finish(args.out + " (" + args.dtype + ", " + std::to_string(params) + " parameters)");
+    const auto m_params = params;
 
     const auto planted = quarot::planted_outliers(spec);
     std::printf("wrote %s: %s, %d layers, %lld parameters, seed %llu\n", args.out.c_str(), args.preset.c_str(),
-                spec.config.n_layers, static_cast<long long>(quarot::parameter_count(m)),
+                spec.config.n_layers, static_cast<long long>(m_params),
                 static_cast<unsigned long long>(spec.seed));
     std::printf("planted residual outlier channels:");
     for (std::size_t i = 0; i < planted.residual_channels.size(); ++i)

@@ -70,6 +70,13 @@ struct HfWriteOptions {
 // written atomically; config.json last. A model in the interleaved RoPE layout is permuted to
 // Hugging Face's layout on the way out.
 void save_hf(const ModelWeights& m, const std::string& dir, const HfWriteOptions& opts = {});
+// The same layout for tensors produced on demand, shard by shard: `tensor(name, scratch)` returns
+// each tensor of tensor_shapes(config) in fp32 (Hugging Face RoPE layout), either data it holds
+// or `scratch` filled (kept until its shard is written). A generator so holds one shard, not the
+// model (e.g. a synthetic model larger than memory).
+using TensorSource = std::function<std::span<const float>(const std::string& name, FloatBuffer& scratch)>;
+void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std::string>& metadata, const std::string& dir,
+                     const HfWriteOptions& opts, const TensorSource& tensor);
 
 // llama2.c's tokenizer.bin: int32 max_token_length, then per piece: float score, int32 length,
 // bytes. The file carries no count; it is read to its end.

@@ -6,6 +6,7 @@
 // from an integer PRNG and IEEE add/multiply only, so a seed gives the same bits everywhere.
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,11 @@ struct PlantedOutliers {
   std::vector<float> residual_scales, ffn_scales, kv_scales;
 };
 PlantedOutliers planted_outliers(const SynthSpec& spec);
+
+// One tensor of the model (name and shape as tensor_shapes gives them): what make_synthetic
+// puts there, generated alone (so a model larger than memory can be written shard by shard).
+void synthetic_tensor(const SynthSpec& spec, const PlantedOutliers& outliers, const std::string& name,
+                      const std::vector<int64_t>& shape, std::span<float> data);
 
 // Generates the model (Hugging Face RoPE layout). `progress(done, total)` counts tensors.
 ModelWeights make_synthetic(const SynthSpec& spec,

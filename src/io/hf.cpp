@@ -379,14 +379,6 @@ ModelConfig read_model_config(const std::string& path) {
 }
 
 void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOptions& opts) {
-  if (opts.dtype != DType::F32 && opts.dtype != DType::F16 && opts.dtype != DType::BF16)
-    throw Error(dir, "Hugging Face weights are written as F32, F16 or BF16, not " +
-                         std::string(dtype_name(opts.dtype)));
-  std::error_code ec;
-  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec)) throw Error(dir, "exists and is not a folder");
-  fs::create_directories(dir, ec);
-  if (ec) throw Error(dir, "cannot create folder: " + ec.message());
-
   // Hugging Face files use the rotate_half layout; permute a copy when needed.
   std::unique_ptr<ModelWeights> converted;
   const ModelWeights* m = &model;
@@ -395,33 +387,62 @@ void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOpt
     convert_rope_layout(*converted, RopeLayout::Half);
     m = converted.get();
   }
+  std::map<std::string, std::span<const float>> data;
+  for_each_tensor(*m, [&](const TensorRef& t) { data[t.name] = t.data; });
+  save_hf_tensors(m->config, m->metadata, dir, opts, [&](const std::string& name, FloatBuffer&) { return data.at(name); });
+}
 
-  std::vector<TensorToWrite> all;
-  for_each_tensor(*m, [&](const TensorRef& t) {
-    all.push_back({t.name, opts.dtype, t.shape, t.data.data(), DType::F32});
-  });
-  // Group into shards.
-  std::vector<std::vector<TensorToWrite>> shards(1);
+void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std::string>& metadata, const std::string& dir,
+                     const HfWriteOptions& opts, const TensorSource& tensor) {
+  if (opts.dtype != DType::F32 && opts.dtype != DType::F16 && opts.dtype != DType::BF16)
+    throw Error(dir, "Hugging Face weights are written as F32, F16 or BF16, not " +
+                         std::string(dtype_name(opts.dtype)));
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec)) throw Error(dir, "exists and is not a folder");
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(dir, "cannot create folder: " + ec.message());
+  if (config.rope_layout != RopeLayout::Half) throw Error(dir, "tensors to write must be in the Hugging Face RoPE layout");
+
+  // Group into shards (of at most max_shard_bytes, in file order).
+  struct Entry {
+    std::string name;
+    std::vector<int64_t> shape;
+  };
+  std::vector<std::vector<Entry>> shards(1);
   uint64_t shard_bytes = 0, total = 0;
-  for (auto& t : all) {
-    const uint64_t b = tensor_bytes(t.dtype, t.shape);
+  for (auto& [name, shape] : tensor_shapes(config)) {
+    const uint64_t b = tensor_bytes(opts.dtype, shape);
     total += b;
     if (opts.max_shard_bytes && shard_bytes > 0 && shard_bytes + b > opts.max_shard_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
     }
-    shards.back().push_back(t);
+    shards.back().push_back({name, shape});
     shard_bytes += b;
   }
+  // One shard's tensors in fp32 at a time: what is held is a shard, not the model.
+  auto write_shard = [&](const std::string& path, const std::vector<Entry>& entries, const std::map<std::string, std::string>& meta) {
+    std::vector<FloatBuffer> buffers(entries.size());
+    std::vector<TensorToWrite> tensors;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      const auto& e = entries[i];
+      std::size_t n = 1;
+      for (int64_t d : e.shape) n *= std::size_t(d);
+      const std::span<const float> data = tensor(e.name, buffers[i]);
+      if (data.size() != n) throw Error(dir, "tensor '" + e.name + "' has " + std::to_string(data.size()) + " values, its shape " + std::to_string(n));
+      tensors.push_back({e.name, opts.dtype, e.shape, data.data(), DType::F32});
+    }
+    write_safetensors(path, tensors, meta);
+  };
   const fs::path root(dir);
-  std::map<std::string, std::string> meta = m->metadata;
+  std::map<std::string, std::string> meta = metadata;
   meta["format"] = "pt";
   std::set<std::string> written;
   auto protect = [&](const std::string& path) { refuse_overwriting_inputs(path, opts.inputs); };
   if (!opts.max_shard_bytes) {
     const std::string path = (root / kSingleName).string();
     protect(path);
-    write_safetensors(path, all, meta);
+    write_shard(path, shards.front(), meta);
     written.insert(kSingleName);
   } else {
     json weight_map = json::object();
@@ -430,7 +451,7 @@ void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOpt
       std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
       const std::string path = (root / name).string();
       protect(path);
-      write_safetensors(path, shards[s], meta);
+      write_shard(path, shards[s], meta);
       written.insert(name);
       for (const auto& t : shards[s]) weight_map[t.name] = name;
     }
@@ -452,7 +473,7 @@ void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOpt
   const char* torch_dtype = opts.dtype == DType::F32 ? "float32" : opts.dtype == DType::F16 ? "float16" : "bfloat16";
   const std::string config_path = (root / "config.json").string();
   protect(config_path);
-  write_file_atomic(config_path, hf_config_json(m->config, torch_dtype));
+  write_file_atomic(config_path, hf_config_json(config, torch_dtype));
 }
 
 }  // namespace quarot

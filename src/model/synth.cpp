@@ -86,6 +86,54 @@ PlantedOutliers planted_outliers(const SynthSpec& spec) {
   return p;
 }
 
+void synthetic_tensor(const SynthSpec& spec, const PlantedOutliers& out, const std::string& name, const std::vector<int64_t>& shape,
+                      std::span<float> data) {
+  // Filled in chunks whose seeds depend only on (seed, name, chunk): the result does not depend
+  // on the number of threads or on which other tensors are generated.
+  constexpr std::size_t kChunk = std::size_t(1) << 20;
+  const bool is_norm = name.ends_with("norm.weight");
+  const bool is_bias = name.ends_with(".bias");
+  const bool is_embed = name == "model.embed_tokens.weight";
+  const float fan_in = shape.size() == 2 ? float(shape[1]) : 1.f;
+  const float std = is_embed ? 1.0f : is_bias ? 0.1f : 1.0f / std::sqrt(fan_in);
+  auto fill = [&](std::size_t begin) {
+    uint64_t state = spec.seed ^ fnv1a(name) ^ (begin * 0x9e3779b97f4a7c15ull);
+    Rng rng(splitmix64(state));
+    const std::size_t end = std::min(data.size(), begin + kChunk);
+    for (std::size_t i = begin; i < end; ++i) data[i] = is_norm ? 1.0f + 0.1f * rng.gaussian() : std * rng.gaussian();
+  };
+  const std::size_t chunks = (data.size() + kChunk - 1) / kChunk;
+  std::atomic<std::size_t> next{0};
+  auto worker = [&] {
+    for (std::size_t i; (i = next++) < chunks;) fill(i * kChunk);
+  };
+  const unsigned n_threads = unsigned(std::min<std::size_t>(chunks, std::max(1u, std::min(std::thread::hardware_concurrency(), 8u))));
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < n_threads; ++i) threads.emplace_back(worker);
+  worker();
+  for (auto& th : threads) th.join();
+
+  // The planted outliers. Residual channels: embedding columns and the rows of o_proj/down_proj
+  // that add into them, so the channel stays large through every layer. FFN channels: rows of
+  // up_proj, so gate*up (down_proj's input) is large there. Key and value channels: rows of
+  // k_proj and v_proj (the value outliers reach o_proj's input).
+  const int64_t cols = shape.size() == 2 ? shape[1] : 0;
+  auto scale_rows = [&](const std::vector<int>& rows, const std::vector<float>& scales) {
+    for (std::size_t k = 0; k < rows.size(); ++k)
+      for (int64_t j = 0; j < cols; ++j) data[std::size_t(rows[k] * cols + j)] *= scales[k];
+  };
+  if (is_embed) {
+    for (std::size_t k = 0; k < out.residual_channels.size(); ++k)
+      for (int64_t v = 0; v < shape[0]; ++v) data[std::size_t(v * cols + out.residual_channels[k])] *= out.residual_scales[k];
+  } else if (name.ends_with("self_attn.o_proj.weight") || name.ends_with("mlp.down_proj.weight")) {
+    scale_rows(out.residual_channels, out.residual_scales);
+  } else if (name.ends_with("mlp.up_proj.weight")) {
+    scale_rows(out.ffn_channels, out.ffn_scales);
+  } else if (name.ends_with("self_attn.k_proj.weight") || name.ends_with("self_attn.v_proj.weight")) {
+    scale_rows(out.kv_channels, out.kv_scales);
+  }
+}
+
 ModelWeights make_synthetic(const SynthSpec& spec, const std::function<void(uint64_t, uint64_t)>& progress) {
   ModelWeights m;
   m.config = spec.config;
@@ -93,78 +141,11 @@ ModelWeights make_synthetic(const SynthSpec& spec, const std::function<void(uint
   m.source = "synthetic(seed " + std::to_string(spec.seed) + ")";
   allocate(m);
   const PlantedOutliers out = planted_outliers(spec);
-
   std::vector<TensorRef> tensors;
   for_each_tensor(m, [&](const TensorRef& t) { tensors.push_back(t); });
-
-  // Fill in chunks whose seeds depend only on (seed, name, chunk): the result does not depend
-  // on the number of threads.
-  constexpr std::size_t kChunk = std::size_t(1) << 20;
-  struct Chunk {
-    const TensorRef* t;
-    std::size_t begin, end;
-  };
-  std::vector<Chunk> chunks;
-  for (const auto& t : tensors)
-    for (std::size_t b = 0; b < t.data.size(); b += kChunk)
-      chunks.push_back({&t, b, std::min(t.data.size(), b + kChunk)});
-
-  auto fill = [&](const Chunk& ch) {
-    const TensorRef& t = *ch.t;
-    uint64_t state = spec.seed ^ fnv1a(t.name) ^ (ch.begin * 0x9e3779b97f4a7c15ull);
-    Rng rng(splitmix64(state));
-    const bool is_norm = t.name.ends_with("norm.weight");
-    const bool is_bias = t.name.ends_with(".bias");
-    const bool is_embed = t.name == "model.embed_tokens.weight";
-    const float fan_in = t.shape.size() == 2 ? float(t.shape[1]) : 1.f;
-    const float std = is_embed ? 1.0f : is_bias ? 0.1f : 1.0f / std::sqrt(fan_in);
-    for (std::size_t i = ch.begin; i < ch.end; ++i)
-      t.data[i] = is_norm ? 1.0f + 0.1f * rng.gaussian() : std * rng.gaussian();
-  };
-  std::atomic<std::size_t> next{0};
-  std::mutex mu;
-  uint64_t done = 0;
-  auto worker = [&] {
-    for (std::size_t i; (i = next++) < chunks.size();) {
-      fill(chunks[i]);
-      if (progress) {
-        std::lock_guard lock(mu);
-        progress(++done, chunks.size());
-      }
-    }
-  };
-  const unsigned n_threads = std::max(1u, std::min(std::thread::hardware_concurrency(), 8u));
-  std::vector<std::thread> threads;
-  for (unsigned i = 1; i < n_threads; ++i) threads.emplace_back(worker);
-  worker();
-  for (auto& th : threads) th.join();
-
-  // Plant the outliers. Residual channels: embedding columns and the rows of o_proj/down_proj
-  // that add into them, so the channel stays large through every layer. FFN channels: rows of
-  // up_proj, so gate*up (down_proj's input) is large there.
-  const auto& c = m.config;
-  for (std::size_t k = 0; k < out.residual_channels.size(); ++k) {
-    const int ch = out.residual_channels[k];
-    const float s = out.residual_scales[k];
-    for (int v = 0; v < c.vocab; ++v) m.tok_embeddings.row(v)[ch] *= s;
-    for (auto& L : m.layers) {
-      for (int64_t j = 0; j < L.wo.cols; ++j) L.wo.row(ch)[j] *= s;
-      for (int64_t j = 0; j < L.w_down.cols; ++j) L.w_down.row(ch)[j] *= s;
-    }
-  }
-  for (std::size_t k = 0; k < out.ffn_channels.size(); ++k) {
-    const int ch = out.ffn_channels[k];
-    for (auto& L : m.layers)
-      for (int64_t j = 0; j < L.w_up.cols; ++j) L.w_up.row(ch)[j] *= out.ffn_scales[k];
-  }
-  // Key and value channels: rows of k_proj and v_proj (the value outliers reach o_proj's input).
-  for (std::size_t k = 0; k < out.kv_channels.size(); ++k) {
-    const int ch = out.kv_channels[k];
-    for (auto& L : m.layers)
-      for (int64_t j = 0; j < L.wk.cols; ++j) {
-        L.wk.row(ch)[j] *= out.kv_scales[k];
-        L.wv.row(ch)[j] *= out.kv_scales[k];
-      }
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    synthetic_tensor(spec, out, tensors[i].name, tensors[i].shape, tensors[i].data);
+    if (progress) progress(i + 1, tensors.size());
   }
   return m;
 }
