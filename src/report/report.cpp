@@ -145,6 +145,9 @@ std::string report_markdown(const std::string& report_json) {
     << " | " << (at(p, "top1_agreement").is_number() ? num(100 * at(p, "top1_agreement").get<double>(), "%.2f") + "%" : "–") << " |\n";
   m << "| size | " << mib(at(sz, "fp32_bytes")) << " (fp32) | – | " << mib(at(sz, "packed_bytes")) << " |\n";
   m << "| bits per linear weight | 32 | " << fmt(at(sz, "bits_per_weight"), "%.3f") << " | " << fmt(at(sz, "bits_per_weight"), "%.3f") << " |\n";
+  if (ev.is_object() && at(ev, "float").is_null())
+    m << "\nStreamed run (`--stream`): the float model was never whole in memory, so there is no float perplexity, KLD or "
+         "simulation; the packed model ran from its file.\n";
   m << "\nEvaluation: `" << fmt(at(ev, "ids")) << "`, ctx " << fmt(at(ev, "ctx"), "%.0f") << ", " << fmt(at(ev, "windows"), "%.0f")
     << " windows (paper protocol). Wall time " << fmt(at(at(r, "timings"), "total"), "%.1f") << " s, peak RSS "
     << mib(at(r, "peak_rss_bytes")) << ".\n\n";
