@@ -512,7 +512,7 @@ int main(int argc, char** argv) {
       return json{{"ppl", r.ppl}, {"kld_mean", r.kld_mean}, {"kld_p99", r.kld_p99}, {"top1_agreement", r.top1_agreement}, {"seconds", r.seconds}};
     };
     if (stream && a.qdec && (a.qdec_sweep || !windows.empty()))
-      log("quarot-quantize: streamed: the QDEC simulation and --qdec-sweep need the whole float model and are skipped\n");
+      log("%s", "quarot-quantize: streamed: the QDEC simulation and --qdec-sweep need the whole float model and are skipped\n");
     if (!windows.empty() && stream) {
       // Streamed: no float model in memory, so no reference for KLD and no simulation; the
       // packed model runs from its memory map.
