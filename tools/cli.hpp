@@ -45,6 +45,25 @@ int run(const std::string& tool, Fn&& body) {
   return kExitFailure;
 }
 
+// A CLI11 check from a parser that throws quarot::Error: a bad value is a usage error (exit 2
+// through parse()) with the parser's own message.
+template <class Parse>
+CLI::Validator error_check(Parse parse, const std::string& description = "") {
+  return CLI::Validator(
+      [parse](std::string& value) -> std::string {
+        try {
+          (void)parse(value);
+        } catch (const quarot::Error& e) {
+          // CLI11 names the option itself: drop a "--flag: " subject the parser put first.
+          std::string m = e.what();
+          if (const auto colon = m.find(": "); m.rfind("--", 0) == 0 && colon != std::string::npos) m.erase(0, colon + 2);
+          return m;
+        }
+        return {};
+      },
+      description);
+}
+
 }  // namespace quarot::cli
 
 #include <cctype>

@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
   app.add_flag("--simulate", args.simulate, "packed model: run the fake-quant simulation instead of the integer path");
   app.add_option("--qdec-k", args.qdec_k,
                  "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
-                 "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)");
+                 "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)")
+      ->check(quarot::cli::error_check([](const std::string& v) { return quarot::parse_qdec_k(v); }));
   auto* text = app.add_option("--text", args.text, "text file to evaluate (needs --tokenizer)");
   app.add_option("--tokenizer", args.tokenizer, "SentencePiece .model or llama2.c tokenizer .bin");
   auto* ids = app.add_option("--ids", args.ids, "pre-tokenized ids: whitespace-separated, one sequence per line");
@@ -69,12 +70,7 @@ int main(int argc, char** argv) {
   text->excludes(ids);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
   std::optional<quarot::QdecK> qdec_k;
-  try {
-    if (!args.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(args.qdec_k);
-  } catch (const quarot::Error& e) {
-    std::fprintf(stderr, "quarot-eval: error: %s (see --help)\n", e.what());
-    return quarot::cli::kExitUsage;
-  }
+  if (!args.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(args.qdec_k);  // checked while parsing
   if (args.text.empty() == args.ids.empty()) {
     std::fprintf(stderr, "quarot-eval: error: give exactly one of --text or --ids (see --help)\n");
     return quarot::cli::kExitUsage;

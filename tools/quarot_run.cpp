@@ -34,17 +34,13 @@ int main(int argc, char** argv) {
   app.add_flag("--simulate", a.simulate, "packed model: run the fake-quant simulation instead of the integer path");
   app.add_option("--qdec-k", a.qdec_k,
                  "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
-                 "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)");
+                 "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)")
+      ->check(quarot::cli::error_check([](const std::string& v) { return quarot::parse_qdec_k(v); }));
   app.add_option("--threads", a.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
   prompt->excludes(ids);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
   std::optional<quarot::QdecK> qdec_k;
-  try {
-    if (!a.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(a.qdec_k);
-  } catch (const quarot::Error& e) {
-    std::fprintf(stderr, "quarot-run: error: %s (see --help)\n", e.what());
-    return quarot::cli::kExitUsage;
-  }
+  if (!a.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(a.qdec_k);  // checked while parsing
   if (!a.prompt.empty() && a.tokenizer.empty()) {
     std::fprintf(stderr, "quarot-run: error: --prompt needs --tokenizer (see --help)\n");
     return quarot::cli::kExitUsage;
