@@ -3,10 +3,11 @@
 // optional act-order.
 #include "quarot/detail/eigen.hpp"  // first: its diagnostics pragma must precede Eigen
 
-#include <Eigen/Cholesky>
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <utility>
+#include "quarot/detail/linalg.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quant.hpp"
 
@@ -36,6 +37,7 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) W(r, c) = w_in[r * cols + c];
   MatRM H = Eigen::Map<MatRM>(hessian.data(), cols, cols);
+  std::vector<double>().swap(hessian);  // 1 GB at width 11008
 
   for (int64_t i = 0; i < cols; ++i)
     if (H(i, i) == 0) {  // a dead input: nothing to compensate with
@@ -74,15 +76,7 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
   for (int attempt = 0;; ++attempt) {
     MatRM Hd = H;
     Hd.diagonal().array() += damp * mean_diag;
-    Eigen::LLT<MatRM> llt(Hd);
-    if (llt.info() == Eigen::Success) {
-      const MatRM inv = llt.solve(MatRM::Identity(cols, cols));
-      Eigen::LLT<MatRM> llt2(inv);
-      if (llt2.info() == Eigen::Success) {
-        Hinv = llt2.matrixU();
-        break;
-      }
-    }
+    if (detail::upper_cholesky_of_inverse(std::move(Hd), Hinv)) break;
     if (attempt == 3)
       throw Error("gptq", "the Hessian is not positive definite even with damping " + std::to_string(damp) +
                               " (calibration data too small or degenerate?)");
