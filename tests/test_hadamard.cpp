@@ -11,8 +11,9 @@
 using namespace quarot;
 
 TEST(Hadamard, BaseConstructionsAreHadamard) {
-  // Paley I: 12, 20, 44, 60, 108, 140; Paley II: 28, 36, 76, 148.
-  for (int k : {2, 12, 20, 28, 36, 44, 60, 76, 108, 140, 148}) {
+  // Paley I: 12, 20, 44, 60, 108, 140; Paley II: 28, 36, 76, 148; Goethals-Seidel with
+  // cyclotomic sequences: 52, 68, 124, 164, 172.
+  for (int k : {2, 12, 20, 28, 36, 44, 52, 60, 68, 76, 108, 124, 140, 148, 164, 172}) {
     const auto h = hadamard_base_matrix(k);
     ASSERT_EQ(h.size(), std::size_t(k) * k) << k;
     for (int v : h) ASSERT_TRUE(v == 1 || v == -1) << k;
@@ -23,8 +24,9 @@ TEST(Hadamard, BaseConstructionsAreHadamard) {
         ASSERT_EQ(dot, i == j ? k : 0) << "order " << k << " rows " << i << "," << j;
       }
   }
-  // No construction in quarot (Williamson / Goethals-Seidel orders): the fallback is used.
-  for (int k : {52, 156, 172}) EXPECT_TRUE(hadamard_base_matrix(k).empty()) << k;
+  // No construction in quarot (156 = 4 * 39, 39 not prime; 4 * 23 and 4 * 29: no cyclotomic
+  // solution with at most 8 classes): the fallback is used.
+  for (int k : {92, 116, 156}) EXPECT_TRUE(hadamard_base_matrix(k).empty()) << k;
 }
 
 TEST(Hadamard, SizesThatMatterFactorAsExpected) {
@@ -34,7 +36,7 @@ TEST(Hadamard, SizesThatMatterFactorAsExpected) {
     bool hadamard;
   };
   for (const Case c : {Case{8, 1, true}, Case{16, 1, true}, Case{128, 1, true}, Case{192, 12, true},
-                       Case{172, 43, false}, Case{11008, 43, false}, Case{13824, 108, true}, Case{14336, 28, true},
+                       Case{172, 172, true}, Case{11008, 172, true}, Case{13824, 108, true}, Case{14336, 28, true},
                        Case{28672, 28, true}, Case{18944, 148, true}, Case{4864, 76, true}, Case{896, 28, true},
                        Case{14, 7, false}}) {
     const auto h = Hadamard::make(c.n, 5);
@@ -44,6 +46,9 @@ TEST(Hadamard, SizesThatMatterFactorAsExpected) {
     EXPECT_EQ(h.is_hadamard(), c.hadamard) << h.construction();
   }
   EXPECT_EQ(Hadamard::make(14336).construction(), "paley2(q=13) x sylvester(512)");
+  EXPECT_EQ(Hadamard::make(11008).construction(), "goethals-seidel(p=43) x sylvester(64)");
+  EXPECT_EQ(Hadamard::make(172).construction(), "goethals-seidel(p=43)");
+  EXPECT_EQ(Hadamard::make(11008).base(), Hadamard::make(11008, 99).base());  // no randomness in it
 }
 
 TEST(Hadamard, DenseIsOrthogonalAndScaledHadamard) {

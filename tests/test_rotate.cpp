@@ -4,10 +4,12 @@
 
 #include <cmath>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
 #include "quarot/forward.hpp"
+#include "quarot/hadamard.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/synth.hpp"
 #include "test_support.hpp"
@@ -61,9 +63,10 @@ RotationOptions only(bool fuse, bool r1, bool r2, bool r3, bool r4) {
   return o;
 }
 
-ModelWeights synthetic(const std::string& preset, int layers, int vocab) {
+ModelWeights synthetic(const std::string& preset, int layers, int vocab, int intermediate = 0) {
   SynthSpec s = synth_preset(preset);
   s.config.n_layers = layers;
+  if (intermediate) s.config.intermediate = intermediate;
   s.config.vocab = vocab;
   s.config.bos_id = 1;
   s.config.eos_id = 2;
@@ -130,7 +133,7 @@ TEST(RotateInvariance, Llama2And3LayerShapes) {
   // ~7 GB); every other shape is the real one.
   const auto all = only(true, true, true, true, true);
   {
-    const auto l2 = synthetic("llama2-7b-layer", 2, 512);  // R4 = random-orthogonal(43) x 256 (11008)
+    const auto l2 = synthetic("llama2-7b-layer", 2, 512);  // R4 = goethals-seidel(p=43) x 64 (11008)
     const auto t = tokens_for(12, 512, 3);
     EXPECT_LE(invariance_error<double>(l2, all, t), kFp64Tol);
     EXPECT_LE(invariance_error<float>(l2, all, t), 1e-3);
@@ -172,7 +175,7 @@ TEST(Rotate, R1WithoutFusionIsRefused) {
 }
 
 TEST(Rotate, OutliersAreSpreadByAtLeast10x) {
-  // Mid-size synthetic model: hidden 256, FFN 688 = 43 * 16 (R4 uses the fallback), 8 heads,
+  // Mid-size synthetic model: hidden 256, FFN 688 = 172 * 4 (R4: Goethals-Seidel 172), 8 heads,
   // 4 KV heads, planted residual, FFN and K/V outliers.
   SynthSpec s = synth_preset("tiny");
   s.config.hidden = 256;
@@ -213,7 +216,7 @@ TEST(Rotate, RotatedCheckpointCarriesItsOnlineTransforms) {
   ASSERT_TRUE(back.metadata.count(kRotationMetadataKey));
   const auto rebuilt = online_transforms_of(back);
   ASSERT_TRUE(rebuilt.r3 && rebuilt.r4 && rebuilt.cross_head);
-  EXPECT_EQ(rebuilt.r4->dense(), online.r4->dense());  // same fallback seed: same matrix
+  EXPECT_EQ(rebuilt.r4->dense(), online.r4->dense());
   // The reloaded model with its rebuilt transforms computes what the original computes.
   const auto tokens = tokens_for(20, 300, 9);
   Transformer<double> a(original, 20), b(back, 20);
@@ -230,6 +233,32 @@ TEST(Rotate, RotatedCheckpointCarriesItsOnlineTransforms) {
   bad.config.intermediate = 100;
   EXPECT_THROW(online_transforms_of(bad), Error);
   EXPECT_TRUE(online_transforms_of(original).empty());
+  // Files rotated before the Goethals-Seidel bases existed recorded the random orthogonal
+  // fallback for 172: that is what gets rebuilt for them; an unknown construction is refused.
+  auto legacy = back;
+  auto meta = nlohmann::json::parse(back.metadata.at(kRotationMetadataKey));
+  EXPECT_EQ(meta["constructions"]["r4"], "goethals-seidel(p=43)");
+  meta["constructions"]["r4"] = Hadamard::make(172, 42, false).construction();
+  EXPECT_EQ(meta["constructions"]["r4"], "random-orthogonal(43, seed 42) x sylvester(4) [no Hadamard construction for 43 in quarot]");
+  legacy.metadata[kRotationMetadataKey] = meta.dump();
+  const auto legacy_online = online_transforms_of(legacy);
+  ASSERT_TRUE(legacy_online.r4);
+  EXPECT_FALSE(legacy_online.r4->is_hadamard());
+  EXPECT_EQ(legacy_online.r4->dense(), Hadamard::make(172, 42, false).dense());
+  meta["constructions"]["r4"] = "williamson(43)";
+  legacy.metadata[kRotationMetadataKey] = meta.dump();
+  EXPECT_THROW(online_transforms_of(legacy), Error);
+  // A width with no Hadamard construction (184 = 23 * 8): the fallback's seed travels in the
+  // metadata and rebuilds the same random orthogonal base.
+  auto f = synthetic("tiny", 1, 300, 184);
+  const auto f_online = rotate_model(f, o);
+  ASSERT_TRUE(f_online.r4);
+  EXPECT_FALSE(f_online.r4->is_hadamard()) << f_online.r4->construction();
+  record_rotation(f, o, f_online);
+  save_hf(f, dir / "rot184", {DType::F32, 20000, {}});
+  const auto f_rebuilt = online_transforms_of(load_hf(dir / "rot184"));
+  ASSERT_TRUE(f_rebuilt.r4);
+  EXPECT_EQ(f_rebuilt.r4->dense(), f_online.r4->dense());  // same fallback seed: same matrix
 }
 
 TEST(RotateTool, RotatedStoriesEvaluateToTheSamePerplexity) {
@@ -241,7 +270,8 @@ TEST(RotateTool, RotatedStoriesEvaluateToTheSamePerplexity) {
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
   EXPECT_NE(r.stdout_text.find("activation outliers"), std::string::npos);
   EXPECT_NE(r.stdout_text.find("down_proj_input"), std::string::npos);
-  EXPECT_NE(r.stderr_text.find("not a Hadamard matrix: R4"), std::string::npos) << r.stderr_text;  // 172 = 4 * 43
+  // FFN 172 = 4 * 43: a true Hadamard base (Goethals-Seidel), so no fallback warning.
+  EXPECT_EQ(r.stderr_text.find("not a Hadamard matrix"), std::string::npos) << r.stderr_text;
   const std::string ids = " --ids " + data_file("tinystories/validation_100.tok512.ids") + " --ctx 512 --chunks 3 --progress none";
   r = run_tool("quarot-eval", (dir / "rot") + ids + " --kld-base " + model);
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;

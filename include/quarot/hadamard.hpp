@@ -17,7 +17,9 @@ namespace quarot {
 class Hadamard {
  public:
   // Throws quarot::Error for n < 1.
-  static Hadamard make(int n, uint64_t fallback_seed = 0);
+  // goethals_seidel = false: the bases quarot used before the Goethals-Seidel orders (52, 68, 124,
+  // 164, 172) were added, to rebuild the transforms of files rotated then.
+  static Hadamard make(int n, uint64_t fallback_seed = 0, bool goethals_seidel = true);
 
   int size() const { return n_; }
   int base_size() const { return k_; }  // K
@@ -55,7 +57,7 @@ void fwht(double* x, int n);
 const char* fwht_isa();      // which path fwht(float*) uses here
 
 // The +-1 base matrices, unnormalized (tests check H H^T = K I); empty if unknown.
-std::vector<int> hadamard_base_matrix(int k);
+std::vector<int> hadamard_base_matrix(int k, bool goethals_seidel = true);
 // A seeded random orthogonal k x k matrix (row-major, fp64): Gaussian entries from the project's
 // PRNG, orthonormalized by modified Gram-Schmidt, twice.
 std::vector<double> random_orthogonal(int k, uint64_t seed);

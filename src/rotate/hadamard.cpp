@@ -2,7 +2,9 @@
 
 #include <immintrin.h>
 
+#include <array>
 #include <cmath>
+#include <unordered_map>
 
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
@@ -44,9 +46,103 @@ std::vector<int> conference(int q, bool skew) {
   return c;
 }
 
+
+int pow_mod(int b, int e, int p) {
+  long long r = 1, x = b % p;
+  for (; e; e >>= 1) {
+    if (e & 1) r = r * x % p;
+    x = x * x % p;
+  }
+  return int(r);
+}
+
+int primitive_root(int p) {  // p prime
+  for (int g = 2; g < p; ++g) {
+    bool generates = true;
+    for (int q = 2; q < p && generates; ++q)
+      if ((p - 1) % q == 0 && is_prime(q) && pow_mod(g, (p - 1) / q, p) == 1) generates = false;
+    if (generates) return g;
+  }
+  return 1;  // p = 2
+}
+
+// Goethals-Seidel (1967): with A, B, C, D circulant +-1 matrices of order p whose periodic
+// autocorrelations add up to 0 at every nonzero shift, and R the back-diagonal identity,
+//   [  A     BR     CR     DR   ]
+//   [ -BR    A      D^T R -C^T R ]
+//   [ -CR   -D^T R  A      B^T R ]
+//   [ -DR    C^T R -B^T R  A     ]
+// is Hadamard of order 4p. For p prime the candidates are the sequences constant on the
+// cyclotomic classes of order e (the cosets of the e-th powers in Z_p^*, and 0 on its own):
+// their autocorrelation is constant on each class too, so the condition is e equations, and a
+// meet in the middle over pairs of sequences settles it in milliseconds (e <= 8: at most 512
+// sequences). This finds the orders 52, 68, 124, 164 and 172 (11008 = 172 * 64, LLaMA-2's FFN;
+// stories260K's FFN is 172 itself) that the Paley constructions miss; the first solution in a
+// fixed search order is taken, so the matrix is the same on every run.
+std::vector<int> goethals_seidel_cyclotomic(int p) {
+  if (p < 3 || p > 63 || !is_prime(p)) return {};  // pair sums of autocorrelations fit in int8
+  const int g = primitive_root(p);
+  constexpr int kMaxClasses = 8;
+  for (int e = 1; e <= kMaxClasses; ++e) {
+    if ((p - 1) % e) continue;
+    const int f = (p - 1) / e;
+    std::vector<int> cls(static_cast<std::size_t>(p), -1);
+    for (int i = 0; i < e; ++i)
+      for (int j = 0; j < f; ++j) cls[std::size_t(pow_mod(g, e * j + i, p))] = i;
+    const int count = 1 << (e + 1);  // bit 0: the value at 0; bit i+1: the value on class i
+    const auto value = [&](int bits, int x) { return ((x == 0 ? bits : bits >> (cls[std::size_t(x)] + 1)) & 1) ? 1 : -1; };
+    std::vector<std::array<int, kMaxClasses>> paf(static_cast<std::size_t>(count));
+    for (int b = 0; b < count; ++b)
+      for (int i = 0; i < e; ++i) {
+        const int shift = pow_mod(g, i, p);
+        int sum = 0;
+        for (int x = 0; x < p; ++x) sum += value(b, x) * value(b, (x + shift) % p);
+        paf[std::size_t(b)][std::size_t(i)] = sum;
+      }
+    const auto key = [&](int a, int b, int sign) {
+      uint64_t k = 0;
+      for (int i = 0; i < e; ++i)
+        k |= uint64_t(uint8_t(int8_t(sign * (paf[std::size_t(a)][std::size_t(i)] + paf[std::size_t(b)][std::size_t(i)])))) << (8 * i);
+      return k;
+    };
+    std::unordered_map<uint64_t, std::pair<int, int>> first_pair;
+    for (int a = 0; a < count; ++a)
+      for (int b = a; b < count; ++b) first_pair.emplace(key(a, b, 1), std::pair{a, b});
+    for (int a = 0; a < count; ++a)
+      for (int b = a; b < count; ++b) {
+        const auto it = first_pair.find(key(a, b, -1));
+        if (it == first_pair.end()) continue;
+        const int seq[4] = {a, b, it->second.first, it->second.second};
+        const int k = 4 * p;
+        std::vector<int> h(std::size_t(k) * k);
+        // circ(s)[i][j] = s[j - i]; (circ(s) R)[i][j] = s[p-1-j-i]; (circ(s)^T R)[i][j] = s[i+j+1] (mod p).
+        const auto block = [&](int s, int i, int j, bool transposed) {
+          const int x = transposed ? (i + j + 1) % p : ((p - 1 - j - i) % p + p) % p;
+          return value(seq[s], x);
+        };
+        for (int bi = 0; bi < 4; ++bi)
+          for (int bj = 0; bj < 4; ++bj)
+            for (int i = 0; i < p; ++i)
+              for (int j = 0; j < p; ++j) {
+                int v;
+                if (bi == bj) {
+                  v = value(seq[0], ((j - i) % p + p) % p);
+                } else {
+                  // Which of B, C, D (1..3), transposed or not, and the sign, per block of the array.
+                  static constexpr int kWhich[4][4] = {{0, 1, 2, 3}, {1, 0, 3, 2}, {2, 3, 0, 1}, {3, 2, 1, 0}};
+                  static constexpr int kSign[4][4] = {{1, 1, 1, 1}, {-1, 1, 1, -1}, {-1, -1, 1, 1}, {-1, 1, -1, 1}};
+                  v = kSign[bi][bj] * block(kWhich[bi][bj], i, j, bi != 0 && bj != 0);
+                }
+                h[std::size_t(bi * p + i) * k + std::size_t(bj * p + j)] = v;
+              }
+        return h;
+      }
+  }
+  return {};
+}
 }  // namespace
 
-std::vector<int> hadamard_base_matrix(int k) {
+std::vector<int> hadamard_base_matrix(int k, bool goethals_seidel) {
   if (k == 1) return {1};
   if (k == 2) return {1, 1, 1, -1};
   // Paley I: q = k - 1 prime, q = 3 mod 4. H = I + S with S the skew conference matrix.
@@ -68,6 +164,7 @@ std::vector<int> hadamard_base_matrix(int k) {
             h[std::size_t(2 * i + u) * k + 2 * j + v] = c[std::size_t(i) * s + j] * a[u][v] + (i == j ? b[u][v] : 0);
     return h;
   }
+  if (goethals_seidel && k % 4 == 0) return goethals_seidel_cyclotomic(k / 4);
   return {};
 }
 
@@ -76,7 +173,8 @@ namespace {
 std::string describe_base(int k) {
   if (k == 1) return "";
   if (is_prime(k - 1) && (k - 1) % 4 == 3) return "paley1(q=" + std::to_string(k - 1) + ")";
-  return "paley2(q=" + std::to_string(k / 2 - 1) + ")";
+  if (k % 2 == 0 && is_prime(k / 2 - 1) && (k / 2 - 1) % 4 == 1) return "paley2(q=" + std::to_string(k / 2 - 1) + ")";
+  return "goethals-seidel(p=" + std::to_string(k / 4) + ")";
 }
 
 }  // namespace
@@ -103,7 +201,7 @@ std::vector<double> random_orthogonal(int k, uint64_t seed) {
   return a;
 }
 
-Hadamard Hadamard::make(int n, uint64_t fallback_seed) {
+Hadamard Hadamard::make(int n, uint64_t fallback_seed, bool goethals_seidel) {
   if (n < 1) throw Error("hadamard", "size must be positive, got " + std::to_string(n));
   Hadamard h;
   h.n_ = n;
@@ -118,7 +216,7 @@ Hadamard Hadamard::make(int n, uint64_t fallback_seed) {
   // with q = 5503): the random orthogonal fallback on the odd part is far cheaper.
   constexpr int kMaxBase = 256;
   for (int k = odd; k <= n && k <= kMaxBase; k *= 2) {
-    const auto base = hadamard_base_matrix(k);
+    const auto base = hadamard_base_matrix(k, goethals_seidel);
     if (base.empty()) continue;
     h.k_ = k;
     h.m_ = n / k;

@@ -301,17 +301,26 @@ OnlineTransforms online_transforms_of(const ModelWeights& m) {
     if (j.at("version").get<int>() != 1) throw Error(m.source, "unsupported quarot.rotation version");
     const uint64_t seed = j.at("seed").get<uint64_t>();
     const auto& on = j.at("online");
-    auto get = [&](const char* key, int expected) -> std::shared_ptr<const Hadamard> {
+    auto get = [&](const char* key, const char* what, int expected) -> std::shared_ptr<const Hadamard> {
       const int n = on.at(key).get<int>();
       if (n == 0) return nullptr;
       if (n != expected)
         throw Error(m.source, std::string("quarot.rotation: ") + key + " = " + std::to_string(n) +
                                   " does not match the model (" + std::to_string(expected) + ")");
-      return std::make_shared<const Hadamard>(Hadamard::make(n, seed));
+      // The construction recorded at rotation time must be the one rebuilt: files rotated before
+      // the Goethals-Seidel bases existed used the older choice (e.g. a random orthogonal base
+      // for 11008), so that one is tried next; anything else is refused, never silently wrong.
+      const auto recorded = j.contains("constructions") ? j.at("constructions").at(what).get<std::string>() : std::string();
+      for (bool goethals_seidel : {true, false}) {
+        auto h = std::make_shared<const Hadamard>(Hadamard::make(n, seed, goethals_seidel));
+        if (recorded.empty() || h->construction() == recorded) return h;
+      }
+      throw Error(m.source, std::string("quarot.rotation: the ") + what + " transform was built as '" + recorded +
+                                "', which this quarot cannot rebuild");
     };
-    t.r3 = get("r3_head_dim", c.head_dim);
-    t.cross_head = get("cross_head_n_heads", c.n_heads);
-    t.r4 = get("r4_intermediate", c.intermediate);
+    t.r3 = get("r3_head_dim", "r3", c.head_dim);
+    t.cross_head = get("cross_head_n_heads", "cross_head", c.n_heads);
+    t.r4 = get("r4_intermediate", "r4", c.intermediate);
   } catch (const nlohmann::json::exception& e) {
     throw Error(m.source, std::string("malformed quarot.rotation metadata: ") + e.what());
   }
