@@ -4,7 +4,9 @@
 
 #include <array>
 #include <cmath>
+#include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
@@ -72,8 +74,29 @@ int primitive_root(int p) {  // p prime
 //   [ -BR    A      D^T R -C^T R ]
 //   [ -CR   -D^T R  A      B^T R ]
 //   [ -DR    C^T R -B^T R  A     ]
-// is Hadamard of order 4p. For p prime the candidates are the sequences constant on the
-// cyclotomic classes of order e (the cosets of the e-th powers in Z_p^*, and 0 on its own):
+// is Hadamard of order 4p. `seq` holds the first rows of A, B, C, D.
+std::vector<int> goethals_seidel_array(const std::array<std::vector<int>, 4>& seq) {
+  const int p = int(seq[0].size()), k = 4 * p;
+  // Per block of the array: which sequence, its sign, and whether it is transposed.
+  static constexpr int kWhich[4][4] = {{0, 1, 2, 3}, {1, 0, 3, 2}, {2, 3, 0, 1}, {3, 2, 1, 0}};
+  static constexpr int kSign[4][4] = {{1, 1, 1, 1}, {-1, 1, 1, -1}, {-1, -1, 1, 1}, {-1, 1, -1, 1}};
+  std::vector<int> h(std::size_t(k) * k);
+  for (int bi = 0; bi < 4; ++bi)
+    for (int bj = 0; bj < 4; ++bj) {
+      const auto& s = seq[std::size_t(kWhich[bi][bj])];
+      const bool transposed = bi != 0 && bj != 0;
+      for (int i = 0; i < p; ++i)
+        for (int j = 0; j < p; ++j) {
+          // circ(s)[i][j] = s[j - i]; (circ(s) R)[i][j] = s[p-1-j-i]; (circ(s)^T R)[i][j] = s[i+j+1] (mod p).
+          const int x = bi == bj ? j - i : transposed ? i + j + 1 : p - 1 - j - i;
+          h[std::size_t(bi * p + i) * k + std::size_t(bj * p + j)] = kSign[bi][bj] * s[std::size_t(((x % p) + p) % p)];
+        }
+    }
+  return h;
+}
+
+// Four sequences for the array above, for p prime: the candidates are the sequences constant on
+// the cyclotomic classes of order e (the cosets of the e-th powers in Z_p^*, and 0 on its own):
 // their autocorrelation is constant on each class too, so the condition is e equations, and a
 // meet in the middle over pairs of sequences settles it in milliseconds (e <= 8: at most 512
 // sequences). This finds the orders 52, 68, 124, 164 and 172 (11008 = 172 * 64, LLaMA-2's FFN;
@@ -85,20 +108,25 @@ std::vector<int> goethals_seidel_cyclotomic(int p) {
   constexpr int kMaxClasses = 8;
   for (int e = 1; e <= kMaxClasses; ++e) {
     if ((p - 1) % e) continue;
-    const int f = (p - 1) / e;
     std::vector<int> cls(static_cast<std::size_t>(p), -1);
     for (int i = 0; i < e; ++i)
-      for (int j = 0; j < f; ++j) cls[std::size_t(pow_mod(g, e * j + i, p))] = i;
+      for (int j = 0; j < (p - 1) / e; ++j) cls[std::size_t(pow_mod(g, e * j + i, p))] = i;
     const int count = 1 << (e + 1);  // bit 0: the value at 0; bit i+1: the value on class i
-    const auto value = [&](int bits, int x) { return ((x == 0 ? bits : bits >> (cls[std::size_t(x)] + 1)) & 1) ? 1 : -1; };
+    const auto sequence = [&](int bits) {
+      std::vector<int> s(static_cast<std::size_t>(p));
+      for (int x = 0; x < p; ++x) s[std::size_t(x)] = ((x == 0 ? bits : bits >> (cls[std::size_t(x)] + 1)) & 1) ? 1 : -1;
+      return s;
+    };
     std::vector<std::array<int, kMaxClasses>> paf(static_cast<std::size_t>(count));
-    for (int b = 0; b < count; ++b)
+    for (int b = 0; b < count; ++b) {
+      const auto s = sequence(b);
       for (int i = 0; i < e; ++i) {
         const int shift = pow_mod(g, i, p);
         int sum = 0;
-        for (int x = 0; x < p; ++x) sum += value(b, x) * value(b, (x + shift) % p);
+        for (int x = 0; x < p; ++x) sum += s[std::size_t(x)] * s[std::size_t((x + shift) % p)];
         paf[std::size_t(b)][std::size_t(i)] = sum;
       }
+    }
     const auto key = [&](int a, int b, int sign) {
       uint64_t k = 0;
       for (int i = 0; i < e; ++i)
@@ -109,47 +137,28 @@ std::vector<int> goethals_seidel_cyclotomic(int p) {
     for (int a = 0; a < count; ++a)
       for (int b = a; b < count; ++b) first_pair.emplace(key(a, b, 1), std::pair{a, b});
     for (int a = 0; a < count; ++a)
-      for (int b = a; b < count; ++b) {
-        const auto it = first_pair.find(key(a, b, -1));
-        if (it == first_pair.end()) continue;
-        const int seq[4] = {a, b, it->second.first, it->second.second};
-        const int k = 4 * p;
-        std::vector<int> h(std::size_t(k) * k);
-        // circ(s)[i][j] = s[j - i]; (circ(s) R)[i][j] = s[p-1-j-i]; (circ(s)^T R)[i][j] = s[i+j+1] (mod p).
-        const auto block = [&](int s, int i, int j, bool transposed) {
-          const int x = transposed ? (i + j + 1) % p : ((p - 1 - j - i) % p + p) % p;
-          return value(seq[s], x);
-        };
-        for (int bi = 0; bi < 4; ++bi)
-          for (int bj = 0; bj < 4; ++bj)
-            for (int i = 0; i < p; ++i)
-              for (int j = 0; j < p; ++j) {
-                int v;
-                if (bi == bj) {
-                  v = value(seq[0], ((j - i) % p + p) % p);
-                } else {
-                  // Which of B, C, D (1..3), transposed or not, and the sign, per block of the array.
-                  static constexpr int kWhich[4][4] = {{0, 1, 2, 3}, {1, 0, 3, 2}, {2, 3, 0, 1}, {3, 2, 1, 0}};
-                  static constexpr int kSign[4][4] = {{1, 1, 1, 1}, {-1, 1, 1, -1}, {-1, -1, 1, 1}, {-1, 1, -1, 1}};
-                  v = kSign[bi][bj] * block(kWhich[bi][bj], i, j, bi != 0 && bj != 0);
-                }
-                h[std::size_t(bi * p + i) * k + std::size_t(bj * p + j)] = v;
-              }
-        return h;
-      }
+      for (int b = a; b < count; ++b)
+        if (const auto it = first_pair.find(key(a, b, -1)); it != first_pair.end())
+          return goethals_seidel_array({sequence(a), sequence(b), sequence(it->second.first), sequence(it->second.second)});
   }
   return {};
 }
-}  // namespace
 
-std::vector<int> hadamard_base_matrix(int k, bool goethals_seidel) {
-  if (k == 1) return {1};
-  if (k == 2) return {1, 1, 1, -1};
+// A +-1 base matrix of order k with the name its construction goes by ("" for 1 and 2, which
+// are Sylvester's); an empty matrix when quarot has none.
+struct NamedBase {
+  std::vector<int> matrix;
+  std::string name;
+};
+
+NamedBase base_construction(int k, bool goethals_seidel) {
+  if (k == 1) return {{1}, ""};
+  if (k == 2) return {{1, 1, 1, -1}, ""};
   // Paley I: q = k - 1 prime, q = 3 mod 4. H = I + S with S the skew conference matrix.
   if (is_prime(k - 1) && (k - 1) % 4 == 3) {
     auto h = conference(k - 1, true);
     for (int i = 0; i < k; ++i) h[std::size_t(i) * k + i] += 1;
-    return h;
+    return {std::move(h), "paley1(q=" + std::to_string(k - 1) + ")"};
   }
   // Paley II: q = k/2 - 1 prime, q = 1 mod 4. H = C (x) [[1,1],[1,-1]] + I (x) [[1,-1],[-1,-1]].
   if (k % 2 == 0 && is_prime(k / 2 - 1) && (k / 2 - 1) % 4 == 1) {
@@ -162,22 +171,15 @@ std::vector<int> hadamard_base_matrix(int k, bool goethals_seidel) {
         for (int u = 0; u < 2; ++u)
           for (int v = 0; v < 2; ++v)
             h[std::size_t(2 * i + u) * k + 2 * j + v] = c[std::size_t(i) * s + j] * a[u][v] + (i == j ? b[u][v] : 0);
-    return h;
+    return {std::move(h), "paley2(q=" + std::to_string(s - 1) + ")"};
   }
-  if (goethals_seidel && k % 4 == 0) return goethals_seidel_cyclotomic(k / 4);
+  if (goethals_seidel && k % 4 == 0) return {goethals_seidel_cyclotomic(k / 4), "goethals-seidel(p=" + std::to_string(k / 4) + ")"};
   return {};
 }
 
-namespace {
-
-std::string describe_base(int k) {
-  if (k == 1) return "";
-  if (is_prime(k - 1) && (k - 1) % 4 == 3) return "paley1(q=" + std::to_string(k - 1) + ")";
-  if (k % 2 == 0 && is_prime(k / 2 - 1) && (k / 2 - 1) % 4 == 1) return "paley2(q=" + std::to_string(k / 2 - 1) + ")";
-  return "goethals-seidel(p=" + std::to_string(k / 4) + ")";
-}
-
 }  // namespace
+
+std::vector<int> hadamard_base_matrix(int k, bool goethals_seidel) { return base_construction(k, goethals_seidel).matrix; }
 
 std::vector<double> random_orthogonal(int k, uint64_t seed) {
   uint64_t st = seed ^ 0x726f746174696f6eull;  // "rotation"
@@ -216,16 +218,15 @@ Hadamard Hadamard::make(int n, uint64_t fallback_seed, bool goethals_seidel) {
   // with q = 5503): the random orthogonal fallback on the odd part is far cheaper.
   constexpr int kMaxBase = 256;
   for (int k = odd; k <= n && k <= kMaxBase; k *= 2) {
-    const auto base = hadamard_base_matrix(k, goethals_seidel);
+    const auto [base, name] = base_construction(k, goethals_seidel);
     if (base.empty()) continue;
     h.k_ = k;
     h.m_ = n / k;
     h.base_.resize(base.size());
     const double s = 1.0 / std::sqrt(double(k));
     for (std::size_t i = 0; i < base.size(); ++i) h.base_[i] = base[i] * s;
-    const std::string b = describe_base(k);
-    h.construction_ = b.empty() ? "sylvester(" + std::to_string(n) + ")"
-                                : b + (h.m_ > 1 ? " x sylvester(" + std::to_string(h.m_) + ")" : "");
+    h.construction_ = name.empty() ? "sylvester(" + std::to_string(n) + ")"
+                                   : name + (h.m_ > 1 ? " x sylvester(" + std::to_string(h.m_) + ")" : "");
     return h;
   }
   h.k_ = odd;
