@@ -6,6 +6,7 @@ packages=(
   libeigen3-dev nlohmann-json3-dev libcli11-dev libspdlog-dev zlib1g-dev
   libgtest-dev libbenchmark-dev libsentencepiece-dev
   libtomlplusplus-dev                       # TOML configs and batch plans (quarot-quantize --config, quarot-batch)
+  libpcre2-dev libutf8proc-dev              # tokenizer.json: Unicode split regexes and NFC normalization
   clang libclang-rt-14-dev libomp-14-dev   # libFuzzer targets (tests/fuzz), OpenMP under clang
 )
 missing=()

@@ -18,9 +18,22 @@ class Tokenizer {
   virtual int bos_id() const { return 1; }
   virtual int eos_id() const { return 2; }
   virtual std::string kind() const = 0;
+  // The ids with what the tokenizer's own convention adds around a text (Hugging Face: the
+  // post-processor, e.g. BOS for LLaMA-2/Mistral/Llama-3-Instruct, nothing for Qwen/GPT-2;
+  // SentencePiece and llama2.c: BOS in front).
+  virtual std::vector<int> encode_with_special(const std::string& text) const {
+    std::vector<int> ids = encode(text);
+    if (bos_id() >= 0) ids.insert(ids.begin(), bos_id());
+    return ids;
+  }
+  // What encode_with_special adds, in words (for logs and reports).
+  virtual std::string special_policy() const {
+    return bos_id() >= 0 ? "BOS " + std::to_string(bos_id()) + " in front" : "nothing";
+  }
 };
 
-// By file: *.model -> SentencePiece; anything else -> llama2.c tokenizer.bin.
+// By file: *.json or a folder -> Hugging Face (hf_tokenizer.hpp); *.model -> SentencePiece;
+// anything else -> llama2.c tokenizer.bin.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path);
 std::unique_ptr<Tokenizer> load_llama2c_bpe(const std::string& path);

@@ -11,6 +11,7 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/hf_tokenizer.hpp"
 
 namespace quarot {
 
@@ -123,6 +124,7 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path) {
 std::unique_ptr<Tokenizer> load_llama2c_bpe(const std::string& path) { return std::make_unique<Llama2cBpe>(path); }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+  if (auto hf = load_hf_tokenizer(path)) return hf;  // *.json or a model folder
   if (std::filesystem::path(path).extension() == ".model") return load_sentencepiece(path);
   return load_llama2c_bpe(path);
 }
