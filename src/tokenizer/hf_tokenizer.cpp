@@ -1070,6 +1070,10 @@ std::unique_ptr<HfTokenizer> parse_hf_tokenizer_json(std::string_view text, cons
     read_post_processor(d, *pp, "post_processor", *impl);
   }
   impl->finish();
+  for (const auto* ids : {&impl->prefix, &impl->suffix})
+    for (int id : *ids)
+      if (!impl->added_by_id.count(id) && (id >= int(impl->model.id_to_piece.size()) || impl->model.id_to_piece[id].empty()))
+        d.fail("post_processor", "token id " + std::to_string(id) + " is not in the vocabulary");
   settle_specials(*impl, cfg);
   impl->source = "tokenizer.json BPE (" + std::to_string(impl->model.id_to_piece.size()) + " pieces, " +
                  std::to_string(impl->model.merge_count()) + " merges, " + std::to_string(impl->added.size()) + " added)";
