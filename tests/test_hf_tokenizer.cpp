@@ -313,3 +313,16 @@ TEST(HfTokenizer, QuarotTokenizeEncodesDecodesAndFailsCleanly) {
   r = run_tool("quarot-tokenize", tj);
   EXPECT_EQ(r.exit_code, 2);
 }
+
+TEST(HfTokenizer, ToolsPickUpTheTokenizerBesideConfigJson) {
+  QUAROT_REQUIRE_DATA("tokenizers/llama2/llama2.tokenizer.json");
+  TempDir dir;
+  const std::string model = dir / "m";
+  auto r = run_tool("quarot-synth", "--preset tiny --vocab 32000 -o " + model);
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  std::filesystem::copy_file(data_file("tokenizers/llama2/llama2.tokenizer.json"), model + "/tokenizer.json");
+  r = run_tool("quarot-run", model + " --prompt 'Hello world' -n 2");
+  EXPECT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("tokenizer.json (from the model's folder)"), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stdout_text.find("text: "), std::string::npos) << r.stdout_text;
+}

@@ -15,6 +15,7 @@
 #include "quarot/progress.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/sha256.hpp"
+#include "quarot/hf_tokenizer.hpp"
 #include "quarot/tokenizer.hpp"
 
 int main(int argc, char** argv) {
@@ -45,7 +46,9 @@ int main(int argc, char** argv) {
                  "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)")
       ->check(quarot::cli::error_check([](const std::string& v) { return quarot::parse_qdec_k(v); }));
   auto* text = app.add_option("--text", args.text, "text file to evaluate (needs --tokenizer)");
-  app.add_option("--tokenizer", args.tokenizer, "SentencePiece .model or llama2.c tokenizer .bin");
+  app.add_option("--tokenizer", args.tokenizer,
+                 "tokenizer.json (or a folder with one, or vocab.json + merges.txt), SentencePiece .model or\n"
+                 "llama2.c tokenizer .bin (default: the tokenizer in the model's folder, if any)");
   auto* ids = app.add_option("--ids", args.ids, "pre-tokenized ids: whitespace-separated, one sequence per line");
   app.add_option("--ids-lines", args.ids_lines,
                  "stream: lines concatenated into one token stream (the TinyStories protocol); "
@@ -75,6 +78,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "quarot-eval: error: give exactly one of --text or --ids (see --help)\n");
     return quarot::cli::kExitUsage;
   }
+  if (!args.text.empty() && args.tokenizer.empty() && !(args.tokenizer = quarot::find_model_tokenizer(args.model)).empty())
+    std::fprintf(stderr, "quarot-eval: tokenizer %s (from the model's folder)\n", args.tokenizer.c_str());
   if (!args.text.empty() && args.tokenizer.empty()) {
     std::fprintf(stderr, "quarot-eval: error: --text needs --tokenizer (see --help)\n");
     return quarot::cli::kExitUsage;

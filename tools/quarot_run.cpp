@@ -10,6 +10,7 @@
 #include "cli.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/progress.hpp"
+#include "quarot/hf_tokenizer.hpp"
 #include "quarot/tokenizer.hpp"
 
 int main(int argc, char** argv) {
@@ -27,7 +28,9 @@ int main(int argc, char** argv) {
       "quarot-run"};
   app.add_option("model", a.model, "checkpoint: packed .q4.safetensors, llama2.c .bin or Hugging Face folder")->required();
   auto* prompt = app.add_option("--prompt", a.prompt, "prompt text (needs --tokenizer)");
-  app.add_option("--tokenizer", a.tokenizer, "SentencePiece .model or llama2.c tokenizer .bin");
+  app.add_option("--tokenizer", a.tokenizer,
+                 "tokenizer.json (or a folder with one, or vocab.json + merges.txt), SentencePiece .model or\n"
+                 "llama2.c tokenizer .bin (default: the tokenizer in the model's folder, if any)");
   auto* ids = app.add_option("--ids", a.ids, "prompt as token ids, e.g. \"1 403 407\" (default: BOS only)");
   app.add_option("-n,--n", a.n, "tokens to generate")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   app.add_flag("--stop-at-eos", a.stop_at_eos, "stop at the end-of-sequence token");
@@ -41,6 +44,8 @@ int main(int argc, char** argv) {
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
   std::optional<quarot::QdecK> qdec_k;
   if (!a.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(a.qdec_k);  // checked while parsing
+  if (!a.prompt.empty() && a.tokenizer.empty() && !(a.tokenizer = quarot::find_model_tokenizer(a.model)).empty())
+    std::fprintf(stderr, "quarot-run: tokenizer %s (from the model's folder)\n", a.tokenizer.c_str());
   if (!a.prompt.empty() && a.tokenizer.empty()) {
     std::fprintf(stderr, "quarot-run: error: --prompt needs --tokenizer (see --help)\n");
     return quarot::cli::kExitUsage;
