@@ -175,6 +175,35 @@ TEST(HfTokenizer, Llama2JsonEqualsSentencePieceOnWikiText) {
   EXPECT_EQ(tok.decode(want), text);
 }
 
+// The newer form of the same tokenizer (transformers' legacy=false conversion, Mistral v0.3 and
+// later LLaMA files): no normalizer, a Metaspace pre-tokenizer prepending only at the start, a
+// Metaspace decoder. On text without special tokens or leading spaces it equals SentencePiece.
+TEST(HfTokenizer, MetaspacePreTokenizerFormEqualsSentencePiece) {
+  QUAROT_REQUIRE_DATA("tokenizers/llama2/llama2.tokenizer.json");
+  QUAROT_REQUIRE_DATA("llama2-tokenizer/tokenizer.model");
+  QUAROT_REQUIRE_DATA("wikitext-2/wiki.test.txt");
+  auto j = nlohmann::json::parse(read_text_file(data_file("tokenizers/llama2/llama2.tokenizer.json")));
+  j["normalizer"] = nullptr;
+  j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}, {"split", false}};
+  j["decoder"] = {{"type", "Sequence"},
+                  {"decoders", {{{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}, {"split", false}},
+                                {{"type", "ByteFallback"}},
+                                {{"type", "Fuse"}}}}};
+  const auto tok = parse_hf_tokenizer_json(j.dump(), "metaspace-form/tokenizer.json");
+  const auto sp = load_sentencepiece(data_file("llama2-tokenizer/tokenizer.model"));
+  const std::string text = wikitext_chunk(50'000);
+  const auto ids = sp->encode(text);
+  EXPECT_EQ(tok->encode(text), ids);
+  EXPECT_EQ(tok->decode(ids), text);
+  for (const char* t : {"Hello world", "caf\u00e9 \U0001F999 x", "\n\tTabs"}) {
+    EXPECT_EQ(tok->encode(t), sp->encode(t)) << t;
+  }
+  // Where the crate and SentencePiece differ: a text that already starts with a space gets no
+  // extra "\u2581" from the crate's Metaspace (SentencePiece's dummy prefix always adds one).
+  EXPECT_EQ(tok->encode("  two leading"), (std::vector<int>{29871, 1023, 8236}));
+  EXPECT_EQ(sp->encode("  two leading"), (std::vector<int>{259, 1023, 8236}));
+}
+
 TEST(HfTokenizer, MistralJsonEqualsSentencePieceV1OnWikiText) {
   QUAROT_REQUIRE_DATA("tokenizers/mistral/Mistral-7B-v0.1.tokenizer.json");
   QUAROT_REQUIRE_DATA("tokenizers/mistral/tokenizer.model.v1");
