@@ -4,10 +4,13 @@
 // with H_m Sylvester's and H_K a base matrix built in code by a published construction:
 //   Paley I   (K = q + 1,   q prime, q = 3 mod 4): 12, 20, 44, 60, 108, 140, ...
 //   Paley II  (K = 2(q + 1), q prime, q = 1 mod 4): 28, 36, 76, 148, ...
+//   Goethals-Seidel (K = 4p, p prime, from cyclotomic sequences): 52, 68, 124, 164, 172, ...
 // Bases are at most 256 (a K x K factor costs K^2 per group of m values). When no construction
-// of such a size is known to the code (e.g. 172 = 4 * 43, 156, 52), the
-// K x K factor is a seeded random orthogonal matrix instead: still orthogonal (so every rotation
-// stays exact) but not a Hadamard matrix; `is_hadamard()` says so and callers log and report it.
+// of such a size is known to the code (e.g. 156 = 4 * 39, 92, 116), the K x K factor is a
+// seeded random orthogonal matrix instead: still orthogonal (so every rotation stays exact) but
+// not a Hadamard matrix; `is_hadamard()` says so and callers log and report it.
+// The transform of a call runs on all its rows at once: the butterflies per K sub-rows, then the
+// K x K base as one small GEMM per block of rows (OpenMP over blocks when the call is big enough).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -33,21 +36,28 @@ class Hadamard {
   // x[r] <- x[r] * Q^T (the inverse).
   void right_transpose(float* x, int rows, int64_t stride) const;
   void right_transpose(double* x, int rows, int64_t stride) const;
+  // The plain per-row loop (butterflies, then the base one product at a time), serial: the
+  // reference the fast path is checked and benchmarked against.
+  template <class T>
+  void apply_reference(T* x, int rows, int64_t stride, bool transpose) const;
 
   // X <- Q^T X for X with n rows of `cols` values (row-major): the transform applied to every
   // column at once, with whole-row butterflies (no transpose).
   void left_transpose(double* x, int64_t cols) const;
 
-  std::vector<double> dense() const;                // Q, n x n row-major
+  std::vector<double> dense() const;                // Q, n x n row-major (by the reference path)
   const std::vector<double>& base() const { return base_; }  // H_K / sqrt(K), K x K row-major
 
  private:
   template <class T>
   void apply(T* x, int rows, int64_t stride, bool transpose) const;
+  void set_mix();
   int n_ = 1, k_ = 1, m_ = 1;
   bool hadamard_ = true;
   std::string construction_;
   std::vector<double> base_;  // orthonormal K x K
+  std::vector<double> mix_;   // base_ / sqrt(m): the base and the butterflies' scale in one product
+  std::vector<float> mix_f_;  // mix_ rounded to fp32 for the float path
 };
 
 // Unnormalized in-place Walsh-Hadamard butterflies on n = 2^k values (x <- H_n x).

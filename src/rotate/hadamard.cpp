@@ -1,13 +1,17 @@
 #include "quarot/hadamard.hpp"
 
 #include <immintrin.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <string>
 #include <unordered_map>
+#include <type_traits>
 #include <utility>
 
+#include "quarot/detail/eigen.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
 
@@ -227,6 +231,7 @@ Hadamard Hadamard::make(int n, uint64_t fallback_seed, bool goethals_seidel) {
     for (std::size_t i = 0; i < base.size(); ++i) h.base_[i] = base[i] * s;
     h.construction_ = name.empty() ? "sylvester(" + std::to_string(n) + ")"
                                    : name + (h.m_ > 1 ? " x sylvester(" + std::to_string(h.m_) + ")" : "");
+    h.set_mix();
     return h;
   }
   h.k_ = odd;
@@ -236,6 +241,7 @@ Hadamard Hadamard::make(int n, uint64_t fallback_seed, bool goethals_seidel) {
   h.construction_ = "random-orthogonal(" + std::to_string(odd) + ", seed " + std::to_string(fallback_seed) + ")" +
                     (m > 1 ? " x sylvester(" + std::to_string(m) + ")" : "") +
                     " [no Hadamard construction for " + std::to_string(odd) + " in quarot]";
+  h.set_mix();
   return h;
 }
 
@@ -296,8 +302,18 @@ const char* fwht_isa() { return kFwht == fwht_avx512 ? "avx512" : kFwht == fwht_
 
 // --- The full transform: (H_K (x) H_m) / sqrt(n) --------------------------------------------
 
+void Hadamard::set_mix() {
+  const double scale = 1.0 / std::sqrt(double(m_));
+  mix_.resize(base_.size());
+  mix_f_.resize(base_.size());
+  for (std::size_t i = 0; i < base_.size(); ++i) {
+    mix_[i] = base_[i] * scale;
+    mix_f_[i] = float(mix_[i]);
+  }
+}
+
 template <class T>
-void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose) const {
+void Hadamard::apply_reference(T* x, int rows, int64_t stride, bool transpose) const {
   // Row vector y = x Q with Q = (B (x) H_m)/sqrt(m), B = H_K/sqrt(K) orthonormal. Viewing x as
   // [K][m]: y[c][:] = sum_a B[a][c] * (H_m x[a][:]) / sqrt(m) (H_m is symmetric). For Q^T use
   // B^T, i.e. B[c][a].
@@ -322,6 +338,88 @@ void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose) const {
       }
     }
     std::copy(tmp.begin(), tmp.end(), row);
+  }
+}
+template void Hadamard::apply_reference(float*, int, int64_t, bool) const;
+template void Hadamard::apply_reference(double*, int, int64_t, bool) const;
+
+namespace {
+
+template <class T>
+using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+
+// The GEMMs of one block want about this many columns (rows * m): enough for Eigen's kernel to
+// run at speed, few enough that a block (2 * K * kBlockColumns values) stays in L2.
+constexpr int kBlockColumns = 128;
+// Below this many flops a call stays on the calling thread: waking a second one costs more
+// (stories260K's per-head transforms, every decode step of a small model).
+constexpr double kParallelFlops = 2e6;
+
+}  // namespace
+
+template <class T>
+void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose) const {
+  // Per row, x viewed as [K][m]: y = B^T (H_m x-rows) / sqrt(m) (see apply_reference). The
+  // butterflies run per sub-row; the base mixes the K sub-rows of every row of a block in one
+  // GEMM: Z[(r, j)][a] = x[r][a*m + j] (rows r of the block, j < m), Y = Z * mix (Z * mix^T for
+  // Q^T), scattered back. For m = 1, Z is the rows themselves (no copy).
+  if (rows <= 0) return;
+  const int k = k_, m = m_;
+  const int block = std::clamp(kBlockColumns / m, 1, rows);
+  const int blocks = (rows + block - 1) / block;
+  const double flops = double(rows) * n_ * (k + std::log2(double(m)));
+  const T* mix = nullptr;
+  if constexpr (std::is_same_v<T, float>)
+    mix = mix_f_.data();
+  else
+    mix = mix_.data();
+  const T scale = T(1.0 / std::sqrt(double(m)));
+#pragma omp parallel if (blocks > 1 && flops > kParallelFlops)
+  {
+    // Eigen's GEMM would open its own parallel region from a serial call: one thread each.
+    omp_set_num_threads(1);
+    std::vector<T> buf(k > 1 ? std::size_t(n_) * block * (m > 1 ? 2 : 1) : 0);
+#pragma omp for schedule(dynamic, 1)
+    for (int b = 0; b < blocks; ++b) {
+      const int r0 = b * block, nr = std::min(block, rows - r0);
+      T* xb = x + int64_t(r0) * stride;
+      if (m > 1)
+        for (int r = 0; r < nr; ++r)
+          for (int a = 0; a < k; ++a) fwht(xb + int64_t(r) * stride + int64_t(a) * m, m);
+      if (k == 1) {
+        for (int r = 0; r < nr; ++r) {
+          T* row = xb + int64_t(r) * stride;
+          for (int i = 0; i < n_; ++i) row[i] *= scale;
+        }
+        continue;
+      }
+      const Eigen::Map<const RowMajor<T>> B(mix, k, k);
+      if (m == 1) {
+        Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>> X(xb, nr, k, Eigen::OuterStride<>(stride));
+        Eigen::Map<RowMajor<T>> Y(buf.data(), nr, k);
+        if (transpose)
+          Y.noalias() = X * B.transpose();
+        else
+          Y.noalias() = X * B;
+        X = Y;
+        continue;
+      }
+      const int64_t cols = int64_t(nr) * m;  // rows of Z
+      T* z = buf.data();
+      T* y = z + cols * k;
+      for (int r = 0; r < nr; ++r)
+        for (int a = 0; a < k; ++a) std::copy_n(xb + int64_t(r) * stride + int64_t(a) * m, m, z + int64_t(a) * cols + int64_t(r) * m);
+      Eigen::Map<const ColMajor<T>> Z(z, cols, k);
+      Eigen::Map<ColMajor<T>> Y(y, cols, k);
+      if (transpose)
+        Y.noalias() = Z * B.transpose();
+      else
+        Y.noalias() = Z * B;
+      for (int r = 0; r < nr; ++r)
+        for (int c = 0; c < k; ++c) std::copy_n(y + int64_t(c) * cols + int64_t(r) * m, m, xb + int64_t(r) * stride + int64_t(c) * m);
+    }
   }
 }
 
@@ -368,7 +466,7 @@ void Hadamard::left_transpose(double* x, int64_t cols) const {
 std::vector<double> Hadamard::dense() const {
   std::vector<double> q(std::size_t(n_) * n_, 0.0);
   for (int i = 0; i < n_; ++i) q[std::size_t(i) * n_ + i] = 1.0;
-  right(q.data(), n_, n_);  // rows of I times Q = Q
+  apply_reference(q.data(), n_, n_, false);  // rows of I times Q = Q
   return q;
 }
 
