@@ -15,6 +15,7 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/json_limits.hpp"
 #include "quarot/safetensors.hpp"
 
 namespace fs = std::filesystem;
@@ -26,6 +27,8 @@ namespace {
 
 constexpr const char* kIndexName = "model.safetensors.index.json";
 constexpr const char* kSingleName = "model.safetensors";
+// An index lists one short entry per tensor: a few MB even for the largest models.
+constexpr uint64_t kMaxIndexBytes = 64ull << 20;
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
@@ -78,6 +81,7 @@ void run_jobs(const std::vector<Job>& jobs, const LoadProgress& progress) {
 }  // namespace
 
 std::map<std::string, std::string> parse_hf_index(const std::string& json_text, const std::string& label) {
+  check_json_limits(json_text, label, {.max_depth = 16, .max_bytes = kMaxIndexBytes});
   json j;
   try {
     j = json::parse(json_text);
@@ -121,7 +125,7 @@ HfFolder open_hf(const std::string& dir) {
   const std::string config_path = (root / "config.json").string();
   if (!fs::exists(config_path, ec)) throw Error(dir, "no config.json in this folder");
   HfFolder h;
-  h.config = parse_hf_config(read_text_file(config_path), config_path);
+  h.config = parse_hf_config(read_json_file(config_path), config_path);
 
   // Open the safetensors file(s).
   auto& files = h.files;
@@ -138,7 +142,7 @@ HfFolder open_hf(const std::string& dir) {
     return f;
   };
   if (fs::exists(index_path, ec)) {
-    const auto weight_map = parse_hf_index(read_text_file(index_path), index_path);
+    const auto weight_map = parse_hf_index(read_json_file(index_path, {.max_depth = 16, .max_bytes = kMaxIndexBytes}), index_path);
     std::set<std::string> shard_names;
     for (const auto& [name, file] : weight_map) shard_names.insert(file);
     for (const auto& shard : shard_names) {
@@ -159,8 +163,18 @@ HfFolder open_hf(const std::string& dir) {
   } else {
     throw Error(dir, std::string("no ") + kSingleName + " or " + kIndexName + " in this folder");
   }
-  for (const auto& [k, v] : files.front()->header().metadata)
+  for (const auto& [k, v] : files.front()->header().metadata) {
+    // quarot's own metadata values hold JSON (the rotation record) that is parsed later.
+    if (k.rfind("quarot.", 0) == 0)
+      if (auto p = json_limits_problem(v)) throw Error(files.front()->path(), "metadata '" + k + "': JSON " + *p);
     if (k != "format") h.metadata[k] = v;
+  }
+  // A small folder whose config claims many layers fails at once, naming the field: the last
+  // layer config.json implies must have tensors in the files (one map lookup).
+  const std::string last_layer = "model.layers." + std::to_string(h.config.n_layers - 1) + ".";
+  if (auto it = where.lower_bound(last_layer); it == where.end() || it->first.rfind(last_layer, 0) != 0)
+    throw Error(config_path, "config field 'num_hidden_layers' = " + std::to_string(h.config.n_layers) +
+                                 ", but the safetensors files hold no tensor of layer " + std::to_string(h.config.n_layers - 1));
   std::set<std::string> used;
   for (const auto& [name, shape] : tensor_shapes(h.config)) {
     auto it = where.find(name);
@@ -375,7 +389,7 @@ ModelConfig read_model_config(const std::string& path) {
     }
   }
   const std::string cfg = (dir / "config.json").string();
-  return parse_hf_config(read_text_file(cfg), cfg);
+  return parse_hf_config(read_json_file(cfg), cfg);
 }
 
 void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOptions& opts) {

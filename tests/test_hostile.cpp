@@ -1,0 +1,177 @@
+// Hostile inputs to the parsers and output files (issue 20): nesting and size limits before
+// parsing, derived sizes and layer counts against the file, non-finite weights, the llama2.c
+// tokenizer (short vocabularies; the O(n log n) merge against run.c's O(n^2) one), and output
+// file safety (non-regular targets, exclusive temporaries, signals, identity checks).
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "quarot/atomic_file.hpp"
+#include "quarot/checkpoint.hpp"
+#include "quarot/error.hpp"
+#include "quarot/json_limits.hpp"
+#include "quarot/safetensors.hpp"
+#include "quarot/synth.hpp"
+#include "quarot/tokenizer.hpp"
+#include "test_support.hpp"
+
+using namespace quarot;
+using namespace quarot::test;
+using nlohmann::json;
+
+namespace {
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+#define EXPECT_ERROR_HAS(expr, needle)                                               \
+  do {                                                                               \
+    const std::string msg_ = error_of([&] { (void)(expr); });                        \
+    EXPECT_NE(msg_.find(needle), std::string::npos) << "message: " << msg_;          \
+    EXPECT_EQ(msg_.find('\n'), std::string::npos) << msg_;                           \
+  } while (0)
+
+std::string nested(std::size_t depth, char open = '[', char close = ']') {
+  return std::string(depth, open) + std::string(depth, close);
+}
+
+const json kBaseConfig = {{"model_type", "llama"}, {"hidden_size", 64}, {"intermediate_size", 128},
+                          {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"vocab_size", 100}};
+
+}  // namespace
+
+TEST(DocumentLimits, JsonNestingIsCountedOutsideStrings) {
+  EXPECT_FALSE(json_limits_problem(R"({"a": [[1, 2], {"b": "[[[[[[[[[[[[[[["}]})", {.max_depth = 4, .max_bytes = 1000}));
+  EXPECT_FALSE(json_limits_problem(R"({"a\"[[[[[[": 1})", {.max_depth = 1, .max_bytes = 1000}));
+  const auto p = json_limits_problem("{\"a\": " + nested(5) + "}", {.max_depth = 4, .max_bytes = 1000});
+  ASSERT_TRUE(p);
+  EXPECT_NE(p->find("nested deeper than 4 levels at byte 9"), std::string::npos) << *p;
+  EXPECT_TRUE(json_limits_problem(std::string(2000, ' '), {.max_depth = 4, .max_bytes = 1000}));
+  EXPECT_ERROR_HAS(check_json_limits(nested(100000), "x.json"), "x.json: JSON nested deeper than 64 levels");
+}
+
+TEST(DocumentLimits, TomlNestingAndDottedKeys) {
+  const DocumentLimits l{.max_depth = 8, .max_bytes = 1 << 20};
+  EXPECT_FALSE(toml_limits_problem("[a.b]\nx = [[1, 2], {y = 1.5}]\ns = \"[[[[[[[[[[[[\" # [[[[[[[[[[[[\n", l));
+  EXPECT_FALSE(toml_limits_problem("s = '''\n[[[[[[[[[[[[[[\n'''\nt = \"\"\"\\\"\"\"[[[[[[[[[[[[\"\"\"\n", l));
+  EXPECT_TRUE(toml_limits_problem("x = " + nested(9) + "\n", l));
+  EXPECT_TRUE(toml_limits_problem("x = " + nested(9, '{', '}') + "\n", l));
+  std::string dotted = "a";
+  for (int i = 0; i < 9; ++i) dotted += ".a";
+  EXPECT_TRUE(toml_limits_problem(dotted + " = 1\n", l));
+  EXPECT_FALSE(toml_limits_problem("a.a.a = 1\nb.b.b = 2\nc.c.c = 3\n", l));
+}
+
+TEST(HostileJson, DeepConfigIsRefusedBeforeParsing) {
+  // Before the limit: nlohmann's recursive dump of the value in the error message overflowed
+  // the stack (SIGSEGV).
+  const std::string deep = R"({"model_type": "llama", "hidden_size": )" + nested(1000000) + "}";
+  EXPECT_ERROR_HAS(parse_hf_config(deep, "config.json"), "config.json: JSON nested deeper than 64 levels");
+  EXPECT_ERROR_HAS(parse_hf_index("{\"weight_map\": " + nested(100000, '{', '}') + "}", "i.json"),
+                   "i.json: JSON nested deeper than 16 levels");
+  const std::string header = "{\"__metadata__\": {\"a\": " + nested(100000) + "}}";
+  std::vector<uint8_t> f(8 + header.size());
+  for (int i = 0; i < 8; ++i) f[std::size_t(i)] = uint8_t(uint64_t(header.size()) >> (8 * i));
+  std::memcpy(f.data() + 8, header.data(), header.size());
+  EXPECT_ERROR_HAS(parse_safetensors(f, "m.safetensors"), "m.safetensors: JSON nested deeper than 16 levels");
+}
+
+TEST(HostileJson, TensorCountsAreBoundedAndLinear) {
+  // nlohmann's callback parser rescans the parent object after every nested object: a header of
+  // 200,000 tensors took minutes. Now the count is bounded (65,536 per file) and checked by a
+  // linear SAX pass; timing is for bench/, not asserted.
+  auto header_of = [](int n) {
+    std::string header = "{";
+    for (int i = 0; i < n; ++i)
+      header += (i ? "," : "") + std::string("\"t") + std::to_string(i) + "\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[" +
+                std::to_string(4 * i) + "," + std::to_string(4 * i + 4) + "]}";
+    header += "}";
+    std::vector<uint8_t> f(8 + header.size() + 4 * std::size_t(n), 0);
+    for (int i = 0; i < 8; ++i) f[std::size_t(i)] = uint8_t(uint64_t(header.size()) >> (8 * i));
+    std::memcpy(f.data() + 8, header.data(), header.size());
+    return f;
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(parse_safetensors(header_of(65536), "many").tensors.size(), 65536u);
+  std::printf("65,536-tensor header parsed in %.3f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  const auto f = header_of(200000);
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_ERROR_HAS(parse_safetensors(f, "many"), "many: safetensors header lists more than 65536 tensors");
+  std::printf("200,000-tensor header refused in %.3f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  // Duplicates are still found (by the SAX pre-pass).
+  const std::string dup = R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  std::vector<uint8_t> g(8 + dup.size() + 4, 0);
+  g[0] = uint8_t(dup.size());
+  std::memcpy(g.data() + 8, dup.data(), dup.size());
+  EXPECT_ERROR_HAS(parse_safetensors(g, "dup"), "duplicate tensor name 'a'");
+}
+
+TEST(HostileConfig, DerivedSizesAndCountsNameTheField) {
+  auto err = [&](const json& j) { return error_of([&] { parse_hf_config(j.dump(), "config.json"); }); };
+  EXPECT_EQ(err(kBaseConfig), "(no error)");
+  auto j = kBaseConfig;
+  j["num_attention_heads"] = 65536;  // x head_dim 65536 = 2^32: int overflow in q_dim() before
+  j["head_dim"] = 65536;
+  j["num_key_value_heads"] = 1;
+  EXPECT_NE(err(j).find("config.json: config field 'num_attention_heads' x 'head_dim' = 4294967296 is larger"), std::string::npos) << err(j);
+  for (int64_t layers : {int64_t(3000000), int64_t(INT32_MAX)}) {
+    j = kBaseConfig;
+    j["num_hidden_layers"] = layers;
+    EXPECT_NE(err(j).find("config field 'num_hidden_layers' = " + std::to_string(layers) + " is larger than the limit"),
+              std::string::npos) << err(j);
+  }
+  j = kBaseConfig;
+  j["vocab_size"] = 1 << 22;
+  j["hidden_size"] = 1 << 20;
+  j["num_attention_heads"] = 1 << 10;
+  EXPECT_NE(err(j).find("'vocab_size' x 'hidden_size'"), std::string::npos) << err(j);
+  // Special tokens: outside the vocabulary, and values that int would wrap into it.
+  j = kBaseConfig;
+  j["bos_token_id"] = 4294967297ull;  // 2^32 + 1 wrapped to 1 before
+  EXPECT_NE(err(j).find("'bos_token_id' = 4294967297 lies outside the vocabulary"), std::string::npos) << err(j);
+  j = kBaseConfig;
+  j["eos_token_id"] = {100, 1};
+  EXPECT_NE(err(j).find("'eos_token_id' = 100 lies outside the vocabulary (vocab_size 100)"), std::string::npos) << err(j);
+  j = kBaseConfig;
+  j["bos_token_id"] = -7;
+  EXPECT_NE(err(j).find("'bos_token_id' = -7 lies outside"), std::string::npos) << err(j);
+}
+
+namespace {
+
+ModelWeights tiny_model() {
+  SynthSpec s = synth_preset("tiny");
+  s.seed = 3;
+  return make_synthetic(s);
+}
+
+}  // namespace
+
+TEST(HostileFolder, LayerCountBeyondTheFilesFailsAtOnceNamingTheField) {
+  TempDir dir;
+  const std::string path = dir / "m";
+  save_hf(tiny_model(), path, {DType::F32, 0, {}});
+  auto j = json::parse(read_text_file(path + "/config.json"));
+  j["num_hidden_layers"] = 4000;
+  write_file_atomic(path + "/config.json", j.dump());
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_ERROR_HAS(load_model(path), "config.json: config field 'num_hidden_layers' = 4000, but the safetensors files hold no tensor of layer 3999");
+  EXPECT_ERROR_HAS(CheckpointReader{path}, "hold no tensor of layer 3999");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+}
