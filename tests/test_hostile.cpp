@@ -19,6 +19,7 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/finite.hpp"
 #include "quarot/json_limits.hpp"
 #include "quarot/safetensors.hpp"
 #include "quarot/synth.hpp"
@@ -174,4 +175,34 @@ TEST(HostileFolder, LayerCountBeyondTheFilesFailsAtOnceNamingTheField) {
   EXPECT_ERROR_HAS(load_model(path), "config.json: config field 'num_hidden_layers' = 4000, but the safetensors files hold no tensor of layer 3999");
   EXPECT_ERROR_HAS(CheckpointReader{path}, "hold no tensor of layer 3999");
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+}
+
+TEST(HostileWeights, NonFiniteValuesAreRefusedNamingTheTensor) {
+  TempDir dir;
+  const std::string path = dir / "m";
+  auto m = tiny_model();
+  m.layers[1].ffn_norm[5] = std::nanf("");
+  m.layers[0].w_up.data[17] = -INFINITY;
+  save_hf(m, path, {DType::BF16, 0, {}});
+  EXPECT_ERROR_HAS(load_model(path), "tensor 'model.layers.0.mlp.up_proj.weight' holds -Inf at element 17");
+  EXPECT_ERROR_HAS(CheckpointReader(path).layer(1), "model.safetensors: tensor 'model.layers.1.post_attention_layernorm.weight' holds NaN at element 5");
+  ::setenv("QUAROT_ALLOW_NONFINITE", "1", 1);
+  const auto loaded = load_model(path);
+  ::unsetenv("QUAROT_ALLOW_NONFINITE");
+  EXPECT_TRUE(std::isnan(loaded.layers[1].ffn_norm[5]));
+  EXPECT_EQ(first_nonfinite(std::vector<float>(10000, 1.f)), -1);
+  std::vector<float> v(10000, 1.f);
+  v[9999] = INFINITY;
+  EXPECT_EQ(first_nonfinite(v), 9999);
+}
+
+TEST(HostileWeights, Llama2cNonFiniteIsRefused) {
+  // dim 8, hidden 16, 1 layer, 2 heads, 2 kv heads, vocab 16 (shared), seq_len 4.
+  const int32_t h[7] = {8, 16, 1, 2, 2, 16, 4};
+  const std::size_t floats = 16 * 8 + 8 + 4 * 8 * 8 + 8 + 3 * 16 * 8 + 8 + 4 * 4;
+  std::vector<uint8_t> f(28 + 4 * floats, 0);
+  std::memcpy(f.data(), h, 28);
+  const float nan = std::nanf("");
+  std::memcpy(f.data() + 28 + 4 * 3, &nan, 4);  // an embedding value
+  EXPECT_ERROR_HAS(parse_llama2c(f, "m.bin"), "m.bin: tensor 'model.embed_tokens.weight' holds NaN at element 3");
 }

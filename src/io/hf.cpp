@@ -15,6 +15,7 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/finite.hpp"
 #include "quarot/json_limits.hpp"
 #include "quarot/safetensors.hpp"
 
@@ -52,18 +53,38 @@ struct Job {
   DType dtype;
   float* dst;
   std::size_t n;
+  std::string tensor, file;  // for the error on a non-finite value
+  std::size_t first = 0;     // index of dst[0] in its tensor
 };
 
+// Converts every slice to fp32 and refuses NaN/Inf (scanned right after the conversion, while
+// the slice is in cache), unless allowed: a NaN weight or norm would give NaN logits silently.
 void run_jobs(const std::vector<Job>& jobs, const LoadProgress& progress) {
   uint64_t total = 0;
   for (const auto& j : jobs) total += j.n * dtype_size(j.dtype);
   std::atomic<std::size_t> next{0};
   std::mutex mu;
   uint64_t done = 0;
+  const bool check = !nonfinite_weights_allowed();
+  // The first non-finite value in file order (threads must not throw). Jobs are taken in order,
+  // so when job i finds one, every earlier job has been taken and will finish its own check.
+  std::string bad;
+  std::size_t bad_job = jobs.size();
   auto worker = [&] {
     for (std::size_t i; (i = next++) < jobs.size();) {
       const Job& j = jobs[i];
       convert_to_f32(j.dtype, j.src, j.n, j.dst);
+      if (check) {
+        if (const int64_t at = first_nonfinite({j.dst, j.n}); at >= 0) {
+          std::lock_guard lock(mu);
+          if (i < bad_job) {
+            bad_job = i;
+            bad = nonfinite_message(j.file, j.tensor, j.first + std::size_t(at), j.dst[at]);
+          }
+          next = jobs.size();  // stop the other workers early
+          return;
+        }
+      }
       if (progress) {
         std::lock_guard lock(mu);
         done += j.n * dtype_size(j.dtype);
@@ -76,6 +97,7 @@ void run_jobs(const std::vector<Job>& jobs, const LoadProgress& progress) {
   for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(worker);
   worker();
   for (auto& t : threads) t.join();
+  if (!bad.empty()) throw Error("", bad);
 }
 
 }  // namespace
@@ -204,7 +226,8 @@ void add_jobs(const HfFolder& h, const TensorRef& t, std::vector<Job>& jobs) {
   const std::size_t esize = dtype_size(info->dtype);
   constexpr std::size_t kSlice = std::size_t(16) << 20;  // elements per job
   for (std::size_t off = 0; off < t.data.size(); off += kSlice)
-    jobs.push_back({bytes.data() + off * esize, info->dtype, t.data.data() + off, std::min(kSlice, t.data.size() - off)});
+    jobs.push_back({bytes.data() + off * esize, info->dtype, t.data.data() + off, std::min(kSlice, t.data.size() - off),
+                    t.name, file->path(), off});
 }
 
 // Drops the file pages of a tensor that was converted: they would stay in this process's RSS.
