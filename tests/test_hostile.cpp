@@ -206,3 +206,80 @@ TEST(HostileWeights, Llama2cNonFiniteIsRefused) {
   std::memcpy(f.data() + 28 + 4 * 3, &nan, 4);  // an embedding value
   EXPECT_ERROR_HAS(parse_llama2c(f, "m.bin"), "m.bin: tensor 'model.embed_tokens.weight' holds NaN at element 3");
 }
+
+namespace {
+
+// run.c's encoder, kept as the reference: rescan every adjacent pair after each merge.
+std::vector<int> reference_encode(const Llama2cTokenizer& t, const std::string& text) {
+  std::unordered_map<std::string, int> lookup;
+  for (std::size_t i = 0; i < t.pieces.size(); ++i) lookup.emplace(t.pieces[i], int(i));
+  auto find = [&](const std::string& s) {
+    auto it = lookup.find(s);
+    return it == lookup.end() ? -1 : it->second;
+  };
+  std::vector<int> ids;
+  if (text.empty()) return ids;
+  if (auto sp = find(" "); sp >= 0) ids.push_back(sp);
+  for (std::size_t i = 0; i < text.size();) {
+    std::size_t len = 1;
+    while (i + len < text.size() && len < 4 && (uint8_t(text[i + len]) & 0xC0) == 0x80) ++len;
+    const int id = find(text.substr(i, len));
+    if (id >= 0) ids.push_back(id);
+    else
+      for (std::size_t b = 0; b < len; ++b) ids.push_back(int(uint8_t(text[i + b])) + 3);
+    i += len;
+  }
+  for (;;) {
+    float best = -1e30f;
+    int best_id = -1;
+    std::size_t best_at = 0;
+    for (std::size_t i = 0; i + 1 < ids.size(); ++i) {
+      const int id = find(t.pieces[std::size_t(ids[i])] + t.pieces[std::size_t(ids[i + 1])]);
+      if (id >= 0 && t.scores[std::size_t(id)] > best) {
+        best = t.scores[std::size_t(id)];
+        best_id = id;
+        best_at = i;
+      }
+    }
+    if (best_id < 0) break;
+    ids[best_at] = best_id;
+    ids.erase(ids.begin() + std::ptrdiff_t(best_at) + 1);
+  }
+  return ids;
+}
+
+}  // namespace
+
+TEST(HostileTokenizer, ShortLlama2cVocabularyIsRefused) {
+  // Byte fallback assumed ids 3..258: a 10-piece tokenizer read out of bounds (ASan: heap overflow).
+  Llama2cTokenizer t;
+  t.max_token_length = 4;
+  for (int i = 0; i < 10; ++i) {
+    t.pieces.push_back(std::string(1, char('a' + i)));
+    t.scores.push_back(float(i));
+  }
+  EXPECT_ERROR_HAS(make_llama2c_bpe(t, "tok.bin"), "tok.bin: llama2.c tokenizer has 10 pieces; it needs at least 259");
+}
+
+TEST(HostileTokenizer, FastMergeGivesRunCsIdsOnRealText) {
+  QUAROT_REQUIRE_DATA("llama2-tokenizer/tokenizer.bin");
+  QUAROT_REQUIRE_DATA("wikitext-2/wiki.test.txt");
+  QUAROT_REQUIRE_DATA("stories260K/tok512.bin");
+  const std::string wiki = read_text_lf(data_file("wikitext-2/wiki.test.txt"));
+  std::mt19937 rng(7);
+  for (const char* file : {"llama2-tokenizer/tokenizer.bin", "stories260K/tok512.bin"}) {
+    const auto pieces = load_llama2c_tokenizer(data_file(file));
+    const auto tok = make_llama2c_bpe(pieces, file);
+    // Chunks of real text (the reference is O(n^2): a few KB each), UTF-8 included.
+    for (int k = 0; k < (kSanitizedBuild ? 4 : 12); ++k) {
+      const std::size_t at = rng() % (wiki.size() - 3000);
+      const std::string chunk = wiki.substr(at, 500 + rng() % 2500);
+      ASSERT_EQ(tok->encode(chunk), reference_encode(pieces, chunk)) << file << " at byte " << at;
+    }
+    // Ties, repeats, byte fallback, invalid UTF-8.
+    for (const std::string s : {"aaaaaaaaaaaaaaaaaaaaaaaaaaa", "   the the the   ", "\xff\xfe\x80 caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+                                "a", " ", "\n\n\n", "x\xc3"}) {
+      ASSERT_EQ(tok->encode(s), reference_encode(pieces, s)) << file << ": " << s;
+    }
+  }
+}
