@@ -19,6 +19,7 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/file_identity.hpp"
 #include "quarot/finite.hpp"
 #include "quarot/json_limits.hpp"
 #include "quarot/safetensors.hpp"
@@ -282,4 +283,76 @@ TEST(HostileTokenizer, FastMergeGivesRunCsIdsOnRealText) {
       ASSERT_EQ(tok->encode(s), reference_encode(pieces, s)) << file << ": " << s;
     }
   }
+}
+
+namespace {
+
+std::vector<std::string> entries(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace
+
+TEST(HostileOutputs, NonRegularTargetsAreRefusedAndKept) {
+  TempDir dir;
+  fs::create_directory(dir / "folder");
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
+  write_file_atomic(dir / "victim", "precious");
+  fs::create_symlink(dir / "victim", dir / "link");
+  EXPECT_ERROR_HAS(write_file_atomic(dir / "folder", "x"), "folder: exists and is a folder; outputs only replace regular files");
+  EXPECT_ERROR_HAS(write_file_atomic(dir / "fifo", "x"), "fifo: exists and is a FIFO");
+  EXPECT_ERROR_HAS(write_file_atomic(dir / "link", "x"), "link: exists and is a symbolic link");
+  EXPECT_TRUE(fs::is_symlink(dir / "link"));
+  EXPECT_EQ(read_text_file(dir / "victim"), "precious");
+  EXPECT_TRUE(fs::is_fifo(dir / "fifo"));
+  // A device is refused before any work (never written here: as root it used to be replaced).
+  EXPECT_ERROR_HAS(refuse_unsafe_output("/dev/null", {}), "/dev/null: exists and is a character device");
+  EXPECT_EQ(entries(dir.path().string()), (std::vector<std::string>{"fifo", "folder", "link", "victim"}));
+}
+
+TEST(HostileOutputs, PlantedTemporaryLinksAreNotFollowed) {
+  // The temporary used to be ".NAME.tmp-PID-N": a link planted there redirected the write.
+  TempDir dir;
+  write_file_atomic(dir / "victim", "precious");
+  for (int n = 0; n < 64; ++n)
+    fs::create_symlink(dir / "victim", dir / (".out.tmp-" + std::to_string(::getpid()) + "-" + std::to_string(n)));
+  write_file_atomic(dir / "out", "new contents");
+  write_file_atomic(dir / "out", "newer contents");
+  EXPECT_EQ(read_text_file(dir / "out"), "newer contents");
+  EXPECT_EQ(read_text_file(dir / "victim"), "precious");
+  EXPECT_FALSE(fs::is_symlink(dir / "out"));
+  EXPECT_EQ(entries(dir.path().string()).size(), 64u + 2u);  // no temporary left
+}
+
+TEST(HostileOutputs, SignalsRemoveLiveTemporaries) {
+  TempDir dir;
+  for (int sig : {SIGINT, SIGTERM}) {
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      AtomicFile f(dir / "out");
+      f.write(std::string(1 << 20, 'x'));
+      ::raise(sig);
+      ::_exit(0);  // not reached
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << "status " << status;  // the shell: 128 + sig
+    EXPECT_TRUE(entries(dir.path().string()).empty()) << entries(dir.path().string()).front();
+  }
+}
+
+TEST(HostileOutputs, InputsAreRecognizedByIdentityNotName) {
+  TempDir dir;
+  write_file_atomic(dir / "in.ids", "1 2 3\n");
+  fs::create_hard_link(dir / "in.ids", dir / "other-name.ids");
+  fs::create_directory(dir / "sub");
+  EXPECT_TRUE(same_file(dir / "in.ids", dir / "sub/../other-name.ids"));
+  EXPECT_FALSE(same_file(dir / "in.ids", dir / "absent"));
+  EXPECT_ERROR_HAS(refuse_unsafe_output(dir / "other-name.ids", {"", dir / "in.ids"}), "refusing to overwrite an input file");
+  EXPECT_NO_THROW(refuse_unsafe_output(dir / "new.json", {dir / "in.ids"}));
+  EXPECT_EQ(read_text_file(dir / "in.ids"), "1 2 3\n");
 }
