@@ -73,16 +73,24 @@ void run_jobs(const std::vector<Job>& jobs, const LoadProgress& progress) {
   auto worker = [&] {
     for (std::size_t i; (i = next++) < jobs.size();) {
       const Job& j = jobs[i];
-      convert_to_f32(j.dtype, j.src, j.n, j.dst);
-      if (check) {
-        if (const int64_t at = first_nonfinite({j.dst, j.n}); at >= 0) {
-          std::lock_guard lock(mu);
-          if (i < bad_job) {
-            bad_job = i;
-            bad = nonfinite_message(j.file, j.tensor, j.first + std::size_t(at), j.dst[at]);
+      if (!check) {
+        convert_to_f32(j.dtype, j.src, j.n, j.dst);
+      } else {
+        // Converted and scanned block by block: the scan reads the block from L1/L2, not memory.
+        constexpr std::size_t kBlock = 16384;
+        const std::size_t esize = dtype_size(j.dtype);
+        for (std::size_t off = 0; off < j.n; off += kBlock) {
+          const std::size_t m = std::min(kBlock, j.n - off);
+          convert_to_f32(j.dtype, j.src + off * esize, m, j.dst + off);
+          if (const int64_t at = first_nonfinite({j.dst + off, m}); at >= 0) {
+            std::lock_guard lock(mu);
+            if (i < bad_job) {
+              bad_job = i;
+              bad = nonfinite_message(j.file, j.tensor, j.first + off + std::size_t(at), j.dst[off + std::size_t(at)]);
+            }
+            next = jobs.size();  // stop the other workers early
+            return;
           }
-          next = jobs.size();  // stop the other workers early
-          return;
         }
       }
       if (progress) {
