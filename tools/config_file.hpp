@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <iterator>
 #include <nlohmann/json.hpp>
+#include "quarot/json_limits.hpp"
 #include <sstream>
 #include <string>
 
@@ -20,6 +21,7 @@ class JsonOrTomlConfig : public CLI::ConfigBase {
       return CLI::ConfigBase::from_config(toml);
     }
     nlohmann::json j;
+    if (auto problem = quarot::json_limits_problem(text)) throw CLI::ConversionError("config file: JSON " + *problem);
     try {
       j = nlohmann::json::parse(text);
     } catch (const std::exception& e) {

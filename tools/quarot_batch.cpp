@@ -18,6 +18,7 @@
 
 #include "cli.hpp"
 #include "quarot/atomic_file.hpp"
+#include "quarot/json_limits.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/report.hpp"
 
@@ -53,6 +54,7 @@ std::string expand_env(const std::string& s) {
 json read_plan(const std::string& path) {
   const std::string text = quarot::read_text_file(path);
   const auto first = text.find_first_not_of(" \t\r\n");
+  first != std::string::npos && text[first] == '{' ? quarot::check_json_limits(text, path) : quarot::check_toml_limits(text, path);
   json plan;
   if (first != std::string::npos && text[first] == '{') {
     try {

@@ -9,6 +9,7 @@
 
 #include "cli.hpp"
 #include "quarot/atomic_file.hpp"
+#include "quarot/file_identity.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
@@ -88,6 +89,7 @@ int main(int argc, char** argv) {
   return quarot::cli::run("quarot-eval", [&] {
     if (args.threads > 0) omp_set_num_threads(args.threads);
     const quarot::Protocol protocol = quarot::parse_protocol(args.protocol);
+    if (!args.json.empty()) quarot::refuse_unsafe_output(args.json, {args.model, args.text, args.tokenizer, args.ids, args.kld_base});
     const quarot::LoadedModel loaded(args.model, args.simulate, true, qdec_k);
     const auto& cfg = loaded.config();
     int ctx = args.ctx ? args.ctx : (protocol == quarot::Protocol::Paper ? 2048 : 512);

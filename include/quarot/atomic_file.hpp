@@ -1,6 +1,10 @@
 #pragma once
 // Output files are written to a temporary file beside the target and renamed into place on
-// commit(), so a failure (or a crash) never leaves a partial or corrupted output.
+// commit(), so a failure (or a crash) never leaves a partial or corrupted output. The temporary
+// has an unpredictable name and is created with O_EXCL|O_NOFOLLOW; a target that exists and is
+// not a regular file (a device such as /dev/null, a FIFO, a folder, a symbolic link) is refused.
+// On SIGINT/SIGTERM/SIGHUP (when the program has no handler of its own) every live temporary
+// is removed and the process dies of the signal (exit status 128 + signal: 130 for Ctrl-C).
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -8,7 +12,7 @@
 
 namespace quarot {
 
-// Throws quarot::Error if `target` is (the same file as) one of `inputs`.
+// Throws quarot::Error if `target` is (by identity) one of `inputs` (empty entries ignored).
 void refuse_overwriting_inputs(const std::string& target, const std::vector<std::string>& inputs);
 
 class AtomicFile {

@@ -5,6 +5,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace quarot {
@@ -37,6 +38,9 @@ class Tokenizer {
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path);
 std::unique_ptr<Tokenizer> load_llama2c_bpe(const std::string& path);
+// The same from pieces already read (parse_llama2c_tokenizer); `label` names them in errors.
+struct Llama2cTokenizer;
+std::unique_ptr<Tokenizer> make_llama2c_bpe(Llama2cTokenizer pieces, const std::string& label);
 
 // Reads a text file for tokenization with Windows line endings (CRLF) turned into LF: the
 // evaluation protocols are defined on LF text (WikiText-2 as shipped in ../shared/data has CRLF,
@@ -46,5 +50,7 @@ std::string read_text_lf(const std::string& path, std::size_t* crlf_count = null
 // Pre-tokenized ids: whitespace-separated integers, one sequence per line (blank lines
 // skipped). Every id is checked against `vocab` (when > 0); errors name file and line.
 std::vector<std::vector<int>> read_ids_file(const std::string& path, int vocab);
+// The same on text already read; `label` names it in errors.
+std::vector<std::vector<int>> parse_ids(std::string_view text, const std::string& label, int vocab);
 
 }  // namespace quarot

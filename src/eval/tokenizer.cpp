@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstdio>
 #include <filesystem>
+#include <queue>
 #include <unordered_map>
 
 #include "quarot/atomic_file.hpp"
@@ -47,10 +48,17 @@ class SentencePieceTokenizer final : public Tokenizer {
 
 // llama2.c's tokenizer (run.c): pieces with scores; encoding starts from code points (with a
 // dummy-prefix space and byte fallback to ids 3..258) and greedily merges the adjacent pair
-// whose merged piece has the highest score, until no pair merges.
+// whose merged piece has the highest score (the leftmost among equals), until no pair merges.
+// run.c rescans the whole sequence after every merge (O(n^2): minutes for WikiText-2); here the
+// candidate pairs sit in a priority queue over a linked list of the current tokens, and stale
+// entries are skipped when popped, which gives the same merges in O(n log n).
 class Llama2cBpe final : public Tokenizer {
  public:
-  explicit Llama2cBpe(const std::string& path) : t_(load_llama2c_tokenizer(path)) {
+  Llama2cBpe(Llama2cTokenizer t, const std::string& label) : t_(std::move(t)) {
+    // Byte fallback maps byte b to id b + 3 (<0x00> .. <0xFF> after <unk>, <s>, </s>).
+    if (t_.pieces.size() < 259)
+      throw Error(label, "llama2.c tokenizer has " + std::to_string(t_.pieces.size()) +
+                             " pieces; it needs at least 259 (3 specials and the 256 byte pieces)");
     for (std::size_t i = 0; i < t_.pieces.size(); ++i) lookup_.emplace(t_.pieces[i], int(i));
   }
   std::vector<int> encode(const std::string& text) const override {
@@ -68,23 +76,52 @@ class Llama2cBpe final : public Tokenizer {
       }
       i += len;
     }
-    for (;;) {
-      float best = -1e30f;
-      int best_id = -1;
-      std::size_t best_at = 0;
-      for (std::size_t i = 0; i + 1 < ids.size(); ++i) {
-        const int id = find(t_.pieces[ids[i]] + t_.pieces[ids[i + 1]]);
-        if (id >= 0 && t_.scores[id] > best) {
-          best = t_.scores[id];
-          best_id = id;
-          best_at = i;
-        }
-      }
-      if (best_id < 0) break;
-      ids[best_at] = best_id;
-      ids.erase(ids.begin() + std::ptrdiff_t(best_at) + 1);
+    const std::size_t n = ids.size();
+    constexpr std::size_t kNone = std::size_t(-1);
+    std::vector<std::size_t> prev(n), next(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      prev[i] = i == 0 ? kNone : i - 1;
+      next[i] = i + 1 < n ? i + 1 : kNone;
     }
-    return ids;
+    struct Candidate {
+      float score;
+      std::size_t left;         // position of the left token (positions keep their order)
+      int left_id, right_id, merged;
+    };
+    // Highest score first; the leftmost among equal scores (run.c's strict '>' scan).
+    auto lower = [](const Candidate& a, const Candidate& b) {
+      return a.score < b.score || (a.score == b.score && a.left > b.left);
+    };
+    std::priority_queue<Candidate, std::vector<Candidate>, decltype(lower)> queue(lower);
+    auto consider = [&](std::size_t left) {
+      const std::size_t right = next[left];
+      if (right == kNone) return;
+      const int id = find(t_.pieces[std::size_t(ids[left])] + t_.pieces[std::size_t(ids[right])]);
+      // run.c starts its best score at -1e30: lower (and NaN) scores never merge.
+      if (id >= 0 && t_.scores[std::size_t(id)] > -1e30f)
+        queue.push({t_.scores[std::size_t(id)], left, ids[left], ids[right], id});
+    };
+    for (std::size_t i = 0; i + 1 < n; ++i) consider(i);
+    std::vector<char> alive(n, 1);
+    while (!queue.empty()) {
+      const Candidate c = queue.top();
+      queue.pop();
+      // Stale unless the pair is still adjacent with the same ids (then it is the current pair).
+      if (!alive[c.left] || ids[c.left] != c.left_id) continue;
+      const std::size_t right = next[c.left];
+      if (right == kNone || ids[right] != c.right_id) continue;
+      ids[c.left] = c.merged;
+      alive[right] = 0;
+      next[c.left] = next[right];
+      if (next[right] != kNone) prev[next[right]] = c.left;
+      if (prev[c.left] != kNone) consider(prev[c.left]);
+      consider(c.left);
+    }
+    std::vector<int> out;
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i)
+      if (alive[i]) out.push_back(ids[i]);
+    return out;
   }
   std::string decode(std::span<const int> ids) const override {
     std::string out;
@@ -121,7 +158,12 @@ class Llama2cBpe final : public Tokenizer {
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path) {
   return std::make_unique<SentencePieceTokenizer>(path);
 }
-std::unique_ptr<Tokenizer> load_llama2c_bpe(const std::string& path) { return std::make_unique<Llama2cBpe>(path); }
+std::unique_ptr<Tokenizer> load_llama2c_bpe(const std::string& path) {
+  return std::make_unique<Llama2cBpe>(load_llama2c_tokenizer(path), path);
+}
+std::unique_ptr<Tokenizer> make_llama2c_bpe(Llama2cTokenizer pieces, const std::string& label) {
+  return std::make_unique<Llama2cBpe>(std::move(pieces), label);
+}
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   if (auto hf = load_hf_tokenizer(path)) return hf;  // *.json or a model folder
@@ -145,7 +187,10 @@ std::string read_text_lf(const std::string& path, std::size_t* crlf_count) {
 }
 
 std::vector<std::vector<int>> read_ids_file(const std::string& path, int vocab) {
-  const std::string text = read_text_file(path);
+  return parse_ids(read_text_file(path), path, vocab);
+}
+
+std::vector<std::vector<int>> parse_ids(std::string_view text, const std::string& path, int vocab) {
   std::vector<std::vector<int>> seqs;
   std::size_t line_no = 0, pos = 0;
   auto is_sep = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == ','; };

@@ -15,6 +15,8 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/finite.hpp"
+#include "quarot/json_limits.hpp"
 #include "quarot/safetensors.hpp"
 
 namespace fs = std::filesystem;
@@ -26,6 +28,8 @@ namespace {
 
 constexpr const char* kIndexName = "model.safetensors.index.json";
 constexpr const char* kSingleName = "model.safetensors";
+// An index lists one short entry per tensor: a few MB even for the largest models.
+constexpr uint64_t kMaxIndexBytes = 64ull << 20;
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
@@ -49,18 +53,46 @@ struct Job {
   DType dtype;
   float* dst;
   std::size_t n;
+  std::string tensor, file;  // for the error on a non-finite value
+  std::size_t first = 0;     // index of dst[0] in its tensor
 };
 
+// Converts every slice to fp32 and refuses NaN/Inf (scanned right after the conversion, while
+// the slice is in cache), unless allowed: a NaN weight or norm would give NaN logits silently.
 void run_jobs(const std::vector<Job>& jobs, const LoadProgress& progress) {
   uint64_t total = 0;
   for (const auto& j : jobs) total += j.n * dtype_size(j.dtype);
   std::atomic<std::size_t> next{0};
   std::mutex mu;
   uint64_t done = 0;
+  const bool check = !nonfinite_weights_allowed();
+  // The first non-finite value in file order (threads must not throw). Jobs are taken in order,
+  // so when job i finds one, every earlier job has been taken and will finish its own check.
+  std::string bad;
+  std::size_t bad_job = jobs.size();
   auto worker = [&] {
     for (std::size_t i; (i = next++) < jobs.size();) {
       const Job& j = jobs[i];
-      convert_to_f32(j.dtype, j.src, j.n, j.dst);
+      if (!check) {
+        convert_to_f32(j.dtype, j.src, j.n, j.dst);
+      } else {
+        // Converted and scanned block by block: the scan reads the block from L1/L2, not memory.
+        constexpr std::size_t kBlock = 16384;
+        const std::size_t esize = dtype_size(j.dtype);
+        for (std::size_t off = 0; off < j.n; off += kBlock) {
+          const std::size_t m = std::min(kBlock, j.n - off);
+          convert_to_f32(j.dtype, j.src + off * esize, m, j.dst + off);
+          if (const int64_t at = first_nonfinite({j.dst + off, m}); at >= 0) {
+            std::lock_guard lock(mu);
+            if (i < bad_job) {
+              bad_job = i;
+              bad = nonfinite_message(j.file, j.tensor, j.first + off + std::size_t(at), j.dst[off + std::size_t(at)]);
+            }
+            next = jobs.size();  // stop the other workers early
+            return;
+          }
+        }
+      }
       if (progress) {
         std::lock_guard lock(mu);
         done += j.n * dtype_size(j.dtype);
@@ -73,11 +105,13 @@ void run_jobs(const std::vector<Job>& jobs, const LoadProgress& progress) {
   for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(worker);
   worker();
   for (auto& t : threads) t.join();
+  if (!bad.empty()) throw Error("", bad);
 }
 
 }  // namespace
 
 std::map<std::string, std::string> parse_hf_index(const std::string& json_text, const std::string& label) {
+  check_json_limits(json_text, label, {.max_depth = 16, .max_bytes = kMaxIndexBytes});
   json j;
   try {
     j = json::parse(json_text);
@@ -121,7 +155,7 @@ HfFolder open_hf(const std::string& dir) {
   const std::string config_path = (root / "config.json").string();
   if (!fs::exists(config_path, ec)) throw Error(dir, "no config.json in this folder");
   HfFolder h;
-  h.config = parse_hf_config(read_text_file(config_path), config_path);
+  h.config = parse_hf_config(read_json_file(config_path), config_path);
 
   // Open the safetensors file(s).
   auto& files = h.files;
@@ -138,7 +172,7 @@ HfFolder open_hf(const std::string& dir) {
     return f;
   };
   if (fs::exists(index_path, ec)) {
-    const auto weight_map = parse_hf_index(read_text_file(index_path), index_path);
+    const auto weight_map = parse_hf_index(read_json_file(index_path, {.max_depth = 16, .max_bytes = kMaxIndexBytes}), index_path);
     std::set<std::string> shard_names;
     for (const auto& [name, file] : weight_map) shard_names.insert(file);
     for (const auto& shard : shard_names) {
@@ -159,8 +193,18 @@ HfFolder open_hf(const std::string& dir) {
   } else {
     throw Error(dir, std::string("no ") + kSingleName + " or " + kIndexName + " in this folder");
   }
-  for (const auto& [k, v] : files.front()->header().metadata)
+  for (const auto& [k, v] : files.front()->header().metadata) {
+    // quarot's own metadata values hold JSON (the rotation record) that is parsed later.
+    if (k.rfind("quarot.", 0) == 0)
+      if (auto p = json_limits_problem(v)) throw Error(files.front()->path(), "metadata '" + k + "': JSON " + *p);
     if (k != "format") h.metadata[k] = v;
+  }
+  // A small folder whose config claims many layers fails at once, naming the field: the last
+  // layer config.json implies must have tensors in the files (one map lookup).
+  const std::string last_layer = "model.layers." + std::to_string(h.config.n_layers - 1) + ".";
+  if (auto it = where.lower_bound(last_layer); it == where.end() || it->first.rfind(last_layer, 0) != 0)
+    throw Error(config_path, "config field 'num_hidden_layers' = " + std::to_string(h.config.n_layers) +
+                                 ", but the safetensors files hold no tensor of layer " + std::to_string(h.config.n_layers - 1));
   std::set<std::string> used;
   for (const auto& [name, shape] : tensor_shapes(h.config)) {
     auto it = where.find(name);
@@ -190,7 +234,8 @@ void add_jobs(const HfFolder& h, const TensorRef& t, std::vector<Job>& jobs) {
   const std::size_t esize = dtype_size(info->dtype);
   constexpr std::size_t kSlice = std::size_t(16) << 20;  // elements per job
   for (std::size_t off = 0; off < t.data.size(); off += kSlice)
-    jobs.push_back({bytes.data() + off * esize, info->dtype, t.data.data() + off, std::min(kSlice, t.data.size() - off)});
+    jobs.push_back({bytes.data() + off * esize, info->dtype, t.data.data() + off, std::min(kSlice, t.data.size() - off),
+                    t.name, file->path(), off});
 }
 
 // Drops the file pages of a tensor that was converted: they would stay in this process's RSS.
@@ -375,7 +420,7 @@ ModelConfig read_model_config(const std::string& path) {
     }
   }
   const std::string cfg = (dir / "config.json").string();
-  return parse_hf_config(read_text_file(cfg), cfg);
+  return parse_hf_config(read_json_file(cfg), cfg);
 }
 
 void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOptions& opts) {

@@ -4,6 +4,7 @@
 
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/finite.hpp"
 #include "quarot/mapped_file.hpp"
 
 namespace quarot {
@@ -103,6 +104,7 @@ ModelWeights parse_llama2c(std::span<const uint8_t> file, const std::string& lab
   take(m.final_norm.data(), d);
   p += freq * 4;
   if (!c.tied_embeddings) take(m.lm_head.data.data(), V * d);
+  check_finite(m, label);
   return m;
 }
 

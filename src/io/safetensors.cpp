@@ -8,6 +8,7 @@
 
 #include "quarot/atomic_file.hpp"
 #include "quarot/error.hpp"
+#include "quarot/json_limits.hpp"
 
 namespace quarot {
 
@@ -28,6 +29,38 @@ uint64_t read_u64_le(const uint8_t* p) {
 }
 
 constexpr uint64_t kAlign = 64;
+// Tensors per file: real checkpoints hold hundreds to a few thousand per file (the largest MoE
+// models ~100,000 in all, over many shards). A bound keeps a small hostile header from costing
+// seconds of parsing and memory for entries that describe nothing.
+constexpr std::size_t kMaxTensorsPerFile = 65536;
+
+// A SAX pass that records the first duplicate among the top-level keys (and builds nothing).
+struct TopLevelKeys : nlohmann::json_sax<json> {
+  int depth = 0;
+  std::set<std::string> seen;
+  std::string duplicate;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return ++depth, true; }
+  bool end_object() override { return --depth, true; }
+  bool start_array(std::size_t) override { return ++depth, true; }
+  bool end_array() override { return --depth, true; }
+  bool key(string_t& k) override {
+    if (depth != 1) return true;
+    if (seen.size() > kMaxTensorsPerFile) return too_many = true, false;  // stop reading
+    if (duplicate.empty() && !seen.insert(k).second) duplicate = k;
+    return true;
+  }
+  bool too_many = false;
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    return false;  // the DOM parse that follows reports it
+  }
+};
 
 }  // namespace
 
@@ -58,20 +91,22 @@ SafetensorsHeader parse_safetensors(std::span<const uint8_t> file, const std::st
   const char* hdr = reinterpret_cast<const char*>(file.data() + 8);
   if (header_len == 0 || hdr[0] != '{')
     throw Error(label, "safetensors header does not start with '{'");
+  // A header is an object of objects (depth 3); deep nesting would recurse in nlohmann::json.
+  check_json_limits({hdr, std::size_t(header_len)}, label, {.max_depth = 16, .max_bytes = kMaxSafetensorsHeader});
 
-  // nlohmann keeps the last of duplicate keys silently; the format forbids duplicates.
-  std::set<std::string> seen;
+  // nlohmann keeps the last of duplicate keys silently; the format forbids duplicates. They are
+  // found by a first SAX pass (linear): nlohmann's callback parser would do it in O(n^2), since
+  // it scans the whole parent object after every nested object (200,000 tensors: minutes).
+  TopLevelKeys keys;
   std::string duplicate;
-  json::parser_callback_t cb = [&](int depth, json::parse_event_t ev, json& parsed) {
-    if (depth == 1 && ev == json::parse_event_t::key && duplicate.empty()) {
-      auto name = parsed.get<std::string>();
-      if (!seen.insert(name).second) duplicate = name;
-    }
-    return true;
-  };
   json j;
   try {
-    j = json::parse(hdr, hdr + header_len, cb);
+    const bool valid = json::sax_parse(hdr, hdr + header_len, &keys);
+    if (keys.too_many)
+      throw Error(label, "safetensors header lists more than " + std::to_string(kMaxTensorsPerFile) +
+                             " tensors (the limit per file; shard larger models)");
+    if (!valid || keys.duplicate.empty()) j = json::parse(hdr, hdr + header_len);
+    duplicate = keys.duplicate;
   } catch (const json::exception& e) {
     throw Error(label, std::string("safetensors header is not valid UTF-8 JSON: ") + e.what());
   }

@@ -1,12 +1,28 @@
 #include "quarot/config.hpp"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "quarot/error.hpp"
+#include "quarot/json_limits.hpp"
 
 namespace quarot {
 
 using nlohmann::json;
+
+namespace {
+
+// Bounds validate() enforces, far above every real model (LLaMA-3 405B: hidden 16384, FFN 53248,
+// 126 layers, vocab 128256), so that every derived size fits in int64 and the int products
+// (q_dim(), kv_dim()) cannot overflow.
+constexpr int64_t kMaxWidth = int64_t(1) << 20;            // hidden, FFN, heads x head_dim
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxVocab = int64_t(1) << 24;
+constexpr int64_t kMaxPositions = int64_t(1) << 24;
+constexpr int64_t kMaxTensorElements = int64_t(1) << 36;  // one tensor: 256 GiB of fp32
+
+}  // namespace
 
 std::string family_name(Family f) {
   switch (f) {
@@ -34,6 +50,33 @@ void ModelConfig::validate(const std::string& source) const {
   positive(head_dim, "head_dim");
   positive(vocab, "vocab_size");
   positive(max_positions, "max_position_embeddings");
+  // Upper bounds far above every real model (LLaMA-3 405B: hidden 16384, FFN 53248, 126 layers,
+  // vocab 128256) that keep every derived size below in int64 range and reject a small file
+  // that claims an absurd shape before anything is allocated or looped over.
+  auto at_most = [&](int64_t v, int64_t limit, const std::string& what) {
+    if (v > limit)
+      throw Error(source, "config field " + what + " = " + std::to_string(v) + " is larger than the limit " +
+                              std::to_string(limit) + " (corrupt config?)");
+  };
+  at_most(hidden, kMaxWidth, "'hidden_size'");
+  at_most(intermediate, kMaxWidth, "'intermediate_size'");
+  at_most(n_layers, kMaxLayers, "'num_hidden_layers'");
+  at_most(n_heads, kMaxWidth, "'num_attention_heads'");
+  at_most(n_kv_heads, kMaxWidth, "'num_key_value_heads'");
+  at_most(head_dim, kMaxWidth, "'head_dim'");
+  at_most(vocab, kMaxVocab, "'vocab_size'");
+  at_most(max_positions, kMaxPositions, "'max_position_embeddings'");
+  // Derived sizes, computed in int64 (the int products would overflow first).
+  at_most(int64_t(n_heads) * head_dim, kMaxWidth, "'num_attention_heads' x 'head_dim'");
+  at_most(int64_t(n_kv_heads) * head_dim, kMaxWidth, "'num_key_value_heads' x 'head_dim'");
+  at_most(int64_t(vocab) * hidden, kMaxTensorElements, "'vocab_size' x 'hidden_size'");
+  at_most(int64_t(intermediate) * hidden, kMaxTensorElements, "'intermediate_size' x 'hidden_size'");
+  at_most(int64_t(max_positions) * head_dim, kMaxTensorElements, "'max_position_embeddings' x 'head_dim'");
+  if (!std::isfinite(rms_eps)) throw Error(source, "config field 'rms_norm_eps' must be finite");
+  if (!std::isfinite(rope_theta)) throw Error(source, "config field 'rope_theta' must be finite");
+  if (!std::isfinite(rope_scaling.factor) || !std::isfinite(rope_scaling.low_freq_factor) ||
+      !std::isfinite(rope_scaling.high_freq_factor))
+    throw Error(source, "config field 'rope_scaling' holds a value that is not finite");
   if (n_heads % n_kv_heads != 0)
     throw Error(source, "config field 'num_key_value_heads' (" + std::to_string(n_kv_heads) +
                             ") must divide num_attention_heads (" + std::to_string(n_heads) + ")");
@@ -43,8 +86,10 @@ void ModelConfig::validate(const std::string& source) const {
   if (!(rope_theta > 0)) throw Error(source, "config field 'rope_theta' must be positive");
   if (rope_scaling.type != RopeScalingType::None && !(rope_scaling.factor > 0))
     throw Error(source, "config field 'rope_scaling.factor' must be positive");
-  if (bos_id >= vocab || eos_id >= vocab)
-    throw Error(source, "config fields 'bos_token_id'/'eos_token_id' lie outside the vocabulary");
+  for (const auto& [id, field] : {std::pair{bos_id, "bos_token_id"}, std::pair{eos_id, "eos_token_id"}})
+    if (id < -1 || id >= vocab)  // -1: none
+      throw Error(source, std::string("config field '") + field + "' = " + std::to_string(id) +
+                              " lies outside the vocabulary (vocab_size " + std::to_string(vocab) + ")");
 }
 
 namespace {
@@ -81,15 +126,19 @@ struct Reader {
     if (!j.contains(f)) return dflt;
     const json& v = j[f];
     if (v.is_null()) return -1;
-    if (v.is_array() && !v.empty() && v[0].is_number_integer()) return v[0].get<int>();  // eos lists
-    if (!v.is_number_integer()) bad(f, "must be an integer or a list of integers");
-    return v.get<int>();
+    const json& id = v.is_array() && !v.empty() ? v[0] : v;  // eos lists: the first
+    if (!id.is_number_integer()) bad(f, "must be an integer or a list of integers");
+    // Range-checked here: get<int>() would wrap 2^32 + 1 to 1, a valid id.
+    if (id.is_number_unsigned() ? id.get<uint64_t>() > uint64_t(INT32_MAX) : id.get<int64_t>() < -1)
+      bad(f, "= " + id.dump() + " lies outside the vocabulary");
+    return static_cast<int>(id.get<int64_t>());
   }
 };
 
 }  // namespace
 
 ModelConfig parse_hf_config(const std::string& json_text, const std::string& source) {
+  check_json_limits(json_text, source);
   json j;
   try {
     j = json::parse(json_text);

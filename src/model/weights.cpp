@@ -1,7 +1,14 @@
 #include "quarot/weights.hpp"
+#include "quarot/finite.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <sstream>
+
+#include "quarot/error.hpp"
 
 namespace quarot {
 
@@ -106,6 +113,43 @@ void allocate(ModelWeights& m) {
   m.final_norm.assign(c.hidden, 0.f);
   if (c.tied_embeddings) m.lm_head = Matrix{};
   else size_matrix(m.lm_head, c.vocab, c.hidden);
+}
+
+int64_t first_nonfinite(std::span<const float> values) {
+  // An OR over the exponent test vectorizes; the position is searched only when there is one.
+  constexpr uint32_t kExp = 0x7f800000u;
+  constexpr std::size_t kBlock = 4096;
+  for (std::size_t b = 0; b < values.size(); b += kBlock) {
+    const std::size_t e = std::min(values.size(), b + kBlock);
+    uint32_t any = 0;
+    for (std::size_t i = b; i < e; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &values[i], 4);
+      any |= uint32_t((bits & kExp) == kExp);
+    }
+    if (any)
+      for (std::size_t i = b; i < e; ++i)
+        if (!std::isfinite(values[i])) return int64_t(i);
+  }
+  return -1;
+}
+
+bool nonfinite_weights_allowed() {
+  const char* v = std::getenv("QUAROT_ALLOW_NONFINITE");
+  return v && std::strcmp(v, "1") == 0;
+}
+
+std::string nonfinite_message(const std::string& file, const std::string& tensor, std::size_t index, float value) {
+  return file + ": tensor '" + tensor + "' holds " + (std::isnan(value) ? "NaN" : value > 0 ? "+Inf" : "-Inf") +
+         " at element " + std::to_string(index) + " (QUAROT_ALLOW_NONFINITE=1 loads it anyway)";
+}
+
+void check_finite(const ModelWeights& m, const std::string& file) {
+  if (nonfinite_weights_allowed()) return;
+  for_each_tensor(m, [&](const TensorRef& t) {
+    if (const int64_t at = first_nonfinite(t.data); at >= 0)
+      throw Error("", nonfinite_message(file, t.name, std::size_t(at), t.data[std::size_t(at)]));
+  });
 }
 
 void for_each_tensor(ModelWeights& m, const std::function<void(const TensorRef&)>& fn) {
