@@ -13,6 +13,7 @@
 #include <numbers>
 
 #include "quarot/detail/eigen.hpp"
+#include "quarot/detail/serial_below.hpp"
 #include "quarot/error.hpp"
 
 // Waiting OpenMP threads spin after each parallel region by default (libgomp: 300000 spins); on a
@@ -96,28 +97,7 @@ using StridedConst = Eigen::Map<const Mat<T>, 0, Eigen::OuterStride<>>;
 template <class T>
 using Strided = Eigen::Map<Mat<T>, 0, Eigen::OuterStride<>>;
 
-// Eigen's GEMM opens an OpenMP region for anything above ~50k multiply-adds per thread; on a busy
-// 2-core machine, waking (or spinning) a second thread for a stories260K-sized product costs more
-// than the product (the default threads ran 7-20x slower than --threads 1). Products below
-// kParallelMacs run on the calling thread: its OpenMP thread count is 1 for the scope.
-constexpr double kParallelMacs = 8e6;
-class SerialBelow {
- public:
-  explicit SerialBelow(double macs) {
-    if (macs < kParallelMacs && !omp_in_parallel()) {
-      saved_ = omp_get_max_threads();
-      omp_set_num_threads(1);
-    }
-  }
-  ~SerialBelow() {
-    if (saved_) omp_set_num_threads(saved_);
-  }
-  SerialBelow(const SerialBelow&) = delete;
-  SerialBelow& operator=(const SerialBelow&) = delete;
-
- private:
-  int saved_ = 0;
-};
+using detail::SerialBelow;  // small products on the calling thread (see serial_below.hpp)
 
 // Inverse RoPE frequencies, one per rotated pair, with the config's scaling applied.
 std::vector<double> rope_inv_freq(const ModelConfig& c) {
