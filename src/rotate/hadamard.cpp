@@ -380,7 +380,12 @@ void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose) const {
   const auto run_block = [&](int b, std::vector<T>& buf) {
     const int r0 = b * block, nr = std::min(block, rows - r0);
     T* xb = x + int64_t(r0) * stride;
-    if (m > 1)
+    // Below the vector width the SIMD butterflies are the scalar ones (same bits): inlined here,
+    // without the dispatch per sub-row (per-head transforms of 8 values are millions of calls).
+    if (m > 1 && m < 16)
+      for (int r = 0; r < nr; ++r)
+        for (int a = 0; a < k; ++a) scalar_stages(xb + int64_t(r) * stride + int64_t(a) * m, m, m);
+    else if (m > 1)
       for (int r = 0; r < nr; ++r)
         for (int a = 0; a < k; ++a) fwht(xb + int64_t(r) * stride + int64_t(a) * m, m);
     if (k == 1) {
