@@ -2,10 +2,11 @@
 // matrix product of the same size, and the online transforms' share of a rotated layer's
 // forward time.
 //
-//   quarot-bench-hadamard [--sizes 4096,11008,14336] [--rows 512]
+//   quarot-bench-hadamard [--sizes 172,4096,11008,14336] [--rows 512] [--reps 7]
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -22,27 +23,34 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 namespace {
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// Min and median seconds of `reps` runs of f.
+struct Timing {
+  double min = 0, median = 0;
+};
 template <class F>
-double best_of(int reps, F&& f) {
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
+Timing time_reps(int reps, F&& f) {
+  std::vector<double> t(static_cast<std::size_t>(reps));
+  for (auto& v : t) {
     const auto t0 = Clock::now();
     f();
-    best = std::min(best, since(t0));
+    v = since(t0);
   }
-  return best;
+  std::sort(t.begin(), t.end());
+  return {t.front(), t[t.size() / 2]};
 }
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> sizes = {4096, 11008, 14336};
-  int rows = 512;
-  CLI::App app{"Online Hadamard cost: fast transform vs dense product; share of a rotated layer.", "quarot-bench-hadamard"};
+  std::vector<int> sizes = {172, 4096, 11008, 14336};
+  int rows = 512, reps = 7;
+  CLI::App app{"Online Hadamard cost: batched transform vs the per-row reference loop and a dense product; share of a rotated layer.",
+               "quarot-bench-hadamard"};
   app.add_option("--sizes", sizes, "transform sizes")->delimiter(',');
   app.add_option("--rows", rows, "rows of the batched case")->capture_default_str();
+  app.add_option("--reps", reps, "repeats (min and median)")->capture_default_str()->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
-  std::printf("fwht path: %s; %d threads for the dense products (the fast transform runs on one)\n", quarot::fwht_isa(),
-              omp_get_max_threads());
+  std::printf("fwht path: %s; %d threads (the reference loop runs on one)\n", quarot::fwht_isa(), omp_get_max_threads());
+  std::printf("times per row, us: min / median of %d repeats\n", reps);
 
   quarot::detail::Rng rng(1);
   for (int n : sizes) {
@@ -54,15 +62,20 @@ int main(int argc, char** argv) {
     for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = rng.gaussian();
     RowMat y(rows, n);
     Eigen::Matrix<float, 1, Eigen::Dynamic> v = x.row(0), w(n);
-    const double fast1 = best_of(20, [&] { h.right(v.data(), 1, n); });
-    const double dense1 = best_of(5, [&] { w.noalias() = v * q; });
+    // Interleaved in one run: the reference loop, the batched path and a dense product.
+    const Timing ref1 = time_reps(reps, [&] { h.apply_reference(v.data(), 1, n, false); });
+    const Timing fast1 = time_reps(reps, [&] { h.right(v.data(), 1, n); });
+    const Timing dense1 = time_reps(reps, [&] { w.noalias() = v * q; });
     RowMat xb = x;
-    const double fastb = best_of(3, [&] { h.right(xb.data(), rows, n); });
-    const double denseb = best_of(3, [&] { y.noalias() = x * q; });
-    std::printf("n=%5d (%s)\n  1 row:    fast %9.1f us, dense GEMV %9.1f us -> %6.1fx\n"
-                "  %d rows: fast %9.2f ms, dense GEMM %9.2f ms -> %6.1fx\n",
-                n, h.construction().c_str(), fast1 * 1e6, dense1 * 1e6, dense1 / fast1, rows, fastb * 1e3, denseb * 1e3,
-                denseb / fastb);
+    const Timing refb = time_reps(std::max(1, reps / 2), [&] { h.apply_reference(xb.data(), rows, n, false); });
+    const Timing fastb = time_reps(reps, [&] { h.right(xb.data(), rows, n); });
+    const Timing denseb = time_reps(reps, [&] { y.noalias() = x * q; });
+    const double pr = 1e6 / rows;
+    std::printf("n=%5d (%s)\n", n, h.construction().c_str());
+    std::printf("  1 row:    reference %9.2f / %9.2f, batched %9.2f / %9.2f (%5.1fx), dense GEMV %9.2f / %9.2f\n", ref1.min * 1e6,
+                ref1.median * 1e6, fast1.min * 1e6, fast1.median * 1e6, ref1.min / fast1.min, dense1.min * 1e6, dense1.median * 1e6);
+    std::printf("  %d rows: reference %9.2f / %9.2f, batched %9.2f / %9.2f (%5.1fx), dense GEMM %9.2f / %9.2f\n", rows, refb.min * pr,
+                refb.median * pr, fastb.min * pr, fastb.median * pr, refb.min / fastb.min, denseb.min * pr, denseb.median * pr);
   }
 
   // Share of the online transforms in a rotated layer (llama2-7b-layer shape, 1 layer, fp32

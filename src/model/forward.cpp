@@ -3,14 +3,46 @@
 #include "quarot/forward.hpp"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <numbers>
 
 #include "quarot/detail/eigen.hpp"
+#include "quarot/detail/serial_below.hpp"
 #include "quarot/error.hpp"
+
+// Waiting OpenMP threads spin after each parallel region by default (libgomp: 300000 spins); on a
+// machine busier than its cores the spinning takes the core another thread needs (the default
+// threads ran 7-20x slower than --threads 1 on a busy 2-core machine; with passive waits the CPU
+// time is that of one thread). libgomp reads OMP_WAIT_POLICY once, in its constructor, before
+// main; a setenv() in an executable's .preinit_array (which runs before every library's
+// initializers) is lost too, because libc's own initializer resets environ afterwards. So when
+// neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set, the program re-executes itself once with
+// OMP_WAIT_POLICY=passive added (same argv; a failed execve just continues as before). A policy
+// the user set is kept. (Executables only: a shared library may not carry .preinit_array.)
+namespace {
+void default_passive_omp_waits(int, char** argv, char** envp) {
+  if (!argv || !envp) return;
+  std::size_t n = 0;
+  for (; envp[n]; ++n)
+    if (std::strncmp(envp[n], "OMP_WAIT_POLICY=", 16) == 0 || std::strncmp(envp[n], "GOMP_SPINCOUNT=", 15) == 0) return;
+  auto** env = static_cast<char**>(std::malloc((n + 2) * sizeof(char*)));
+  if (!env) return;
+  std::memcpy(env, envp, n * sizeof(char*));
+  static char passive[] = "OMP_WAIT_POLICY=passive";
+  env[n] = passive;
+  env[n + 1] = nullptr;
+  execve("/proc/self/exe", argv, env);  // returns only on failure
+  std::free(env);
+}
+}  // namespace
+__attribute__((section(".preinit_array"), used)) static void (*const quarot_passive_omp_waits)(int, char**, char**) =
+    default_passive_omp_waits;
 
 namespace quarot {
 
@@ -64,6 +96,8 @@ template <class T>
 using StridedConst = Eigen::Map<const Mat<T>, 0, Eigen::OuterStride<>>;
 template <class T>
 using Strided = Eigen::Map<Mat<T>, 0, Eigen::OuterStride<>>;
+
+using detail::SerialBelow;  // small products on the calling thread (see serial_below.hpp)
 
 // Inverse RoPE frequencies, one per rotated pair, with the config's scaling applied.
 std::vector<double> rope_inv_freq(const ModelConfig& c) {
@@ -196,6 +230,7 @@ struct Transformer<T>::Impl {
   // out = in W^T (+ bias); W is [rows][in.cols()] row-major.
   void linear(int layer, LinearModule m, const Mat<T>& in, const T* w, int rows, const T* bias, Mat<T>& out) {
     out.resize(in.rows(), rows);
+    const SerialBelow serial(double(in.rows()) * double(in.cols()) * rows);
     if constexpr (std::is_same_v<T, float>) {
       if (backend) {
         backend->linear(layer, m, in.data(), int(in.rows()), int(in.cols()), out.data(), rows);
@@ -213,6 +248,7 @@ struct Transformer<T>::Impl {
       x += tmp;
       return;
     }
+    const SerialBelow serial(double(in.rows()) * double(in.cols()) * rows);
     x.noalias() += in * ConstMap<T>(w, rows, in.cols()).transpose();
     if (bias) x.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias, rows);
   }
@@ -230,6 +266,7 @@ struct Transformer<T>::Impl {
     const double work = double(cfg.n_heads) * n * ctx * hd;
 #pragma omp parallel if (work > 4e6)
     {
+      omp_set_num_threads(1);  // no nested Eigen threads for a head's products (this region's own setting)
       Mat<T> s;  // the scores of one head: [n][ctx]
 #pragma omp for schedule(static)
       for (int h = 0; h < cfg.n_heads; ++h) {
@@ -282,6 +319,7 @@ struct Transformer<T>::Impl {
     Mat<T> last = last_only ? Mat<T>(x.bottomRows(1)) : std::move(x);
     rmsnorm(last, final_norm, h);
     logits.resize(std::size_t(h.rows()) * V);
+    const SerialBelow serial(double(h.rows()) * double(d) * V);
     Eigen::Map<Mat<T>>(logits.data(), h.rows(), V).noalias() = h * ConstMap<T>(cls, V, d).transpose();
   }
 

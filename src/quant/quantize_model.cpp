@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "quarot/detail/eigen.hpp"
+#include "quarot/detail/serial_below.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
@@ -254,6 +255,9 @@ void quantize_layer_by_layer(const ModelConfig& c, const Matrix& embeddings, con
         if (p != point) return;
         const MatD x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data, v.rows, v.cols)
                            .cast<double>();
+        // Below 512 columns (stories260K: 64, 172) Eigen's two threads mostly spin at their per-block
+        // synchronization: one thread.
+        const detail::SerialBelow serial(v.cols < 512 ? 0.0 : detail::kParallelMacs);
         h.noalias() += x.transpose() * x;
         tokens += v.rows;
       };

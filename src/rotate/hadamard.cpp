@@ -376,51 +376,67 @@ void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose) const {
   else
     mix = mix_.data();
   const T scale = T(1.0 / std::sqrt(double(m)));
-#pragma omp parallel if (blocks > 1 && flops > kParallelFlops)
-  {
-    // Eigen's GEMM would open its own parallel region from a serial call: one thread each.
-    omp_set_num_threads(1);
-    std::vector<T> buf(k > 1 ? std::size_t(n_) * block * (m > 1 ? 2 : 1) : 0);
-#pragma omp for schedule(dynamic, 1)
-    for (int b = 0; b < blocks; ++b) {
-      const int r0 = b * block, nr = std::min(block, rows - r0);
-      T* xb = x + int64_t(r0) * stride;
-      if (m > 1)
-        for (int r = 0; r < nr; ++r)
-          for (int a = 0; a < k; ++a) fwht(xb + int64_t(r) * stride + int64_t(a) * m, m);
-      if (k == 1) {
-        for (int r = 0; r < nr; ++r) {
-          T* row = xb + int64_t(r) * stride;
-          for (int i = 0; i < n_; ++i) row[i] *= scale;
-        }
-        continue;
-      }
-      const Eigen::Map<const RowMajor<T>> B(mix, k, k);
-      if (m == 1) {
-        Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>> X(xb, nr, k, Eigen::OuterStride<>(stride));
-        Eigen::Map<RowMajor<T>> Y(buf.data(), nr, k);
-        if (transpose)
-          Y.noalias() = X * B.transpose();
-        else
-          Y.noalias() = X * B;
-        X = Y;
-        continue;
-      }
-      const int64_t cols = int64_t(nr) * m;  // rows of Z
-      T* z = buf.data();
-      T* y = z + cols * k;
+  const std::size_t buf_size = k > 1 ? std::size_t(n_) * block * (m > 1 ? 2 : 1) : 0;
+  const auto run_block = [&](int b, std::vector<T>& buf) {
+    const int r0 = b * block, nr = std::min(block, rows - r0);
+    T* xb = x + int64_t(r0) * stride;
+    // Below the vector width the SIMD butterflies are the scalar ones (same bits): inlined here,
+    // without the dispatch per sub-row (per-head transforms of 8 values are millions of calls).
+    if (m > 1 && m < 16)
       for (int r = 0; r < nr; ++r)
-        for (int a = 0; a < k; ++a) std::copy_n(xb + int64_t(r) * stride + int64_t(a) * m, m, z + int64_t(a) * cols + int64_t(r) * m);
-      Eigen::Map<const ColMajor<T>> Z(z, cols, k);
-      Eigen::Map<ColMajor<T>> Y(y, cols, k);
-      if (transpose)
-        Y.noalias() = Z * B.transpose();
-      else
-        Y.noalias() = Z * B;
+        for (int a = 0; a < k; ++a) scalar_stages(xb + int64_t(r) * stride + int64_t(a) * m, m, m);
+    else if (m > 1)
       for (int r = 0; r < nr; ++r)
-        for (int c = 0; c < k; ++c) std::copy_n(y + int64_t(c) * cols + int64_t(r) * m, m, xb + int64_t(r) * stride + int64_t(c) * m);
+        for (int a = 0; a < k; ++a) fwht(xb + int64_t(r) * stride + int64_t(a) * m, m);
+    if (k == 1) {
+      for (int r = 0; r < nr; ++r) {
+        T* row = xb + int64_t(r) * stride;
+        for (int i = 0; i < n_; ++i) row[i] *= scale;
+      }
+      return;
     }
+    const Eigen::Map<const RowMajor<T>> B(mix, k, k);
+    if (m == 1) {
+      Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>> X(xb, nr, k, Eigen::OuterStride<>(stride));
+      Eigen::Map<RowMajor<T>> Y(buf.data(), nr, k);
+      if (transpose)
+        Y.noalias() = X * B.transpose();
+      else
+        Y.noalias() = X * B;
+      X = Y;
+      return;
+    }
+    const int64_t cols = int64_t(nr) * m;  // rows of Z
+    T* z = buf.data();
+    T* y = z + cols * k;
+    for (int r = 0; r < nr; ++r)
+      for (int a = 0; a < k; ++a) std::copy_n(xb + int64_t(r) * stride + int64_t(a) * m, m, z + int64_t(a) * cols + int64_t(r) * m);
+    Eigen::Map<const ColMajor<T>> Z(z, cols, k);
+    Eigen::Map<ColMajor<T>> Y(y, cols, k);
+    if (transpose)
+      Y.noalias() = Z * B.transpose();
+    else
+      Y.noalias() = Z * B;
+    for (int r = 0; r < nr; ++r)
+      for (int c = 0; c < k; ++c) std::copy_n(y + int64_t(c) * cols + int64_t(r) * m, m, xb + int64_t(r) * stride + int64_t(c) * m);
+  };
+  if (blocks > 1 && flops > kParallelFlops) {
+#pragma omp parallel
+    {
+      omp_set_num_threads(1);  // Eigen's GEMM inside: no nested threads (this region's own setting)
+      std::vector<T> buf(buf_size);
+#pragma omp for schedule(dynamic, 1)
+      for (int b = 0; b < blocks; ++b) run_block(b, buf);
+    }
+    return;
   }
+  // Serial: no OpenMP region at all for the many tiny calls (per-head transforms, decode), and
+  // Eigen's GEMM held to this thread.
+  std::vector<T> buf(buf_size);
+  const int threads = k > 1 ? omp_get_max_threads() : 1;
+  if (threads > 1) omp_set_num_threads(1);
+  for (int b = 0; b < blocks; ++b) run_block(b, buf);
+  if (threads > 1) omp_set_num_threads(threads);
 }
 
 void Hadamard::right(float* x, int rows, int64_t stride) const { apply(x, rows, stride, false); }
