@@ -8,6 +8,9 @@
 # against the float model, and generate from it. The report joins this same command as it lands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# OpenMP workers wait passively (libgomp spins 300000 times by default, which starves the other
+# thread on a busy 2-core machine); a value already set is kept.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc)" >/dev/null

@@ -3,6 +3,9 @@
 # warnings as errors. `scripts/test.sh release` runs one preset only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# OpenMP workers wait passively (libgomp spins 300000 times by default, which starves the other
+# thread on a busy 2-core machine); a value already set is kept.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 bash scripts/install-deps.sh
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] && presets=(release asan)

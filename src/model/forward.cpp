@@ -3,46 +3,15 @@
 #include "quarot/forward.hpp"
 
 #include <omp.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <numbers>
 
 #include "quarot/detail/eigen.hpp"
 #include "quarot/detail/serial_below.hpp"
 #include "quarot/error.hpp"
-
-// Waiting OpenMP threads spin after each parallel region by default (libgomp: 300000 spins); on a
-// machine busier than its cores the spinning takes the core another thread needs (the default
-// threads ran 7-20x slower than --threads 1 on a busy 2-core machine; with passive waits the CPU
-// time is that of one thread). libgomp reads OMP_WAIT_POLICY once, in its constructor, before
-// main; a setenv() in an executable's .preinit_array (which runs before every library's
-// initializers) is lost too, because libc's own initializer resets environ afterwards. So when
-// neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set, the program re-executes itself once with
-// OMP_WAIT_POLICY=passive added (same argv; a failed execve just continues as before). A policy
-// the user set is kept. (Executables only: a shared library may not carry .preinit_array.)
-namespace {
-void default_passive_omp_waits(int, char** argv, char** envp) {
-  if (!argv || !envp) return;
-  std::size_t n = 0;
-  for (; envp[n]; ++n)
-    if (std::strncmp(envp[n], "OMP_WAIT_POLICY=", 16) == 0 || std::strncmp(envp[n], "GOMP_SPINCOUNT=", 15) == 0) return;
-  auto** env = static_cast<char**>(std::malloc((n + 2) * sizeof(char*)));
-  if (!env) return;
-  std::memcpy(env, envp, n * sizeof(char*));
-  static char passive[] = "OMP_WAIT_POLICY=passive";
-  env[n] = passive;
-  env[n + 1] = nullptr;
-  execve("/proc/self/exe", argv, env);  // returns only on failure
-  std::free(env);
-}
-}  // namespace
-__attribute__((section(".preinit_array"), used)) static void (*const quarot_passive_omp_waits)(int, char**, char**) =
-    default_passive_omp_waits;
 
 namespace quarot {
 
