@@ -237,3 +237,42 @@ TEST(Tasks, QuarotEvalTask) {
   const auto usage = run_tool("quarot-eval", model + " --tokenizer " + tok + " --task piqa");
   EXPECT_EQ(usage.exit_code, 2) << usage.stderr_text;
 }
+
+TEST(Tasks, LongSequencesKeepTheirLastTokens) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("eval/piqa/valid.jsonl");
+  // A context of 12 positions: every PIQA sequence is cut on the left (lm-eval's
+  // (context + continuation)[-(max_length + 1):][:-1]), longer endings are scored on their last 12.
+  const int ctx = 12;
+  const auto w = load_model(data_file("stories260K/stories260K.bin"));
+  const auto tok = load_tokenizer(data_file("stories260K/tok512.model"));
+  const auto task = read_piqa(data_file("eval/piqa/valid.jsonl"));
+  Transformer<double> model(w, ctx);
+  const auto r = score_task(model, *tok, task, 4);
+  EXPECT_EQ(r.truncated_items, 4);
+  bool ending_cut = false;
+  for (int i = 0; i < 4; ++i) {
+    const auto& item = task.items[i];
+    const std::size_t nctx = tok->encode_with_special(item.context).size();
+    for (std::size_t e = 0; e < 2; ++e) {
+      const auto ids = tok->encode_with_special(item.context + " " + item.endings[e]);
+      const std::vector<int> window(ids.end() - (ctx + 1), ids.end());
+      const std::size_t cont = ids.size() - nctx;
+      ending_cut |= cont > std::size_t(ctx);
+      Transformer<double> fresh(w, ctx);
+      std::vector<double> logits;
+      fresh.forward(std::span<const int>(window.data(), ctx), logits);
+      double ll = 0;
+      for (long p = std::max(1L, long(ctx) + 1 - long(cont)); p <= ctx; ++p) {
+        const double* x = logits.data() + std::size_t(p - 1) * w.config.vocab;
+        double mx = x[0], z = 0;
+        for (int k = 1; k < w.config.vocab; ++k) mx = std::max(mx, x[k]);
+        for (int k = 0; k < w.config.vocab; ++k) z += std::exp(x[k] - mx);
+        ll += x[window[p]] - (mx + std::log(z));
+      }
+      EXPECT_NEAR(r.scores[i].loglik[e], ll, 1e-6) << "item " << i << " ending " << e;
+      EXPECT_EQ(r.scores[i].ending_tokens[e], int(cont));
+    }
+  }
+  EXPECT_TRUE(ending_cut);  // at least one ending longer than the context
+}

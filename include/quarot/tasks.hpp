@@ -82,7 +82,9 @@ using TaskProgress = std::function<void(int done, int total, const TaskResult& s
 
 // Scores the first `limit` items (0: all). One forward per (context + ending) from an empty KV
 // cache; a sequence longer than model.max_context() + 1 keeps its last tokens (lm-eval's left
-// truncation). T = float (any model, packed too) or double (tests).
+// truncation); an ending longer than max_context() alone is scored on its last max_context()
+// tokens (lm-eval refuses it). Both count as truncated. T = float (any model, packed too) or
+// double (tests).
 template <class T>
 TaskResult score_task(Transformer<T>& model, const Tokenizer& tok, const ChoiceTask& task, int limit = 0,
                       const TaskProgress& progress = {});
