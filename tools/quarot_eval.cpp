@@ -17,7 +17,59 @@
 #include "quarot/rotate.hpp"
 #include "quarot/sha256.hpp"
 #include "quarot/hf_tokenizer.hpp"
+#include "quarot/tasks.hpp"
 #include "quarot/tokenizer.hpp"
+
+namespace {
+
+// --task: scores a multiple-choice task; prints acc, acc_norm ± stderr and time per item.
+template <class Args>
+int run_task(const Args& args) {
+  if (args.threads > 0) omp_set_num_threads(args.threads);
+  const auto task = quarot::read_task(args.task, args.task_file, args.task_labels);
+  const auto tok = quarot::load_tokenizer(args.tokenizer);
+  std::optional<quarot::QdecK> qdec_k;
+  if (!args.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(args.qdec_k);
+  const quarot::LoadedModel loaded(args.model, args.simulate, true, qdec_k);
+  auto model = loaded.transformer(loaded.config().max_positions);
+  std::fprintf(stderr, "quarot-eval: %s: %s\n", args.model.c_str(), loaded.describe().c_str());
+  std::fprintf(stderr, "quarot-eval: %s, %zu items in %s, tokenizer %s (%s), %d threads\n", args.task.c_str(),
+               task.items.size(), args.task_file.c_str(), tok->kind().c_str(), tok->special_policy().c_str(),
+               omp_get_max_threads());
+  const auto mode = quarot::parse_progress_mode(args.progress);
+  const auto r = quarot::score_task(model, *tok, task, args.limit, [&](int i, int n, const quarot::TaskResult& s) {
+    if (mode != quarot::ProgressMode::None && (i % 50 == 0 || i == n))
+      std::fprintf(stderr, "[%d/%d] acc %.4f acc_norm %.4f\n", i, n, s.acc, s.acc_norm);
+  });
+  std::printf("model:      %s\n", args.model.c_str());
+  std::printf("task:       %s (%s), %d items%s\n", r.task.c_str(), args.task_file.c_str(), r.items,
+              r.truncated_items ? (", " + std::to_string(r.truncated_items) + " truncated on the left").c_str() : "");
+  std::printf("acc:        %.4f ± %.4f\n", r.acc, r.acc_stderr);
+  std::printf("acc_norm:   %.4f ± %.4f\n", r.acc_norm, r.acc_norm_stderr);
+  std::printf("time:       %.2fs (%.4f s/item)\n", r.seconds, r.seconds_per_item);
+  if (!args.json.empty()) {
+    nlohmann::json items = nlohmann::json::array();
+    for (const auto& s : r.scores)
+      items.push_back({{"loglik", s.loglik}, {"ending_tokens", s.ending_tokens}, {"gold", s.gold}, {"pred", s.pred},
+                       {"pred_norm", s.pred_norm}});
+    nlohmann::json j = {
+        {"schema", "quarot-eval/1"},
+        {"model", args.model},
+        {"model_kind", loaded.describe()},
+        {"task", {{"name", r.task}, {"file", args.task_file}, {"tokenizer", args.tokenizer},
+                  {"tokenizer_policy", tok->special_policy()}, {"items", r.items}, {"limit", args.limit},
+                  {"acc", r.acc}, {"acc_stderr", r.acc_stderr}, {"acc_norm", r.acc_norm},
+                  {"acc_norm_stderr", r.acc_norm_stderr}, {"truncated_items", r.truncated_items},
+                  {"seconds", r.seconds}, {"seconds_per_item", r.seconds_per_item}, {"per_item", items}}},
+        {"threads", omp_get_max_threads()},
+        {"peak_rss_bytes", quarot::peak_rss_bytes()},
+    };
+    quarot::write_file_atomic(args.json, j.dump(2) + "\n");
+  }
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   struct Args {
@@ -26,6 +78,8 @@ int main(int argc, char** argv) {
     int ctx = 0, chunks = 0, threads = 0;
     std::string qdec_k;
     bool simulate = false;
+    std::string task, task_file, task_labels;  // zero-shot multiple choice (instead of perplexity)
+    int limit = 0;
   } args;
   CLI::App app{
       "Perplexity of a checkpoint on a text (with its tokenizer) or a pre-tokenized ids file.\n"
@@ -33,6 +87,8 @@ int main(int argc, char** argv) {
       "dropped, every target scored, PPL = exp(mean of window mean NLL)); 'llama.cpp' (windows of\n"
       "--ctx, first token set to BOS, second half scored, PPL ± standard error).\n"
       "With --kld-base, also KL(base || model): mean, 99th percentile, top-1 agreement.\n"
+      "With --task hellaswag|piqa --task-file F: zero-shot multiple-choice accuracy instead\n"
+      "(lm-evaluation-harness acc and acc_norm ± standard error; see include/quarot/tasks.hpp).\n"
       "Models: llama2.c .bin, Hugging Face folders (rotated ones run their online transforms), and\n"
       "packed INT4 files from quarot-quantize -o (integer kernels; --simulate runs the fake-quant\n"
       "simulation of the same weights instead).\n"
@@ -72,9 +128,30 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
       ->capture_default_str();
   text->excludes(ids);
+  auto* task = app.add_option("--task", args.task,
+                              "zero-shot multiple choice instead of perplexity (lm-eval acc / acc_norm): hellaswag\n"
+                              "(llama.cpp's text layout, decompressed) or piqa (valid.jsonl; labels beside it)")
+                   ->check(CLI::IsMember({"hellaswag", "piqa"}));
+  app.add_option("--task-file", args.task_file, "the task's data file (with --task)")->needs(task);
+  app.add_option("--task-labels", args.task_labels, "piqa labels (default: X.jsonl -> X-labels.lst)")->needs(task);
+  app.add_option("--limit", args.limit, "score only the first N items (0: all)")->check(CLI::NonNegativeNumber)->needs(task);
+  task->excludes(text)->excludes(ids);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
   std::optional<quarot::QdecK> qdec_k;
   if (!args.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(args.qdec_k);  // checked while parsing
+  if (!args.task.empty()) {
+    if (args.task_file.empty()) {
+      std::fprintf(stderr, "quarot-eval: error: --task needs --task-file (see --help)\n");
+      return quarot::cli::kExitUsage;
+    }
+    if (args.tokenizer.empty() && !(args.tokenizer = quarot::find_model_tokenizer(args.model)).empty())
+      std::fprintf(stderr, "quarot-eval: tokenizer %s (from the model's folder)\n", args.tokenizer.c_str());
+    if (args.tokenizer.empty()) {
+      std::fprintf(stderr, "quarot-eval: error: --task needs --tokenizer (see --help)\n");
+      return quarot::cli::kExitUsage;
+    }
+    return quarot::cli::run("quarot-eval", [&] { return run_task(args); });
+  }
   if (args.text.empty() == args.ids.empty()) {
     std::fprintf(stderr, "quarot-eval: error: give exactly one of --text or --ids (see --help)\n");
     return quarot::cli::kExitUsage;

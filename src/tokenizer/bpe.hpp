@@ -35,6 +35,7 @@ class BpeModel {
   // Appends the ids of one pre-tokenized word.
   void tokenize(std::string_view word, std::vector<int>& out) const;
   std::size_t merge_count() const { return merges_.size(); }
+  void reserve_merges(std::size_t n) { merges_.reserve(n); }
 
  private:
   struct MergeTarget {

@@ -871,7 +871,9 @@ void read_vocab(const Doc& d, const json& v, const std::string& where, BpeModel&
   m.vocab.reserve(v.size());
   int max_id = -1;
   for (auto it = v.begin(); it != v.end(); ++it) {
-    const int id = int(d.integer(it.value(), where + "['" + it.key() + "']", 0, kMaxTokenId));
+    const json& value = it.value();
+    const bool ok = value.is_number_integer() && value.get<long long>() >= 0 && value.get<long long>() <= kMaxTokenId;
+    const int id = ok ? int(value.get<long long>()) : int(d.integer(value, where + "['" + it.key() + "']", 0, kMaxTokenId));
     m.vocab[it.key()] = id;
     max_id = std::max(max_id, id);
   }
@@ -879,25 +881,23 @@ void read_vocab(const Doc& d, const json& v, const std::string& where, BpeModel&
   for (const auto& [piece, id] : m.vocab) m.id_to_piece[std::size_t(id)] = piece;
 }
 
-void add_merge_checked(const Doc& d, BpeModel& m, std::string_view a, std::string_view b, int rank, const std::string& where) {
-  if (!m.add_merge(a, b, rank))
-    d.fail(where, "merge '" + std::string(a) + " " + std::string(b) + "' uses a piece that is not in the vocabulary");
-}
-
 void read_merges(const Doc& d, const json& v, const std::string& where, BpeModel& m) {
   if (!v.is_array()) d.fail(where, "expected an array");
+  m.reserve_merges(v.size());
   for (std::size_t i = 0; i < v.size(); ++i) {
-    const std::string at = where + "[" + std::to_string(i) + "]";
+    const auto at = [&] { return where + "[" + std::to_string(i) + "]"; };  // built only for an error
     const json& e = v[i];
     if (e.is_string()) {
       const auto& s = e.get_ref<const std::string&>();
       const auto sp = s.find(' ');
-      if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) d.fail(at, "expected \"a b\"");
-      add_merge_checked(d, m, std::string_view(s).substr(0, sp), std::string_view(s).substr(sp + 1), int(i), at);
+      if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) d.fail(at(), "expected \"a b\"");
+      if (!m.add_merge(std::string_view(s).substr(0, sp), std::string_view(s).substr(sp + 1), int(i)))
+        d.fail(at(), "merge '" + s + "' uses a piece that is not in the vocabulary");
     } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
-      add_merge_checked(d, m, e[0].get_ref<const std::string&>(), e[1].get_ref<const std::string&>(), int(i), at);
+      const auto &a = e[0].get_ref<const std::string&>(), &b = e[1].get_ref<const std::string&>();
+      if (!m.add_merge(a, b, int(i))) d.fail(at(), "merge '" + a + " " + b + "' uses a piece that is not in the vocabulary");
     } else {
-      d.fail(at, "expected \"a b\" or [\"a\", \"b\"]");
+      d.fail(at(), "expected \"a b\" or [\"a\", \"b\"]");
     }
   }
 }
@@ -1112,9 +1112,10 @@ std::unique_ptr<HfTokenizer> load_hf_vocab_merges(const std::string& dir) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty() || (line_no == 1 && line.rfind("#version", 0) == 0)) continue;
     const auto sp = line.find(' ');
-    const std::string where = "line " + std::to_string(line_no);
-    if (sp == std::string_view::npos || line.find(' ', sp + 1) != std::string_view::npos) dm.fail(where, "expected \"a b\"");
-    add_merge_checked(dm, impl->model, line.substr(0, sp), line.substr(sp + 1), rank++, where);
+    if (sp == std::string_view::npos || line.find(' ', sp + 1) != std::string_view::npos)
+      dm.fail("line " + std::to_string(line_no), "expected \"a b\"");
+    if (!impl->model.add_merge(line.substr(0, sp), line.substr(sp + 1), rank++))
+      dm.fail("line " + std::to_string(line_no), "merge '" + std::string(line) + "' uses a piece that is not in the vocabulary");
   }
 
   // Added tokens: tokenizer_config.json's added_tokens_decoder (with flags), then any others of

@@ -39,3 +39,10 @@ put("fuzz_llama2c", "tiny-tied", struct.pack("<7i", d, f, L, nh, nkv, V, seq) + 
 put("fuzz_llama2c", "tiny-untied", struct.pack("<7i", d, f, L, nh, nkv, -V, seq) + struct.pack(f"<{n + V * d}f", *[0.5] * (n + V * d)))
 tok = struct.pack("<i", 3) + b"".join(struct.pack("<fi", -float(i), len(p)) + p for i, p in enumerate([b"<s>", b"a", b"bc"]))
 put("fuzz_llama2c", "tokenizer", tok)
+
+# fuzz_tasks: a HellaSwag file (llama.cpp layout, 2 tasks), and PIQA jsonl + NUL + labels.
+put("fuzz_tasks", "hellaswag", "Roof shingle removal: A man is sitting on a roof. he\n3\nis using wrap.\n"
+    "is ripping level tiles off.\nis holding a rubik's cube.\nstarts pulling up roofing on a roof.\n"
+    "Clean and jerk: A lady walks to a barbell. the lady\r\n0\r\nswings.\r\npulls.\r\npulls a rope.\r\nstands.\r\n")
+put("fuzz_tasks", "piqa", '{"goal": "dresser", "sol1": "replace drawer with bobby pin ", "sol2": "finish, woodgrain"}\n'
+    '{"goal": "How to \\u00e9?", "sol1": "a", "sol2": "b"}\n\x001\n0\n')
