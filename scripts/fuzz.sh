@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (clang, ASan+UBSan) and runs each for a bounded time over its
 # corpus in tests/fuzz/corpus/<target> (read-only; new inputs go to a scratch folder).
-# Usage: scripts/fuzz.sh [seconds per target, default 60]
+# Usage: scripts/fuzz.sh [seconds per target, default 60] (7 targets: 7 minutes at the default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
@@ -10,7 +10,7 @@ cmake --preset fuzz -DQUAROT_WERROR=ON >/dev/null
 cmake --build --preset fuzz -j "$(nproc)"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for target in fuzz_safetensors fuzz_hf_index fuzz_llama2c fuzz_tokenizer_json fuzz_tasks; do
+for target in fuzz_safetensors fuzz_hf_index fuzz_llama2c fuzz_tokenizer_json fuzz_tasks fuzz_tokenizer_bin fuzz_ids fuzz_config fuzz_sentencepiece; do
   mkdir -p "$scratch/$target"
   echo "== fuzz.sh: $target for ${seconds}s"
   build/fuzz/tests/fuzz/$target -max_total_time="$seconds" -print_final_stats=1 \

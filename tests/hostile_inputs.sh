@@ -105,6 +105,10 @@ d="$work/short-tok"; mkdir -p "$d"
 printf 'a b a b\n' >"$d/text.txt"
 run short-llama2c-tokenizer "$d/tok.bin" "$d" quarot-eval "$work/base" --text "$d/text.txt" --tokenizer "$d/tok.bin"
 
+# 9b. A SentencePiece model whose piece holds a NUL byte (libsentencepiece aborted before).
+printf 'Cg4KBTx1bms+FQAAAAAYAgoMCgM8cz4VAAAAABgDCg0KBgAEPC9zPhUAAAAAGAMKDAoD4paBFQAAAIAYAMAYAQoKCgFjFQAAQMAYAQ==' | base64 -d >"$d/bad.model"
+run corrupt-sentencepiece-model "$d/bad.model" "$d" quarot-eval "$work/base" --text "$d/text.txt" --tokenizer "$d/bad.model"
+
 # 10. Token ids past 2^64 and negative ones.
 d="$work/ids"; mkdir -p "$d"; printf '1 2 18446744073709551617 3\n' >"$d/big.ids"; printf '1 -2 3\n' >"$d/neg.ids"
 run ids-past-2^64 "$d/big.ids" "$d" quarot-eval "$work/base" --ids "$d/big.ids"

@@ -262,6 +262,21 @@ TEST(HostileTokenizer, ShortLlama2cVocabularyIsRefused) {
   EXPECT_ERROR_HAS(make_llama2c_bpe(t, "tok.bin"), "tok.bin: llama2.c tokenizer has 10 pieces; it needs at least 259");
 }
 
+TEST(HostileTokenizer, CorruptSentencePieceModelIsRefusedNotAborted) {
+  // Found by fuzz_sentencepiece: a piece whose text is "\0\4</s>" made libsentencepiece's trie
+  // builder throw through the library: std::terminate, the process aborted.
+  const uint8_t crash[] = {0x0a, 0x0e, 0x0a, 0x05, '<', 'u', 'n', 'k', '>', 0x15, 0, 0, 0, 0, 0x18, 0x02, 0x0a, 0x0c, 0x0a, 0x03, '<',
+                           's', '>', 0x15, 0, 0, 0, 0, 0x18, 0x03, 0x0a, 0x0d, 0x0a, 0x06, 0x00, 0x04, '<', '/', 's', '>', 0x15,
+                           0, 0, 0, 0, 0x18, 0x03, 0x0a, 0x0c, 0x0a, 0x03, 0xe2, 0x96, 0x81, 0x15, 0, 0, 0, 0x80, 0x18, 0x00,
+                           0xc0, 0x18, 0x01, 0x0a, 0x0a, 0x0a, 0x01, 'c', 0x15, 0, 0, 0x40, 0xc0, 0x18, 0x01};
+  const std::string_view bytes(reinterpret_cast<const char*>(crash), sizeof crash);
+  EXPECT_ERROR_HAS(make_sentencepiece(bytes, "bad.model"), "bad.model: piece 2 is empty or holds a NUL byte");
+  EXPECT_ERROR_HAS(make_sentencepiece(bytes.substr(0, 20), "cut.model"), "cut.model: not a SentencePiece model (corrupt protobuf framing");
+  EXPECT_ERROR_HAS(make_sentencepiece("", "empty.model"), "empty.model: not a SentencePiece model (no pieces)");
+  QUAROT_REQUIRE_DATA("llama2-tokenizer/tokenizer.model");
+  EXPECT_EQ(load_sentencepiece(data_file("llama2-tokenizer/tokenizer.model"))->vocab_size(), 32000);
+}
+
 TEST(HostileTokenizer, FastMergeGivesRunCsIdsOnRealText) {
   QUAROT_REQUIRE_DATA("llama2-tokenizer/tokenizer.bin");
   QUAROT_REQUIRE_DATA("wikitext-2/wiki.test.txt");

@@ -38,6 +38,9 @@ class Tokenizer {
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path);
 std::unique_ptr<Tokenizer> load_llama2c_bpe(const std::string& path);
+// A SentencePiece model from its bytes (a serialized ModelProto), whose protobuf framing and
+// pieces are checked before libsentencepiece sees them (it aborts on some corrupt models).
+std::unique_ptr<Tokenizer> make_sentencepiece(std::string_view model, const std::string& label);
 // The same from pieces already read (parse_llama2c_tokenizer); `label` names them in errors.
 struct Llama2cTokenizer;
 std::unique_ptr<Tokenizer> make_llama2c_bpe(Llama2cTokenizer pieces, const std::string& label);

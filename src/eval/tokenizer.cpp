@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <queue>
 #include <unordered_map>
 
@@ -18,12 +19,78 @@ namespace quarot {
 
 namespace {
 
+// Protobuf wire-format reader for the checks below (varints, lengths inside the buffer).
+struct WireReader {
+  const uint8_t* p;
+  const uint8_t* end;
+  bool varint(uint64_t& v) {
+    v = 0;
+    for (int shift = 0; shift < 64 && p < end; shift += 7) {
+      const uint8_t b = *p++;
+      v |= uint64_t(b & 0x7F) << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;
+  }
+  // One field: its number, wire type, and (for LEN) the payload. False when the framing is bad.
+  bool field(uint32_t& number, uint32_t& wire, std::string_view& payload) {
+    uint64_t key = 0, len = 0;
+    if (!varint(key) || (key >> 3) == 0 || (key >> 3) > UINT32_MAX) return false;
+    number = uint32_t(key >> 3);
+    wire = uint32_t(key & 7);
+    switch (wire) {
+      case 0: return varint(len);
+      case 1: if (end - p < 8) return false; p += 8; return true;
+      case 5: if (end - p < 4) return false; p += 4; return true;
+      case 2:
+        if (!varint(len) || len > uint64_t(end - p)) return false;
+        payload = {reinterpret_cast<const char*>(p), std::size_t(len)};
+        p += len;
+        return true;
+      default: return false;  // groups (3, 4) and undefined wire types
+    }
+  }
+};
+
+// libsentencepiece trusts its model: a piece that is empty or holds a NUL byte makes its trie
+// builder (darts) throw through the library, which aborts the process (found by
+// fuzz_sentencepiece). The framing of the ModelProto and of every piece is checked here first.
+std::optional<std::string> sentencepiece_problem(std::string_view model) {
+  WireReader top{reinterpret_cast<const uint8_t*>(model.data()), reinterpret_cast<const uint8_t*>(model.data()) + model.size()};
+  std::size_t pieces = 0;
+  while (top.p < top.end) {
+    uint32_t number = 0, wire = 0;
+    std::string_view payload;
+    if (!top.field(number, wire, payload))
+      return "not a SentencePiece model (corrupt protobuf framing at byte " +
+             std::to_string(top.p - reinterpret_cast<const uint8_t*>(model.data())) + ")";
+    if (number != 1) continue;
+    if (wire != 2) return "not a SentencePiece model (field 'pieces' has the wrong wire type)";
+    WireReader piece{reinterpret_cast<const uint8_t*>(payload.data()), reinterpret_cast<const uint8_t*>(payload.data()) + payload.size()};
+    bool has_text = false;
+    while (piece.p < piece.end) {
+      uint32_t n = 0, w = 0;
+      std::string_view text;
+      if (!piece.field(n, w, text)) return "piece " + std::to_string(pieces) + " is corrupt";
+      if (n != 1) continue;
+      if (w != 2) return "piece " + std::to_string(pieces) + " has a text of the wrong wire type";
+      if (text.empty() || text.find('\0') != std::string_view::npos)
+        return "piece " + std::to_string(pieces) + " is empty or holds a NUL byte";
+      has_text = true;
+    }
+    if (!has_text) return "piece " + std::to_string(pieces) + " has no text";
+    ++pieces;
+  }
+  if (pieces == 0) return "not a SentencePiece model (no pieces)";
+  return std::nullopt;
+}
+
 class SentencePieceTokenizer final : public Tokenizer {
  public:
-  explicit SentencePieceTokenizer(const std::string& path) {
-    if (!std::filesystem::exists(path)) throw Error(path, "no such file");
-    const auto status = sp_.Load(path);
-    if (!status.ok()) throw Error(path, "not a SentencePiece model: " + status.ToString());
+  SentencePieceTokenizer(std::string_view model, const std::string& label) {
+    if (auto problem = sentencepiece_problem(model)) throw Error(label, *problem);
+    const auto status = sp_.LoadFromSerializedProto(model);
+    if (!status.ok()) throw Error(label, "not a SentencePiece model: " + status.ToString());
   }
   std::vector<int> encode(const std::string& text) const override {
     std::vector<int> ids;
@@ -156,7 +223,11 @@ class Llama2cBpe final : public Tokenizer {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path) {
-  return std::make_unique<SentencePieceTokenizer>(path);
+  if (!std::filesystem::exists(path)) throw Error(path, "no such file");
+  return std::make_unique<SentencePieceTokenizer>(read_text_file(path), path);
+}
+std::unique_ptr<Tokenizer> make_sentencepiece(std::string_view model, const std::string& label) {
+  return std::make_unique<SentencePieceTokenizer>(model, label);
 }
 std::unique_ptr<Tokenizer> load_llama2c_bpe(const std::string& path) {
   return std::make_unique<Llama2cBpe>(load_llama2c_tokenizer(path), path);

@@ -46,3 +46,49 @@ put("fuzz_tasks", "hellaswag", "Roof shingle removal: A man is sitting on a roof
     "Clean and jerk: A lady walks to a barbell. the lady\r\n0\r\nswings.\r\npulls.\r\npulls a rope.\r\nstands.\r\n")
 put("fuzz_tasks", "piqa", '{"goal": "dresser", "sol1": "replace drawer with bobby pin ", "sol2": "finish, woodgrain"}\n'
     '{"goal": "How to \\u00e9?", "sol1": "a", "sol2": "b"}\n\x001\n0\n')
+
+# llama2.c tokenizer.bin for the BPE: <unk> <s> </s>, the 256 byte pieces, then a few merges.
+def tokbin(pieces):
+    return struct.pack("<i", max(len(p) for p, _ in pieces)) + b"".join(
+        struct.pack("<fi", s, len(p)) + p for p, s in pieces)
+base = [(b"<unk>", 0.0), (b"<s>", 0.0), (b"</s>", 0.0)] + [(b"<0x%02X>" % b, 0.0) for b in range(256)]
+merges = [(b" ", -1.0), (b"a", -2.0), (b"b", -3.0), (b"n", -4.0), (b"e", -5.0), (b"c", -6.0),
+          (b"aa", -7.0), (b" a", -7.0), (b"aaaa", -8.0), (b"\xc3\xa9", -9.0), (b"ca", -10.0), (b"caf", -11.0)]
+put("fuzz_tokenizer_bin", "bytes-and-merges", tokbin(base + merges))
+put("fuzz_tokenizer_bin", "too-few-pieces", tokbin([(b"<unk>", 0.0), (b"a", -1.0)]))
+
+put("fuzz_ids", "lines", "1 2 3\n\n4,5\t6\r\n")
+put("fuzz_ids", "bad", "1 2 x\n-3 99999999999\n")
+
+put("fuzz_config", "config.json", json.dumps({"model_type": "llama", "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
+    "bos_token_id": 1, "eos_token_id": [2, 3]}))
+put("fuzz_config", "quantize.toml", 'preset = "w4a4kv4"\nw-bits = 4\n[gptq]\ndamp = 0.01\n')
+put("fuzz_config", "quantize.json", json.dumps({"preset": "w4a16", "group": 128, "seed": 7}))
+put("fuzz_config", "plan.toml", '[[models]]\nname = "m"\npath = "${QUAROT_DATA:-data}/m.bin"\n'
+    '[[runs]]\nname = "w4"\npreset = "w4a4kv4"\noverrides = { w_bits = 4, a_clip = 0.9 }\n'
+    '[gates]\nmax_ppl_ratio = 1.5\n')
+
+# A minimal SentencePiece ModelProto (protobuf by hand): pieces <unk> (UNKNOWN), <s>, </s>
+# (CONTROL), then normal pieces; trainer_spec.model_type = BPE; identity normalizer.
+def varint(v):
+    out = b""
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out += bytes([b | (0x80 if v else 0)])
+        if not v:
+            return out
+def field(num, wire, payload):
+    key = varint(num << 3 | wire)
+    if wire == 2:
+        return key + varint(len(payload)) + payload
+    return key + payload
+def sp_piece(p, score, typ):
+    return field(1, 2, field(1, 2, p) + field(2, 5, struct.pack("<f", score)) + field(3, 0, varint(typ)))
+pieces = [(b"<unk>", 0.0, 2), (b"<s>", 0.0, 3), (b"</s>", 0.0, 3)] + [
+    (p, -float(i), 1) for i, p in enumerate([b"\xe2\x96\x81", b"a", b"b", b"c", b"e", b"n", b"\xe2\x96\x81a", b"aa", b"ca"])]
+model = b"".join(sp_piece(*p) for p in pieces)
+model += field(2, 2, field(3, 0, varint(2)))                                   # trainer_spec: BPE
+model += field(3, 2, field(1, 2, b"identity") + field(3, 0, varint(1)) + field(5, 0, varint(1)))
+put("fuzz_sentencepiece", "tiny-bpe.model", model)
