@@ -93,8 +93,8 @@ TEST(Packed, RoundTripsTheQuantizedWeightsExactlyAndDeterministically) {
     for (int l = 0; l < m.config.n_layers; ++l) {
       const auto& x = m.layers[l];
       const auto& y = d.layers[l];
-      for (auto mem : {&LayerWeights::wq, &LayerWeights::wk, &LayerWeights::wv, &LayerWeights::wo, &LayerWeights::w_gate,
-                       &LayerWeights::w_up, &LayerWeights::w_down}) {
+      for (const LinearSpec& spec : kLinearSpecs) {
+        const auto mem = spec.weight;
         ASSERT_EQ((x.*mem).data.size(), (y.*mem).data.size());
         EXPECT_EQ(0, std::memcmp((x.*mem).data.data(), (y.*mem).data.data(), (x.*mem).data.size() * 4)) << "layer " << l;
       }

@@ -58,7 +58,7 @@ void qdec_apply(const ResidualStore& r, const float* x, int tokens, int k, const
 void qdec_apply_reference(const ResidualStore& r, const float* x, int tokens, int k, const int* sel, float* y);
 
 // k_chunk per module kind (the same for every layer), as the paper tunes it.
-// The module kinds: 0 q/k/v, 1 o_proj, 2 gate/up, 3 down_proj.
+// The module kinds: 0 q/k/v, 1 o_proj, 2 gate/up, 3 down_proj (LinearSpec::qdec_kind).
 inline constexpr int kQdecKinds = 4;
 const char* qdec_kind_name(int kind);  // "qkv", "o", "gate_up", "down"
 int qdec_kind_of(LinearModule m);
@@ -76,12 +76,12 @@ struct QdecK {
 // Throws quarot::Error naming --qdec-k.
 QdecK parse_qdec_k(const std::string& text, QdecK base = {});
 
-// The residual stores of a model: [layer * 7 + module] in LinearModule order.
+// The residual stores of a model: [layer * kLinearsPerLayer + module] in LinearModule order.
 struct QdecStore {
   int bits = 4;
   std::vector<ResidualStore> linears;
-  const ResidualStore& at(int layer, LinearModule m) const { return linears[std::size_t(layer * 7 + int(m))]; }
-  int layers() const { return int(linears.size() / 7); }
+  const ResidualStore& at(int layer, LinearModule m) const { return linears[std::size_t(layer * kLinearsPerLayer + int(m))]; }
+  int layers() const { return int(linears.size() / kLinearsPerLayer); }
   uint64_t bytes() const;  // codes + scales
 };
 // `original`: the float model as quantized (after fusion and rotation); `quantized`: the same

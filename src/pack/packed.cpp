@@ -48,18 +48,7 @@ std::string canonical_header(const std::vector<TensorInfo>& tensors, std::map<st
 struct LinearShape {
   int64_t rows, cols;
 };
-LinearShape linear_shape(const ModelConfig& c, LinearModule m) {
-  switch (m) {
-    case LinearModule::Q: return {c.q_dim(), c.hidden};
-    case LinearModule::K:
-    case LinearModule::V: return {c.kv_dim(), c.hidden};
-    case LinearModule::O: return {c.hidden, c.q_dim()};
-    case LinearModule::Gate:
-    case LinearModule::Up: return {c.intermediate, c.hidden};
-    case LinearModule::Down: return {c.hidden, c.intermediate};
-  }
-  return {0, 0};
-}
+LinearShape linear_shape(const ModelConfig& c, LinearModule m) { return {linear_rows(c, m), linear_cols(c, m)}; }
 
 // The float parts of a model of config c: embeddings, norms, biases, classifier sized; linear
 // matrices get their shape and no data.
@@ -99,11 +88,9 @@ void release_mapped(std::span<const uint8_t> bytes) {
 }
 
 bool is_linear_weight(const std::string& name) {
-  static const char* suffixes[] = {"q_proj.weight", "k_proj.weight",  "v_proj.weight",   "o_proj.weight",
-                                   "gate_proj.weight", "up_proj.weight", "down_proj.weight"};
-  for (const char* s : suffixes) {
-    const std::size_t n = std::strlen(s);
-    if (name.size() > n && name.compare(name.size() - n, n, s) == 0) return true;
+  for (const LinearSpec& spec : kLinearSpecs) {
+    const std::string s = std::string(spec.name) + ".weight";
+    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
   }
   return false;
 }
@@ -111,8 +98,7 @@ bool is_linear_weight(const std::string& name) {
 }  // namespace
 
 std::string linear_tensor_prefix(int layer, LinearModule m) {
-  const bool attn = m == LinearModule::Q || m == LinearModule::K || m == LinearModule::V || m == LinearModule::O;
-  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + linear_module_name(m);
+  return "model.layers." + std::to_string(layer) + "." + linear_spec(m).block + "." + linear_spec(m).name;
 }
 
 std::string recipe_json(const PackRecipe& r) {
@@ -329,7 +315,7 @@ struct PackedModel::Impl {
     Int4Weights view;
     std::vector<float> scales;  // copied: the mapped bytes need not be 4-byte aligned
   };
-  std::vector<Linear> linears;  // [layer * 7 + module]
+  std::vector<Linear> linears;  // [layer * kLinearsPerLayer + module]
   std::unique_ptr<QdecStore> qdec;
   QdecK qdec_k;
   explicit Impl(const std::string& path) : file(path) {}
@@ -463,7 +449,7 @@ const PackRecipe& PackedModel::recipe() const { return impl_->recipe; }
 const OnlineTransforms& PackedModel::online() const { return impl_->online; }
 const ModelWeights& PackedModel::float_weights() const { return impl_->fw; }
 const std::map<std::string, std::string>& PackedModel::metadata() const { return impl_->file.header().metadata; }
-Int4Weights PackedModel::linear(int layer, LinearModule m) const { return impl_->linears[std::size_t(layer * 7 + int(m))].view; }
+Int4Weights PackedModel::linear(int layer, LinearModule m) const { return impl_->linears[std::size_t(layer * kLinearsPerLayer + int(m))].view; }
 const QdecStore* PackedModel::qdec() const { return impl_->qdec.get(); }
 QdecK PackedModel::qdec_k() const { return impl_->qdec_k; }
 uint64_t PackedModel::file_bytes() const { return impl_->file.header().data_start + (impl_->file.header().tensors.empty() ? 0 : impl_->file.header().tensors.back().end); }
@@ -576,20 +562,18 @@ class IntegerBackend : public LinearBackend {
       v_[l].allocate(a.v_bits, a.kv_asym, a.kv_clip, c.n_kv_heads, c.head_dim, max_context);
     }
   }
-  void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int /*rows*/) override {
+  void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int /*rows*/, bool same_input) override {
     const Int4Weights w = m_.linear(layer, m);
     const auto& a = m_.recipe().act;
     if (a.a_bits >= 16) {
       int4_gemm_f32(w, in, n, nullptr, out);
-      compensate(layer, m, in, n, cols, out);
+      compensate(layer, m, in, n, cols, out, same_input);
       return;
     }
-    // q/k/v share one input, and gate/up another (the call order is the forward pass's).
-    const bool shared = (m == LinearModule::K || m == LinearModule::V || m == LinearModule::Up) && layer == last_layer_;
-    if (!shared) quantize_activations(in, n, cols, a.a_bits, a.a_clip, act_, isa_);
-    last_layer_ = (m == LinearModule::Q || m == LinearModule::K || m == LinearModule::Gate) ? layer : -1;
+    // q/k/v share one input, and gate/up another: quantize it once.
+    if (!same_input) quantize_activations(in, n, cols, a.a_bits, a.a_clip, act_, isa_);
     int4_gemm(w, act_, nullptr, out, isa_);
-    compensate(layer, m, in, n, cols, out);
+    compensate(layer, m, in, n, cols, out, same_input);
   }
   void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) override {
     k_[layer].store(pos, n, k);
@@ -600,10 +584,10 @@ class IntegerBackend : public LinearBackend {
 
  private:
   // QDEC: select on the unquantized input (shared by q/k/v and by gate/up) and add back.
-  void compensate(int layer, LinearModule m, const float* in, int n, int cols, float* out) {
+  void compensate(int layer, LinearModule m, const float* in, int n, int cols, float* out, bool same_input) {
     const int k = qdec_k(qdec_k_.of(m), cols);
     if (k == 0) return;
-    if (m != LinearModule::K && m != LinearModule::V && m != LinearModule::Up) qdec_select(in, n, cols, k, sel_);
+    if (!same_input) qdec_select(in, n, cols, k, sel_);
     qdec_apply(m_.qdec()->at(layer, m), in, n, k, sel_.data(), out, isa_);
   }
 
@@ -612,7 +596,6 @@ class IntegerBackend : public LinearBackend {
   QdecK qdec_k_;
   std::vector<int> sel_;
   Int8Activations act_;
-  int last_layer_ = -1;
   std::vector<KvCache> k_, v_;
 };
 

@@ -366,18 +366,7 @@ const char* qdec_kind_name(int kind) {
   return kind >= 0 && kind < kQdecKinds ? names[kind] : "?";
 }
 
-int qdec_kind_of(LinearModule m) {
-  switch (m) {
-    case LinearModule::Q:
-    case LinearModule::K:
-    case LinearModule::V: return 0;
-    case LinearModule::O: return 1;
-    case LinearModule::Gate:
-    case LinearModule::Up: return 2;
-    case LinearModule::Down: return 3;
-  }
-  return 0;
-}
+int qdec_kind_of(LinearModule m) { return linear_spec(m).qdec_kind; }
 
 std::string QdecK::describe() const {
   std::string s;
@@ -438,10 +427,10 @@ class QdecSimulationBackend : public LinearBackend {
     k_cache_.assign(std::size_t(c.n_layers), std::vector<float>(std::size_t(max_context) * kv_));
     v_cache_.assign(std::size_t(c.n_layers), std::vector<float>(std::size_t(max_context) * kv_));
   }
-  void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int rows) override {
+  void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int rows, bool same_input) override {
     using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    // q/k/v read one input, gate/up another (calls come in forward order): quantize and select once.
-    const bool first = m != LinearModule::K && m != LinearModule::V && m != LinearModule::Up;
+    // q/k/v read one input, gate/up another: quantize and select once.
+    const bool first = !same_input;
     const float* x = in;
     if (act_.a_bits < 16) {
       if (first) {
@@ -526,11 +515,9 @@ QdecCosts measure_qdec_costs(const QdecStore& store, int repeats, Isa isa) {
   std::vector<uint8_t> evict(cold ? (192ull << 20) : 0, 1);
   std::vector<float> y;
   std::vector<int> sel;
-  static constexpr LinearModule kinds[kQdecKinds][3] = {{LinearModule::Q, LinearModule::K, LinearModule::V},
-                                                        {LinearModule::O, LinearModule::O, LinearModule::O},
-                                                        {LinearModule::Gate, LinearModule::Up, LinearModule::Up},
-                                                        {LinearModule::Down, LinearModule::Down, LinearModule::Down}};
-  static constexpr int members[kQdecKinds] = {3, 1, 2, 1};
+  // The linears of each kind, in forward order (the first one's input is selected on).
+  std::vector<LinearModule> kinds[kQdecKinds];
+  for (const LinearSpec& s : kLinearSpecs) kinds[s.qdec_kind].push_back(s.module);
   for (int kind = 0; kind < kQdecKinds; ++kind)
     for (std::size_t lv = 1; lv < std::size(kQdecLevels); ++lv) {
       auto one_token = [&] {
@@ -539,8 +526,8 @@ QdecCosts measure_qdec_costs(const QdecStore& store, int repeats, Isa isa) {
           const ResidualStore& first = store.at(l, kinds[kind][0]);
           const int k = qdec_k(kQdecLevels[lv], first.cols);
           qdec_select(x, 1, int(first.cols), k, sel);
-          for (int j = 0; j < members[kind]; ++j) {
-            const ResidualStore& r = store.at(l, kinds[kind][j]);
+          for (LinearModule m : kinds[kind]) {
+            const ResidualStore& r = store.at(l, m);
             y.assign(std::size_t(r.rows), 0.f);
             qdec_apply(r, x, 1, k, sel.data(), y.data(), isa);
           }
