@@ -24,9 +24,9 @@
 #include "quarot/sha256.hpp"
 #include "quarot/tokenizer.hpp"
 
-#ifndef QUAROT_GIT_COMMIT
-#define QUAROT_GIT_COMMIT "unknown"
-#endif
+// The commit this binary was built from, "-dirty" with local changes (generated at build time
+// by cmake/GitCommit.cmake).
+const char* quarot_git_commit();
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -429,7 +429,7 @@ int main(int argc, char** argv) {
     timings["quantize"] = since(t);
 
     json report = {{"schema", "quarot-report/1"},
-                   {"tool", {{"name", "quarot-quantize"}, {"version", quarot::quarot_version()}, {"git_commit", QUAROT_GIT_COMMIT}}},
+                   {"tool", {{"name", "quarot-quantize"}, {"version", quarot::quarot_version()}, {"git_commit", quarot_git_commit()}}},
                    {"input", {{"path", a.model}, {"sha256", a.no_checksum ? json(nullptr) : json(input_checksum(a.model))},
                               {"bytes", input_bytes(a.model)}, {"parameters", params}}},
                    {"config", config_json(cfg, a)},

@@ -126,7 +126,8 @@ class LinearBackend {
 };
 
 // T = float (weights used in place, no copy) or double (weights converted once; for tests and
-// invariance proofs). Threads: OpenMP, all cores unless QUAROT_THREADS / omp settings say less.
+// invariance proofs). Threads: OpenMP, all cores unless OMP_NUM_THREADS / omp_set_num_threads (the
+// tools' --threads) say less.
 template <class T>
 class Transformer {
  public:

@@ -18,13 +18,13 @@
 #include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/safetensors.hpp"
+#include "quarot/version.hpp"
 #include "quarot/weights.hpp"
 
 namespace quarot {
 
 inline constexpr int kPackedFormatVersion = 1;
 inline constexpr const char* kPackedFormatName = "quarot-int4";
-std::string quarot_version();  // the tool version written into files and reports
 
 // What a packed model was made with and what its integer path runs.
 struct PackRecipe {
@@ -61,7 +61,6 @@ class PackedWriter {
   // tuner's measurements) goes into the metadata as it is.
   void add_residual(int layer, LinearModule module, ResidualStore r);
   void set_qdec(QdecK k, const std::string& info = "{}");
-  uint64_t residual_bytes() const;
   // Writes atomically (temporary file + rename); throws when a linear is missing.
   // `extra_metadata` adds free-form keys (e.g. the input checksum).
   void write(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
@@ -101,7 +100,6 @@ class PackedModel {
   // The QDEC section: nullptr when the file has none; its codes are used in place from the map.
   const QdecStore* qdec() const;
   QdecK qdec_k() const;  // the k the file asks for (zero without a section)
-  const std::map<std::string, std::string>& metadata() const;
 
   // The integer model: Transformer<float> with the INT4 backend and the online transforms, plus
   // QDEC's compensation when the file has the section (k: the file's unless given; needs the

@@ -18,8 +18,6 @@ namespace quarot {
 
 using json = nlohmann::json;
 
-std::string quarot_version() { return "0.3.0"; }
-
 namespace {
 
 constexpr const char* kCrcKey = "quarot.crc32";
@@ -223,12 +221,6 @@ void PackedWriter::add_residual(int layer, LinearModule module, ResidualStore r)
 void PackedWriter::set_qdec(QdecK k, const std::string& info) {
   qdec_k_ = k;
   qdec_info_ = info;
-}
-
-uint64_t PackedWriter::residual_bytes() const {
-  uint64_t n = 0;
-  for (const auto& [key, r] : residuals_) n += r.bytes();
-  return n;
 }
 
 uint64_t PackedWriter::packed_bytes() const {
@@ -448,7 +440,6 @@ const ModelConfig& PackedModel::config() const { return impl_->fw.config; }
 const PackRecipe& PackedModel::recipe() const { return impl_->recipe; }
 const OnlineTransforms& PackedModel::online() const { return impl_->online; }
 const ModelWeights& PackedModel::float_weights() const { return impl_->fw; }
-const std::map<std::string, std::string>& PackedModel::metadata() const { return impl_->file.header().metadata; }
 Int4Weights PackedModel::linear(int layer, LinearModule m) const { return impl_->linears[std::size_t(layer * kLinearsPerLayer + int(m))].view; }
 const QdecStore* PackedModel::qdec() const { return impl_->qdec.get(); }
 QdecK PackedModel::qdec_k() const { return impl_->qdec_k; }
