@@ -20,6 +20,7 @@
 #include "quarot/detail/rng.hpp"
 #include "quarot/int4.hpp"
 #include "quarot/qdec.hpp"
+#include "quarot/qdec_runtime.hpp"
 
 using Clock = std::chrono::steady_clock;
 using quarot::LinearModule;

@@ -10,6 +10,7 @@
 #include "cli.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/progress.hpp"
+#include "quarot/runtime.hpp"
 #include "quarot/tokenizer.hpp"
 
 int main(int argc, char** argv) {
