@@ -58,11 +58,10 @@ int main(int argc, char** argv) {
     const char* name;
     int k, out, count;  // count: how many per forward
   };
-  const std::vector<Shape> shapes = {{"q/o_proj", c.hidden, c.hidden, 2 * layers},
-                                     {"k/v_proj", c.hidden, c.kv_dim(), 2 * layers},
-                                     {"gate/up_proj", c.hidden, c.intermediate, 2 * layers},
-                                     {"down_proj", c.intermediate, c.hidden, layers},
-                                     {"lm_head", c.hidden, c.vocab, 1}};
+  std::vector<Shape> shapes;
+  for (const quarot::LinearSpec& s : quarot::kLinearSpecs)
+    shapes.push_back({s.name, int(quarot::linear_cols(c, s.module)), int(quarot::linear_rows(c, s.module)), layers});
+  shapes.push_back({"lm_head", c.hidden, c.vocab, 1});
   for (int n : windows) {
     double linear_flops = 0, gemm_time = 0;
     std::printf("\nwindow %d:\n", n);

@@ -14,7 +14,9 @@
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/qdec.hpp"
+#include "quarot/qdec_runtime.hpp"
 #include "quarot/quantize.hpp"
+#include "quarot/runtime.hpp"
 #include "quarot/tokenizer.hpp"
 
 namespace fs = std::filesystem;
@@ -113,7 +115,7 @@ int main(int argc, char** argv) {
                       double(store.bytes()) / 1024, 100.0 * double(store.bytes()) / packed_model);
         time_table += cell;
         for (int kc : timed_kcs) {
-          auto im = packed.integer_model(std::min(c.max_positions, 128), quarot::best_isa(), quarot::QdecK::all(kc));
+          auto im = quarot::integer_model(packed, std::min(c.max_positions, 128), quarot::best_isa(), quarot::QdecK::all(kc));
           std::snprintf(cell, sizeof cell, " %.1f |", quarot::decode_seconds_per_token(im, 64, 5) * 1e6);
           time_table += cell;
         }

@@ -20,6 +20,7 @@
 #include "quarot/detail/rng.hpp"
 #include "quarot/int4.hpp"
 #include "quarot/qdec.hpp"
+#include "quarot/qdec_runtime.hpp"
 
 using Clock = std::chrono::steady_clock;
 using quarot::LinearModule;
@@ -62,13 +63,16 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "threads (0: all cores)")->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   if (threads > 0) omp_set_num_threads(threads);
-  const int64_t H = 4096, F = 11008;
+  quarot::ModelConfig c7b;  // LLaMA-2 7B's widths (MHA: k/v as wide as q)
+  c7b.hidden = 4096;
+  c7b.intermediate = 11008;
+  c7b.n_heads = c7b.n_kv_heads = 32;
+  c7b.head_dim = 128;
+  const int64_t H = c7b.hidden, F = c7b.intermediate;
   quarot::detail::Rng rng(7);
   std::vector<Linear> layer;
-  for (auto [m, r, c] : std::initializer_list<std::tuple<LinearModule, int64_t, int64_t>>{
-           {LinearModule::Q, H, H}, {LinearModule::K, H, H}, {LinearModule::V, H, H}, {LinearModule::O, H, H},
-           {LinearModule::Gate, F, H}, {LinearModule::Up, F, H}, {LinearModule::Down, H, F}})
-    layer.push_back(make_linear(m, r, c, rng));
+  for (const quarot::LinearSpec& s : quarot::kLinearSpecs)
+    layer.push_back(make_linear(s.module, quarot::linear_rows(c7b, s.module), quarot::linear_cols(c7b, s.module), rng));
   double weight_mb = 0, residual_mb = 0;
   for (const auto& L : layer) {
     weight_mb += double(L.packed.size()) / 1e6;

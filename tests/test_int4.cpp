@@ -83,7 +83,7 @@ TEST(Int4Pack, NibbleLayoutAndPadding) {
   for (int i = 100; i < 128; ++i) EXPECT_EQ(int4_at(out.data(), i), 8) << i;
 }
 
-TEST(Int4Activations, EqualTheFakeQuantizerAndEveryPathAgrees) {
+TEST(Int4Activations, EqualTheFakeQuantizer) {
   for (int bits : {4, 8, 3})
     for (int64_t cols : {64, 100, 172, 4096}) {
       auto x = gaussian(std::size_t(5 * cols), uint64_t(cols + bits));
@@ -99,20 +99,13 @@ TEST(Int4Activations, EqualTheFakeQuantizerAndEveryPathAgrees) {
               << "bits " << bits << " cols " << cols << " at " << r << "," << c;
       for (int r = 0; r < 5; ++r)
         for (int64_t c = cols; c < ref.cols_padded; ++c) ASSERT_EQ(ref.q[std::size_t(r * ref.cols_padded + c)], 0);
-      for (Isa isa : fast_isas()) {
-        Int8Activations o;
-        quantize_activations(x.data(), 5, cols, bits, 0.9, o, isa);
-        EXPECT_EQ(o.q, ref.q) << isa_name(isa);
-        EXPECT_EQ(o.scale, ref.scale);
-        EXPECT_EQ(o.block_sums, ref.block_sums);
-      }
+      // Every other ISA against this reference: test_ops.cpp's kernel x ISA table.
     }
   Int8Activations o;
   EXPECT_THROW(quantize_activations(nullptr, 1, 64, 9, 1.0, o), Error);
 }
 
-TEST(Int4Gemm, OptimizedPathsEqualTheScalarReferenceExactly) {
-  ASSERT_FALSE(fast_isas().empty()) << "this machine should run AVX2 at least";
+TEST(Int4Gemm, ScalarReferenceEqualsFp64OverTheDequantizedOperands) {
   struct Case {
     int64_t rows, cols, group;
     int tokens, a_bits;
@@ -127,7 +120,7 @@ TEST(Int4Gemm, OptimizedPathsEqualTheScalarReferenceExactly) {
     const auto bias = gaussian(std::size_t(k.rows), 99);
     Int8Activations a;
     quantize_activations(x.data(), k.tokens, k.cols, k.a_bits, 1.0, a);
-    std::vector<float> ref(std::size_t(k.tokens * k.rows)), got(ref.size());
+    std::vector<float> ref(std::size_t(k.tokens * k.rows));
     int4_gemm(w.view(), a, k.bias ? bias.data() : nullptr, ref.data(), Isa::Scalar);
     // The scalar reference against fp64 over the dequantized operands.
     for (int t = 0; t < k.tokens; ++t)
@@ -140,12 +133,7 @@ TEST(Int4Gemm, OptimizedPathsEqualTheScalarReferenceExactly) {
         }
         ASSERT_NEAR(ref[std::size_t(t * k.rows + o)], e, 1e-5 * mag + 1e-7) << k.rows << "x" << k.cols << " t" << t << " o" << o;
       }
-    for (Isa isa : fast_isas()) {
-      std::fill(got.begin(), got.end(), -1.f);
-      int4_gemm(w.view(), a, k.bias ? bias.data() : nullptr, got.data(), isa);
-      EXPECT_EQ(0, std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)))
-          << isa_name(isa) << " " << k.rows << "x" << k.cols << " g" << k.group << " tokens " << k.tokens;
-    }
+    // The vector paths against this reference, exactly: test_ops.cpp's kernel x ISA table.
   }
 }
 

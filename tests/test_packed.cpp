@@ -11,6 +11,7 @@
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/quantize.hpp"
+#include "quarot/runtime.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
 #include "test_support.hpp"
@@ -93,8 +94,8 @@ TEST(Packed, RoundTripsTheQuantizedWeightsExactlyAndDeterministically) {
     for (int l = 0; l < m.config.n_layers; ++l) {
       const auto& x = m.layers[l];
       const auto& y = d.layers[l];
-      for (auto mem : {&LayerWeights::wq, &LayerWeights::wk, &LayerWeights::wv, &LayerWeights::wo, &LayerWeights::w_gate,
-                       &LayerWeights::w_up, &LayerWeights::w_down}) {
+      for (const LinearSpec& spec : kLinearSpecs) {
+        const auto mem = spec.weight;
         ASSERT_EQ((x.*mem).data.size(), (y.*mem).data.size());
         EXPECT_EQ(0, std::memcmp((x.*mem).data.data(), (y.*mem).data.data(), (x.*mem).data.size() * 4)) << "layer " << l;
       }
@@ -115,8 +116,8 @@ TEST(Packed, IntegerModelMatchesTheSimulation) {
   const PackedModel p(path);
   const auto deq = p.dequantized();
   for (Isa isa : {Isa::Scalar, best_isa()}) {
-    auto integer = p.integer_model(64, isa);
-    auto sim = p.simulated_model(deq, 64);
+    auto integer = integer_model(p, 64, isa);
+    auto sim = simulated_model(p, deq, 64);
     std::vector<float> li, ls;
     const auto t = tokens(40, 96, 3);
     integer.forward(t, li);
@@ -203,8 +204,8 @@ TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
   std::vector<int> stream;
   for (const auto& s : read_ids_file(data_file("tinystories/validation_100.tok512.ids"), 512)) stream.insert(stream.end(), s.begin(), s.end());
   const auto windows = make_windows(stream, Protocol::Paper, 512, 1, kSanitizedBuild ? 6 : 0);
-  auto integer = p.integer_model(512);
-  auto sim = p.simulated_model(deq, 512);
+  auto integer = integer_model(p, 512);
+  auto sim = simulated_model(p, deq, 512);
   const auto ri = evaluate(integer, windows, Protocol::Paper);
   const auto rs = evaluate(sim, windows, Protocol::Paper);
   std::printf("stories260K W4A4KV4 (GPTQ), %d windows: integer PPL %.4f, simulation %.4f\n", ri.windows, ri.ppl, rs.ppl);

@@ -12,6 +12,8 @@
 #include "quarot/error.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/qdec_runtime.hpp"
+#include "quarot/runtime.hpp"
 #include "quarot/safetensors.hpp"
 #include "quarot/qdec.hpp"
 #include "quarot/quant.hpp"
@@ -152,38 +154,7 @@ TEST(Qdec, TopKTiesAndSmallCases) {
 // The vectorized kernel against the plain loop: the same products summed in the same order
 // (fma per selected row), so equal up to fp32 rounding of the contraction (stated: 1e-5 of the
 // sum of |terms|).
-TEST(Qdec, ApplyKernelMatchesTheReference) {
-  for (int bits : {4, 8})
-    for (int64_t rows : {1, 15, 16, 33, 200}) {
-      const int64_t cols = 70;
-      const auto w = gaussian(std::size_t(rows * cols), uint64_t(rows + bits));
-      const auto q = quantize_rtn(w.data(), rows, cols, {{3, true}, 0, true});
-      const auto r = make_residual_store(w.data(), q.dequantized.data(), rows, cols, bits);
-      const int tokens = 3, k = 9;
-      const auto x = gaussian(std::size_t(tokens * cols), 77);
-      std::vector<int> sel;
-      qdec_select(x.data(), tokens, int(cols), k, sel);
-      ASSERT_EQ(sel.size(), std::size_t(tokens * k));
-      const auto y0 = gaussian(std::size_t(tokens * rows), 5);
-      auto ref = y0;
-      qdec_apply_reference(r, x.data(), tokens, k, sel.data(), ref.data());
-      for (Isa isa : {Isa::Scalar, Isa::Avx512Vnni}) {
-        if (!isa_supported(isa)) continue;
-        auto y = y0;
-        qdec_apply(r, x.data(), tokens, k, sel.data(), y.data(), isa);
-        for (int t = 0; t < tokens; ++t)
-          for (int64_t o = 0; o < rows; ++o) {
-            double mag = std::fabs(y0[std::size_t(t * rows + o)]);
-            for (int j = 0; j < k; ++j) {
-              const int i = sel[std::size_t(t * k + j)];
-              mag += std::fabs(r.residual(i, o) * x[std::size_t(t * cols + i)]);
-            }
-            ASSERT_NEAR(y[std::size_t(t * rows + o)], ref[std::size_t(t * rows + o)], 1e-5 * mag + 1e-30)
-                << isa_name(isa) << " bits " << bits << " rows " << rows;
-          }
-      }
-    }
-}
+// qdec_apply on every ISA against qdec_apply_reference: test_ops.cpp's kernel x ISA table.
 
 TEST(Qdec, ParsesKPerKindAndRejectsBadValues) {
   EXPECT_EQ(parse_qdec_k("4"), QdecK::all(4));
@@ -335,8 +306,8 @@ TEST(QdecPacked, ResidualSectionRoundTripsExactlyAndIsChecked) {
   pack_with_qdec(plain, "w4a16-rtn", 4, {}, false);
   const PackedModel pm(plain);
   EXPECT_EQ(pm.qdec(), nullptr);
-  EXPECT_THROW(pm.integer_model(16, best_isa(), QdecK::all(4)), Error);
-  EXPECT_NO_THROW(pm.integer_model(16, best_isa(), QdecK{}));
+  EXPECT_THROW(integer_model(pm, 16, best_isa(), QdecK::all(4)), Error);
+  EXPECT_NO_THROW(integer_model(pm, 16, best_isa(), QdecK{}));
 }
 
 TEST(QdecPacked, KZeroIsThePlainIntegerModelAndIntegerMatchesSimulation) {
@@ -348,17 +319,17 @@ TEST(QdecPacked, KZeroIsThePlainIntegerModelAndIntegerMatchesSimulation) {
     const PackedModel a(with), b(without);
     const auto t = tokens_for_test(24, 96);
     // k = 0: the plain integer model bit for bit; and the simulation's k = 0 the plain simulation.
-    EXPECT_EQ(logits_of(a.integer_model(32, best_isa(), QdecK{}), t), logits_of(b.integer_model(32), t)) << preset;
+    EXPECT_EQ(logits_of(integer_model(a, 32, best_isa(), QdecK{}), t), logits_of(integer_model(b, 32), t)) << preset;
     EXPECT_EQ(logits_of(qdec_simulation_model(p.quantized, p.store, QdecK{}, p.online, p.cfg.act, 32), t),
-              logits_of(b.simulated_model(p.quantized, 32), t))
+              logits_of(simulated_model(b, p.quantized, 32), t))
         << preset;
     // k > 0: the integer path and the simulation agree (A16: up to fp32 summation order; A4KV4:
     // a rare flipped 4-bit code, so a looser bound). (That more channels move toward the float
     // model is checked with an 8-bit residual above: this random rotated model amplifies small
     // changes chaotically, so its logit distance is not monotone in k.)
-    const auto li = logits_of(a.integer_model(32), t);
-    const auto ls = logits_of(a.simulated_model(p.quantized, 32), t);
-    const auto l0 = logits_of(b.integer_model(32), t);
+    const auto li = logits_of(integer_model(a, 32), t);
+    const auto ls = logits_of(simulated_model(a, p.quantized, 32), t);
+    const auto l0 = logits_of(integer_model(b, 32), t);
     double dis = 0, norm = 0, moved = 0;
     for (std::size_t i = 0; i < li.size(); ++i) {
       dis += std::pow(li[i] - ls[i], 2);

@@ -194,8 +194,8 @@ TEST(QuantizeCli, ReportValidatesAndCarriesTheNumbers) {
   const std::string err_svg = read_text(dir / "r/error_per_layer.svg"), out_svg = read_text(dir / "r/outliers.svg");
   EXPECT_EQ(xml_problem(err_svg), "");
   EXPECT_EQ(xml_problem(out_svg), "");
-  for (const char* s : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
-    EXPECT_NE(err_svg.find(std::string("data-name=\"") + s + "\""), std::string::npos) << s;
+  for (const LinearSpec& spec : kLinearSpecs)
+    EXPECT_NE(err_svg.find(std::string("data-name=\"") + spec.name + "\""), std::string::npos) << spec.name;
   EXPECT_NE(out_svg.find("data-name=\"down_proj_input before\""), std::string::npos);
   EXPECT_NE(out_svg.find("data-name=\"down_proj_input after\""), std::string::npos);
   // A broken report fails the schema.

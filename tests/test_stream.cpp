@@ -162,13 +162,8 @@ TEST(Stream, CarriedActivationsGiveTheSameGptqAsWholeModelForwards) {
   auto ref = m;
   quantize_weights(m, online, cfg, calib);
   // The reference, module group by module group as GPTQ's reference code does.
-  const std::pair<HookPoint, std::vector<LinearModule>> groups[] = {
-      {HookPoint::QkvInput, {LinearModule::K, LinearModule::V, LinearModule::Q}},
-      {HookPoint::OProjInput, {LinearModule::O}},
-      {HookPoint::GateUpInput, {LinearModule::Up, LinearModule::Gate}},
-      {HookPoint::DownProjInput, {LinearModule::Down}}};
   for (int l = 0; l < ref.config.n_layers; ++l)
-    for (const auto& [point, mods] : groups) {
+    for (const auto& [point, mods] : linear_input_groups()) {
       const int width = int((ref.layers[std::size_t(l)].*linear_member(mods[0])).cols);
       using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
       MatD hm = MatD::Zero(width, width);

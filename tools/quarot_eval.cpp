@@ -15,6 +15,7 @@
 #include "quarot/packed.hpp"
 #include "quarot/progress.hpp"
 #include "quarot/rotate.hpp"
+#include "quarot/runtime.hpp"
 #include "quarot/sha256.hpp"
 #include "quarot/hf_tokenizer.hpp"
 #include "quarot/tasks.hpp"

@@ -19,14 +19,16 @@
 #include "quarot/packed.hpp"
 #include "quarot/progress.hpp"
 #include "quarot/qdec.hpp"
+#include "quarot/qdec_runtime.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/report.hpp"
+#include "quarot/runtime.hpp"
 #include "quarot/sha256.hpp"
 #include "quarot/tokenizer.hpp"
 
-#ifndef QUAROT_GIT_COMMIT
-#define QUAROT_GIT_COMMIT "unknown"
-#endif
+// The commit this binary was built from, "-dirty" with local changes (generated at build time
+// by cmake/GitCommit.cmake).
+const char* quarot_git_commit();
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -429,7 +431,7 @@ int main(int argc, char** argv) {
     timings["quantize"] = since(t);
 
     json report = {{"schema", "quarot-report/1"},
-                   {"tool", {{"name", "quarot-quantize"}, {"version", quarot::quarot_version()}, {"git_commit", QUAROT_GIT_COMMIT}}},
+                   {"tool", {{"name", "quarot-quantize"}, {"version", quarot::quarot_version()}, {"git_commit", quarot_git_commit()}}},
                    {"input", {{"path", a.model}, {"sha256", a.no_checksum ? json(nullptr) : json(input_checksum(a.model))},
                               {"bytes", input_bytes(a.model)}, {"parameters", params}}},
                    {"config", config_json(cfg, a)},
@@ -474,7 +476,7 @@ int main(int argc, char** argv) {
         // the chosen k (its metadata carries them).
         t = Clock::now();
         const quarot::PackedModel first(a.output, false);
-        auto plain = first.integer_model(std::min(c.max_positions, 256), quarot::best_isa(), quarot::QdecK{});
+        auto plain = quarot::integer_model(first, std::min(c.max_positions, 256), quarot::best_isa(), quarot::QdecK{});
         const double base = quarot::decode_seconds_per_token(plain, 64, 5);
         const auto costs = quarot::measure_qdec_costs(qstore);
         const auto tuning = quarot::tune_qdec(costs, base * a.qdec_slowdown / 100);
@@ -521,7 +523,7 @@ int main(int argc, char** argv) {
             {"float", nullptr}, {"quantized", nullptr}, {"packed", nullptr}};
       if (writer) {
         const quarot::PackedModel packed(a.output);
-        auto im = packed.integer_model(ctx);
+        auto im = quarot::integer_model(packed, ctx);
         const auto ir = quarot::evaluate(im, windows, quarot::Protocol::Paper);
         ev["packed"] = result_json(ir);
         for (const char* k : {"kld_mean", "kld_p99", "top1_agreement"}) ev["packed"][k] = nullptr;
@@ -559,7 +561,7 @@ int main(int argc, char** argv) {
       std::unique_ptr<quarot::PackedModel> packed;
       if (writer) {
         packed = std::make_unique<quarot::PackedModel>(a.output);
-        auto im = packed->integer_model(ctx);
+        auto im = quarot::integer_model(*packed, ctx);
         const auto ir = quarot::evaluate(im, windows, quarot::Protocol::Paper, &fm, eval_progress("packed"));
         std::printf("packed integer model (%s%s): perplexity %.4f, KLD vs float %.5f, top-1 agreement %.2f%%\n",
                     quarot::isa_name(quarot::best_isa()), a.qdec ? ", with QDEC" : "", ir.ppl, ir.kld_mean, 100 * ir.top1_agreement);
@@ -568,8 +570,8 @@ int main(int argc, char** argv) {
         ev["packed"]["qdec"] = a.qdec;
         if (a.qdec) {
           // Decode time per token of the integer path without and with the compensation.
-          auto p0 = packed->integer_model(std::min(c.max_positions, 256), quarot::best_isa(), quarot::QdecK{});
-          auto p1 = packed->integer_model(std::min(c.max_positions, 256), quarot::best_isa(), qk);
+          auto p0 = quarot::integer_model(*packed, std::min(c.max_positions, 256), quarot::best_isa(), quarot::QdecK{});
+          auto p1 = quarot::integer_model(*packed, std::min(c.max_positions, 256), quarot::best_isa(), qk);
           const double s0 = quarot::decode_seconds_per_token(p0, 64, 5), s1 = quarot::decode_seconds_per_token(p1, 64, 5);
           qdec_report["decode_seconds_per_token"] = {{"plain", s0}, {"qdec", s1}, {"slowdown_percent", 100 * (s1 / s0 - 1)}};
           std::printf("QDEC decode time per token: %.1f -> %.1f us (%+.1f%%)\n", s0 * 1e6, s1 * 1e6, 100 * (s1 / s0 - 1));
@@ -582,9 +584,9 @@ int main(int argc, char** argv) {
           const auto k = quarot::QdecK::all(kc);
           json row = {{"k_chunk", kc < 0 ? json("all") : json(kc)}};
           if (packed) {
-            auto im = packed->integer_model(ctx, quarot::best_isa(), k);
+            auto im = quarot::integer_model(*packed, ctx, quarot::best_isa(), k);
             row["packed"] = result_json(quarot::evaluate(im, windows, quarot::Protocol::Paper, &fm));
-            auto dm = packed->integer_model(std::min(c.max_positions, 256), quarot::best_isa(), k);
+            auto dm = quarot::integer_model(*packed, std::min(c.max_positions, 256), quarot::best_isa(), k);
             row["decode_seconds_per_token"] = quarot::decode_seconds_per_token(dm, 64, 3);
           }
           auto sm = quarot::qdec_simulation_model(m, qstore, k, online, cfg.act, ctx);

@@ -11,6 +11,7 @@
 #include "quarot/packed.hpp"
 #include "quarot/progress.hpp"
 #include "quarot/hf_tokenizer.hpp"
+#include "quarot/runtime.hpp"
 #include "quarot/tokenizer.hpp"
 
 int main(int argc, char** argv) {

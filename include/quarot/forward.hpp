@@ -15,6 +15,7 @@
 //   m = silu(h Wg^T) * (h Wu^T)           -> DownProjInput  (input of down_proj)
 //   x += m Wd^T                           -> LayerOutput    (the residual stream; observe only)
 // then logits = RMSNorm(x) * final_norm W_cls^T (the classifier's input is not hooked).
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -41,11 +42,71 @@ using ForwardHook = std::function<void(HookPoint, int layer, const ActivationVie
 
 // The decoder's linear layers, in the order the forward pass calls them within a layer.
 enum class LinearModule { Q, K, V, O, Gate, Up, Down };
-const char* linear_module_name(LinearModule m);  // "q_proj", ..., "down_proj"
-inline constexpr LinearModule kLinearModules[] = {LinearModule::Q,    LinearModule::K,  LinearModule::V,   LinearModule::O,
-                                                  LinearModule::Gate, LinearModule::Up, LinearModule::Down};
+inline constexpr int kLinearsPerLayer = 7;
+
+// A width in terms of the config.
+enum class ConfigDim { Hidden, QDim, KvDim, Intermediate };
+int64_t config_dim(const ModelConfig& c, ConfigDim d);
+
+// The layer schema: one row per linear, in LinearModule order. Every place that walks a layer's
+// linears (tensor names, shapes, the packed format, the quantizers, QDEC, the backends, tests
+// and benches) reads this table instead of spelling the list out.
+struct LinearSpec {
+  LinearModule module;
+  const char* name;                     // Hugging Face: model.layers.N.<block>.<name>.weight
+  const char* block;                    // "self_attn" | "mlp"
+  Matrix LayerWeights::*weight;         // L.*weight
+  std::vector<float> LayerWeights::*bias;  // nullptr: this linear never has a bias
+  bool ModelConfig::*has_bias;          // whether the config gives it one (nullptr with bias)
+  ConfigDim rows, cols;                 // the weight's [out][in]
+  HookPoint input;                      // the activation it reads; linears with the same input share it
+  int qdec_kind;                        // QDEC's module kind (qdec.hpp): 0 q/k/v, 1 o, 2 gate/up, 3 down
+  int quant_order;                      // position in the reference GPTQ's sequential order (k, v, q, o, up, gate, down)
+};
+inline constexpr LinearSpec kLinearSpecs[kLinearsPerLayer] = {
+    {LinearModule::Q, "q_proj", "self_attn", &LayerWeights::wq, &LayerWeights::bq, &ModelConfig::q_bias, ConfigDim::QDim,
+     ConfigDim::Hidden, HookPoint::QkvInput, 0, 2},
+    {LinearModule::K, "k_proj", "self_attn", &LayerWeights::wk, &LayerWeights::bk, &ModelConfig::k_bias, ConfigDim::KvDim,
+     ConfigDim::Hidden, HookPoint::QkvInput, 0, 0},
+    {LinearModule::V, "v_proj", "self_attn", &LayerWeights::wv, &LayerWeights::bv, &ModelConfig::v_bias, ConfigDim::KvDim,
+     ConfigDim::Hidden, HookPoint::QkvInput, 0, 1},
+    {LinearModule::O, "o_proj", "self_attn", &LayerWeights::wo, &LayerWeights::bo, &ModelConfig::o_bias, ConfigDim::Hidden,
+     ConfigDim::QDim, HookPoint::OProjInput, 1, 3},
+    {LinearModule::Gate, "gate_proj", "mlp", &LayerWeights::w_gate, nullptr, nullptr, ConfigDim::Intermediate, ConfigDim::Hidden,
+     HookPoint::GateUpInput, 2, 5},
+    {LinearModule::Up, "up_proj", "mlp", &LayerWeights::w_up, nullptr, nullptr, ConfigDim::Intermediate, ConfigDim::Hidden,
+     HookPoint::GateUpInput, 2, 4},
+    {LinearModule::Down, "down_proj", "mlp", &LayerWeights::w_down, nullptr, nullptr, ConfigDim::Hidden, ConfigDim::Intermediate,
+     HookPoint::DownProjInput, 3, 6},
+};
+constexpr const LinearSpec& linear_spec(LinearModule m) { return kLinearSpecs[int(m)]; }
+inline constexpr auto kLinearModules = [] {
+  std::array<LinearModule, kLinearsPerLayer> a{};
+  for (int i = 0; i < kLinearsPerLayer; ++i) a[std::size_t(i)] = kLinearSpecs[i].module;
+  return a;
+}();
+static_assert([] {
+  for (int i = 0; i < kLinearsPerLayer; ++i)
+    if (int(kLinearSpecs[i].module) != i) return false;
+  return true;
+}(), "kLinearSpecs is indexed by LinearModule");
+inline const char* linear_module_name(LinearModule m) { return linear_spec(m).name; }  // "q_proj", ..., "down_proj"
 // The member of LayerWeights holding that linear's weight: L.*linear_member(m).
-Matrix LayerWeights::*linear_member(LinearModule m);
+inline Matrix LayerWeights::*linear_member(LinearModule m) { return linear_spec(m).weight; }
+inline int64_t linear_rows(const ModelConfig& c, LinearModule m) { return config_dim(c, linear_spec(m).rows); }
+inline int64_t linear_cols(const ModelConfig& c, LinearModule m) { return config_dim(c, linear_spec(m).cols); }
+// True when m reads the same activation as the linear called just before it in a layer (k and v
+// after q, up after gate): what a backend may reuse (quantized codes, a QDEC selection).
+constexpr bool reads_previous_input(LinearModule m) {
+  return int(m) > 0 && kLinearSpecs[int(m) - 1].input == linear_spec(m).input;
+}
+// The linears grouped by the input they read, groups in forward order, each group in the
+// reference GPTQ's order (quant_order): [k, v, q], [o], [up, gate], [down].
+struct LinearInputGroup {
+  HookPoint input;
+  std::vector<LinearModule> modules;
+};
+std::vector<LinearInputGroup> linear_input_groups();
 
 // Runs the decoder's linear layers and holds the KV cache for a Transformer<float> (the packed
 // INT4 model, src/pack): the transformer keeps embeddings, norms, biases, RoPE, attention and
@@ -55,16 +116,18 @@ class LinearBackend {
   virtual ~LinearBackend() = default;
   virtual void allocate(const ModelConfig& config, int max_context) = 0;
   // out[n][rows] = in[n][cols] W^T for `module` of `layer` (biases are added by the caller).
-  // Calls come in forward order: Q, K, V on the same input, then O, Gate and Up on the same
-  // input, then Down.
-  virtual void linear(int layer, LinearModule module, const float* in, int n, int cols, float* out, int rows) = 0;
+  // same_input: `in` holds the activation the previous call read (reads_previous_input(module):
+  // k and v after q, up after gate), so what the backend derived from it may be reused.
+  virtual void linear(int layer, LinearModule module, const float* in, int n, int cols, float* out, int rows,
+                      bool same_input) = 0;
   // Stores the keys and values [n][kv_dim] of positions pos .. pos+n-1 (after RoPE and the
   // online transforms), then dequantizes positions 0 .. pos+n-1 into k_out / v_out [ctx][kv_dim].
   virtual void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) = 0;
 };
 
 // T = float (weights used in place, no copy) or double (weights converted once; for tests and
-// invariance proofs). Threads: OpenMP, all cores unless QUAROT_THREADS / omp settings say less.
+// invariance proofs). Threads: OpenMP, all cores unless OMP_NUM_THREADS / omp_set_num_threads (the
+// tools' --threads) say less.
 template <class T>
 class Transformer {
  public:

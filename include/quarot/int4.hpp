@@ -16,14 +16,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "quarot/isa.hpp"
+
 namespace quarot {
 
 inline constexpr int kInt4Block = 64;  // input columns per packed block (32 bytes)
-
-enum class Isa { Scalar, Avx2, Avx512Vnni };
-Isa best_isa();  // the fastest path this CPU runs (QUAROT_ISA=scalar|avx2|avx512 caps it)
-const char* isa_name(Isa isa);
-bool isa_supported(Isa isa);
 
 inline int64_t int4_padded_cols(int64_t cols) { return (cols + kInt4Block - 1) / kInt4Block * kInt4Block; }
 
@@ -68,6 +65,14 @@ void quantize_activations(const float* x, int rows, int64_t cols, int bits, doub
 // Multi-threaded (OpenMP) over output rows; the same result on any number of threads.
 // Throws quarot::Error when the widths differ or the group size is not a multiple of 64.
 void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y, Isa isa = best_isa());
+
+// The plain references the vector paths equal bit for bit (the scalar path).
+inline void quantize_activations_ref(const float* x, int rows, int64_t cols, int bits, double clip, Int8Activations& out) {
+  quantize_activations(x, rows, cols, bits, clip, out, Isa::Scalar);
+}
+inline void int4_gemm_ref(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y) {
+  int4_gemm(w, x, bias, y, Isa::Scalar);
+}
 
 // y[t][o] = sum_i x[t][i] * weight(o, i) (+ bias[o]) for float activations (W4A16): rows of W are
 // dequantized tile by tile to fp32 and multiplied with an fp32 GEMM.

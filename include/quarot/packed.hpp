@@ -2,8 +2,8 @@
 // The packed INT4 model file (docs/format.md): a safetensors container with nibble-packed
 // weights, fp32 scales (and zero points when asymmetric), the float tensors, and in
 // __metadata__ the config, the quantization recipe, the rotation, the tool version and CRC32s.
-// The reader validates everything and memory-maps the packed weights; the integer backend runs
-// them (int4.hpp kernels, INT4 KV cache) inside the ordinary Transformer<float>.
+// The reader validates everything and memory-maps the packed weights; src/runtime runs them
+// (runtime.hpp: the integer backend, the INT4 KV cache, LoadedModel).
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -18,13 +18,13 @@
 #include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/safetensors.hpp"
+#include "quarot/version.hpp"
 #include "quarot/weights.hpp"
 
 namespace quarot {
 
 inline constexpr int kPackedFormatVersion = 1;
 inline constexpr const char* kPackedFormatName = "quarot-int4";
-std::string quarot_version();  // the tool version written into files and reports
 
 // What a packed model was made with and what its integer path runs.
 struct PackRecipe {
@@ -61,7 +61,6 @@ class PackedWriter {
   // tuner's measurements) goes into the metadata as it is.
   void add_residual(int layer, LinearModule module, ResidualStore r);
   void set_qdec(QdecK k, const std::string& info = "{}");
-  uint64_t residual_bytes() const;
   // Writes atomically (temporary file + rename); throws when a linear is missing.
   // `extra_metadata` adds free-form keys (e.g. the input checksum).
   void write(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
@@ -101,17 +100,9 @@ class PackedModel {
   // The QDEC section: nullptr when the file has none; its codes are used in place from the map.
   const QdecStore* qdec() const;
   QdecK qdec_k() const;  // the k the file asks for (zero without a section)
-  const std::map<std::string, std::string>& metadata() const;
 
-  // The integer model: Transformer<float> with the INT4 backend and the online transforms, plus
-  // QDEC's compensation when the file has the section (k: the file's unless given; needs the
-  // section when any k > 0).
-  Transformer<float> integer_model(int max_context, Isa isa = best_isa(), std::optional<QdecK> k = std::nullopt) const;
   // The same weights dequantized to fp32 (for the fake-quant simulation of this very model).
   ModelWeights dequantized() const;
-  // The simulation: dequantized weights, online transforms and the recipe's fake quantizers.
-  // `weights` must outlive the returned transformer (it is used in place).
-  Transformer<float> simulated_model(const ModelWeights& weights, int max_context, std::optional<QdecK> k = std::nullopt) const;
 
  private:
   struct Impl;
@@ -120,29 +111,5 @@ class PackedModel {
 
 // True for a .safetensors file whose metadata names the packed format.
 bool is_packed_model(const std::string& path);
-
-// Any checkpoint, ready to run: a float one (with its online transforms when rotated) or a
-// packed one (the integer path; with simulate = true, the fake-quant simulation of the same
-// weights instead).
-class LoadedModel {
- public:
-  // qdec_k: QDEC's k_chunk per kind for a packed model with the section (default: the file's).
-  explicit LoadedModel(const std::string& path, bool simulate = false, bool verify_crc = true,
-                       std::optional<QdecK> qdec_k = std::nullopt);
-  const ModelConfig& config() const;
-  bool packed() const { return packed_ != nullptr; }
-  std::string describe() const;  // one line: what runs and how
-  Transformer<float> transformer(int max_context) const;
-  const PackedModel* packed_model() const { return packed_.get(); }
-  const ModelWeights* float_weights() const { return weights_.get(); }
-  const OnlineTransforms& online() const { return packed_ ? packed_->online() : online_; }
-
- private:
-  std::unique_ptr<PackedModel> packed_;
-  std::unique_ptr<ModelWeights> weights_;  // float model, or the packed model dequantized (simulate)
-  OnlineTransforms online_;
-  bool simulate_ = false;
-  std::optional<QdecK> qdec_k_;
-};
 
 }  // namespace quarot

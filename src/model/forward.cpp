@@ -29,30 +29,27 @@ const char* hook_point_name(HookPoint p) {
   return "?";
 }
 
-const char* linear_module_name(LinearModule m) {
-  switch (m) {
-    case LinearModule::Q: return "q_proj";
-    case LinearModule::K: return "k_proj";
-    case LinearModule::V: return "v_proj";
-    case LinearModule::O: return "o_proj";
-    case LinearModule::Gate: return "gate_proj";
-    case LinearModule::Up: return "up_proj";
-    case LinearModule::Down: return "down_proj";
+int64_t config_dim(const ModelConfig& c, ConfigDim d) {
+  switch (d) {
+    case ConfigDim::Hidden: return c.hidden;
+    case ConfigDim::QDim: return c.q_dim();
+    case ConfigDim::KvDim: return c.kv_dim();
+    case ConfigDim::Intermediate: return c.intermediate;
   }
-  return "?";
+  return 0;
 }
 
-Matrix LayerWeights::*linear_member(LinearModule m) {
-  switch (m) {
-    case LinearModule::Q: return &LayerWeights::wq;
-    case LinearModule::K: return &LayerWeights::wk;
-    case LinearModule::V: return &LayerWeights::wv;
-    case LinearModule::O: return &LayerWeights::wo;
-    case LinearModule::Gate: return &LayerWeights::w_gate;
-    case LinearModule::Up: return &LayerWeights::w_up;
-    case LinearModule::Down: return &LayerWeights::w_down;
+std::vector<LinearInputGroup> linear_input_groups() {
+  std::vector<LinearInputGroup> groups;
+  for (const LinearSpec& s : kLinearSpecs)
+    if (groups.empty() || groups.back().input != s.input) groups.push_back({s.input, {}});
+  for (auto& g : groups) {
+    for (const LinearSpec& s : kLinearSpecs)
+      if (s.input == g.input) g.modules.push_back(s.module);
+    std::sort(g.modules.begin(), g.modules.end(),
+              [](LinearModule a, LinearModule b) { return linear_spec(a).quant_order < linear_spec(b).quant_order; });
   }
-  return &LayerWeights::wq;
+  return groups;
 }
 
 namespace {
@@ -202,7 +199,7 @@ struct Transformer<T>::Impl {
     const SerialBelow serial(double(in.rows()) * double(in.cols()) * rows);
     if constexpr (std::is_same_v<T, float>) {
       if (backend) {
-        backend->linear(layer, m, in.data(), int(in.rows()), int(in.cols()), out.data(), rows);
+        backend->linear(layer, m, in.data(), int(in.rows()), int(in.cols()), out.data(), rows, reads_previous_input(m));
       } else {
         out.noalias() = in * ConstMap<T>(w, rows, in.cols()).transpose();
       }

@@ -9,10 +9,25 @@
 #include <sstream>
 
 #include "quarot/error.hpp"
+#include "quarot/forward.hpp"
 
 namespace quarot {
 
 namespace {
+
+// The RMSNorm in front of each block of linears (LinearSpec::block), as Hugging Face names it.
+struct BlockNorm {
+  const char* name;
+  std::vector<float> LayerWeights::*scales;
+};
+BlockNorm block_norm(const char* block) {
+  return std::strcmp(block, "self_attn") == 0 ? BlockNorm{"input_layernorm.weight", &LayerWeights::attn_norm}
+                                              : BlockNorm{"post_attention_layernorm.weight", &LayerWeights::ffn_norm};
+}
+// True for the first linear of its block: the block's norm comes before it in file order.
+bool starts_block(const LinearSpec& s) {
+  return &s == kLinearSpecs || std::strcmp((&s - 1)->block, s.block) != 0;
+}
 
 void size_matrix(Matrix& m, int64_t rows, int64_t cols) {
   m.rows = rows;
@@ -33,19 +48,15 @@ void visit(M& m, const Fn& fn) {
   for (int i = 0; i < c.n_layers; ++i) {
     auto& L = m.layers[i];
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    vec(p + "input_layernorm.weight", L.attn_norm);
-    mat(p + "self_attn.q_proj.weight", L.wq);
-    if (c.q_bias) vec(p + "self_attn.q_proj.bias", L.bq);
-    mat(p + "self_attn.k_proj.weight", L.wk);
-    if (c.k_bias) vec(p + "self_attn.k_proj.bias", L.bk);
-    mat(p + "self_attn.v_proj.weight", L.wv);
-    if (c.v_bias) vec(p + "self_attn.v_proj.bias", L.bv);
-    mat(p + "self_attn.o_proj.weight", L.wo);
-    if (c.o_bias) vec(p + "self_attn.o_proj.bias", L.bo);
-    vec(p + "post_attention_layernorm.weight", L.ffn_norm);
-    mat(p + "mlp.gate_proj.weight", L.w_gate);
-    mat(p + "mlp.up_proj.weight", L.w_up);
-    mat(p + "mlp.down_proj.weight", L.w_down);
+    for (const LinearSpec& s : kLinearSpecs) {
+      if (starts_block(s)) {
+        const BlockNorm n = block_norm(s.block);
+        vec(p + n.name, L.*n.scales);
+      }
+      const std::string name = p + s.block + "." + s.name;
+      mat(name + ".weight", L.*s.weight);
+      if (s.bias && c.*s.has_bias) vec(name + ".bias", L.*s.bias);
+    }
   }
   vec("model.norm.weight", m.final_norm);
   if (!c.tied_embeddings) mat("lm_head.weight", m.lm_head);
@@ -97,18 +108,11 @@ void allocate(ModelWeights& m) {
   m.layers.assign(c.n_layers, LayerWeights{});
   for (auto& L : m.layers) {
     L.attn_norm.assign(c.hidden, 0.f);
-    size_matrix(L.wq, c.q_dim(), c.hidden);
-    size_matrix(L.wk, c.kv_dim(), c.hidden);
-    size_matrix(L.wv, c.kv_dim(), c.hidden);
-    size_matrix(L.wo, c.hidden, c.q_dim());
-    L.bq.assign(c.q_bias ? c.q_dim() : 0, 0.f);
-    L.bk.assign(c.k_bias ? c.kv_dim() : 0, 0.f);
-    L.bv.assign(c.v_bias ? c.kv_dim() : 0, 0.f);
-    L.bo.assign(c.o_bias ? c.hidden : 0, 0.f);
     L.ffn_norm.assign(c.hidden, 0.f);
-    size_matrix(L.w_gate, c.intermediate, c.hidden);
-    size_matrix(L.w_up, c.intermediate, c.hidden);
-    size_matrix(L.w_down, c.hidden, c.intermediate);
+    for (const LinearSpec& s : kLinearSpecs) {
+      size_matrix(L.*s.weight, linear_rows(c, s.module), linear_cols(c, s.module));
+      if (s.bias) (L.*s.bias).assign(c.*s.has_bias ? std::size_t(linear_rows(c, s.module)) : 0, 0.f);
+    }
   }
   m.final_norm.assign(c.hidden, 0.f);
   if (c.tied_embeddings) m.lm_head = Matrix{};
@@ -161,23 +165,17 @@ void for_each_tensor(const ModelWeights& m, const std::function<void(const Tenso
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> tensor_shapes(const ModelConfig& c) {
   std::vector<std::pair<std::string, std::vector<int64_t>>> t;
-  const int64_t d = c.hidden, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate;
+  const int64_t d = c.hidden;
   t.push_back({"model.embed_tokens.weight", {c.vocab, d}});
   for (int i = 0; i < c.n_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    t.push_back({p + "input_layernorm.weight", {d}});
-    t.push_back({p + "self_attn.q_proj.weight", {q, d}});
-    if (c.q_bias) t.push_back({p + "self_attn.q_proj.bias", {q}});
-    t.push_back({p + "self_attn.k_proj.weight", {kv, d}});
-    if (c.k_bias) t.push_back({p + "self_attn.k_proj.bias", {kv}});
-    t.push_back({p + "self_attn.v_proj.weight", {kv, d}});
-    if (c.v_bias) t.push_back({p + "self_attn.v_proj.bias", {kv}});
-    t.push_back({p + "self_attn.o_proj.weight", {d, q}});
-    if (c.o_bias) t.push_back({p + "self_attn.o_proj.bias", {d}});
-    t.push_back({p + "post_attention_layernorm.weight", {d}});
-    t.push_back({p + "mlp.gate_proj.weight", {f, d}});
-    t.push_back({p + "mlp.up_proj.weight", {f, d}});
-    t.push_back({p + "mlp.down_proj.weight", {d, f}});
+    for (const LinearSpec& s : kLinearSpecs) {
+      if (starts_block(s)) t.push_back({p + block_norm(s.block).name, {d}});
+      const std::string name = p + s.block + "." + s.name;
+      const int64_t rows = linear_rows(c, s.module);
+      t.push_back({name + ".weight", {rows, linear_cols(c, s.module)}});
+      if (s.bias && c.*s.has_bias) t.push_back({name + ".bias", {rows}});
+    }
   }
   t.push_back({"model.norm.weight", {d}});
   if (!c.tied_embeddings) t.push_back({"lm_head.weight", {c.vocab, d}});

@@ -18,8 +18,6 @@ namespace quarot {
 
 using json = nlohmann::json;
 
-std::string quarot_version() { return "0.3.0"; }
-
 namespace {
 
 constexpr const char* kCrcKey = "quarot.crc32";
@@ -48,18 +46,7 @@ std::string canonical_header(const std::vector<TensorInfo>& tensors, std::map<st
 struct LinearShape {
   int64_t rows, cols;
 };
-LinearShape linear_shape(const ModelConfig& c, LinearModule m) {
-  switch (m) {
-    case LinearModule::Q: return {c.q_dim(), c.hidden};
-    case LinearModule::K:
-    case LinearModule::V: return {c.kv_dim(), c.hidden};
-    case LinearModule::O: return {c.hidden, c.q_dim()};
-    case LinearModule::Gate:
-    case LinearModule::Up: return {c.intermediate, c.hidden};
-    case LinearModule::Down: return {c.hidden, c.intermediate};
-  }
-  return {0, 0};
-}
+LinearShape linear_shape(const ModelConfig& c, LinearModule m) { return {linear_rows(c, m), linear_cols(c, m)}; }
 
 // The float parts of a model of config c: embeddings, norms, biases, classifier sized; linear
 // matrices get their shape and no data.
@@ -99,11 +86,9 @@ void release_mapped(std::span<const uint8_t> bytes) {
 }
 
 bool is_linear_weight(const std::string& name) {
-  static const char* suffixes[] = {"q_proj.weight", "k_proj.weight",  "v_proj.weight",   "o_proj.weight",
-                                   "gate_proj.weight", "up_proj.weight", "down_proj.weight"};
-  for (const char* s : suffixes) {
-    const std::size_t n = std::strlen(s);
-    if (name.size() > n && name.compare(name.size() - n, n, s) == 0) return true;
+  for (const LinearSpec& spec : kLinearSpecs) {
+    const std::string s = std::string(spec.name) + ".weight";
+    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
   }
   return false;
 }
@@ -111,8 +96,7 @@ bool is_linear_weight(const std::string& name) {
 }  // namespace
 
 std::string linear_tensor_prefix(int layer, LinearModule m) {
-  const bool attn = m == LinearModule::Q || m == LinearModule::K || m == LinearModule::V || m == LinearModule::O;
-  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + linear_module_name(m);
+  return "model.layers." + std::to_string(layer) + "." + linear_spec(m).block + "." + linear_spec(m).name;
 }
 
 std::string recipe_json(const PackRecipe& r) {
@@ -239,12 +223,6 @@ void PackedWriter::set_qdec(QdecK k, const std::string& info) {
   qdec_info_ = info;
 }
 
-uint64_t PackedWriter::residual_bytes() const {
-  uint64_t n = 0;
-  for (const auto& [key, r] : residuals_) n += r.bytes();
-  return n;
-}
-
 uint64_t PackedWriter::packed_bytes() const {
   uint64_t n = 0;
   for (const auto& [k, L] : linears_) n += L.packed.size() + L.scales.size() * 4 + L.zeros.size();
@@ -329,7 +307,7 @@ struct PackedModel::Impl {
     Int4Weights view;
     std::vector<float> scales;  // copied: the mapped bytes need not be 4-byte aligned
   };
-  std::vector<Linear> linears;  // [layer * 7 + module]
+  std::vector<Linear> linears;  // [layer * kLinearsPerLayer + module]
   std::unique_ptr<QdecStore> qdec;
   QdecK qdec_k;
   explicit Impl(const std::string& path) : file(path) {}
@@ -462,8 +440,7 @@ const ModelConfig& PackedModel::config() const { return impl_->fw.config; }
 const PackRecipe& PackedModel::recipe() const { return impl_->recipe; }
 const OnlineTransforms& PackedModel::online() const { return impl_->online; }
 const ModelWeights& PackedModel::float_weights() const { return impl_->fw; }
-const std::map<std::string, std::string>& PackedModel::metadata() const { return impl_->file.header().metadata; }
-Int4Weights PackedModel::linear(int layer, LinearModule m) const { return impl_->linears[std::size_t(layer * 7 + int(m))].view; }
+Int4Weights PackedModel::linear(int layer, LinearModule m) const { return impl_->linears[std::size_t(layer * kLinearsPerLayer + int(m))].view; }
 const QdecStore* PackedModel::qdec() const { return impl_->qdec.get(); }
 QdecK PackedModel::qdec_k() const { return impl_->qdec_k; }
 uint64_t PackedModel::file_bytes() const { return impl_->file.header().data_start + (impl_->file.header().tensors.empty() ? 0 : impl_->file.header().tensors.back().end); }
@@ -486,161 +463,6 @@ ModelWeights PackedModel::dequantized() const {
   return m;
 }
 
-// ---------------------------------------------------------------- integer backend
-
-namespace {
-
-// The KV cache of one layer: per position and KV head, codes (nibble-packed when <= 4 bits,
-// element 2j in the low nibble) with an fp32 scale and a zero point, or fp32 when not quantized.
-struct KvCache {
-  int bits = 16;
-  bool asym = true;
-  double clip = 1.0;
-  int heads = 0, hd = 0, bytes_per_head = 0;
-  std::vector<uint8_t> codes;
-  std::vector<float> scale, raw;
-  std::vector<uint8_t> zero;
-
-  void allocate(int b, bool a, double c, int h, int d, int max_ctx) {
-    bits = b;
-    asym = a;
-    clip = c;
-    heads = h;
-    hd = d;
-    if (bits >= 16) {
-      raw.assign(std::size_t(max_ctx) * h * d, 0.f);
-      return;
-    }
-    bytes_per_head = bits <= 4 ? (d + 1) / 2 : d;
-    codes.assign(std::size_t(max_ctx) * h * bytes_per_head, 0);
-    scale.assign(std::size_t(max_ctx) * h, 0.f);
-    zero.assign(std::size_t(max_ctx) * h, 0);
-  }
-  // The fake quantizer's arithmetic (quant.cpp), so the integer model caches what the
-  // simulation computes.
-  void store(int pos, int n, const float* x) {
-    const int kvd = heads * hd;
-    if (bits >= 16) {
-      std::copy(x, x + std::size_t(n) * kvd, raw.begin() + std::ptrdiff_t(pos) * kvd);
-      return;
-    }
-    const Grid g{bits, !asym};
-    for (int t = 0; t < n; ++t)
-      for (int h = 0; h < heads; ++h) {
-        const float* v = x + std::size_t(t) * kvd + std::size_t(h) * hd;
-        const QParams p = grid_params(std::span<const float>(v, std::size_t(hd)), g, clip);
-        const std::size_t slot = std::size_t(pos + t) * heads + h;
-        scale[slot] = float(p.scale);
-        zero[slot] = uint8_t(g.symmetric ? -g.qmin() : p.zero);  // dequantized = (u - zero) * scale
-        uint8_t* out = codes.data() + slot * bytes_per_head;
-        if (bits <= 4) std::fill(out, out + bytes_per_head, 0);
-        for (int i = 0; i < hd; ++i) {
-          const uint8_t u = uint8_t(quantize_code(v[i], p, g) - g.qmin());
-          if (bits <= 4)
-            out[i / 2] = uint8_t(out[i / 2] | (i % 2 ? u << 4 : u));
-          else
-            out[i] = u;
-        }
-      }
-  }
-  void load(int ctx, float* out) const {
-    const int kvd = heads * hd;
-    if (bits >= 16) {
-      std::copy(raw.begin(), raw.begin() + std::ptrdiff_t(ctx) * kvd, out);
-      return;
-    }
-    for (int t = 0; t < ctx; ++t)
-      for (int h = 0; h < heads; ++h) {
-        const std::size_t slot = std::size_t(t) * heads + h;
-        const uint8_t* in = codes.data() + slot * bytes_per_head;
-        const double s = scale[slot];
-        const int z = zero[slot];
-        float* o = out + std::size_t(t) * kvd + std::size_t(h) * hd;
-        for (int i = 0; i < hd; ++i) {
-          const int u = bits <= 4 ? (i % 2 ? in[i / 2] >> 4 : in[i / 2] & 0x0F) : in[i];
-          o[i] = float(double(u - z) * s);
-        }
-      }
-  }
-};
-
-class IntegerBackend : public LinearBackend {
- public:
-  IntegerBackend(const PackedModel& m, Isa isa, QdecK k) : m_(m), isa_(isa), qdec_k_(k) {}
-  void allocate(const ModelConfig& c, int max_context) override {
-    const auto& a = m_.recipe().act;
-    k_.resize(std::size_t(c.n_layers));
-    v_.resize(std::size_t(c.n_layers));
-    for (int l = 0; l < c.n_layers; ++l) {
-      k_[l].allocate(a.k_bits, a.kv_asym, a.kv_clip, c.n_kv_heads, c.head_dim, max_context);
-      v_[l].allocate(a.v_bits, a.kv_asym, a.kv_clip, c.n_kv_heads, c.head_dim, max_context);
-    }
-  }
-  void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int /*rows*/) override {
-    const Int4Weights w = m_.linear(layer, m);
-    const auto& a = m_.recipe().act;
-    if (a.a_bits >= 16) {
-      int4_gemm_f32(w, in, n, nullptr, out);
-      compensate(layer, m, in, n, cols, out);
-      return;
-    }
-    // q/k/v share one input, and gate/up another (the call order is the forward pass's).
-    const bool shared = (m == LinearModule::K || m == LinearModule::V || m == LinearModule::Up) && layer == last_layer_;
-    if (!shared) quantize_activations(in, n, cols, a.a_bits, a.a_clip, act_, isa_);
-    last_layer_ = (m == LinearModule::Q || m == LinearModule::K || m == LinearModule::Gate) ? layer : -1;
-    int4_gemm(w, act_, nullptr, out, isa_);
-    compensate(layer, m, in, n, cols, out);
-  }
-  void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) override {
-    k_[layer].store(pos, n, k);
-    v_[layer].store(pos, n, v);
-    k_[layer].load(pos + n, k_out);
-    v_[layer].load(pos + n, v_out);
-  }
-
- private:
-  // QDEC: select on the unquantized input (shared by q/k/v and by gate/up) and add back.
-  void compensate(int layer, LinearModule m, const float* in, int n, int cols, float* out) {
-    const int k = qdec_k(qdec_k_.of(m), cols);
-    if (k == 0) return;
-    if (m != LinearModule::K && m != LinearModule::V && m != LinearModule::Up) qdec_select(in, n, cols, k, sel_);
-    qdec_apply(m_.qdec()->at(layer, m), in, n, k, sel_.data(), out, isa_);
-  }
-
-  const PackedModel& m_;
-  Isa isa_;
-  QdecK qdec_k_;
-  std::vector<int> sel_;
-  Int8Activations act_;
-  int last_layer_ = -1;
-  std::vector<KvCache> k_, v_;
-};
-
-}  // namespace
-
-namespace {
-QdecK checked_qdec_k(const PackedModel& m, std::optional<QdecK> k) {
-  const QdecK use = k ? *k : m.qdec_k();
-  if (use.any() && !m.qdec())
-    throw Error(m.path(), "has no QDEC section (quantize with --qdec to use --qdec-k)");
-  return use;
-}
-}  // namespace
-
-Transformer<float> PackedModel::integer_model(int max_context, Isa isa, std::optional<QdecK> k) const {
-  Transformer<float> t(impl_->fw, max_context, std::make_unique<IntegerBackend>(*this, isa, checked_qdec_k(*this, k)));
-  if (!impl_->online.empty()) t.set_hook(online_hook<float>(impl_->online));
-  return t;
-}
-
-Transformer<float> PackedModel::simulated_model(const ModelWeights& weights, int max_context, std::optional<QdecK> k) const {
-  const QdecK use = checked_qdec_k(*this, k);
-  if (use.any()) return qdec_simulation_model(weights, *impl_->qdec, use, impl_->online, impl_->recipe.act, max_context);
-  Transformer<float> t(weights, max_context);
-  t.set_hook(quantized_model_hook<float>(impl_->online, impl_->recipe.act, weights.config.head_dim));
-  return t;
-}
-
 bool is_packed_model(const std::string& path) {
   const std::string ext = ".safetensors";
   if (path.size() < ext.size() || path.compare(path.size() - ext.size(), ext.size(), ext) != 0) return false;
@@ -649,45 +471,6 @@ bool is_packed_model(const std::string& path) {
   const SafetensorsFile f(path);
   const auto it = f.header().metadata.find("format");
   return it != f.header().metadata.end() && it->second == kPackedFormatName;
-}
-
-LoadedModel::LoadedModel(const std::string& path, bool simulate, bool verify_crc, std::optional<QdecK> qdec_k)
-    : simulate_(simulate), qdec_k_(qdec_k) {
-  if (is_packed_model(path)) {
-    packed_ = std::make_unique<PackedModel>(path, verify_crc);
-    (void)checked_qdec_k(*packed_, qdec_k);
-    if (simulate) weights_ = std::make_unique<ModelWeights>(packed_->dequantized());
-  } else {
-    if (simulate) throw Error(path, "--simulate applies to packed models only");
-    if (qdec_k && qdec_k->any()) throw Error(path, "--qdec-k applies to packed models with a QDEC section only");
-    weights_ = std::make_unique<ModelWeights>(load_model(path));
-    online_ = online_transforms_of(*weights_);
-  }
-}
-
-const ModelConfig& LoadedModel::config() const { return packed_ ? packed_->config() : weights_->config; }
-
-std::string LoadedModel::describe() const {
-  if (packed_) {
-    const auto& r = packed_->recipe();
-    std::string s = "packed INT" + std::to_string(r.w_bits) + " (" + r.preset + ": W" + std::to_string(r.w_bits) + "A" +
-                    std::to_string(r.act.a_bits) + "KV" + std::to_string(r.act.k_bits) + ", " + r.method + ")";
-    s += simulate_ ? ", fake-quant simulation of the same weights" : std::string(", integer path (") + isa_name(best_isa()) + ")";
-    if (packed_->qdec()) {
-      const QdecK k = qdec_k_ ? *qdec_k_ : packed_->qdec_k();
-      s += ", QDEC " + std::to_string(packed_->qdec()->bits) + "-bit residual, k per 1024 " + (k.any() ? k.describe() : "0 (off)");
-    }
-    return s + (packed_->online().empty() ? "" : ", rotated");
-  }
-  return online_.empty() ? "float" : "float, rotated (online transforms)";
-}
-
-Transformer<float> LoadedModel::transformer(int max_context) const {
-  if (packed_)
-    return simulate_ ? packed_->simulated_model(*weights_, max_context, qdec_k_) : packed_->integer_model(max_context, best_isa(), qdec_k_);
-  Transformer<float> t(*weights_, max_context);
-  if (!online_.empty()) t.set_hook(online_hook<float>(online_));
-  return t;
 }
 
 }  // namespace quarot

@@ -158,39 +158,22 @@ void quantize_classifier(ModelWeights& m, const QuantConfig& cfg, std::vector<Mo
   stats.push_back(s);
 }
 
-struct Module {
-  const char* name;
-  Matrix LayerWeights::*w;
-  LinearModule id;
-};
-// The reference's sequential order: [k, v, q] share one input, then [o], [up, gate], [down].
-struct Group {
-  HookPoint point;
-  std::vector<Module> modules;
-};
-const std::vector<Group>& module_groups() {
-  static const std::vector<Group> groups = {
-      {HookPoint::QkvInput,
-       {{"k_proj", &LayerWeights::wk, LinearModule::K}, {"v_proj", &LayerWeights::wv, LinearModule::V}, {"q_proj", &LayerWeights::wq, LinearModule::Q}}},
-      {HookPoint::OProjInput, {{"o_proj", &LayerWeights::wo, LinearModule::O}}},
-      {HookPoint::GateUpInput, {{"up_proj", &LayerWeights::w_up, LinearModule::Up}, {"gate_proj", &LayerWeights::w_gate, LinearModule::Gate}}},
-      {HookPoint::DownProjInput, {{"down_proj", &LayerWeights::w_down, LinearModule::Down}}}};
-  return groups;
-}
-
 // Quantizes layer l's linears group by group; `hessian(point, width)` gives a group's input
 // Hessian with the layer as quantized so far (GPTQ only).
 using HessianSource = std::function<std::vector<double>(HookPoint, int width)>;
 void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg, const HessianSource& hessian,
                     const QuantProgress& progress, const QuantizedSink& sink, std::vector<ModuleQuantStats>& stats) {
-  for (const auto& g : module_groups()) {
+  // The reference's sequential order: [k, v, q] share one input, then [o], [up, gate], [down].
+  static const std::vector<LinearInputGroup> groups = linear_input_groups();
+  for (const auto& g : groups) {
     std::vector<double> h;
-    if (cfg.method == WeightMethod::Gptq) h = hessian(g.point, int((L.*(g.modules[0].w)).cols));
-    for (const auto& mod : g.modules) {
-      if (progress) progress(l, n_layers, mod.name);
-      Matrix& w = L.*(mod.w);
+    if (cfg.method == WeightMethod::Gptq) h = hessian(g.input, int((L.*linear_member(g.modules[0])).cols));
+    for (const LinearModule mod : g.modules) {
+      const char* name = linear_module_name(mod);
+      if (progress) progress(l, n_layers, name);
+      Matrix& w = L.*linear_member(mod);
       const auto t0 = std::chrono::steady_clock::now();
-      ModuleQuantStats s{l, mod.name, 0};
+      ModuleQuantStats s{l, name, 0};
       QuantizedMatrix q;
       if (cfg.method == WeightMethod::Rtn) {
         q = quantize_rtn(w.data.data(), w.rows, w.cols, cfg.gptq.weights);
@@ -202,7 +185,7 @@ void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg
         q = std::move(r.q);
       }
       s.rel_weight_error = rel_error(w, q.dequantized);
-      if (sink) sink(l, mod.id, q, w);
+      if (sink) sink(l, mod, q, w);
       std::copy(q.dequantized.begin(), q.dequantized.end(), w.data.begin());
       s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       stats.push_back(s);

@@ -4,8 +4,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
-#include "quarot/atomic_file.hpp"
 #include "quarot/error.hpp"
 
 namespace quarot {
@@ -93,7 +94,13 @@ std::string read_json_file(const std::string& path, const DocumentLimits& limits
   if (::stat(path.c_str(), &st) != 0) throw Error(path, std::string("cannot open: ") + std::strerror(errno));
   if (S_ISREG(st.st_mode))
     if (auto p = size_problem(uint64_t(st.st_size), limits)) throw Error(path, *p);
-  std::string text = read_text_file(path);
+  if (S_ISDIR(st.st_mode)) throw Error(path, "is a folder, expected a file");
+  // Read here rather than through io's read_text_file: base sits below io (docs/architecture.md).
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path, std::string("cannot open: ") + std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string text = std::move(ss).str();
   check_json_limits(text, path, limits);
   return text;
 }

@@ -1,0 +1,35 @@
+# The module table (docs/architecture.md): for each module of src/, the headers of
+# include/quarot/ it owns and the modules it may use. src/CMakeLists.txt builds one library per
+# module linking exactly these; tests/check_module_deps.cmake (ctest module_deps) checks every
+# #include "quarot/..." of a module's sources and headers against it, so an edge that runs back
+# up the graph fails the build's tests.
+set(QUAROT_MODULES base model io tokenizer eval ops rotate quant qdec pack runtime report)
+
+set(QUAROT_base_HEADERS error isa large_buffer progress dtype version json_limits detail/rng detail/eigen detail/serial_below)
+set(QUAROT_base_DEPS)
+set(QUAROT_model_HEADERS config weights forward synth finite)
+set(QUAROT_model_DEPS base)
+set(QUAROT_io_HEADERS mapped_file atomic_file file_identity safetensors sha256 checkpoint)
+set(QUAROT_io_DEPS base model)
+set(QUAROT_tokenizer_HEADERS tokenizer hf_tokenizer)
+set(QUAROT_tokenizer_DEPS base model io)
+set(QUAROT_eval_HEADERS eval tasks)
+set(QUAROT_eval_DEPS base model io tokenizer)
+set(QUAROT_ops_HEADERS int4 qdec_kernels)
+set(QUAROT_ops_DEPS base)
+set(QUAROT_rotate_HEADERS hadamard rotate)
+set(QUAROT_rotate_DEPS base model)
+set(QUAROT_quant_HEADERS quant quantize detail/linalg)
+set(QUAROT_quant_DEPS base model io tokenizer eval rotate)
+set(QUAROT_qdec_HEADERS qdec)
+set(QUAROT_qdec_DEPS base model ops)
+set(QUAROT_pack_HEADERS packed)
+set(QUAROT_pack_DEPS base model io ops rotate quant qdec)
+set(QUAROT_runtime_HEADERS runtime qdec_runtime)
+set(QUAROT_runtime_DEPS base model io ops rotate quant qdec pack)
+set(QUAROT_report_HEADERS report)
+set(QUAROT_report_DEPS base)
+
+# Sources outside their module's folder (moved when the work on them elsewhere has landed):
+# src/io/dtype.cpp is base (element types; model's weights need it, io's formats too).
+set(QUAROT_SOURCE_MODULE_OVERRIDES "io/dtype.cpp=base")

@@ -1,0 +1,166 @@
+// The hot kernels (src/ops), one table: every kernel on every ISA this CPU supports against its
+// plain *_ref. INT4 GEMM and activation quantization must match exactly (int32 sums, the same
+// fp32 epilogue); top-k exactly (it is a selection); QDEC's apply within fp32 reassociation.
+// (FWHT / Hadamard bases move here with src/rotate/hadamard.cpp's kernels later.)
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "quarot/detail/rng.hpp"
+#include "quarot/int4.hpp"
+#include "quarot/isa.hpp"
+#include "quarot/qdec.hpp"
+#include "quarot/qdec_kernels.hpp"
+#include "quarot/quant.hpp"
+
+using namespace quarot;
+
+namespace {
+
+std::vector<float> gaussian(std::size_t n, uint64_t seed) {
+  detail::Rng rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = rng.gaussian();
+  return v;
+}
+
+// A packed INT4 matrix with random codes, scales and (asym) zero points.
+struct Weights {
+  std::vector<uint8_t> packed, zeros;
+  std::vector<float> scales;
+  Int4Weights view;
+};
+Weights random_weights(int64_t rows, int64_t cols, int64_t group, bool asym, uint64_t seed) {
+  detail::Rng rng(seed);
+  Weights w;
+  const int64_t g = group ? group : cols, G = cols / g, K = int4_padded_cols(cols);
+  w.scales.resize(std::size_t(rows * G));
+  for (auto& s : w.scales) s = 0.001f + float(rng.next() % 1000) * 1e-5f;
+  if (asym) {
+    w.zeros.resize(std::size_t(rows * G));
+    for (auto& z : w.zeros) z = uint8_t(rng.next() % 16);
+  }
+  w.packed.resize(std::size_t(rows * K / 2));
+  std::vector<uint8_t> u(static_cast<std::size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (auto& v : u) v = uint8_t(rng.next() % 16);
+    pack_int4_row(u.data(), cols, asym ? w.zeros[std::size_t(r * G)] : 8, w.packed.data() + r * K / 2);
+  }
+  w.view = {rows, cols, g, w.packed.data(), w.scales.data(), asym ? w.zeros.data() : nullptr};
+  return w;
+}
+
+// One row of the table: runs the kernel on `isa` and returns "" when it equals its ref.
+struct Kernel {
+  const char* name;
+  std::function<std::string(Isa)> check;
+};
+
+const std::vector<Kernel>& kernels() {
+  static const std::vector<Kernel> table = {
+      {"quantize_activations",
+       [](Isa isa) -> std::string {
+         for (int bits : {4, 8, 3, 2})
+           for (int64_t cols : {1, 64, 100, 172, 4096}) {
+             auto x = gaussian(std::size_t(5 * cols), uint64_t(cols + bits));
+             x[0] = 40.f;                                                      // an outlier
+             std::fill(x.begin() + 2 * cols, x.begin() + 3 * cols, 0.f);  // an all-zero token
+             Int8Activations ref, got;
+             quantize_activations_ref(x.data(), 5, cols, bits, 0.9, ref);
+             quantize_activations(x.data(), 5, cols, bits, 0.9, got, isa);
+             if (got.q != ref.q || got.scale != ref.scale || got.block_sums != ref.block_sums)
+               return "cols " + std::to_string(cols) + " bits " + std::to_string(bits);
+           }
+         return "";
+       }},
+      {"int4_gemm",
+       [](Isa isa) -> std::string {
+         struct Case {
+           int64_t rows, cols, group;
+           int tokens, a_bits;
+           bool asym, bias;
+         };
+         const Case cases[] = {{7, 64, 0, 1, 4, false, false},    {33, 100, 0, 3, 4, false, true},  {17, 172, 0, 5, 8, true, false},
+                               {12, 256, 64, 33, 4, false, true}, {9, 256, 128, 2, 8, true, true},  {64, 512, 0, 70, 4, false, false},
+                               {5, 192, 64, 4, 2, true, false},   {130, 512, 128, 9, 4, false, true}, {17, 1000, 0, 2, 4, false, false}};
+         for (const Case& c : cases) {
+           const auto w = random_weights(c.rows, c.cols, c.group, c.asym, uint64_t(c.rows * 31 + c.cols));
+           const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));
+           const auto bias = gaussian(std::size_t(c.rows), 99);
+           Int8Activations a;
+           quantize_activations_ref(x.data(), c.tokens, c.cols, c.a_bits, 1.0, a);
+           std::vector<float> ref(std::size_t(c.tokens * c.rows)), got(ref.size(), -1.f);
+           int4_gemm_ref(w.view, a, c.bias ? bias.data() : nullptr, ref.data());
+           int4_gemm(w.view, a, c.bias ? bias.data() : nullptr, got.data(), isa);
+           if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0)
+             return std::to_string(c.rows) + "x" + std::to_string(c.cols) + " group " + std::to_string(c.group) + " tokens " +
+                    std::to_string(c.tokens);
+         }
+         return "";
+       }},
+      {"top_k_abs",
+       [](Isa isa) -> std::string {
+         for (int n : {1, 7, 64, 100, 1000, 11008})
+           for (int k : {0, 1, 3, 16, 64, 2000}) {
+             auto x = gaussian(std::size_t(n), uint64_t(n * 7 + k));
+             for (int i = 0; i < n; i += 5) x[std::size_t(i)] = x[std::size_t(i / 2)];  // ties
+             std::vector<int> ref, got;
+             top_k_abs_ref(x.data(), n, k, ref);
+             top_k_abs(x.data(), n, k, got, isa);
+             if (got != ref) return "n " + std::to_string(n) + " k " + std::to_string(k);
+           }
+         return "";
+       }},
+      {"qdec_apply",
+       [](Isa isa) -> std::string {
+         for (int bits : {4, 8})
+           for (int64_t rows : {1, 15, 16, 33, 200}) {
+             const int64_t cols = 70;
+             const auto w = gaussian(std::size_t(rows * cols), uint64_t(rows + bits));
+             const auto q = quantize_rtn(w.data(), rows, cols, {{3, true}, 0, true});
+             const auto r = make_residual_store(w.data(), q.dequantized.data(), rows, cols, bits);
+             const int tokens = 3, k = 9;
+             const auto x = gaussian(std::size_t(tokens * cols), 77);
+             std::vector<int> sel;
+             qdec_select(x.data(), tokens, int(cols), k, sel, Isa::Scalar);
+             if (sel.size() != std::size_t(tokens * k)) return "selection size";
+             const auto y0 = gaussian(std::size_t(tokens * rows), 5);
+             auto ref = y0, got = y0;
+             qdec_apply_reference(r, x.data(), tokens, k, sel.data(), ref.data());
+             qdec_apply(r, x.data(), tokens, k, sel.data(), got.data(), isa);
+             // Within fp32 reassociation of the k products.
+             for (int t = 0; t < tokens; ++t)
+               for (int64_t o = 0; o < rows; ++o) {
+                 double mag = std::fabs(y0[std::size_t(t * rows + o)]);
+                 for (int j = 0; j < k; ++j) {
+                   const int i = sel[std::size_t(t * k + j)];
+                   mag += std::fabs(r.residual(i, o) * x[std::size_t(t * cols + i)]);
+                 }
+                 const std::size_t at = std::size_t(t * rows + o);
+                 if (std::fabs(got[at] - ref[at]) > 1e-5 * mag + 1e-30)
+                   return "bits " + std::to_string(bits) + " rows " + std::to_string(rows);
+               }
+           }
+         return "";
+       }},
+  };
+  return table;
+}
+
+TEST(Ops, EveryKernelOnEverySupportedIsaEqualsItsRef) {
+  int runs = 0;
+  for (const Kernel& k : kernels())
+    for (Isa isa : kAllIsas) {
+      if (!isa_supported(isa)) continue;
+      EXPECT_EQ(k.check(isa), "") << k.name << " on " << isa_name(isa);
+      ++runs;
+    }
+  EXPECT_GE(runs, int(kernels().size()) * 2) << "this machine should run AVX2 at least";
+}
+
+}  // namespace
