@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # thread on a busy 2-core machine); a value already set is kept.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 bash scripts/install-deps.sh
-cmake --preset release >/dev/null
+cmake --preset release -DQUAROT_WERROR=ON >/dev/null  # the flags scripts/test.sh uses: one build serves both
 cmake --build --preset release -j "$(nproc)" >/dev/null
 bin=build/release/tools
 out=build/default-run
