@@ -12,45 +12,11 @@
 
 #include "quarot/checkpoint.hpp"
 #include "quarot/tokenizer.hpp"
+#include "reference_llama2c_bpe.hpp"
 
 namespace {
 
-// run.c's encoder (the old quarot implementation), the baseline.
-std::vector<int> rescanning_encode(const quarot::Llama2cTokenizer& t, const std::unordered_map<std::string, int>& lookup,
-                                   const std::string& text) {
-  auto find = [&](const std::string& s) {
-    auto it = lookup.find(s);
-    return it == lookup.end() ? -1 : it->second;
-  };
-  std::vector<int> ids;
-  if (auto sp = find(" "); sp >= 0) ids.push_back(sp);
-  for (std::size_t i = 0; i < text.size();) {
-    std::size_t len = 1;
-    while (i + len < text.size() && len < 4 && (uint8_t(text[i + len]) & 0xC0) == 0x80) ++len;
-    const int id = find(text.substr(i, len));
-    if (id >= 0) ids.push_back(id);
-    else
-      for (std::size_t b = 0; b < len; ++b) ids.push_back(int(uint8_t(text[i + b])) + 3);
-    i += len;
-  }
-  for (;;) {
-    float best = -1e30f;
-    int best_id = -1;
-    std::size_t best_at = 0;
-    for (std::size_t i = 0; i + 1 < ids.size(); ++i) {
-      const int id = find(t.pieces[std::size_t(ids[i])] + t.pieces[std::size_t(ids[i + 1])]);
-      if (id >= 0 && t.scores[std::size_t(id)] > best) {
-        best = t.scores[std::size_t(id)];
-        best_id = id;
-        best_at = i;
-      }
-    }
-    if (best_id < 0) break;
-    ids[best_at] = best_id;
-    ids.erase(ids.begin() + std::ptrdiff_t(best_at) + 1);
-  }
-  return ids;
-}
+using quarot::reference::rescanning_encode;  // run.c's encoder, the baseline (tests/reference_llama2c_bpe.hpp)
 
 template <class Fn>
 std::pair<double, double> time_it(int repeat, Fn&& fn) {  // min, median seconds
@@ -78,8 +44,7 @@ int main(int argc, char** argv) {
   app.add_option("--repeat", repeat, "repeats of the fast encoders");
   CLI11_PARSE(app, argc, argv);
   const auto pieces = quarot::load_llama2c_tokenizer(bin);
-  std::unordered_map<std::string, int> lookup;
-  for (std::size_t i = 0; i < pieces.pieces.size(); ++i) lookup.emplace(pieces.pieces[i], int(i));
+  const auto lookup = quarot::reference::piece_lookup(pieces);
   const auto tok = quarot::make_llama2c_bpe(pieces, bin);
   const std::string text = quarot::read_text_lf(text_path);
   std::printf("| text | run.c merge (baseline, 1 run) | priority-queue merge (min / median of %d) | speedup | same ids |\n|---|---|---|---|---|\n", repeat);

@@ -25,6 +25,7 @@
 #include "quarot/safetensors.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
+#include "reference_llama2c_bpe.hpp"
 #include "test_support.hpp"
 
 using namespace quarot;
@@ -210,43 +211,8 @@ TEST(HostileWeights, Llama2cNonFiniteIsRefused) {
 
 namespace {
 
-// run.c's encoder, kept as the reference: rescan every adjacent pair after each merge.
 std::vector<int> reference_encode(const Llama2cTokenizer& t, const std::string& text) {
-  std::unordered_map<std::string, int> lookup;
-  for (std::size_t i = 0; i < t.pieces.size(); ++i) lookup.emplace(t.pieces[i], int(i));
-  auto find = [&](const std::string& s) {
-    auto it = lookup.find(s);
-    return it == lookup.end() ? -1 : it->second;
-  };
-  std::vector<int> ids;
-  if (text.empty()) return ids;
-  if (auto sp = find(" "); sp >= 0) ids.push_back(sp);
-  for (std::size_t i = 0; i < text.size();) {
-    std::size_t len = 1;
-    while (i + len < text.size() && len < 4 && (uint8_t(text[i + len]) & 0xC0) == 0x80) ++len;
-    const int id = find(text.substr(i, len));
-    if (id >= 0) ids.push_back(id);
-    else
-      for (std::size_t b = 0; b < len; ++b) ids.push_back(int(uint8_t(text[i + b])) + 3);
-    i += len;
-  }
-  for (;;) {
-    float best = -1e30f;
-    int best_id = -1;
-    std::size_t best_at = 0;
-    for (std::size_t i = 0; i + 1 < ids.size(); ++i) {
-      const int id = find(t.pieces[std::size_t(ids[i])] + t.pieces[std::size_t(ids[i + 1])]);
-      if (id >= 0 && t.scores[std::size_t(id)] > best) {
-        best = t.scores[std::size_t(id)];
-        best_id = id;
-        best_at = i;
-      }
-    }
-    if (best_id < 0) break;
-    ids[best_at] = best_id;
-    ids.erase(ids.begin() + std::ptrdiff_t(best_at) + 1);
-  }
-  return ids;
+  return reference::rescanning_encode(t, reference::piece_lookup(t), text);
 }
 
 }  // namespace
