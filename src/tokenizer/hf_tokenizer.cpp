@@ -10,6 +10,7 @@
 #include "bpe.hpp"
 #include "quarot/atomic_file.hpp"
 #include "quarot/error.hpp"
+#include "quarot/json_limits.hpp"
 #include "text.hpp"
 
 namespace quarot {
@@ -21,29 +22,13 @@ using tok::BpeModel;
 namespace {
 
 // Untrusted files: nlohmann's parser recurses once per nesting level, so the depth is checked
-// first (brackets outside strings); real tokenizer.json files nest 6 deep. Sizes are bounded
-// too (the largest real tokenizer.json files are ~35 MB).
-constexpr std::size_t kMaxJsonBytes = std::size_t(1) << 30;
-constexpr int kMaxJsonDepth = 256;
+// first (base's JSON limits: brackets outside strings); real tokenizer.json files nest 6 deep.
+// Sizes are bounded too (the largest real tokenizer.json files are ~35 MB).
+constexpr DocumentLimits kTokenizerJsonLimits{.max_depth = 64, .max_bytes = uint64_t(1) << 30};
 constexpr int kMaxTokenId = 1 << 24;
 
 json parse_json(std::string_view text, const std::string& name) {
-  if (text.size() > kMaxJsonBytes) throw Error(name, "larger than 1 GiB: not a tokenizer file");
-  int depth = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > kMaxJsonDepth) throw Error(name, "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
+  check_json_limits(text, name, kTokenizerJsonLimits);
   try {
     return json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
