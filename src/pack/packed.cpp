@@ -12,6 +12,8 @@
 
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/finite.hpp"
+#include "quarot/json_limits.hpp"
 #include "quarot/quantize.hpp"
 
 namespace quarot {
@@ -85,6 +87,37 @@ void release_mapped(std::span<const uint8_t> bytes) {
   if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
 }
 
+// The bytes of the tensors that config `c` and `recipe` imply (int64: every width is at most
+// 2^20, layers at most 4096, vocab x hidden at most 2^36 after the config's own limits, so no
+// sum below can overflow) must be present in the file before anything of that size is
+// allocated or built. Per-field so the error says which field asks for more than the file has.
+void check_config_fits_file(const ModelConfig& c, const PackRecipe& recipe, const SafetensorsHeader& h, const std::string& path) {
+  int64_t held = 0;
+  for (const auto& t : h.tensors) held += int64_t(t.end - t.begin);
+  const int64_t tensors = int64_t(h.tensors.size());
+  auto need = [&](int64_t bytes, int64_t count, const std::string& what) {
+    if (bytes > held || count > tensors)
+      throw Error(path, "the config implies " + std::to_string(count) + " tensors of " + std::to_string(bytes) + " bytes (" + what +
+                            "), the file holds " + std::to_string(tensors) + " tensors of " + std::to_string(held) +
+                            " bytes (corrupt or hostile config?)");
+  };
+  const int64_t d = c.hidden, vocab = c.vocab;
+  need(vocab * d * 4 * (c.tied_embeddings ? 1 : 2), c.tied_embeddings ? 1 : 2, "'vocab_size' x 'hidden_size' embeddings");
+  int64_t per_layer = 2 * d * 4, per_layer_count = 2;  // the two norms
+  for (LinearModule mod : kLinearModules) {
+    const int64_t rows = linear_rows(c, mod), cols = linear_cols(c, mod);
+    const int64_t group = recipe.w_group > 0 ? recipe.w_group : cols;
+    const int64_t groups = std::max<int64_t>(1, cols / std::max<int64_t>(1, group));
+    per_layer += rows * (int4_padded_cols(cols) / 2) + rows * groups * 4;  // codes and scales
+    per_layer_count += 2;
+  }
+  need(per_layer, per_layer_count, "one layer of 'hidden_size' " + std::to_string(d) + ", 'intermediate_size' " +
+                                        std::to_string(c.intermediate) + ", 'num_attention_heads' x 'head_dim' " +
+                                        std::to_string(int64_t(c.n_heads) * c.head_dim));
+  need(int64_t(c.n_layers) * per_layer, int64_t(c.n_layers) * per_layer_count,
+       "'num_hidden_layers' = " + std::to_string(c.n_layers) + " layers of " + std::to_string(per_layer) + " bytes");
+}
+
 bool is_linear_weight(const std::string& name) {
   for (const LinearSpec& spec : kLinearSpecs) {
     const std::string s = std::string(spec.name) + ".weight";
@@ -137,32 +170,70 @@ PackRecipe make_pack_recipe(const QuantConfig& c) {
 }
 
 PackRecipe parse_recipe_json(const std::string& text, const std::string& source) {
+  check_json_limits(text, source + ": metadata 'recipe'");
+  json j;
   try {
-    const json j = json::parse(text);
-    PackRecipe r;
-    r.preset = j.at("preset").get<std::string>();
-    r.method = j.at("method").get<std::string>();
-    r.w_bits = j.at("w_bits").get<int>();
-    r.w_symmetric = j.at("w_symmetric").get<bool>();
-    r.w_group = j.at("w_group").get<int>();
-    r.clip_search = j.at("clip_search").get<bool>();
-    r.act.a_bits = j.at("a_bits").get<int>();
-    r.act.a_clip = j.at("a_clip").get<double>();
-    r.act.a_group = j.at("a_group").get<int>();
-    r.act.k_bits = j.at("k_bits").get<int>();
-    r.act.v_bits = j.at("v_bits").get<int>();
-    r.act.kv_clip = j.at("kv_clip").get<double>();
-    r.act.kv_asym = j.at("kv_asymmetric").get<bool>();
-    r.classifier_bits = j.at("classifier_bits").get<int>();
-    check_act_options(r.act);
-    if (r.w_bits < 2 || r.w_bits > 4) throw Error("recipe", "w_bits must be 2..4");
-    if (r.act.a_group != 0) throw Error("recipe", "grouped activations are not supported by the integer path");
-    return r;
-  } catch (const Error& e) {
-    throw Error(source, std::string("bad recipe metadata: ") + e.what());
+    j = json::parse(text);
   } catch (const std::exception& e) {
     throw Error(source, std::string("bad recipe metadata: ") + e.what());
   }
+  // Each field is range-checked where it is read: one line naming the file and the field.
+  auto bad = [&](const char* key, const std::string& why) -> Error {
+    return Error(source, std::string("recipe field '") + key + "' " + why);
+  };
+  auto field = [&](const char* key) -> const json& {
+    if (!j.is_object()) throw Error(source, "bad recipe metadata: not a JSON object");
+    const auto it = j.find(key);
+    if (it == j.end()) throw bad(key, "is missing");
+    return *it;
+  };
+  auto integer = [&](const char* key, int lo, int hi) {
+    const json& v = field(key);
+    if (!v.is_number_integer()) throw bad(key, "must be an integer, got " + v.dump());
+    const int64_t x = v.get<int64_t>();
+    if (x < lo || x > hi) throw bad(key, "must be " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " + v.dump());
+    return int(x);
+  };
+  auto bits = [&](const char* key) {  // 2..8, or 16 = not quantized
+    const int b = integer(key, 2, 16);
+    if (b > 8 && b != 16) throw bad(key, "must be 2..8 or 16, got " + std::to_string(b));
+    return b;
+  };
+  auto boolean = [&](const char* key) {
+    const json& v = field(key);
+    if (!v.is_boolean()) throw bad(key, "must be true or false, got " + v.dump());
+    return v.get<bool>();
+  };
+  auto string = [&](const char* key) {
+    const json& v = field(key);
+    if (!v.is_string()) throw bad(key, "must be a string, got " + v.dump());
+    return v.get<std::string>();
+  };
+  auto clip = [&](const char* key) {
+    const json& v = field(key);
+    if (!v.is_number()) throw bad(key, "must be a number, got " + v.dump());
+    const double x = v.get<double>();
+    if (!(x > 0 && x <= 1)) throw bad(key, "must be in (0, 1], got " + v.dump());
+    return x;
+  };
+  PackRecipe r;
+  r.preset = string("preset");
+  r.method = string("method");
+  if (r.method != "rtn" && r.method != "gptq") throw bad("method", "must be \"rtn\" or \"gptq\", got \"" + r.method + "\"");
+  r.w_bits = integer("w_bits", 2, 4);
+  r.w_symmetric = boolean("w_symmetric");
+  r.w_group = integer("w_group", 0, 1 << 30);
+  if (r.w_group % kInt4Block != 0) throw bad("w_group", "must be 0 or a multiple of 64, got " + std::to_string(r.w_group));
+  r.clip_search = boolean("clip_search");
+  r.act.a_bits = bits("a_bits");
+  r.act.a_clip = clip("a_clip");
+  r.act.a_group = integer("a_group", 0, 0);  // the integer path quantizes activations per token only
+  r.act.k_bits = bits("k_bits");
+  r.act.v_bits = bits("v_bits");
+  r.act.kv_clip = clip("kv_clip");
+  r.act.kv_asym = boolean("kv_asymmetric");
+  r.classifier_bits = bits("classifier_bits");
+  return r;
 }
 
 // ---------------------------------------------------------------- writer
@@ -329,8 +400,10 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
     throw Error(path, "packed format version " + meta("format_version") + " is not supported (this quarot reads version " +
                           std::to_string(kPackedFormatVersion) + ")");
   json crcs;
+  check_json_limits(meta(kCrcKey), path + ": metadata '" + kCrcKey + "'");
   try {
     crcs = json::parse(meta(kCrcKey));
+    if (!crcs.is_object()) throw Error(path, "malformed CRC32 table in the metadata");
   } catch (const std::exception&) {
     throw Error(path, "malformed CRC32 table in the metadata");
   }
@@ -339,9 +412,20 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
   I.fw.config = parse_hf_config(meta("config"), path);
   I.recipe = parse_recipe_json(meta("recipe"), path);
   if (auto it = h.metadata.find(kRotationMetadataKey); it != h.metadata.end()) I.fw.metadata[kRotationMetadataKey] = it->second;
+  // Nothing is allocated or built before the tensors the config implies are known to be paid
+  // for by the file: a header of a few hundred bytes could otherwise claim 4096 layers of width
+  // 2^20 (gigabytes of norms) or widths whose transforms take minutes to build.
+  check_config_fits_file(I.fw.config, I.recipe, h, path);
   allocate_float_parts(I.fw);
   I.online = online_transforms_of(I.fw);
 
+  // NaN/Inf in scales, norms or embeddings would give NaN logits with exit 0 (a vectorized scan
+  // of bytes the CRC check reads anyway). QUAROT_ALLOW_NONFINITE=1 opts out, as for checkpoints.
+  const bool allow_nonfinite = nonfinite_weights_allowed();
+  auto check_finite_tensor = [&](const std::string& name, std::span<const float> v) {
+    if (allow_nonfinite) return;
+    if (const int64_t at = first_nonfinite(v); at >= 0) throw Error("", nonfinite_message(path, name, std::size_t(at), v[std::size_t(at)]));
+  };
   std::set<std::string> expected;
   auto tensor = [&](const std::string& name, DType dtype, const std::vector<int64_t>& shape) {
     expected.insert(name);
@@ -352,8 +436,9 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
                             ", the config implies " + std::string(dtype_name(dtype)) + " " + shape_text(shape));
     const auto bytes = I.file.data(*t);
     if (verify_crc) {
-      if (!crcs.contains(name)) throw Error(path, "tensor '" + name + "' has no CRC32");
-      if (hex8(crc32_of(bytes.data(), bytes.size())) != crcs[name].get<std::string>())
+      const auto crc = crcs.find(name);
+      if (crc == crcs.end() || !crc->is_string()) throw Error(path, "tensor '" + name + "' has no CRC32");
+      if (hex8(crc32_of(bytes.data(), bytes.size())) != crc->get<std::string>())
         throw Error(path, "tensor '" + name + "': CRC32 mismatch (corrupted data)");
     }
     return bytes;
@@ -363,6 +448,7 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
     const auto b = tensor(t.name, DType::F32, t.shape);
     if (t.data.empty()) return;  // embeddings / classifier: used in place (below)
     std::memcpy(t.data.data(), b.data(), b.size());
+    check_finite_tensor(t.name, t.data);
     release_mapped(b);
   });
   // The embeddings and the classifier stay in the memory map: a decode touches only the rows
@@ -372,6 +458,7 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
     const auto b = I.file.data(*I.file.find(name));
     if (reinterpret_cast<uintptr_t>(b.data()) % alignof(float) != 0) throw Error(path, std::string(name) + " is not 4-byte aligned");
     x.external = reinterpret_cast<const float*>(b.data());
+    check_finite_tensor(name, {x.external, b.size() / sizeof(float)});
     release_mapped(b);
   };
   in_place(I.fw.tok_embeddings, "model.embed_tokens.weight");
@@ -391,6 +478,7 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
       const auto sc = tensor(p + ".scales", DType::F32, {s.rows, G});
       L.scales.resize(std::size_t(s.rows * G));
       std::memcpy(L.scales.data(), sc.data(), sc.size());
+      check_finite_tensor(p + ".scales", L.scales);
       L.view.rows = s.rows;
       L.view.cols = s.cols;
       L.view.group_size = group;
@@ -401,6 +489,7 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
     }
   if (auto it = h.metadata.find(kQdecKey); it != h.metadata.end()) {
     json q;
+    check_json_limits(it->second, path + ": metadata '" + kQdecKey + "'");
     try {
       q = json::parse(it->second);
       I.qdec = std::make_unique<QdecStore>();
@@ -424,6 +513,7 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
         const auto sc = tensor(p + ".qdec_scales", DType::F32, {s.rows});
         r.scales.resize(std::size_t(s.rows));
         std::memcpy(r.scales.data(), sc.data(), sc.size());
+        check_finite_tensor(p + ".qdec_scales", r.scales);
         I.qdec->linears.push_back(std::move(r));
       }
   }

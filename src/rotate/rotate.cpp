@@ -10,6 +10,7 @@
 #include "quarot/detail/rng.hpp"
 #include "quarot/large_buffer.hpp"
 #include "quarot/error.hpp"
+#include "quarot/json_limits.hpp"
 
 namespace quarot {
 
@@ -102,7 +103,24 @@ void cross_head(const Hadamard& h, T* x, int rows, int heads, int hd) {
   }
 }
 
+// Hadamard::make falls back to a dense random orthogonal base on the odd part of n when no
+// construction is known (every odd part above 256). Its Gram-Schmidt costs ~4 K^3 flops: K = 4001
+// (a prime width) takes minutes. Real models' odd parts are small (11008: 43, 29568: 231), so
+// larger ones are refused, both when rotating and when a file's rotation record asks for one.
+constexpr int kMaxFallbackBase = 512;
+int odd_part(int n) {
+  while (n > 0 && n % 2 == 0) n /= 2;
+  return n;
+}
+void check_fallback_size(int n, const std::string& source, const std::string& what) {
+  if (const int odd = odd_part(n); odd > kMaxFallbackBase)
+    throw Error(source, what + " = " + std::to_string(n) + " has no Hadamard construction and its random orthogonal base would be " +
+                            std::to_string(odd) + " x " + std::to_string(odd) + " (at most " +
+                            std::to_string(kMaxFallbackBase) + " is built)");
+}
+
 std::shared_ptr<const Hadamard> make_h(int n, uint64_t seed, RotationReport* report, const char* what) {
+  check_fallback_size(n, "--rotate", std::string(what) + ": size");
   auto h = std::make_shared<const Hadamard>(Hadamard::make(n, seed));
   if (report) {
     report->steps.push_back(std::string(what) + ": " + h->construction());
@@ -296,31 +314,36 @@ OnlineTransforms online_transforms_of(const ModelWeights& m) {
   const auto& c = m.config;
   t.n_heads = c.n_heads;
   t.head_dim = c.head_dim;
+  check_json_limits(it->second, m.source + ": metadata '" + kRotationMetadataKey + "'");
   try {
     const auto j = nlohmann::json::parse(it->second);
     if (j.at("version").get<int>() != 1) throw Error(m.source, "unsupported quarot.rotation version");
     const uint64_t seed = j.at("seed").get<uint64_t>();
     const auto& on = j.at("online");
-    auto get = [&](const char* key, const char* what, int expected) -> std::shared_ptr<const Hadamard> {
-      const int n = on.at(key).get<int>();
+    auto get = [&](const char* key, const char* what, int expected, const char* field) -> std::shared_ptr<const Hadamard> {
+      const auto& v = on.at(key);
+      if (!v.is_number_integer()) throw Error(m.source, std::string("quarot.rotation: ") + key + " must be an integer, got " + v.dump());
+      const int64_t n = v.get<int64_t>();
       if (n == 0) return nullptr;
+      // The size is the config's width (bounded by the config limits), never the file's choice.
       if (n != expected)
-        throw Error(m.source, std::string("quarot.rotation: ") + key + " = " + std::to_string(n) +
-                                  " does not match the model (" + std::to_string(expected) + ")");
+        throw Error(m.source, std::string("quarot.rotation: ") + key + " = " + std::to_string(n) + " does not match the config's " +
+                                  field + " (" + std::to_string(expected) + ")");
+      check_fallback_size(int(n), m.source, std::string("quarot.rotation: ") + key);
       // The construction recorded at rotation time must be the one rebuilt: files rotated before
       // the Goethals-Seidel bases existed used the older choice (e.g. a random orthogonal base
       // for 11008), so that one is tried next; anything else is refused, never silently wrong.
       const auto recorded = j.contains("constructions") ? j.at("constructions").at(what).get<std::string>() : std::string();
       for (bool goethals_seidel : {true, false}) {
-        auto h = std::make_shared<const Hadamard>(Hadamard::make(n, seed, goethals_seidel));
+        auto h = std::make_shared<const Hadamard>(Hadamard::make(int(n), seed, goethals_seidel));
         if (recorded.empty() || h->construction() == recorded) return h;
       }
       throw Error(m.source, std::string("quarot.rotation: the ") + what + " transform was built as '" + recorded +
                                 "', which this quarot cannot rebuild");
     };
-    t.r3 = get("r3_head_dim", "r3", c.head_dim);
-    t.cross_head = get("cross_head_n_heads", "cross_head", c.n_heads);
-    t.r4 = get("r4_intermediate", "r4", c.intermediate);
+    t.r3 = get("r3_head_dim", "r3", c.head_dim, "'head_dim'");
+    t.cross_head = get("cross_head_n_heads", "cross_head", c.n_heads, "'num_attention_heads'");
+    t.r4 = get("r4_intermediate", "r4", c.intermediate, "'intermediate_size'");
   } catch (const nlohmann::json::exception& e) {
     throw Error(m.source, std::string("malformed quarot.rotation metadata: ") + e.what());
   }
