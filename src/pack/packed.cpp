@@ -102,7 +102,7 @@ void check_config_fits_file(const ModelConfig& c, const PackRecipe& recipe, cons
                             " bytes (corrupt or hostile config?)");
   };
   const int64_t d = c.hidden, vocab = c.vocab;
-  need(vocab * d * 4 * (c.tied_embeddings ? 1 : 2), c.tied_embeddings ? 1 : 2, "'vocab_size' x 'hidden_size' embeddings");
+  need(vocab * d * 4 * (c.tied_embeddings ? 1 : 2), c.tied_embeddings ? 1 : 2, "'vocab_size' " + std::to_string(vocab) + " x 'hidden_size' " + std::to_string(d) + " embeddings");
   int64_t per_layer = 2 * d * 4, per_layer_count = 2;  // the two norms
   for (LinearModule mod : kLinearModules) {
     const int64_t rows = linear_rows(c, mod), cols = linear_cols(c, mod);
@@ -409,6 +409,7 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
   }
 
   I.fw.source = path;
+  check_json_limits(meta("config"), path + ": metadata 'config'");
   I.fw.config = parse_hf_config(meta("config"), path);
   I.recipe = parse_recipe_json(meta("recipe"), path);
   if (auto it = h.metadata.find(kRotationMetadataKey); it != h.metadata.end()) I.fw.metadata[kRotationMetadataKey] = it->second;
