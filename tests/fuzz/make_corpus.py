@@ -92,3 +92,60 @@ model = b"".join(sp_piece(*p) for p in pieces)
 model += field(2, 2, field(3, 0, varint(2)))                                   # trainer_spec: BPE
 model += field(3, 2, field(1, 2, b"identity") + field(3, 0, varint(1)) + field(5, 0, varint(1)))
 put("fuzz_sentencepiece", "tiny-bpe.model", model)
+
+# A tiny valid packed INT4 file (docs/format.md): hidden 8, 2 heads of 4, 1 KV head, FFN 16, one
+# layer, vocab 8, per-channel symmetric 4-bit, rotated (online transforms of sizes 4, 2, 16), CRCs
+# and the canonical header CRC computed as the reader does; a second one with a 4-bit QDEC section.
+import zlib
+def packed_file(with_qdec):
+    d, f, L, nh, nkv, V = 8, 16, 1, 2, 1, 8
+    hd = d // nh
+    f32 = lambda vals: struct.pack(f"<{len(vals)}f", *vals)
+    tensors = []  # (name, dtype, shape, bytes), in file order: float tensors first (4-byte aligned)
+    tensors.append(("model.embed_tokens.weight", "F32", [V, d], f32([0.01 * (i % 13 - 6) for i in range(V * d)])))
+    tensors.append(("model.layers.0.input_layernorm.weight", "F32", [d], f32([1.0] * d)))
+    tensors.append(("model.layers.0.post_attention_layernorm.weight", "F32", [d], f32([1.0] * d)))
+    tensors.append(("model.norm.weight", "F32", [d], f32([1.0] * d)))
+    tensors.append(("lm_head.weight", "F32", [V, d], f32([0.02 * (i % 7 - 3) for i in range(V * d)])))
+    linears = [("self_attn.q_proj", nh * hd, d), ("self_attn.k_proj", nkv * hd, d), ("self_attn.v_proj", nkv * hd, d),
+               ("self_attn.o_proj", d, nh * hd), ("mlp.gate_proj", f, d), ("mlp.up_proj", f, d), ("mlp.down_proj", d, f)]
+    for name, rows, cols in linears:
+        p = "model.layers.0." + name
+        padded = (cols + 63) // 64 * 64
+        codes = bytes(((i * 5 + 3) % 16) | (((i * 7 + 1) % 16) << 4) if (i % (padded // 2)) < cols else 0x88
+                      for i in range(rows * padded // 2))
+        tensors.append((p + ".qweight", "U8", [rows, padded // 2], codes))
+        tensors.append((p + ".scales", "F32", [rows, 1], f32([0.05] * rows)))
+    if with_qdec:
+        for name, rows, cols in linears:
+            p = "model.layers.0." + name
+            tensors.append((p + ".qdec_residual", "U8", [cols, (rows + 1) // 2], bytes([0x79] * (cols * ((rows + 1) // 2)))))
+            tensors.append((p + ".qdec_scales", "F32", [rows], f32([0.001] * rows)))
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": d, "intermediate_size": f,
+              "num_hidden_layers": L, "num_attention_heads": nh, "num_key_value_heads": nkv, "vocab_size": V,
+              "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+              "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
+    recipe = {"preset": "w4a4kv4", "method": "rtn", "w_bits": 4, "w_symmetric": True, "w_group": 0, "clip_search": True,
+              "a_bits": 4, "a_clip": 0.9, "a_group": 0, "k_bits": 4, "v_bits": 4, "kv_clip": 0.95,
+              "kv_asymmetric": True, "classifier_bits": 16}
+    rotation = {"version": 1, "seed": 0, "fused_norms": True, "r1": "randomized-hadamard", "r2": True,
+                "centered_embeddings": False,
+                "online": {"r3_head_dim": hd, "cross_head_n_heads": nh, "r4_intermediate": f}}
+    compact = lambda o: json.dumps(o, separators=(",", ":"), sort_keys=True)
+    meta = {"format": "quarot-int4", "format_version": "1", "config": compact(config), "recipe": compact(recipe),
+            "quarot.rotation": compact(rotation), "tool": "quarot corpus", "quarot.source": "make_corpus.py",
+            "quarot.crc32": compact({n: "%08x" % zlib.crc32(b) for n, _, _, b in tensors})}
+    if with_qdec:
+        meta["qdec"] = compact({"bits": 4, "k_chunk": {"qkv": 64, "o": 64, "gate_up": 64, "down": 64}, "info": {}})
+    header, infos, offset = {"__metadata__": meta}, [], 0
+    for n, dt, shape, b in tensors:
+        header[n] = {"dtype": dt, "shape": shape, "data_offsets": [offset, offset + len(b)]}
+        infos.append([n, dt, shape, offset, offset + len(b)])
+        offset += len(b)
+    canon = compact({"metadata": meta, "tensors": infos})
+    meta["quarot.header_crc32"] = "%08x" % zlib.crc32(canon.encode())
+    h = compact(header).encode()
+    h += b" " * ((64 - (8 + len(h)) % 64) % 64)
+    return struct.pack("<Q", len(h)) + h + b"".join(b for _, _, _, b in tensors)
+put("fuzz_packed", "tiny.q4.safetensors", packed_file(False))
+put("fuzz_packed", "tiny-qdec.q4.safetensors", packed_file(True))
