@@ -134,5 +134,18 @@ done
 ln "$ids" "$d/hardlink.ids"
 run json-onto-input "$d/hardlink.ids" "$d" quarot-eval "$work/base" --ids "$ids" --ctx 4 --json "$d/hardlink.ids"
 
+# 13. Packed files (same-length edits of the fuzz seed's metadata, so only the header CRC, checked last,
+# caught them before; now each is refused by its field): recipe values out of range (a
+# classifier at 99 bits and an unknown method were accepted before), a rotation size that is not
+# the config's width, and more layers than the file holds.
+seed="$(dirname "$0")/fuzz/corpus/fuzz_packed/tiny.q4.safetensors"
+d="$work/packed"; mkdir -p "$d"; printf '1 2 3 4\n' >"$d/ok.ids"
+for edit in 'a_bits\\":)4/${1}9' 'classifier_bits\\":)16/${1}99' 'method\\":\\")rtn/${1}awq' 'w_bits\\":)4/${1}7' \
+            'r4_intermediate\\":)16/${1}99' 'num_hidden_layers\\":)1/${1}9'; do
+  name="packed-${edit%%\\*}"
+  perl -0777 -pe "s/($edit/" "$seed" >"$d/$name.q4.safetensors"
+  run "$name" "$d/$name.q4.safetensors" "$d" quarot-eval "$d/$name.q4.safetensors" --ids "$d/ok.ids" --ctx 4
+done
+
 echo "hostile_inputs: $((cases - failures)) of $cases cases handled"
 exit $((failures > 0))

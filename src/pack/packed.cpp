@@ -195,9 +195,11 @@ PackRecipe parse_recipe_json(const std::string& text, const std::string& source)
     return int(x);
   };
   auto bits = [&](const char* key) {  // 2..8, or 16 = not quantized
-    const int b = integer(key, 2, 16);
-    if (b > 8 && b != 16) throw bad(key, "must be 2..8 or 16, got " + std::to_string(b));
-    return b;
+    const json& v = field(key);
+    if (!v.is_number_integer()) throw bad(key, "must be an integer, got " + v.dump());
+    const int64_t x = v.get<int64_t>();
+    if ((x < 2 || x > 8) && x != 16) throw bad(key, "must be 2..8 or 16, got " + v.dump());
+    return int(x);
   };
   auto boolean = [&](const char* key) {
     const json& v = field(key);
