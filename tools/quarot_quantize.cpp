@@ -277,7 +277,7 @@ int main(int argc, char** argv) {
     cfg.nsamples = a.nsamples;
     cfg.seqlen = a.seqlen;
     quarot::check_act_options(cfg.act);
-    if (cfg.classifier_bits < 16 && (cfg.classifier_bits < 2 || cfg.classifier_bits > 8))
+    if (cfg.classifier_bits != 16 && (cfg.classifier_bits < 2 || cfg.classifier_bits > 8))
       throw quarot::Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
     if (!a.output.empty()) (void)quarot::make_pack_recipe(cfg);  // the packed format can hold it
     if (!a.qdec_k.empty() || a.qdec_slowdown > 0 || a.qdec_sweep) a.qdec = true;

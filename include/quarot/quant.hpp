@@ -80,7 +80,7 @@ GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector
 // Activation and KV-cache quantization in the forward pass (fake quant: values are rounded to
 // the grid and dequantized in place).
 struct ActQuantOptions {
-  int a_bits = 16;       // >= 16: activations not quantized
+  int a_bits = 16;       // 16: activations not quantized (check_act_options refuses other values outside 2..8)
   double a_clip = 1.0;   // QuaRot: 0.9
   int a_group = 0;       // 0: per token; else groups of columns
   int k_bits = 16, v_bits = 16;

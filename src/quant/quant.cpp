@@ -119,7 +119,8 @@ QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const W
 
 void check_act_options(const ActQuantOptions& o) {
   for (auto [bits, name] : {std::pair{o.a_bits, "--a-bits"}, {o.k_bits, "--k-bits"}, {o.v_bits, "--v-bits"}})
-    if (bits < 16 && (bits < 2 || bits > 8)) throw Error(name, "must be 2..8 (or 16 for none), got " + std::to_string(bits));
+    // 16 means "not quantized"; anything else outside 2..8 (17, 32, ...) is a mistake, not "none".
+    if (bits != 16 && (bits < 2 || bits > 8)) throw Error(name, "must be 2..8 (or 16 for none), got " + std::to_string(bits));
   for (auto [clip, name] : {std::pair{o.a_clip, "--a-clip"}, {o.kv_clip, "--kv-clip"}})
     if (!(clip > 0 && clip <= 1)) throw Error(name, "must be in (0, 1], got " + std::to_string(clip));
 }
