@@ -71,15 +71,6 @@ void round_to(ModelWeights& m, DType t) {
   });
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 }  // namespace
 
 TEST(HfFolder, Stories260KConvertsAndBothPathsDescribeTheSameModel) {

@@ -34,15 +34,6 @@ using nlohmann::json;
 
 namespace {
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 #define EXPECT_ERROR_HAS(expr, needle)                                               \
   do {                                                                               \
     const std::string msg_ = error_of([&] { (void)(expr); });                        \

@@ -11,8 +11,10 @@
 #include "quarot/error.hpp"
 #include "quarot/int4.hpp"
 #include "quarot/quant.hpp"
+#include "test_support.hpp"
 
 using namespace quarot;
+using quarot::test::gaussian;
 
 namespace {
 
@@ -51,13 +53,6 @@ PackedMatrix make_weights(int64_t rows, int64_t cols, int64_t group, bool asym, 
   for (int64_t r = 0; r < rows; ++r)
     pack_int4_row(m.u.data() + r * cols, cols, asym ? m.zeros[std::size_t(r * G)] : 8, m.packed.data() + r * K / 2);
   return m;
-}
-
-std::vector<float> gaussian(std::size_t n, uint64_t seed) {
-  detail::Rng rng(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = rng.gaussian();
-  return v;
 }
 
 std::vector<Isa> fast_isas() {

@@ -17,17 +17,12 @@
 #include "quarot/qdec.hpp"
 #include "quarot/qdec_kernels.hpp"
 #include "quarot/quant.hpp"
+#include "test_support.hpp"
 
 using namespace quarot;
+using quarot::test::gaussian;
 
 namespace {
-
-std::vector<float> gaussian(std::size_t n, uint64_t seed) {
-  detail::Rng rng(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = rng.gaussian();
-  return v;
-}
 
 // A packed INT4 matrix with random codes, scales and (asym) zero points.
 struct Weights {

@@ -24,15 +24,6 @@
 using namespace quarot;
 using namespace quarot::test;
 
-namespace {
-std::vector<float> gaussian(std::size_t n, uint64_t seed) {
-  detail::Rng rng(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = rng.gaussian();
-  return v;
-}
-}  // namespace
-
 TEST(Qdec, TopKMatchesASortedReferenceWithDeterministicTies) {
   for (uint64_t seed : {1, 2, 3}) {
     auto x = gaussian(300, seed);

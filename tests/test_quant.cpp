@@ -6,8 +6,10 @@
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quant.hpp"
+#include "test_support.hpp"
 
 using namespace quarot;
+using quarot::test::gaussian;
 
 namespace {
 
@@ -16,13 +18,6 @@ std::vector<int> codes_of(const std::vector<float>& x, const Grid& g, double cli
   std::vector<int> c;
   for (float v : x) c.push_back(quantize_code(v, p, g));
   return c;
-}
-
-std::vector<float> gaussian(std::size_t n, uint64_t seed, float scale = 1.f) {
-  detail::Rng rng(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = scale * rng.gaussian();
-  return v;
 }
 
 // || X W^T - X Q^T ||_F^2 over the rows of X ([n][cols]).

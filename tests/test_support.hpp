@@ -8,8 +8,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "quarot/detail/rng.hpp"
+#include "quarot/error.hpp"
 
 namespace quarot::test {
 
@@ -38,6 +42,24 @@ inline constexpr bool kSanitizedBuild =
 #else
     false;
 #endif
+
+// The message of the quarot::Error that fn throws, or "(no error)".
+inline std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// n Gaussian values (times scale) from the project's PRNG.
+inline std::vector<float> gaussian(std::size_t n, uint64_t seed, float scale = 1.f) {
+  detail::Rng rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = scale * rng.gaussian();
+  return v;
+}
 
 class TempDir {
  public:

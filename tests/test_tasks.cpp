@@ -16,15 +16,6 @@ using namespace quarot::test;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 std::string read_file_text(const std::string& path) {
   const auto b = read_bytes(path);
   return {b.begin(), b.end()};
