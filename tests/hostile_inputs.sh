@@ -147,5 +147,17 @@ for edit in 'a_bits\\":)4/${1}9' 'classifier_bits\\":)16/${1}99' 'method\\":\\")
   run "$name" "$d/$name.q4.safetensors" "$d" quarot-eval "$d/$name.q4.safetensors" --ids "$d/ok.ids" --ctx 4
 done
 
+# 14. Batch plans whose run or model names would leave -o ("../x") or collide, and shard
+# summaries for `quarot-batch merge` with missing or mistyped fields (a heap overflow before).
+d="$work/batch"; mkdir -p "$d/s1" "$d/s2" "$d/s3" "$d/s4"
+plan() { printf 'models = [{ name = "%s", path = "%s" }]\n[[runs]]\nname = "%s"\n[[runs]]\nname = "%s"\n' "$1" "$work/base" "$2" "$3" >"$4"; }
+plan m ../escape r2 "$d/escape.toml"; plan m r1 r1 "$d/twice.toml"; plan ../m r1 r2 "$d/model.toml"; plan m .hidden r2 "$d/hidden.toml"
+for p in escape twice model hidden; do run "plan-name-$p" "$d/$p.toml" "$d" quarot-batch "$d/$p.toml" -o "$d/out"; done
+printf '{"rows": [{"model": "m"}]}' >"$d/s1/summary.json"
+printf '{"rows": [{"index": "0", "model": "m", "run": "r", "ok": true, "failure": "", "gates": {}}]}' >"$d/s2/summary.json"
+printf '{"rows": {"index": 0}}' >"$d/s3/summary.json"
+printf '{"rows": [{"index": 0, "model": "m", "run": "../r", "ok": true, "failure": "", "gates": {}}]}' >"$d/s4/summary.json"
+for s in s1 s2 s3 s4; do run "merge-$s" "$d/$s/summary.json" "$d" quarot-batch merge "$d/$s" -o "$d/merged"; done
+
 echo "hostile_inputs: $((cases - failures)) of $cases cases handled"
 exit $((failures > 0))

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -79,6 +81,16 @@ json read_plan(const std::string& path) {
   return plan;
 }
 
+// Model and run names become folder names under -o: plain names only, so a plan cannot write
+// outside its output folder ("../x", "/abs", "a/b") or into a hidden or special entry.
+void check_plain_name(const std::string& name, const std::string& what, const std::string& plan_path) {
+  bool ok = !name.empty() && name.size() <= 128 && name != "." && name != ".." && name[0] != '.' && name[0] != '-';
+  for (const unsigned char c : name)
+    if (!(std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '+')) ok = false;
+  if (!ok)
+    throw quarot::Error(plan_path, what + " name '" + name + "' is not a plain name (letters, digits, '-', '_', '.', '+'; not starting with '.' or '-')");
+}
+
 struct Run {
   int index = 0;
   std::string model, name, dir;
@@ -108,11 +120,20 @@ std::vector<Run> expand(const json& plan, const std::string& plan_path, const st
   const json defaults = resolve(plan.value("defaults", json::object()));
   const json default_gates = plan.value("gates", json::object());
   std::vector<Run> runs;
+  std::set<std::string> seen_models;
   for (const auto& m : plan["models"]) {
-    if (!m.contains("name") || !m.contains("path")) throw quarot::Error(plan_path, "every model needs 'name' and 'path'");
+    if (!m.is_object() || !m.contains("name") || !m.contains("path") || !m["name"].is_string() || !m["path"].is_string())
+      throw quarot::Error(plan_path, "every model needs 'name' and 'path' (strings)");
+    check_plain_name(m["name"].get<std::string>(), "model", plan_path);
+    if (!seen_models.insert(m["name"].get<std::string>()).second)
+      throw quarot::Error(plan_path, "model name '" + m["name"].get<std::string>() + "' appears twice (each model needs its own folder)");
     const json mo = resolve(m);
     for (const auto& r : plan["runs"]) {
-      if (!r.contains("name")) throw quarot::Error(plan_path, "every run needs a 'name'");
+      if (!r.is_object() || !r.contains("name") || !r["name"].is_string()) throw quarot::Error(plan_path, "every run needs a 'name' (a string)");
+      check_plain_name(r["name"].get<std::string>(), "run", plan_path);
+      for (const auto& earlier : runs)
+        if (earlier.model == m["name"].get<std::string>() && earlier.name == r["name"].get<std::string>())
+          throw quarot::Error(plan_path, "run name '" + earlier.name + "' appears twice (each run needs its own folder)");
       Run x;
       x.index = int(runs.size());
       x.model = m["name"].get<std::string>();
@@ -287,6 +308,34 @@ std::vector<std::string> write_summary(json rows, const std::string& out, const 
   return fails;
 }
 
+// A row of a shard's summary.json, checked before merge uses it: the file comes from another
+// machine's run and may be damaged or hand-edited, so every field merge reads must be present
+// with the right type (a missing key would otherwise be read through a null json).
+void check_summary_row(const json& r, const std::string& path) {
+  auto fail = [&](const std::string& why) { throw quarot::Error(path, "summary row " + (r.is_object() ? r.value("model", json()).dump() + "/" + r.value("run", json()).dump() : std::string("?")) + ": " + why); };
+  if (!r.is_object()) throw quarot::Error(path, "every summary row must be an object");
+  if (!r.contains("index") || !r["index"].is_number_integer() || r["index"].get<int64_t>() < 0 || r["index"].get<int64_t>() > 1000000)
+    fail("'index' must be an integer in 0..1000000");
+  for (const char* k : {"model", "run", "failure"})
+    if (!r.contains(k) || !r[k].is_string()) fail(std::string("'") + k + "' must be a string");
+  check_plain_name(r["model"].get<std::string>(), "model", path);
+  check_plain_name(r["run"].get<std::string>(), "run", path);
+  if (!r.contains("ok") || !r["ok"].is_boolean()) fail("'ok' must be true or false");
+  if (!r.contains("gates") || !r["gates"].is_object()) fail("'gates' must be an object");
+  for (auto it = r["gates"].begin(); it != r["gates"].end(); ++it) {
+    if (std::find(std::begin(kGateNames), std::end(kGateNames), it.key()) == std::end(kGateNames)) fail("unknown gate '" + it.key() + "'");
+    if (!it.value().is_number()) fail("gate '" + it.key() + "' must be a number");
+  }
+  for (const char* k : {"preset", "measured_on", "verdict"})
+    if (r.contains(k) && !r[k].is_string()) fail(std::string("'") + k + "' must be a string");
+  if (r.contains("rotate") && !r["rotate"].is_boolean()) fail("'rotate' must be true or false");
+  for (const char* k : {"bits_per_weight", "packed_bytes", "seconds", "ppl_float", "ppl", "kld", "top1"})
+    if (r.contains(k) && !r[k].is_number() && !r[k].is_null()) fail(std::string("'") + k + "' must be a number");
+  if (r.contains("ppl"))
+    for (const char* k : {"ppl", "ppl_float", "kld", "top1", "bits_per_weight"})
+      if (!r.contains(k) || !r[k].is_number()) fail(std::string("an evaluated row needs a number '") + k + "'");
+}
+
 int finish(const std::vector<std::string>& fails, const std::string& out) {
   for (const auto& f : fails) std::fprintf(stderr, "quarot-batch: gate failed: %s\n", f.c_str());
   std::printf("summary: %s/summary.md (%s)\n", out.c_str(), fails.empty() ? "all gates pass" : (std::to_string(fails.size()) + " gate failures").c_str());
@@ -330,9 +379,21 @@ int main(int argc, char** argv) {
       std::string title = "quarot batch";
       for (const auto& d : merge_dirs) {
         const std::string p = (fs::path(d) / "summary.json").string();
-        const json s = json::parse(quarot::read_text_file(p));
+        const std::string text = quarot::read_text_file(p);
+        quarot::check_json_limits(text, p);
+        json s;
+        try {
+          s = json::parse(text);
+        } catch (const std::exception& e) {
+          throw quarot::Error(p, std::string("invalid JSON: ") + e.what());
+        }
+        if (!s.is_object() || !s.contains("rows") || !s["rows"].is_array()) throw quarot::Error(p, "not a quarot-batch summary (needs a 'rows' array)");
+        if (s.contains("title") && !s["title"].is_string()) throw quarot::Error(p, "'title' must be a string");
         title = s.value("title", title);
-        for (const auto& r : s["rows"]) rows.push_back(r);
+        for (const auto& r : s["rows"]) {
+          check_summary_row(r, p);
+          rows.push_back(r);
+        }
       }
       std::sort(rows.begin(), rows.end(), [](const json& a, const json& b) { return a["index"].get<int>() < b["index"].get<int>(); });
       for (std::size_t i = 1; i < rows.size(); ++i)
