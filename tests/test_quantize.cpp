@@ -1,6 +1,7 @@
 // Whole-model quantization: calibration windows, presets, the sequential GPTQ pipeline, and the
 // quarot-quantize tool.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <fstream>
@@ -108,6 +109,43 @@ TEST(QuantizeModel, GptqBeatsRtnAndRotationHelpsW4A4) {
   const double rotated = kld_for(WeightMethod::Gptq, 4, true, a4);
   const double plain = kld_for(WeightMethod::Gptq, 4, false, a4);
   EXPECT_LT(rotated, plain) << "W4A4KV4 with planted outliers: rotated " << rotated << " vs not " << plain;
+}
+
+// Issue 20: `--threads 1` and `--threads 2` wrote different GPTQ files at Qwen2 width (Eigen's
+// GEMM blocks its inner dimension by thread count). A model wide enough that every parallel
+// product (forward linears, classifier, Hessians, GPTQ's lazy update) takes the parallel path.
+TEST(QuantizeModel, GptqBytesDoNotDependOnTheThreadCount) {
+  SynthSpec s = synth_preset("tiny");
+  s.seed = 11;
+  s.config.hidden = 256;
+  s.config.intermediate = 1024;
+  s.config.n_heads = 4;
+  s.config.n_kv_heads = 2;
+  s.config.head_dim = 64;
+  s.config.n_layers = 1;
+  s.config.vocab = 2048;
+  const ModelWeights base = make_synthetic(s);
+  std::vector<std::vector<int>> calib;
+  for (int i = 0; i < 8; ++i) calib.push_back(pseudo_text(128, s.config.vocab, 300 + i));
+  auto quantized_with = [&](int threads) {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    ModelWeights m = base;
+    const QuantConfig cfg = quant_preset("w4a4kv4");
+    const OnlineTransforms online = rotate_model(m, cfg.rotation);
+    quantize_weights(m, online, cfg, calib);
+    std::vector<float> logits;
+    Transformer<float> t(m, 128);
+    t.forward(calib.front(), logits);
+    omp_set_num_threads(saved);
+    return std::make_pair(m, logits);
+  };
+  const auto [one, logits_one] = quantized_with(1);
+  const auto [two, logits_two] = quantized_with(2);
+  for (std::size_t l = 0; l < one.layers.size(); ++l)
+    for (const auto& spec : kLinearSpecs)
+      EXPECT_EQ((one.layers[l].*spec.weight).data, (two.layers[l].*spec.weight).data) << "layer " << l << " " << spec.name;
+  EXPECT_EQ(logits_one, logits_two) << "the float forward of the same weights";
 }
 
 TEST(QuantizeTool, ErrorsAndExitCodes) {

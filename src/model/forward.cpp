@@ -10,7 +10,7 @@
 #include <numbers>
 
 #include "quarot/detail/eigen.hpp"
-#include "quarot/detail/serial_below.hpp"
+#include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/error.hpp"
 
 namespace quarot {
@@ -63,7 +63,6 @@ using StridedConst = Eigen::Map<const Mat<T>, 0, Eigen::OuterStride<>>;
 template <class T>
 using Strided = Eigen::Map<Mat<T>, 0, Eigen::OuterStride<>>;
 
-using detail::SerialBelow;  // small products on the calling thread (see serial_below.hpp)
 
 // Inverse RoPE frequencies, one per rotated pair, with the config's scaling applied.
 std::vector<double> rope_inv_freq(const ModelConfig& c) {
@@ -193,18 +192,30 @@ struct Transformer<T>::Impl {
     }
   }
 
+  // out (+)= in W^T for W [rows][in.cols()] row-major, in fixed chunks of output features (the
+  // same sums whatever the thread count: see fixed_chunks.hpp).
+  template <bool Add>
+  static void product(const Mat<T>& in, const T* w, int rows, Mat<T>& out) {
+    const bool parallel = double(in.rows()) * double(in.cols()) * rows >= detail::kParallelMacs;
+    detail::for_fixed_chunks(rows, detail::kOutputChunk, parallel, [&](int64_t o0, int64_t n) {
+      const ConstMap<T> wc(w + o0 * in.cols(), n, in.cols());
+      if constexpr (Add)
+        out.middleCols(o0, n).noalias() += in * wc.transpose();
+      else
+        out.middleCols(o0, n).noalias() = in * wc.transpose();
+    });
+  }
   // out = in W^T (+ bias); W is [rows][in.cols()] row-major.
   void linear(int layer, LinearModule m, const Mat<T>& in, const T* w, int rows, const T* bias, Mat<T>& out) {
     out.resize(in.rows(), rows);
-    const SerialBelow serial(double(in.rows()) * double(in.cols()) * rows);
     if constexpr (std::is_same_v<T, float>) {
       if (backend) {
         backend->linear(layer, m, in.data(), int(in.rows()), int(in.cols()), out.data(), rows, reads_previous_input(m));
       } else {
-        out.noalias() = in * ConstMap<T>(w, rows, in.cols()).transpose();
+        product<false>(in, w, rows, out);
       }
     } else {
-      out.noalias() = in * ConstMap<T>(w, rows, in.cols()).transpose();
+      product<false>(in, w, rows, out);
     }
     if (bias) out.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias, rows);
   }
@@ -214,8 +225,7 @@ struct Transformer<T>::Impl {
       x += tmp;
       return;
     }
-    const SerialBelow serial(double(in.rows()) * double(in.cols()) * rows);
-    x.noalias() += in * ConstMap<T>(w, rows, in.cols()).transpose();
+    product<true>(in, w, rows, x);
     if (bias) x.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias, rows);
   }
   Mat<T> tmp;
@@ -285,8 +295,11 @@ struct Transformer<T>::Impl {
     Mat<T> last = last_only ? Mat<T>(x.bottomRows(1)) : std::move(x);
     rmsnorm(last, final_norm, h);
     logits.resize(std::size_t(h.rows()) * V);
-    const SerialBelow serial(double(h.rows()) * double(d) * V);
-    Eigen::Map<Mat<T>>(logits.data(), h.rows(), V).noalias() = h * ConstMap<T>(cls, V, d).transpose();
+    Eigen::Map<Mat<T>> out(logits.data(), h.rows(), V);
+    const bool parallel = double(h.rows()) * double(d) * V >= detail::kParallelMacs;
+    detail::for_fixed_chunks(V, detail::kOutputChunk, parallel, [&](int64_t o0, int64_t count) {
+      out.middleCols(o0, count).noalias() = h * ConstMap<T>(cls + o0 * d, count, d).transpose();
+    });
   }
 
   void run_hidden(const T* in, int n, std::vector<T>& out) {

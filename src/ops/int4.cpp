@@ -14,6 +14,7 @@
 #include <string>
 
 #include "quarot/detail/eigen.hpp"
+#include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/error.hpp"
 
 namespace quarot {
@@ -387,13 +388,19 @@ void int4_gemm_f32(const Int4Weights& w, const float* x, int rows, const float* 
   constexpr int64_t kTile = 64;
   const Eigen::Map<const MatF> X(x, rows, w.cols);
   Eigen::Map<MatF> Y(y, rows, w.rows);
-  MatF tile(kTile, w.cols);
-  for (int64_t o0 = 0; o0 < w.rows; o0 += kTile) {
-    const int64_t nr = std::min(kTile, w.rows - o0);
-#pragma omp parallel for schedule(static) if (nr * w.cols > (1 << 16))
-    for (int64_t r = 0; r < nr; ++r)
-      for (int64_t c = 0; c < w.cols; ++c) tile(r, c) = w.weight(o0 + r, c);
-    Y.middleCols(o0, nr).noalias() = X * tile.topRows(nr).transpose();
+  // Each tile of 64 output rows is dequantized and multiplied by one thread (the tiles do not
+  // depend on the thread count, so neither do the sums: see fixed_chunks.hpp).
+  const bool parallel = double(rows) * double(w.cols) * double(w.rows) >= detail::kParallelMacs;
+#pragma omp parallel if (parallel && w.rows > kTile && !omp_in_parallel())
+  {
+    MatF tile(kTile, w.cols);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t o0 = 0; o0 < w.rows; o0 += kTile) {
+      const int64_t nr = std::min(kTile, w.rows - o0);
+      for (int64_t r = 0; r < nr; ++r)
+        for (int64_t c = 0; c < w.cols; ++c) tile(r, c) = w.weight(o0 + r, c);
+      Y.middleCols(o0, nr).noalias() = X * tile.topRows(nr).transpose();
+    }
   }
   if (bias)
     for (int t = 0; t < rows; ++t)

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <numeric>
 #include <utility>
+#include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/detail/linalg.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quant.hpp"
@@ -132,7 +133,12 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
       }
       W1.rightCols(count - i).noalias() -= Err1.col(i) * Hinv.block(col, col, 1, count - i);
     }
-    if (i2 < cols) W.rightCols(cols - i2).noalias() -= Err1 * Hinv.block(i1, i2, count, cols - i2);
+    // The lazy update of the columns after the block, in fixed chunks of columns (the same sums
+    // for any thread count: see fixed_chunks.hpp).
+    const bool parallel = double(rows) * double(count) * double(cols - i2) >= detail::kParallelMacs;
+    detail::for_fixed_chunks(cols - i2, detail::kOutputChunk, parallel, [&](int64_t c0, int64_t n) {
+      W.middleCols(i2 + c0, n).noalias() -= Err1 * Hinv.block(i1, i2 + c0, count, n);
+    });
   }
 
   QuantizedMatrix& q = res.q;

@@ -3,7 +3,7 @@
 #include <sstream>
 
 #include "quarot/detail/eigen.hpp"
-#include "quarot/detail/serial_below.hpp"
+#include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
@@ -238,10 +238,11 @@ void quantize_layer_by_layer(const ModelConfig& c, const Matrix& embeddings, con
         if (p != point) return;
         const MatD x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data, v.rows, v.cols)
                            .cast<double>();
-        // Below 512 columns (stories260K: 64, 172) Eigen's two threads mostly spin at their per-block
-        // synchronization: one thread.
-        const detail::SerialBelow serial(v.cols < 512 ? 0.0 : detail::kParallelMacs);
-        h.noalias() += x.transpose() * x;
+        // In fixed chunks of H's columns (the same sums for any thread count); below 512 columns
+        // (stories260K: 64, 172) a second thread costs more than it brings.
+        detail::for_fixed_chunks(width, detail::kOutputChunk, v.cols >= 512, [&](int64_t c0, int64_t n) {
+          h.middleCols(c0, n).noalias() += x.transpose() * x.middleCols(c0, n);
+        });
         tokens += v.rows;
       };
       model.set_hook(online.empty() ? collect : online_hook<float>(online, collect));

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quantize.hpp"
@@ -41,8 +42,11 @@ class QdecSimulationBackend : public LinearBackend {
       x = xq_.data();
     }
     const Matrix& w = m_.layers[std::size_t(layer)].*linear_member(m);
-    Eigen::Map<Mat>(out, n, rows).noalias() =
-        Eigen::Map<const Mat>(x, n, cols) * Eigen::Map<const Mat>(w.data.data(), rows, cols).transpose();
+    Eigen::Map<Mat> y(out, n, rows);
+    const Eigen::Map<const Mat> xm(x, n, cols);
+    detail::for_fixed_chunks(rows, detail::kOutputChunk, double(n) * cols * rows >= detail::kParallelMacs, [&](int64_t o0, int64_t count) {
+      y.middleCols(o0, count).noalias() = xm * Eigen::Map<const Mat>(w.data.data() + o0 * cols, count, cols).transpose();
+    });
     const int k = qdec_k(k_.of(m), cols);
     if (k == 0) return;
     if (first) qdec_select(in, n, cols, k, sel_);
