@@ -324,6 +324,8 @@ std::vector<ModuleQuantStats> StreamingQuantizer::run(const std::vector<std::vec
         keep.bk = std::move(L.bk);
         keep.bv = std::move(L.bv);
         keep.bo = std::move(L.bo);
+        keep.q_norm = std::move(L.q_norm);
+        keep.k_norm = std::move(L.k_norm);
         if (layer_done) layer_done(l, model_.config.n_layers);
       },
       progress, sink, stats);
