@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "quarot/atomic_file.hpp"
@@ -460,4 +461,28 @@ TEST(Qwen3Quant, W4A4KV4PerplexityFloatVsQuantized) {
   const auto l = float_vs_quantized(llama, quant_preset("w4a4kv4"), l_calib, l_windows);
   std::printf("  same weights without q/k norms (llama): float %.4f, integer %.4f (x%.4f)\n", l.fl, l.integer, l.integer / l.fl);
   EXPECT_LT(q.integer / q.fl, 1.25 * (l.integer / l.fl));
+}
+
+TEST(TokenizerFit, FewerTokensThanEmbeddingRowsIsFineMoreIsRefused) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("llama2-tokenizer/tokenizer.model");
+  TempDir dir;
+  {
+    std::ofstream f(dir / "t.txt");
+    f << "Once upon a time there was a cat. It liked to play in the sun all day long.\n";
+  }
+  const std::string model = data_file("stories260K/stories260K.bin");
+  // LLaMA-2's 32,000 tokens on a 512-row model: ids past the embedding, refused in one line.
+  auto r = run_tool("quarot-eval", model + " --text " + (dir / "t.txt") + " --tokenizer " +
+                                       data_file("llama2-tokenizer/tokenizer.model") + " --ctx 8 --progress none");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.stderr_text.find("the tokenizer has 32000 tokens, more than the model's 512 embedding rows"), std::string::npos)
+      << r.stderr_text;
+  r = run_tool("quarot-run", model + " --prompt Once --tokenizer " + data_file("llama2-tokenizer/tokenizer.model") + " -n 2");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.stderr_text.find("more than the model's 512 embedding rows"), std::string::npos) << r.stderr_text;
+  // The model's own tokenizer (equal sizes) still runs; the prompt starts with its BOS.
+  r = run_tool("quarot-run", model + " --prompt Once --tokenizer " + data_file("stories260K/tok512.model") + " -n 2");
+  EXPECT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_EQ(r.stdout_text.rfind("ids: 1 ", 0), 0u) << r.stdout_text;
 }
