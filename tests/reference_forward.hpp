@@ -44,6 +44,14 @@ inline std::vector<std::vector<double>> reference_logits(const ModelWeights& m, 
       for (int i = 0; i < hd / 2; ++i) {
         double freq = std::pow(c.rope_theta, -2.0 * i / hd);
         if (c.rope_scaling.type == RopeScalingType::Linear) freq /= c.rope_scaling.factor;
+        if (c.rope_scaling.type == RopeScalingType::Llama3) {  // transformers' _compute_llama3_parameters
+          const auto& r = c.rope_scaling;
+          const double wavelen = 2 * std::numbers::pi / freq;
+          const double low = r.original_max_positions / r.low_freq_factor, high = r.original_max_positions / r.high_freq_factor;
+          const double scaled = wavelen > low ? freq / r.factor : freq;
+          const double smooth = (r.original_max_positions / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+          freq = !(wavelen < high) && !(wavelen > low) ? (1 - smooth) * scaled / r.factor + smooth * scaled : scaled;
+        }
         const double ang = p * freq, cs = std::cos(ang), sn = std::sin(ang);
         const int a = c.rope_layout == RopeLayout::Interleaved ? h * hd + 2 * i : h * hd + i;
         const int b = c.rope_layout == RopeLayout::Interleaved ? a + 1 : a + hd / 2;
