@@ -182,3 +182,24 @@ TEST(ConfigConformance, InspectConfigOnlyPrintsTheDerivedShapes) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.stderr_text.find("already quantized"), std::string::npos) << r.stderr_text;
 }
+
+TEST(ConfigConformance, QuantizeDryRunPlansEveryAcceptedConfig) {
+  QUAROT_REQUIRE_DATA("configs/mlc-transcribed/qwen3_0.6b.json");
+  // A folder holding only config.json: the dry run reads nothing else and writes nothing.
+  TempDir dir;
+  for (const auto& rel : config_files()) {
+    SCOPED_TRACE(rel);
+    const std::string folder = dir / fs::path(rel).parent_path().filename().string().append("-").append(fs::path(rel).stem().string());
+    fs::create_directories(folder);
+    fs::copy_file(data_file("configs/" + rel), folder + "/config.json");
+    const auto r = run_tool("quarot-quantize", folder + " -o " + folder + "/out.q4.safetensors --dry-run");
+    if (accepted().count(rel)) {
+      EXPECT_EQ(r.exit_code, 0) << r.stderr_text;
+      EXPECT_FALSE(r.stdout_text.empty() && r.stderr_text.empty());
+    } else {
+      EXPECT_EQ(r.exit_code, 1) << r.stdout_text;
+      EXPECT_NE(r.stderr_text.find("config field '" + refused().at(rel).field + "'"), std::string::npos) << r.stderr_text;
+    }
+    EXPECT_FALSE(fs::exists(folder + "/out.q4.safetensors"));
+  }
+}
