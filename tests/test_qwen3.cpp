@@ -416,21 +416,56 @@ PplResult float_vs_quantized(const ModelWeights& m, const QuantConfig& cfg, cons
   return r;
 }
 
+// The synthetic tied classifier is the embedding with its planted x20-100 residual channels,
+// which the final state also carries: logits of a model that repeats one token (perplexity
+// 1.0). An untied classifier of N(0, (0.2 * sqrt(128 / hidden))^2) gives logits of std ~2.
+void give_a_plain_classifier(ModelWeights& m) {
+  const int64_t V = m.config.vocab, d = m.config.hidden;
+  m.config.tied_embeddings = false;
+  const auto cls = gaussian(std::size_t(V * d), 77, float(0.2 * std::sqrt(128.0 / double(d))));
+  m.lm_head.rows = V;
+  m.lm_head.cols = d;
+  m.lm_head.data.assign(cls.begin(), cls.end());
+}
+
+std::vector<Window> whole_windows(const std::vector<std::vector<int>>& seqs) {
+  std::vector<Window> w;
+  for (const auto& s : seqs) w.push_back({s, 0});
+  return w;
+}
+
 }  // namespace
+
+TEST(Qwen3Quant, FullWidthQwen3SmallW4A4KV4Perplexity) {
+  if (kSanitizedBuild) GTEST_SKIP() << "full-width model checked in the release build";
+  // qwen3-small at its real widths (hidden 1024, 16 x 128 heads, 8 KV heads, FFN 3072, planted
+  // outliers), one layer (2 layers: x1.216, 147 s on the shared machine; 2026-11-30), vocabulary
+  // cut to 320; text sampled from the float model.
+  SynthSpec s = synth_preset("qwen3-small");
+  s.config.n_layers = 1;
+  s.config.vocab = 320;
+  s.config.bos_id = 1;
+  s.config.eos_id = 2;
+  s.seed = 5;
+  auto m = make_synthetic(s);
+  give_a_plain_classifier(m);
+  const auto windows = whole_windows(sampled_from(m, 2, 128, 101));
+  const auto q = float_vs_quantized(m, quant_preset("w4a4kv4"), sampled_from(m, 4, 128, 202), windows);
+  std::printf("qwen3-small (synthetic, 1 layer, full width) perplexity on %lld sampled tokens: float %.4f, W4A4KV4 simulated "
+              "%.4f, integer %.4f (x%.4f), KLD %.4f, top-1 %.1f%%\n",
+              q.tokens, q.fl, q.sim, q.integer, q.integer / q.fl, q.kld, 100 * q.top1);
+  EXPECT_LT(q.fl, 0.5 * 320);
+  EXPECT_GT(q.integer, q.fl);
+  EXPECT_LT(q.integer / q.fl, 2.0);
+  EXPECT_NEAR(q.integer, q.sim, 0.01 * q.sim);
+}
 
 TEST(Qwen3Quant, W4A4KV4PerplexityFloatVsQuantized) {
   // Perplexity on text sampled from the float model itself (temperature 1); GPTQ calibrated on
   // other samples. A synthetic model of width 128 with planted outliers: the figures show the
   // machinery works and what the q/k norms change, not a real model's quality.
   auto m = small_qwen3(2, 320, 5);
-  // The synthetic tied classifier is the embedding with its planted x20-100 residual channels,
-  // which the final state also carries: logits of a model that repeats one token (perplexity
-  // 1.0). An untied classifier of N(0, 0.2^2) gives logits of std ~2, a real distribution.
-  m.config.tied_embeddings = false;
-  const auto cls = gaussian(std::size_t(320) * 128, 77, 0.2f);
-  m.lm_head.rows = 320;
-  m.lm_head.cols = 128;
-  m.lm_head.data.assign(cls.begin(), cls.end());
+  give_a_plain_classifier(m);  // the same classifier as before this helper: N(0, 0.2^2)
   const auto eval_seqs = sampled_from(m, 4, 128, 101);
   const auto calib = sampled_from(m, 8, 128, 202);
   std::vector<Window> windows;
