@@ -217,9 +217,10 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& sou
     const bool used = c.family == Family::Qwen2 || c.family == Family::Qwen3 ? r.boolean("use_sliding_window", false)
                                                 : r.boolean("use_sliding_window", true);
     const int window = r.integer("sliding_window");
-    if (used && window < c.max_positions)
-      r.bad("sliding_window", "(" + std::to_string(window) + ") is smaller than max_position_embeddings (" +
-                                  std::to_string(c.max_positions) + "): sliding-window attention is not supported");
+    if (used && window <= 0) r.bad("sliding_window", "must be positive, got " + std::to_string(window));
+    // A window shorter than the context (Mistral-7B v0.1: 4096 of 32768) only differs from full
+    // causal attention past `window` positions: quarot runs the model up to there, exactly.
+    if (used && window < c.max_positions) c.max_positions = window;
   }
   if (r.has("rope_scaling")) {
     const json& s = j["rope_scaling"];
