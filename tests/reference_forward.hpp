@@ -30,11 +30,28 @@ inline std::vector<std::vector<double>> reference_logits(const ModelWeights& m, 
     for (std::size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
     return y;
   };
+  auto head_norms = [&](std::vector<double>& v, const std::vector<float>& w) {  // Qwen3's q/k norm
+    if (w.empty()) return;
+    for (std::size_t h0 = 0; h0 < v.size(); h0 += std::size_t(hd)) {
+      double ss = 0;
+      for (int i = 0; i < hd; ++i) ss += v[h0 + i] * v[h0 + i];
+      const double inv = 1.0 / std::sqrt(ss / hd + c.rms_eps);
+      for (int i = 0; i < hd; ++i) v[h0 + i] *= inv * w[i];
+    }
+  };
   auto rope = [&](std::vector<double>& v, int heads, int p) {
     for (int h = 0; h < heads; ++h)
       for (int i = 0; i < hd / 2; ++i) {
         double freq = std::pow(c.rope_theta, -2.0 * i / hd);
         if (c.rope_scaling.type == RopeScalingType::Linear) freq /= c.rope_scaling.factor;
+        if (c.rope_scaling.type == RopeScalingType::Llama3) {  // transformers' _compute_llama3_parameters
+          const auto& r = c.rope_scaling;
+          const double wavelen = 2 * std::numbers::pi / freq;
+          const double low = r.original_max_positions / r.low_freq_factor, high = r.original_max_positions / r.high_freq_factor;
+          const double scaled = wavelen > low ? freq / r.factor : freq;
+          const double smooth = (r.original_max_positions / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+          freq = !(wavelen < high) && !(wavelen > low) ? (1 - smooth) * scaled / r.factor + smooth * scaled : scaled;
+        }
         const double ang = p * freq, cs = std::cos(ang), sn = std::sin(ang);
         const int a = c.rope_layout == RopeLayout::Interleaved ? h * hd + 2 * i : h * hd + i;
         const int b = c.rope_layout == RopeLayout::Interleaved ? a + 1 : a + hd / 2;
@@ -53,6 +70,8 @@ inline std::vector<std::vector<double>> reference_logits(const ModelWeights& m, 
       q[t] = matvec(L.wq, qd, d, h, &L.bq);
       k[t] = matvec(L.wk, kvd, d, h, &L.bk);
       v[t] = matvec(L.wv, kvd, d, h, &L.bv);
+      head_norms(q[t], L.q_norm);
+      head_norms(k[t], L.k_norm);
       rope(q[t], c.n_heads, t);
       rope(k[t], c.n_kv_heads, t);
     }

@@ -138,6 +138,23 @@ TEST(Forward, LinearRopeScalingAndUntiedMatchReference) {
   expect_matches_reference<double>(m, some_tokens(30, 320, 5), 1e-10);
 }
 
+TEST(Forward, Llama3RopeScalingMatchesTheReference) {
+  // Llama-3.1's frequency remap with a short original context (64) and theta 10000 so that the
+  // head's 8 frequencies fall in all three bands (kept: wavelength 6.3 < 16; interpolated: 20,
+  // 63; divided by the factor: 199 and longer) within a 40-token window.
+  auto m = scaled_down("llama3-8b-layer", 128, 16, 448, 2);
+  m.config.rope_theta = 10000.0;
+  const auto tokens = some_tokens(40, 320, 6);
+  const auto plain = reference_logits(m, tokens);
+  m.config.rope_scaling = {RopeScalingType::Llama3, 8.0, 1.0, 4.0, 64};
+  const auto ref = reference_logits(m, tokens);
+  double moved = 0;
+  for (std::size_t t = 0; t < ref.size(); ++t)
+    for (std::size_t v = 0; v < ref[t].size(); ++v) moved = std::max(moved, std::fabs(ref[t][v] - plain[t][v]));
+  EXPECT_GT(moved, 1e-3);  // the scaling changes the logits
+  expect_matches_reference<double>(m, tokens, 1e-10);
+}
+
 TEST(Forward, HooksSeeEveryPointAndCanChangeTheResult) {
   const auto m = scaled_down("tiny", 64, 8, 172, 2);
   Transformer<double> model(m, 16);

@@ -33,6 +33,7 @@ void expect_same_config(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.k_bias, b.k_bias);
   EXPECT_EQ(a.v_bias, b.v_bias);
   EXPECT_EQ(a.o_bias, b.o_bias);
+  EXPECT_EQ(a.qk_norm, b.qk_norm);
   EXPECT_EQ(a.max_positions, b.max_positions);
   EXPECT_EQ(a.bos_id, b.bos_id);
   EXPECT_EQ(a.eos_id, b.eos_id);
@@ -254,7 +255,14 @@ TEST(HfConfig, UnsupportedArchitecturesNameTheField) {
   j["model_type"] = "mistral";
   j["sliding_window"] = 4096;
   j["max_position_embeddings"] = 32768;
-  EXPECT_NE(err(j).find("'sliding_window' (4096) is smaller than max_position_embeddings"), std::string::npos);
+  // Mistral-7B v0.1: a 4096 window in a 32768 context runs up to 4096 positions, where the
+  // window changes nothing.
+  EXPECT_EQ(parse_hf_config(j.dump(), "c").max_positions, 4096);
+  j["use_sliding_window"] = false;
+  EXPECT_EQ(parse_hf_config(j.dump(), "c").max_positions, 32768);
+  j.erase("use_sliding_window");
+  j["sliding_window"] = 0;
+  EXPECT_NE(err(j).find("'sliding_window' must be positive"), std::string::npos);
   j["sliding_window"] = 32768;
   EXPECT_EQ(err(j), "(no error)");
   j = base;

@@ -220,6 +220,25 @@ TEST(Calibration, TextIsTokenizedWholeWithBos) {
   const auto expect = tok->encode("Once upon a time, there was a little girl.\nShe liked to play.\n");  // CRLF -> LF
   EXPECT_EQ(std::vector<int>(seqs[0].begin() + 1, seqs[0].end()), expect);
   EXPECT_THROW(read_calibration(text, nullptr, 512), Error);   // text needs a tokenizer
-  EXPECT_THROW(read_calibration(text, tok.get(), 32000), Error);  // tokenizer does not fit the model
+  // More tokens than the model has rows: refused; fewer (a padded embedding) is fine.
+  EXPECT_NE(error_of([&] { read_calibration(text, tok.get(), 256); }).find("512 tokens, more than the model's 256"), std::string::npos);
+  EXPECT_EQ(read_calibration(text, tok.get(), 600), seqs);
   EXPECT_THROW(read_calibration(dir / "missing.ids", nullptr, 512), Error);
+}
+
+TEST(Calibration, QwenTextGetsNoBosAndFitsThePaddedEmbedding) {
+  QUAROT_REQUIRE_DATA("tokenizers/qwen2/Qwen3.tokenizer.json");
+  const auto tok = load_tokenizer(data_file("tokenizers/qwen2/Qwen3.tokenizer.json"));
+  ASSERT_EQ(tok->bos_id(), -1);
+  ASSERT_EQ(tok->vocab_size(), 151669);
+  TempDir dir;
+  const std::string text = dir / "calib.txt";
+  {
+    std::ofstream f(text);
+    f << "Hello world, this is Qwen.\n";
+  }
+  const auto seqs = read_calibration(text, tok.get(), 151936);  // Qwen3's embedding: 151,936 rows
+  ASSERT_EQ(seqs.size(), 1u);
+  EXPECT_EQ(seqs[0], tok->encode("Hello world, this is Qwen.\n"));  // no -1 in front
+  EXPECT_THROW(read_calibration(text, tok.get(), 151000), Error);
 }

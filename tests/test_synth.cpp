@@ -32,6 +32,14 @@ TEST(Synth, PresetsHaveTheRealShapes) {
   EXPECT_EQ(q.n_kv_heads, 2);
   EXPECT_EQ(q.head_dim, 64);
   EXPECT_TRUE(q.tied_embeddings && q.q_bias && q.k_bias && q.v_bias && !q.o_bias);
+  const auto q3 = synth_preset("qwen3-small").config;  // Qwen3-0.6B
+  EXPECT_EQ(q3.family, Family::Qwen3);
+  EXPECT_EQ(q3.hidden, 1024);
+  EXPECT_EQ(q3.intermediate, 3072);
+  EXPECT_EQ(q3.head_dim, 128);
+  EXPECT_EQ(q3.q_dim(), 2048);
+  EXPECT_EQ(q3.n_kv_heads, 8);
+  EXPECT_TRUE(q3.tied_embeddings && q3.qk_norm && !q3.q_bias && !q3.o_bias);
   for (const auto& n : synth_preset_names()) EXPECT_NO_THROW(synth_preset(n).config.validate(n));
   EXPECT_THROW(synth_preset("gpt2"), Error);
 }

@@ -197,9 +197,7 @@ int main(int argc, char** argv) {
       source = args.text;
       source_sha = quarot::sha256_file(args.text);
       const auto tok = quarot::load_tokenizer(args.tokenizer);
-      if (tok->vocab_size() != cfg.vocab)
-        throw quarot::Error(args.tokenizer, "has " + std::to_string(tok->vocab_size()) + " pieces but the model's vocabulary is " +
-                                                std::to_string(cfg.vocab));
+      quarot::check_tokenizer_fits_model(*tok, cfg.vocab, args.tokenizer);
       std::size_t crlf = 0;
       const std::string text_all = quarot::read_text_lf(args.text, &crlf);
       if (crlf) std::fprintf(stderr, "quarot-eval: %s: %zu CRLF line endings read as LF\n", args.text.c_str(), crlf);

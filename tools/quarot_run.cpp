@@ -58,13 +58,15 @@ int main(int argc, char** argv) {
     std::unique_ptr<quarot::Tokenizer> tok;
     if (!a.tokenizer.empty()) {
       tok = quarot::load_tokenizer(a.tokenizer);
-      if (tok->vocab_size() != c.vocab)
-        throw quarot::Error(a.tokenizer, "has " + std::to_string(tok->vocab_size()) + " pieces, the model " + std::to_string(c.vocab));
+      quarot::check_tokenizer_fits_model(*tok, c.vocab, a.tokenizer);
     }
     std::vector<int> prompt_ids = {c.bos_id >= 0 ? c.bos_id : 1};
     if (!a.prompt.empty()) {
-      const auto t = tok->encode(a.prompt);
-      prompt_ids.insert(prompt_ids.end(), t.begin(), t.end());
+      // What the tokenizer adds by its own convention (BOS for LLaMA-2/Mistral/SentencePiece,
+      // nothing for Qwen, whose config's bos_token_id is <|endoftext|>); the config's BOS only
+      // when that leaves nothing to start from.
+      const auto t = tok->encode_with_special(a.prompt);
+      if (!t.empty()) prompt_ids = t;
     } else if (!a.ids.empty()) {
       prompt_ids.clear();
       std::istringstream in(a.ids);

@@ -5,7 +5,7 @@
 
 namespace quarot {
 
-enum class Family { Llama, Mistral, Qwen2 };
+enum class Family { Llama, Mistral, Qwen2, Qwen3 };
 
 // How q/k rows pair up for RoPE. llama2.c (and Meta's original checkpoints) rotate adjacent
 // pairs (2i, 2i+1) of each head; Hugging Face checkpoints are permuted so that pairs are
@@ -37,6 +37,10 @@ struct ModelConfig {
   double rms_eps = 1e-5;
   bool tied_embeddings = false;
   bool q_bias = false, k_bias = false, v_bias = false, o_bias = false;
+  // Qwen3: an RMSNorm over each head of q and of k (weights [head_dim], the same for every head,
+  // eps rms_eps) between the projection and RoPE. Its scales stay float and are never folded:
+  // the norm is not linear, so nothing on its input side may change what it sees.
+  bool qk_norm = false;
   int max_positions = 2048;
   int bos_id = 1;
   int eos_id = 2;

@@ -6,7 +6,8 @@
 // and fake quantizers; a hook sees the activation as [tokens][width], row-major, and may
 // change it in place):
 //   h = RMSNorm(x) * attn_norm            -> QkvInput       (input of q/k/v_proj)
-//   q, k, v = h Wq^T + bq, ...            ; RoPE on q and k
+//   q, k, v = h Wq^T + bq, ...            ; Qwen3: per-head RMSNorm on q and k (q_norm, k_norm)
+//                                         ; RoPE on q and k
 //                                         -> QueryAfterRope, KeyAfterRope, ValueAfterProj
 //   a = softmax(q k^T / sqrt(d) + causal) v
 //                                         -> OProjInput     (input of o_proj)

@@ -45,6 +45,12 @@ std::unique_ptr<Tokenizer> make_sentencepiece(std::string_view model, const std:
 struct Llama2cTokenizer;
 std::unique_ptr<Tokenizer> make_llama2c_bpe(Llama2cTokenizer pieces, const std::string& label);
 
+// Whether `tok` can drive a model with `model_vocab` embedding rows: every id it produces
+// (< vocab_size()) must be a row. Fewer tokens than rows is normal (Qwen2/3: 151,669 tokens,
+// 151,936 rows padded for the GPU); more is refused, naming `label` (a tokenizer of another
+// model).
+void check_tokenizer_fits_model(const Tokenizer& tok, int model_vocab, const std::string& label);
+
 // Reads a text file for tokenization with Windows line endings (CRLF) turned into LF: the
 // evaluation protocols are defined on LF text (WikiText-2 as shipped in ../shared/data has CRLF,
 // which costs 8,713 extra LLaMA-2 tokens). `crlf_count`, when given, receives how many.

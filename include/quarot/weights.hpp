@@ -30,6 +30,7 @@ struct LayerWeights {
   std::vector<float> attn_norm;       // [hidden]
   Matrix wq, wk, wv, wo;              // [q_dim][hidden], [kv_dim][hidden] x2, [hidden][q_dim]
   std::vector<float> bq, bk, bv, bo;  // empty unless the config has that bias
+  std::vector<float> q_norm, k_norm;  // [head_dim] each, empty unless config.qk_norm (Qwen3)
   std::vector<float> ffn_norm;        // [hidden]
   Matrix w_gate, w_up, w_down;        // [inter][hidden] x2, [hidden][inter]
 };
@@ -71,5 +72,8 @@ void convert_rope_layout(ModelWeights& m, RopeLayout target);
 
 // A human summary: architecture, shapes, parameter count, dtype, bytes.
 std::string describe(const ModelWeights& m);
+// The same for a config alone (nothing loaded): shapes, the tensors it implies, parameters and
+// bytes at 16 and 32 bits (quarot-inspect --config-only).
+std::string describe_config(const ModelConfig& c);
 
 }  // namespace quarot

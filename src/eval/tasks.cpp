@@ -178,9 +178,7 @@ TaskResult score_task(Transformer<T>& model, const Tokenizer& tok, const ChoiceT
                       const TaskProgress& progress) {
   const auto t0 = std::chrono::steady_clock::now();
   const int V = model.config().vocab;
-  if (tok.vocab_size() != V)
-    throw Error("tokenizer", "has " + std::to_string(tok.vocab_size()) + " pieces but the model's vocabulary is " +
-                                 std::to_string(V));
+  check_tokenizer_fits_model(tok, V, "tokenizer");
   const int n = limit > 0 ? std::min<int>(limit, int(task.items.size())) : int(task.items.size());
   const int max_in = model.max_context();
   TaskResult r;

@@ -371,6 +371,8 @@ LayerWeights CheckpointReader::layer(int l) const {
   L.bk.assign(c.k_bias ? std::size_t(c.kv_dim()) : 0, 0.f);
   L.bv.assign(c.v_bias ? std::size_t(c.kv_dim()) : 0, 0.f);
   L.bo.assign(c.o_bias ? std::size_t(c.hidden) : 0, 0.f);
+  L.q_norm.assign(c.qk_norm ? std::size_t(c.head_dim) : 0, 0.f);
+  L.k_norm.assign(c.qk_norm ? std::size_t(c.head_dim) : 0, 0.f);
   const std::string prefix = "model.layers." + std::to_string(l) + ".";
   std::vector<Job> jobs;
   std::vector<std::string> names;

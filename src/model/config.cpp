@@ -29,6 +29,7 @@ std::string family_name(Family f) {
     case Family::Llama: return "llama";
     case Family::Mistral: return "mistral";
     case Family::Qwen2: return "qwen2";
+    case Family::Qwen3: return "qwen3";
   }
   return "?";
 }
@@ -82,6 +83,9 @@ void ModelConfig::validate(const std::string& source) const {
                             ") must divide num_attention_heads (" + std::to_string(n_heads) + ")");
   if (head_dim % 2 != 0)
     throw Error(source, "config field 'head_dim' (" + std::to_string(head_dim) + ") must be even for RoPE");
+  if (qk_norm != (family == Family::Qwen3))
+    throw Error(source, "q/k norms come with model_type qwen3 (and qwen3 has them); this config has family " + family_name(family) +
+                            (qk_norm ? " with" : " without") + " them");
   if (!(rms_eps > 0)) throw Error(source, "config field 'rms_norm_eps' must be positive");
   if (!(rope_theta > 0)) throw Error(source, "config field 'rope_theta' must be positive");
   if (rope_scaling.type != RopeScalingType::None && !(rope_scaling.factor > 0))
@@ -157,14 +161,26 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& sou
              !j["architectures"].empty() && j["architectures"][0].is_string()) {
     const auto a = j["architectures"][0].get<std::string>();
     model_type = a == "LlamaForCausalLM" ? "llama" : a == "MistralForCausalLM" ? "mistral"
-               : a == "Qwen2ForCausalLM" ? "qwen2" : a;
+               : a == "Qwen2ForCausalLM" ? "qwen2" : a == "Qwen3ForCausalLM" ? "qwen3" : a;
   } else {
     r.bad("model_type", "is missing (and no 'architectures' to infer it from)");
   }
   if (model_type == "llama") c.family = Family::Llama;
   else if (model_type == "mistral") c.family = Family::Mistral;
   else if (model_type == "qwen2") c.family = Family::Qwen2;
-  else r.bad("model_type", "'" + model_type + "' is not a supported architecture (llama, mistral, qwen2)");
+  else if (model_type == "qwen3") c.family = Family::Qwen3;
+  else r.bad("model_type", "'" + model_type + "' is not a supported architecture (llama, mistral, qwen2, qwen3)");
+
+  // An already-quantized checkpoint (bitsandbytes, GPTQ, AWQ, ...): its weights are not the
+  // float tensors quarot starts from.
+  if (r.has("quantization_config"))
+    r.bad("quantization_config", "is present: this checkpoint is already quantized (" +
+                                     (j["quantization_config"].is_object() && j["quantization_config"].contains("quant_method")
+                                          ? j["quantization_config"]["quant_method"].dump()
+                                          : std::string("unknown method")) +
+                                     "); quarot needs the float (F32/F16/BF16) checkpoint");
+  if (r.boolean("rope_interleaved", false))
+    r.bad("rope_interleaved", "is true: only the Hugging Face rotate_half RoPE layout is supported");
 
   for (const char* moe : {"num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size"})
     if (r.has(moe) && !(j[moe].is_number() && j[moe].get<double>() == 0))
@@ -190,17 +206,21 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& sou
   c.rope_layout = RopeLayout::Half;
   if (c.family == Family::Qwen2) {
     c.q_bias = c.k_bias = c.v_bias = true;
+  } else if (c.family == Family::Qwen3) {
+    c.qk_norm = true;  // Qwen3's attention_bias defaults to false, as for LLaMA
+    if (r.boolean("attention_bias", false)) c.q_bias = c.k_bias = c.v_bias = c.o_bias = true;
   } else if (r.boolean("attention_bias", false)) {
     c.q_bias = c.k_bias = c.v_bias = c.o_bias = true;
   }
 
   if (r.has("sliding_window")) {
-    const bool used = c.family == Family::Qwen2 ? r.boolean("use_sliding_window", false)
+    const bool used = c.family == Family::Qwen2 || c.family == Family::Qwen3 ? r.boolean("use_sliding_window", false)
                                                 : r.boolean("use_sliding_window", true);
     const int window = r.integer("sliding_window");
-    if (used && window < c.max_positions)
-      r.bad("sliding_window", "(" + std::to_string(window) + ") is smaller than max_position_embeddings (" +
-                                  std::to_string(c.max_positions) + "): sliding-window attention is not supported");
+    if (used && window <= 0) r.bad("sliding_window", "must be positive, got " + std::to_string(window));
+    // A window shorter than the context (Mistral-7B v0.1: 4096 of 32768) only differs from full
+    // causal attention past `window` positions: quarot runs the model up to there, exactly.
+    if (used && window < c.max_positions) c.max_positions = window;
   }
   if (r.has("rope_scaling")) {
     const json& s = j["rope_scaling"];
@@ -230,8 +250,12 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& sou
 
 std::string hf_config_json(const ModelConfig& c, const std::string& torch_dtype) {
   json j;
-  const char* arch = c.family == Family::Llama ? "LlamaForCausalLM"
-                   : c.family == Family::Mistral ? "MistralForCausalLM" : "Qwen2ForCausalLM";
+  const char* arch = c.family == Family::Llama     ? "LlamaForCausalLM"
+                   : c.family == Family::Mistral ? "MistralForCausalLM"
+                   : c.family == Family::Qwen2   ? "Qwen2ForCausalLM"
+                                                 : "Qwen3ForCausalLM";
+  if (c.qk_norm != (c.family == Family::Qwen3))
+    throw Error("config.json", "q/k norms are Qwen3's (and only Qwen3 has them); this model's family is " + family_name(c.family));
   j["architectures"] = {arch};
   j["model_type"] = family_name(c.family);
   j["hidden_size"] = c.hidden;
@@ -254,6 +278,7 @@ std::string hf_config_json(const ModelConfig& c, const std::string& torch_dtype)
       throw Error("config.json", "qwen2 implies q/k/v biases and no o bias; this model differs");
     j["use_sliding_window"] = false;
   } else {
+    if (c.family == Family::Qwen3) j["use_sliding_window"] = false;
     const bool any = c.q_bias || c.k_bias || c.v_bias || c.o_bias;
     const bool all = c.q_bias && c.k_bias && c.v_bias && c.o_bias;
     if (any && !all)

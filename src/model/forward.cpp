@@ -98,6 +98,7 @@ template <class T>
 struct Transformer<T>::Impl {
   struct Layer {
     const T *attn_norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv, *bo, *ffn_norm, *wg, *wu, *wd;
+    const T *q_norm, *k_norm;  // Qwen3's per-head norms; nullptr without
   };
   ModelConfig cfg;
   int max_ctx;
@@ -140,7 +141,10 @@ struct Transformer<T>::Impl {
                         use(L.wo.data.data(), L.wo.data.size()), use(L.bq.data(), L.bq.size()),
                         use(L.bk.data(), L.bk.size()), use(L.bv.data(), L.bv.size()), use(L.bo.data(), L.bo.size()),
                         use(L.ffn_norm.data(), L.ffn_norm.size()), use(L.w_gate.data.data(), L.w_gate.data.size()),
-                        use(L.w_up.data.data(), L.w_up.data.size()), use(L.w_down.data.data(), L.w_down.data.size())});
+                        use(L.w_up.data.data(), L.w_up.data.size()), use(L.w_down.data.data(), L.w_down.data.size()),
+                        use(L.q_norm.data(), L.q_norm.size()), use(L.k_norm.data(), L.k_norm.size())});
+      if (cfg.qk_norm && (L.q_norm.size() != std::size_t(cfg.head_dim) || L.k_norm.size() != std::size_t(cfg.head_dim)))
+        throw Error(w.source, "the config asks for q/k norms of head_dim " + std::to_string(cfg.head_dim) + " values; the weights lack them");
     }
     const int cache_layers = backend ? 1 : cfg.n_layers;  // a backend holds the cache itself
     kcache.assign(cache_layers, std::vector<T>(std::size_t(max_ctx) * cfg.kv_dim()));
@@ -170,6 +174,17 @@ struct Transformer<T>::Impl {
       const T inv = T(1) / std::sqrt(ms + T(cfg.rms_eps));
       for (Eigen::Index c = 0; c < x.cols(); ++c) out(r, c) = x(r, c) * inv * weight[c];
     }
+  }
+
+  // Qwen3's q/k norm: RMSNorm over each head_dim slice of [n][heads*head_dim], in place.
+  void head_rmsnorm(Mat<T>& m, const T* weight) const {
+    const int hd = cfg.head_dim;
+    for (Eigen::Index r = 0; r < m.rows(); ++r)
+      for (Eigen::Index h = 0; h < m.cols() / hd; ++h) {
+        auto x = m.row(r).segment(h * hd, hd);
+        const T inv = T(1) / std::sqrt(x.squaredNorm() / T(hd) + T(cfg.rms_eps));
+        for (int i = 0; i < hd; ++i) x(i) = x(i) * inv * weight[i];
+      }
   }
 
   // In place on [n][heads*head_dim], token i at position pos0 + i.
@@ -327,6 +342,8 @@ struct Transformer<T>::Impl {
       linear(l, LinearModule::Q, h, L.wq, cfg.q_dim(), L.bq, q);
       linear(l, LinearModule::K, h, L.wk, cfg.kv_dim(), L.bk, k);
       linear(l, LinearModule::V, h, L.wv, cfg.kv_dim(), L.bv, v);
+      if (L.q_norm) head_rmsnorm(q, L.q_norm);
+      if (L.k_norm) head_rmsnorm(k, L.k_norm);
       rope(q, cfg.n_heads, pos);
       rope(k, cfg.n_kv_heads, pos);
       call_hook(HookPoint::QueryAfterRope, l, q);

@@ -39,7 +39,7 @@ ModelConfig base_config(Family f, int hidden, int inter, int layers, int heads, 
 }  // namespace
 
 std::vector<std::string> synth_preset_names() {
-  return {"tiny", "llama2-7b-layer", "llama3-8b-layer", "qwen2-small"};
+  return {"tiny", "llama2-7b-layer", "llama3-8b-layer", "qwen2-small", "qwen3-small"};
 }
 
 SynthSpec synth_preset(const std::string& name) {
@@ -57,6 +57,14 @@ SynthSpec synth_preset(const std::string& name) {
   } else if (name == "qwen2-small") {
     s.config = base_config(Family::Qwen2, 896, 4864, 2, 14, 2, 151936, 32768, 1000000.0, 1e-6, true);
     s.config.q_bias = s.config.k_bias = s.config.v_bias = true;
+    s.config.bos_id = 151643;
+    s.config.eos_id = 151645;
+  } else if (name == "qwen3-small") {
+    // Qwen3-0.6B's shape (2 of its 28 layers): head_dim 128 with 16 heads, so the attention
+    // width (2048) is twice the residual width; per-head q/k norms, no biases, tied.
+    s.config = base_config(Family::Qwen3, 1024, 3072, 2, 16, 8, 151936, 40960, 1000000.0, 1e-6, true);
+    s.config.head_dim = 128;
+    s.config.qk_norm = true;
     s.config.bos_id = 151643;
     s.config.eos_id = 151645;
   } else {

@@ -28,6 +28,12 @@ BlockNorm block_norm(const char* block) {
 bool starts_block(const LinearSpec& s) {
   return &s == kLinearSpecs || std::strcmp((&s - 1)->block, s.block) != 0;
 }
+// Qwen3's per-head norm on the output of q_proj / k_proj (named as Hugging Face names it; it
+// follows its projection in file order). nullptr for the other linears.
+std::vector<float> LayerWeights::*head_norm(LinearModule m) {
+  return m == LinearModule::Q ? &LayerWeights::q_norm : m == LinearModule::K ? &LayerWeights::k_norm : nullptr;
+}
+const char* head_norm_name(LinearModule m) { return m == LinearModule::Q ? "self_attn.q_norm.weight" : "self_attn.k_norm.weight"; }
 
 void size_matrix(Matrix& m, int64_t rows, int64_t cols) {
   m.rows = rows;
@@ -56,6 +62,7 @@ void visit(M& m, const Fn& fn) {
       const std::string name = p + s.block + "." + s.name;
       mat(name + ".weight", L.*s.weight);
       if (s.bias && c.*s.has_bias) vec(name + ".bias", L.*s.bias);
+      if (c.qk_norm && head_norm(s.module)) vec(p + head_norm_name(s.module), L.*head_norm(s.module));
     }
   }
   vec("model.norm.weight", m.final_norm);
@@ -113,6 +120,8 @@ void allocate(ModelWeights& m) {
       size_matrix(L.*s.weight, linear_rows(c, s.module), linear_cols(c, s.module));
       if (s.bias) (L.*s.bias).assign(c.*s.has_bias ? std::size_t(linear_rows(c, s.module)) : 0, 0.f);
     }
+    L.q_norm.assign(c.qk_norm ? std::size_t(c.head_dim) : 0, 0.f);
+    L.k_norm.assign(c.qk_norm ? std::size_t(c.head_dim) : 0, 0.f);
   }
   m.final_norm.assign(c.hidden, 0.f);
   if (c.tied_embeddings) m.lm_head = Matrix{};
@@ -175,6 +184,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> tensor_shapes(const Mo
       const int64_t rows = linear_rows(c, s.module);
       t.push_back({name + ".weight", {rows, linear_cols(c, s.module)}});
       if (s.bias && c.*s.has_bias) t.push_back({name + ".bias", {rows}});
+      if (c.qk_norm && head_norm(s.module)) t.push_back({p + head_norm_name(s.module), {c.head_dim}});
     }
   }
   t.push_back({"model.norm.weight", {d}});
@@ -200,33 +210,61 @@ void convert_rope_layout(ModelWeights& m, RopeLayout target) {
   c.rope_layout = target;
 }
 
-std::string describe(const ModelWeights& m) {
-  const auto& c = m.config;
-  std::ostringstream o;
-  const int64_t params = parameter_count(m);
-  o << "model:        " << m.source << "\n"
-    << "architecture: " << family_name(c.family) << " (" << c.n_layers << " layers, hidden "
+namespace {
+
+// What a config implies, in the words of describe(): architecture, shapes, RoPE, norms, and the
+// tensors of the first layer.
+void describe_architecture(std::ostream& o, const ModelConfig& c) {
+  o << "architecture: " << family_name(c.family) << " (" << c.n_layers << " layers, hidden "
     << c.hidden << ", FFN " << c.intermediate << ", " << c.n_heads << " heads, " << c.n_kv_heads
     << " KV heads";
   if (c.n_heads != c.n_kv_heads) o << ", GQA " << c.n_heads / c.n_kv_heads << ":1";
   o << ", head_dim " << c.head_dim << ", vocab " << c.vocab << ")\n"
+    << "attention:    q " << c.q_dim() << ", k/v " << c.kv_dim() << " wide"
+    << (c.q_dim() != c.hidden ? " (head_dim x heads != hidden)" : "") << "\n"
     << "embeddings:   " << (c.tied_embeddings ? "tied (classifier = embedding)" : "untied") << "\n"
     << "biases:       " << (c.q_bias ? "q " : "") << (c.k_bias ? "k " : "") << (c.v_bias ? "v " : "")
     << (c.o_bias ? "o " : "") << (c.q_bias || c.k_bias || c.v_bias || c.o_bias ? "" : "none") << "\n"
+    << (c.qk_norm ? "q/k norm:     per-head RMSNorm on queries and keys before RoPE (weights [head_dim], kept float)\n" : "")
     << "rope:         theta " << c.rope_theta << ", layout " << rope_layout_name(c.rope_layout);
   if (c.rope_scaling.type == RopeScalingType::Linear) o << ", linear scaling x" << c.rope_scaling.factor;
-  if (c.rope_scaling.type == RopeScalingType::Llama3) o << ", llama3 scaling x" << c.rope_scaling.factor;
+  if (c.rope_scaling.type == RopeScalingType::Llama3)
+    o << ", llama3 scaling x" << c.rope_scaling.factor << " (low/high freq factors " << c.rope_scaling.low_freq_factor << "/"
+      << c.rope_scaling.high_freq_factor << ", original " << c.rope_scaling.original_max_positions << " positions)";
   o << "\n"
     << "norm:         RMSNorm eps " << c.rms_eps << "\n"
     << "positions:    max " << c.max_positions << "; bos " << c.bos_id << ", eos " << c.eos_id << "\n";
   o << "tensors (per layer, layer 0 shown):\n";
-  for_each_tensor(m, [&](const TensorRef& t) {
-    const bool layer = t.name.rfind("model.layers.", 0) == 0;
-    if (layer && t.name.rfind("model.layers.0.", 0) != 0) return;
+  for (const auto& [name, shape] : tensor_shapes(c)) {
+    const bool layer = name.rfind("model.layers.", 0) == 0;
+    if (layer && name.rfind("model.layers.0.", 0) != 0) continue;
     char line[160];
-    std::snprintf(line, sizeof line, "  %-48s %s\n", t.name.c_str(), shape_str(t.shape).c_str());
+    std::snprintf(line, sizeof line, "  %-48s %s\n", name.c_str(), shape_str(shape).c_str());
     o << line;
-  });
+  }
+}
+
+}  // namespace
+
+std::string describe_config(const ModelConfig& c) {
+  std::ostringstream o;
+  describe_architecture(o, c);
+  int64_t params = 0;
+  for (const auto& [name, shape] : tensor_shapes(c)) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    params += n;
+  }
+  o << "parameters:   " << params << " (" << (double(params) / 1e6) << " M)\n"
+    << "bytes:        " << human_bytes(double(params) * 2) << " as BF16/F16, " << human_bytes(double(params) * 4) << " as F32\n";
+  return o.str();
+}
+
+std::string describe(const ModelWeights& m) {
+  std::ostringstream o;
+  const int64_t params = parameter_count(m);
+  o << "model:        " << m.source << "\n";
+  describe_architecture(o, m.config);
   const auto src_bytes = double(params) * double(dtype_size(m.source_dtype));
   o << "parameters:   " << params << " (" << (double(params) / 1e6) << " M)\n"
     << "dtype:        " << dtype_name(m.source_dtype) << " on disk, F32 in memory\n"

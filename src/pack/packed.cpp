@@ -69,6 +69,8 @@ void allocate_float_parts(ModelWeights& m) {
     L.bk.assign(c.k_bias ? c.kv_dim() : 0, 0.f);
     L.bv.assign(c.v_bias ? c.kv_dim() : 0, 0.f);
     L.bo.assign(c.o_bias ? c.hidden : 0, 0.f);
+    L.q_norm.assign(c.qk_norm ? c.head_dim : 0, 0.f);
+    L.k_norm.assign(c.qk_norm ? c.head_dim : 0, 0.f);
     for (LinearModule mod : kLinearModules) {
       const auto s = linear_shape(c, mod);
       size(L.*linear_member(mod), s.rows, s.cols, false);
@@ -104,6 +106,10 @@ void check_config_fits_file(const ModelConfig& c, const PackRecipe& recipe, cons
   const int64_t d = c.hidden, vocab = c.vocab;
   need(vocab * d * 4 * (c.tied_embeddings ? 1 : 2), c.tied_embeddings ? 1 : 2, "'vocab_size' " + std::to_string(vocab) + " x 'hidden_size' " + std::to_string(d) + " embeddings");
   int64_t per_layer = 2 * d * 4, per_layer_count = 2;  // the two norms
+  if (c.qk_norm) {  // and Qwen3's q/k norms
+    per_layer += 2 * int64_t(c.head_dim) * 4;
+    per_layer_count += 2;
+  }
   for (LinearModule mod : kLinearModules) {
     const int64_t rows = linear_rows(c, mod), cols = linear_cols(c, mod);
     const int64_t group = recipe.w_group > 0 ? recipe.w_group : cols;

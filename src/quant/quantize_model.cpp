@@ -105,10 +105,10 @@ std::vector<std::vector<int>> read_calibration(const std::string& path, const To
   if (ids) return read_ids_file(path, vocab);
   if (!tokenizer)
     throw Error(path, "calibration text needs a tokenizer (--tokenizer FILE); pre-tokenized ids must be named *.ids");
-  if (vocab > 0 && tokenizer->vocab_size() != vocab)
-    throw Error(path, "the tokenizer has " + std::to_string(tokenizer->vocab_size()) + " pieces, the model " +
-                          std::to_string(vocab));
-  std::vector<int> stream = {tokenizer->bos_id()};
+  if (vocab > 0) check_tokenizer_fits_model(*tokenizer, vocab, path);
+  // BOS in front only for a tokenizer that has one (Qwen has none: bos_id() is -1).
+  std::vector<int> stream;
+  if (tokenizer->bos_id() >= 0) stream.push_back(tokenizer->bos_id());
   const auto body = tokenizer->encode(read_text_lf(path));
   if (body.empty()) throw Error(path, "no calibration text");
   stream.insert(stream.end(), body.begin(), body.end());
@@ -325,6 +325,8 @@ std::vector<ModuleQuantStats> StreamingQuantizer::run(const std::vector<std::vec
         keep.bk = std::move(L.bk);
         keep.bv = std::move(L.bv);
         keep.bo = std::move(L.bo);
+        keep.q_norm = std::move(L.q_norm);
+        keep.k_norm = std::move(L.k_norm);
         if (layer_done) layer_done(l, model_.config.n_layers);
       },
       progress, sink, stats);

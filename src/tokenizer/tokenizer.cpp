@@ -242,6 +242,12 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   return load_llama2c_bpe(path);
 }
 
+void check_tokenizer_fits_model(const Tokenizer& tok, int model_vocab, const std::string& label) {
+  if (tok.vocab_size() > model_vocab)
+    throw Error(label, "the tokenizer has " + std::to_string(tok.vocab_size()) + " tokens, more than the model's " +
+                           std::to_string(model_vocab) + " embedding rows (a tokenizer of another model?)");
+}
+
 std::string read_text_lf(const std::string& path, std::size_t* crlf_count) {
   std::string t = read_text_file(path);
   std::size_t out = 0, n = 0;

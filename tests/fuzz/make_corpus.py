@@ -63,6 +63,10 @@ put("fuzz_ids", "bad", "1 2 x\n-3 99999999999\n")
 put("fuzz_config", "config.json", json.dumps({"model_type": "llama", "hidden_size": 64,
     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
     "bos_token_id": 1, "eos_token_id": [2, 3]}))
+put("fuzz_config", "config-qwen3.json", json.dumps({"model_type": "qwen3", "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "head_dim": 32, "vocab_size": 100, "attention_bias": False, "tie_word_embeddings": True,
+    "sliding_window": None, "use_sliding_window": False, "rope_scaling": None}))
 put("fuzz_config", "quantize.toml", 'preset = "w4a4kv4"\nw-bits = 4\n[gptq]\ndamp = 0.01\n')
 put("fuzz_config", "quantize.json", json.dumps({"preset": "w4a16", "group": 128, "seed": 7}))
 put("fuzz_config", "plan.toml", '[[models]]\nname = "m"\npath = "${QUAROT_DATA:-data}/m.bin"\n'
