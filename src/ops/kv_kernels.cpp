@@ -116,6 +116,9 @@ void kv_dequantize(const uint8_t* codes, const float* scale, const uint8_t* zero
     for (int64_t b = 0; b < slots; b += 256) fn(codes, scale, zero, b, std::min<int64_t>(slots, b + 256), dim, bits, out);
   };
   if (!isa_supported(isa)) isa = best_isa();
+  // A head too short for one zmm of codes (the 260K models' 8 and 16) gains nothing from the
+  // AVX-512 loop: the AVX2 path does the same work without the extra broadcasts.
+  if (isa == Isa::Avx512Vnni && dim < (bits <= 4 ? 32 : 16)) isa = Isa::Avx2;
   switch (isa) {
     case Isa::Avx512Vnni:
       run(dequant_avx512);
