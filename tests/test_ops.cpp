@@ -1,6 +1,7 @@
 // The hot kernels (src/ops), one table: every kernel on every ISA this CPU supports against its
 // plain *_ref. INT4 GEMM and activation quantization must match exactly (int32 sums, the same
-// fp32 epilogue); top-k exactly (it is a selection); QDEC's apply within fp32 reassociation.
+// fp32 epilogue); top-k exactly (it is a selection); QDEC's apply within fp32 reassociation;
+// the KV cache's dequantization (INT8 and INT4 codes) exactly.
 // (FWHT / Hadamard bases move here with src/rotate/hadamard.cpp's kernels later.)
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 #include "quarot/detail/rng.hpp"
 #include "quarot/int4.hpp"
 #include "quarot/isa.hpp"
+#include "quarot/kv_kernels.hpp"
 #include "quarot/qdec.hpp"
 #include "quarot/qdec_kernels.hpp"
 #include "quarot/quant.hpp"
@@ -141,6 +143,37 @@ const std::vector<Kernel>& kernels() {
                    return "bits " + std::to_string(bits) + " rows " + std::to_string(rows);
                }
            }
+         return "";
+       }},
+      {"kv_dequantize",
+       [](Isa isa) -> std::string {
+         // Key and value widths (INT8 keys beside INT4 values), head dims of the real models (8,
+         // 16, 64, 128) and odd ones that leave every tail path something to do.
+         for (int bits : {8, 4, 3, 6})
+           for (int dim : {1, 7, 8, 16, 24, 33, 64, 128})
+             for (int64_t slots : {1, 5, 300}) {
+               detail::Rng rng(uint64_t(bits * 1000 + dim * 10) + uint64_t(slots));
+               const int sb = kv_slot_bytes(bits, dim);
+               std::vector<uint8_t> codes(static_cast<std::size_t>(slots * sb)), zero(static_cast<std::size_t>(slots));
+               std::vector<float> scale(static_cast<std::size_t>(slots));
+               for (int64_t s = 0; s < slots; ++s) {
+                 scale[std::size_t(s)] = float(rng.next() % 100000) * 1e-6f + 1e-7f;
+                 zero[std::size_t(s)] = uint8_t(rng.next() % (1u << bits));
+                 uint8_t* c = codes.data() + s * sb;
+                 for (int i = 0; i < dim; ++i) {
+                   const auto u = uint8_t(rng.next() % (1u << bits));
+                   if (bits <= 4)
+                     c[i / 2] = uint8_t(c[i / 2] | (i % 2 ? u << 4 : u));
+                   else
+                     c[i] = u;
+                 }
+               }
+               std::vector<float> ref(std::size_t(slots * dim)), got(ref.size(), -1.f);
+               kv_dequantize_ref(codes.data(), scale.data(), zero.data(), slots, dim, bits, ref.data());
+               kv_dequantize(codes.data(), scale.data(), zero.data(), slots, dim, bits, got.data(), isa);
+               if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0)
+                 return "bits " + std::to_string(bits) + " dim " + std::to_string(dim) + " slots " + std::to_string(slots);
+             }
          return "";
        }},
   };

@@ -109,34 +109,42 @@ TEST(Packed, RoundTripsTheQuantizedWeightsExactlyAndDeterministically) {
 }
 
 TEST(Packed, IntegerModelMatchesTheSimulation) {
-  TempDir dir;
-  auto m = tiny();
-  const std::string path = dir / "m.q4.safetensors";
-  quantize_and_pack(m, quant_preset("w4a4kv4-rtn"), {}, path);
-  const PackedModel p(path);
-  const auto deq = p.dequantized();
-  for (Isa isa : {Isa::Scalar, best_isa()}) {
-    auto integer = integer_model(p, 64, isa);
-    auto sim = simulated_model(p, deq, 64);
-    std::vector<float> li, ls;
-    const auto t = tokens(40, 96, 3);
-    integer.forward(t, li);
-    sim.forward(t, ls);
-    ASSERT_EQ(li.size(), ls.size());
-    double num = 0, den = 0;
-    for (std::size_t i = 0; i < li.size(); ++i) {
-      num += (double(li[i]) - ls[i]) * (double(li[i]) - ls[i]);
-      den += double(ls[i]) * ls[i];
+  // KV4, and INT8 keys beside INT4 values (K8V4), on every ISA.
+  for (const int k_bits : {4, 8}) {
+    TempDir dir;
+    auto m = tiny();
+    const std::string path = dir / "m.q4.safetensors";
+    auto cfg = quant_preset("w4a4kv4-rtn");
+    cfg.act.k_bits = k_bits;
+    quantize_and_pack(m, cfg, {}, path);
+    const PackedModel p(path);
+    ASSERT_EQ(p.recipe().act.k_bits, k_bits);
+    const auto deq = p.dequantized();
+    for (Isa isa : kAllIsas) {
+      if (!isa_supported(isa)) continue;
+      SCOPED_TRACE(std::string("K") + std::to_string(k_bits) + " on " + isa_name(isa));
+      auto integer = integer_model(p, 64, isa);
+      auto sim = simulated_model(p, deq, 64);
+      std::vector<float> li, ls;
+      const auto t = tokens(40, 96, 3);
+      integer.forward(t, li);
+      sim.forward(t, ls);
+      ASSERT_EQ(li.size(), ls.size());
+      double num = 0, den = 0;
+      for (std::size_t i = 0; i < li.size(); ++i) {
+        num += (double(li[i]) - ls[i]) * (double(li[i]) - ls[i]);
+        den += double(ls[i]) * ls[i];
+      }
+      // Only fp32 summation order differs (the grids and codes are the same): ~1e-6.
+      EXPECT_LT(std::sqrt(num / den), 1e-4) << isa_name(isa);
+      // Decode through the INT4 KV cache, token by token, agrees with the window.
+      integer.reset();
+      std::vector<float> step;
+      for (int i = 0; i < 40; ++i) integer.forward_last(std::span<const int>(&t[std::size_t(i)], 1), step);
+      double worst = 0;
+      for (int v = 0; v < 96; ++v) worst = std::max(worst, std::fabs(double(step[v]) - li[std::size_t(39 * 96 + v)]));
+      EXPECT_LT(worst, 1e-3);
     }
-    // Only fp32 summation order differs (the grids and codes are the same): ~1e-6.
-    EXPECT_LT(std::sqrt(num / den), 1e-4) << isa_name(isa);
-    // Decode through the INT4 KV cache, token by token, agrees with the window.
-    integer.reset();
-    std::vector<float> step;
-    for (int i = 0; i < 40; ++i) integer.forward_last(std::span<const int>(&t[std::size_t(i)], 1), step);
-    double worst = 0;
-    for (int v = 0; v < 96; ++v) worst = std::max(worst, std::fabs(double(step[v]) - li[std::size_t(39 * 96 + v)]));
-    EXPECT_LT(worst, 1e-3);
   }
 }
 
@@ -184,14 +192,14 @@ TEST(Packed, CorruptionIsCaughtWithTheTensorsName) {
   EXPECT_TRUE(open_error(good).empty());
 }
 
-TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
-  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
-  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
-  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+// stories260K quantized with `preset` (the model's defaults applied, as the tool does): the
+// integer path's perplexity and greedy tokens against the simulation of the same file.
+static double integer_path_agrees_with_the_simulation(const std::string& preset) {
   auto m = load_model(data_file("stories260K/stories260K.bin"));
   // Under ASan+UBSan (3-8x slower) a smaller run still exercises every path; the 0.5% bound is
   // checked in the release build, where 76 windows make it statistically meaningful.
-  auto cfg = quant_preset("w4a4kv4");  // GPTQ, per-channel symmetric weights with clip search, A4 KV4
+  auto cfg = quant_preset(preset);  // GPTQ, per-channel symmetric weights with clip search
+  std::printf("%s\n", apply_model_defaults(cfg, m.config).c_str());
   cfg.nsamples = kSanitizedBuild ? 4 : 16;
   cfg.seqlen = 512;
   const auto calib = calibration_windows(read_ids_file(data_file("stories260K/calib-t1-seed42.ids"), 512), cfg.nsamples,
@@ -200,6 +208,8 @@ TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
   const std::string path = dir / "stories.q4.safetensors";
   quantize_and_pack(m, cfg, calib, path);
   const PackedModel p(path);
+  EXPECT_EQ(p.recipe().act.k_bits, cfg.act.k_bits);
+  EXPECT_EQ(p.recipe().act.v_bits, cfg.act.v_bits);
   const auto deq = p.dequantized();
   std::vector<int> stream;
   for (const auto& s : read_ids_file(data_file("tinystories/validation_100.tok512.ids"), 512)) stream.insert(stream.end(), s.begin(), s.end());
@@ -208,7 +218,8 @@ TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
   auto sim = simulated_model(p, deq, 512);
   const auto ri = evaluate(integer, windows, Protocol::Paper);
   const auto rs = evaluate(sim, windows, Protocol::Paper);
-  std::printf("stories260K W4A4KV4 (GPTQ), %d windows: integer PPL %.4f, simulation %.4f\n", ri.windows, ri.ppl, rs.ppl);
+  std::printf("stories260K %s (GPTQ, %d calibration windows), %d windows: integer PPL %.4f, simulation %.4f\n", preset.c_str(),
+              cfg.nsamples, ri.windows, ri.ppl, rs.ppl);
   // W4A4KV4 is discontinuous in its inputs: a 1e-7 difference (fp32 summation order: the
   // integer sums are exact, the simulation's fp32 GEMM is not) can flip one 4-bit KV code and
   // change later attention outputs by ~20%. Measured per window, the fp32 simulation, an fp64
@@ -224,6 +235,27 @@ TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
   const auto gi = generate_greedy(integer, bos, 20, false);
   const auto gs = generate_greedy(sim, bos, 20, false);
   EXPECT_EQ(gi, gs);
+  return ri.ppl;
+}
+
+TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  integer_path_agrees_with_the_simulation("w4a4kv4");
+}
+
+// INT8 keys beside INT4 values (issue 17): the integer path's mixed cache equals the simulation,
+// and the 8-bit keys recover most of what 4-bit keys lose at head_dim 8.
+TEST(Packed, Stories260KEightBitKeysIntegerPathAgreesWithTheSimulation) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const double ppl = integer_path_agrees_with_the_simulation("w4a4k8v4");
+  // Issue 17's goal for the preset alone (measured 4.88 here, 2026-11-30; W4A4KV4 8.08).
+  if (!kSanitizedBuild) {
+    EXPECT_LT(ppl, 5.2);
+  }
 }
 
 TEST(PackedTools, QuantizeWritesEvalAndRunExecute) {

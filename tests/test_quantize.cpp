@@ -79,6 +79,53 @@ TEST(Presets, ExpandToThePapersSettings) {
   EXPECT_THROW(quant_preset("w3a3"), Error);
 }
 
+TEST(Presets, W4a4k8v4IsW4a4kv4WithEightBitKeys) {
+  const auto a = quant_preset("w4a4kv4"), b = quant_preset("w4a4k8v4");
+  EXPECT_EQ(b.act.k_bits, 8);
+  EXPECT_EQ(b.act.v_bits, 4);
+  auto same = b;
+  same.act.k_bits = 4;
+  same.preset = a.preset;
+  EXPECT_EQ(same.describe(), a.describe());
+  EXPECT_NE(b.describe().find("--k-bits 8 --v-bits 4"), std::string::npos);
+}
+
+TEST(Presets, KvClipFollowsTheModelsHeadDim) {
+  ModelConfig small, large;
+  small.head_dim = 8;
+  large.head_dim = 128;
+  auto c = quant_preset("w4a4k8v4");
+  const std::string line = apply_model_defaults(c, small);
+  EXPECT_DOUBLE_EQ(c.act.kv_clip, 1.0);
+  EXPECT_NE(line.find("KV clip 1.00 (preset 0.95): head_dim 8 < 32"), std::string::npos) << line;
+  EXPECT_EQ(apply_model_defaults(c, large), "");  // chosen once
+  EXPECT_DOUBLE_EQ(c.act.kv_clip, 1.0);
+  c = quant_preset("w4a4kv4");
+  EXPECT_NE(apply_model_defaults(c, large), "");
+  EXPECT_DOUBLE_EQ(c.act.kv_clip, 0.95);  // the paper's head_dim-128 setting
+  c = quant_preset("w4a4kv4");
+  c.kv_clip_follows_model = false;  // what a user's --kv-clip does
+  c.act.kv_clip = 0.9;
+  EXPECT_EQ(apply_model_defaults(c, small), "");
+  EXPECT_DOUBLE_EQ(c.act.kv_clip, 0.9);
+  c = quant_preset("w4a16");  // no KV quantization: nothing to choose
+  EXPECT_EQ(apply_model_defaults(c, small), "");
+  EXPECT_DOUBLE_EQ(c.act.kv_clip, 1.0);
+}
+
+TEST(Presets, BitsPerCachedElement) {
+  const auto k8v4 = kv_cache_bits(quant_preset("w4a4k8v4").act, 8);
+  EXPECT_DOUBLE_EQ(k8v4.codes(), 6.0);
+  EXPECT_DOUBLE_EQ(k8v4.k_stored, 8 + 5.0);  // 40 bits of scale and zero over 8 values
+  EXPECT_DOUBLE_EQ(k8v4.v_stored, 4 + 5.0);
+  EXPECT_DOUBLE_EQ(k8v4.stored(), 11.0);
+  EXPECT_DOUBLE_EQ(kv_cache_bits(quant_preset("w4a4kv4").act, 128).stored(), 4 + 40.0 / 128);
+  EXPECT_DOUBLE_EQ(kv_cache_bits(quant_preset("w4a4kv4").act, 7).v_stored, (32 + 40) / 7.0);  // an odd head pads a nibble
+  const auto none = kv_cache_bits(quant_preset("w4a16").act, 64);
+  EXPECT_DOUBLE_EQ(none.codes(), 16.0);
+  EXPECT_DOUBLE_EQ(none.stored(), 32.0);
+}
+
 TEST(QuantizeModel, GptqBeatsRtnAndRotationHelpsW4A4) {
   const auto base = tiny_model();
   std::vector<std::vector<int>> calib;

@@ -95,6 +95,14 @@ TEST(Report, SchemaValidatorCatchesViolations) {
   EXPECT_FALSE(validate_json_schema(schema, "{not json").empty());
 }
 
+TEST(Report, MarkdownStatesBitsPerCachedElementWhenGiven) {
+  // The fields the tool writes from kv_cache_bits() (quant.hpp); a report without them has no row.
+  const std::string with = R"({"sizes":{"bits_per_weight":4.5,"kv_bits_per_element":6,"kv_stored_bits_per_element":11}})";
+  const std::string md = report_markdown(with);
+  EXPECT_NE(md.find("| bits per cached K/V element | 16 | 6.00 | 6.00 (11.00 stored with scales) |"), std::string::npos) << md;
+  EXPECT_EQ(report_markdown(R"({"sizes":{"bits_per_weight":4.5}})").find("cached K/V"), std::string::npos);
+}
+
 TEST(QuantizeCli, HelpUsageDryRunAndErrors) {
   auto r = run_tool("quarot-quantize", "--help");
   EXPECT_EQ(r.exit_code, 0);

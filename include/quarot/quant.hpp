@@ -89,6 +89,17 @@ struct ActQuantOptions {
   bool any() const { return a_bits < 16 || k_bits < 16 || v_bits < 16; }
 };
 void check_act_options(const ActQuantOptions& o);
+// The KV cache's size per cached element (keys and values averaged): `codes` counts the code
+// bits alone (16 for a cache that is not quantized, as the paper counts fp16), `stored` what the
+// integer path keeps (src/runtime, kv_kernels.hpp): nibble- or byte-aligned codes plus each
+// head's fp32 scale and 8-bit zero point spread over head_dim, fp32 when not quantized. E.g.
+// K8V4 at head_dim 8: codes 6, stored 11; at head_dim 128: codes 6, stored 6.3125.
+struct KvCacheBits {
+  double k_codes = 16, v_codes = 16, k_stored = 32, v_stored = 32;
+  double codes() const { return (k_codes + v_codes) / 2; }
+  double stored() const { return (k_stored + v_stored) / 2; }
+};
+KvCacheBits kv_cache_bits(const ActQuantOptions& o, int head_dim);
 // Quantizes rows of `x` in groups of `group` columns (0: whole row).
 template <class T>
 void fake_quant_rows(T* x, int rows, int cols, int group, const Grid& g, double clip);

@@ -28,12 +28,21 @@ struct QuantConfig {
   int nsamples = 128;
   int seqlen = 2048;  // capped at the model's max positions
   uint64_t seed = 0;
+  // The preset's KV clip is a head_dim-128 setting; true: apply_model_defaults() chooses it for
+  // the model. Presets set it; a user's --kv-clip clears it.
+  bool kv_clip_follows_model = false;
   std::string describe() const;  // the effective flags, one line
 };
 
 std::vector<std::string> quant_preset_names();
 // Throws quarot::Error for an unknown name (listing the known ones).
 QuantConfig quant_preset(const std::string& name);
+// The settings that follow the model, once its config is known (before packing or simulating):
+// with kv_clip_follows_model and a quantized KV cache, kv_clip = 1.0 below head_dim 32 (a head's
+// 8-16 values leave no outliers worth clipping: issue 17 measured -0.1 .. -3.8% perplexity on the
+// three 260K models), else the paper's 0.95 at 4 bits. Returns the log line saying what was
+// chosen and why ("" when nothing follows the model).
+std::string apply_model_defaults(QuantConfig& c, const ModelConfig& m);
 
 struct ModuleQuantStats {
   int layer;

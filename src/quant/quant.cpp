@@ -125,6 +125,21 @@ void check_act_options(const ActQuantOptions& o) {
     if (!(clip > 0 && clip <= 1)) throw Error(name, "must be in (0, 1], got " + std::to_string(clip));
 }
 
+KvCacheBits kv_cache_bits(const ActQuantOptions& o, int head_dim) {
+  KvCacheBits b;
+  auto stored = [head_dim](int bits) {
+    if (bits >= 16) return 32.0;
+    const int bytes = bits <= 4 ? (head_dim + 1) / 2 : head_dim;  // kv_slot_bytes
+    return (8.0 * bytes + 32 + 8) / head_dim;
+  };
+  if (head_dim <= 0) return b;
+  b.k_codes = o.k_bits >= 16 ? 16 : o.k_bits;
+  b.v_codes = o.v_bits >= 16 ? 16 : o.v_bits;
+  b.k_stored = stored(o.k_bits);
+  b.v_stored = stored(o.v_bits);
+  return b;
+}
+
 template <class T>
 void fake_quant_rows(T* x, int rows, int cols, int group, const Grid& g, double clip) {
   const int gs = group > 0 ? group : cols;

@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <sstream>
 
@@ -12,7 +14,7 @@
 
 namespace quarot {
 
-std::vector<std::string> quant_preset_names() { return {"w4a4kv4", "w4a4kv4-rtn", "w4a16", "w4a16-rtn", "w8a8kv8", "w6a6kv6", "none"}; }
+std::vector<std::string> quant_preset_names() { return {"w4a4kv4", "w4a4k8v4", "w4a4kv4-rtn", "w4a16", "w4a16-rtn", "w8a8kv8", "w6a6kv6", "none"}; }
 
 QuantConfig quant_preset(const std::string& name) {
   QuantConfig c;
@@ -30,10 +32,17 @@ QuantConfig quant_preset(const std::string& name) {
     // stories260K W8A8KV8 (2026-11-23): +3.58% PPL with them, +0.13% without.
     c.act.a_clip = a <= 4 ? 0.9 : 1.0;
     c.act.kv_clip = kv <= 4 ? 0.95 : 1.0;
+    c.kv_clip_follows_model = kv <= 4;  // 0.95 only where head_dim is large enough (apply_model_defaults)
   };
   if (name == "w4a4kv4") {
     weights(WeightMethod::Gptq, 4, 0);
     acts(4, 4);
+  } else if (name == "w4a4k8v4") {
+    // W4A4KV4 with 8-bit keys: at head_dim 8-16 a 4-bit key grid flips attention (logits in the
+    // hundreds); issue 17's ablation, stories260K GPTQ 8.36 -> 5.16. Clip as W4A4KV4's.
+    weights(WeightMethod::Gptq, 4, 0);
+    acts(4, 4);
+    c.act.k_bits = 8;
   } else if (name == "w4a4kv4-rtn") {
     weights(WeightMethod::Rtn, 4, 0);
     acts(4, 4);
@@ -55,6 +64,18 @@ QuantConfig quant_preset(const std::string& name) {
     throw Error("--preset", "unknown preset '" + name + "' (known: " + known + ")");
   }
   return c;
+}
+
+std::string apply_model_defaults(QuantConfig& c, const ModelConfig& m) {
+  if (!c.kv_clip_follows_model || (c.act.k_bits >= 16 && c.act.v_bits >= 16)) return "";
+  const double before = c.act.kv_clip;
+  c.act.kv_clip = m.head_dim < 32 ? 1.0 : (std::min(c.act.k_bits, c.act.v_bits) <= 4 ? 0.95 : 1.0);
+  c.kv_clip_follows_model = false;  // chosen: describe() and the recipe say the value
+  char line[200];
+  std::snprintf(line, sizeof line, "KV clip %.2f (preset %.2f): head_dim %d %s 32%s", c.act.kv_clip, before, m.head_dim,
+                m.head_dim < 32 ? "<" : ">=",
+                m.head_dim < 32 ? ", too few values per head for clipping to pay (--kv-clip sets it)" : " (--kv-clip sets it)");
+  return line;
 }
 
 std::string QuantConfig::describe() const {

@@ -145,6 +145,10 @@ std::string report_markdown(const std::string& report_json) {
     << " | " << (at(p, "top1_agreement").is_number() ? num(100 * at(p, "top1_agreement").get<double>(), "%.2f") + "%" : "–") << " |\n";
   m << "| size | " << mib(at(sz, "fp32_bytes")) << " (fp32) | – | " << mib(at(sz, "packed_bytes")) << " |\n";
   m << "| bits per linear weight | 32 | " << fmt(at(sz, "bits_per_weight"), "%.3f") << " | " << fmt(at(sz, "bits_per_weight"), "%.3f") << " |\n";
+  if (at(sz, "kv_bits_per_element").is_number())  // codes (K and V averaged); stored: with each head's scale and zero point
+    m << "| bits per cached K/V element | 16 | " << fmt(at(sz, "kv_bits_per_element"), "%.2f") << " | "
+      << fmt(at(sz, "kv_bits_per_element"), "%.2f") << " (" << fmt(at(sz, "kv_stored_bits_per_element"), "%.2f")
+      << " stored with scales) |\n";
   if (ev.is_object() && at(ev, "float").is_null())
     m << "\nStreamed run (`--stream`): the float model was never whole in memory, so there is no float perplexity, KLD or "
          "simulation; the packed model ran from its file.\n";

@@ -4,6 +4,7 @@
 
 #include "quarot/error.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/kv_kernels.hpp"
 #include "quarot/qdec_kernels.hpp"
 #include "quarot/qdec_runtime.hpp"
 #include "quarot/quantize.hpp"
@@ -14,8 +15,10 @@ namespace quarot {
 
 namespace {
 
-// The KV cache of one layer: per position and KV head, codes (nibble-packed when <= 4 bits,
-// element 2j in the low nibble) with an fp32 scale and a zero point, or fp32 when not quantized.
+// The KV cache of one layer, keys or values (each at its own width: K8V4 keeps an INT8 key cache
+// beside an INT4 value cache): per position and KV head, codes (nibble-packed when <= 4 bits,
+// element 2j in the low nibble; kv_kernels.hpp) with an fp32 scale and a zero point, or fp32
+// when not quantized.
 struct KvCache {
   int bits = 16;
   bool asym = true;
@@ -35,7 +38,7 @@ struct KvCache {
       raw.assign(std::size_t(max_ctx) * h * d, 0.f);
       return;
     }
-    bytes_per_head = bits <= 4 ? (d + 1) / 2 : d;
+    bytes_per_head = kv_slot_bytes(bits, d);
     codes.assign(std::size_t(max_ctx) * h * bytes_per_head, 0);
     scale.assign(std::size_t(max_ctx) * h, 0.f);
     zero.assign(std::size_t(max_ctx) * h, 0);
@@ -67,24 +70,14 @@ struct KvCache {
         }
       }
   }
-  void load(int ctx, float* out) const {
+  void load(int ctx, float* out, Isa isa) const {
     const int kvd = heads * hd;
     if (bits >= 16) {
       std::copy(raw.begin(), raw.begin() + std::ptrdiff_t(ctx) * kvd, out);
       return;
     }
-    for (int t = 0; t < ctx; ++t)
-      for (int h = 0; h < heads; ++h) {
-        const std::size_t slot = std::size_t(t) * heads + h;
-        const uint8_t* in = codes.data() + slot * bytes_per_head;
-        const double s = scale[slot];
-        const int z = zero[slot];
-        float* o = out + std::size_t(t) * kvd + std::size_t(h) * hd;
-        for (int i = 0; i < hd; ++i) {
-          const int u = bits <= 4 ? (i % 2 ? in[i / 2] >> 4 : in[i / 2] & 0x0F) : in[i];
-          o[i] = float(double(u - z) * s);
-        }
-      }
+    // Slots are [position][head], so positions 0 .. ctx-1 are ctx*heads consecutive slots.
+    kv_dequantize(codes.data(), scale.data(), zero.data(), int64_t(ctx) * heads, hd, bits, out, isa);
   }
 };
 
@@ -116,8 +109,8 @@ class IntegerBackend : public LinearBackend {
   void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) override {
     k_[layer].store(pos, n, k);
     v_[layer].store(pos, n, v);
-    k_[layer].load(pos + n, k_out);
-    v_[layer].load(pos + n, v_out);
+    k_[layer].load(pos + n, k_out, isa_);
+    v_[layer].load(pos + n, v_out, isa_);
   }
 
  private:

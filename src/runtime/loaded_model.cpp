@@ -26,7 +26,10 @@ std::string LoadedModel::describe() const {
   if (packed_) {
     const auto& r = packed_->recipe();
     std::string s = "packed INT" + std::to_string(r.w_bits) + " (" + r.preset + ": W" + std::to_string(r.w_bits) + "A" +
-                    std::to_string(r.act.a_bits) + "KV" + std::to_string(r.act.k_bits) + ", " + r.method + ")";
+                    std::to_string(r.act.a_bits) +
+                    (r.act.k_bits == r.act.v_bits ? "KV" + std::to_string(r.act.k_bits)
+                                                  : "K" + std::to_string(r.act.k_bits) + "V" + std::to_string(r.act.v_bits)) +
+                    ", " + r.method + ")";
     s += simulate_ ? ", fake-quant simulation of the same weights" : std::string(", integer path (") + isa_name(best_isa()) + ")";
     if (packed_->qdec()) {
       const QdecK k = qdec_k_ ? *qdec_k_ : packed_->qdec_k();
