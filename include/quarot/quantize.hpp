@@ -28,6 +28,10 @@ struct QuantConfig {
   int nsamples = 128;
   int seqlen = 2048;  // capped at the model's max positions
   uint64_t seed = 0;
+  // When set, every decoder linear is quantized (RTN or GPTQ) onto the grid it returns for that
+  // weight, fixed before quantization (llama.cpp's blocks: gguf.hpp), instead of gptq.weights'
+  // integer grid; the QuantizedMatrix then holds the grid's codes and no params.
+  std::function<GridRounder(int layer, LinearModule module, const Matrix& w)> custom_grid;
   std::string describe() const;  // the effective flags, one line
 };
 
