@@ -3,6 +3,8 @@
 // key/values, tensor infos, offsets, alignment), independent of the writer.
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -486,4 +488,58 @@ TEST(GgufExport, QuantizedExportsDequantizeToTheModel) {
     EXPECT_GT(rep.bits_per_weight, 4.0) << preset;
     fs::remove(path);
   }
+}
+
+// ---------------------------------------------------------------- against the real ggml
+
+// With QUAROT_GGML_BASE=/path/to/libggml-base.so (e.g. from the @node-llama-cpp/linux-x64 npm
+// package), every quantizer is compared byte for byte with ggml's own on gaussian rows with
+// outliers, and the dequantizers value for value. Skipped without it.
+TEST(GgufQuants, MatchesTheRealGgml) {
+  const char* lib = std::getenv("QUAROT_GGML_BASE");
+  if (!lib || !*lib) GTEST_SKIP() << "set QUAROT_GGML_BASE to a libggml-base.so to compare with the real ggml";
+  void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(h, nullptr) << dlerror();
+  using Chunk = std::size_t (*)(int, const float*, void*, int64_t, int64_t, int64_t, const float*);
+  using ToFloat = void (*)(const void*, float*, int64_t);
+  auto chunk = reinterpret_cast<Chunk>(dlsym(h, "ggml_quantize_chunk"));
+  ASSERT_NE(chunk, nullptr);
+  std::mt19937 rng(17);
+  std::normal_distribution<float> g(0.f, 1.f);
+  const int64_t rows = 64, cols = 512;
+  std::vector<float> x(static_cast<std::size_t>(rows * cols));
+  for (auto& v : x) v = g(rng) * (rng() % 50 == 0 ? 8.f : 1.f);
+  for (int64_t j = 0; j < 32; ++j) x[std::size_t(5 * cols + 64 + j)] = 0.f;  // an all-zero block
+  const std::pair<GgufType, const char*> types[] = {{GgufType::Q4_0, "dequantize_row_q4_0"}, {GgufType::Q4_1, "dequantize_row_q4_1"},
+                                                    {GgufType::Q5_0, "dequantize_row_q5_0"}, {GgufType::Q8_0, "dequantize_row_q8_0"},
+                                                    {GgufType::IQ4_NL, "dequantize_row_iq4_nl"}, {GgufType::Q4_K, "dequantize_row_q4_K"},
+                                                    {GgufType::Q6_K, "dequantize_row_q6_K"}};
+  for (const auto& [t, deq_name] : types) {
+    const std::size_t rb = gguf_row_bytes(t, cols);
+    std::vector<uint8_t> theirs(rb * std::size_t(rows)), ours(theirs.size());
+    chunk(int(t), x.data(), theirs.data(), 0, rows, cols, nullptr);
+    for (int64_t r = 0; r < rows; ++r) gguf_quantize_row(t, x.data() + r * cols, ours.data() + std::size_t(r) * rb, cols);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < ours.size(); ++i) differ += ours[i] != theirs[i];
+    EXPECT_EQ(differ, 0u) << gguf_type_name(t) << ": bytes differing from ggml_quantize_chunk";
+    auto deq = reinterpret_cast<ToFloat>(dlsym(h, deq_name));
+    ASSERT_NE(deq, nullptr) << deq_name;
+    std::vector<float> a(x.size()), b(x.size());
+    deq(theirs.data(), a.data(), int64_t(x.size()));
+    gguf_dequantize_row(t, theirs.data(), b.data(), int64_t(x.size()));
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << gguf_type_name(t) << ": dequantized values";
+  }
+  // IQ4_NL's reference path (no scale search) too; rows without an all-zero block, whose codes
+  // ggml leaves uninitialized there.
+  using RowRef = void (*)(const float*, void*, int64_t);
+  auto iq_ref = reinterpret_cast<RowRef>(dlsym(h, "quantize_row_iq4_nl_ref"));
+  ASSERT_NE(iq_ref, nullptr);
+  std::vector<uint8_t> theirs(gguf_row_bytes(GgufType::IQ4_NL, cols)), ours(theirs.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r == 5) continue;
+    iq_ref(x.data() + r * cols, theirs.data(), cols);
+    quantize_row_iq4_nl_ref(x.data() + r * cols, ours.data(), cols);
+    ASSERT_EQ(ours, theirs) << "iq4_nl ref, row " << r;
+  }
+  dlclose(h);
 }
