@@ -16,6 +16,7 @@
 #include "quarot/error.hpp"
 #include "quarot/forward.hpp"
 #include "quarot/gguf.hpp"
+#include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
 #include "test_support.hpp"
 
@@ -542,4 +543,150 @@ TEST(GgufQuants, MatchesTheRealGgml) {
     ASSERT_EQ(ours, theirs) << "iq4_nl ref, row " << r;
   }
   dlclose(h);
+}
+
+namespace {
+ModelWeights small_synthetic(Family family) {
+  SynthSpec s = synth_preset(family == Family::Qwen2 ? "qwen2-small" : "tiny");
+  auto& c = s.config;
+  c.hidden = 128;
+  c.intermediate = 200;  // not a multiple of 32: padded for block types
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 32;
+  c.vocab = 300;
+  c.bos_id = 1;
+  c.eos_id = 2;
+  c.max_positions = 256;
+  c.tied_embeddings = family == Family::Qwen2;
+  ModelWeights m = make_synthetic(s);
+  m.source = family == Family::Qwen2 ? "synthetic-qwen2" : "synthetic-llama";
+  return m;
+}
+}  // namespace
+
+TEST(GgufExport, HfLayoutsAndQwen2Biases) {
+  for (Family family : {Family::Llama, Family::Qwen2}) {
+    ModelWeights m = small_synthetic(family);
+    ASSERT_EQ(m.config.rope_layout, RopeLayout::Half);
+    ModelWeights expect = small_synthetic(family);
+    // llama.cpp's llama architecture wants interleaved pairs; qwen2 keeps rotate-half.
+    if (family == Family::Llama) convert_rope_layout(expect, RopeLayout::Interleaved);
+    const std::string path = temp_path("synth.gguf");
+    const auto rep = export_gguf(m, nullptr, gguf_preset("gguf-f32"), {}, path);
+    const auto g = parse_gguf(path);
+    const std::string arch = family == Family::Qwen2 ? "qwen2" : "llama";
+    EXPECT_EQ(g.kv.at("general.architecture").text, arch);
+    EXPECT_EQ(g.kv.at(arch + ".attention.head_count_kv").number, 2);
+    EXPECT_EQ(g.kv.count("tokenizer.ggml.model"), 0u);
+    for (int l = 0; l < 2; ++l) {
+      const auto& L = expect.layers[std::size_t(l)];
+      const std::string blk = "blk." + std::to_string(l) + ".";
+      EXPECT_EQ(std::memcmp(g.data(blk + "attn_q.weight"), L.wq.data.data(), L.wq.data.size() * 4), 0) << arch;
+      EXPECT_EQ(std::memcmp(g.data(blk + "attn_k.weight"), L.wk.data.data(), L.wk.data.size() * 4), 0) << arch;
+      if (family == Family::Qwen2) {
+        ASSERT_EQ(g.tensors.count(blk + "attn_q.bias"), 1u);
+        EXPECT_EQ(g.tensors.at(blk + "attn_k.bias").dims, (std::vector<uint64_t>{64}));
+        EXPECT_EQ(std::memcmp(g.data(blk + "attn_q.bias"), L.bq.data(), L.bq.size() * 4), 0);
+        EXPECT_EQ(std::memcmp(g.data(blk + "attn_v.bias"), L.bv.data(), L.bv.size() * 4), 0);
+      } else {
+        EXPECT_EQ(g.tensors.count(blk + "attn_q.bias"), 0u);
+      }
+    }
+    EXPECT_EQ(g.tensors.count("output.weight"), family == Family::Qwen2 ? 0u : 1u);  // tied: llama.cpp reuses token_embd
+    EXPECT_FALSE(rep.notes.empty());
+    fs::remove(path);
+  }
+}
+
+TEST(GgufExport, RotatedGptqQwen2AndRefusals) {
+  ModelWeights m = small_synthetic(Family::Qwen2);
+  std::mt19937 rng(9);
+  std::vector<std::vector<int>> calib(8, std::vector<int>(64));
+  for (auto& w : calib)
+    for (auto& id : w) id = int(rng() % 300);
+  const ModelWeights original = small_synthetic(Family::Qwen2);
+  const std::string path = temp_path("qwen2-iq4.gguf");
+  auto opts = gguf_preset("gguf-iq4_nl");
+  const auto rep = export_gguf(m, nullptr, opts, calib, path);
+  EXPECT_EQ(rep.padded_intermediate, 224);
+  const auto g = parse_gguf(path);
+  EXPECT_EQ(g.kv.at("qwen2.feed_forward_length").number, 224);
+  EXPECT_EQ(g.tensors.at("blk.1.ffn_down.weight").type, uint32_t(GgufType::IQ4_NL));
+  EXPECT_EQ(g.tensors.count("output.weight"), 1u);  // rotation unties the classifier
+  const auto back = dequantize_tensor(g, "blk.1.ffn_down.weight");
+  for (std::size_t i = 0; i < back.size(); ++i) ASSERT_EQ(back[i], m.layers[1].w_down.data[i]) << i;
+  // The exported (rotated, padded, quantized) model still computes nearly what the float one did.
+  const std::vector<int> ids = {1, 5, 17, 200, 33, 9, 120, 64};
+  const auto a = logits_of(original, ids), b = logits_of(m, ids);
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += a[i] * a[i];
+  }
+  EXPECT_LT(std::sqrt(num / den), 0.5);  // 4 bits on a model with planted outliers up to 100x
+  // The offline rotation alone (norm fusion, R1, R2 per head) computes the same logits.
+  ModelWeights rotated = small_synthetic(Family::Qwen2);
+  auto f32 = gguf_preset("gguf-f32");
+  f32.rotate = true;
+  export_gguf(rotated, nullptr, f32, {}, path);
+  const auto r = logits_of(rotated, ids);
+  double rnum = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) rnum += (a[i] - r[i]) * (a[i] - r[i]);
+  EXPECT_LT(std::sqrt(rnum / den), 1e-3);  // fp32 with 100x outliers (test_rotate's bar for this shape)
+  // GPTQ without calibration, and online rotations, are refused before anything is written.
+  fs::remove(path);
+  ModelWeights again = small_synthetic(Family::Qwen2);
+  EXPECT_NE(quarot::test::error_of([&] { export_gguf(again, nullptr, opts, {}, path); }).find("calibration"), std::string::npos);
+  opts.rotation.r4 = true;
+  EXPECT_NE(quarot::test::error_of([&] { export_gguf(again, nullptr, opts, calib, path); }).find("R4"), std::string::npos);
+  EXPECT_FALSE(fs::exists(path));
+}
+
+// ggml's own GGUF parser reads our files (header, key/values, tensor infos, offsets): with
+// QUAROT_GGML_BASE as above.
+TEST(GgufExport, GgmlReadsOurFile) {
+  const char* lib = std::getenv("QUAROT_GGML_BASE");
+  if (!lib || !*lib) GTEST_SKIP() << "set QUAROT_GGML_BASE to a libggml-base.so";
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(h, nullptr) << dlerror();
+  struct InitParams {
+    bool no_alloc;
+    void** ctx;
+  };
+  auto init = reinterpret_cast<void* (*)(const char*, InitParams)>(dlsym(h, "gguf_init_from_file"));
+  auto n_tensors = reinterpret_cast<int64_t (*)(const void*)>(dlsym(h, "gguf_get_n_tensors"));
+  auto tensor_name = reinterpret_cast<const char* (*)(const void*, int64_t)>(dlsym(h, "gguf_get_tensor_name"));
+  auto tensor_type = reinterpret_cast<int (*)(const void*, int64_t)>(dlsym(h, "gguf_get_tensor_type"));
+  auto tensor_offset = reinterpret_cast<std::size_t (*)(const void*, int64_t)>(dlsym(h, "gguf_get_tensor_offset"));
+  auto data_offset = reinterpret_cast<std::size_t (*)(const void*)>(dlsym(h, "gguf_get_data_offset"));
+  auto find_key = reinterpret_cast<int64_t (*)(const void*, const char*)>(dlsym(h, "gguf_find_key"));
+  auto val_str = reinterpret_cast<const char* (*)(const void*, int64_t)>(dlsym(h, "gguf_get_val_str"));
+  auto val_u32 = reinterpret_cast<uint32_t (*)(const void*, int64_t)>(dlsym(h, "gguf_get_val_u32"));
+  auto free_ctx = reinterpret_cast<void (*)(void*)>(dlsym(h, "gguf_free"));
+  ASSERT_TRUE(init && n_tensors && tensor_name && tensor_type && tensor_offset && data_offset && find_key && val_str && val_u32 && free_ctx);
+  const auto tok = load_tokenizer(data_file("stories260K/tok512.bin"));
+  ModelWeights m = load_llama2c(data_file("stories260K/stories260K.bin"));
+  auto opts = gguf_preset("gguf-q4_0");
+  opts.method = WeightMethod::Rtn;
+  const std::string path = temp_path("ggml-reads.gguf");
+  export_gguf(m, tok.get(), opts, {}, path);
+  const auto ours = parse_gguf(path);
+  void* ctx = init(path.c_str(), InitParams{true, nullptr});
+  ASSERT_NE(ctx, nullptr) << "gguf_init_from_file refused the file";
+  EXPECT_EQ(n_tensors(ctx), int64_t(ours.tensors.size()));
+  EXPECT_EQ(data_offset(ctx), ours.data_start);
+  for (int64_t i = 0; i < n_tensors(ctx); ++i) {
+    const auto& t = ours.tensors.at(tensor_name(ctx, i));
+    EXPECT_EQ(tensor_type(ctx, i), int(t.type));
+    EXPECT_EQ(tensor_offset(ctx, i), t.offset);
+  }
+  EXPECT_STREQ(val_str(ctx, find_key(ctx, "general.architecture")), "llama");
+  EXPECT_EQ(val_u32(ctx, find_key(ctx, "llama.feed_forward_length")), 192u);
+  EXPECT_EQ(val_u32(ctx, find_key(ctx, "general.file_type")), 2u);
+  free_ctx(ctx);
+  dlclose(h);
+  fs::remove(path);
 }
