@@ -342,6 +342,9 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
   if (opts.method == WeightMethod::Gptq && is_block_type(opts.type) && calib.empty())
     throw Error("--calib", "GPTQ needs calibration windows");
 
+  // llama-quantize sees the source model: a tied one has no output.weight, so its token_embd
+  // takes the output's type (Q6_K/Q8_0) and keeps it after the rotation unties the classifier.
+  const bool source_tied = c.tied_embeddings;
   // 1. Rotation: norm fusion, R1, R2 within each head (all offline).
   if (opts.rotate) {
     say("rotating");
@@ -379,7 +382,7 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
     }
   const bool tied = c.tied_embeddings;
   std::string embd_note, out_note;
-  const GgufType embd_type = tensor_type(opts, tied ? Category::Output : Category::TokenEmbd, 0, n, c.hidden, &embd_note);
+  const GgufType embd_type = tensor_type(opts, source_tied ? Category::Output : Category::TokenEmbd, 0, n, c.hidden, &embd_note);
   const GgufType out_type = tied ? embd_type : tensor_type(opts, Category::Output, 0, n, c.hidden, &out_note);
 
   // 5. Quantize the decoder linears.
