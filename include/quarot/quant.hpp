@@ -7,6 +7,7 @@
 //    (shrink p = 1 - i/100, i < 80, minimizing sum |q(w) - w|^2.4), or GPTQ;
 //  - activations per token (symmetric, clip ratio) and the KV cache per head (asymmetric).
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -76,6 +77,16 @@ struct GptqResult {
 // H = 2/N sum x x^T). When H is not positive definite after damping, retries with 10x the
 // damping (up to 3 times) and says so in damp_used; throws quarot::Error after that.
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o);
+
+// A grid fixed per weight before quantization (e.g. llama.cpp's blocks, gguf.hpp): rounds w at
+// (row, col) to its nearest level, returns the level and sets *code (codes fit in int8).
+using GridRounder = std::function<double(int64_t row, int64_t col, double w, int* code)>;
+// GPTQ onto such a grid: o.weights' grid and groups are not used (o.act_order, damp and block
+// size are); the result's codes are the grid's, its params empty.
+GptqResult gptq_quantize_onto(const float* w, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o,
+                              const GridRounder& round);
+// Round to nearest onto such a grid.
+QuantizedMatrix quantize_onto(const float* w, int64_t rows, int64_t cols, const GridRounder& round);
 
 // Activation and KV-cache quantization in the forward pass (fake quant: values are rounded to
 // the grid and dequantized in place).

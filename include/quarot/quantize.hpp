@@ -31,6 +31,10 @@ struct QuantConfig {
   // The preset's KV clip is a head_dim-128 setting; true: apply_model_defaults() chooses it for
   // the model. Presets set it; a user's --kv-clip clears it.
   bool kv_clip_follows_model = false;
+  // When set, every decoder linear is quantized (RTN or GPTQ) onto the grid it returns for that
+  // weight, fixed before quantization (llama.cpp's blocks: gguf.hpp), instead of gptq.weights'
+  // integer grid; the QuantizedMatrix then holds the grid's codes and no params.
+  std::function<GridRounder(int layer, LinearModule module, const Matrix& w)> custom_grid;
   std::string describe() const;  // the effective flags, one line
 };
 

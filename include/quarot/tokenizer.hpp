@@ -10,6 +10,15 @@
 
 namespace quarot {
 
+// One vocabulary entry as the tokenizer's own model stores it (for export, e.g. GGUF's
+// tokenizer.ggml.*). type: SentencePiece's piece types (1 normal, 2 unknown, 3 control,
+// 4 user defined, 5 unused, 6 byte).
+struct TokenPiece {
+  std::string text;
+  float score = 0;
+  int type = 1;
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -19,6 +28,9 @@ class Tokenizer {
   virtual int bos_id() const { return 1; }
   virtual int eos_id() const { return 2; }
   virtual std::string kind() const = 0;
+  // The vocabulary, id by id, in SentencePiece's convention (spaces as U+2581, <unk>/<s>/</s>,
+  // <0xXX> byte pieces); empty for kinds that do not expose one.
+  virtual std::vector<TokenPiece> pieces() const { return {}; }
   // The ids with what the tokenizer's own convention adds around a text (Hugging Face: the
   // post-processor, e.g. BOS for LLaMA-2/Mistral/Llama-3-Instruct, nothing for Qwen/GPT-2;
   // SentencePiece and llama2.c: BOS in front).

@@ -26,13 +26,16 @@ QParams params_for(const MatCM& w, int64_t row, int64_t c0, int64_t n, const Wei
 }
 }  // namespace
 
-GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o) {
+namespace {
+// GPTQ proper; `round` (optional) replaces o.weights' grid by a grid fixed per weight beforehand.
+GptqResult gptq_core(const float* w_in, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o,
+                     const GridRounder* round) {
   const auto t0 = std::chrono::steady_clock::now();
-  check_weight_options(o.weights, cols, "gptq");
+  if (!round) check_weight_options(o.weights, cols, "gptq");
   if (int64_t(hessian.size()) != cols * cols) throw Error("gptq", "Hessian size does not match the input width");
   GptqResult res;
   const Grid& g = o.weights.grid;
-  const int64_t gs = o.weights.group_size ? o.weights.group_size : cols;
+  const int64_t gs = !round && o.weights.group_size ? o.weights.group_size : cols;
 
   MatCM W(rows, cols);
   for (int64_t r = 0; r < rows; ++r)
@@ -50,7 +53,7 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
   // Static groups: parameters from the original weights, in the original column order.
   std::vector<QParams> static_params;
   const int64_t n_groups = cols / gs;
-  if (o.weights.group_size && o.static_groups) {
+  if (!round && o.weights.group_size && o.static_groups) {
     static_params.resize(std::size_t(rows * n_groups));
 #pragma omp parallel for schedule(dynamic, 16) if (rows >= 64)
     for (int64_t r = 0; r < rows; ++r)
@@ -87,7 +90,7 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
 
   // Per-row parameters without groups: from the whole (permuted) row, before any update.
   std::vector<QParams> row_params;
-  if (!o.weights.group_size) {
+  if (!round && !o.weights.group_size) {
     row_params.resize(std::size_t(rows));
 #pragma omp parallel for schedule(dynamic, 16) if (rows >= 64)
     for (int64_t r = 0; r < rows; ++r) row_params[std::size_t(r)] = params_for(W, r, 0, cols, o.weights);
@@ -104,7 +107,9 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
     MatCM Err1(rows, count);
     for (int64_t i = 0; i < count; ++i) {
       const int64_t col = i1 + i, orig = perm[std::size_t(col)];
-      if (o.weights.group_size) {
+      if (round) {
+        // the grid is fixed per weight: nothing to choose per group
+      } else if (o.weights.group_size) {
         if (o.static_groups) {
           for (int64_t r = 0; r < rows; ++r) current[std::size_t(r)] = static_params[std::size_t(r * n_groups + orig / gs)];
         } else if (col % gs == 0) {
@@ -122,12 +127,17 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
       const double d = Hinv(col, col);
       for (int64_t r = 0; r < rows; ++r) {
         const double wv = W1(r, i);
-        const int code = quantize_code(wv, current[std::size_t(r)], g);
-        const double qv = dequantize_code(code, current[std::size_t(r)]);
+        int code = 0;
+        double qv = 0;
+        if (round) {
+          qv = (*round)(r, orig, wv, &code);
+        } else {
+          code = quantize_code(wv, current[std::size_t(r)], g);
+          qv = dequantize_code(code, current[std::size_t(r)]);
+        }
         Q(r, col) = qv;
         codes[std::size_t(r * cols + orig)] = code;
-        const int64_t group = o.weights.group_size ? orig / gs : 0;
-        out_params[std::size_t(r * n_groups + group)] = current[std::size_t(r)];
+        if (!round) out_params[std::size_t(r * n_groups + (o.weights.group_size ? orig / gs : 0))] = current[std::size_t(r)];
         loss += (wv - qv) * (wv - qv) / (d * d) / 2;
         Err1(r, i) = (wv - qv) / d;
       }
@@ -148,17 +158,44 @@ GptqResult gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::vec
   q.group_size = int(gs);
   q.codes.resize(std::size_t(rows * cols));
   q.dequantized.resize(std::size_t(rows * cols));
-  q.params = std::move(out_params);
+  if (!round) q.params = std::move(out_params);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cols; ++j) {
       const int64_t orig = perm[std::size_t(j)];
       q.dequantized[std::size_t(r * cols + orig)] = float(Q(r, j));
       const int code = codes[std::size_t(r * cols + orig)];
-      q.codes[std::size_t(r * cols + orig)] = int8_t(code - (g.symmetric ? 0 : 128));
+      q.codes[std::size_t(r * cols + orig)] = int8_t(round ? code : code - (g.symmetric ? 0 : 128));
     }
   res.loss = loss;
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
+}
+}  // namespace
+
+GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o) {
+  return gptq_core(w, rows, cols, std::move(hessian), o, nullptr);
+}
+
+GptqResult gptq_quantize_onto(const float* w, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o,
+                              const GridRounder& round) {
+  if (!round) throw Error("gptq", "no grid to quantize onto");
+  return gptq_core(w, rows, cols, std::move(hessian), o, &round);
+}
+
+QuantizedMatrix quantize_onto(const float* w, int64_t rows, int64_t cols, const GridRounder& round) {
+  QuantizedMatrix q;
+  q.rows = rows;
+  q.cols = cols;
+  q.group_size = int(cols);
+  q.codes.resize(std::size_t(rows * cols));
+  q.dequantized.resize(std::size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      int code = 0;
+      q.dequantized[std::size_t(r * cols + c)] = float(round(r, c, w[r * cols + c], &code));
+      q.codes[std::size_t(r * cols + c)] = int8_t(code);
+    }
+  return q;
 }
 
 }  // namespace quarot

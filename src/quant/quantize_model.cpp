@@ -196,10 +196,12 @@ void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg
       const auto t0 = std::chrono::steady_clock::now();
       ModuleQuantStats s{l, name, 0};
       QuantizedMatrix q;
+      const GridRounder grid = cfg.custom_grid ? cfg.custom_grid(l, mod, w) : GridRounder{};
       if (cfg.method == WeightMethod::Rtn) {
-        q = quantize_rtn(w.data.data(), w.rows, w.cols, cfg.gptq.weights);
+        q = grid ? quantize_onto(w.data.data(), w.rows, w.cols, grid) : quantize_rtn(w.data.data(), w.rows, w.cols, cfg.gptq.weights);
       } else {
-        auto r = gptq_quantize(w.data.data(), w.rows, w.cols, h, cfg.gptq);
+        auto r = grid ? gptq_quantize_onto(w.data.data(), w.rows, w.cols, h, cfg.gptq, grid)
+                      : gptq_quantize(w.data.data(), w.rows, w.cols, h, cfg.gptq);
         s.gptq_loss = r.loss;
         s.damp_used = r.damp_used;
         s.dead_inputs = r.dead_inputs;

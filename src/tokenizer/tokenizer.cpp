@@ -108,6 +108,16 @@ class SentencePieceTokenizer final : public Tokenizer {
   int bos_id() const override { return sp_.bos_id(); }
   int eos_id() const override { return sp_.eos_id(); }
   std::string kind() const override { return "sentencepiece"; }
+  std::vector<TokenPiece> pieces() const override {
+    std::vector<TokenPiece> out(std::size_t(sp_.GetPieceSize()));
+    for (int i = 0; i < sp_.GetPieceSize(); ++i) {
+      auto& p = out[std::size_t(i)];
+      p.text = sp_.IdToPiece(i);
+      p.score = sp_.GetScore(i);
+      p.type = sp_.IsUnknown(i) ? 2 : sp_.IsControl(i) ? 3 : sp_.IsUnused(i) ? 5 : sp_.IsByte(i) ? 6 : 1;
+    }
+    return out;
+  }
 
  private:
   sentencepiece::SentencePieceProcessor sp_;
@@ -210,6 +220,29 @@ class Llama2cBpe final : public Tokenizer {
   }
   int vocab_size() const override { return int(t_.pieces.size()); }
   std::string kind() const override { return "llama2.c"; }
+  // In SentencePiece's convention (what llama2.c's exporter undid): U+2581 for spaces, <s>/</s>
+  // for the "\n<s>\n"/"\n</s>\n" it stores, ids 3..258 byte pieces.
+  std::vector<TokenPiece> pieces() const override {
+    std::vector<TokenPiece> out(t_.pieces.size());
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      auto& p = out[i];
+      p.score = t_.scores[i];
+      const int id = int(i);
+      if (id == 0) {
+        p.text = "<unk>";
+        p.type = 2;
+      } else if (id == bos_id() || id == eos_id()) {
+        p.text = id == bos_id() ? "<s>" : "</s>";
+        p.type = 3;
+      } else if (id < 259) {
+        p.text = t_.pieces[i];
+        p.type = 6;
+      } else {
+        for (char c : t_.pieces[i]) p.text += c == ' ' ? std::string("\xe2\x96\x81") : std::string(1, c);
+      }
+    }
+    return out;
+  }
 
  private:
   int find(const std::string& s) const {

@@ -1,0 +1,574 @@
+// GGUF v3 export (docs/gguf.md): options and presets, llama-quantize's per-tensor type rules,
+// FFN padding, quantization onto the blocks (reference RTN, RTN with clip search, GPTQ onto the
+// fixed block grids) and the file itself (header, key/values, tensor infos, aligned data).
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <numbers>
+#include <sstream>
+
+#include "quarot/atomic_file.hpp"
+#include "quarot/dtype.hpp"
+#include "quarot/error.hpp"
+#include "quarot/gguf.hpp"
+#include "quarot/rotate.hpp"
+#include "quarot/tokenizer.hpp"
+#include "quarot/version.hpp"
+
+namespace quarot {
+
+// ---------------------------------------------------------------- options
+
+std::vector<std::string> gguf_preset_names() { return {"gguf-q4_0", "gguf-q4_1", "gguf-iq4_nl", "gguf-q4_k_m", "gguf-q8_0", "gguf-f32"}; }
+
+GgufExportOptions gguf_preset(const std::string& name) {
+  GgufExportOptions o;
+  o.preset = o.recipe = name;
+  if (name == "gguf-q4_0") {
+    o.type = GgufType::Q4_0;
+  } else if (name == "gguf-q4_1") {
+    o.type = GgufType::Q4_1;
+  } else if (name == "gguf-iq4_nl") {
+    o.type = GgufType::IQ4_NL;
+  } else if (name == "gguf-q4_k_m") {
+    o.type = GgufType::Q4_K;
+    o.k_mix = true;
+  } else if (name == "gguf-q8_0") {
+    // 8 bits: llama-quantize's own rounding loses nothing worth a calibration pass.
+    o.type = GgufType::Q8_0;
+    o.method = WeightMethod::None;
+  } else if (name == "gguf-f32") {
+    o.type = GgufType::F32;
+    o.method = WeightMethod::None;
+    o.rotate = false;
+  } else {
+    std::string known;
+    for (const auto& n : gguf_preset_names()) known += (known.empty() ? "" : ", ") + n;
+    throw Error("--preset", "unknown GGUF preset '" + name + "' (known: " + known + ")");
+  }
+  return o;
+}
+
+void validate_gguf_options(const GgufExportOptions& o) {
+  if (!o.rotate) return;
+  const auto& r = o.rotation;
+  const char* why = " cannot be written to a GGUF file: llama.cpp's graph has no place for an online transform";
+  if (r.r3) throw Error("--rotation", std::string("R3 (online Hadamard on queries and keys after RoPE)") + why);
+  if (r.r4) throw Error("--rotation", std::string("R4 (online Hadamard on down_proj's input)") + why);
+  if (r.r2 && r.r2_online_cross_head)
+    throw Error("--rotation", std::string("R2's cross-head factor (online Hadamard across heads at o_proj's input)") + why +
+                                  "; R2 within each head is exact offline");
+  if (r.r1 && !r.fuse_norms) throw Error("--rotation", "R1 needs the RMSNorm scales fused first");
+}
+
+int pad_intermediate(ModelWeights& m, int multiple) {
+  auto& c = m.config;
+  const int old = c.intermediate;
+  if (multiple <= 0 || old % multiple == 0) return old;
+  const int width = (old + multiple - 1) / multiple * multiple;
+  for (auto& L : m.layers) {
+    for (Matrix* w : {&L.w_gate, &L.w_up}) {  // [inter][hidden]: zero rows appended
+      FloatBuffer data(std::size_t(width) * std::size_t(w->cols));
+      std::fill(data.begin(), data.end(), 0.f);
+      std::copy(w->data.begin(), w->data.end(), data.begin());
+      w->data = std::move(data);
+      w->rows = width;
+    }
+    Matrix& d = L.w_down;  // [hidden][inter]: zero columns appended
+    FloatBuffer data(std::size_t(d.rows) * std::size_t(width));
+    std::fill(data.begin(), data.end(), 0.f);
+    for (int64_t r = 0; r < d.rows; ++r) std::copy(d.row(r), d.row(r) + d.cols, data.data() + r * width);
+    d.data = std::move(data);
+    d.cols = width;
+  }
+  c.intermediate = width;
+  return old;
+}
+
+GgufVocab gguf_vocab_of(const Tokenizer& t) {
+  GgufVocab v;
+  const auto pieces = t.pieces();
+  if (pieces.empty())
+    throw Error("gguf", "the " + t.kind() + " tokenizer cannot be written as tokenizer.ggml.* yet (llama2.c and SentencePiece can)");
+  v.model = "llama";
+  v.pre = "default";
+  for (const auto& p : pieces) {
+    v.tokens.push_back(p.text);
+    v.scores.push_back(p.score);
+    v.token_types.push_back(p.type);
+    if (p.type == 2 && v.unk < 0) v.unk = int(v.tokens.size()) - 1;
+  }
+  v.bos = t.bos_id();
+  v.eos = t.eos_id();
+  v.add_bos = t.bos_id() >= 0;
+  return v;
+}
+
+// ---------------------------------------------------------------- the file
+
+namespace {
+
+enum class KvType : uint32_t { U8 = 0, I8, U16, I16, U32, I32, F32, Bool, String, Array, U64, I64, F64 };
+
+class GgufFile {
+ public:
+  void put(const std::string& key, const std::string& value) {
+    begin(key, KvType::String);
+    str(kv_, value);
+  }
+  void put_u32(const std::string& key, uint32_t v) {
+    begin(key, KvType::U32);
+    pod(kv_, v);
+  }
+  void put_u64(const std::string& key, uint64_t v) {
+    begin(key, KvType::U64);
+    pod(kv_, v);
+  }
+  void put_f32(const std::string& key, float v) {
+    begin(key, KvType::F32);
+    pod(kv_, v);
+  }
+  void put_bool(const std::string& key, bool v) {
+    begin(key, KvType::Bool);
+    pod(kv_, uint8_t(v ? 1 : 0));
+  }
+  void put_strings(const std::string& key, const std::vector<std::string>& v) {
+    begin(key, KvType::Array);
+    pod(kv_, uint32_t(KvType::String));
+    pod(kv_, uint64_t(v.size()));
+    for (const auto& s : v) str(kv_, s);
+  }
+  void put_f32s(const std::string& key, const std::vector<float>& v) {
+    begin(key, KvType::Array);
+    pod(kv_, uint32_t(KvType::F32));
+    pod(kv_, uint64_t(v.size()));
+    for (float f : v) pod(kv_, f);
+  }
+  void put_i32s(const std::string& key, const std::vector<int32_t>& v) {
+    begin(key, KvType::Array);
+    pod(kv_, uint32_t(KvType::I32));
+    pod(kv_, uint64_t(v.size()));
+    for (int32_t i : v) pod(kv_, i);
+  }
+  void add_tensor(const std::string& name, std::vector<int64_t> dims, GgufType type, std::vector<uint8_t> data) {
+    tensors_.push_back({name, std::move(dims), type, std::move(data)});
+  }
+  // Header, key/values, tensor infos, padding to the alignment, then each tensor padded to it.
+  std::size_t write(const std::string& path) const {
+    std::string head;
+    pod(head, uint32_t(0x46554747));  // "GGUF"
+    pod(head, uint32_t(3));
+    pod(head, uint64_t(tensors_.size()));
+    pod(head, n_kv_);
+    head += kv_;
+    uint64_t offset = 0;
+    for (const auto& t : tensors_) {
+      str(head, t.name);
+      pod(head, uint32_t(t.dims.size()));
+      for (int64_t d : t.dims) pod(head, uint64_t(d));
+      pod(head, uint32_t(t.type));
+      pod(head, offset);
+      offset += pad(t.data.size());
+    }
+    head.resize(pad(head.size()), '\0');
+    AtomicFile f(path);
+    f.write(head);
+    const std::string zeros(kAlignment, '\0');
+    std::size_t total = head.size();
+    for (const auto& t : tensors_) {
+      f.write(t.data.data(), t.data.size());
+      f.write(zeros.data(), pad(t.data.size()) - t.data.size());
+      total += pad(t.data.size());
+    }
+    f.commit();
+    return total;
+  }
+  static constexpr std::size_t kAlignment = 32;
+
+ private:
+  struct Tensor {
+    std::string name;
+    std::vector<int64_t> dims;
+    GgufType type;
+    std::vector<uint8_t> data;
+  };
+  template <class T>
+  static void pod(std::string& out, T v) {
+    char b[sizeof(T)];
+    std::memcpy(b, &v, sizeof(T));  // little-endian hosts only (x86-64, aarch64)
+    out.append(b, sizeof(T));
+  }
+  static void str(std::string& out, const std::string& s) {
+    pod(out, uint64_t(s.size()));
+    out += s;
+  }
+  static std::size_t pad(std::size_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
+  void begin(const std::string& key, KvType t) {
+    str(kv_, key);
+    pod(kv_, uint32_t(t));
+    ++n_kv_;
+  }
+  std::string kv_;
+  uint64_t n_kv_ = 0;
+  std::vector<Tensor> tensors_;
+};
+
+// llama_ftype (llama.h) of a file whose main type is `t`.
+uint32_t file_type_of(const GgufExportOptions& o) {
+  switch (o.type) {
+    case GgufType::F32: return 0;
+    case GgufType::F16: return 1;
+    case GgufType::Q4_0: return 2;
+    case GgufType::Q4_1: return 3;
+    case GgufType::Q8_0: return 7;
+    case GgufType::Q5_0: return 8;
+    case GgufType::Q4_K: return o.k_mix ? 15 : 14;  // Q4_K_M : Q4_K_S
+    case GgufType::Q6_K: return 18;
+    case GgufType::IQ4_NL: return 25;
+  }
+  return 0;
+}
+
+bool is_block_type(GgufType t) { return t != GgufType::F32 && t != GgufType::F16; }
+
+enum class Category { TokenEmbd, Output, AttnV, FfnDown, Other };
+
+// llama-quant.cpp's choice for one 2D weight, then its fallback for shapes the type cannot hold.
+GgufType tensor_type(const GgufExportOptions& o, Category cat, int layer, int n_layers, int64_t cols, std::string* note) {
+  const GgufType def = o.type;
+  if (!is_block_type(def)) return def;
+  auto use_more_bits = [](int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; };
+  GgufType t = def;
+  if (cat == Category::Output) {
+    if (o.output_type) return *o.output_type;  // as llama-quantize: an explicit type is taken as is
+    if (cols % gguf_block_elems(def) != 0) t = GgufType::Q8_0;
+    else if (def != GgufType::Q8_0) t = GgufType::Q6_K;
+  } else if (cat == Category::TokenEmbd) {
+    if (o.embd_type) return *o.embd_type;
+  } else if (cat == Category::AttnV) {
+    if (o.k_mix && use_more_bits(layer, n_layers)) t = GgufType::Q6_K;
+  } else if (cat == Category::FfnDown) {
+    if (o.k_mix && use_more_bits(layer, n_layers)) t = GgufType::Q6_K;
+  }
+  if (cols % gguf_block_elems(t) != 0) {
+    GgufType f = GgufType::F16;
+    if (t == GgufType::Q4_K) f = GgufType::Q5_0;
+    else if (t == GgufType::Q6_K) f = GgufType::Q8_0;
+    if (cols % gguf_block_elems(f) != 0) f = GgufType::F16;
+    *note = "fell back from " + std::string(gguf_type_name(t)) + " to " + std::string(gguf_type_name(f)) + ": " +
+            std::to_string(cols) + " columns are not a multiple of " + std::to_string(gguf_block_elems(t));
+    t = f;
+  }
+  return t;
+}
+
+std::vector<uint8_t> encode_floats(GgufType t, const float* x, int64_t n) {
+  std::vector<uint8_t> out(gguf_row_bytes(t, n));
+  gguf_quantize_row(t, x, out.data(), n);
+  return out;
+}
+
+// Quantizes a matrix row by row with llama-quantize's reference code (or converts it).
+std::vector<uint8_t> encode_matrix_ref(GgufType t, const Matrix& w) {
+  const std::size_t rb = gguf_row_bytes(t, w.cols);
+  std::vector<uint8_t> out(rb * std::size_t(w.rows));
+#pragma omp parallel for schedule(dynamic, 64) if (w.rows >= 256)
+  for (int64_t r = 0; r < w.rows; ++r) gguf_quantize_row(t, w.row(r), out.data() + std::size_t(r) * rb, w.cols);
+  return out;
+}
+
+void dequantize_into(GgufType t, const std::vector<uint8_t>& data, Matrix& w) {
+  const std::size_t rb = gguf_row_bytes(t, w.cols);
+  for (int64_t r = 0; r < w.rows; ++r) gguf_dequantize_row(t, data.data() + std::size_t(r) * rb, w.row(r), w.cols);
+}
+
+double rel_error(const float* a, const float* b, std::size_t n) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(a[i]) * a[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : 0.0;
+}
+
+std::vector<float> rope_freq_factors(const ModelConfig& c) {
+  std::vector<float> f;
+  const auto& s = c.rope_scaling;
+  for (int i = 0; i < c.head_dim / 2; ++i) {
+    const double freq = std::pow(c.rope_theta, -2.0 * i / c.head_dim);
+    const double wavelen = 2 * std::numbers::pi / freq;
+    const double low_wavelen = s.original_max_positions / s.low_freq_factor;
+    const double high_wavelen = s.original_max_positions / s.high_freq_factor;
+    double scaled = freq;
+    if (wavelen > low_wavelen) {
+      scaled = freq / s.factor;
+    } else if (wavelen >= high_wavelen) {
+      const double smooth = (s.original_max_positions / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+      scaled = (1 - smooth) * freq / s.factor + smooth * freq;
+    }
+    f.push_back(float(freq / scaled));  // llama.cpp divides each frequency by its factor
+  }
+  return f;
+}
+
+}  // namespace
+
+GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const GgufExportOptions& opts,
+                             const std::vector<std::vector<int>>& calib, const std::string& path, const GgufProgress& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  validate_gguf_options(opts);
+  auto say = [&](const std::string& s) {
+    if (progress) progress(s);
+  };
+  GgufExportReport rep;
+  rep.path = path;
+  const std::string source = m.source.empty() ? "model" : m.source;
+  auto& c = m.config;
+  if (!online_transforms_of(m).empty())
+    throw Error(source, "the model needs online transforms (a rotated checkpoint with R3/R4/cross-head R2): not expressible in GGUF");
+  if (c.family == Family::Qwen2) {
+    rep.arch = GgufArch::Qwen2;
+    if (c.o_bias) throw Error(source, "Qwen2 with an o_proj bias has no GGUF tensor in llama.cpp's qwen2 architecture");
+  }
+  const std::string arch = rep.arch == GgufArch::Qwen2 ? "qwen2" : "llama";
+  GgufVocab vocab;
+  if (tokenizer) {
+    vocab = gguf_vocab_of(*tokenizer);
+    if (int(vocab.tokens.size()) != c.vocab)
+      throw Error(source, "the tokenizer has " + std::to_string(vocab.tokens.size()) + " pieces, the model " + std::to_string(c.vocab));
+  }
+  if (opts.method == WeightMethod::Gptq && is_block_type(opts.type) && calib.empty())
+    throw Error("--calib", "GPTQ needs calibration windows");
+
+  // llama-quantize sees the source model: a tied one has no output.weight, so its token_embd
+  // takes the output's type (Q6_K/Q8_0) and keeps it after the rotation unties the classifier.
+  const bool source_tied = c.tied_embeddings;
+  // 1. Rotation: norm fusion, R1, R2 within each head (all offline).
+  if (opts.rotate) {
+    say("rotating");
+    RotationReport rr;
+    const auto online = rotate_model(m, opts.rotation, &rr);
+    if (!online.empty()) throw Error("--rotation", "the rotation left online transforms (" + online.describe() + ")");
+    for (const auto& s : rr.steps) rep.notes.push_back("rotation: " + s);
+    for (const auto& s : rr.fallbacks) rep.notes.push_back("rotation: " + s);
+  }
+  // 2. RoPE layout: llama.cpp's llama architecture rotates adjacent pairs, qwen2 uses NEOX pairs.
+  const RopeLayout want = rep.arch == GgufArch::Qwen2 ? RopeLayout::Half : RopeLayout::Interleaved;
+  if (c.rope_layout != want) {
+    convert_rope_layout(m, want);
+    rep.notes.push_back(std::string("q/k rows permuted to ") + (want == RopeLayout::Interleaved ? "interleaved" : "rotate-half") +
+                        " RoPE pairs (llama.cpp's " + arch + " layout)");
+  }
+  // 3. FFN padding: zero rows in gate/up, zero columns in down (the forward pass is unchanged).
+  if (opts.pad_ffn && is_block_type(opts.type) && c.intermediate % 32 != 0) {
+    const int old = pad_intermediate(m, 32);
+    rep.padded_intermediate = c.intermediate;
+    rep.notes.push_back("FFN width " + std::to_string(old) + " zero-padded to " + std::to_string(c.intermediate) +
+                        " (no block type holds " + std::to_string(old) + " columns; exact)");
+    say(rep.notes.back());
+  }
+
+  // 4. Types, llama-quantize's rules.
+  const int n = c.n_layers;
+  auto linear_type = std::vector<std::array<GgufType, kLinearsPerLayer>>(std::size_t(n));
+  auto linear_note = std::vector<std::array<std::string, kLinearsPerLayer>>(std::size_t(n));
+  for (int l = 0; l < n; ++l)
+    for (const auto& s : kLinearSpecs) {
+      const Category cat = s.module == LinearModule::V ? Category::AttnV : s.module == LinearModule::Down ? Category::FfnDown : Category::Other;
+      linear_type[std::size_t(l)][std::size_t(s.module)] =
+          tensor_type(opts, cat, l, n, linear_cols(c, s.module), &linear_note[std::size_t(l)][std::size_t(s.module)]);
+    }
+  const bool tied = c.tied_embeddings;
+  std::string embd_note, out_note;
+  const GgufType embd_type = tensor_type(opts, source_tied ? Category::Output : Category::TokenEmbd, 0, n, c.hidden, &embd_note);
+  const GgufType out_type = tied ? embd_type : tensor_type(opts, Category::Output, 0, n, c.hidden, &out_note);
+
+  // 5. Quantize the decoder linears.
+  std::map<std::pair<int, int>, std::vector<uint8_t>> linear_data;
+  const bool block_file = is_block_type(opts.type);
+  if (block_file && opts.method == WeightMethod::Gptq) {
+    say("GPTQ onto the blocks");
+    // The grids, fixed from each weight before GPTQ touches it, kept to encode the codes after.
+    std::map<std::pair<int, int>, std::vector<std::unique_ptr<BlockGridRow>>> grids;
+    QuantConfig qc;
+    qc.method = WeightMethod::Gptq;
+    qc.rotate = false;
+    qc.gptq.damp = opts.damp;
+    qc.gptq.act_order = opts.act_order;
+    qc.gptq.block_size = opts.gptq_block_size;
+    qc.custom_grid = [&](int l, LinearModule mod, const Matrix& w) -> GridRounder {
+      const GgufType t = linear_type[std::size_t(l)][std::size_t(mod)];
+      if (!is_block_type(t))  // a fallback to F16: GPTQ still compensates the fp16 rounding
+        return [t](int64_t, int64_t, double x, int* code) {
+          *code = 0;
+          return t == GgufType::F16 ? double(f16_to_f32(f32_to_f16(float(x)))) : double(float(x));
+        };
+      auto& rows = grids[{l, int(mod)}];
+      rows.clear();
+      rows.resize(std::size_t(w.rows));
+      // Rows are independent (the clip search costs 80 trials per block): one per thread.
+#pragma omp parallel for schedule(dynamic, 16) if (w.rows >= 64)
+      for (int64_t r = 0; r < w.rows; ++r) rows[std::size_t(r)] = std::make_unique<BlockGridRow>(t, w.row(r), w.cols, opts.clip_search);
+      const auto* g = &rows;
+      return [g](int64_t r, int64_t col, double x, int* code) { return double((*g)[std::size_t(r)]->round(col, float(x), code)); };
+    };
+    QuantizedSink sink = [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) {
+      const GgufType t = linear_type[std::size_t(l)][std::size_t(mod)];
+      std::vector<uint8_t> data;
+      if (!is_block_type(t)) {
+        data = encode_floats(t, q.dequantized.data(), q.rows * q.cols);
+      } else {
+        const auto& rows = grids.at({l, int(mod)});
+        const std::size_t rb = gguf_row_bytes(t, q.cols);
+        data.resize(rb * std::size_t(q.rows));
+        std::vector<int> codes(std::size_t(q.cols));
+        for (int64_t r = 0; r < q.rows; ++r) {
+          for (int64_t j = 0; j < q.cols; ++j) codes[std::size_t(j)] = q.codes[std::size_t(r * q.cols + j)];
+          rows[std::size_t(r)]->encode(codes.data(), data.data() + std::size_t(r) * rb);
+        }
+        grids.erase({l, int(mod)});
+      }
+      linear_data[{l, int(mod)}] = std::move(data);
+    };
+    const OnlineTransforms none;
+    rep.stats = quantize_weights(m, none, qc, calib,
+                                 [&](int l, int layers, const std::string& mod) { say("layer " + std::to_string(l + 1) + "/" + std::to_string(layers) + " " + mod); },
+                                 sink);
+  } else {
+    say("rounding onto the blocks");
+    for (int l = 0; l < n; ++l)
+      for (const auto& s : kLinearSpecs) {
+        Matrix& w = m.layers[std::size_t(l)].*(s.weight);
+        const GgufType t = linear_type[std::size_t(l)][std::size_t(s.module)];
+        const auto ts = std::chrono::steady_clock::now();
+        std::vector<uint8_t> data;
+        const bool uniform = t == GgufType::Q4_0 || t == GgufType::Q4_1 || t == GgufType::Q5_0 || t == GgufType::Q8_0;
+        if (opts.method == WeightMethod::Rtn && opts.clip_search && uniform) {
+          const std::size_t rb = gguf_row_bytes(t, w.cols);
+          data.resize(rb * std::size_t(w.rows));
+#pragma omp parallel for schedule(dynamic, 16) if (w.rows >= 64)
+          for (int64_t r = 0; r < w.rows; ++r) {
+            const BlockGridRow g(t, w.row(r), w.cols, true);
+            std::vector<int> codes(std::size_t(w.cols));
+            for (int64_t j = 0; j < w.cols; ++j) g.round(j, w.row(r)[j], &codes[std::size_t(j)]);
+            g.encode(codes.data(), data.data() + std::size_t(r) * rb);
+          }
+        } else {
+          data = encode_matrix_ref(t, w);
+        }
+        if (block_file || t == GgufType::F16) {
+          std::vector<float> before(w.data.begin(), w.data.end());
+          dequantize_into(t, data, w);
+          ModuleQuantStats st{l, s.name, rel_error(before.data(), w.data.data(), before.size())};
+          st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+          rep.stats.push_back(st);
+        }
+        linear_data[{l, int(s.module)}] = std::move(data);
+      }
+  }
+
+  // 6. The file.
+  say("writing " + path);
+  std::string name = opts.name;
+  if (name.empty()) {
+    name = source;
+    if (auto slash = name.find_last_of('/'); slash != std::string::npos) name = name.substr(slash + 1);
+  }
+  GgufFile g;
+  g.put("general.architecture", arch);
+  g.put("general.name", name);
+  g.put_u32("general.file_type", file_type_of(opts));
+  if (block_file) g.put_u32("general.quantization_version", 2);
+  g.put_u32("general.alignment", uint32_t(GgufFile::kAlignment));
+  g.put("general.quantized_by", "quarot " + quarot_version());
+  g.put_u32(arch + ".context_length", uint32_t(c.max_positions));
+  g.put_u32(arch + ".embedding_length", uint32_t(c.hidden));
+  g.put_u32(arch + ".block_count", uint32_t(c.n_layers));
+  g.put_u32(arch + ".feed_forward_length", uint32_t(c.intermediate));
+  g.put_u32(arch + ".attention.head_count", uint32_t(c.n_heads));
+  g.put_u32(arch + ".attention.head_count_kv", uint32_t(c.n_kv_heads));
+  g.put_f32(arch + ".rope.freq_base", float(c.rope_theta));
+  g.put_u32(arch + ".rope.dimension_count", uint32_t(c.head_dim));
+  g.put_f32(arch + ".attention.layer_norm_rms_epsilon", float(c.rms_eps));
+  g.put_u32(arch + ".vocab_size", uint32_t(c.vocab));
+  if (c.head_dim * c.n_heads != c.hidden) {
+    g.put_u32(arch + ".attention.key_length", uint32_t(c.head_dim));
+    g.put_u32(arch + ".attention.value_length", uint32_t(c.head_dim));
+  }
+  if (c.rope_scaling.type == RopeScalingType::Linear) {
+    g.put(arch + ".rope.scaling.type", "linear");
+    g.put_f32(arch + ".rope.scaling.factor", float(c.rope_scaling.factor));
+  }
+  if (tokenizer) {
+    g.put("tokenizer.ggml.model", vocab.model);
+    g.put("tokenizer.ggml.pre", vocab.pre);
+    g.put_strings("tokenizer.ggml.tokens", vocab.tokens);
+    g.put_f32s("tokenizer.ggml.scores", vocab.scores);
+    g.put_i32s("tokenizer.ggml.token_type", vocab.token_types);
+    if (vocab.bos >= 0) g.put_u32("tokenizer.ggml.bos_token_id", uint32_t(vocab.bos));
+    if (vocab.eos >= 0) g.put_u32("tokenizer.ggml.eos_token_id", uint32_t(vocab.eos));
+    if (vocab.unk >= 0) g.put_u32("tokenizer.ggml.unknown_token_id", uint32_t(vocab.unk));
+    g.put_bool("tokenizer.ggml.add_bos_token", vocab.add_bos);
+    g.put_bool("tokenizer.ggml.add_eos_token", false);
+    rep.notes.push_back("tokenizer: " + tokenizer->kind() + " as tokenizer.ggml.model " + vocab.model);
+  } else {
+    rep.notes.push_back("no tokenizer: the file has no tokenizer.ggml.* keys (llama.cpp needs them to load it)");
+  }
+  g.put("quantize.tool", "quarot");
+  g.put("quantize.version", quarot_version());
+  if (!opts.recipe.empty()) g.put("quantize.recipe", opts.recipe);
+  g.put("quantize.method", !block_file ? "none" : opts.method == WeightMethod::Gptq ? "gptq" : opts.method == WeightMethod::Rtn ? "rtn" : "llama-quantize reference rtn");
+  g.put("quantize.rotation", opts.rotate ? (opts.rotation.r1_kind == R1Kind::Hadamard ? "fused norms, R1 hadamard, R2 per head" : "fused norms, R1 random, R2 per head") : "none");
+  if (opts.rotate) g.put_u64("quantize.rotation.seed", opts.rotation.seed);
+  if (!opts.calibration_hash.empty()) g.put("quantize.calibration.sha256", opts.calibration_hash);
+  if (opts.method == WeightMethod::Gptq && block_file) g.put_u32("quantize.calibration.windows", uint32_t(calib.size()));
+  if (rep.padded_intermediate) g.put_u32("quantize.ffn_padded", uint32_t(rep.padded_intermediate));
+
+  auto add = [&](const std::string& tname, std::vector<int64_t> dims, GgufType t, std::vector<uint8_t> data, const std::string& note) {
+    int64_t elems = 1;
+    for (int64_t d : dims) elems *= d;
+    rep.weights += elems;
+    rep.tensors.push_back({tname, dims, t, data.size(), note});
+    if (!note.empty()) rep.fallbacks.push_back(tname + ": " + note);
+    g.add_tensor(tname, std::move(dims), t, std::move(data));
+  };
+  auto add_vector = [&](const std::string& tname, const std::vector<float>& v) {
+    add(tname, {int64_t(v.size())}, GgufType::F32, encode_floats(GgufType::F32, v.data(), int64_t(v.size())), "");
+  };
+  auto add_matrix_ref = [&](const std::string& tname, Matrix& w, GgufType t, const std::string& note) {
+    auto data = encode_matrix_ref(t, w);
+    if (t != GgufType::F32) dequantize_into(t, data, w);  // m holds what llama.cpp computes with
+    add(tname, {w.cols, w.rows}, t, std::move(data), note);
+  };
+  if (c.rope_scaling.type == RopeScalingType::Llama3) add_vector("rope_freqs.weight", rope_freq_factors(c));
+  add_matrix_ref("token_embd.weight", m.tok_embeddings, embd_type, embd_note);
+  static const char* kNames[kLinearsPerLayer] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+  for (int l = 0; l < n; ++l) {
+    LayerWeights& L = m.layers[std::size_t(l)];
+    const std::string blk = "blk." + std::to_string(l) + ".";
+    add_vector(blk + "attn_norm.weight", L.attn_norm);
+    for (const auto& s : kLinearSpecs) {
+      const int i = int(s.module);
+      if (s.block == std::string("mlp") && s.module == LinearModule::Gate) add_vector(blk + "ffn_norm.weight", L.ffn_norm);
+      const Matrix& w = L.*(s.weight);
+      add(blk + kNames[i] + ".weight", {w.cols, w.rows}, linear_type[std::size_t(l)][std::size_t(i)],
+          std::move(linear_data.at({l, i})), linear_note[std::size_t(l)][std::size_t(i)]);
+      if (s.bias && !(L.*(s.bias)).empty()) add_vector(blk + kNames[i] + ".bias", L.*(s.bias));
+    }
+  }
+  add_vector("output_norm.weight", m.final_norm);
+  if (!c.tied_embeddings) add_matrix_ref("output.weight", m.lm_head, out_type, out_note);
+
+  std::size_t tensor_bytes = 0;
+  for (const auto& t : rep.tensors) tensor_bytes += t.bytes;
+  rep.bits_per_weight = rep.weights ? 8.0 * double(tensor_bytes) / double(rep.weights) : 0;
+  rep.file_bytes = g.write(path);
+  for (const auto& fb : rep.fallbacks) say("fallback: " + fb);
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return rep;
+}
+
+}  // namespace quarot
