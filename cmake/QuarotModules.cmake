@@ -3,7 +3,7 @@
 # module linking exactly these; tests/check_module_deps.cmake (ctest module_deps) checks every
 # #include "quarot/..." of a module's sources and headers against it, so an edge that runs back
 # up the graph fails the build's tests.
-set(QUAROT_MODULES base model io tokenizer eval ops rotate quant qdec pack runtime report)
+set(QUAROT_MODULES base model io tokenizer eval ops rotate quant qdec pack runtime report pipeline)
 
 set(QUAROT_base_HEADERS error isa large_buffer progress dtype version json_limits detail/rng detail/eigen detail/serial_below)
 set(QUAROT_base_DEPS)
@@ -29,6 +29,8 @@ set(QUAROT_runtime_HEADERS runtime qdec_runtime)
 set(QUAROT_runtime_DEPS base model io ops rotate quant qdec pack)
 set(QUAROT_report_HEADERS report)
 set(QUAROT_report_DEPS base)
+set(QUAROT_pipeline_HEADERS pipeline)
+set(QUAROT_pipeline_DEPS base model io tokenizer eval ops rotate quant qdec pack runtime report)
 
 # Sources outside their module's folder (moved when the work on them elsewhere has landed):
 # src/io/dtype.cpp is base (element types; model's weights need it, io's formats too).

@@ -13,6 +13,11 @@ namespace quarot::cli {
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
 
+// Shared argument groups: one declaration for every tool that has the option.
+inline CLI::Option* add_threads(CLI::App& app, int& threads) {
+  return app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+}
+
 // Parses argv; returns -1 to go on, or the exit code to return now (help: 0, usage error: 2).
 inline int parse(CLI::App& app, int argc, char** argv) {
   try {

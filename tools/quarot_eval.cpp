@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
   app.add_option("--chunks", args.chunks, "evaluate at most this many windows (0: all)")->check(CLI::NonNegativeNumber);
   app.add_option("--kld-base", args.kld_base, "base checkpoint for KL divergence and top-1 agreement");
   app.add_option("--json", args.json, "write every figure to this JSON file");
-  app.add_option("--threads", args.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  quarot::cli::add_threads(app, args.threads);
   app.add_option("--progress", args.progress, "per-window lines: auto|bar|plain|none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
       ->capture_default_str();

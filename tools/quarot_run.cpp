@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
                  "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
                  "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)")
       ->check(quarot::cli::error_check([](const std::string& v) { return quarot::parse_qdec_k(v); }));
-  app.add_option("--threads", a.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  quarot::cli::add_threads(app, a.threads);
   prompt->excludes(ids);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
   std::optional<quarot::QdecK> qdec_k;
