@@ -105,22 +105,12 @@ inline DType parse_float_dtype(const std::string& s) {
 
 }  // namespace quarot::cli
 
-#include <filesystem>
-#include <vector>
+#include "quarot/pipeline.hpp"
 
 namespace quarot::cli {
 
-// The files of a checkpoint given as a path (a folder's entries, or the file itself), for
-// HfWriteOptions::inputs: a tool never writes over what it read.
-inline std::vector<std::string> input_files(const std::string& path) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    for (const auto& e : std::filesystem::directory_iterator(path, ec)) out.push_back(e.path().string());
-  } else {
-    out.push_back(path);
-  }
-  return out;
-}
+// The files of a checkpoint given as a path, for HfWriteOptions::inputs: a tool never writes
+// over what it read (pipeline.hpp's checkpoint_files, which the report's checksum reads too).
+inline std::vector<std::string> input_files(const std::string& path) { return checkpoint_files(path); }
 
 }  // namespace quarot::cli

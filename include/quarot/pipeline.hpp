@@ -94,6 +94,9 @@ class Observer {
   virtual void text(Channel, const std::string&) {}
 };
 
+// The files of a checkpoint given as a path: a folder's entries, or the file itself.
+std::vector<std::string> checkpoint_files(const std::string& path);
+
 // Runs the plan (which must have passed validate()). Throws quarot::Error on bad input; writes
 // the packed file and the report atomically.
 RunReport run(const Plan& p, Observer& observer);

@@ -38,20 +38,8 @@ namespace {
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// The files of a checkpoint given as a path: a folder's entries, or the file itself.
-std::vector<std::string> input_files(const std::string& path) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) {
-    for (const auto& e : fs::directory_iterator(path, ec)) out.push_back(e.path().string());
-  } else {
-    out.push_back(path);
-  }
-  return out;
-}
-
 std::string input_checksum(const std::string& path) {
-  auto files = input_files(path);
+  auto files = checkpoint_files(path);
   std::sort(files.begin(), files.end());  // directory order is not stable
   std::string all;
   for (const auto& f : files)
@@ -61,7 +49,7 @@ std::string input_checksum(const std::string& path) {
 
 uint64_t input_bytes(const std::string& path) {
   uint64_t n = 0;
-  for (const auto& f : input_files(path))
+  for (const auto& f : checkpoint_files(path))
     if (fs::is_regular_file(f)) n += fs::file_size(f);
   return n;
 }
@@ -507,6 +495,17 @@ class Run {
 };
 
 }  // namespace
+
+std::vector<std::string> checkpoint_files(const std::string& path) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    for (const auto& e : fs::directory_iterator(path, ec)) out.push_back(e.path().string());
+  } else {
+    out.push_back(path);
+  }
+  return out;
+}
 
 RunReport run(const Plan& p, Observer& observer) {
   if (p.run.threads > 0) omp_set_num_threads(p.run.threads);
