@@ -28,8 +28,6 @@ struct ChartOptions {
 // (each series in its own <g class="series" data-name="...">), and a legend.
 std::string svg_chart(const std::vector<ChartSeries>& series, const ChartOptions& opts);
 
-// The Markdown report for people, from the text of report.json (summary table first).
-std::string report_markdown(const std::string& report_json);
 
 // Validates `document` (JSON text) against `schema` (JSON text): supports type (incl. arrays of
 // types), required, properties, additionalProperties (bool), items, enum, const, minimum,
@@ -104,7 +102,16 @@ struct RunReport {
   struct Qdec {
     int bits = 4;
     uint64_t residual_bytes = 0;
-    std::string tuner_json = "null";  // the tuner's record (also the packed file's metadata)
+    // --qdec-slowdown's tuner: what it measured and chose. Its to_json is also the packed
+    // file's QDEC metadata.
+    struct Tuner {
+      double slowdown_percent = 0, base_seconds_per_token = 0, budget_seconds_per_token = 0, cost_seconds_per_token = 0;
+      std::vector<int> levels;                                  // k per 1024 measured
+      std::map<std::string, std::vector<double>> cost_seconds;  // per kind, one per level
+      std::vector<std::string> steps;                           // the greedy steps taken
+      std::string to_json() const;
+    };
+    std::optional<Tuner> tuner;
     int k_qkv = 0, k_o = 0, k_gate_up = 0, k_down = 0;
     std::string k_chunk_text;
     std::optional<double> residual_percent_of_packed_linears;
@@ -124,6 +131,9 @@ struct RunReport {
   // The figures a summary quotes: the packed model's, else the simulation's.
   const EvalFigures* headline_eval() const;
 };
+
+// The Markdown report for people (summary table first).
+std::string report_markdown(const RunReport& r);
 
 // The report's plots: weight error per layer and module; activation outliers before/after rotation.
 std::string error_per_layer_svg(const RunReport& r);

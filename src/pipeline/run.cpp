@@ -11,7 +11,6 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <nlohmann/json.hpp>
 
 #include "pipeline_detail.hpp"
 #include "quarot/atomic_file.hpp"
@@ -62,21 +61,6 @@ EvalFigures figures(const EvalResult& r) {
   f.top1_agreement = r.top1_agreement;
   f.seconds = r.seconds;
   return f;
-}
-
-// The tuner's record: the report's qdec.tuner and the packed file's QDEC metadata.
-std::string qdec_tuner_json(double slowdown_percent, double base, const QdecCosts& costs, const QdecTuning& tuning) {
-  using json = nlohmann::json;
-  json table = json::object();
-  for (int kind = 0; kind < kQdecKinds; ++kind) {
-    json row = json::array();
-    for (std::size_t lv = 0; lv < std::size(kQdecLevels); ++lv) row.push_back(costs.seconds[kind][lv]);
-    table[qdec_kind_name(kind)] = row;
-  }
-  return json{{"slowdown_percent", slowdown_percent}, {"base_seconds_per_token", base},
-              {"budget_seconds_per_token", tuning.budget_seconds}, {"cost_seconds_per_token", tuning.cost_seconds},
-              {"levels", kQdecLevels}, {"cost_seconds", table}, {"steps", tuning.steps}}
-      .dump();
 }
 
 class Run {
@@ -333,8 +317,16 @@ class Run {
     const auto costs = measure_qdec_costs(qstore_);
     const auto tuning = tune_qdec(costs, base * p_.qdec.slowdown_percent / 100);
     qk_ = tuning.k;
-    rep_.qdec->tuner_json = qdec_tuner_json(p_.qdec.slowdown_percent, base, costs, tuning);
-    writer_->set_qdec(qk_, rep_.qdec->tuner_json);
+    auto& tuner = rep_.qdec->tuner.emplace();
+    tuner.slowdown_percent = p_.qdec.slowdown_percent;
+    tuner.base_seconds_per_token = base;
+    tuner.budget_seconds_per_token = tuning.budget_seconds;
+    tuner.cost_seconds_per_token = tuning.cost_seconds;
+    tuner.levels.assign(std::begin(kQdecLevels), std::end(kQdecLevels));
+    for (int kind = 0; kind < kQdecKinds; ++kind)
+      tuner.cost_seconds[qdec_kind_name(kind)].assign(std::begin(costs.seconds[kind]), std::begin(costs.seconds[kind]) + std::size(kQdecLevels));
+    tuner.steps = tuning.steps;
+    writer_->set_qdec(qk_, tuner.to_json());
     writer_->write(out, {{"quarot.source", p_.model}});
     end("qdec_tune", t);
     say(Observer::Channel::Log, "QDEC tuner: base decode %.1f us/token, budget %.2f%% = %.2f us: k per 1024 %s (measured cost %.2f us)\n",
@@ -471,7 +463,7 @@ class Run {
     if (!report_dir_.empty()) {
       fs::create_directories(report_dir_);
       write_file_atomic((fs::path(report_dir_) / "report.json").string(), text);
-      write_file_atomic((fs::path(report_dir_) / "report.md").string(), report_markdown(text));
+      write_file_atomic((fs::path(report_dir_) / "report.md").string(), report_markdown(rep_));
       write_file_atomic((fs::path(report_dir_) / "error_per_layer.svg").string(), error_per_layer_svg(rep_));
       write_file_atomic((fs::path(report_dir_) / "outliers.svg").string(), outliers_svg(rep_));
     }

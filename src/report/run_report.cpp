@@ -49,6 +49,26 @@ std::optional<EvalFigures> optional_figures_of(const json& j) {
   return figures_of(j);
 }
 
+json tuner_json(const RunReport::Qdec::Tuner& t) {
+  json table = json::object();
+  for (const auto& [kind, row] : t.cost_seconds) table[kind] = row;
+  return {{"slowdown_percent", t.slowdown_percent}, {"base_seconds_per_token", t.base_seconds_per_token},
+          {"budget_seconds_per_token", t.budget_seconds_per_token}, {"cost_seconds_per_token", t.cost_seconds_per_token},
+          {"levels", t.levels}, {"cost_seconds", table}, {"steps", t.steps}};
+}
+
+RunReport::Qdec::Tuner tuner_of(const json& j) {
+  RunReport::Qdec::Tuner t;
+  t.slowdown_percent = j.at("slowdown_percent").get<double>();
+  t.base_seconds_per_token = j.at("base_seconds_per_token").get<double>();
+  t.budget_seconds_per_token = j.at("budget_seconds_per_token").get<double>();
+  t.cost_seconds_per_token = j.at("cost_seconds_per_token").get<double>();
+  t.levels = j.at("levels").get<std::vector<int>>();
+  for (const auto& [kind, row] : j.at("cost_seconds").items()) t.cost_seconds[kind] = row.get<std::vector<double>>();
+  t.steps = j.at("steps").get<std::vector<std::string>>();
+  return t;
+}
+
 json report_json(const RunReport& r) {
   json j = {{"schema", "quarot-report/1"},
             {"tool", {{"name", r.tool_name}, {"version", r.tool_version}, {"git_commit", r.git_commit}}},
@@ -80,7 +100,7 @@ json report_json(const RunReport& r) {
   if (r.qdec) {
     const auto& q = *r.qdec;
     json& jq = j["qdec"];
-    jq = {{"bits", q.bits}, {"residual_bytes", q.residual_bytes}, {"tuner", json::parse(q.tuner_json)},
+    jq = {{"bits", q.bits}, {"residual_bytes", q.residual_bytes}, {"tuner", q.tuner ? tuner_json(*q.tuner) : json(nullptr)},
           {"k_chunk", {{"qkv", q.k_qkv}, {"o", q.k_o}, {"gate_up", q.k_gate_up}, {"down", q.k_down}}},
           {"k_chunk_text", q.k_chunk_text}};
     if (q.residual_percent_of_packed_linears) jq["residual_percent_of_packed_linears"] = *q.residual_percent_of_packed_linears;
@@ -151,7 +171,7 @@ RunReport report_of(const json& j) {
     RunReport::Qdec d;
     d.bits = q.at("bits").get<int>();
     d.residual_bytes = q.at("residual_bytes").get<uint64_t>();
-    d.tuner_json = q.at("tuner").dump();
+    if (!q.at("tuner").is_null()) d.tuner = tuner_of(q.at("tuner"));
     const json& k = q.at("k_chunk");
     d.k_qkv = k.at("qkv").get<int>();
     d.k_o = k.at("o").get<int>();
@@ -184,6 +204,8 @@ RunReport report_of(const json& j) {
 }
 
 }  // namespace
+
+std::string RunReport::Qdec::Tuner::to_json() const { return tuner_json(*this).dump(); }
 
 std::string RunReport::to_json(int indent) const {
   const json j = report_json(*this);
