@@ -7,16 +7,12 @@
 #include <string>
 
 #include "quarot/error.hpp"
+#include "quarot/qdec.hpp"
 
 namespace quarot::cli {
 
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
-
-// Shared argument groups: one declaration for every tool that has the option.
-inline CLI::Option* add_threads(CLI::App& app, int& threads) {
-  return app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
-}
 
 // Parses argv; returns -1 to go on, or the exit code to return now (help: 0, usage error: 2).
 inline int parse(CLI::App& app, int argc, char** argv) {
@@ -67,6 +63,21 @@ CLI::Validator error_check(Parse parse, const std::string& description = "") {
         return {};
       },
       description);
+}
+
+// Shared argument groups: one declaration for every tool that has the option.
+inline CLI::Option* add_threads(CLI::App& app, int& threads) {
+  return app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+}
+
+// --qdec-k for the tools that run a packed model (quarot-eval, quarot-run): the k per kind to
+// use instead of the one stored in the file.
+inline CLI::Option* add_qdec_k_override(CLI::App& app, std::string& qdec_k) {
+  return app
+      .add_option("--qdec-k", qdec_k,
+                  "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
+                  "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)")
+      ->check(error_check([](const std::string& v) { return parse_qdec_k(v); }));
 }
 
 }  // namespace quarot::cli

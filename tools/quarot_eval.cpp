@@ -99,10 +99,7 @@ int main(int argc, char** argv) {
       "quarot-eval"};
   app.add_option("model", args.model, "checkpoint: llama2.c .bin, Hugging Face folder, or packed .q4.safetensors")->required();
   app.add_flag("--simulate", args.simulate, "packed model: run the fake-quant simulation instead of the integer path");
-  app.add_option("--qdec-k", args.qdec_k,
-                 "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
-                 "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)")
-      ->check(quarot::cli::error_check([](const std::string& v) { return quarot::parse_qdec_k(v); }));
+  quarot::cli::add_qdec_k_override(app, args.qdec_k);
   auto* text = app.add_option("--text", args.text, "text file to evaluate (needs --tokenizer)");
   app.add_option("--tokenizer", args.tokenizer,
                  "tokenizer.json (or a folder with one, or vocab.json + merges.txt), SentencePiece .model or\n"
