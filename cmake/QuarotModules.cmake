@@ -3,7 +3,7 @@
 # module linking exactly these; tests/check_module_deps.cmake (ctest module_deps) checks every
 # #include "quarot/..." of a module's sources and headers against it, so an edge that runs back
 # up the graph fails the build's tests.
-set(QUAROT_MODULES base model io tokenizer eval ops rotate quant qdec pack runtime report gguf)
+set(QUAROT_MODULES base model io tokenizer eval ops rotate quant qdec pack runtime report gguf pipeline)
 
 set(QUAROT_base_HEADERS error isa large_buffer progress dtype version json_limits detail/rng detail/eigen detail/fixed_chunks)
 set(QUAROT_base_DEPS)
@@ -31,6 +31,8 @@ set(QUAROT_report_HEADERS report)
 set(QUAROT_report_DEPS base)
 set(QUAROT_gguf_HEADERS gguf)
 set(QUAROT_gguf_DEPS base model io tokenizer rotate quant)
+set(QUAROT_pipeline_HEADERS pipeline)
+set(QUAROT_pipeline_DEPS base model io tokenizer eval ops rotate quant qdec pack runtime report gguf)
 
 # Sources outside their module's folder (moved when the work on them elsewhere has landed):
 # src/io/dtype.cpp is base (element types; model's weights need it, io's formats too).

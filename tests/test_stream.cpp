@@ -1,5 +1,5 @@
 // The streaming pipeline (one decoder layer at a time from the memory-mapped input) against the
-// whole-model pipeline: the same packed file, byte for byte, for RTN and GPTQ, rotated or not,
+// whole-model pipeline, both through quarot::run as quarot-quantize runs them: the same packed file, byte for byte, for RTN and GPTQ, rotated or not,
 // tied or untied, bf16 shards; the reader's validation; forward_hidden against forward.
 // Eigen first: detail/eigen.hpp silences GCC 12 false positives inside it.
 #include "quarot/detail/eigen.hpp"
@@ -8,9 +8,11 @@
 
 #include <filesystem>
 
+#include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/synth.hpp"
 #include "test_support.hpp"
@@ -31,29 +33,24 @@ std::vector<std::vector<int>> calib_windows(int vocab) {
   return c;
 }
 
-// The whole-model pipeline of quarot-quantize (load, rotate, quantize, pack).
-void pack_whole(const std::string& in, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib, const std::string& out) {
-  auto m = load_model(in);
-  convert_rope_layout(m, RopeLayout::Half);
-  OnlineTransforms online;
-  if (cfg.rotate) {
-    online = rotate_model(m, cfg.rotation);
-    record_rotation(m, cfg.rotation, online);
-  }
-  PackedWriter w(m, make_pack_recipe(cfg));
-  quantize_weights(m, online, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { w.add(l, mod, q); });
-  w.write(out);
-}
+// Counts the quantize stage's progress reports: one per linear as it starts.
+struct CountingObserver : Observer {
+  uint64_t linears = 0;
+  void progress(std::string_view stage, uint64_t, uint64_t, const std::string&) override { linears += stage == "quantize"; }
+};
 
-void pack_streamed(const std::string& in, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib, const std::string& out) {
-  const CheckpointReader src(in);
-  StreamingQuantizer sq(src, cfg);
-  PackedWriter w(sq.model(), make_pack_recipe(cfg));
-  int layers_done = 0;
-  sq.run(calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { w.add(l, mod, q); },
-         [&](int, int) { ++layers_done; });
-  EXPECT_EQ(layers_done, src.config().n_layers);
-  w.write(out);
+// quarot-quantize's pipeline (quarot::run): whole model in memory, or streamed layer by layer.
+void pack(const std::string& in, const PlanOptions& base, bool stream, const std::string& out) {
+  PlanOptions o = base;
+  o.model = in;
+  o.output = out;
+  o.report_dir = out + ".report";
+  o.stream = stream;
+  o.no_checksum = true;
+  o.progress = "none";
+  CountingObserver seen;
+  (void)run(make_plan(o), seen);
+  EXPECT_EQ(seen.linears, uint64_t(read_model_config(in).n_layers) * kLinearsPerLayer);
 }
 
 }  // namespace
@@ -96,14 +93,22 @@ TEST(Stream, SamePackedFileAsTheWholeModelPipeline) {
     o.max_shard_bytes = 40000;  // several shards
     save_hf(m, in, o);
     ASSERT_TRUE(fs::exists(fs::path(in) / "model.safetensors.index.json"));
-    auto cfg = quant_preset(k.preset);
-    cfg.rotate = k.rotate;
-    cfg.gptq.weights.group_size = 0;
-    cfg.nsamples = 3;
-    const auto calib = calib_windows(s.config.vocab);
+    PlanOptions plan;
+    plan.preset = k.preset;
+    plan.no_rotate = !k.rotate;
+    plan.w_group = 0;
+    plan.nsamples = 3;
+    plan.seqlen = 20;  // the windows as they are
+    plan.calib = dir / "calib.ids";
+    std::string ids;
+    for (const auto& w : calib_windows(s.config.vocab)) {
+      for (int t : w) ids += std::to_string(t) + " ";
+      ids += "\n";
+    }
+    write_file_atomic(plan.calib, ids);
     const std::string a = dir / "whole.q4.safetensors", b = dir / "stream.q4.safetensors";
-    pack_whole(in, cfg, calib, a);
-    pack_streamed(in, cfg, calib, b);
+    pack(in, plan, false, a);
+    pack(in, plan, true, b);
     EXPECT_TRUE(read_bytes(a) == read_bytes(b)) << k.preset << " rotate " << k.rotate << " tied " << k.tied;
   }
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "quarot/error.hpp"
+#include "quarot/qdec.hpp"
 
 namespace quarot::cli {
 
@@ -64,6 +65,21 @@ CLI::Validator error_check(Parse parse, const std::string& description = "") {
       description);
 }
 
+// Shared argument groups: one declaration for every tool that has the option.
+inline CLI::Option* add_threads(CLI::App& app, int& threads) {
+  return app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+}
+
+// --qdec-k for the tools that run a packed model (quarot-eval, quarot-run): the k per kind to
+// use instead of the one stored in the file.
+inline CLI::Option* add_qdec_k_override(CLI::App& app, std::string& qdec_k) {
+  return app
+      .add_option("--qdec-k", qdec_k,
+                  "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
+                  "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)")
+      ->check(error_check([](const std::string& v) { return parse_qdec_k(v); }));
+}
+
 }  // namespace quarot::cli
 
 #include <cctype>
@@ -100,22 +116,12 @@ inline DType parse_float_dtype(const std::string& s) {
 
 }  // namespace quarot::cli
 
-#include <filesystem>
-#include <vector>
+#include "quarot/pipeline.hpp"
 
 namespace quarot::cli {
 
-// The files of a checkpoint given as a path (a folder's entries, or the file itself), for
-// HfWriteOptions::inputs: a tool never writes over what it read.
-inline std::vector<std::string> input_files(const std::string& path) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    for (const auto& e : std::filesystem::directory_iterator(path, ec)) out.push_back(e.path().string());
-  } else {
-    out.push_back(path);
-  }
-  return out;
-}
+// The files of a checkpoint given as a path, for HfWriteOptions::inputs: a tool never writes
+// over what it read (pipeline.hpp's checkpoint_files, which the report's checksum reads too).
+inline std::vector<std::string> input_files(const std::string& path) { return checkpoint_files(path); }
 
 }  // namespace quarot::cli

@@ -198,21 +198,22 @@ bool report_verifies(const Run& r) {
 json row_of(const Run& r, bool ok, const std::string& failure) {
   json row = {{"index", r.index}, {"model", r.model}, {"run", r.name}, {"ok", ok}, {"failure", failure}, {"gates", r.gates}};
   if (!ok) return row;
-  const json rep = json::parse(quarot::read_text_file((fs::path(r.dir) / "report.json").string()));
-  row["preset"] = rep["config"]["preset"];
-  row["rotate"] = rep["config"]["rotate"];
-  row["bits_per_weight"] = rep["sizes"]["bits_per_weight"];
-  row["packed_bytes"] = rep["sizes"]["packed_bytes"];
-  const json& ev = rep["eval"];
-  if (!ev.is_null()) {
-    const json& q = ev["packed"].is_null() ? ev["quantized"] : ev["packed"];
-    row["ppl_float"] = ev["float"]["ppl"];
-    row["ppl"] = q["ppl"];
-    row["kld"] = q["kld_mean"];
-    row["top1"] = q["top1_agreement"];
-    row["measured_on"] = ev["packed"].is_null() ? "simulation" : "packed integer model";
+  const auto rep = quarot::RunReport::from_json(quarot::read_text_file((fs::path(r.dir) / "report.json").string()));
+  const json config = json::parse(rep.config_json);
+  row["preset"] = config["preset"];
+  row["rotate"] = config["rotate"];
+  row["bits_per_weight"] = rep.sizes.bits_per_weight;
+  row["packed_bytes"] = rep.sizes.packed_bytes ? json(*rep.sizes.packed_bytes) : json(nullptr);
+  if (const quarot::EvalFigures* q = rep.headline_eval()) {
+    const auto& ev = *rep.eval;
+    row["ppl_float"] = ev.float_model ? json(ev.float_model->ppl) : json(nullptr);
+    row["ppl"] = q->ppl;
+    auto kld_or_null = [&](double v) { return q->kld == quarot::EvalFigures::Kld::Present ? json(v) : json(nullptr); };
+    row["kld"] = kld_or_null(q->kld_mean);
+    row["top1"] = kld_or_null(q->top1_agreement);
+    row["measured_on"] = ev.packed ? "packed integer model" : "simulation";
   }
-  row["seconds"] = rep["timings"]["total"];
+  row["seconds"] = rep.timings.at("total");
   return row;
 }
 

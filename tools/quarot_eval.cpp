@@ -99,10 +99,7 @@ int main(int argc, char** argv) {
       "quarot-eval"};
   app.add_option("model", args.model, "checkpoint: llama2.c .bin, Hugging Face folder, or packed .q4.safetensors")->required();
   app.add_flag("--simulate", args.simulate, "packed model: run the fake-quant simulation instead of the integer path");
-  app.add_option("--qdec-k", args.qdec_k,
-                 "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
-                 "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)")
-      ->check(quarot::cli::error_check([](const std::string& v) { return quarot::parse_qdec_k(v); }));
+  quarot::cli::add_qdec_k_override(app, args.qdec_k);
   auto* text = app.add_option("--text", args.text, "text file to evaluate (needs --tokenizer)");
   app.add_option("--tokenizer", args.tokenizer,
                  "tokenizer.json (or a folder with one, or vocab.json + merges.txt), SentencePiece .model or\n"
@@ -124,7 +121,7 @@ int main(int argc, char** argv) {
   app.add_option("--chunks", args.chunks, "evaluate at most this many windows (0: all)")->check(CLI::NonNegativeNumber);
   app.add_option("--kld-base", args.kld_base, "base checkpoint for KL divergence and top-1 agreement");
   app.add_option("--json", args.json, "write every figure to this JSON file");
-  app.add_option("--threads", args.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  quarot::cli::add_threads(app, args.threads);
   app.add_option("--progress", args.progress, "per-window lines: auto|bar|plain|none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
       ->capture_default_str();

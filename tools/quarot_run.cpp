@@ -36,11 +36,8 @@ int main(int argc, char** argv) {
   app.add_option("-n,--n", a.n, "tokens to generate")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   app.add_flag("--stop-at-eos", a.stop_at_eos, "stop at the end-of-sequence token");
   app.add_flag("--simulate", a.simulate, "packed model: run the fake-quant simulation instead of the integer path");
-  app.add_option("--qdec-k", a.qdec_k,
-                 "packed model with a QDEC section: channels added back per 1024 inputs (N, 'all', or\n"
-                 "qkv=N,o=N,gate_up=N,down=N; 0: off; default: the k stored in the file)")
-      ->check(quarot::cli::error_check([](const std::string& v) { return quarot::parse_qdec_k(v); }));
-  app.add_option("--threads", a.threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  quarot::cli::add_qdec_k_override(app, a.qdec_k);
+  quarot::cli::add_threads(app, a.threads);
   prompt->excludes(ids);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
   std::optional<quarot::QdecK> qdec_k;

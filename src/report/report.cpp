@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -114,61 +115,61 @@ std::string svg_chart(const std::vector<ChartSeries>& series, const ChartOptions
 
 namespace {
 
-std::string fmt(const json& v, const char* f = "%.4f") {
-  if (v.is_null()) return "–";
-  if (v.is_number()) return num(v.get<double>(), f);
-  if (v.is_boolean()) return v.get<bool>() ? "yes" : "no";
-  if (v.is_string()) return v.get<std::string>();
-  return v.dump();
+std::string fmt(const std::optional<double>& v, const char* f = "%.4f") { return v ? num(*v, f) : "–"; }
+std::string fmt(const std::optional<std::string>& v) { return v ? *v : "–"; }
+std::string mib(const std::optional<double>& v) { return v ? num(*v / (1 << 20), "%.2f") + " MiB" : "–"; }
+std::string percent(const std::optional<double>& v) { return v ? num(100 * *v, "%.2f") + "%" : "–"; }
+using Figures = std::optional<EvalFigures>;
+std::optional<double> ppl(const Figures& f) { return f ? std::optional<double>(f->ppl) : std::nullopt; }
+std::optional<double> kld(const Figures& f) {
+  return f && f->kld == EvalFigures::Kld::Present ? std::optional<double>(f->kld_mean) : std::nullopt;
 }
-std::string mib(const json& v) { return v.is_number() ? num(v.get<double>() / (1 << 20), "%.2f") + " MiB" : "–"; }
-const json& at(const json& j, const char* k) {
-  static const json null;
-  return j.is_object() && j.contains(k) ? j.at(k) : null;
+std::optional<double> top1(const Figures& f) {
+  return f && f->kld == EvalFigures::Kld::Present ? std::optional<double>(f->top1_agreement) : std::nullopt;
 }
+std::optional<double> bytes(const std::optional<uint64_t>& v) { return v ? std::optional<double>(double(*v)) : std::nullopt; }
 
 }  // namespace
 
-std::string report_markdown(const std::string& report_json) {
-  const json r = json::parse(report_json);
+std::string report_markdown(const RunReport& r) {
   std::ostringstream m;
-  const auto& ev = at(r, "eval");
-  const auto& f = at(ev, "float");
-  const auto& q = at(ev, "quantized");
-  const auto& p = at(ev, "packed");
-  const auto& sz = at(r, "sizes");
-  m << "# quarot report: " << fmt(at(at(r, "input"), "path")) << " → " << fmt(at(at(r, "config"), "preset")) << "\n\n";
+  const auto& ev = r.eval;
+  const Figures none;
+  const Figures& f = ev ? ev->float_model : none;
+  const Figures& q = ev ? ev->quantized : none;
+  const Figures& p = ev ? ev->packed : none;
+  const auto& sz = r.sizes;
+  const json config = json::parse(r.config_json);
+  const std::optional<std::string> preset =
+      config.contains("preset") && config["preset"].is_string() ? std::optional<std::string>(config["preset"].get<std::string>()) : std::nullopt;
+  m << "# quarot report: " << r.input.path << " → " << fmt(preset) << "\n\n";
   m << "| | float | quantized (simulated) | packed (integer kernels) |\n|---|---|---|---|\n";
-  m << "| perplexity | " << fmt(at(f, "ppl")) << " | " << fmt(at(q, "ppl")) << " | " << fmt(at(p, "ppl")) << " |\n";
-  m << "| KLD vs float (mean) | 0 | " << fmt(at(q, "kld_mean"), "%.5f") << " | " << fmt(at(p, "kld_mean"), "%.5f") << " |\n";
-  m << "| top-1 agreement | 100% | " << (at(q, "top1_agreement").is_number() ? num(100 * at(q, "top1_agreement").get<double>(), "%.2f") + "%" : "–")
-    << " | " << (at(p, "top1_agreement").is_number() ? num(100 * at(p, "top1_agreement").get<double>(), "%.2f") + "%" : "–") << " |\n";
-  m << "| size | " << mib(at(sz, "fp32_bytes")) << " (fp32) | – | " << mib(at(sz, "packed_bytes")) << " |\n";
-  m << "| bits per linear weight | 32 | " << fmt(at(sz, "bits_per_weight"), "%.3f") << " | " << fmt(at(sz, "bits_per_weight"), "%.3f") << " |\n";
-  if (at(sz, "kv_bits_per_element").is_number())  // codes (K and V averaged); stored: with each head's scale and zero point
-    m << "| bits per cached K/V element | 16 | " << fmt(at(sz, "kv_bits_per_element"), "%.2f") << " | "
-      << fmt(at(sz, "kv_bits_per_element"), "%.2f") << " (" << fmt(at(sz, "kv_stored_bits_per_element"), "%.2f")
-      << " stored with scales) |\n";
-  if (ev.is_object() && at(ev, "float").is_null())
+  m << "| perplexity | " << fmt(ppl(f)) << " | " << fmt(ppl(q)) << " | " << fmt(ppl(p)) << " |\n";
+  m << "| KLD vs float (mean) | 0 | " << fmt(kld(q), "%.5f") << " | " << fmt(kld(p), "%.5f") << " |\n";
+  m << "| top-1 agreement | 100% | " << percent(top1(q)) << " | " << percent(top1(p)) << " |\n";
+  m << "| size | " << mib(sz.fp32_bytes) << " (fp32) | – | " << mib(bytes(sz.packed_bytes)) << " |\n";
+  m << "| bits per linear weight | 32 | " << num(sz.bits_per_weight, "%.3f") << " | " << num(sz.bits_per_weight, "%.3f") << " |\n";
+  if (sz.kv_bits_per_element && sz.kv_stored_bits_per_element)  // codes (K and V averaged); stored: with each head's scale and zero point
+    m << "| bits per cached K/V element | 16 | " << num(*sz.kv_bits_per_element, "%.2f") << " | " << num(*sz.kv_bits_per_element, "%.2f")
+      << " (" << num(*sz.kv_stored_bits_per_element, "%.2f") << " stored with scales) |\n";
+  if (ev && !ev->float_model)
     m << "\nStreamed run (`--stream`): the float model was never whole in memory, so there is no float perplexity, KLD or "
          "simulation; the packed model ran from its file.\n";
-  m << "\nEvaluation: `" << fmt(at(ev, "ids")) << "`, ctx " << fmt(at(ev, "ctx"), "%.0f") << ", " << fmt(at(ev, "windows"), "%.0f")
-    << " windows (paper protocol). Wall time " << fmt(at(at(r, "timings"), "total"), "%.1f") << " s, peak RSS "
-    << mib(at(r, "peak_rss_bytes")) << ".\n\n";
-  m << "## Configuration\n\n`" << fmt(at(r, "flags")) << "`\n\n";
-  m << "Tool " << fmt(at(at(r, "tool"), "name")) << " " << fmt(at(at(r, "tool"), "version")) << " (git "
-    << fmt(at(at(r, "tool"), "git_commit")) << "); input sha256 `" << fmt(at(at(r, "input"), "sha256")) << "`.\n\n";
-  if (const auto& rot = at(r, "rotation"); rot.is_object() && at(rot, "steps").is_array()) {
-    m << "## Rotation\n\n";
-    for (const auto& s : rot["steps"]) m << "- " << s.get<std::string>() << "\n";
-    m << "\n";
-  }
-  if (const auto& mods = at(r, "modules"); mods.is_array() && !mods.empty()) {
+  const auto total = r.timings.find("total");
+  m << "\nEvaluation: `" << (ev ? ev->ids : "–") << "`, ctx " << (ev ? num(ev->ctx, "%.0f") : "–") << ", "
+    << (ev ? num(ev->windows, "%.0f") : "–") << " windows (paper protocol). Wall time "
+    << (total != r.timings.end() ? num(total->second, "%.1f") : "–") << " s, peak RSS " << mib(double(r.peak_rss_bytes)) << ".\n\n";
+  m << "## Configuration\n\n`" << r.flags << "`\n\n";
+  m << "Tool " << r.tool_name << " " << r.tool_version << " (git " << r.git_commit << "); input sha256 `" << fmt(r.input.sha256) << "`.\n\n";
+  m << "## Rotation\n\n";
+  for (const auto& s : r.rotation.steps) m << "- " << s << "\n";
+  m << "\n";
+  if (!r.modules.empty()) {
     std::map<std::string, std::vector<double>> err;
     std::map<std::string, double> secs;
-    for (const auto& x : mods) {
-      err[x["module"].get<std::string>()].push_back(x["rel_weight_error"].get<double>());
-      secs[x["module"].get<std::string>()] += x["seconds"].get<double>();
+    for (const auto& x : r.modules) {
+      err[x.module].push_back(x.rel_weight_error);
+      secs[x.module] += x.seconds;
     }
     m << "## Weight error ||W − Q(W)|| / ||W|| per module kind\n\n| module | mean | worst | layer of worst | time |\n|---|---|---|---|---|\n";
     for (const auto& [k, v] : err) {
@@ -180,51 +181,46 @@ std::string report_markdown(const std::string& report_json) {
     }
     m << "\n![per-layer weight error](error_per_layer.svg)\n\n";
   }
-  if (const auto& o = at(r, "outliers"); o.is_array() && !o.empty()) {
+  if (!r.outliers.empty()) {
     m << "## Activation outliers (max over channels / median channel max), before → after rotation\n\n"
       << "| layer | point | before | after |\n|---|---|---|---|\n";
-    for (const auto& x : o)
-      m << "| " << x["layer"].get<int>() << " | " << x["point"].get<std::string>() << " | " << num(x["before"].get<double>(), "%.2f")
-        << " | " << num(x["after"].get<double>(), "%.2f") << " |\n";
+    for (const auto& x : r.outliers)
+      m << "| " << x.layer << " | " << x.point << " | " << num(x.before, "%.2f") << " | " << num(x.after, "%.2f") << " |\n";
     m << "\n![outliers](outliers.svg)\n\n";
   }
-  if (const auto& qd = at(r, "qdec"); qd.is_object()) {
-    const auto& sim = at(qd, "simulated");
-    const auto& dec = at(qd, "decode_seconds_per_token");
+  if (r.qdec) {
+    const auto& qd = *r.qdec;
     m << "## QDEC (residual compensation, arXiv 2412.20185)\n\n";
-    m << "k per 1024 input channels: `" << fmt(at(qd, "k_chunk_text")) << "`; " << fmt(at(qd, "bits"), "%.0f") << "-bit residual, "
-      << mib(at(qd, "residual_bytes"));
-    if (at(qd, "residual_percent_of_packed_linears").is_number())
-      m << " (" << fmt(at(qd, "residual_percent_of_packed_linears"), "%.1f") << "% of the packed linears)";
+    m << "k per 1024 input channels: `" << qd.k_chunk_text << "`; " << num(qd.bits, "%.0f") << "-bit residual, "
+      << mib(double(qd.residual_bytes));
+    if (qd.residual_percent_of_packed_linears) m << " (" << num(*qd.residual_percent_of_packed_linears, "%.1f") << "% of the packed linears)";
     m << ".\n\n| | without QDEC | with QDEC |\n|---|---|---|\n";
-    m << "| perplexity (simulated) | " << fmt(at(q, "ppl")) << " | " << fmt(at(sim, "ppl")) << " |\n";
-    m << "| KLD vs float (simulated) | " << fmt(at(q, "kld_mean"), "%.5f") << " | " << fmt(at(sim, "kld_mean"), "%.5f") << " |\n";
-    if (dec.is_object())
-      m << "| decode time per token (integer path) | " << num(at(dec, "plain").get<double>() * 1e6, "%.1f") << " µs | "
-        << num(at(dec, "qdec").get<double>() * 1e6, "%.1f") << " µs (" << num(at(dec, "slowdown_percent").get<double>(), "%+.1f") << "%) |\n";
-    if (const auto& tu = at(qd, "tuner"); tu.is_object()) {
-      m << "\nTuner: budget " << fmt(at(tu, "slowdown_percent"), "%.2f") << "% of " << num(at(tu, "base_seconds_per_token").get<double>() * 1e6, "%.1f")
-        << " µs per token = " << num(at(tu, "budget_seconds_per_token").get<double>() * 1e6, "%.2f") << " µs; the compensation's measured cost "
-        << num(at(tu, "cost_seconds_per_token").get<double>() * 1e6, "%.2f") << " µs. Steps:";
-      for (const auto& st : at(tu, "steps")) m << " " << st.get<std::string>() << ";";
+    m << "| perplexity (simulated) | " << fmt(ppl(q)) << " | " << fmt(ppl(qd.simulated)) << " |\n";
+    m << "| KLD vs float (simulated) | " << fmt(kld(q), "%.5f") << " | " << fmt(kld(qd.simulated), "%.5f") << " |\n";
+    if (const auto& dec = qd.decode_seconds_per_token)
+      m << "| decode time per token (integer path) | " << num(dec->plain * 1e6, "%.1f") << " µs | " << num(dec->qdec * 1e6, "%.1f") << " µs ("
+        << num(dec->slowdown_percent, "%+.1f") << "%) |\n";
+    if (const auto& tu = qd.tuner) {
+      m << "\nTuner: budget " << num(tu->slowdown_percent, "%.2f") << "% of " << num(tu->base_seconds_per_token * 1e6, "%.1f")
+        << " µs per token = " << num(tu->budget_seconds_per_token * 1e6, "%.2f") << " µs; the compensation's measured cost "
+        << num(tu->cost_seconds_per_token * 1e6, "%.2f") << " µs. Steps:";
+      for (const auto& st : tu->steps) m << " " << st << ";";
       m << "\n";
     }
-    if (const auto& sw = at(qd, "sweep"); sw.is_array() && !sw.empty()) {
+    if (qd.sweep && !qd.sweep->empty()) {
       m << "\n| k per 1024 | perplexity (simulated) | KLD (simulated) | perplexity (integer) | KLD (integer) | decode µs/token |\n"
         << "|---|---|---|---|---|---|\n";
-      for (const auto& row : sw) {
-        const auto& d = at(row, "decode_seconds_per_token");
-        m << "| " << fmt(at(row, "k_chunk"), "%.0f") << " | " << fmt(at(at(row, "simulated"), "ppl")) << " | "
-          << fmt(at(at(row, "simulated"), "kld_mean"), "%.5f") << " | " << fmt(at(at(row, "packed"), "ppl")) << " | "
-          << fmt(at(at(row, "packed"), "kld_mean"), "%.5f") << " | " << (d.is_number() ? num(d.get<double>() * 1e6, "%.1f") : "–") << " |\n";
+      for (const auto& row : *qd.sweep) {
+        const auto& d = row.decode_seconds_per_token;
+        m << "| " << (row.k_chunk < 0 ? std::string("all") : num(row.k_chunk, "%.0f")) << " | " << num(row.simulated.ppl, "%.4f") << " | "
+          << fmt(kld(row.simulated), "%.5f") << " | " << fmt(ppl(row.packed)) << " | " << fmt(kld(row.packed), "%.5f") << " | "
+          << (d ? num(*d * 1e6, "%.1f") : "–") << " |\n";
       }
     }
     m << "\n";
   }
-  if (const auto& t = at(r, "timings"); t.is_object()) {
-    m << "## Timings\n\n| step | seconds |\n|---|---|\n";
-    for (auto it = t.begin(); it != t.end(); ++it) m << "| " << it.key() << " | " << fmt(it.value(), "%.2f") << " |\n";
-  }
+  m << "## Timings\n\n| step | seconds |\n|---|---|\n";
+  for (const auto& [k, v] : r.timings) m << "| " << k << " | " << num(v, "%.2f") << " |\n";
   return m.str();
 }
 

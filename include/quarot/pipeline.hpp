@@ -1,0 +1,104 @@
+#pragma once
+// The main job as a library: a typed Plan (what to load, how to quantize, what to write and
+// measure) built and validated in one place, and run(plan, observer) executing its stages
+// (load -> calibration data -> rotate -> quantize -> pack -> QDEC tune -> evaluate -> report).
+// quarot-quantize binds its flags (and --config files, which quarot-batch writes) to
+// PlanOptions and prints what the Observer hears; tests use a silent Observer.
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <vector>
+
+#include "quarot/error.hpp"
+#include "quarot/quantize.hpp"
+#include "quarot/report.hpp"
+
+namespace quarot {
+
+// A usage error found in a plan (a flag value or combination): the tool exits 2.
+class UsageError : public Error {
+ public:
+  using Error::Error;
+};
+
+// The options as given, flat, one member per quarot-quantize flag (the names of --config
+// keys and of quarot-batch plan options); 0 / empty / -1 mean "the preset's value".
+struct PlanOptions {
+  std::string model, output, report_dir, json, preset = "w4a4kv4", calib, tokenizer, eval_ids, progress = "auto",
+                                                rotation = "hadamard", w_method, qdec_k;
+  int w_bits = 0, w_group = -1, a_bits = 0, k_bits = 0, v_bits = 0, classifier_bits = 0, nsamples = 128, seqlen = 2048, ctx = 0,
+      chunks = 0, outlier_windows = 4, threads = 0, verbose = 0, qdec_bits = 4;
+  double a_clip = 0, kv_clip = 0, damp = 0.01, qdec_slowdown = 0;
+  uint64_t seed = 0;
+  bool no_rotate = false, act_order = false, static_groups = false, no_clip_search = false, w_asym = false, qdec = false,
+       qdec_sweep = false, stream = false, no_checksum = false, quiet = false, dry_run = false;
+};
+
+struct Plan {
+  std::string model;  // llama2.c .bin or Hugging Face folder
+  struct Outputs {
+    std::string packed;      // the packed INT4 file; empty: simulation only
+    std::string report_dir;  // report.json/.md and plots; empty: none
+    std::string json;        // a copy of report.json; empty: none
+  } outputs;
+  QuantConfig quant;  // the preset with the overrides applied (calibration sizes and seed included)
+  struct Calibration {
+    std::string path, tokenizer;  // GPTQ's tokens: *.ids, or text with a tokenizer
+  } calibration;
+  struct Evaluation {
+    std::string ids;  // empty: no evaluation
+    int ctx = 0;      // 0: the model's max, at most 2048
+    int chunks = 0;   // 0: all windows
+    int outlier_windows = 4;
+  } evaluation;
+  struct Qdec {
+    bool enabled = false;
+    int bits = 4;
+    std::string k;  // "" means 4 for every kind
+    double slowdown_percent = 0;
+    bool sweep = false;
+  } qdec;
+  struct RunOptions {
+    int threads = 0;  // 0: all cores
+    std::string progress = "auto";
+    bool stream = false, verbose = false, quiet = false, checksum = true, dry_run = false;
+    std::string tool = "quarot-quantize", git_commit;  // recorded in the report
+  } run;
+};
+
+// The preset names (quantize.hpp's table) for --help and the --preset check.
+std::vector<std::string> plan_preset_names();
+// The one way to a Plan: the preset, then the options over it, then validate(). Throws UsageError.
+Plan make_plan(const PlanOptions& o);
+// Every usage rule of a plan; throws UsageError naming the flag.
+void validate(const Plan& p);
+// The plan as the report's "config" section.
+std::string plan_json(const Plan& p, int indent = -1);
+// The --dry-run text (reads the model's config only).
+std::string describe_plan(const Plan& p);
+
+// Hears a run: stages as they start and end, progress within a stage, and text for people.
+class Observer {
+ public:
+  enum class Channel {
+    Result,   // results (stdout), always
+    Info,     // results worth printing unless quiet (stdout)
+    Log,      // what happens (stderr), unless quiet
+    Warning,  // stderr, always
+  };
+  virtual ~Observer() = default;
+  virtual void stage_start(std::string_view /*stage*/) {}
+  virtual void progress(std::string_view /*stage*/, uint64_t /*done*/, uint64_t /*total*/, const std::string& /*what*/) {}
+  virtual void stage_end(std::string_view /*stage*/, const std::string& /*summary*/) {}
+  virtual void text(Channel, const std::string&) {}
+};
+
+// The files of a checkpoint given as a path: a folder's entries, or the file itself.
+std::vector<std::string> checkpoint_files(const std::string& path);
+
+// Runs the plan (which must have passed validate()). Throws quarot::Error on bad input; writes
+// the packed file and the report atomically.
+RunReport run(const Plan& p, Observer& observer);
+
+}  // namespace quarot

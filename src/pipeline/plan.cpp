@@ -1,0 +1,195 @@
+// The Plan: built from the options once, validated once, serialized once (the report's config,
+// --dry-run).
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "quarot/checkpoint.hpp"
+#include "quarot/hadamard.hpp"
+#include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
+#include "quarot/qdec.hpp"
+#include "pipeline_detail.hpp"
+
+namespace quarot {
+
+using json = nlohmann::json;
+
+std::vector<std::string> plan_preset_names() { return quant_preset_names(); }
+
+Plan make_plan(const PlanOptions& a) {
+  Plan p;
+  p.model = a.model;
+  p.outputs = {a.output, a.report_dir, a.json};
+  QuantConfig& cfg = p.quant;
+  try {
+    cfg = quant_preset(a.preset);
+  } catch (const Error& e) {
+    throw UsageError("", e.what());
+  }
+  auto& wq = cfg.gptq.weights;
+  if (!a.w_method.empty()) cfg.method = a.w_method == "rtn" ? WeightMethod::Rtn : a.w_method == "gptq" ? WeightMethod::Gptq : WeightMethod::None;
+  if (a.w_bits) wq.grid.bits = a.w_bits;
+  if (a.w_group >= 0) wq.group_size = a.w_group;
+  if (a.w_asym) wq.grid.symmetric = false;
+  if (a.no_clip_search) wq.clip_search = false;
+  cfg.gptq.damp = a.damp;
+  cfg.gptq.act_order = a.act_order;
+  cfg.gptq.static_groups = a.static_groups;
+  if (a.a_bits) cfg.act.a_bits = a.a_bits;
+  if (a.a_clip > 0) cfg.act.a_clip = a.a_clip;
+  if (a.k_bits) cfg.act.k_bits = a.k_bits;
+  if (a.v_bits) cfg.act.v_bits = a.v_bits;
+  if (a.kv_clip > 0) {
+    cfg.act.kv_clip = a.kv_clip;
+    cfg.kv_clip_follows_model = false;  // the user's value, whatever the model's head_dim
+  }
+  if (a.classifier_bits) cfg.classifier_bits = a.classifier_bits;
+  if (a.no_rotate) cfg.rotate = false;
+  cfg.rotation.r1_kind = a.rotation == "random" ? R1Kind::Random : R1Kind::Hadamard;
+  cfg.rotation.seed = a.seed;
+  cfg.seed = a.seed;
+  cfg.nsamples = a.nsamples;
+  cfg.seqlen = a.seqlen;
+  p.calibration = {a.calib, a.tokenizer};
+  p.evaluation = {a.eval_ids, a.ctx, a.chunks, a.outlier_windows};
+  // --qdec-k, --qdec-slowdown and --qdec-sweep imply --qdec.
+  p.qdec = {a.qdec || !a.qdec_k.empty() || a.qdec_slowdown > 0 || a.qdec_sweep, a.qdec_bits, a.qdec_k, a.qdec_slowdown, a.qdec_sweep};
+  p.run.threads = a.threads;
+  p.run.progress = a.quiet ? "none" : a.progress;
+  p.run.stream = a.stream;
+  p.run.verbose = a.verbose > 0;
+  p.run.quiet = a.quiet;
+  p.run.checksum = !a.no_checksum;
+  p.run.dry_run = a.dry_run;
+  validate(p);
+  return p;
+}
+
+void validate(const Plan& p) {
+  const QuantConfig& cfg = p.quant;
+  try {
+    check_act_options(cfg.act);
+    if (cfg.classifier_bits != 16 && (cfg.classifier_bits < 2 || cfg.classifier_bits > 8))
+      throw Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
+    if (!p.outputs.packed.empty()) (void)make_pack_recipe(cfg);  // the packed format can hold it
+    if (p.run.stream && cfg.method == WeightMethod::None) throw Error("--stream", "needs quantized weights (--w-method rtn or gptq)");
+    if (p.qdec.enabled) {
+      if (cfg.method == WeightMethod::None) throw Error("--qdec", "needs quantized weights (--w-method rtn or gptq)");
+      (void)parse_qdec_k(p.qdec.k.empty() ? "4" : p.qdec.k);
+      if (p.qdec.slowdown_percent > 0 && p.outputs.packed.empty()) throw Error("--qdec-slowdown", "tunes on the integer path: give -o OUT");
+      if (p.qdec.sweep && p.evaluation.ids.empty()) throw Error("--qdec-sweep", "needs --eval-ids");
+    }
+    if (cfg.method == WeightMethod::Gptq && p.calibration.path.empty() && !p.run.dry_run)
+      throw Error("--calib", "GPTQ needs calibration data (--calib FILE: *.ids or text)");
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    throw UsageError("", e.what());
+  }
+}
+
+std::string plan_json(const Plan& p, int indent) {
+  const QuantConfig& c = p.quant;
+  const auto& w = c.gptq.weights;
+  const json j = {
+      {"preset", c.preset},
+      {"rotate", c.rotate},
+      {"rotation", {{"kind", c.rotation.r1_kind == R1Kind::Hadamard ? "hadamard" : "random"}, {"seed", c.rotation.seed}}},
+      {"weights",
+       {{"method", c.method == WeightMethod::None ? "none" : c.method == WeightMethod::Rtn ? "rtn" : "gptq"},
+        {"bits", w.grid.bits},
+        {"symmetric", w.grid.symmetric},
+        {"group", w.group_size},
+        {"clip_search", w.clip_search},
+        {"damp", c.gptq.damp},
+        {"act_order", c.gptq.act_order},
+        {"static_groups", c.gptq.static_groups}}},
+      {"activations", {{"bits", c.act.a_bits}, {"clip", c.act.a_clip}, {"group", c.act.a_group}}},
+      {"kv_cache", {{"k_bits", c.act.k_bits}, {"v_bits", c.act.v_bits}, {"clip", c.act.kv_clip}, {"asymmetric", c.act.kv_asym}}},
+      {"classifier_bits", c.classifier_bits},
+      {"calibration",
+       {{"path", p.calibration.path}, {"tokenizer", p.calibration.tokenizer}, {"nsamples", c.nsamples}, {"seqlen", c.seqlen}, {"seed", c.seed}}},
+      {"evaluation", {{"ids", p.evaluation.ids}, {"ctx", p.evaluation.ctx}, {"chunks", p.evaluation.chunks}}},
+      {"qdec",
+       {{"enabled", p.qdec.enabled}, {"bits", p.qdec.bits}, {"k_chunk", p.qdec.k}, {"slowdown_percent", p.qdec.slowdown_percent}, {"sweep", p.qdec.sweep}}},
+      {"output", p.outputs.packed}};
+  return j.dump(indent);
+}
+
+namespace pipeline_detail {
+
+double bits_per_weight(const QuantConfig& c, int64_t cols) {
+  const auto& w = c.gptq.weights;
+  const double group = w.group_size > 0 ? w.group_size : double(cols);
+  return (w.grid.bits <= 4 ? 4.0 : 8.0) + 32.0 / group + (w.grid.symmetric ? 0.0 : 8.0 / group);
+}
+
+int64_t linear_params(const ModelConfig& c) {
+  return int64_t(c.n_layers) * (int64_t(c.hidden) * (2 * c.q_dim() + 2 * c.kv_dim()) + 3 * int64_t(c.hidden) * c.intermediate);
+}
+
+}  // namespace pipeline_detail
+
+namespace {
+
+template <class... Args>
+void append(std::string& out, const char* fmt, Args... args) {
+  const int n = std::snprintf(nullptr, 0, fmt, args...);
+  std::string s(std::size_t(n) + 1, '\0');
+  std::snprintf(s.data(), s.size(), fmt, args...);
+  s.resize(std::size_t(n));
+  out += s;
+}
+
+}  // namespace
+
+std::string describe_plan(const Plan& p) {
+  using pipeline_detail::bits_per_weight;
+  QuantConfig cfg = p.quant;
+  const auto c = read_model_config(p.model);
+  const std::string model_defaults = apply_model_defaults(cfg, c);  // as the run will
+  const int64_t lin = pipeline_detail::linear_params(c);
+  const int64_t other = int64_t(c.vocab) * c.hidden * (c.tied_embeddings && !cfg.rotate ? 1 : 2) + int64_t(c.n_layers) * 2 * c.hidden + c.hidden;
+  std::string o;
+  append(o, "plan for %s (dry run: nothing is read beyond the config, nothing is written)\n", p.model.c_str());
+  append(o, "  model: %d layers, hidden %d, FFN %d, %d heads (%d KV), head_dim %d, vocab %d; %.1f M linear weights\n", c.n_layers,
+         c.hidden, c.intermediate, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab, double(lin) / 1e6);
+  append(o, "  flags: %s\n", cfg.describe().c_str());
+  if (!model_defaults.empty()) append(o, "  %s\n", model_defaults.c_str());
+  if (cfg.rotate) {
+    auto h = [&](int n) { return Hadamard::make(n, cfg.rotation.seed).construction(); };
+    append(o, "  rotate: fuse RMSNorm scales into the next linears%s\n", c.tied_embeddings ? " (untie the embeddings first)" : "");
+    append(o, "    R1 residual stream (absorbed): %s\n",
+           cfg.rotation.r1_kind == R1Kind::Hadamard ? ("randomized Hadamard " + h(c.hidden)).c_str() : "seeded random orthogonal");
+    append(o, "    R2 per head on v_proj/o_proj (absorbed): Hadamard %s\n", h(c.head_dim).c_str());
+    append(o, "    online, fp32: R3 on queries and keys after RoPE: %s; cross-head at o_proj's input: %s; R4 at down_proj's input: %s\n",
+           h(c.head_dim).c_str(), h(c.n_heads).c_str(), h(c.intermediate).c_str());
+  } else {
+    append(o, "  rotate: no\n");
+  }
+  if (cfg.method == WeightMethod::None) {
+    append(o, "  weights: float\n");
+  } else {
+    const double bpw = bits_per_weight(cfg, c.hidden);
+    const auto& g = cfg.gptq.weights;
+    append(o, "  weights: %s, %d-bit %s, %s; %.3f bits per weight with scales\n", cfg.method == WeightMethod::Gptq ? "GPTQ" : "RTN",
+           g.grid.bits, g.grid.symmetric ? "symmetric" : "asymmetric",
+           g.group_size ? ("groups of " + std::to_string(g.group_size)).c_str() : "per output channel", bpw);
+    if (cfg.method == WeightMethod::Gptq)
+      append(o, "  calibration: %d x %d tokens from %s\n", cfg.nsamples, std::min(cfg.seqlen, c.max_positions),
+             p.calibration.path.empty() ? "(missing: --calib is required)" : p.calibration.path.c_str());
+    append(o, "  activations: %s; KV cache: K %d-bit, V %d-bit, %s, clip %.2f\n",
+           cfg.act.a_bits < 16 ? ("per token " + std::to_string(cfg.act.a_bits) + "-bit, clip " + std::to_string(cfg.act.a_clip).substr(0, 4)).c_str()
+                               : "16-bit",
+           cfg.act.k_bits, cfg.act.v_bits, cfg.act.kv_asym ? "asymmetric per head" : "symmetric per head", cfg.act.kv_clip);
+    const double est = double(lin) * bpw / 8 + double(other) * 4;
+    append(o, "  output: %s, about %.1f MiB (fp32 model %.1f MiB; %.3fx)\n",
+           p.outputs.packed.empty() ? "(none: simulation only)" : p.outputs.packed.c_str(), est / (1 << 20),
+           double(lin + other) * 4 / (1 << 20), est / (double(lin + other) * 4));
+  }
+  append(o, "  evaluation: %s\n", p.evaluation.ids.empty() ? "none (--eval-ids)" : p.evaluation.ids.c_str());
+  return o;
+}
+
+}  // namespace quarot

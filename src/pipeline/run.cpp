@@ -1,0 +1,513 @@
+// run(plan, observer): the stages of the main job as functions over one Run's state.
+// load -> calibration data -> rotate -> quantize (-> pack) -> QDEC tune -> evaluate -> report.
+// A model whose fp32 copies would not fit (or --stream) is read one decoder layer at a time:
+// the same stages, with the streamed quantizer in place of the in-memory rotate + quantize.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+
+#include "pipeline_detail.hpp"
+#include "quarot/atomic_file.hpp"
+#include "quarot/checkpoint.hpp"
+#include "quarot/eval.hpp"
+#include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
+#include "quarot/progress.hpp"
+#include "quarot/qdec.hpp"
+#include "quarot/qdec_runtime.hpp"
+#include "quarot/runtime.hpp"
+#include "quarot/sha256.hpp"
+#include "quarot/tokenizer.hpp"
+#include "quarot/version.hpp"
+
+namespace quarot {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using pipeline_detail::bits_per_weight;
+using pipeline_detail::linear_params;
+
+namespace {
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string input_checksum(const std::string& path) {
+  auto files = checkpoint_files(path);
+  std::sort(files.begin(), files.end());  // directory order is not stable
+  std::string all;
+  for (const auto& f : files)
+    if (fs::is_regular_file(f)) all += fs::path(f).filename().string() + ":" + sha256_file(f) + "\n";
+  return sha256_hex(all);
+}
+
+uint64_t input_bytes(const std::string& path) {
+  uint64_t n = 0;
+  for (const auto& f : checkpoint_files(path))
+    if (fs::is_regular_file(f)) n += fs::file_size(f);
+  return n;
+}
+
+EvalFigures figures(const EvalResult& r) {
+  EvalFigures f;
+  f.ppl = r.ppl;
+  f.kld_mean = r.kld_mean;
+  f.kld_p99 = r.kld_p99;
+  f.top1_agreement = r.top1_agreement;
+  f.seconds = r.seconds;
+  return f;
+}
+
+class Run {
+ public:
+  Run(const Plan& p, Observer& o) : p_(p), obs_(o), cfg_(p.quant) {}
+
+  RunReport operator()() {
+    t_all_ = Clock::now();
+    prepare_outputs();
+    load();
+    calibration_data();
+    rotate();
+    quantize();
+    pack();
+    evaluate();
+    return finish();
+  }
+
+ private:
+  const Plan& p_;
+  Observer& obs_;
+  QuantConfig cfg_;  // seqlen capped at the model's max
+  RunReport rep_;
+  Clock::time_point t_all_;
+  std::string report_dir_;
+  int64_t params_ = 0;
+  bool stream_ = false;
+  std::unique_ptr<CheckpointReader> reader_;
+  ModelWeights float_model_, m_;
+  ModelConfig c_;
+  std::vector<std::vector<int>> calib_, stat_windows_;
+  int ctx_ = 0;
+  std::vector<Window> windows_;
+  std::vector<ActivationStats> before_, after_;
+  OnlineTransforms online_;
+  std::unique_ptr<StreamingQuantizer> streamer_;
+  std::unique_ptr<PackedWriter> writer_;
+  QdecStore qstore_;
+  QdecK qk_;
+  std::vector<ModuleQuantStats> stats_;
+
+  void say(Observer::Channel ch, const char* fmt, ...) __attribute__((format(printf, 3, 4))) {
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    const int n = std::vsnprintf(nullptr, 0, fmt, ap);
+    va_end(ap);
+    std::string s(std::size_t(n) + 1, '\0');
+    std::vsnprintf(s.data(), s.size(), fmt, ap2);
+    va_end(ap2);
+    s.resize(std::size_t(n));
+    obs_.text(ch, s);
+  }
+  void begin(const char* stage) { obs_.stage_start(stage); }
+  void end(const char* stage, Clock::time_point t, const std::string& summary = {}) {
+    rep_.timings[stage] = since(t);
+    obs_.stage_end(stage, summary);
+  }
+
+  void prepare_outputs() {
+    const std::string& out = p_.outputs.packed;
+    if (!out.empty()) {
+      refuse_overwriting_inputs(out, {p_.model, p_.calibration.path, p_.evaluation.ids});
+      const auto parent = fs::path(out).parent_path();
+      if (!parent.empty()) fs::create_directories(parent);
+    }
+    report_dir_ = !p_.outputs.report_dir.empty() ? p_.outputs.report_dir
+                  : out.empty()                  ? std::string()
+                                                 : (fs::path(out).has_parent_path() ? fs::path(out).parent_path().string() : ".");
+  }
+
+  // Whole model in memory, or streamed layer by layer when its fp32 copies would not fit.
+  void load() {
+    const auto t = Clock::now();
+    begin("load");
+    for (const auto& [name, shape] : tensor_shapes(read_model_config(p_.model))) {
+      int64_t n = 1;
+      for (int64_t d : shape) n *= d;
+      params_ += n;
+    }
+    stream_ = p_.run.stream;
+    if (!stream_ && cfg_.method != WeightMethod::None) {
+      const double need = double(params_) * 4 * 2.2;  // the float model, its rotated/quantized copy, scratch
+      const double avail = double(available_memory_bytes());
+      if (avail > 0 && need > avail) {
+        stream_ = true;
+        say(Observer::Channel::Log,
+            "quarot-quantize: the fp32 model needs about %.1f GiB twice, %.1f GiB are available: streaming layer by layer (--stream)\n",
+            double(params_) * 4 / double(1 << 30), avail / double(1 << 30));
+      }
+    }
+    if (stream_)
+      reader_ = std::make_unique<CheckpointReader>(p_.model);
+    else
+      float_model_ = load_model(p_.model);
+    end("load", t);
+    c_ = stream_ ? reader_->config() : float_model_.config;
+    cfg_.seqlen = std::min(cfg_.seqlen, c_.max_positions);
+    if (const std::string line = apply_model_defaults(cfg_, c_); !line.empty()) say(Observer::Channel::Log, "quarot-quantize: %s\n", line.c_str());
+    say(Observer::Channel::Log, "quarot-quantize: %s: %d layers, hidden %d, %.1f M parameters (%s, %.2fs)\n  %s\n", p_.model.c_str(),
+        c_.n_layers, c_.hidden, double(params_) / 1e6, stream_ ? "streamed" : "loaded", since(t), cfg_.describe().c_str());
+  }
+
+  // Token sources: calibration and evaluation.
+  void calibration_data() {
+    const auto t = Clock::now();
+    begin("calibration_data");
+    if (cfg_.method == WeightMethod::Gptq) {
+      std::unique_ptr<Tokenizer> tok;
+      if (!p_.calibration.tokenizer.empty()) tok = load_tokenizer(p_.calibration.tokenizer);
+      calib_ = calibration_windows(read_calibration(p_.calibration.path, tok.get(), c_.vocab), cfg_.nsamples, cfg_.seqlen, cfg_.seed,
+                                   p_.calibration.path);
+    }
+    end("calibration_data", t);
+    const auto& e = p_.evaluation;
+    ctx_ = e.ctx ? std::min(e.ctx, c_.max_positions) : std::min(2048, c_.max_positions);
+    if (!e.ids.empty()) {
+      std::vector<int> ids;
+      for (const auto& s : read_ids_file(e.ids, c_.vocab)) ids.insert(ids.end(), s.begin(), s.end());
+      windows_ = make_windows(ids, Protocol::Paper, ctx_, c_.bos_id >= 0 ? c_.bos_id : 1, e.chunks);
+      if (windows_.empty()) throw Error(e.ids, "shorter than one window of " + std::to_string(ctx_));
+    }
+    // Outlier statistics: a few windows of at most 256 tokens, from the evaluation ids or the calibration set.
+    for (const auto& w : windows_) {
+      if (int(stat_windows_.size()) >= e.outlier_windows) break;
+      stat_windows_.emplace_back(w.tokens.begin(), w.tokens.begin() + std::min<std::ptrdiff_t>(256, std::ptrdiff_t(w.tokens.size())));
+    }
+    for (const auto& w : calib_) {
+      if (int(stat_windows_.size()) >= e.outlier_windows) break;
+      stat_windows_.emplace_back(w.begin(), w.begin() + std::min<std::ptrdiff_t>(256, std::ptrdiff_t(w.size())));
+    }
+  }
+
+  void rotate() {
+    m_ = float_model_;
+    convert_rope_layout(m_, RopeLayout::Half);  // the packed format's layout (same function)
+    const auto t = Clock::now();
+    begin("rotate");
+    if (stream_) stat_windows_.clear();  // the statistics need the whole float model
+    if (!stat_windows_.empty() && cfg_.rotate) before_ = activation_stats(m_, nullptr, stat_windows_);
+    RotationReport rot;
+    if (stream_) {
+      streamer_ = std::make_unique<StreamingQuantizer>(*reader_, cfg_);  // float parts read and rotated now
+      online_ = streamer_->online();
+      rot = streamer_->rotation();
+    } else if (cfg_.rotate) {
+      online_ = rotate_model(m_, cfg_.rotation, &rot);
+      record_rotation(m_, cfg_.rotation, online_);
+    }
+    if (cfg_.rotate) rep_.rotation = {rot.steps, rot.fallbacks, online_.describe()};
+    for (const auto& f : rot.fallbacks) say(Observer::Channel::Warning, "quarot-quantize: warning: not a Hadamard matrix: %s\n", f.c_str());
+    if (!stream_ && cfg_.rotate) {
+      if (p_.run.verbose)
+        for (const auto& s : rot.steps) say(Observer::Channel::Log, "  rotate: %s\n", s.c_str());
+      if (!stat_windows_.empty()) after_ = activation_stats(m_, &online_, stat_windows_);
+    }
+    end("rotate", t);
+  }
+
+  // Quantizes every linear (streamed or in memory); each goes to the packed writer and, with
+  // QDEC, its residual to the store as it is made.
+  void quantize() {
+    const auto t = Clock::now();
+    begin("quantize");
+    uint64_t modules_done = 0;
+    const ModelWeights& qmodel = stream_ ? streamer_->model() : m_;  // what the writer takes the float tensors from
+    if (!p_.outputs.packed.empty()) writer_ = std::make_unique<PackedWriter>(qmodel, make_pack_recipe(cfg_));
+    qstore_.bits = p_.qdec.bits;
+    if (p_.qdec.enabled) qstore_.linears.resize(std::size_t(c_.n_layers) * std::size_t(kLinearsPerLayer));
+    const uint64_t per_layer = std::size_t(kLinearsPerLayer);
+    const QuantProgress progress = [&](int l, int n, const std::string& mod) {
+      // Every linear of a layer, reported as each one starts.
+      obs_.progress("quantize", modules_done, uint64_t(n) * per_layer,
+                    "layer " + std::to_string(l + 1) + "/" + std::to_string(n) + " " + mod);
+      ++modules_done;
+    };
+    const QuantizedSink sink = [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix& original) {
+      if (writer_) writer_->add(l, mod, q);
+      if (p_.qdec.enabled)
+        qstore_.linears[std::size_t(l) * per_layer + std::size_t(mod)] =
+            make_residual_store(original.data.data(), q.dequantized.data(), q.rows, q.cols, p_.qdec.bits);
+    };
+    stats_ = stream_ ? streamer_->run(calib_, progress, sink,
+                                      [&](int l, int n) {
+                                        if (p_.run.verbose)
+                                          say(Observer::Channel::Log, "  layer %d/%d done, peak RSS %.0f MiB\n", l + 1, n,
+                                              double(peak_rss_bytes()) / (1 << 20));
+                                      })
+                     : quantize_weights(m_, online_, cfg_, calib_, progress, sink);
+    end("quantize", t, std::to_string(stats_.size()) + " modules");
+
+    for (const auto& s : stats_)
+      rep_.modules.push_back({s.layer, s.module, s.rel_weight_error, s.gptq_loss, s.damp_used, s.dead_inputs, s.seconds});
+    for (const auto& b : before_)
+      for (const auto& x : after_)
+        if (x.layer == b.layer && x.point == b.point &&
+            (b.point == HookPoint::QkvInput || b.point == HookPoint::OProjInput || b.point == HookPoint::GateUpInput ||
+             b.point == HookPoint::DownProjInput))
+          rep_.outliers.push_back({b.layer, hook_point_name(b.point), b.max_over_median, x.max_over_median});
+  }
+
+  // Writes the packed file (QDEC's residuals as its section); with --qdec-slowdown, tunes k on
+  // the integer path and writes it again with the chosen k.
+  void pack() {
+    auto& sizes = rep_.sizes;
+    sizes.fp32_bytes = double(params_) * 4;
+    sizes.input_bytes = input_bytes(p_.model);
+    sizes.linear_parameters = linear_params(c_);
+    sizes.bits_per_weight = cfg_.method == WeightMethod::None ? 32.0 : bits_per_weight(cfg_, c_.hidden);
+    if (cfg_.act.k_bits < 16 || cfg_.act.v_bits < 16) {
+      const KvCacheBits kv = kv_cache_bits(cfg_.act, c_.head_dim);
+      sizes.kv_bits_per_element = kv.codes();
+      sizes.kv_stored_bits_per_element = kv.stored();
+    }
+    qk_ = parse_qdec_k(p_.qdec.k.empty() ? "4" : p_.qdec.k);
+    if (p_.qdec.enabled) {
+      rep_.qdec.emplace();
+      rep_.qdec->bits = p_.qdec.bits;
+      rep_.qdec->residual_bytes = qstore_.bytes();
+      if (writer_) {
+        for (int l = 0; l < c_.n_layers; ++l)
+          for (const auto& spec : kLinearSpecs) writer_->add_residual(l, spec.module, qstore_.at(l, spec.module));
+        writer_->set_qdec(qk_);
+      }
+    }
+    const std::string& out = p_.outputs.packed;
+    if (writer_) {
+      auto t = Clock::now();
+      begin("pack");
+      writer_->write(out, {{"quarot.source", p_.model}});
+      end("pack", t);
+      if (p_.qdec.slowdown_percent > 0) tune_qdec_k();
+      sizes.packed_bytes = fs::file_size(out);
+      sizes.bits_per_weight = double(writer_->packed_bytes()) * 8 / double(sizes.linear_parameters);
+      say(Observer::Channel::Info, "packed model: %s, %.2f MiB (%.3fx the fp32 model)\n", out.c_str(), double(fs::file_size(out)) / (1 << 20),
+          double(fs::file_size(out)) / sizes.fp32_bytes);
+    }
+    if (p_.qdec.enabled) {
+      auto& q = *rep_.qdec;
+      q.k_qkv = qk_.qkv;
+      q.k_o = qk_.o;
+      q.k_gate_up = qk_.gate_up;
+      q.k_down = qk_.down;
+      q.k_chunk_text = qk_.describe();
+      sizes.qdec_residual_bytes = qstore_.bytes();
+      if (writer_) q.residual_percent_of_packed_linears = 100.0 * double(qstore_.bytes()) / double(writer_->packed_bytes());
+    }
+  }
+
+  // The tuner: the plain integer decode step is the base; the compensation's cost per kind and
+  // level is measured on the residual rows themselves; the file is written again with the
+  // chosen k (its metadata carries them).
+  void tune_qdec_k() {
+    const auto t = Clock::now();
+    begin("qdec_tune");
+    const std::string& out = p_.outputs.packed;
+    const PackedModel first(out, false);
+    auto plain = integer_model(first, std::min(c_.max_positions, 256), best_isa(), QdecK{});
+    const double base = decode_seconds_per_token(plain, 64, 5);
+    const auto costs = measure_qdec_costs(qstore_);
+    const auto tuning = tune_qdec(costs, base * p_.qdec.slowdown_percent / 100);
+    qk_ = tuning.k;
+    auto& tuner = rep_.qdec->tuner.emplace();
+    tuner.slowdown_percent = p_.qdec.slowdown_percent;
+    tuner.base_seconds_per_token = base;
+    tuner.budget_seconds_per_token = tuning.budget_seconds;
+    tuner.cost_seconds_per_token = tuning.cost_seconds;
+    tuner.levels.assign(std::begin(kQdecLevels), std::end(kQdecLevels));
+    for (int kind = 0; kind < kQdecKinds; ++kind)
+      tuner.cost_seconds[qdec_kind_name(kind)].assign(std::begin(costs.seconds[kind]), std::begin(costs.seconds[kind]) + std::size(kQdecLevels));
+    tuner.steps = tuning.steps;
+    writer_->set_qdec(qk_, tuner.to_json());
+    writer_->write(out, {{"quarot.source", p_.model}});
+    end("qdec_tune", t);
+    say(Observer::Channel::Log, "QDEC tuner: base decode %.1f us/token, budget %.2f%% = %.2f us: k per 1024 %s (measured cost %.2f us)\n",
+        base * 1e6, p_.qdec.slowdown_percent, tuning.budget_seconds * 1e6, qk_.describe().c_str(), tuning.cost_seconds * 1e6);
+  }
+
+  void evaluate() {
+    const bool qdec = p_.qdec.enabled;
+    if (stream_ && qdec && (p_.qdec.sweep || !windows_.empty()))
+      say(Observer::Channel::Log, "%s",
+          "quarot-quantize: streamed: the QDEC simulation and --qdec-sweep need the whole float model and are skipped\n");
+    if (windows_.empty()) return;
+    const auto t = Clock::now();
+    begin("eval");
+    rep_.eval.emplace();
+    auto& ev = *rep_.eval;
+    ev.ids = p_.evaluation.ids;
+    ev.ctx = ctx_;
+    const std::string& out = p_.outputs.packed;
+    if (stream_) {
+      // Streamed: no float model in memory, so no reference for KLD and no simulation; the
+      // packed model runs from its memory map.
+      ev.windows = int(windows_.size());
+      if (writer_) {
+        const PackedModel packed(out);
+        auto im = integer_model(packed, ctx_);
+        const auto ir = quarot::evaluate(im, windows_, Protocol::Paper);
+        ev.packed = figures(ir);
+        ev.packed->kld = EvalFigures::Kld::Null;
+        ev.packed->isa = isa_name(best_isa());
+        ev.packed->qdec = qdec;
+        say(Observer::Channel::Result, "packed integer model (%s): perplexity %.4f (%d windows of %d; streamed: no float reference)\n",
+            isa_name(best_isa()), ir.ppl, ir.windows, ctx_);
+      }
+      end("eval", t);
+      return;
+    }
+    Transformer<float> fm(float_model_, ctx_), qm(m_, ctx_);
+    qm.set_hook(quantized_model_hook<float>(online_, cfg_.act, c_.head_dim));
+    const bool show = p_.run.verbose && p_.run.progress != "none";
+    auto eval_progress = [&](const char* what) {
+      return [this, show, what](int i, int n, const EvalResult& r) {
+        if (show) say(Observer::Channel::Log, "  eval %s [%d/%d] ppl %.4f\n", what, i, n, r.ppl);
+      };
+    };
+    const auto fr = quarot::evaluate(fm, windows_, Protocol::Paper, nullptr, eval_progress("float"));
+    const auto qr = quarot::evaluate(qm, windows_, Protocol::Paper, &fm, eval_progress("quantized"));
+    ev.windows = qr.windows;
+    ev.float_model = figures(fr);
+    ev.float_model->kld = EvalFigures::Kld::Absent;
+    ev.quantized = figures(qr);
+    say(Observer::Channel::Result, "perplexity: float %.4f -> quantized %.4f (%+.2f%%)\n", fr.ppl, qr.ppl, 100 * (qr.ppl / fr.ppl - 1));
+    say(Observer::Channel::Result, "KLD vs float: mean %.5f, p99 %.5f; top-1 agreement %.2f%% (%d windows of %d)\n", qr.kld_mean, qr.kld_p99,
+        100 * qr.top1_agreement, qr.windows, ctx_);
+    if (qdec) {
+      auto sm = qdec_simulation_model(m_, qstore_, qk_, online_, cfg_.act, ctx_);
+      const auto sr = quarot::evaluate(sm, windows_, Protocol::Paper, &fm, eval_progress("quantized+qdec"));
+      rep_.qdec->simulated = figures(sr);
+      say(Observer::Channel::Result, "with QDEC (%s per 1024, %d-bit residual): perplexity %.4f, KLD vs float %.5f (simulated)\n",
+          qk_.describe().c_str(), p_.qdec.bits, sr.ppl, sr.kld_mean);
+    }
+    std::unique_ptr<PackedModel> packed;
+    if (writer_) {
+      packed = std::make_unique<PackedModel>(out);
+      auto im = integer_model(*packed, ctx_);
+      const auto ir = quarot::evaluate(im, windows_, Protocol::Paper, &fm, eval_progress("packed"));
+      say(Observer::Channel::Result, "packed integer model (%s%s): perplexity %.4f, KLD vs float %.5f, top-1 agreement %.2f%%\n",
+          isa_name(best_isa()), qdec ? ", with QDEC" : "", ir.ppl, ir.kld_mean, 100 * ir.top1_agreement);
+      ev.packed = figures(ir);
+      ev.packed->isa = isa_name(best_isa());
+      ev.packed->qdec = qdec;
+      if (qdec) {
+        // Decode time per token of the integer path without and with the compensation.
+        auto p0 = integer_model(*packed, std::min(c_.max_positions, 256), best_isa(), QdecK{});
+        auto p1 = integer_model(*packed, std::min(c_.max_positions, 256), best_isa(), qk_);
+        const double s0 = decode_seconds_per_token(p0, 64, 5), s1 = decode_seconds_per_token(p1, 64, 5);
+        rep_.qdec->decode_seconds_per_token = RunReport::Qdec::Decode{s0, s1, 100 * (s1 / s0 - 1)};
+        say(Observer::Channel::Result, "QDEC decode time per token: %.1f -> %.1f us (%+.1f%%)\n", s0 * 1e6, s1 * 1e6, 100 * (s1 / s0 - 1));
+      }
+    }
+    if (p_.qdec.sweep) {
+      // Perplexity, KLD and (integer path) decode time against k_chunk, the same k for every kind.
+      rep_.qdec->sweep.emplace();
+      for (int kc : {0, 1, 2, 4, 8, 16, 32, 64, -1}) {
+        const auto k = QdecK::all(kc);
+        RunReport::QdecSweepRow row;
+        row.k_chunk = kc;
+        if (packed) {
+          auto im = integer_model(*packed, ctx_, best_isa(), k);
+          row.packed = figures(quarot::evaluate(im, windows_, Protocol::Paper, &fm));
+          auto dm = integer_model(*packed, std::min(c_.max_positions, 256), best_isa(), k);
+          row.decode_seconds_per_token = decode_seconds_per_token(dm, 64, 3);
+        }
+        auto sm = qdec_simulation_model(m_, qstore_, k, online_, cfg_.act, ctx_);
+        row.simulated = figures(quarot::evaluate(sm, windows_, Protocol::Paper, &fm));
+        say(Observer::Channel::Log, "  QDEC sweep k=%s: simulated ppl %.4f\n", kc < 0 ? "all" : std::to_string(kc).c_str(), row.simulated.ppl);
+        rep_.qdec->sweep->push_back(row);
+      }
+    }
+    end("eval", t);
+  }
+
+  RunReport finish() {
+    rep_.tool_name = p_.run.tool;
+    rep_.tool_version = quarot_version();
+    rep_.git_commit = p_.run.git_commit;
+    rep_.input = {p_.model, p_.run.checksum ? std::optional<std::string>(input_checksum(p_.model)) : std::nullopt, rep_.sizes.input_bytes,
+                  params_};
+    Plan effective = p_;  // the config as run: seqlen capped at the model's max positions
+    effective.quant = cfg_;
+    rep_.config_json = plan_json(effective);
+    rep_.flags = cfg_.describe();
+    rep_.rotation_seed = cfg_.rotation.seed;
+    rep_.calibration_seed = cfg_.seed;
+    rep_.timings["total"] = since(t_all_);
+    rep_.peak_rss_bytes = peak_rss_bytes();
+
+    // Summary by module kind.
+    if (!stats_.empty()) {
+      std::map<std::string, std::pair<double, int>> by_kind;
+      for (const auto& s : stats_) {
+        by_kind[s.module].first += s.rel_weight_error;
+        by_kind[s.module].second += 1;
+      }
+      std::string text = "weight error ||W - Q(W)|| / ||W||, mean over layers:\n";
+      for (const auto& [k, v] : by_kind) {
+        char line[128];
+        std::snprintf(line, sizeof line, "  %-10s %.5f\n", k.c_str(), v.first / v.second);
+        text += line;
+      }
+      obs_.text(Observer::Channel::Info, text);
+    }
+    const std::string text = rep_.to_json();
+    if (!report_dir_.empty()) {
+      fs::create_directories(report_dir_);
+      write_file_atomic((fs::path(report_dir_) / "report.json").string(), text);
+      write_file_atomic((fs::path(report_dir_) / "report.md").string(), report_markdown(rep_));
+      write_file_atomic((fs::path(report_dir_) / "error_per_layer.svg").string(), error_per_layer_svg(rep_));
+      write_file_atomic((fs::path(report_dir_) / "outliers.svg").string(), outliers_svg(rep_));
+    }
+    if (!p_.outputs.json.empty()) write_file_atomic(p_.outputs.json, text);
+    const auto* head = rep_.headline_eval();
+    const auto& ev = rep_.eval;
+    std::string ppl = "not evaluated";
+    if (ev && !ev->float_model && ev->packed)
+      ppl = std::to_string(ev->packed->ppl).substr(0, 7) + " (packed)";
+    else if (ev && ev->float_model && head)
+      ppl = std::to_string(ev->float_model->ppl).substr(0, 7) + " -> " + std::to_string(head->ppl).substr(0, 7);
+    const auto& packed_bytes = rep_.sizes.packed_bytes;
+    say(Observer::Channel::Result,
+        "summary: %s -> %s; size %.2f MiB -> %s; %.3f bits per linear weight; perplexity %s; %.1fs, peak RSS %.1f MiB%s\n",
+        p_.model.c_str(), p_.outputs.packed.empty() ? "(simulated)" : p_.outputs.packed.c_str(), rep_.sizes.fp32_bytes / (1 << 20),
+        packed_bytes ? (std::to_string(double(*packed_bytes) / (1 << 20)).substr(0, 6) + " MiB").c_str() : "–",
+        rep_.sizes.bits_per_weight, ppl.c_str(), since(t_all_), double(peak_rss_bytes()) / (1 << 20),
+        report_dir_.empty() ? "" : ("; report in " + report_dir_ + "/report.md").c_str());
+    return rep_;
+  }
+};
+
+}  // namespace
+
+std::vector<std::string> checkpoint_files(const std::string& path) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    for (const auto& e : fs::directory_iterator(path, ec)) out.push_back(e.path().string());
+  } else {
+    out.push_back(path);
+  }
+  return out;
+}
+
+RunReport run(const Plan& p, Observer& observer) {
+  if (p.run.threads > 0) omp_set_num_threads(p.run.threads);
+  return Run(p, observer)();
+}
+
+}  // namespace quarot

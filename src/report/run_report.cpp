@@ -1,0 +1,268 @@
+// RunReport <-> report.json: the one place that spells the report's keys (docs/report.schema.json).
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "quarot/error.hpp"
+#include "quarot/report.hpp"
+
+namespace quarot {
+
+using json = nlohmann::json;
+
+namespace {
+
+json figures_json(const EvalFigures& f) {
+  json j = {{"ppl", f.ppl}, {"seconds", f.seconds}};
+  if (f.kld == EvalFigures::Kld::Present) {
+    j["kld_mean"] = f.kld_mean;
+    j["kld_p99"] = f.kld_p99;
+    j["top1_agreement"] = f.top1_agreement;
+  } else if (f.kld == EvalFigures::Kld::Null) {
+    for (const char* k : {"kld_mean", "kld_p99", "top1_agreement"}) j[k] = nullptr;
+  }
+  if (f.isa) j["isa"] = *f.isa;
+  if (f.qdec) j["qdec"] = *f.qdec;
+  return j;
+}
+
+EvalFigures figures_of(const json& j) {
+  EvalFigures f;
+  f.ppl = j.at("ppl").get<double>();
+  f.seconds = j.at("seconds").get<double>();
+  if (!j.contains("kld_mean")) {
+    f.kld = EvalFigures::Kld::Absent;
+  } else if (j.at("kld_mean").is_null()) {
+    f.kld = EvalFigures::Kld::Null;
+  } else {
+    f.kld_mean = j.at("kld_mean").get<double>();
+    f.kld_p99 = j.at("kld_p99").get<double>();
+    f.top1_agreement = j.at("top1_agreement").get<double>();
+  }
+  if (j.contains("isa")) f.isa = j.at("isa").get<std::string>();
+  if (j.contains("qdec")) f.qdec = j.at("qdec").get<bool>();
+  return f;
+}
+
+json optional_figures(const std::optional<EvalFigures>& f) { return f ? figures_json(*f) : json(nullptr); }
+std::optional<EvalFigures> optional_figures_of(const json& j) {
+  if (j.is_null()) return std::nullopt;
+  return figures_of(j);
+}
+
+json tuner_json(const RunReport::Qdec::Tuner& t) {
+  json table = json::object();
+  for (const auto& [kind, row] : t.cost_seconds) table[kind] = row;
+  return {{"slowdown_percent", t.slowdown_percent}, {"base_seconds_per_token", t.base_seconds_per_token},
+          {"budget_seconds_per_token", t.budget_seconds_per_token}, {"cost_seconds_per_token", t.cost_seconds_per_token},
+          {"levels", t.levels}, {"cost_seconds", table}, {"steps", t.steps}};
+}
+
+RunReport::Qdec::Tuner tuner_of(const json& j) {
+  RunReport::Qdec::Tuner t;
+  t.slowdown_percent = j.at("slowdown_percent").get<double>();
+  t.base_seconds_per_token = j.at("base_seconds_per_token").get<double>();
+  t.budget_seconds_per_token = j.at("budget_seconds_per_token").get<double>();
+  t.cost_seconds_per_token = j.at("cost_seconds_per_token").get<double>();
+  t.levels = j.at("levels").get<std::vector<int>>();
+  for (const auto& [kind, row] : j.at("cost_seconds").items()) t.cost_seconds[kind] = row.get<std::vector<double>>();
+  t.steps = j.at("steps").get<std::vector<std::string>>();
+  return t;
+}
+
+json report_json(const RunReport& r) {
+  json j = {{"schema", "quarot-report/1"},
+            {"tool", {{"name", r.tool_name}, {"version", r.tool_version}, {"git_commit", r.git_commit}}},
+            {"input", {{"path", r.input.path}, {"sha256", r.input.sha256 ? json(*r.input.sha256) : json(nullptr)},
+                       {"bytes", r.input.bytes}, {"parameters", r.input.parameters}}},
+            {"config", json::parse(r.config_json)},
+            {"flags", r.flags},
+            {"seeds", {{"rotation", r.rotation_seed}, {"calibration", r.calibration_seed}}},
+            {"rotation", {{"steps", r.rotation.steps}, {"fallbacks", r.rotation.fallbacks}}},
+            {"modules", json::array()},
+            {"outliers", json::array()}};
+  if (r.rotation.online) j["rotation"]["online"] = *r.rotation.online;
+  for (const auto& m : r.modules)
+    j["modules"].push_back({{"layer", m.layer}, {"module", m.module}, {"rel_weight_error", m.rel_weight_error},
+                            {"gptq_loss", m.gptq_loss}, {"damp", m.damp}, {"dead_inputs", m.dead_inputs}, {"seconds", m.seconds}});
+  for (const auto& o : r.outliers) j["outliers"].push_back({{"layer", o.layer}, {"point", o.point}, {"before", o.before}, {"after", o.after}});
+  const auto& s = r.sizes;
+  j["sizes"] = {{"fp32_bytes", s.fp32_bytes}, {"input_bytes", s.input_bytes}, {"linear_parameters", s.linear_parameters},
+                {"packed_bytes", s.packed_bytes ? json(*s.packed_bytes) : json(nullptr)}, {"bits_per_weight", s.bits_per_weight}};
+  if (s.qdec_residual_bytes) j["sizes"]["qdec_residual_bytes"] = *s.qdec_residual_bytes;
+  if (s.kv_bits_per_element) j["sizes"]["kv_bits_per_element"] = *s.kv_bits_per_element;
+  if (s.kv_stored_bits_per_element) j["sizes"]["kv_stored_bits_per_element"] = *s.kv_stored_bits_per_element;
+  j["eval"] = nullptr;
+  if (r.eval) {
+    const auto& e = *r.eval;
+    j["eval"] = {{"ids", e.ids}, {"ctx", e.ctx}, {"windows", e.windows}, {"protocol", e.protocol},
+                 {"float", optional_figures(e.float_model)}, {"quantized", optional_figures(e.quantized)},
+                 {"packed", optional_figures(e.packed)}};
+  }
+  j["qdec"] = nullptr;
+  if (r.qdec) {
+    const auto& q = *r.qdec;
+    json& jq = j["qdec"];
+    jq = {{"bits", q.bits}, {"residual_bytes", q.residual_bytes}, {"tuner", q.tuner ? tuner_json(*q.tuner) : json(nullptr)},
+          {"k_chunk", {{"qkv", q.k_qkv}, {"o", q.k_o}, {"gate_up", q.k_gate_up}, {"down", q.k_down}}},
+          {"k_chunk_text", q.k_chunk_text}};
+    if (q.residual_percent_of_packed_linears) jq["residual_percent_of_packed_linears"] = *q.residual_percent_of_packed_linears;
+    if (q.simulated) jq["simulated"] = figures_json(*q.simulated);
+    if (q.decode_seconds_per_token)
+      jq["decode_seconds_per_token"] = {{"plain", q.decode_seconds_per_token->plain}, {"qdec", q.decode_seconds_per_token->qdec},
+                                        {"slowdown_percent", q.decode_seconds_per_token->slowdown_percent}};
+    if (q.sweep) {
+      jq["sweep"] = json::array();
+      for (const auto& row : *q.sweep) {
+        json jr = {{"k_chunk", row.k_chunk < 0 ? json("all") : json(row.k_chunk)}};
+        if (row.packed) jr["packed"] = figures_json(*row.packed);
+        if (row.decode_seconds_per_token) jr["decode_seconds_per_token"] = *row.decode_seconds_per_token;
+        jr["simulated"] = figures_json(row.simulated);
+        jq["sweep"].push_back(jr);
+      }
+    }
+  }
+  j["timings"] = json::object();
+  for (const auto& [k, v] : r.timings) j["timings"][k] = v;
+  j["peak_rss_bytes"] = r.peak_rss_bytes;
+  return j;
+}
+
+RunReport report_of(const json& j) {
+  RunReport r;
+  r.tool_name = j.at("tool").at("name").get<std::string>();
+  r.tool_version = j.at("tool").at("version").get<std::string>();
+  r.git_commit = j.at("tool").at("git_commit").get<std::string>();
+  const json& in = j.at("input");
+  r.input.path = in.at("path").get<std::string>();
+  if (!in.at("sha256").is_null()) r.input.sha256 = in.at("sha256").get<std::string>();
+  r.input.bytes = in.at("bytes").get<uint64_t>();
+  r.input.parameters = in.at("parameters").get<int64_t>();
+  r.config_json = j.at("config").dump();
+  r.flags = j.at("flags").get<std::string>();
+  r.rotation_seed = j.at("seeds").at("rotation").get<uint64_t>();
+  r.calibration_seed = j.at("seeds").at("calibration").get<uint64_t>();
+  const json& rot = j.at("rotation");
+  r.rotation.steps = rot.at("steps").get<std::vector<std::string>>();
+  r.rotation.fallbacks = rot.at("fallbacks").get<std::vector<std::string>>();
+  if (rot.contains("online")) r.rotation.online = rot.at("online").get<std::string>();
+  for (const auto& m : j.at("modules"))
+    r.modules.push_back({m.at("layer").get<int>(), m.at("module").get<std::string>(), m.at("rel_weight_error").get<double>(),
+                         m.at("gptq_loss").get<double>(), m.at("damp").get<double>(), m.at("dead_inputs").get<int>(),
+                         m.at("seconds").get<double>()});
+  for (const auto& o : j.at("outliers"))
+    r.outliers.push_back({o.at("layer").get<int>(), o.at("point").get<std::string>(), o.at("before").get<double>(), o.at("after").get<double>()});
+  const json& s = j.at("sizes");
+  r.sizes.fp32_bytes = s.at("fp32_bytes").get<double>();
+  r.sizes.input_bytes = s.at("input_bytes").get<uint64_t>();
+  r.sizes.linear_parameters = s.at("linear_parameters").get<int64_t>();
+  if (!s.at("packed_bytes").is_null()) r.sizes.packed_bytes = s.at("packed_bytes").get<uint64_t>();
+  r.sizes.bits_per_weight = s.at("bits_per_weight").get<double>();
+  if (s.contains("qdec_residual_bytes")) r.sizes.qdec_residual_bytes = s.at("qdec_residual_bytes").get<uint64_t>();
+  if (s.contains("kv_bits_per_element")) r.sizes.kv_bits_per_element = s.at("kv_bits_per_element").get<double>();
+  if (s.contains("kv_stored_bits_per_element")) r.sizes.kv_stored_bits_per_element = s.at("kv_stored_bits_per_element").get<double>();
+  if (const json& e = j.at("eval"); !e.is_null()) {
+    RunReport::Eval ev;
+    ev.ids = e.at("ids").get<std::string>();
+    ev.ctx = e.at("ctx").get<int>();
+    ev.windows = e.at("windows").get<int>();
+    ev.protocol = e.at("protocol").get<std::string>();
+    ev.float_model = optional_figures_of(e.at("float"));
+    ev.quantized = optional_figures_of(e.at("quantized"));
+    ev.packed = optional_figures_of(e.at("packed"));
+    r.eval = ev;
+  }
+  if (const json& q = j.at("qdec"); !q.is_null()) {
+    RunReport::Qdec d;
+    d.bits = q.at("bits").get<int>();
+    d.residual_bytes = q.at("residual_bytes").get<uint64_t>();
+    if (!q.at("tuner").is_null()) d.tuner = tuner_of(q.at("tuner"));
+    const json& k = q.at("k_chunk");
+    d.k_qkv = k.at("qkv").get<int>();
+    d.k_o = k.at("o").get<int>();
+    d.k_gate_up = k.at("gate_up").get<int>();
+    d.k_down = k.at("down").get<int>();
+    d.k_chunk_text = q.at("k_chunk_text").get<std::string>();
+    if (q.contains("residual_percent_of_packed_linears")) d.residual_percent_of_packed_linears = q.at("residual_percent_of_packed_linears").get<double>();
+    if (q.contains("simulated")) d.simulated = figures_of(q.at("simulated"));
+    if (q.contains("decode_seconds_per_token")) {
+      const json& ds = q.at("decode_seconds_per_token");
+      d.decode_seconds_per_token = RunReport::Qdec::Decode{ds.at("plain").get<double>(), ds.at("qdec").get<double>(),
+                                                           ds.at("slowdown_percent").get<double>()};
+    }
+    if (q.contains("sweep")) {
+      d.sweep.emplace();
+      for (const auto& row : q.at("sweep")) {
+        RunReport::QdecSweepRow sr;
+        sr.k_chunk = row.at("k_chunk").is_string() ? -1 : row.at("k_chunk").get<int>();
+        if (row.contains("packed")) sr.packed = figures_of(row.at("packed"));
+        if (row.contains("decode_seconds_per_token")) sr.decode_seconds_per_token = row.at("decode_seconds_per_token").get<double>();
+        sr.simulated = figures_of(row.at("simulated"));
+        d.sweep->push_back(sr);
+      }
+    }
+    r.qdec = d;
+  }
+  for (const auto& [k, v] : j.at("timings").items()) r.timings[k] = v.get<double>();
+  r.peak_rss_bytes = j.at("peak_rss_bytes").get<uint64_t>();
+  return r;
+}
+
+}  // namespace
+
+std::string RunReport::Qdec::Tuner::to_json() const { return tuner_json(*this).dump(); }
+
+std::string RunReport::to_json(int indent) const {
+  const json j = report_json(*this);
+  return indent >= 0 ? j.dump(indent) + "\n" : j.dump();
+}
+
+RunReport RunReport::from_json(const std::string& text) {
+  try {
+    return report_of(json::parse(text));
+  } catch (const json::exception& e) {
+    throw Error("report.json", std::string("not a quarot report: ") + e.what());
+  }
+}
+
+const EvalFigures* RunReport::headline_eval() const {
+  if (!eval) return nullptr;
+  if (eval->packed) return &*eval->packed;
+  return eval->quantized ? &*eval->quantized : nullptr;
+}
+
+std::string error_per_layer_svg(const RunReport& r) {
+  std::map<std::string, ChartSeries> err;
+  for (const auto& m : r.modules) {
+    if (m.layer < 0) continue;
+    auto& s = err[m.module];
+    s.name = m.module;
+    s.x.push_back(m.layer);
+    s.y.push_back(m.rel_weight_error);
+  }
+  std::vector<ChartSeries> es;
+  for (auto& [k, s] : err) es.push_back(s);
+  return svg_chart(es, {"Weight quantization error per layer", "layer", "||W - Q(W)|| / ||W||"});
+}
+
+std::string outliers_svg(const RunReport& r) {
+  std::map<std::string, ChartSeries> before, after;
+  for (const auto& o : r.outliers) {
+    auto& b = before[o.point];
+    b.name = o.point + " before";
+    b.dashed = true;
+    b.x.push_back(o.layer);
+    b.y.push_back(o.before);
+    auto& a = after[o.point];
+    a.name = o.point + " after";
+    a.x.push_back(o.layer);
+    a.y.push_back(o.after);
+  }
+  std::vector<ChartSeries> os;
+  for (auto& [k, s] : before) os.push_back(s);
+  for (auto& [k, s] : after) os.push_back(s);
+  ChartOptions oo{"Activation outliers before (dashed) and after rotation", "layer", "max channel / median channel"};
+  oo.log_y = true;
+  return svg_chart(os, oo);
+}
+
+}  // namespace quarot

@@ -1,0 +1,76 @@
+// The pipeline as a library: plans built and validated in one place, run() with a silent
+// observer, and the RunReport's JSON round trip (the only place spelling report.json's keys).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "quarot/atomic_file.hpp"
+#include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
+#include "test_support.hpp"
+
+namespace quarot {
+namespace {
+
+PlanOptions stories_options() {
+  PlanOptions o;
+  o.model = test::data_file("stories260K/stories260K.bin");
+  o.preset = "w4a4kv4-rtn";
+  o.eval_ids = test::data_file("tinystories/validation_100.tok512.ids");
+  o.ctx = 512;
+  o.chunks = 2;
+  return o;
+}
+
+TEST(Pipeline, UsageRulesAreUsageErrors) {
+  auto o = stories_options();
+  o.preset = "w4a4kv4";  // GPTQ without --calib
+  EXPECT_THROW(make_plan(o), UsageError);
+  o.dry_run = true;  // a dry run only describes the plan
+  EXPECT_NO_THROW(make_plan(o));
+  o = stories_options();
+  o.classifier_bits = 17;
+  EXPECT_THROW(make_plan(o), UsageError);
+  o = stories_options();
+  o.preset = "none";
+  o.qdec_k = "8";  // implies --qdec, which needs quantized weights
+  EXPECT_THROW(make_plan(o), UsageError);
+  o = stories_options();
+  o.qdec_sweep = true;
+  o.eval_ids.clear();
+  EXPECT_THROW(make_plan(o), UsageError);
+  o = stories_options();
+  o.qdec_k = "4";
+  const Plan p = make_plan(o);
+  EXPECT_TRUE(p.qdec.enabled);
+  EXPECT_EQ(p.quant.preset, "w4a4kv4-rtn");
+}
+
+TEST(Pipeline, RunWritesThePackedFileAndItsReportRoundTrips) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const auto dir = std::filesystem::temp_directory_path() / "quarot_test_pipeline";
+  std::filesystem::remove_all(dir);
+  auto o = stories_options();
+  o.output = (dir / "m.q4.safetensors").string();
+  o.qdec = true;
+  o.no_checksum = true;
+  const Plan p = make_plan(o);
+  Observer silent;
+  const RunReport r = run(p, silent);
+  ASSERT_TRUE(r.eval && r.eval->packed && r.eval->float_model && r.qdec);
+  EXPECT_EQ(r.modules.size(), 35u);
+  EXPECT_EQ(*r.sizes.packed_bytes, std::filesystem::file_size(o.output));
+  EXPECT_EQ(PackedModel(o.output).config().n_layers, 5);
+  EXPECT_LT(r.eval->packed->ppl, 3 * r.eval->float_model->ppl);  // measured 2.1x at W4A4KV4 RTN
+  EXPECT_FALSE(r.input.sha256);
+  // report.json on disk is the returned report; parsing it back gives the same text.
+  const std::string text = read_text_file((dir / "report.json").string());
+  EXPECT_EQ(text, r.to_json());
+  EXPECT_EQ(RunReport::from_json(text).to_json(), text);
+  EXPECT_THROW(RunReport::from_json("{\"schema\": 1}"), Error);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace quarot
