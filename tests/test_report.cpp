@@ -96,11 +96,20 @@ TEST(Report, SchemaValidatorCatchesViolations) {
 }
 
 TEST(Report, MarkdownStatesBitsPerCachedElementWhenGiven) {
-  // The fields the tool writes from kv_cache_bits() (quant.hpp); a report without them has no row.
-  const std::string with = R"({"sizes":{"bits_per_weight":4.5,"kv_bits_per_element":6,"kv_stored_bits_per_element":11}})";
+  // The fields the pipeline fills from kv_cache_bits() (quant.hpp); a report without them has no
+  // row; report.json carries them.
+  RunReport with;
+  with.sizes.bits_per_weight = 4.5;
+  with.sizes.kv_bits_per_element = 6;
+  with.sizes.kv_stored_bits_per_element = 11;
+  with.config_json = "{}";
   const std::string md = report_markdown(with);
+  EXPECT_NE(with.to_json().find("\"kv_stored_bits_per_element\": 11"), std::string::npos);
   EXPECT_NE(md.find("| bits per cached K/V element | 16 | 6.00 | 6.00 (11.00 stored with scales) |"), std::string::npos) << md;
-  EXPECT_EQ(report_markdown(R"({"sizes":{"bits_per_weight":4.5}})").find("cached K/V"), std::string::npos);
+  RunReport without;
+  without.sizes.bits_per_weight = 4.5;
+  without.config_json = "{}";
+  EXPECT_EQ(report_markdown(without).find("cached K/V"), std::string::npos);
 }
 
 TEST(QuantizeCli, HelpUsageDryRunAndErrors) {
