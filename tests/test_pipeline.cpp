@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "quarot/atomic_file.hpp"
+#include "quarot/gguf.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/pipeline.hpp"
 #include "test_support.hpp"
@@ -69,6 +70,50 @@ TEST(Pipeline, RunWritesThePackedFileAndItsReportRoundTrips) {
   EXPECT_EQ(text, r.to_json());
   EXPECT_EQ(RunReport::from_json(text).to_json(), text);
   EXPECT_THROW(RunReport::from_json("{\"schema\": 1}"), Error);
+  std::filesystem::remove_all(dir);
+}
+
+// A gguf-* preset writes a GGUF through src/gguf and evaluates the exported weights; a .gguf
+// output without one, or online transforms / activation bits with one, are usage errors.
+TEST(Pipeline, GgufPresetExportsAndEvaluatesTheExportedWeights) {
+  auto o = stories_options();
+  o.preset = "gguf-q4_0";
+  o.output = "x.q4.safetensors";
+  EXPECT_THROW(make_plan(o), UsageError);  // not a .gguf path
+  o.preset = "w4a4kv4-rtn";
+  o.output = "x.gguf";
+  EXPECT_THROW(make_plan(o), UsageError);  // a .gguf path needs a GGUF preset
+  o.preset = "gguf-q4_0";
+  o.a_bits = 4;
+  EXPECT_THROW(make_plan(o), UsageError);  // llama.cpp quantizes activations itself
+  o.a_bits = 0;
+  o.stream = true;
+  EXPECT_THROW(make_plan(o), UsageError);
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const auto dir = std::filesystem::temp_directory_path() / "quarot_test_pipeline_gguf";
+  std::filesystem::remove_all(dir);
+  o = stories_options();
+  o.preset = "gguf-q4_0";
+  o.w_method = "rtn";
+  o.tokenizer = test::data_file("stories260K/tok512.bin");
+  o.output = (dir / "m.gguf").string();
+  o.no_checksum = true;
+  const Plan p = make_plan(o);
+  EXPECT_EQ(p.gguf_preset, "gguf-q4_0");
+  EXPECT_FALSE(p.quant.act.any());
+  EXPECT_NE(describe_plan(p).find("GGUF for llama.cpp: q4_0 blocks"), std::string::npos) << describe_plan(p);
+  Observer silent;
+  const RunReport r = run(p, silent);
+  EXPECT_EQ(*r.sizes.packed_bytes, std::filesystem::file_size(o.output));
+  EXPECT_EQ(read_text_file(o.output).substr(0, 4), "GGUF");
+  EXPECT_EQ(r.modules.size(), 35u);
+  ASSERT_TRUE(r.eval && r.eval->float_model && r.eval->quantized);
+  EXPECT_FALSE(r.eval->packed);
+  // Rotated RTN Q4_0 (groups of 32, fp16 scales): a few percent above float.
+  EXPECT_GT(r.eval->quantized->ppl, r.eval->float_model->ppl);
+  EXPECT_LT(r.eval->quantized->ppl, 1.2 * r.eval->float_model->ppl);
+  EXPECT_NE(r.config_json.find("\"format\":\"gguf\""), std::string::npos) << r.config_json;
   std::filesystem::remove_all(dir);
 }
 

@@ -43,6 +43,10 @@ struct Plan {
     std::string json;        // a copy of report.json; empty: none
   } outputs;
   QuantConfig quant;  // the preset with the overrides applied (calibration sizes and seed included)
+  // A gguf-* preset: outputs.packed is a GGUF file for llama.cpp (gguf.hpp) instead of the packed
+  // INT4 file; `quant` then says the weight method and rotation (no online transforms, float
+  // activations: llama.cpp runs its own). Empty: the packed format.
+  std::string gguf_preset;
   struct Calibration {
     std::string path, tokenizer;  // GPTQ's tokens: *.ids, or text with a tokenizer
   } calibration;

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "quarot/checkpoint.hpp"
+#include "quarot/gguf.hpp"
 #include "quarot/hadamard.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/pipeline.hpp"
@@ -15,7 +16,15 @@ namespace quarot {
 
 using json = nlohmann::json;
 
-std::vector<std::string> plan_preset_names() { return quant_preset_names(); }
+std::vector<std::string> plan_preset_names() {
+  auto names = quant_preset_names();
+  for (const auto& n : gguf_preset_names()) names.push_back(n);
+  return names;
+}
+
+namespace {
+bool is_gguf_path(const std::string& path) { return path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0; }
+}  // namespace
 
 Plan make_plan(const PlanOptions& a) {
   Plan p;
@@ -23,7 +32,20 @@ Plan make_plan(const PlanOptions& a) {
   p.outputs = {a.output, a.report_dir, a.json};
   QuantConfig& cfg = p.quant;
   try {
-    cfg = quant_preset(a.preset);
+    if (a.preset.rfind("gguf-", 0) == 0) {
+      // The export's own options (gguf.hpp) carry the block type; the QuantConfig says what the
+      // flags may change: weight method, rotation seed and kind, GPTQ's damp and act order.
+      const GgufExportOptions g = gguf_preset(a.preset);
+      p.gguf_preset = a.preset;
+      cfg = quant_preset("w4a16");
+      cfg.preset = a.preset;
+      cfg.method = g.method;
+      cfg.rotate = g.rotate;
+      cfg.gptq.weights.clip_search = g.clip_search;
+      cfg.kv_clip_follows_model = false;
+    } else {
+      cfg = quant_preset(a.preset);
+    }
   } catch (const Error& e) {
     throw UsageError("", e.what());
   }
@@ -72,7 +94,21 @@ void validate(const Plan& p) {
     check_act_options(cfg.act);
     if (cfg.classifier_bits != 16 && (cfg.classifier_bits < 2 || cfg.classifier_bits > 8))
       throw Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
-    if (!p.outputs.packed.empty()) (void)make_pack_recipe(cfg);  // the packed format can hold it
+    if (!p.gguf_preset.empty()) {
+      if (!is_gguf_path(p.outputs.packed)) throw Error("--preset " + p.gguf_preset, "writes a GGUF file: give -o OUT.gguf");
+      if (cfg.act.any()) throw Error("--preset " + p.gguf_preset, "llama.cpp quantizes activations itself: no --a-bits/--k-bits/--v-bits with a GGUF output");
+      if (cfg.method == WeightMethod::None && p.gguf_preset != "gguf-f32")
+        throw Error("--w-method none", "a GGUF block type needs quantized weights (rtn or gptq), or --preset gguf-f32");
+      if (p.run.stream) throw Error("--stream", "GGUF export runs on the whole model in memory");
+      if (p.qdec.enabled) throw Error("--qdec", "llama.cpp has no QDEC residuals: not with a GGUF output");
+      if (cfg.classifier_bits != 16) throw Error("--classifier-bits", "a GGUF output sets the classifier's type by preset");
+    } else if (is_gguf_path(p.outputs.packed)) {
+      std::string names;
+      for (const auto& n : gguf_preset_names()) names += (names.empty() ? "" : ", ") + n;
+      throw Error("-o " + p.outputs.packed, "a .gguf output needs a GGUF preset (" + names + ")");
+    } else if (!p.outputs.packed.empty()) {
+      (void)make_pack_recipe(cfg);  // the packed format can hold it
+    }
     if (p.run.stream && cfg.method == WeightMethod::None) throw Error("--stream", "needs quantized weights (--w-method rtn or gptq)");
     if (p.qdec.enabled) {
       if (cfg.method == WeightMethod::None) throw Error("--qdec", "needs quantized weights (--w-method rtn or gptq)");
@@ -92,7 +128,7 @@ void validate(const Plan& p) {
 std::string plan_json(const Plan& p, int indent) {
   const QuantConfig& c = p.quant;
   const auto& w = c.gptq.weights;
-  const json j = {
+  json j = {
       {"preset", c.preset},
       {"rotate", c.rotate},
       {"rotation", {{"kind", c.rotation.r1_kind == R1Kind::Hadamard ? "hadamard" : "random"}, {"seed", c.rotation.seed}}},
@@ -114,6 +150,7 @@ std::string plan_json(const Plan& p, int indent) {
       {"qdec",
        {{"enabled", p.qdec.enabled}, {"bits", p.qdec.bits}, {"k_chunk", p.qdec.k}, {"slowdown_percent", p.qdec.slowdown_percent}, {"sweep", p.qdec.sweep}}},
       {"output", p.outputs.packed}};
+  if (!p.gguf_preset.empty()) j["format"] = "gguf";
   return j.dump(indent);
 }
 
@@ -156,6 +193,18 @@ std::string describe_plan(const Plan& p) {
   append(o, "  model: %d layers, hidden %d, FFN %d, %d heads (%d KV), head_dim %d, vocab %d; %.1f M linear weights\n", c.n_layers,
          c.hidden, c.intermediate, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab, double(lin) / 1e6);
   append(o, "  flags: %s\n", cfg.describe().c_str());
+  if (!p.gguf_preset.empty()) {
+    const GgufExportOptions g = gguf_preset(p.gguf_preset);
+    append(o, "  GGUF for llama.cpp: %s blocks%s; weights %s%s\n", std::string(gguf_type_name(g.type)).c_str(),
+           g.k_mix ? " (Q6_K on attn_v/ffn_down where llama-quantize puts it)" : "",
+           cfg.method == WeightMethod::Gptq ? "GPTQ" : cfg.method == WeightMethod::Rtn ? "RTN" : "as llama-quantize rounds them",
+           cfg.method == WeightMethod::Gptq ? (", calibration " + std::to_string(cfg.nsamples) + " x " + std::to_string(std::min(cfg.seqlen, c.max_positions)) +
+                                               " tokens from " + (p.calibration.path.empty() ? "(missing: --calib is required)" : p.calibration.path)).c_str()
+                                            : "");
+    append(o, "  rotate: %s\n", cfg.rotate ? "fuse RMSNorm scales, R1 on the residual stream, R2 within each head (absorbed; no online transforms)" : "no");
+    append(o, "  output: %s (FFN widths no block holds are zero-padded, exactly)\n", p.outputs.packed.c_str());
+    return o;
+  }
   if (!model_defaults.empty()) append(o, "  %s\n", model_defaults.c_str());
   if (cfg.rotate) {
     auto h = [&](int n) { return Hadamard::make(n, cfg.rotation.seed).construction(); };

@@ -16,6 +16,7 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
+#include "quarot/gguf.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/pipeline.hpp"
 #include "quarot/progress.hpp"
@@ -72,6 +73,11 @@ class Run {
     prepare_outputs();
     load();
     calibration_data();
+    if (!p_.gguf_preset.empty()) {
+      export_gguf_file();
+      evaluate();
+      return finish();
+    }
     rotate();
     quantize();
     pack();
@@ -260,6 +266,47 @@ class Run {
             (b.point == HookPoint::QkvInput || b.point == HookPoint::OProjInput || b.point == HookPoint::GateUpInput ||
              b.point == HookPoint::DownProjInput))
           rep_.outliers.push_back({b.layer, hook_point_name(b.point), b.max_over_median, x.max_over_median});
+  }
+
+  // A gguf-* preset: rotation without online transforms, weights onto llama.cpp's blocks, the file
+  // written by src/gguf. m_ is then the exported model dequantized, which evaluate() measures
+  // (no online transforms, float activations: as llama.cpp computes, up to its 8-bit activations).
+  void export_gguf_file() {
+    const auto t = Clock::now();
+    begin("export");
+    GgufExportOptions o = gguf_preset(p_.gguf_preset);
+    o.method = cfg_.method;
+    o.rotate = cfg_.rotate;
+    o.rotation.seed = cfg_.rotation.seed;
+    o.rotation.r1_kind = cfg_.rotation.r1_kind;
+    o.damp = cfg_.gptq.damp;
+    o.act_order = cfg_.gptq.act_order;
+    o.clip_search = cfg_.gptq.weights.clip_search;
+    o.recipe = cfg_.describe();
+    if (!p_.calibration.path.empty() && p_.run.checksum && cfg_.method == WeightMethod::Gptq) o.calibration_hash = sha256_file(p_.calibration.path);
+    validate_gguf_options(o);
+    std::unique_ptr<Tokenizer> tok;
+    if (!p_.calibration.tokenizer.empty()) tok = load_tokenizer(p_.calibration.tokenizer);
+    if (!tok)
+      say(Observer::Channel::Warning, "%s",
+          "quarot-quantize: warning: no --tokenizer, so the GGUF has no tokenizer.ggml.* keys (llama.cpp needs them to load the file)\n");
+    m_ = float_model_;
+    const auto r = export_gguf(m_, tok.get(), o, calib_, p_.outputs.packed,
+                               [&](const std::string& what) { obs_.progress("export", 0, 0, what); });
+    for (const auto& n : r.notes) say(Observer::Channel::Log, "quarot-quantize: %s\n", n.c_str());
+    for (const auto& f : r.fallbacks) say(Observer::Channel::Warning, "quarot-quantize: fallback: %s\n", f.c_str());
+    stats_ = r.stats;
+    for (const auto& s : stats_)
+      rep_.modules.push_back({s.layer, s.module, s.rel_weight_error, s.gptq_loss, s.damp_used, s.dead_inputs, s.seconds});
+    auto& sizes = rep_.sizes;
+    sizes.fp32_bytes = double(params_) * 4;
+    sizes.input_bytes = input_bytes(p_.model);
+    sizes.linear_parameters = linear_params(c_);
+    sizes.packed_bytes = r.file_bytes;
+    sizes.bits_per_weight = r.bits_per_weight;
+    end("export", t, std::to_string(r.file_bytes) + " bytes");
+    say(Observer::Channel::Info, "wrote %s: GGUF, %.3f bits per weight (every tensor), %zu fallbacks\n", p_.outputs.packed.c_str(), r.bits_per_weight,
+        r.fallbacks.size());
   }
 
   // Writes the packed file (QDEC's residuals as its section); with --qdec-slowdown, tunes k on
