@@ -72,4 +72,8 @@ void convert_rope_layout(ModelWeights& m, RopeLayout target);
 // A human summary: architecture, shapes, parameter count, dtype, bytes.
 std::string describe(const ModelWeights& m);
 
+// The metadata key under which a rotated checkpoint records its rotation (JSON: options, seed,
+// online transforms; written by record_rotation in rotate.hpp). Its presence means "rotated".
+inline constexpr const char* kRotationMetadataKey = "quarot.rotation";
+
 }  // namespace quarot
