@@ -372,9 +372,8 @@ RotationPlan plan_rotation(const ModelWeights& m, bool rotate_requested) {
 void check_online_transforms(const ModelWeights& m, const OnlineTransforms& online) {
   if (!online.empty() || !is_rotated(m)) return;
   if (!online_transforms_of(m).empty())
-    throw Error(m.source, std::string("is rotated (its '") + kRotationMetadataKey +
-                              "' record names online transforms) but is used without them; take them from "
-                              "online_transforms_of / plan_rotation");
+    throw Error(m.source, std::string("is rotated: its '") + kRotationMetadataKey +
+                              "' record names online transforms, which this step was not given (it would compute garbage)");
 }
 
 template <class T>
