@@ -164,6 +164,11 @@ TEST(RotationState, RotatingTwiceIsRefusedAndQuantizingComposes) {
   EXPECT_ERROR_HAS(StreamingQuantizer(reader, cfg), "is already rotated");
   // With the plan's transforms it is what quantizing the original with rotation gives.
   cfg.rotate = false;
+  const auto streamed_plan = plan_rotation(reader.config(), reader.metadata(), reader.source(), true);
+  EXPECT_FALSE(streamed_plan.rotate);
+  ASSERT_TRUE(streamed_plan.online.r4);
+  EXPECT_EQ(streamed_plan.online.r4->dense(), r.online.r4->dense());
+  EXPECT_TRUE(plan_rotation(r.original.config, {}, "m", true).rotate);
   const StreamingQuantizer streamed(reader, cfg);
   ASSERT_TRUE(streamed.online().r4);
   EXPECT_EQ(streamed.online().r4->dense(), r.online.r4->dense());

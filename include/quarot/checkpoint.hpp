@@ -50,6 +50,8 @@ class CheckpointReader {
   const ModelConfig& config() const;
   const std::string& source() const;
   DType dtype() const;
+  // The checkpoint's metadata (the rotation record of a rotated one included), without reading tensors.
+  const std::map<std::string, std::string>& metadata() const;
   // Embeddings, final norm, classifier (untied only) and metadata; every layer sized with its
   // linear matrices empty (rows/cols set) and no norms or biases.
   ModelWeights float_parts() const;

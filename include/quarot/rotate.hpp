@@ -96,6 +96,9 @@ struct RotationPlan {
   std::string note;  // for the log: empty, or why the requested rotation is skipped
 };
 RotationPlan plan_rotation(const ModelWeights& m, bool rotate_requested);
+// The same for a streamed input, from what CheckpointReader gives without reading tensors.
+RotationPlan plan_rotation(const ModelConfig& config, const std::map<std::string, std::string>& metadata,
+                           const std::string& source, bool rotate_requested);
 
 // Throws quarot::Error naming `m` when `online` is not what `m` needs: a rotated model handed to
 // the quantizer or the forward pass without its recorded online transforms.

@@ -382,6 +382,9 @@ CheckpointReader::~CheckpointReader() = default;
 const ModelConfig& CheckpointReader::config() const { return impl_->whole ? impl_->whole->config : impl_->hf.config; }
 const std::string& CheckpointReader::source() const { return impl_->source; }
 DType CheckpointReader::dtype() const { return impl_->whole ? impl_->whole->source_dtype : impl_->hf.dtype; }
+const std::map<std::string, std::string>& CheckpointReader::metadata() const {
+  return impl_->whole ? impl_->whole->metadata : impl_->hf.metadata;
+}
 
 ModelWeights CheckpointReader::float_parts() const {
   ModelWeights m;

@@ -369,6 +369,15 @@ RotationPlan plan_rotation(const ModelWeights& m, bool rotate_requested) {
   return p;
 }
 
+RotationPlan plan_rotation(const ModelConfig& config, const std::map<std::string, std::string>& metadata,
+                           const std::string& source, bool rotate_requested) {
+  ModelWeights header;  // config and metadata only: all online_transforms_of reads
+  header.config = config;
+  header.metadata = metadata;
+  header.source = source;
+  return plan_rotation(header, rotate_requested);
+}
+
 void check_online_transforms(const ModelWeights& m, const OnlineTransforms& online) {
   if (!online.empty() || !is_rotated(m)) return;
   if (!online_transforms_of(m).empty())
