@@ -158,6 +158,17 @@ printf '{"rows": [{"index": "0", "model": "m", "run": "r", "ok": true, "failure"
 printf '{"rows": {"index": 0}}' >"$d/s3/summary.json"
 printf '{"rows": [{"index": 0, "model": "m", "run": "../r", "ok": true, "failure": "", "gates": {}}]}' >"$d/s4/summary.json"
 for s in s1 s2 s3 s4; do run "merge-$s" "$d/$s/summary.json" "$d" quarot-batch merge "$d/$s" -o "$d/merged"; done
+# 15. Rotation state (issue 20, first-run friction 1: quantizing a rotated folder rotated it again
+# and dropped its online transforms, exit 0). Rotating twice, quantizing a rotated folder with a
+# second rotation or without its transforms, and a config.json marked rotated without its record.
+d="$work/rotated"; mkdir -p "$d/out"
+"$tools/quarot-rotate" "$work/base" -o "$d/rot" --progress none >/dev/null 2>&1 || { echo "hostile: quarot-rotate failed"; exit 1; }
+run rotate-twice "$d/rot" "$d/out" quarot-rotate "$d/rot" -o "$d/out/again" --progress none
+run quantize-rotated "$d/rot" "$d/out" quarot-quantize "$d/rot" -o "$d/out/q.q4.safetensors" --preset w4a4kv4 --w-method rtn -q
+run quantize-rotated-no-rotate "$d/rot" "$d/out" quarot-quantize "$d/rot" -o "$d/out/q.q4.safetensors" --preset w4a4kv4 --w-method rtn --no-rotate -q
+mkdir -p "$d/unrecorded" && cp "$work/base/model.safetensors" "$d/unrecorded/" &&
+  sed -E 's/"model_type": "llama"/"model_type": "quarot_rotated_llama"/' "$work/base/config.json" >"$d/unrecorded/config.json"
+run rotated-config-without-record "$d/unrecorded/config.json" "$d/unrecorded" quarot-inspect "$d/unrecorded"
 
 echo "hostile_inputs: $((cases - failures)) of $cases cases handled"
 exit $((failures > 0))

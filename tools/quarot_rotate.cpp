@@ -38,7 +38,8 @@ int main(int argc, char** argv) {
       "computes: fold RMSNorm scales into the linear layers, rotate the residual stream with a\n"
       "randomized Hadamard (R1), rotate V/O per head (R2), and set up the online Hadamards on\n"
       "queries/keys (R3) and before down_proj (R4). Writes a Hugging Face folder whose metadata\n"
-      "records the online transforms (quarot-eval applies them).\n"
+      "records the online transforms (quarot-eval and quarot-run apply them); its config.json names\n"
+      "the architecture QuarotRotated<Arch> so that other loaders refuse it. A rotated model is refused.\n"
       "Example: quarot-rotate stories260K.bin -o rotated/ --stats-ids calib-t1-seed42.ids",
       "quarot-rotate"};
   app.add_option("model", args.model, "checkpoint: llama2.c .bin or Hugging Face folder")->required();
@@ -78,8 +79,10 @@ int main(int argc, char** argv) {
     quarot::Progress load("load", mode);
     auto m = quarot::load_model(args.model, [&](uint64_t d, uint64_t t) { load.update(d, t); });
     load.finish(args.model);
-    if (m.metadata.count(quarot::kRotationMetadataKey))
-      throw quarot::Error(args.model, "is already rotated (metadata quarot.rotation); rotate the original instead");
+    // Checked before any work (rotate_model refuses too): a rotated model's online transforms
+    // would be lost by a second rotation.
+    if (quarot::is_rotated(m))
+      throw quarot::Error(args.model, "is already rotated (it carries a 'quarot.rotation' record); rotate the original instead");
 
     std::vector<std::vector<int>> windows;
     if (!args.stats_ids.empty()) {

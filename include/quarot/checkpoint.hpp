@@ -50,6 +50,8 @@ class CheckpointReader {
   const ModelConfig& config() const;
   const std::string& source() const;
   DType dtype() const;
+  // The checkpoint's metadata (the rotation record of a rotated one included), without reading tensors.
+  const std::map<std::string, std::string>& metadata() const;
   // Embeddings, final norm, classifier (untied only) and metadata; every layer sized with its
   // linear matrices empty (rows/cols set) and no norms or biases.
   ModelWeights float_parts() const;
@@ -77,6 +79,21 @@ void save_hf(const ModelWeights& m, const std::string& dir, const HfWriteOptions
 using TensorSource = std::function<std::span<const float>(const std::string& name, FloatBuffer& scratch)>;
 void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std::string>& metadata, const std::string& dir,
                      const HfWriteOptions& opts, const TensorSource& tensor);
+
+// A rotated checkpoint's config.json is marked so that loaders which cannot apply its online
+// transforms refuse it: "architectures" becomes ["QuarotRotated<Original>"], "model_type"
+// "quarot_rotated_<original>", and "quarot_rotation" holds the rotation record (the metadata
+// kRotationMetadataKey: options, seed, online transforms) plus the original "architectures" and
+// "model_type". quarot reads it back as the original config with the record in m.metadata.
+inline constexpr const char* kRotatedConfigKey = "quarot_rotation";
+// config.json text for `config`; marked as above when `rotation_record` (JSON) is not empty.
+std::string hf_config_json_with_rotation(const ModelConfig& config, const std::string& torch_dtype,
+                                         const std::string& rotation_record);
+// Parses a config.json text (marked or not). `rotation_record` receives the record of a marked
+// one ("" otherwise). Throws quarot::Error naming `source` for a marked config without its
+// record, a record that is not an object, or original names that are not strings.
+ModelConfig parse_hf_config_with_rotation(const std::string& json_text, const std::string& source,
+                                          std::string* rotation_record);
 
 // llama2.c's tokenizer.bin: int32 max_token_length, then per piece: float score, int32 length,
 // bytes. The file carries no count; it is read to its end.

@@ -49,7 +49,8 @@ struct RotationReport {
 };
 
 // Rotates `m` in place and returns the online transforms its forward pass needs.
-// Throws quarot::Error for an impossible combination (R1 without norm fusion).
+// Throws quarot::Error for an impossible combination (R1 without norm fusion) and for a model
+// that is rotated already (is_rotated): rotating twice loses the first online transforms.
 OnlineTransforms rotate_model(ModelWeights& m, const RotationOptions& opts, RotationReport* report = nullptr);
 
 // The same rotations one piece at a time, for a model streamed layer by layer (rotate_model is
@@ -73,13 +74,35 @@ class Rotator {
 bool untie_for_rotation(ModelWeights& m, const RotationOptions& opts, RotationReport* report = nullptr);
 void center_embeddings(Matrix& tok_embeddings, RotationReport* report = nullptr);
 
-// The key under which a rotated checkpoint records its rotation (JSON) in its metadata.
-inline constexpr const char* kRotationMetadataKey = "quarot.rotation";
 // Records `opts` and `online` in m.metadata, so that the online transforms can be rebuilt.
 void record_rotation(ModelWeights& m, const RotationOptions& opts, const OnlineTransforms& online);
 // The online transforms a loaded checkpoint needs: empty for an unrotated one. Throws
 // quarot::Error naming the model when the metadata is malformed or does not fit the config.
 OnlineTransforms online_transforms_of(const ModelWeights& m);
+
+// Whether `m` is a rotated checkpoint: it carries a rotation record (kRotationMetadataKey, from
+// the safetensors metadata or a marked config.json), so its online transforms are part of it.
+bool is_rotated(const ModelWeights& m);
+
+// What a tool that may rotate does with its input (quarot-quantize's pipeline):
+//   not rotated: rotate = rotate_requested, online empty (rotate_model gives the transforms);
+//   rotated: rotate = false and online = the recorded transforms, whatever was requested: the
+//   model is used as it is (rotating again would be wrong, dropping the transforms too).
+// Throws quarot::Error naming the model when its record is malformed (online_transforms_of).
+struct RotationPlan {
+  bool rotate = false;
+  bool already_rotated = false;
+  OnlineTransforms online;
+  std::string note;  // for the log: empty, or why the requested rotation is skipped
+};
+RotationPlan plan_rotation(const ModelWeights& m, bool rotate_requested);
+// The same for a streamed input, from what CheckpointReader gives without reading tensors.
+RotationPlan plan_rotation(const ModelConfig& config, const std::map<std::string, std::string>& metadata,
+                           const std::string& source, bool rotate_requested);
+
+// Throws quarot::Error naming `m` when `online` is not what `m` needs: a rotated model handed to
+// the quantizer or the forward pass without its recorded online transforms.
+void check_online_transforms(const ModelWeights& m, const OnlineTransforms& online);
 
 // A forward hook applying the online transforms (then `next`, if any, at the same point).
 template <class T>

@@ -76,4 +76,8 @@ std::string describe(const ModelWeights& m);
 // bytes at 16 and 32 bits (quarot-inspect --config-only).
 std::string describe_config(const ModelConfig& c);
 
+// The metadata key under which a rotated checkpoint records its rotation (JSON: options, seed,
+// online transforms; written by record_rotation in rotate.hpp). Its presence means "rotated".
+inline constexpr const char* kRotationMetadataKey = "quarot.rotation";
+
 }  // namespace quarot

@@ -134,6 +134,77 @@ std::map<std::string, std::string> parse_hf_index(const std::string& json_text, 
   return map;
 }
 
+// ---------------------------------------------------------------- rotated configs
+
+namespace {
+constexpr std::string_view kRotatedArchPrefix = "QuarotRotated";
+constexpr std::string_view kRotatedTypePrefix = "quarot_rotated_";
+}  // namespace
+
+std::string hf_config_json_with_rotation(const ModelConfig& config, const std::string& torch_dtype,
+                                         const std::string& rotation_record) {
+  std::string text = hf_config_json(config, torch_dtype);
+  if (rotation_record.empty()) return text;
+  const std::string label = std::string("metadata '") + kRotationMetadataKey + "'";
+  check_json_limits(rotation_record, label);
+  json record;
+  try {
+    record = json::parse(rotation_record);
+  } catch (const json::exception& e) {
+    throw Error(label, std::string("not valid JSON: ") + e.what());
+  }
+  if (!record.is_object()) throw Error(label, "is not a JSON object");
+  json j = json::parse(text);
+  record["original_architectures"] = j["architectures"];
+  record["original_model_type"] = j["model_type"];
+  // Names no other loader knows: transformers, llama.cpp's converters and vLLM refuse the folder
+  // instead of running it without its online transforms (which would compute garbage).
+  j["architectures"] = {std::string(kRotatedArchPrefix) + j["architectures"][0].get<std::string>()};
+  j["model_type"] = std::string(kRotatedTypePrefix) + j["model_type"].get<std::string>();
+  j[kRotatedConfigKey] = record;
+  return j.dump(2) + "\n";
+}
+
+ModelConfig parse_hf_config_with_rotation(const std::string& json_text, const std::string& source,
+                                          std::string* rotation_record) {
+  if (rotation_record) rotation_record->clear();
+  check_json_limits(json_text, source);
+  json j;
+  try {
+    j = json::parse(json_text);
+  } catch (const json::exception&) {
+    return parse_hf_config(json_text, source);  // its message names the problem
+  }
+  if (!j.is_object()) return parse_hf_config(json_text, source);
+  auto starts = [](const json& v, std::string_view prefix) {
+    return v.is_string() && v.get<std::string>().starts_with(prefix);
+  };
+  const bool marked = (j.contains("model_type") && starts(j["model_type"], kRotatedTypePrefix)) ||
+                      (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
+                       starts(j["architectures"][0], kRotatedArchPrefix));
+  if (!j.contains(kRotatedConfigKey)) {
+    if (marked)
+      throw Error(source, std::string("marks a quarot-rotated model (model_type/architectures) but has no '") + kRotatedConfigKey +
+                              "' record of its rotation");
+    return parse_hf_config(json_text, source);
+  }
+  json record = j[kRotatedConfigKey];
+  const std::string field = std::string("config field '") + kRotatedConfigKey + "'";
+  if (!record.is_object()) throw Error(source, field + " must be an object");
+  const json type = record.contains("original_model_type") ? record["original_model_type"] : json();
+  const json arch = record.contains("original_architectures") ? record["original_architectures"] : json();
+  if (!type.is_string()) throw Error(source, field + ": 'original_model_type' must be a string");
+  if (!arch.is_array() || arch.empty() || !arch[0].is_string())
+    throw Error(source, field + ": 'original_architectures' must be a list of names");
+  j["model_type"] = type;
+  j["architectures"] = arch;
+  j.erase(kRotatedConfigKey);
+  record.erase("original_model_type");
+  record.erase("original_architectures");
+  if (rotation_record) *rotation_record = record.dump();
+  return parse_hf_config(j.dump(), source);
+}
+
 namespace {
 
 // An opened Hugging Face folder: its config, mapped safetensors files and where each tensor is,
@@ -143,7 +214,7 @@ struct HfFolder {
   ModelConfig config;
   std::vector<std::unique_ptr<SafetensorsFile>> files;
   std::map<std::string, Located> where;
-  std::map<std::string, std::string> metadata;
+  std::map<std::string, std::string> metadata;  // the rotation record of a marked config.json included
   DType dtype = DType::F32;
 };
 
@@ -155,7 +226,8 @@ HfFolder open_hf(const std::string& dir) {
   const std::string config_path = (root / "config.json").string();
   if (!fs::exists(config_path, ec)) throw Error(dir, "no config.json in this folder");
   HfFolder h;
-  h.config = parse_hf_config(read_json_file(config_path), config_path);
+  std::string config_rotation;  // the rotation record of a marked config.json
+  h.config = parse_hf_config_with_rotation(read_json_file(config_path), config_path, &config_rotation);
 
   // Open the safetensors file(s).
   auto& files = h.files;
@@ -198,6 +270,24 @@ HfFolder open_hf(const std::string& dir) {
     if (k.rfind("quarot.", 0) == 0)
       if (auto p = json_limits_problem(v)) throw Error(files.front()->path(), "metadata '" + k + "': JSON " + *p);
     if (k != "format") h.metadata[k] = v;
+  }
+  // Rotation state: the safetensors metadata (older folders carry only that) and the marked
+  // config.json must agree; either one alone makes the model rotated.
+  if (!config_rotation.empty()) {
+    auto it = h.metadata.find(kRotationMetadataKey);
+    if (it == h.metadata.end()) {
+      h.metadata[kRotationMetadataKey] = config_rotation;
+    } else {
+      json in_file;
+      try {
+        in_file = json::parse(it->second);
+      } catch (const json::exception& e) {
+        throw Error(files.front()->path(), std::string("metadata '") + kRotationMetadataKey + "': not valid JSON: " + e.what());
+      }
+      if (in_file != json::parse(config_rotation))
+        throw Error(config_path, std::string("'") + kRotatedConfigKey + "' differs from the rotation record '" + kRotationMetadataKey +
+                                     "' in " + files.front()->path());
+    }
   }
   // A small folder whose config claims many layers fails at once, naming the field: the last
   // layer config.json implies must have tensors in the files (one map lookup).
@@ -292,6 +382,9 @@ CheckpointReader::~CheckpointReader() = default;
 const ModelConfig& CheckpointReader::config() const { return impl_->whole ? impl_->whole->config : impl_->hf.config; }
 const std::string& CheckpointReader::source() const { return impl_->source; }
 DType CheckpointReader::dtype() const { return impl_->whole ? impl_->whole->source_dtype : impl_->hf.dtype; }
+const std::map<std::string, std::string>& CheckpointReader::metadata() const {
+  return impl_->whole ? impl_->whole->metadata : impl_->hf.metadata;
+}
 
 ModelWeights CheckpointReader::float_parts() const {
   ModelWeights m;
@@ -422,7 +515,7 @@ ModelConfig read_model_config(const std::string& path) {
     }
   }
   const std::string cfg = (dir / "config.json").string();
-  return parse_hf_config(read_json_file(cfg), cfg);
+  return parse_hf_config_with_rotation(read_json_file(cfg), cfg, nullptr);
 }
 
 void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOptions& opts) {
@@ -520,7 +613,9 @@ void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std:
   const char* torch_dtype = opts.dtype == DType::F32 ? "float32" : opts.dtype == DType::F16 ? "float16" : "bfloat16";
   const std::string config_path = (root / "config.json").string();
   protect(config_path);
-  write_file_atomic(config_path, hf_config_json(config, torch_dtype));
+  auto record = metadata.find(kRotationMetadataKey);
+  write_file_atomic(config_path,
+                    hf_config_json_with_rotation(config, torch_dtype, record == metadata.end() ? std::string() : record->second));
 }
 
 }  // namespace quarot

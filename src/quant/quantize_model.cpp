@@ -298,6 +298,7 @@ void quantize_layer_by_layer(const ModelConfig& c, const Matrix& embeddings, con
 std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
                                                const std::vector<std::vector<int>>& calib, const QuantProgress& progress,
                                                const QuantizedSink& sink) {
+  check_online_transforms(m, online);  // a rotated input quantized without its transforms is garbage
   std::vector<ModuleQuantStats> stats;
   quantize_classifier(m, cfg, stats);
   if (cfg.method == WeightMethod::None) return stats;
@@ -313,6 +314,10 @@ std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTran
 StreamingQuantizer::StreamingQuantizer(const CheckpointReader& src, const QuantConfig& cfg) : src_(src), cfg_(cfg) {
   model_ = src.float_parts();
   model_.source = src.source();
+  if (cfg.rotate && is_rotated(model_))
+    throw Error(model_.source, std::string("is already rotated (it carries a '") + kRotationMetadataKey +
+                                   "' record); quantize it without rotating (its recorded online transforms are applied)");
+  if (!cfg.rotate) online_ = online_transforms_of(model_);  // a rotated input keeps its transforms
   if (cfg.rotate) {
     if (cfg.rotation.r1 && !cfg.rotation.fuse_norms)
       throw Error("--rotate", "R1 needs the RMSNorm scales fused first (a rotation does not commute with them)");

@@ -277,6 +277,9 @@ void center_embeddings(Matrix& tok_embeddings, RotationReport* report) {
 OnlineTransforms rotate_model(ModelWeights& m, const RotationOptions& opts, RotationReport* report) {
   if (opts.r1 && !opts.fuse_norms)
     throw Error("--rotate", "R1 needs the RMSNorm scales fused first (a rotation does not commute with them)");
+  if (is_rotated(m))
+    throw Error(m.source, std::string("is already rotated (it carries a '") + kRotationMetadataKey +
+                              "' record); rotate the original model instead, or use this one as it is");
   untie_for_rotation(m, opts, report);
   if (opts.center_embeddings) center_embeddings(m.tok_embeddings, report);
   const Rotator r(m.config, opts, report);
@@ -348,6 +351,38 @@ OnlineTransforms online_transforms_of(const ModelWeights& m) {
     throw Error(m.source, std::string("malformed quarot.rotation metadata: ") + e.what());
   }
   return t;
+}
+
+bool is_rotated(const ModelWeights& m) { return m.metadata.count(kRotationMetadataKey) != 0; }
+
+RotationPlan plan_rotation(const ModelWeights& m, bool rotate_requested) {
+  RotationPlan p;
+  if (!is_rotated(m)) {
+    p.rotate = rotate_requested;
+    return p;
+  }
+  p.already_rotated = true;
+  p.online = online_transforms_of(m);
+  if (rotate_requested)
+    p.note = m.source + " is already rotated: not rotating again; its recorded online transforms are used" +
+             (p.online.empty() ? " (none)" : "");
+  return p;
+}
+
+RotationPlan plan_rotation(const ModelConfig& config, const std::map<std::string, std::string>& metadata,
+                           const std::string& source, bool rotate_requested) {
+  ModelWeights header;  // config and metadata only: all online_transforms_of reads
+  header.config = config;
+  header.metadata = metadata;
+  header.source = source;
+  return plan_rotation(header, rotate_requested);
+}
+
+void check_online_transforms(const ModelWeights& m, const OnlineTransforms& online) {
+  if (!online.empty() || !is_rotated(m)) return;
+  if (!online_transforms_of(m).empty())
+    throw Error(m.source, std::string("is rotated: its '") + kRotationMetadataKey +
+                              "' record names online transforms, which this step was not given (it would compute garbage)");
 }
 
 template <class T>

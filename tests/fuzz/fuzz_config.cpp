@@ -1,4 +1,4 @@
-// libFuzzer: configuration documents. config.json (parse + every derived shape), the tools'
+// libFuzzer: configuration documents. config.json (parse + every derived shape; marked rotated too), the tools'
 // --config reader (JSON or TOML through CLI11) and batch plans (TOML via toml++ -> JSON), each
 // behind the nesting/size pre-check (json_limits.hpp).
 #include <toml++/toml.h>
@@ -10,6 +10,7 @@
 #include <string>
 
 #include "config_file.hpp"  // tools/
+#include "quarot/checkpoint.hpp"
 #include "quarot/config.hpp"
 #include "quarot/error.hpp"
 #include "quarot/json_limits.hpp"
@@ -22,6 +23,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Derived sizes must be representable: q_dim/kv_dim in int, tensors in int64.
     if (int64_t(c.n_heads) * c.head_dim != c.q_dim() || int64_t(c.n_kv_heads) * c.head_dim != c.kv_dim()) __builtin_trap();
     if (c.n_layers <= 64) (void)quarot::tensor_shapes(c);
+  } catch (const quarot::Error&) {
+  }
+  try {  // the same as a rotated folder's config.json: marked names, the 'quarot_rotation' record
+    std::string record;
+    (void)quarot::parse_hf_config_with_rotation(text, "fuzz-config.json", &record);
   } catch (const quarot::Error&) {
   }
   try {  // a tool's --config FILE
