@@ -76,26 +76,34 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_row_avx512(co
 
 }  // namespace
 
-void quantize_activations(const float* x, int rows, int64_t cols, int bits, double clip, Int8Activations& out, Isa isa) {
+void quantize_activations(const float* x, int rows, int64_t cols, int bits, double clip, int64_t group, Int8Activations& out,
+                          Isa isa) {
   if (bits < 2 || bits > 8) throw Error("int4", "activation bits must be 2..8, got " + std::to_string(bits));
+  if (group < 0) throw Error("int4", "activation group must be >= 0, got " + std::to_string(group));
   out.rows = rows;
   out.cols = cols;
   out.cols_padded = int4_padded_cols(cols);
-  const int64_t K = out.cols_padded, nb = K / kInt4Block;
+  out.group = group >= cols ? 0 : group;
+  const int64_t K = out.cols_padded, nb = K / kInt4Block, gs = out.group > 0 ? out.group : std::max<int64_t>(cols, 1),
+                GA = out.groups();
   out.q.assign(std::size_t(rows * K), 0);
-  out.scale.resize(std::size_t(rows));
+  out.scale.resize(std::size_t(rows * GA));
   out.block_sums.assign(std::size_t(rows * nb), 0);
   const int qmin = -(1 << (bits - 1)), qmax = (1 << (bits - 1)) - 1;
 #pragma omp parallel for schedule(static) if (int64_t(rows) * cols > (1 << 16))
   for (int r = 0; r < rows; ++r) {
     const float* xr = x + int64_t(r) * cols;
     int8_t* qr = out.q.data() + int64_t(r) * K;
-    const double s = cols > 0 ? act_scale(xr, cols, bits, clip) : 1.0;
-    out.scale[std::size_t(r)] = float(s);
-    if (isa == Isa::Avx512Vnni)
-      quantize_row_avx512(xr, cols, s, qmin, qmax, qr);
-    else
-      quantize_row_scalar(xr, cols, s, qmin, qmax, qr);
+    for (int64_t g = 0; g < GA; ++g) {
+      const int64_t c0 = g * gs, n = std::min(gs, cols - c0);
+      const double s = n > 0 ? act_scale(xr + c0, n, bits, clip) : 1.0;
+      out.scale[std::size_t(r * GA + g)] = float(s);
+      if (n <= 0) continue;
+      if (isa == Isa::Avx512Vnni)
+        quantize_row_avx512(xr + c0, n, s, qmin, qmax, qr + c0);
+      else
+        quantize_row_scalar(xr + c0, n, s, qmin, qmax, qr + c0);
+    }
     for (int64_t b = 0; b < nb; ++b) {
       int32_t sum = 0;
       for (int j = 0; j < kInt4Block; ++j) sum += qr[b * kInt4Block + j];
@@ -108,26 +116,61 @@ void quantize_activations(const float* x, int rows, int64_t cols, int bits, doub
 
 namespace {
 
+// Columns [c0, c1) of the padded row that share one weight group `wg` and one activation group
+// `ag`. Without activation groups the segments are the weight groups (whole 64-column blocks).
+struct Segment {
+  int64_t c0, c1, wg, ag;
+};
+
+// The columns of block `b` inside [c0, c1), one bit each.
+inline uint64_t block_mask(int64_t b, int64_t c0, int64_t c1) {
+  const int64_t lo = std::max<int64_t>(c0 - b * kInt4Block, 0), hi = std::min<int64_t>(c1 - b * kInt4Block, kInt4Block);
+  const uint64_t below_hi = hi >= 64 ? ~0ull : (1ull << hi) - 1;
+  return below_hi & ~((1ull << lo) - 1);
+}
+
 struct GemmContext {
   const Int4Weights& w;
   const Int8Activations& x;
   const float* bias;
   float* y;
-  int64_t K, nb, G, bpg;
-  std::vector<int32_t> xsum;  // [token][group]: sum of the token's codes over the group
+  int64_t K, G, GA;
+  bool grouped;               // activation scales per group (else one per token, applied at the end)
+  std::vector<Segment> seg;
+  std::vector<int32_t> xsum;  // [token][segment]: sum of the token's codes over the segment
   GemmContext(const Int4Weights& w_, const Int8Activations& x_, const float* b, float* y_)
-      : w(w_), x(x_), bias(b), y(y_), K(w_.cols_padded()), nb(K / kInt4Block), G(w_.groups()), bpg(w_.blocks_per_group()) {
-    xsum.assign(std::size_t(x.rows * G), 0);
+      : w(w_), x(x_), bias(b), y(y_), K(w_.cols_padded()), G(w_.groups()), GA(x_.groups()), grouped(x_.group > 0) {
+    const int64_t wgs = G > 1 ? w.group_size : K, ags = grouped ? x.group : K;
+    for (int64_t c = 0; c < K;) {
+      const int64_t wg = std::min(c / wgs, G - 1), ag = std::min(c / ags, GA - 1);
+      int64_t end = K;  // the last group of either kind runs to the padding (codes 0 there)
+      if (wg + 1 < G) end = std::min(end, (wg + 1) * wgs);
+      if (ag + 1 < GA) end = std::min(end, (ag + 1) * ags);
+      seg.push_back({c, end, wg, ag});
+      c = end;
+    }
+    const int64_t S = int64_t(seg.size()), nb = K / kInt4Block;
+    xsum.assign(std::size_t(x.rows * S), 0);
     for (int t = 0; t < x.rows; ++t)
-      for (int64_t k = 0; k < nb; ++k) xsum[std::size_t(t * G + k / bpg)] += x.block_sums[std::size_t(t * nb + k)];
+      for (int64_t s = 0; s < S; ++s) {
+        int32_t sum = 0;
+        const Segment& g = seg[std::size_t(s)];
+        if (g.c0 % kInt4Block == 0 && g.c1 % kInt4Block == 0)
+          for (int64_t k = g.c0 / kInt4Block; k < g.c1 / kInt4Block; ++k) sum += x.block_sums[std::size_t(t * nb + k)];
+        else
+          for (int64_t i = g.c0; i < g.c1; ++i) sum += x.q[std::size_t(t * K + i)];
+        xsum[std::size_t(t * S + s)] = sum;
+      }
   }
-  // The fp32 epilogue, shared by every path: one group's integer dot into the running sum.
-  float group_term(int64_t o, int64_t g, int t, int32_t dot) const {
-    const int32_t z = w.zeros ? w.zeros[o * G + g] : 8;
-    return w.scales[o * G + g] * float(dot - z * xsum[std::size_t(t * G + g)]);
+  // The fp32 epilogue, shared by every path: one segment's integer dot into the running sum.
+  float term(int64_t o, std::size_t s, int t, int32_t dot) const {
+    const Segment& g = seg[s];
+    const int32_t z = w.zeros ? w.zeros[o * G + g.wg] : 8;
+    const float v = w.scales[o * G + g.wg] * float(dot - z * xsum[std::size_t(t) * seg.size() + s]);
+    return grouped ? x.scale[std::size_t(t * GA + g.ag)] * v : v;
   }
   void store(int t, int64_t o, float acc) const {
-    float v = acc * x.scale[std::size_t(t)];
+    float v = grouped ? acc : acc * x.scale[std::size_t(t)];
     if (bias) v = v + bias[o];
     y[int64_t(t) * w.rows + o] = v;
   }
@@ -142,10 +185,10 @@ void gemm_scalar(const GemmContext& c) {
     for (int t = 0; t < c.x.rows; ++t) {
       const int8_t* q = c.x.q.data() + int64_t(t) * c.K;
       float acc = 0;
-      for (int64_t g = 0; g < c.G; ++g) {
+      for (std::size_t s = 0; s < c.seg.size(); ++s) {
         int32_t dot = 0;
-        for (int64_t i = g * c.bpg * kInt4Block; i < (g + 1) * c.bpg * kInt4Block; ++i) dot += int32_t(int4_at(pr, i)) * q[i];
-        acc += c.group_term(o, g, t, dot);
+        for (int64_t i = c.seg[s].c0; i < c.seg[s].c1; ++i) dot += int32_t(int4_at(pr, i)) * q[i];
+        acc += c.term(o, s, t, dot);
       }
       c.store(t, o, acc);
     }
@@ -192,11 +235,11 @@ void gemm_tiled(const GemmContext& c, TileFn tile) {
           const int8_t* xs[T];
           for (int t = 0; t < T; ++t) xs[t] = t < nt ? c.x.q.data() + int64_t(t0 + t) * c.K : zero_row.data();
           float acc[R][T] = {};
-          for (int64_t g = 0; g < c.G; ++g) {
+          for (std::size_t s = 0; s < c.seg.size(); ++s) {
             int32_t dots[R][T];
-            tile(wa, xs, g * c.bpg, (g + 1) * c.bpg, c.K, dots);
+            tile(wa, xs, c.seg[s].c0, c.seg[s].c1, c.K, dots);
             for (int r = 0; r < nr; ++r)
-              for (int t = 0; t < nt; ++t) acc[r][t] += c.group_term(o0 + r, g, t0 + t, dots[r][t]);
+              for (int t = 0; t < nt; ++t) acc[r][t] += c.term(o0 + r, s, t0 + t, dots[r][t]);
           }
           for (int r = 0; r < nr; ++r)
             for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, acc[r][t]);
@@ -206,18 +249,20 @@ void gemm_tiled(const GemmContext& c, TileFn tile) {
   }
 }
 
-// 4 rows x 4 tokens of int32 dots over blocks [b0, b1): 16 zmm accumulators, vpdpbusd.
+// 4 rows x 4 tokens of int32 dots over columns [c0, c1): 16 zmm accumulators, vpdpbusd. A block
+// the range covers in part (activation groups narrower than a block) loads the codes masked.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_avx512(const uint8_t* wu, const int8_t* const* xs,
-                                                                                 int64_t b0, int64_t b1, int64_t K,
+                                                                                 int64_t c0, int64_t c1, int64_t K,
                                                                                  int32_t (&dots)[4][4]) {
   __m512i acc[4][4];
   for (auto& r : acc)
     for (auto& a : r) a = _mm512_setzero_si512();
-  for (int64_t b = b0; b < b1; ++b) {
+  for (int64_t b = c0 / kInt4Block; b * kInt4Block < c1; ++b) {
+    const uint64_t m = block_mask(b, c0, c1);
     __m512i wv[4], xv[4];
     for (int r = 0; r < 4; ++r) wv[r] = _mm512_load_si512(wu + r * K + b * 64);
     for (int t = 0; t < 4; ++t) {
-      xv[t] = _mm512_loadu_si512(xs[t] + b * 64);
+      xv[t] = m == ~0ull ? _mm512_loadu_si512(xs[t] + b * 64) : _mm512_maskz_loadu_epi8(m, xs[t] + b * 64);
       // Keep the codes in a register: folded into vpdpbusd as memory operands they would be
       // loaded 4 times each (20 loads per 16 vpdpbusd; the loop was load-bound).
       asm("" : "+v"(xv[t]));
@@ -230,17 +275,26 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_avx512
 }
 
 // 4 rows x 2 tokens: u8 x s8 -> s16 pairs (no saturation: |15 * 128 * 2| < 2^15) -> s32.
-__attribute__((target("avx2"))) void tile_avx2(const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K,
+// Columns [c0, c1) as in tile_avx512: a partly covered half-block ANDs the codes with a byte mask.
+__attribute__((target("avx2"))) void tile_avx2(const uint8_t* wu, const int8_t* const* xs, int64_t c0, int64_t c1, int64_t K,
                                                int32_t (&dots)[4][2]) {
   const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+                                        25, 26, 27, 28, 29, 30, 31);
   __m256i acc[4][2];
   for (auto& r : acc)
     for (auto& a : r) a = _mm256_setzero_si256();
-  for (int64_t b = b0; b < b1; ++b)
+  for (int64_t b = c0 / kInt4Block; b * kInt4Block < c1; ++b)
     for (int h = 0; h < 2; ++h) {
       const int64_t off = b * 64 + h * 32;
       __m256i xv[2];
       for (int t = 0; t < 2; ++t) xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t] + off));
+      if (off < c0 || off + 32 > c1) {
+        const int lo = int(std::clamp<int64_t>(c0 - off, 0, 32)), hi = int(std::clamp<int64_t>(c1 - off, 0, 32));
+        const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi8(_mm256_set1_epi8(char(hi)), iota),
+                                            _mm256_cmpgt_epi8(iota, _mm256_set1_epi8(char(lo - 1))));
+        for (int t = 0; t < 2; ++t) xv[t] = _mm256_and_si256(xv[t], in);
+      }
       for (int r = 0; r < 4; ++r) {
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wu + r * K + off));
         for (int t = 0; t < 2; ++t)
@@ -271,14 +325,17 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_avx512
     const uint8_t* rows[R];
     for (int r = 0; r < R; ++r) rows[r] = w.packed + (o0 + std::min(r, nr - 1)) * row_bytes;  // spare lanes repeat the last row
     float acc[R][T] = {};
-    for (int64_t g = 0; g < c.G; ++g) {
+    for (std::size_t s = 0; s < c.seg.size(); ++s) {
       __m512i sum[R][T];
       for (auto& a : sum)
         for (auto& v : a) v = _mm512_setzero_si512();
-      for (int64_t b = g * c.bpg; b < (g + 1) * c.bpg; ++b) {
+      const int64_t c0 = c.seg[s].c0, c1 = c.seg[s].c1;
+      for (int64_t b = c0 / kInt4Block; b * kInt4Block < c1; ++b) {
+        const uint64_t m = block_mask(b, c0, c1);
         __m512i xv[T];
         for (int t = 0; t < T; ++t) {
-          xv[t] = _mm512_loadu_si512(c.x.q.data() + int64_t(t) * c.K + b * 64);
+          const int8_t* xp = c.x.q.data() + int64_t(t) * c.K + b * 64;
+          xv[t] = m == ~0ull ? _mm512_loadu_si512(xp) : _mm512_maskz_loadu_epi8(m, xp);
           asm("" : "+v"(xv[t]));  // one load per block, not one per row (see tile_avx512)
         }
         for (int r = 0; r < R; ++r) {
@@ -289,7 +346,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_avx512
         }
       }
       for (int r = 0; r < nr; ++r)
-        for (int t = 0; t < T; ++t) acc[r][t] += c.group_term(o0 + r, g, t, _mm512_reduce_add_epi32(sum[r][t]));
+        for (int t = 0; t < T; ++t) acc[r][t] += c.term(o0 + r, s, t, _mm512_reduce_add_epi32(sum[r][t]));
     }
     for (int r = 0; r < nr; ++r)
       for (int t = 0; t < T; ++t) c.store(t, o0 + r, acc[r][t]);
@@ -310,13 +367,13 @@ void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias
       if (x.rows == 1) return gemv_avx512<1>(c);
       if (x.rows == 2) return gemv_avx512<2>(c);
       if (x.rows == 3) return gemv_avx512<3>(c);
-      gemm_tiled<4, 4>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K, int32_t(&d)[4][4]) {
-        tile_avx512(wu, xs, b0, b1, K, d);
+      gemm_tiled<4, 4>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t c0, int64_t c1, int64_t K, int32_t(&d)[4][4]) {
+        tile_avx512(wu, xs, c0, c1, K, d);
       });
       break;
     case Isa::Avx2:
-      gemm_tiled<4, 2>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K, int32_t(&d)[4][2]) {
-        tile_avx2(wu, xs, b0, b1, K, d);
+      gemm_tiled<4, 2>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t c0, int64_t c1, int64_t K, int32_t(&d)[4][2]) {
+        tile_avx2(wu, xs, c0, c1, K, d);
       });
       break;
     case Isa::Scalar:
