@@ -130,7 +130,12 @@ const std::vector<Kernel>& kernels() {
                                {17, 172, 0, 32, 5, 8, true, false},    {12, 256, 64, 128, 33, 4, false, true},
                                {9, 256, 128, 64, 2, 8, true, true},    {64, 512, 0, 128, 70, 4, false, false},
                                {5, 192, 64, 48, 4, 4, true, false},    {130, 512, 128, 32, 9, 4, false, true},
-                               {17, 1000, 0, 128, 2, 4, false, false}, {20, 100, 0, 7, 6, 4, true, true}};
+                               {17, 1000, 0, 128, 2, 4, false, false}, {20, 100, 0, 7, 6, 4, true, true},
+                               // AVX-512's lane-per-group GEMM (per-channel weights, groups of whole
+                               // blocks, >= 4 tokens): several super-blocks of 16 groups, a short
+                               // tail group, zero points, rows and tokens not filling a tile.
+                               {33, 2176, 0, 64, 9, 4, true, true},    {10, 1000, 0, 128, 5, 8, false, true},
+                               {6, 4160, 0, 192, 4, 4, true, false},   {131, 1024, 0, 128, 130, 4, false, false}};
          for (const Case& c : cases) {
            const auto w = random_weights(c.rows, c.cols, c.w_group, c.asym, uint64_t(c.rows * 31 + c.cols));
            const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));

@@ -162,17 +162,36 @@ struct GemmContext {
         xsum[std::size_t(t * S + s)] = sum;
       }
   }
-  // The fp32 epilogue, shared by every path: one segment's integer dot into the running sum.
+  // The fp32 epilogue, shared by every path: one segment's integer dot, as added to the running
+  // sum. Per token: s_w * float(dot - z * xsum), times s_x at the end. With activation groups:
+  // s_x * float(...) with per-channel weights (s_w at the end), else s_x * (s_w * float(...)).
   float term(int64_t o, std::size_t s, int t, int32_t dot) const {
     const Segment& g = seg[s];
     const int32_t z = w.zeros ? w.zeros[o * G + g.wg] : 8;
-    const float v = w.scales[o * G + g.wg] * float(dot - z * xsum[std::size_t(t) * seg.size() + s]);
-    return grouped ? x.scale[std::size_t(t * GA + g.ag)] * v : v;
+    const float d = float(dot - z * xsum[std::size_t(t) * seg.size() + s]);
+    if (!grouped) return w.scales[o * G + g.wg] * d;
+    const float sx = x.scale[std::size_t(t * GA + g.ag)];
+    return G == 1 ? sx * d : sx * (w.scales[o * G + g.wg] * d);
   }
   void store(int t, int64_t o, float acc) const {
-    float v = grouped ? acc : acc * x.scale[std::size_t(t)];
+    float v = !grouped ? acc * x.scale[std::size_t(t)] : G == 1 ? w.scales[o] * acc : acc;
     if (bias) v = v + bias[o];
     y[int64_t(t) * w.rows + o] = v;
+  }
+};
+
+// The running sum of one output. Per token one fp32 sum; with activation groups 16 lanes, segment
+// s into lane s % 16 (the lanes of gemm_grouped_avx512, one group per lane), added pairwise at the
+// end (lane i + lane i + 8, then + 4, + 2, + 1) -- the order every path follows.
+struct RunningSum {
+  float lane[16];
+  void clear(bool grouped) { std::fill(lane, lane + (grouped ? 16 : 1), 0.f); }
+  void add(bool grouped, std::size_t s, float v) { lane[grouped ? s % 16 : 0] += v; }
+  float total(bool grouped) {
+    if (grouped)
+      for (int step = 8; step >= 1; step /= 2)
+        for (int i = 0; i < step; ++i) lane[i] = lane[i] + lane[i + step];
+    return lane[0];
   }
 };
 
@@ -184,13 +203,14 @@ void gemm_scalar(const GemmContext& c) {
     const uint8_t* pr = w.packed + o * row_bytes;
     for (int t = 0; t < c.x.rows; ++t) {
       const int8_t* q = c.x.q.data() + int64_t(t) * c.K;
-      float acc = 0;
+      RunningSum acc;
+      acc.clear(c.grouped);
       for (std::size_t s = 0; s < c.seg.size(); ++s) {
         int32_t dot = 0;
         for (int64_t i = c.seg[s].c0; i < c.seg[s].c1; ++i) dot += int32_t(int4_at(pr, i)) * q[i];
-        acc += c.term(o, s, t, dot);
+        acc.add(c.grouped, s, c.term(o, s, t, dot));
       }
-      c.store(t, o, acc);
+      c.store(t, o, acc.total(c.grouped));
     }
   }
 }
@@ -234,15 +254,17 @@ void gemm_tiled(const GemmContext& c, TileFn tile) {
           const int nt = std::min(T, te - t0);
           const int8_t* xs[T];
           for (int t = 0; t < T; ++t) xs[t] = t < nt ? c.x.q.data() + int64_t(t0 + t) * c.K : zero_row.data();
-          float acc[R][T] = {};
+          RunningSum acc[R][T];
+          for (auto& a : acc)
+            for (auto& v : a) v.clear(c.grouped);
           for (std::size_t s = 0; s < c.seg.size(); ++s) {
             int32_t dots[R][T];
             tile(wa, xs, c.seg[s].c0, c.seg[s].c1, c.K, dots);
             for (int r = 0; r < nr; ++r)
-              for (int t = 0; t < nt; ++t) acc[r][t] += c.term(o0 + r, s, t0 + t, dots[r][t]);
+              for (int t = 0; t < nt; ++t) acc[r][t].add(c.grouped, s, c.term(o0 + r, s, t0 + t, dots[r][t]));
           }
           for (int r = 0; r < nr; ++r)
-            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, acc[r][t]);
+            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, acc[r][t].total(c.grouped));
         }
       }
     }
@@ -324,7 +346,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_avx512
     const int nr = int(std::min<int64_t>(R, w.rows - o0));
     const uint8_t* rows[R];
     for (int r = 0; r < R; ++r) rows[r] = w.packed + (o0 + std::min(r, nr - 1)) * row_bytes;  // spare lanes repeat the last row
-    float acc[R][T] = {};
+    RunningSum acc[R][T];
+    for (auto& a : acc)
+      for (auto& v : a) v.clear(c.grouped);
     for (std::size_t s = 0; s < c.seg.size(); ++s) {
       __m512i sum[R][T];
       for (auto& a : sum)
@@ -346,10 +370,130 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_avx512
         }
       }
       for (int r = 0; r < nr; ++r)
-        for (int t = 0; t < T; ++t) acc[r][t] += c.term(o0 + r, s, t, _mm512_reduce_add_epi32(sum[r][t]));
+        for (int t = 0; t < T; ++t) acc[r][t].add(c.grouped, s, c.term(o0 + r, s, t, _mm512_reduce_add_epi32(sum[r][t])));
     }
     for (int r = 0; r < nr; ++r)
-      for (int t = 0; t < T; ++t) c.store(t, o0 + r, acc[r][t]);
+      for (int t = 0; t < T; ++t) c.store(t, o0 + r, acc[r][t].total(c.grouped));
+  }
+}
+
+// out[d] lane j = in[j] lane d, for 16 vectors of 16 dwords.
+__attribute__((target("avx512f"))) inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + m], 128-bit lane L: dword 4L + m of in[4i .. 4i + 3]
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {  // a 4 x 4 transpose of 128-bit lanes
+    const __m512i p = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x44), q = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512i hp = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xEE), hq = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xEE);
+    r[m] = _mm512_shuffle_i32x4(p, q, 0x88);
+    r[4 + m] = _mm512_shuffle_i32x4(p, q, 0xDD);
+    r[8 + m] = _mm512_shuffle_i32x4(hp, hq, 0x88);
+    r[12 + m] = _mm512_shuffle_i32x4(hp, hq, 0xDD);
+  }
+}
+
+// RunningSum::total on 16 lanes.
+__attribute__((target("avx512f"))) inline float lane_total(__m512 f) {
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(f), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+  const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 d = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
+}
+
+// Activation groups of whole blocks with per-channel weights, at least 4 tokens: one group per
+// int32 lane, so a group's dot needs no horizontal sum. The codes of 16 groups are interleaved
+// dword by dword (step k, lane j = codes 4k..4k+3 of group 16 sb + j; the weights by a 16 x 16
+// dword transpose of their unpacked blocks), the int32 lanes are the 16 groups' dots after a
+// super-block, and the epilogue runs once per super-block in vector lanes -- the same fp32
+// operations, per lane, as RunningSum with GemmContext::term.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemm_grouped_avx512(const GemmContext& c) {
+  constexpr int R = 4, T = 4, kBlockTokens = 128;
+  const auto& w = c.w;
+  const auto& x = c.x;
+  const int M = x.rows, Mp = (M + T - 1) / T * T;
+  const int64_t K = c.K, nb = K / kInt4Block, gs = x.group, bpg = gs / kInt4Block, GA = c.GA, NSB = (GA + 15) / 16,
+                steps = gs / 4, SB = steps * 64, KI = NSB * SB, S = int64_t(c.seg.size()), row_bytes = K / 2;
+  const bool sym = w.zeros == nullptr;
+  std::vector<int8_t> xi(std::size_t(Mp * KI), 0);
+  std::vector<int32_t> xs(std::size_t(Mp * NSB * 16), 0);  // 8 * xsum when symmetric, else xsum
+  std::vector<float> sx(std::size_t(Mp * NSB * 16), 0.f);
+  for (int t = 0; t < M; ++t)
+    for (int64_t g = 0; g < GA; ++g) {
+      const int64_t sb = g / 16, j = g % 16, n = std::min(gs, K - g * gs);
+      const int8_t* src = x.q.data() + t * K + g * gs;
+      int8_t* dst = xi.data() + t * KI + sb * SB + j * 4;
+      for (int64_t k = 0; k < n / 4; ++k) std::memcpy(dst + k * 64, src + 4 * k, 4);
+      xs[std::size_t((t * NSB + sb) * 16 + j)] = (sym ? 8 : 1) * c.xsum[std::size_t(t * S + g)];
+      sx[std::size_t((t * NSB + sb) * 16 + j)] = x.scale[std::size_t(t * GA + g)];
+    }
+  const bool parallel = w.rows * int64_t(M) * K > (1 << 20);
+  for (int tb = 0; tb < M; tb += kBlockTokens) {
+    const int te = std::min(M, tb + kBlockTokens);
+#pragma omp parallel if (parallel)
+    {
+      std::vector<uint8_t> wu(std::size_t(R * K) + 64), wiv(std::size_t(R * KI) + 64);
+      uint8_t* wa = wu.data() + (64 - reinterpret_cast<uintptr_t>(wu.data()) % 64) % 64;
+      uint8_t* wi = wiv.data() + (64 - reinterpret_cast<uintptr_t>(wiv.data()) % 64) % 64;
+#pragma omp for schedule(static)
+      for (int64_t o0 = 0; o0 < w.rows; o0 += R) {
+        const int nr = int(std::min<int64_t>(R, w.rows - o0));
+        unpack_rows(w.packed + o0 * row_bytes, row_bytes, nr, R, K, wa);
+        for (int r = 0; r < R; ++r)
+          for (int64_t sb = 0; sb < NSB; ++sb)
+            for (int64_t h = 0; h < bpg; ++h) {
+              __m512i v[16];
+              for (int j = 0; j < 16; ++j) {
+                const int64_t g = sb * 16 + j, b = g * bpg + h;
+                v[j] = g < GA && b < nb ? _mm512_load_si512(wa + r * K + b * 64) : _mm512_setzero_si512();
+              }
+              transpose16(v);
+              for (int d = 0; d < 16; ++d) _mm512_store_si512(wi + r * KI + sb * SB + (h * 16 + d) * 64, v[d]);
+            }
+        __m512i zr[R];
+        for (int r = 0; r < R; ++r) zr[r] = _mm512_set1_epi32(sym ? 0 : w.zeros[o0 + std::min(r, nr - 1)]);
+        for (int t0 = tb; t0 < te; t0 += T) {
+          const int nt = std::min(T, te - t0);
+          __m512 f[R][T];
+          for (auto& a : f)
+            for (auto& v : a) v = _mm512_setzero_ps();
+          for (int64_t sb = 0; sb < NSB; ++sb) {
+            __m512i acc[R][T];
+            for (auto& a : acc)
+              for (auto& v : a) v = _mm512_setzero_si512();
+            for (int64_t k = 0; k < steps; ++k) {
+              __m512i wv[R], xv[T];
+              for (int r = 0; r < R; ++r) wv[r] = _mm512_load_si512(wi + r * KI + sb * SB + k * 64);
+              for (int t = 0; t < T; ++t) {
+                xv[t] = _mm512_loadu_si512(xi.data() + (t0 + t) * KI + sb * SB + k * 64);
+                asm("" : "+v"(xv[t]));  // see tile_avx512
+              }
+              for (int r = 0; r < R; ++r)
+                for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], xv[t]);
+            }
+            for (int t = 0; t < T; ++t) {
+              const std::size_t at = std::size_t(((t0 + t) * NSB + sb) * 16);
+              const __m512i xst = _mm512_loadu_si512(xs.data() + at);
+              const __m512 sxt = _mm512_loadu_ps(sx.data() + at);
+              for (int r = 0; r < R; ++r) {
+                const __m512i zx = sym ? xst : _mm512_mullo_epi32(zr[r], xst);
+                const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], zx));
+                f[r][t] = _mm512_add_ps(f[r][t], _mm512_mul_ps(sxt, d));
+              }
+            }
+          }
+          for (int r = 0; r < nr; ++r)
+            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, lane_total(f[r][t]));
+        }
+      }
+    }
   }
 }
 
@@ -364,6 +508,7 @@ void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias
   const GemmContext c(w, x, bias, y);
   switch (isa) {
     case Isa::Avx512Vnni:
+      if (c.grouped && c.G == 1 && x.group % kInt4Block == 0 && x.rows >= 4) return gemm_grouped_avx512(c);
       if (x.rows == 1) return gemv_avx512<1>(c);
       if (x.rows == 2) return gemv_avx512<2>(c);
       if (x.rows == 3) return gemv_avx512<3>(c);
