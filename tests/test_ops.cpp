@@ -133,9 +133,13 @@ const std::vector<Kernel>& kernels() {
                                {17, 1000, 0, 128, 2, 4, false, false}, {20, 100, 0, 7, 6, 4, true, true},
                                // AVX-512's lane-per-group GEMM (per-channel weights, groups of whole
                                // blocks, >= 4 tokens): several super-blocks of 16 groups, a short
-                               // tail group, zero points, rows and tokens not filling a tile.
+                               // tail group, zero points, rows and tokens not filling a tile, and a
+                               // last super-block of 8 groups (each over 2 lanes).
                                {33, 2176, 0, 64, 9, 4, true, true},    {10, 1000, 0, 128, 5, 8, false, true},
-                               {6, 4160, 0, 192, 4, 4, true, false},   {131, 1024, 0, 128, 130, 4, false, false}};
+                               {6, 4160, 0, 192, 4, 4, true, false},   {131, 1024, 0, 128, 130, 4, false, false},
+                               // a last super-block of 3, 2, 1 groups: each group over 4, 8, 16 lanes
+                               {9, 1536, 0, 512, 6, 4, true, true},    {5, 9216, 0, 512, 5, 4, true, false},
+                               {3, 17408, 0, 1024, 4, 4, false, false}};
          for (const Case& c : cases) {
            const auto w = random_weights(c.rows, c.cols, c.w_group, c.asym, uint64_t(c.rows * 31 + c.cols));
            const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));

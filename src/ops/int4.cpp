@@ -408,31 +408,65 @@ __attribute__((target("avx512f"))) inline float lane_total(__m512 f) {
   return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
 }
 
+// 4 rows x 4 tokens of int32 lane dots over `steps` interleaved steps of 64 codes (the loop of
+// tile_avx512 without the horizontal sums; a function of its own keeps its 16 accumulators in
+// registers).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), noinline)) void lane_dots_avx512(
+    const uint8_t* w, int64_t w_stride, const int8_t* x, int64_t x_stride, int64_t steps, __m512i (&acc)[4][4]) {
+  for (auto& r : acc)
+    for (auto& a : r) a = _mm512_setzero_si512();
+  for (int64_t k = 0; k < steps; ++k) {
+    __m512i wv[4], xv[4];
+    for (int r = 0; r < 4; ++r) wv[r] = _mm512_load_si512(w + r * w_stride + k * 64);
+    for (int t = 0; t < 4; ++t) {
+      xv[t] = _mm512_loadu_si512(x + t * x_stride + k * 64);
+      asm("" : "+v"(xv[t]));  // see tile_avx512
+    }
+    for (int r = 0; r < 4; ++r)
+      for (int t = 0; t < 4; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], xv[t]);
+  }
+}
+
 // Activation groups of whole blocks with per-channel weights, at least 4 tokens: one group per
-// int32 lane, so a group's dot needs no horizontal sum. The codes of 16 groups are interleaved
-// dword by dword (step k, lane j = codes 4k..4k+3 of group 16 sb + j; the weights by a 16 x 16
-// dword transpose of their unpacked blocks), the int32 lanes are the 16 groups' dots after a
-// super-block, and the epilogue runs once per super-block in vector lanes -- the same fp32
-// operations, per lane, as RunningSum with GemmContext::term.
+// int32 lane, so a group's dot needs no horizontal sum. The codes of 16 groups (a super-block)
+// are interleaved dword by dword (step k, lane j = codes 4k..4k+3 of group 16 sb + j; the weights
+// by a 16 x 16 dword transpose of their unpacked blocks), the int32 lanes are the 16 groups' dots
+// after a super-block, and the epilogue runs once per super-block in vector lanes -- the same fp32
+// operations, per lane, as RunningSum with GemmContext::term. A last super-block of n < 16 groups
+// spreads each group over L = 2, 4, .. lanes (parts of bpg / L blocks; lane j = group j % (16 / L),
+// part j / (16 / L)) and adds the parts before the epilogue: 4096 x 11008 (86 groups of 128)
+// would otherwise multiply 10 empty groups.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemm_grouped_avx512(const GemmContext& c) {
-  constexpr int R = 4, T = 4, kBlockTokens = 128;
+  constexpr int R = 4, T = 4, kBlockTokens = kTokenBlock;
   const auto& w = c.w;
   const auto& x = c.x;
   const int M = x.rows, Mp = (M + T - 1) / T * T;
   const int64_t K = c.K, nb = K / kInt4Block, gs = x.group, bpg = gs / kInt4Block, GA = c.GA, NSB = (GA + 15) / 16,
-                steps = gs / 4, SB = steps * 64, KI = NSB * SB, S = int64_t(c.seg.size()), row_bytes = K / 2;
+                S = int64_t(c.seg.size()), row_bytes = K / 2;
+  std::vector<int64_t> lanes(std::size_t(NSB), 1), off(std::size_t(NSB + 1), 0);  // lanes per group; byte offsets
+  for (int64_t sb = 0; sb < NSB; ++sb) {
+    const int64_t n = std::min<int64_t>(16, GA - sb * 16);
+    int64_t L = 1;
+    while (n * L * 2 <= 16 && bpg % (L * 2) == 0) L *= 2;
+    lanes[std::size_t(sb)] = L;
+    off[std::size_t(sb + 1)] = off[std::size_t(sb)] + bpg / L * kInt4Block * 16;
+  }
+  const int64_t KI = off[std::size_t(NSB)];
   const bool sym = w.zeros == nullptr;
   std::vector<int8_t> xi(std::size_t(Mp * KI), 0);
   std::vector<int32_t> xs(std::size_t(Mp * NSB * 16), 0);  // 8 * xsum when symmetric, else xsum
   std::vector<float> sx(std::size_t(Mp * NSB * 16), 0.f);
+#pragma omp parallel for schedule(static) if (int64_t(M) * K > (1 << 16))
   for (int t = 0; t < M; ++t)
     for (int64_t g = 0; g < GA; ++g) {
-      const int64_t sb = g / 16, j = g % 16, n = std::min(gs, K - g * gs);
+      const int64_t sb = g / 16, slot = g % 16, L = lanes[std::size_t(sb)], part_dw = bpg / L * 16,
+                    n_dw = std::min(gs, K - g * gs) / 4;
       const int8_t* src = x.q.data() + t * K + g * gs;
-      int8_t* dst = xi.data() + t * KI + sb * SB + j * 4;
-      for (int64_t k = 0; k < n / 4; ++k) std::memcpy(dst + k * 64, src + 4 * k, 4);
-      xs[std::size_t((t * NSB + sb) * 16 + j)] = (sym ? 8 : 1) * c.xsum[std::size_t(t * S + g)];
-      sx[std::size_t((t * NSB + sb) * 16 + j)] = x.scale[std::size_t(t * GA + g)];
+      int8_t* dst = xi.data() + t * KI + off[std::size_t(sb)] + slot * 4;
+      for (int64_t p = 0, dw = 0; p < L; ++p)
+        for (int64_t k = 0; k < part_dw && dw < n_dw; ++k, ++dw) std::memcpy(dst + k * 64 + p * (16 / L) * 4, src + 4 * dw, 4);
+      xs[std::size_t((t * NSB + sb) * 16 + slot)] = (sym ? 8 : 1) * c.xsum[std::size_t(t * S + g)];
+      sx[std::size_t((t * NSB + sb) * 16 + slot)] = x.scale[std::size_t(t * GA + g)];
     }
   const bool parallel = w.rows * int64_t(M) * K > (1 << 20);
   for (int tb = 0; tb < M; tb += kBlockTokens) {
@@ -447,37 +481,37 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemm_groupe
         const int nr = int(std::min<int64_t>(R, w.rows - o0));
         unpack_rows(w.packed + o0 * row_bytes, row_bytes, nr, R, K, wa);
         for (int r = 0; r < R; ++r)
-          for (int64_t sb = 0; sb < NSB; ++sb)
-            for (int64_t h = 0; h < bpg; ++h) {
+          for (int64_t sb = 0; sb < NSB; ++sb) {
+            const int64_t L = lanes[std::size_t(sb)], slots = 16 / L, part_blocks = bpg / L;
+            for (int64_t h = 0; h < part_blocks; ++h) {
               __m512i v[16];
               for (int j = 0; j < 16; ++j) {
-                const int64_t g = sb * 16 + j, b = g * bpg + h;
+                const int64_t g = sb * 16 + j % slots, b = g * bpg + (j / slots) * part_blocks + h;
                 v[j] = g < GA && b < nb ? _mm512_load_si512(wa + r * K + b * 64) : _mm512_setzero_si512();
               }
               transpose16(v);
-              for (int d = 0; d < 16; ++d) _mm512_store_si512(wi + r * KI + sb * SB + (h * 16 + d) * 64, v[d]);
+              for (int d = 0; d < 16; ++d) _mm512_store_si512(wi + r * KI + off[std::size_t(sb)] + (h * 16 + d) * 64, v[d]);
             }
+          }
         __m512i zr[R];
         for (int r = 0; r < R; ++r) zr[r] = _mm512_set1_epi32(sym ? 0 : w.zeros[o0 + std::min(r, nr - 1)]);
         for (int t0 = tb; t0 < te; t0 += T) {
           const int nt = std::min(T, te - t0);
-          __m512 f[R][T];
-          for (auto& a : f)
-            for (auto& v : a) v = _mm512_setzero_ps();
+          // The lane sums stay in memory: 16 more zmm beside the 16 accumulators and 8 operands
+          // would spill inside the dot loop.
+          alignas(64) float f[R][T][16] = {};
           for (int64_t sb = 0; sb < NSB; ++sb) {
+            const int64_t L = lanes[std::size_t(sb)], steps = bpg / L * 16, o = off[std::size_t(sb)];
             __m512i acc[R][T];
-            for (auto& a : acc)
-              for (auto& v : a) v = _mm512_setzero_si512();
-            for (int64_t k = 0; k < steps; ++k) {
-              __m512i wv[R], xv[T];
-              for (int r = 0; r < R; ++r) wv[r] = _mm512_load_si512(wi + r * KI + sb * SB + k * 64);
-              for (int t = 0; t < T; ++t) {
-                xv[t] = _mm512_loadu_si512(xi.data() + (t0 + t) * KI + sb * SB + k * 64);
-                asm("" : "+v"(xv[t]));  // see tile_avx512
-              }
-              for (int r = 0; r < R; ++r)
-                for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], xv[t]);
-            }
+            lane_dots_avx512(wi + o, KI, xi.data() + t0 * KI + o, KI, steps, acc);
+            if (L > 1)  // a group's parts into its lane: lane j + lane j ^ 8, then ^ 4, ^ 2, ^ 1
+              for (auto& a : acc)
+                for (auto& v : a) {
+                  v = _mm512_add_epi32(v, _mm512_shuffle_i32x4(v, v, 0x4E));
+                  if (L > 2) v = _mm512_add_epi32(v, _mm512_shuffle_i32x4(v, v, 0xB1));
+                  if (L > 4) v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
+                  if (L > 8) v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));
+                }
             for (int t = 0; t < T; ++t) {
               const std::size_t at = std::size_t(((t0 + t) * NSB + sb) * 16);
               const __m512i xst = _mm512_loadu_si512(xs.data() + at);
@@ -485,12 +519,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemm_groupe
               for (int r = 0; r < R; ++r) {
                 const __m512i zx = sym ? xst : _mm512_mullo_epi32(zr[r], xst);
                 const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], zx));
-                f[r][t] = _mm512_add_ps(f[r][t], _mm512_mul_ps(sxt, d));
+                _mm512_store_ps(f[r][t], _mm512_add_ps(_mm512_load_ps(f[r][t]), _mm512_mul_ps(sxt, d)));
               }
             }
           }
           for (int r = 0; r < nr; ++r)
-            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, lane_total(f[r][t]));
+            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, lane_total(_mm512_load_ps(f[r][t])));
         }
       }
     }
