@@ -7,7 +7,10 @@
 // it is used again. Times are the median of --reps runs; int4 includes quantizing the
 // activations (it has to be done per call).
 //
-//   quarot-bench-int4 [--reps 7] [--cycle-mb 256] [--ms 1,16,512]
+// With --a-group G (> 0) also the int4 GEMM with activation scales per group of G columns
+// (issue 17), and its time against the per-token int4 GEMM of the same run.
+//
+//   quarot-bench-int4 [--reps 7] [--cycle-mb 256] [--ms 1,16,512] [--a-group 128]
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -57,17 +60,23 @@ struct PackedCopy {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 7, cycle_mb = 256;
+  int reps = 7, cycle_mb = 256, a_group = 0;
   std::vector<int> ms = {1, 16, 512};
   CLI::App app{"INT4 GEMM vs Eigen fp32 GEMM on LLaMA-2-7B shapes.", "quarot-bench-int4"};
   app.add_option("--reps", reps, "timed runs per case (median)")->capture_default_str();
   app.add_option("--cycle-mb", cycle_mb, "weight bytes cycled through at M = 1 (MB)")->capture_default_str();
   app.add_option("--ms", ms, "token counts")->delimiter(',');
+  app.add_option("--a-group", a_group, "also time activation scales per group of this many columns");
   CLI11_PARSE(app, argc, argv);
   std::printf("int4 path: %s, fwht: %s, %d threads\n", quarot::isa_name(quarot::best_isa()), quarot::fwht_isa(),
               omp_get_max_threads());
-  std::printf("| N x K (out x in) | M | fp32 GEMM | int4 GEMM | speedup | int4 + FWHT(K) | speedup | int4 GB/s (weights) |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  if (a_group > 0) {
+    std::printf("| N x K (out x in) | M | fp32 GEMM | int4 GEMM | speedup | int4 + FWHT(K) | speedup | int4 GB/s (weights) | int4 a_group %d (median, min) | vs per token, alternating runs (median, min) |\n", a_group);
+    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  } else {
+    std::printf("| N x K (out x in) | M | fp32 GEMM | int4 GEMM | speedup | int4 + FWHT(K) | speedup | int4 GB/s (weights) |\n");
+    std::printf("|---|---|---|---|---|---|---|---|\n");
+  }
   quarot::detail::Rng rng(7);
   const std::pair<int64_t, int64_t> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
   for (const auto& [N, K] : shapes) {
@@ -110,8 +119,31 @@ int main(int argc, char** argv) {
           quarot::int4_gemm(wq[std::size_t((qi++) % int4_copies)].view(N, K), a, nullptr, y.data());
         }
       }) / qc;
-      std::printf("| %lld x %lld | %d | %.3f ms | %.3f ms | %.2fx | %.3f ms | %.2fx | %.1f |\n", (long long)N, (long long)K, M,
+      std::printf("| %lld x %lld | %d | %.3f ms | %.3f ms | %.2fx | %.3f ms | %.2fx | %.1f |", (long long)N, (long long)K, M,
                   t_fp32 * 1e3, t_int4 * 1e3, t_fp32 / t_int4, t_int4_h * 1e3, t_fp32 / t_int4_h, double(int4_bytes) / t_int4 / 1e9);
+      if (a_group > 0) {
+        // Per token and grouped, alternating run by run (a busy machine drifts): min and median.
+        auto once = [&](int64_t g) {
+          const auto t0 = Clock::now();
+          for (int c = 0; c < qc; ++c) {
+            quarot::quantize_activations(x.data(), M, K, 4, 0.9, g, a);
+            quarot::int4_gemm(wq[std::size_t((qi++) % int4_copies)].view(N, K), a, nullptr, y.data());
+          }
+          return since(t0) / qc;
+        };
+        once(0);
+        once(a_group);
+        std::vector<double> tp, tg;
+        for (int r = 0; r < reps; ++r) {
+          tp.push_back(once(0));
+          tg.push_back(once(a_group));
+        }
+        std::sort(tp.begin(), tp.end());
+        std::sort(tg.begin(), tg.end());
+        std::printf(" %.3f ms (min %.3f) | %.3fx (min %.3fx) |", tg[tg.size() / 2] * 1e3, tg[0] * 1e3, tg[tg.size() / 2] / tp[tp.size() / 2],
+                    tg[0] / tp[0]);
+      }
+      std::printf("\n");
       std::fflush(stdout);
     }
   }

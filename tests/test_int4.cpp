@@ -132,6 +132,54 @@ TEST(Int4Gemm, ScalarReferenceEqualsFp64OverTheDequantizedOperands) {
   }
 }
 
+// Per-group activation scales (issue 17): codes * the group's scale equal the fake quantizer
+// with the same group (the tail group, when the group does not divide the width, on its own), and
+// the scalar GEMM reference equals fp64 over those dequantized activations.
+TEST(Int4Activations, GroupsEqualTheFakeQuantizerAndTheGemm) {
+  for (auto [cols, group] : {std::pair<int64_t, int64_t>{64, 16}, {172, 16}, {172, 32}, {256, 128}, {100, 7}}) {
+    const int tokens = 3;
+    auto x = gaussian(std::size_t(tokens * cols), uint64_t(cols + group));
+    x[5] = 30.f;  // an outlier: only its own group's scale grows
+    Int8Activations a;
+    quantize_activations(x.data(), tokens, cols, 4, 0.9, group, a, Isa::Scalar);
+    const int64_t GA = (cols + group - 1) / group;
+    ASSERT_EQ(a.groups(), GA);
+    ASSERT_EQ(a.scale.size(), std::size_t(tokens * GA));
+    EXPECT_LT(a.scale[1], a.scale[0]) << "the outlier's group has the larger scale";
+    auto fq = x;
+    fake_quant_rows(fq.data(), tokens, int(cols), int(group), Grid{4, true}, 0.9);
+    for (int r = 0; r < tokens; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        ASSERT_EQ(float(a.q[std::size_t(r * a.cols_padded + c)]) * a.scale[std::size_t(r * GA + c / group)], fq[std::size_t(r * cols + c)])
+            << "cols " << cols << " group " << group << " at " << r << "," << c;
+    for (int64_t wg : {int64_t(0), int64_t(64)}) {
+      if (wg && cols % wg) continue;
+      const auto w = make_weights(9, cols, wg, wg != 0, uint64_t(cols * 3 + wg));
+      const auto bias = gaussian(9, 5);
+      std::vector<float> y(std::size_t(tokens * 9));
+      int4_gemm(w.view(), a, bias.data(), y.data(), Isa::Scalar);
+      for (int t = 0; t < tokens; ++t)
+        for (int64_t o = 0; o < 9; ++o) {
+          double e = bias[std::size_t(o)], mag = std::fabs(e);
+          for (int64_t i = 0; i < cols; ++i) {
+            const double p = double(fq[std::size_t(t * cols + i)]) * w.view().weight(o, i);
+            e += p;
+            mag += std::fabs(p);
+          }
+          ASSERT_NEAR(y[std::size_t(t * 9 + o)], e, 1e-5 * mag + 1e-7) << cols << "/" << group << " w_group " << wg << " t" << t << " o" << o;
+        }
+    }
+  }
+  // A group at least as wide as the row is one scale per token, exactly as group 0.
+  const auto x = gaussian(2 * 100, 3);
+  Int8Activations g0, gw;
+  quantize_activations(x.data(), 2, 100, 4, 1.0, 0, g0, Isa::Scalar);
+  quantize_activations(x.data(), 2, 100, 4, 1.0, 128, gw, Isa::Scalar);
+  EXPECT_EQ(gw.group, 0);
+  EXPECT_EQ(gw.scale, g0.scale);
+  EXPECT_THROW(quantize_activations(x.data(), 2, 100, 4, 1.0, -1, gw), Error);
+}
+
 TEST(Int4Gemm, ExtremeCodesAreExact) {
   // Weights all -8 (u = 0) or all 7 (u = 15) against activation codes all at -128 or 127 (8-bit).
   for (int fill : {0, 15})

@@ -100,6 +100,61 @@ const std::vector<Kernel>& kernels() {
          }
          return "";
        }},
+      {"quantize_activations (groups)",
+       [](Isa isa) -> std::string {
+         for (int bits : {4, 8})
+           for (auto [cols, group] : {std::pair<int64_t, int64_t>{64, 16}, {172, 16}, {172, 32}, {100, 64}, {4096, 128}, {70, 200}}) {
+             auto x = gaussian(std::size_t(5 * cols), uint64_t(cols + group + bits));
+             x[0] = 40.f;
+             std::fill(x.begin() + 2 * cols, x.begin() + 3 * cols, 0.f);
+             std::fill(x.begin() + 4 * cols, x.begin() + 4 * cols + std::min(group, cols), 0.f);  // one all-zero group
+             Int8Activations ref, got;
+             quantize_activations_ref(x.data(), 5, cols, bits, 0.9, group, ref);
+             quantize_activations(x.data(), 5, cols, bits, 0.9, group, got, isa);
+             if (got.q != ref.q || got.scale != ref.scale || got.block_sums != ref.block_sums)
+               return "cols " + std::to_string(cols) + " group " + std::to_string(group) + " bits " + std::to_string(bits);
+           }
+         return "";
+       }},
+      {"int4_gemm (activation groups)",
+       [](Isa isa) -> std::string {
+         struct Case {
+           int64_t rows, cols, w_group, a_group;
+           int tokens, a_bits;
+           bool asym, bias;
+         };
+         // Groups narrower than a block and not dividing the width (stories260K: 64 and 172 wide,
+         // groups of 16/32), block-aligned groups with and without weight groups, GEMV (1..3
+         // tokens) and GEMM shapes.
+         const Case cases[] = {{7, 64, 0, 16, 1, 4, false, false},     {33, 172, 0, 16, 3, 4, false, true},
+                               {17, 172, 0, 32, 5, 8, true, false},    {12, 256, 64, 128, 33, 4, false, true},
+                               {9, 256, 128, 64, 2, 8, true, true},    {64, 512, 0, 128, 70, 4, false, false},
+                               {5, 192, 64, 48, 4, 4, true, false},    {130, 512, 128, 32, 9, 4, false, true},
+                               {17, 1000, 0, 128, 2, 4, false, false}, {20, 100, 0, 7, 6, 4, true, true},
+                               // AVX-512's lane-per-group GEMM (per-channel weights, groups of whole
+                               // blocks, >= 4 tokens): several super-blocks of 16 groups, a short
+                               // tail group, zero points, rows and tokens not filling a tile, and a
+                               // last super-block of 8 groups (each over 2 lanes).
+                               {33, 2176, 0, 64, 9, 4, true, true},    {10, 1000, 0, 128, 5, 8, false, true},
+                               {6, 4160, 0, 192, 4, 4, true, false},   {131, 1024, 0, 128, 130, 4, false, false},
+                               // a last super-block of 3, 2, 1 groups: each group over 4, 8, 16 lanes
+                               {9, 1536, 0, 512, 6, 4, true, true},    {5, 9216, 0, 512, 5, 4, true, false},
+                               {3, 17408, 0, 1024, 4, 4, false, false}};
+         for (const Case& c : cases) {
+           const auto w = random_weights(c.rows, c.cols, c.w_group, c.asym, uint64_t(c.rows * 31 + c.cols));
+           const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));
+           const auto bias = gaussian(std::size_t(c.rows), 99);
+           Int8Activations a;
+           quantize_activations_ref(x.data(), c.tokens, c.cols, c.a_bits, 1.0, c.a_group, a);
+           std::vector<float> ref(std::size_t(c.tokens * c.rows)), got(ref.size(), -1.f);
+           int4_gemm_ref(w.view, a, c.bias ? bias.data() : nullptr, ref.data());
+           int4_gemm(w.view, a, c.bias ? bias.data() : nullptr, got.data(), isa);
+           if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0)
+             return std::to_string(c.rows) + "x" + std::to_string(c.cols) + " a_group " + std::to_string(c.a_group) + " tokens " +
+                    std::to_string(c.tokens);
+         }
+         return "";
+       }},
       {"top_k_abs",
        [](Isa isa) -> std::string {
          for (int n : {1, 7, 64, 100, 1000, 11008})

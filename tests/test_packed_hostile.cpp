@@ -155,7 +155,7 @@ TEST(PackedHostile, RecipeFieldsAreRangeCheckedNamingTheField) {
   const std::vector<std::pair<std::string, json>> cases = {
       {"w_bits", 4.5},           {"w_bits", 8},     {"w_group", -64}, {"w_group", 100},     {"classifier_bits", 99},
       {"method", "awq"},         {"a_bits", 17},    {"k_bits", 1},    {"a_clip", 1.5},      {"kv_clip", "0.9"},
-      {"w_symmetric", 1},        {"a_group", 64},
+      {"w_symmetric", 1},        {"a_group", -16},
   };
   for (const auto& [key, value] : cases) {
     json r = recipe;

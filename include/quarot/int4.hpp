@@ -48,27 +48,43 @@ struct Int4Weights {
   float weight(int64_t r, int64_t c) const;  // dequantized, for tests and the A16 path
 };
 
-// Activations of `rows` tokens quantized per token: symmetric, `bits` 2..8,
-// scale = clip * max|x| / (2^(bits-1) - 1) (1 for an all-zero row), codes = round-half-even(x / scale)
-// clamped to [-2^(bits-1), 2^(bits-1) - 1] -- the arithmetic of the fake quantizer (quant.hpp).
+// Activations of `rows` tokens quantized per token, or per group of `group` input columns (the
+// last group of a row may be shorter: cols need not be a multiple of group): symmetric, `bits`
+// 2..8, scale = clip * max|x| / (2^(bits-1) - 1) over the token (or group) (1 when all zero),
+// codes = round-half-even(x / scale) clamped to [-2^(bits-1), 2^(bits-1) - 1] -- the arithmetic
+// of the fake quantizer (quant.hpp, fake_quant_rows).
 struct Int8Activations {
   int rows = 0;
   int64_t cols = 0, cols_padded = 0;
+  int64_t group = 0;                // columns per scale group; 0: one scale per token
   std::vector<int8_t> q;            // rows * cols_padded (padding 0), 64-byte aligned rows
-  std::vector<float> scale;         // rows
+  std::vector<float> scale;         // rows * groups()
   std::vector<int32_t> block_sums;  // rows * (cols_padded / 64): sum of the codes of each block
+  int64_t groups() const { return group > 0 ? (cols + group - 1) / group : 1; }
 };
-void quantize_activations(const float* x, int rows, int64_t cols, int bits, double clip, Int8Activations& out,
+// `group` 0, or at least cols, quantizes per token.
+void quantize_activations(const float* x, int rows, int64_t cols, int bits, double clip, int64_t group, Int8Activations& out,
                           Isa isa = best_isa());
+inline void quantize_activations(const float* x, int rows, int64_t cols, int bits, double clip, Int8Activations& out,
+                                 Isa isa = best_isa()) {
+  quantize_activations(x, rows, cols, bits, clip, 0, out, isa);
+}
 
-// y[t][o] (row-major [x.rows][w.rows]) as in the header comment, plus bias[o] when given.
+// y[t][o] (row-major [x.rows][w.rows]) as in the header comment, plus bias[o] when given. With
+// activation groups the sums run over segments (the columns shared by one weight group and one
+// activation group, in column order) and each segment's term is scaled by its own s_x:
+//   y[o] = sum_seg s_x[seg] * (s_w[o][seg] * (sum_{i in seg} u[o][i] q[i] - z[o][seg] * sum_{i in seg} q[i]))
 // Multi-threaded (OpenMP) over output rows; the same result on any number of threads.
 // Throws quarot::Error when the widths differ or the group size is not a multiple of 64.
 void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y, Isa isa = best_isa());
 
 // The plain references the vector paths equal bit for bit (the scalar path).
 inline void quantize_activations_ref(const float* x, int rows, int64_t cols, int bits, double clip, Int8Activations& out) {
-  quantize_activations(x, rows, cols, bits, clip, out, Isa::Scalar);
+  quantize_activations(x, rows, cols, bits, clip, 0, out, Isa::Scalar);
+}
+inline void quantize_activations_ref(const float* x, int rows, int64_t cols, int bits, double clip, int64_t group,
+                                     Int8Activations& out) {
+  quantize_activations(x, rows, cols, bits, clip, group, out, Isa::Scalar);
 }
 inline void int4_gemm_ref(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y) {
   int4_gemm(w, x, bias, y, Isa::Scalar);

@@ -34,7 +34,7 @@ struct PackRecipe {
   bool w_symmetric = true;
   int w_group = 0;           // 0: per output channel; else a multiple of 64
   bool clip_search = true;
-  ActQuantOptions act;       // activations per token (a_group must be 0), KV cache
+  ActQuantOptions act;       // activations (per token, or per a_group columns), KV cache
   int classifier_bits = 16;  // the classifier is stored fp32 (dequantized when < 16)
 };
 std::string recipe_json(const PackRecipe& r);

@@ -77,26 +77,34 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_row_avx512(co
 
 }  // namespace
 
-void quantize_activations(const float* x, int rows, int64_t cols, int bits, double clip, Int8Activations& out, Isa isa) {
+void quantize_activations(const float* x, int rows, int64_t cols, int bits, double clip, int64_t group, Int8Activations& out,
+                          Isa isa) {
   if (bits < 2 || bits > 8) throw Error("int4", "activation bits must be 2..8, got " + std::to_string(bits));
+  if (group < 0) throw Error("int4", "activation group must be >= 0, got " + std::to_string(group));
   out.rows = rows;
   out.cols = cols;
   out.cols_padded = int4_padded_cols(cols);
-  const int64_t K = out.cols_padded, nb = K / kInt4Block;
+  out.group = group >= cols ? 0 : group;
+  const int64_t K = out.cols_padded, nb = K / kInt4Block, gs = out.group > 0 ? out.group : std::max<int64_t>(cols, 1),
+                GA = out.groups();
   out.q.assign(std::size_t(rows * K), 0);
-  out.scale.resize(std::size_t(rows));
+  out.scale.resize(std::size_t(rows * GA));
   out.block_sums.assign(std::size_t(rows * nb), 0);
   const int qmin = -(1 << (bits - 1)), qmax = (1 << (bits - 1)) - 1;
 #pragma omp parallel for schedule(static) if (int64_t(rows) * cols > (1 << 16))
   for (int r = 0; r < rows; ++r) {
     const float* xr = x + int64_t(r) * cols;
     int8_t* qr = out.q.data() + int64_t(r) * K;
-    const double s = cols > 0 ? act_scale(xr, cols, bits, clip) : 1.0;
-    out.scale[std::size_t(r)] = float(s);
-    if (isa == Isa::Avx512Vnni)
-      quantize_row_avx512(xr, cols, s, qmin, qmax, qr);
-    else
-      quantize_row_scalar(xr, cols, s, qmin, qmax, qr);
+    for (int64_t g = 0; g < GA; ++g) {
+      const int64_t c0 = g * gs, n = std::min(gs, cols - c0);
+      const double s = n > 0 ? act_scale(xr + c0, n, bits, clip) : 1.0;
+      out.scale[std::size_t(r * GA + g)] = float(s);
+      if (n <= 0) continue;
+      if (isa == Isa::Avx512Vnni)
+        quantize_row_avx512(xr + c0, n, s, qmin, qmax, qr + c0);
+      else
+        quantize_row_scalar(xr + c0, n, s, qmin, qmax, qr + c0);
+    }
     for (int64_t b = 0; b < nb; ++b) {
       int32_t sum = 0;
       for (int j = 0; j < kInt4Block; ++j) sum += qr[b * kInt4Block + j];
@@ -109,28 +117,82 @@ void quantize_activations(const float* x, int rows, int64_t cols, int bits, doub
 
 namespace {
 
+// Columns [c0, c1) of the padded row that share one weight group `wg` and one activation group
+// `ag`. Without activation groups the segments are the weight groups (whole 64-column blocks).
+struct Segment {
+  int64_t c0, c1, wg, ag;
+};
+
+// The columns of block `b` inside [c0, c1), one bit each.
+inline uint64_t block_mask(int64_t b, int64_t c0, int64_t c1) {
+  const int64_t lo = std::max<int64_t>(c0 - b * kInt4Block, 0), hi = std::min<int64_t>(c1 - b * kInt4Block, kInt4Block);
+  const uint64_t below_hi = hi >= 64 ? ~0ull : (1ull << hi) - 1;
+  return below_hi & ~((1ull << lo) - 1);
+}
+
 struct GemmContext {
   const Int4Weights& w;
   const Int8Activations& x;
   const float* bias;
   float* y;
-  int64_t K, nb, G, bpg;
-  std::vector<int32_t> xsum;  // [token][group]: sum of the token's codes over the group
+  int64_t K, G, GA;
+  bool grouped;               // activation scales per group (else one per token, applied at the end)
+  std::vector<Segment> seg;
+  std::vector<int32_t> xsum;  // [token][segment]: sum of the token's codes over the segment
   GemmContext(const Int4Weights& w_, const Int8Activations& x_, const float* b, float* y_)
-      : w(w_), x(x_), bias(b), y(y_), K(w_.cols_padded()), nb(K / kInt4Block), G(w_.groups()), bpg(w_.blocks_per_group()) {
-    xsum.assign(std::size_t(x.rows * G), 0);
+      : w(w_), x(x_), bias(b), y(y_), K(w_.cols_padded()), G(w_.groups()), GA(x_.groups()), grouped(x_.group > 0) {
+    const int64_t wgs = G > 1 ? w.group_size : K, ags = grouped ? x.group : K;
+    for (int64_t c = 0; c < K;) {
+      const int64_t wg = std::min(c / wgs, G - 1), ag = std::min(c / ags, GA - 1);
+      int64_t end = K;  // the last group of either kind runs to the padding (codes 0 there)
+      if (wg + 1 < G) end = std::min(end, (wg + 1) * wgs);
+      if (ag + 1 < GA) end = std::min(end, (ag + 1) * ags);
+      seg.push_back({c, end, wg, ag});
+      c = end;
+    }
+    const int64_t S = int64_t(seg.size()), nb = K / kInt4Block;
+    xsum.assign(std::size_t(x.rows * S), 0);
     for (int t = 0; t < x.rows; ++t)
-      for (int64_t k = 0; k < nb; ++k) xsum[std::size_t(t * G + k / bpg)] += x.block_sums[std::size_t(t * nb + k)];
+      for (int64_t s = 0; s < S; ++s) {
+        int32_t sum = 0;
+        const Segment& g = seg[std::size_t(s)];
+        if (g.c0 % kInt4Block == 0 && g.c1 % kInt4Block == 0)
+          for (int64_t k = g.c0 / kInt4Block; k < g.c1 / kInt4Block; ++k) sum += x.block_sums[std::size_t(t * nb + k)];
+        else
+          for (int64_t i = g.c0; i < g.c1; ++i) sum += x.q[std::size_t(t * K + i)];
+        xsum[std::size_t(t * S + s)] = sum;
+      }
   }
-  // The fp32 epilogue, shared by every path: one group's integer dot into the running sum.
-  float group_term(int64_t o, int64_t g, int t, int32_t dot) const {
-    const int32_t z = w.zeros ? w.zeros[o * G + g] : 8;
-    return w.scales[o * G + g] * float(dot - z * xsum[std::size_t(t * G + g)]);
+  // The fp32 epilogue, shared by every path: one segment's integer dot, as added to the running
+  // sum. Per token: s_w * float(dot - z * xsum), times s_x at the end. With activation groups:
+  // s_x * float(...) with per-channel weights (s_w at the end), else s_x * (s_w * float(...)).
+  float term(int64_t o, std::size_t s, int t, int32_t dot) const {
+    const Segment& g = seg[s];
+    const int32_t z = w.zeros ? w.zeros[o * G + g.wg] : 8;
+    const float d = float(dot - z * xsum[std::size_t(t) * seg.size() + s]);
+    if (!grouped) return w.scales[o * G + g.wg] * d;
+    const float sx = x.scale[std::size_t(t * GA + g.ag)];
+    return G == 1 ? sx * d : sx * (w.scales[o * G + g.wg] * d);
   }
   void store(int t, int64_t o, float acc) const {
-    float v = acc * x.scale[std::size_t(t)];
+    float v = !grouped ? acc * x.scale[std::size_t(t)] : G == 1 ? w.scales[o] * acc : acc;
     if (bias) v = v + bias[o];
     y[int64_t(t) * w.rows + o] = v;
+  }
+};
+
+// The running sum of one output. Per token one fp32 sum; with activation groups 16 lanes, segment
+// s into lane s % 16 (the lanes of gemm_grouped_avx512, one group per lane), added pairwise at the
+// end (lane i + lane i + 8, then + 4, + 2, + 1) -- the order every path follows.
+struct RunningSum {
+  float lane[16];
+  void clear(bool grouped) { std::fill(lane, lane + (grouped ? 16 : 1), 0.f); }
+  void add(bool grouped, std::size_t s, float v) { lane[grouped ? s % 16 : 0] += v; }
+  float total(bool grouped) {
+    if (grouped)
+      for (int step = 8; step >= 1; step /= 2)
+        for (int i = 0; i < step; ++i) lane[i] = lane[i] + lane[i + step];
+    return lane[0];
   }
 };
 
@@ -142,13 +204,14 @@ void gemm_scalar(const GemmContext& c) {
     const uint8_t* pr = w.packed + o * row_bytes;
     for (int t = 0; t < c.x.rows; ++t) {
       const int8_t* q = c.x.q.data() + int64_t(t) * c.K;
-      float acc = 0;
-      for (int64_t g = 0; g < c.G; ++g) {
+      RunningSum acc;
+      acc.clear(c.grouped);
+      for (std::size_t s = 0; s < c.seg.size(); ++s) {
         int32_t dot = 0;
-        for (int64_t i = g * c.bpg * kInt4Block; i < (g + 1) * c.bpg * kInt4Block; ++i) dot += int32_t(int4_at(pr, i)) * q[i];
-        acc += c.group_term(o, g, t, dot);
+        for (int64_t i = c.seg[s].c0; i < c.seg[s].c1; ++i) dot += int32_t(int4_at(pr, i)) * q[i];
+        acc.add(c.grouped, s, c.term(o, s, t, dot));
       }
-      c.store(t, o, acc);
+      c.store(t, o, acc.total(c.grouped));
     }
   }
 }
@@ -192,33 +255,37 @@ void gemm_tiled(const GemmContext& c, TileFn tile) {
           const int nt = std::min(T, te - t0);
           const int8_t* xs[T];
           for (int t = 0; t < T; ++t) xs[t] = t < nt ? c.x.q.data() + int64_t(t0 + t) * c.K : zero_row.data();
-          float acc[R][T] = {};
-          for (int64_t g = 0; g < c.G; ++g) {
+          RunningSum acc[R][T];
+          for (auto& a : acc)
+            for (auto& v : a) v.clear(c.grouped);
+          for (std::size_t s = 0; s < c.seg.size(); ++s) {
             int32_t dots[R][T];
-            tile(wa, xs, g * c.bpg, (g + 1) * c.bpg, c.K, dots);
+            tile(wa, xs, c.seg[s].c0, c.seg[s].c1, c.K, dots);
             for (int r = 0; r < nr; ++r)
-              for (int t = 0; t < nt; ++t) acc[r][t] += c.group_term(o0 + r, g, t0 + t, dots[r][t]);
+              for (int t = 0; t < nt; ++t) acc[r][t].add(c.grouped, s, c.term(o0 + r, s, t0 + t, dots[r][t]));
           }
           for (int r = 0; r < nr; ++r)
-            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, acc[r][t]);
+            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, acc[r][t].total(c.grouped));
         }
       }
     }
   }
 }
 
-// 4 rows x 4 tokens of int32 dots over blocks [b0, b1): 16 zmm accumulators, vpdpbusd.
+// 4 rows x 4 tokens of int32 dots over columns [c0, c1): 16 zmm accumulators, vpdpbusd. A block
+// the range covers in part (activation groups narrower than a block) loads the codes masked.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_avx512(const uint8_t* wu, const int8_t* const* xs,
-                                                                                 int64_t b0, int64_t b1, int64_t K,
+                                                                                 int64_t c0, int64_t c1, int64_t K,
                                                                                  int32_t (&dots)[4][4]) {
   __m512i acc[4][4];
   for (auto& r : acc)
     for (auto& a : r) a = _mm512_setzero_si512();
-  for (int64_t b = b0; b < b1; ++b) {
+  for (int64_t b = c0 / kInt4Block; b * kInt4Block < c1; ++b) {
+    const uint64_t m = block_mask(b, c0, c1);
     __m512i wv[4], xv[4];
     for (int r = 0; r < 4; ++r) wv[r] = _mm512_load_si512(wu + r * K + b * 64);
     for (int t = 0; t < 4; ++t) {
-      xv[t] = _mm512_loadu_si512(xs[t] + b * 64);
+      xv[t] = m == ~0ull ? _mm512_loadu_si512(xs[t] + b * 64) : _mm512_maskz_loadu_epi8(m, xs[t] + b * 64);
       // Keep the codes in a register: folded into vpdpbusd as memory operands they would be
       // loaded 4 times each (20 loads per 16 vpdpbusd; the loop was load-bound).
       asm("" : "+v"(xv[t]));
@@ -231,17 +298,26 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_avx512
 }
 
 // 4 rows x 2 tokens: u8 x s8 -> s16 pairs (no saturation: |15 * 128 * 2| < 2^15) -> s32.
-__attribute__((target("avx2"))) void tile_avx2(const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K,
+// Columns [c0, c1) as in tile_avx512: a partly covered half-block ANDs the codes with a byte mask.
+__attribute__((target("avx2"))) void tile_avx2(const uint8_t* wu, const int8_t* const* xs, int64_t c0, int64_t c1, int64_t K,
                                                int32_t (&dots)[4][2]) {
   const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+                                        25, 26, 27, 28, 29, 30, 31);
   __m256i acc[4][2];
   for (auto& r : acc)
     for (auto& a : r) a = _mm256_setzero_si256();
-  for (int64_t b = b0; b < b1; ++b)
+  for (int64_t b = c0 / kInt4Block; b * kInt4Block < c1; ++b)
     for (int h = 0; h < 2; ++h) {
       const int64_t off = b * 64 + h * 32;
       __m256i xv[2];
       for (int t = 0; t < 2; ++t) xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t] + off));
+      if (off < c0 || off + 32 > c1) {
+        const int lo = int(std::clamp<int64_t>(c0 - off, 0, 32)), hi = int(std::clamp<int64_t>(c1 - off, 0, 32));
+        const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi8(_mm256_set1_epi8(char(hi)), iota),
+                                            _mm256_cmpgt_epi8(iota, _mm256_set1_epi8(char(lo - 1))));
+        for (int t = 0; t < 2; ++t) xv[t] = _mm256_and_si256(xv[t], in);
+      }
       for (int r = 0; r < 4; ++r) {
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wu + r * K + off));
         for (int t = 0; t < 2; ++t)
@@ -271,15 +347,20 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_avx512
     const int nr = int(std::min<int64_t>(R, w.rows - o0));
     const uint8_t* rows[R];
     for (int r = 0; r < R; ++r) rows[r] = w.packed + (o0 + std::min(r, nr - 1)) * row_bytes;  // spare lanes repeat the last row
-    float acc[R][T] = {};
-    for (int64_t g = 0; g < c.G; ++g) {
+    RunningSum acc[R][T];
+    for (auto& a : acc)
+      for (auto& v : a) v.clear(c.grouped);
+    for (std::size_t s = 0; s < c.seg.size(); ++s) {
       __m512i sum[R][T];
       for (auto& a : sum)
         for (auto& v : a) v = _mm512_setzero_si512();
-      for (int64_t b = g * c.bpg; b < (g + 1) * c.bpg; ++b) {
+      const int64_t c0 = c.seg[s].c0, c1 = c.seg[s].c1;
+      for (int64_t b = c0 / kInt4Block; b * kInt4Block < c1; ++b) {
+        const uint64_t m = block_mask(b, c0, c1);
         __m512i xv[T];
         for (int t = 0; t < T; ++t) {
-          xv[t] = _mm512_loadu_si512(c.x.q.data() + int64_t(t) * c.K + b * 64);
+          const int8_t* xp = c.x.q.data() + int64_t(t) * c.K + b * 64;
+          xv[t] = m == ~0ull ? _mm512_loadu_si512(xp) : _mm512_maskz_loadu_epi8(m, xp);
           asm("" : "+v"(xv[t]));  // one load per block, not one per row (see tile_avx512)
         }
         for (int r = 0; r < R; ++r) {
@@ -290,10 +371,164 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_avx512
         }
       }
       for (int r = 0; r < nr; ++r)
-        for (int t = 0; t < T; ++t) acc[r][t] += c.group_term(o0 + r, g, t, _mm512_reduce_add_epi32(sum[r][t]));
+        for (int t = 0; t < T; ++t) acc[r][t].add(c.grouped, s, c.term(o0 + r, s, t, _mm512_reduce_add_epi32(sum[r][t])));
     }
     for (int r = 0; r < nr; ++r)
-      for (int t = 0; t < T; ++t) c.store(t, o0 + r, acc[r][t]);
+      for (int t = 0; t < T; ++t) c.store(t, o0 + r, acc[r][t].total(c.grouped));
+  }
+}
+
+// out[d] lane j = in[j] lane d, for 16 vectors of 16 dwords.
+__attribute__((target("avx512f"))) inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + m], 128-bit lane L: dword 4L + m of in[4i .. 4i + 3]
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {  // a 4 x 4 transpose of 128-bit lanes
+    const __m512i p = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x44), q = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512i hp = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xEE), hq = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xEE);
+    r[m] = _mm512_shuffle_i32x4(p, q, 0x88);
+    r[4 + m] = _mm512_shuffle_i32x4(p, q, 0xDD);
+    r[8 + m] = _mm512_shuffle_i32x4(hp, hq, 0x88);
+    r[12 + m] = _mm512_shuffle_i32x4(hp, hq, 0xDD);
+  }
+}
+
+// RunningSum::total on 16 lanes.
+__attribute__((target("avx512f"))) inline float lane_total(__m512 f) {
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(f), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+  const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 d = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
+}
+
+// 4 rows x 4 tokens of int32 lane dots over `steps` interleaved steps of 64 codes (the loop of
+// tile_avx512 without the horizontal sums; a function of its own keeps its 16 accumulators in
+// registers).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), noinline)) void lane_dots_avx512(
+    const uint8_t* w, int64_t w_stride, const int8_t* x, int64_t x_stride, int64_t steps, __m512i (&acc)[4][4]) {
+  for (auto& r : acc)
+    for (auto& a : r) a = _mm512_setzero_si512();
+  for (int64_t k = 0; k < steps; ++k) {
+    __m512i wv[4], xv[4];
+    for (int r = 0; r < 4; ++r) wv[r] = _mm512_load_si512(w + r * w_stride + k * 64);
+    for (int t = 0; t < 4; ++t) {
+      xv[t] = _mm512_loadu_si512(x + t * x_stride + k * 64);
+      asm("" : "+v"(xv[t]));  // see tile_avx512
+    }
+    for (int r = 0; r < 4; ++r)
+      for (int t = 0; t < 4; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], xv[t]);
+  }
+}
+
+// Activation groups of whole blocks with per-channel weights, at least 4 tokens: one group per
+// int32 lane, so a group's dot needs no horizontal sum. The codes of 16 groups (a super-block)
+// are interleaved dword by dword (step k, lane j = codes 4k..4k+3 of group 16 sb + j; the weights
+// by a 16 x 16 dword transpose of their unpacked blocks), the int32 lanes are the 16 groups' dots
+// after a super-block, and the epilogue runs once per super-block in vector lanes -- the same fp32
+// operations, per lane, as RunningSum with GemmContext::term. A last super-block of n < 16 groups
+// spreads each group over L = 2, 4, .. lanes (parts of bpg / L blocks; lane j = group j % (16 / L),
+// part j / (16 / L)) and adds the parts before the epilogue: 4096 x 11008 (86 groups of 128)
+// would otherwise multiply 10 empty groups.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemm_grouped_avx512(const GemmContext& c) {
+  constexpr int R = 4, T = 4, kBlockTokens = kTokenBlock;
+  const auto& w = c.w;
+  const auto& x = c.x;
+  const int M = x.rows, Mp = (M + T - 1) / T * T;
+  const int64_t K = c.K, nb = K / kInt4Block, gs = x.group, bpg = gs / kInt4Block, GA = c.GA, NSB = (GA + 15) / 16,
+                S = int64_t(c.seg.size()), row_bytes = K / 2;
+  std::vector<int64_t> lanes(std::size_t(NSB), 1), off(std::size_t(NSB + 1), 0);  // lanes per group; byte offsets
+  for (int64_t sb = 0; sb < NSB; ++sb) {
+    const int64_t n = std::min<int64_t>(16, GA - sb * 16);
+    int64_t L = 1;
+    while (n * L * 2 <= 16 && bpg % (L * 2) == 0) L *= 2;
+    lanes[std::size_t(sb)] = L;
+    off[std::size_t(sb + 1)] = off[std::size_t(sb)] + bpg / L * kInt4Block * 16;
+  }
+  const int64_t KI = off[std::size_t(NSB)];
+  const bool sym = w.zeros == nullptr;
+  std::vector<int8_t> xi(std::size_t(Mp * KI), 0);
+  std::vector<int32_t> xs(std::size_t(Mp * NSB * 16), 0);  // 8 * xsum when symmetric, else xsum
+  std::vector<float> sx(std::size_t(Mp * NSB * 16), 0.f);
+#pragma omp parallel for schedule(static) if (int64_t(M) * K > (1 << 16))
+  for (int t = 0; t < M; ++t)
+    for (int64_t g = 0; g < GA; ++g) {
+      const int64_t sb = g / 16, slot = g % 16, L = lanes[std::size_t(sb)], part_dw = bpg / L * 16,
+                    n_dw = std::min(gs, K - g * gs) / 4;
+      const int8_t* src = x.q.data() + t * K + g * gs;
+      int8_t* dst = xi.data() + t * KI + off[std::size_t(sb)] + slot * 4;
+      for (int64_t p = 0, dw = 0; p < L; ++p)
+        for (int64_t k = 0; k < part_dw && dw < n_dw; ++k, ++dw) std::memcpy(dst + k * 64 + p * (16 / L) * 4, src + 4 * dw, 4);
+      xs[std::size_t((t * NSB + sb) * 16 + slot)] = (sym ? 8 : 1) * c.xsum[std::size_t(t * S + g)];
+      sx[std::size_t((t * NSB + sb) * 16 + slot)] = x.scale[std::size_t(t * GA + g)];
+    }
+  const bool parallel = w.rows * int64_t(M) * K > (1 << 20);
+  for (int tb = 0; tb < M; tb += kBlockTokens) {
+    const int te = std::min(M, tb + kBlockTokens);
+#pragma omp parallel if (parallel)
+    {
+      std::vector<uint8_t> wu(std::size_t(R * K) + 64), wiv(std::size_t(R * KI) + 64);
+      uint8_t* wa = wu.data() + (64 - reinterpret_cast<uintptr_t>(wu.data()) % 64) % 64;
+      uint8_t* wi = wiv.data() + (64 - reinterpret_cast<uintptr_t>(wiv.data()) % 64) % 64;
+#pragma omp for schedule(static)
+      for (int64_t o0 = 0; o0 < w.rows; o0 += R) {
+        const int nr = int(std::min<int64_t>(R, w.rows - o0));
+        unpack_rows(w.packed + o0 * row_bytes, row_bytes, nr, R, K, wa);
+        for (int r = 0; r < R; ++r)
+          for (int64_t sb = 0; sb < NSB; ++sb) {
+            const int64_t L = lanes[std::size_t(sb)], slots = 16 / L, part_blocks = bpg / L;
+            for (int64_t h = 0; h < part_blocks; ++h) {
+              __m512i v[16];
+              for (int j = 0; j < 16; ++j) {
+                const int64_t g = sb * 16 + j % slots, b = g * bpg + (j / slots) * part_blocks + h;
+                v[j] = g < GA && b < nb ? _mm512_load_si512(wa + r * K + b * 64) : _mm512_setzero_si512();
+              }
+              transpose16(v);
+              for (int d = 0; d < 16; ++d) _mm512_store_si512(wi + r * KI + off[std::size_t(sb)] + (h * 16 + d) * 64, v[d]);
+            }
+          }
+        __m512i zr[R];
+        for (int r = 0; r < R; ++r) zr[r] = _mm512_set1_epi32(sym ? 0 : w.zeros[o0 + std::min(r, nr - 1)]);
+        for (int t0 = tb; t0 < te; t0 += T) {
+          const int nt = std::min(T, te - t0);
+          // The lane sums stay in memory: 16 more zmm beside the 16 accumulators and 8 operands
+          // would spill inside the dot loop.
+          alignas(64) float f[R][T][16] = {};
+          for (int64_t sb = 0; sb < NSB; ++sb) {
+            const int64_t L = lanes[std::size_t(sb)], steps = bpg / L * 16, o = off[std::size_t(sb)];
+            __m512i acc[R][T];
+            lane_dots_avx512(wi + o, KI, xi.data() + t0 * KI + o, KI, steps, acc);
+            if (L > 1)  // a group's parts into its lane: lane j + lane j ^ 8, then ^ 4, ^ 2, ^ 1
+              for (auto& a : acc)
+                for (auto& v : a) {
+                  v = _mm512_add_epi32(v, _mm512_shuffle_i32x4(v, v, 0x4E));
+                  if (L > 2) v = _mm512_add_epi32(v, _mm512_shuffle_i32x4(v, v, 0xB1));
+                  if (L > 4) v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
+                  if (L > 8) v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));
+                }
+            for (int t = 0; t < T; ++t) {
+              const std::size_t at = std::size_t(((t0 + t) * NSB + sb) * 16);
+              const __m512i xst = _mm512_loadu_si512(xs.data() + at);
+              const __m512 sxt = _mm512_loadu_ps(sx.data() + at);
+              for (int r = 0; r < R; ++r) {
+                const __m512i zx = sym ? xst : _mm512_mullo_epi32(zr[r], xst);
+                const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], zx));
+                _mm512_store_ps(f[r][t], _mm512_add_ps(_mm512_load_ps(f[r][t]), _mm512_mul_ps(sxt, d)));
+              }
+            }
+          }
+          for (int r = 0; r < nr; ++r)
+            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, lane_total(_mm512_load_ps(f[r][t])));
+        }
+      }
+    }
   }
 }
 
@@ -308,16 +543,17 @@ void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias
   const GemmContext c(w, x, bias, y);
   switch (isa) {
     case Isa::Avx512Vnni:
+      if (c.grouped && c.G == 1 && x.group % kInt4Block == 0 && x.rows >= 4) return gemm_grouped_avx512(c);
       if (x.rows == 1) return gemv_avx512<1>(c);
       if (x.rows == 2) return gemv_avx512<2>(c);
       if (x.rows == 3) return gemv_avx512<3>(c);
-      gemm_tiled<4, 4>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K, int32_t(&d)[4][4]) {
-        tile_avx512(wu, xs, b0, b1, K, d);
+      gemm_tiled<4, 4>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t c0, int64_t c1, int64_t K, int32_t(&d)[4][4]) {
+        tile_avx512(wu, xs, c0, c1, K, d);
       });
       break;
     case Isa::Avx2:
-      gemm_tiled<4, 2>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t b0, int64_t b1, int64_t K, int32_t(&d)[4][2]) {
-        tile_avx2(wu, xs, b0, b1, K, d);
+      gemm_tiled<4, 2>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t c0, int64_t c1, int64_t K, int32_t(&d)[4][2]) {
+        tile_avx2(wu, xs, c0, c1, K, d);
       });
       break;
     case Isa::Scalar:

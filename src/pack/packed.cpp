@@ -162,7 +162,6 @@ PackRecipe make_pack_recipe(const QuantConfig& c) {
   if (w.grid.bits > 4) throw Error("--w-bits", "the packed format stores 2..4-bit weights, got " + std::to_string(w.grid.bits));
   if (w.group_size > 0 && w.group_size % kInt4Block != 0)
     throw Error("--w-group", "packed weight groups must be multiples of 64, got " + std::to_string(w.group_size));
-  if (c.act.a_group != 0) throw Error("--a-group", "the packed integer path quantizes activations per token only");
   PackRecipe r;
   r.preset = c.preset;
   r.method = c.method == WeightMethod::Gptq ? "gptq" : "rtn";
@@ -235,7 +234,7 @@ PackRecipe parse_recipe_json(const std::string& text, const std::string& source)
   r.clip_search = boolean("clip_search");
   r.act.a_bits = bits("a_bits");
   r.act.a_clip = clip("a_clip");
-  r.act.a_group = integer("a_group", 0, 0);  // the integer path quantizes activations per token only
+  r.act.a_group = integer("a_group", 0, 1 << 30);  // 0: per token (every file before per-group activations)
   r.act.k_bits = bits("k_bits");
   r.act.v_bits = bits("v_bits");
   r.act.kv_clip = clip("kv_clip");
@@ -249,7 +248,6 @@ PackRecipe parse_recipe_json(const std::string& text, const std::string& source)
 PackedWriter::PackedWriter(const ModelWeights& m, const PackRecipe& recipe) : m_(m), recipe_(recipe) {
   if (m.config.rope_layout != RopeLayout::Half)
     throw Error(m.source, "the packed format stores the Hugging Face RoPE layout; convert the model first");
-  if (recipe.act.a_group != 0) throw Error("--a-group", "the packed integer path quantizes activations per token only");
 }
 
 void PackedWriter::add(int layer, LinearModule module, const QuantizedMatrix& q) {

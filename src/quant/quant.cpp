@@ -123,6 +123,7 @@ void check_act_options(const ActQuantOptions& o) {
     if (bits != 16 && (bits < 2 || bits > 8)) throw Error(name, "must be 2..8 (or 16 for none), got " + std::to_string(bits));
   for (auto [clip, name] : {std::pair{o.a_clip, "--a-clip"}, {o.kv_clip, "--kv-clip"}})
     if (!(clip > 0 && clip <= 1)) throw Error(name, "must be in (0, 1], got " + std::to_string(clip));
+  if (o.a_group < 0) throw Error("--a-group", "must be >= 0 (0: per token), got " + std::to_string(o.a_group));
 }
 
 KvCacheBits kv_cache_bits(const ActQuantOptions& o, int head_dim) {
@@ -146,13 +147,14 @@ void fake_quant_rows(T* x, int rows, int cols, int group, const Grid& g, double 
   for (int r = 0; r < rows; ++r)
     for (int c0 = 0; c0 < cols; c0 += gs) {
       T* v = x + int64_t(r) * cols + c0;
+      const int n = std::min(gs, cols - c0);  // the tail group, when gs does not divide cols
       double lo = v[0], hi = v[0];
-      for (int i = 0; i < gs; ++i) {
+      for (int i = 0; i < n; ++i) {
         lo = std::min(lo, double(v[i]));
         hi = std::max(hi, double(v[i]));
       }
       const QParams p = params_from_range(lo * clip, hi * clip, g);
-      for (int i = 0; i < gs; ++i) v[i] = T(fake_quant(double(v[i]), p, g));
+      for (int i = 0; i < n; ++i) v[i] = T(fake_quant(double(v[i]), p, g));
     }
 }
 template void fake_quant_rows<float>(float*, int, int, int, const Grid&, double);

@@ -102,7 +102,7 @@ class IntegerBackend : public LinearBackend {
       return;
     }
     // q/k/v share one input, and gate/up another: quantize it once.
-    if (!same_input) quantize_activations(in, n, cols, a.a_bits, a.a_clip, act_, isa_);
+    if (!same_input) quantize_activations(in, n, cols, a.a_bits, a.a_clip, a.a_group, act_, isa_);
     int4_gemm(w, act_, nullptr, out, isa_);
     compensate(layer, m, in, n, cols, out, same_input);
   }
