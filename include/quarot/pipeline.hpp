@@ -27,7 +27,7 @@ class UsageError : public Error {
 struct PlanOptions {
   std::string model, output, report_dir, json, preset = "w4a4kv4", calib, tokenizer, eval_ids, progress = "auto",
                                                 rotation = "hadamard", w_method, qdec_k;
-  int w_bits = 0, w_group = -1, a_bits = 0, k_bits = 0, v_bits = 0, classifier_bits = 0, nsamples = 128, seqlen = 2048, ctx = 0,
+  int w_bits = 0, w_group = -1, a_group = -1, a_bits = 0, k_bits = 0, v_bits = 0, classifier_bits = 0, nsamples = 128, seqlen = 2048, ctx = 0,
       chunks = 0, outlier_windows = 4, threads = 0, verbose = 0, qdec_bits = 4;
   double a_clip = 0, kv_clip = 0, damp = 0.01, qdec_slowdown = 0;
   uint64_t seed = 0;

@@ -60,6 +60,7 @@ Plan make_plan(const PlanOptions& a) {
   cfg.gptq.static_groups = a.static_groups;
   if (a.a_bits) cfg.act.a_bits = a.a_bits;
   if (a.a_clip > 0) cfg.act.a_clip = a.a_clip;
+  if (a.a_group >= 0) cfg.act.a_group = a.a_group;
   if (a.k_bits) cfg.act.k_bits = a.k_bits;
   if (a.v_bits) cfg.act.v_bits = a.v_bits;
   if (a.kv_clip > 0) {
@@ -229,7 +230,8 @@ std::string describe_plan(const Plan& p) {
       append(o, "  calibration: %d x %d tokens from %s\n", cfg.nsamples, std::min(cfg.seqlen, c.max_positions),
              p.calibration.path.empty() ? "(missing: --calib is required)" : p.calibration.path.c_str());
     append(o, "  activations: %s; KV cache: K %d-bit, V %d-bit, %s, clip %.2f\n",
-           cfg.act.a_bits < 16 ? ("per token " + std::to_string(cfg.act.a_bits) + "-bit, clip " + std::to_string(cfg.act.a_clip).substr(0, 4)).c_str()
+           cfg.act.a_bits < 16 ? ((cfg.act.a_group > 0 ? "per group of " + std::to_string(cfg.act.a_group) + " channels " : std::string("per token ")) +
+                                  std::to_string(cfg.act.a_bits) + "-bit, clip " + std::to_string(cfg.act.a_clip).substr(0, 4)).c_str()
                                : "16-bit",
            cfg.act.k_bits, cfg.act.v_bits, cfg.act.kv_asym ? "asymmetric per head" : "symmetric per head", cfg.act.kv_clip);
     const double est = double(lin) * bpw / 8 + double(other) * 4;

@@ -91,7 +91,9 @@ std::string QuantConfig::describe() const {
       o << " --damp " << gptq.damp << " --act-order " << (gptq.act_order ? "on" : "off") << " --static-groups "
         << (gptq.static_groups ? "on" : "off") << " --nsamples " << nsamples << " --seqlen " << seqlen;
   }
-  o << " --a-bits " << act.a_bits << " --a-clip " << act.a_clip << " --k-bits " << act.k_bits << " --v-bits " << act.v_bits
+  o << " --a-bits " << act.a_bits << " --a-clip " << act.a_clip;
+  if (act.a_group > 0) o << " --a-group " << act.a_group;  // only when set: per-token runs' lines stay as they were
+  o << " --k-bits " << act.k_bits << " --v-bits " << act.v_bits
     << " --kv-clip " << act.kv_clip << " --classifier-bits " << classifier_bits;
   return o.str();
 }
