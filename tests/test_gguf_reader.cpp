@@ -180,8 +180,13 @@ TEST(GgufReader, HostileEditsAreRefusedNamingTheFile) {
   const uint64_t far = uint64_t(1) << 40;
   expect(edited(offset_at, &far, 8), "runs past the end");
   expect(edited(dims_at, &huge, 8), "dimension");
-  const uint64_t wrong_dim = 96;
-  expect(edited(dims_at, &wrong_dim, 8), "metadata implies");
+  const uint64_t fewer_rows = 32;  // token_embd's vocabulary 64 -> 32: output.weight disagrees
+  expect(edited(dims_at + 8, &fewer_rows, 8), "metadata implies");
+  // Two tensors on the same bytes (a file could otherwise claim a model far larger than itself).
+  const std::size_t norm_at = good.find("blk.0.attn_norm.weight");
+  ASSERT_NE(norm_at, std::string::npos);
+  const uint64_t zero = 0;
+  expect(edited(norm_at + 22 + 4 + 8 + 4, &zero, 8), "overlap");
   std::string arch = good;
   arch.replace(arch.find("llama"), 5, "gemma");
   expect(arch, "architecture 'gemma'");

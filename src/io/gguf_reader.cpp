@@ -4,6 +4,7 @@
 // bytes), string lengths by the bytes left, shapes by checked products, data by the file's end.
 #include "quarot/gguf_reader.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -272,6 +273,14 @@ GgufFile parse_gguf(std::span<const uint8_t> file, const std::string& label) {
       throw Error(label, "GGUF is truncated: tensor '" + t.name + "' (" + std::to_string(t.bytes) + " bytes at data offset " +
                              std::to_string(t.offset) + ") runs past the end of the file");
   }
+  // No two tensors share bytes (sorted by offset, each ends before the next; sums cannot
+  // overflow: every tensor lies inside the file).
+  std::vector<const GgufTensorInfo*> by_offset;
+  for (const auto& t : g.tensors) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(), [](auto* a, auto* b) { return a->offset < b->offset; });
+  for (std::size_t i = 1; i < by_offset.size(); ++i)
+    if (by_offset[i - 1]->offset + by_offset[i - 1]->bytes > by_offset[i]->offset)
+      throw Error(label, "GGUF tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name + "' overlap in the data section");
   return g;
 }
 
@@ -439,11 +448,14 @@ ModelWeights parse_gguf_model(std::span<const uint8_t> file, const std::string& 
   m.config = gguf_model_config(g, label);
   m.source = label;
   const ModelConfig& c = m.config;
-  allocate(m);
-
   std::set<std::string> used;
   std::set<uint32_t> types;
   std::map<uint32_t, uint64_t> elements_of_type;
+  // Pass 1 (`fill_data` false, nothing allocated yet): every tensor the config implies is in the
+  // file with its shape and a readable type. Tensors cannot overlap (parse_gguf), so the model
+  // allocated below is paid for by the file's own bytes, whatever the metadata claims.
+  // Pass 2: the data, converted to fp32.
+  bool fill_data = false;
   auto fill = [&](const std::string& name, std::span<float> out, std::vector<uint64_t> ne) {
     const GgufTensorInfo* t = g.find(name);
     if (!t) throw Error(label, "GGUF lacks tensor '" + name + "'");
@@ -456,6 +468,7 @@ ModelWeights parse_gguf_model(std::span<const uint8_t> file, const std::string& 
     if (!dequantizable(t->ggml_type))
       throw Error(label, "GGUF tensor '" + name + "' has type " + ggml_type_name(t->ggml_type) +
                              ", which quarot cannot read (F32, F16, BF16, Q8_0, Q4_0, Q4_1, IQ4_NL)");
+    if (!fill_data) return;
     if (out.size() != t->elements) throw Error(label, "GGUF tensor '" + name + "' has the wrong element count");
     dequantize(*t, file.data() + g.data_offset + t->offset, out.data());
     used.insert(name);
@@ -463,30 +476,37 @@ ModelWeights parse_gguf_model(std::span<const uint8_t> file, const std::string& 
     elements_of_type[t->ggml_type] += t->elements;
   };
   const uint64_t d = c.hidden, f = c.intermediate, q = c.q_dim(), kv = c.kv_dim(), V = c.vocab;
-  auto mat = [&](const std::string& name, Matrix& x, uint64_t rows, uint64_t cols) {
-    fill(name, {x.data.data(), x.data.size()}, {cols, rows});
+  auto mat = [&](const std::string& name, Matrix* x, uint64_t rows, uint64_t cols) {
+    fill(name, x ? std::span<float>(x->data.data(), x->data.size()) : std::span<float>(), {cols, rows});
   };
-  auto vec = [&](const std::string& name, std::vector<float>& v) { fill(name, v, {uint64_t(v.size())}); };
-  mat("token_embd.weight", m.tok_embeddings, V, d);
-  for (int l = 0; l < c.n_layers; ++l) {
-    LayerWeights& L = m.layers[std::size_t(l)];
-    const std::string b = "blk." + std::to_string(l) + ".";
-    vec(b + "attn_norm.weight", L.attn_norm);
-    mat(b + "attn_q.weight", L.wq, q, d);
-    mat(b + "attn_k.weight", L.wk, kv, d);
-    mat(b + "attn_v.weight", L.wv, kv, d);
-    mat(b + "attn_output.weight", L.wo, d, q);
-    if (c.q_bias) vec(b + "attn_q.bias", L.bq);
-    if (c.k_bias) vec(b + "attn_k.bias", L.bk);
-    if (c.v_bias) vec(b + "attn_v.bias", L.bv);
-    if (c.o_bias) vec(b + "attn_output.bias", L.bo);
-    vec(b + "ffn_norm.weight", L.ffn_norm);
-    mat(b + "ffn_gate.weight", L.w_gate, f, d);
-    mat(b + "ffn_up.weight", L.w_up, f, d);
-    mat(b + "ffn_down.weight", L.w_down, d, f);
+  auto vec = [&](const std::string& name, std::vector<float>* v, uint64_t n) {
+    fill(name, v ? std::span<float>(*v) : std::span<float>(), {n});
+  };
+  for (int pass = 0; pass < 2; ++pass) {
+    fill_data = pass == 1;
+    if (fill_data) allocate(m);
+    ModelWeights* w = fill_data ? &m : nullptr;
+    mat("token_embd.weight", w ? &w->tok_embeddings : nullptr, V, d);
+    for (int l = 0; l < c.n_layers; ++l) {
+      LayerWeights* L = w ? &w->layers[std::size_t(l)] : nullptr;
+      const std::string b = "blk." + std::to_string(l) + ".";
+      vec(b + "attn_norm.weight", L ? &L->attn_norm : nullptr, d);
+      mat(b + "attn_q.weight", L ? &L->wq : nullptr, q, d);
+      mat(b + "attn_k.weight", L ? &L->wk : nullptr, kv, d);
+      mat(b + "attn_v.weight", L ? &L->wv : nullptr, kv, d);
+      mat(b + "attn_output.weight", L ? &L->wo : nullptr, d, q);
+      if (c.q_bias) vec(b + "attn_q.bias", L ? &L->bq : nullptr, q);
+      if (c.k_bias) vec(b + "attn_k.bias", L ? &L->bk : nullptr, kv);
+      if (c.v_bias) vec(b + "attn_v.bias", L ? &L->bv : nullptr, kv);
+      if (c.o_bias) vec(b + "attn_output.bias", L ? &L->bo : nullptr, d);
+      vec(b + "ffn_norm.weight", L ? &L->ffn_norm : nullptr, d);
+      mat(b + "ffn_gate.weight", L ? &L->w_gate : nullptr, f, d);
+      mat(b + "ffn_up.weight", L ? &L->w_up : nullptr, f, d);
+      mat(b + "ffn_down.weight", L ? &L->w_down : nullptr, d, f);
+    }
+    vec("output_norm.weight", w ? &w->final_norm : nullptr, d);
+    if (!c.tied_embeddings) mat("output.weight", w ? &w->lm_head : nullptr, V, d);
   }
-  vec("output_norm.weight", m.final_norm);
-  if (!c.tied_embeddings) mat("output.weight", m.lm_head, V, d);
   for (const auto& t : g.tensors)
     if (!used.count(t.name))
       throw Error(label, "GGUF tensor '" + t.name + "' is not part of a " + family_name(c.family) + " model quarot runs (unsupported variant?)");
