@@ -28,7 +28,8 @@ namespace lc = quarot::llama_cpp;
 int main(int argc, char** argv) {
   CLI::App app{"quarot vs llama.cpp on the same GGUF and windows"};
   std::string model, tokenizer, ids, lib_dir = lc::default_library_dir();
-  int ctx = 512, windows_max = 0;
+  std::string calib;
+  int ctx = 512, windows_max = 0, calib_lines = 16;
   std::vector<std::string> types = {"Q8_0", "Q4_0", "Q4_1", "IQ4_NL", "Q4_K_M"};
   app.add_option("model", model, "llama2.c .bin (written as an F32 GGUF)")->required();
   app.add_option("--tokenizer", tokenizer, "its tokenizer.bin")->required();
@@ -37,6 +38,8 @@ int main(int argc, char** argv) {
   app.add_option("--windows", windows_max, "at most this many windows (0: all)");
   app.add_option("--types", types, "llama_model_quantize types");
   app.add_option("--lib", lib_dir, "folder of libllama*.so");
+  app.add_option("--calib", calib, "calibration ids: each type also quantized with an importance matrix from them");
+  app.add_option("--calib-lines", calib_lines, "calibration sequences used");
   CLI11_PARSE(app, argc, argv);
   try {
     std::string why;
@@ -87,21 +90,28 @@ int main(int argc, char** argv) {
     std::printf("| file | size | ppl llama.cpp | llama.cpp time | ppl quarot | llama.cpp / quarot | max rel. logit diff (window 0) | quarot time |\n|---|---|---|---|---|---|---|---|\n");
     run("F32 (test writer)", f32, true);
     const std::map<std::string, int> ftypes = {{"Q8_0", 7}, {"Q4_0", 2}, {"Q4_1", 3}, {"IQ4_NL", 25}, {"Q4_K_M", 15}, {"F16", 1}};
+    std::map<std::string, std::vector<float>> imatrix;
+    if (!calib.empty()) {
+      auto seqs = quarot::read_ids_file(calib, m.config.vocab);
+      if (int(seqs.size()) > calib_lines) seqs.resize(std::size_t(calib_lines));
+      imatrix = lc::importance_matrix(m, seqs, ctx);
+    }
+    for (int with_imatrix = 0; with_imatrix < (calib.empty() ? 1 : 2); ++with_imatrix)
     for (const auto& t : types) {
       auto it = ftypes.find(t);
       if (it == ftypes.end()) throw quarot::Error("--types", "unknown type " + t);
-      const std::string out = dir + "/model-" + t + ".gguf";
-      lib->quantize(f32, out, it->second);
+      const std::string out = dir + "/model-" + t + (with_imatrix ? "-imatrix" : "") + ".gguf";
+      lib->quantize(f32, out, it->second, 1, with_imatrix ? &imatrix : nullptr);
       bool readable = true;
       {
         quarot::MappedFile f(out);
         const auto g = quarot::parse_gguf(f.bytes(), out);
         for (const auto& ti : g.tensors) {
           const auto n = quarot::ggml_type_name(ti.ggml_type);
-          if (n != "F32" && n != "F16" && n != "BF16" && n != "Q8_0" && n != "Q4_0" && n != "Q4_1" && n != "IQ4_NL") readable = false;
+          if (n != "F32" && n != "F16" && n != "BF16" && n != "Q8_0" && n != "Q4_0" && n != "Q4_1" && n != "Q5_0" && n != "Q5_1" && n != "IQ4_NL" && n != "Q4_K" && n != "Q6_K") readable = false;
         }
       }
-      run("llama_model_quantize " + t, out, readable);
+      run("llama_model_quantize " + t + (with_imatrix ? " + imatrix" : ""), out, readable);
     }
     std::filesystem::remove_all(dir);
   } catch (const std::exception& e) {

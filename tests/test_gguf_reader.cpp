@@ -196,18 +196,18 @@ TEST(GgufReader, HostileEditsAreRefusedNamingTheFile) {
 }
 
 TEST(GgufReader, UnsupportedTypeIsRefusedNamingTensorAndType) {
-  // A known type the reader does not dequantize (Q5_0: 22 bytes per 32, inside the F32 data).
+  // A known type the reader does not dequantize (Q8_1: 36 bytes per 32, inside the F32 data).
   quarot::ModelWeights m = small_model(true);
   std::string file = quarot::test::gguf_of(m, GgmlType::F32, nullptr);
   const std::size_t name_at = file.find("blk.0.ffn_gate.weight");
   ASSERT_NE(name_at, std::string::npos);
   const std::size_t type_at = name_at + 21 + 4 + 16;
-  const uint32_t bf16 = 30, q5_0 = 6;
+  const uint32_t bf16 = 30, q8_1 = 9;
   std::string as_bf16 = file;
   std::memcpy(as_bf16.data() + type_at, &bf16, 4);
   EXPECT_EQ(message_of(as_bf16).find("type"), std::string::npos);  // BF16 of half the bytes: in the file, read
-  std::string as_q5 = file;
-  std::memcpy(as_q5.data() + type_at, &q5_0, 4);
-  const std::string msg = message_of(as_q5);
-  EXPECT_NE(msg.find("'blk.0.ffn_gate.weight' has type Q5_0"), std::string::npos) << msg;
+  std::string as_q8_1 = file;
+  std::memcpy(as_q8_1.data() + type_at, &q8_1, 4);
+  const std::string msg = message_of(as_q8_1);
+  EXPECT_NE(msg.find("'blk.0.ffn_gate.weight' has type Q8_1"), std::string::npos) << msg;
 }

@@ -2,7 +2,7 @@
 // Reading GGUF files (llama.cpp's model format, versions 2 and 3) into quarot's ModelWeights.
 // Architectures `llama` (q/k rows in the interleaved RoPE layout, as llama.cpp's converter
 // writes them) and `qwen2` (q/k/v biases, rotate-half RoPE layout, kept as is). Tensor types
-// F32, F16, BF16 are converted exactly; Q8_0, Q4_0, Q4_1 and IQ4_NL are dequantized (a one-time
+// F32, F16, BF16 are converted exactly; Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K and Q6_K are dequantized (a one-time
 // warning says that quantizing an already-quantized model compounds the error); any other type
 // is refused naming the tensor and the type. The file is untrusted: every count, length, offset
 // and shape is checked against the file's size before it is used.

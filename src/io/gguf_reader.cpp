@@ -68,8 +68,8 @@ TypeInfo type_info(uint32_t t) {
   }
 }
 
-bool dequantizable(uint32_t t) { return t == 0 || t == 1 || t == 30 || t == 2 || t == 3 || t == 8 || t == 20; }
-bool is_quantized(uint32_t t) { return t == 2 || t == 3 || t == 8 || t == 20; }
+bool is_quantized(uint32_t t) { return t == 2 || t == 3 || t == 6 || t == 7 || t == 8 || t == 20 || t == 12 || t == 14; }
+bool dequantizable(uint32_t t) { return t == 0 || t == 1 || t == 30 || is_quantized(t); }
 
 // Bounds-checked little-endian cursor over the file.
 class Cursor {
@@ -363,6 +363,76 @@ void dequantize(const GgufTensorInfo& t, const uint8_t* src, float* dst) {
         }
       }
       return;
+    case 6:  // Q5_0: fp16 d, 32 high bits, 16 bytes of nibbles; x = d*(q - 16)
+    case 7:  // Q5_1: fp16 d, fp16 m, 32 high bits, 16 bytes of nibbles; x = d*q + m
+      for (uint64_t b = 0; b < blocks; ++b, dst += 32) {
+        const bool q51 = t.ggml_type == 7;
+        const float d = half(src), m = q51 ? half(src + 2) : 0.f;
+        const uint8_t* p = src + (q51 ? 4 : 2);
+        uint32_t qh;
+        std::memcpy(&qh, p, 4);
+        const uint8_t* qs = p + 4;
+        for (int j = 0; j < 16; ++j) {
+          const int x0 = int((qs[j] & 0xF) | (((qh >> j) << 4) & 0x10));
+          const int x1 = int((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10));
+          if (q51) {
+            dst[j] = float(x0) * d + m;
+            dst[j + 16] = float(x1) * d + m;
+          } else {
+            dst[j] = float(x0 - 16) * d;
+            dst[j + 16] = float(x1 - 16) * d;
+          }
+        }
+        src += q51 ? 24 : 22;
+      }
+      return;
+    case 12:  // Q4_K: per 256: fp16 d, fp16 dmin, 12 bytes of 6-bit (scale, min) pairs for 8 sub-blocks of 32, 128 bytes of nibbles
+      for (uint64_t b = 0; b < t.elements / 256; ++b, src += 144, dst += 256) {
+        const float d = half(src), dmin = half(src + 2);
+        const uint8_t* sc = src + 4;
+        const uint8_t* q = src + 16;
+        auto scale_min = [&](int j, int& s6, int& m6) {
+          if (j < 4) {
+            s6 = sc[j] & 63;
+            m6 = sc[j + 4] & 63;
+          } else {
+            s6 = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+            m6 = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+          }
+        };
+        float* y = dst;
+        for (int j = 0; j < 256; j += 64, q += 32) {
+          int s1, m1, s2, m2;
+          scale_min(j / 32, s1, m1);
+          scale_min(j / 32 + 1, s2, m2);
+          const float d1 = d * float(s1), c1 = dmin * float(m1), d2 = d * float(s2), c2 = dmin * float(m2);
+          for (int l = 0; l < 32; ++l) *y++ = d1 * float(q[l] & 0xF) - c1;
+          for (int l = 0; l < 32; ++l) *y++ = d2 * float(q[l] >> 4) - c2;
+        }
+      }
+      return;
+    case 14:  // Q6_K: per 256: 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 int8 scales, fp16 d (last)
+      for (uint64_t b = 0; b < t.elements / 256; ++b, src += 210, dst += 256) {
+        const float d = half(src + 208);
+        const uint8_t* ql = src;
+        const uint8_t* qh = src + 128;
+        const int8_t* sc = reinterpret_cast<const int8_t*>(src + 192);
+        float* y = dst;
+        for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8) {
+          for (int l = 0; l < 32; ++l) {
+            const int is = l / 16;
+            const int q1 = int((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+            const int q2 = int((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            const int q3 = int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            const int q4 = int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            y[l] = d * float(sc[is]) * float(q1);
+            y[l + 32] = d * float(sc[is + 2]) * float(q2);
+            y[l + 64] = d * float(sc[is + 4]) * float(q3);
+            y[l + 96] = d * float(sc[is + 6]) * float(q4);
+          }
+        }
+      }
+      return;
     case 20:  // IQ4_NL: fp16 d, 16 bytes of indices into the non-uniform table
       for (uint64_t b = 0; b < blocks; ++b, src += 18, dst += 32) {
         const float d = half(src);
@@ -467,7 +537,7 @@ ModelWeights parse_gguf_model(std::span<const uint8_t> file, const std::string& 
     }
     if (!dequantizable(t->ggml_type))
       throw Error(label, "GGUF tensor '" + name + "' has type " + ggml_type_name(t->ggml_type) +
-                             ", which quarot cannot read (F32, F16, BF16, Q8_0, Q4_0, Q4_1, IQ4_NL)");
+                             ", which quarot cannot read (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q6_K)");
     if (!fill_data) return;
     if (out.size() != t->elements) throw Error(label, "GGUF tensor '" + name + "' has the wrong element count");
     dequantize(*t, file.data() + g.data_offset + t->offset, out.data());

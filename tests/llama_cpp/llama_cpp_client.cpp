@@ -17,6 +17,7 @@
 #include <regex>
 
 #include "quarot/error.hpp"
+#include "quarot/forward.hpp"
 
 namespace fs = std::filesystem;
 
@@ -60,7 +61,16 @@ constexpr std::size_t kCtxNCtx = 0, kCtxNBatch = 4, kCtxNUbatch = 8, kCtxNSeqMax
                       kCtxNOutputsMaxPerSeq = 24, kCtxNThreads = 28, kCtxNThreadsBatch = 32, kCtxFlashAttn = 52,
                       kCtxTypeK = 104, kCtxTypeV = 108;
 // llama_model_quantize_params: int32 nthread; int32 ftype; int32 output_tensor_type; int32 token_embedding_type; bools...
-constexpr std::size_t kQuantNThread = 0, kQuantFtype = 4, kQuantOutputType = 8, kQuantEmbeddingType = 12;
+// then (this build) bools @16..@21 and pointers: imatrix @24, kv_overrides @32, tensor_types @40, prune_layers @48.
+constexpr std::size_t kQuantNThread = 0, kQuantFtype = 4, kQuantOutputType = 8, kQuantEmbeddingType = 12, kQuantImatrix = 24;
+
+// struct llama_model_imatrix_data (this build: `imatrix` is an array of these, ended by a null
+// name; older builds took a C++ unordered_map there).
+struct ImatrixEntry {
+  const char* name;
+  const float* data;
+  std::size_t size;
+};
 
 std::mutex g_log_mutex;
 std::string g_log;
@@ -70,13 +80,28 @@ void log_callback(int /*level*/, const char* text, void* /*user*/) {
   if (g_log.size() < (1u << 20)) g_log += text;
 }
 
+// The end of a log (where llama.cpp says what went wrong), at most 1500 characters.
+std::string tail(const std::string& log) { return log.size() > 1500 ? "..." + log.substr(log.size() - 1500) : log; }
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace
 
+// struct ggml_type_traits (ggml.h, unchanged for years): checked per use against known values.
+struct TypeTraits {
+  const char* type_name;
+  int64_t blck_size;
+  int64_t blck_size_interleave;
+  std::size_t type_size;
+  bool is_quantized;
+  void (*to_float)(const void*, float*, int64_t);
+  void (*from_float_ref)(const float*, void*, int64_t);
+};
+
 struct Library::Api {
+  const TypeTraits* (*ggml_get_type_traits)(int) = nullptr;
   const char* (*ggml_version)() = nullptr;
   void (*ggml_log_set)(void (*)(int, const char*, void*), void*) = nullptr;
   void (*ggml_backend_load_all_from_path)(const char*) = nullptr;
@@ -148,6 +173,7 @@ std::unique_ptr<Library> Library::open(const std::string& dir, std::string* why)
     fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(p);
   };
   sym(a.ggml_version, "ggml_version");
+  sym(a.ggml_get_type_traits, "ggml_get_type_traits");
   sym(a.ggml_log_set, "ggml_log_set");
   sym(a.ggml_backend_load_all_from_path, "ggml_backend_load_all_from_path");
   sym(a.ggml_backend_dev_count, "ggml_backend_dev_count");
@@ -224,7 +250,7 @@ std::unique_ptr<Model> Library::load(const std::string& gguf, int n_ctx, int thr
   Blob mp{};
   mp = a.llama_model_default_params();
   m->model_ = a.llama_model_load_from_file(gguf.c_str(), mp);
-  if (!m->model_) throw Error(gguf, "llama.cpp could not load it: " + take_log().substr(0, 2000));
+  if (!m->model_) throw Error(gguf, "llama.cpp could not load it: " + tail(take_log()));
   m->load_seconds_ = seconds_since(t0);
   Blob cp{};
   cp = a.llama_context_default_params();
@@ -241,7 +267,7 @@ std::unique_ptr<Model> Library::load(const std::string& gguf, int n_ctx, int thr
   take_log();
   m->ctx_ = a.llama_init_from_model(m->model_, cp);
   const std::string log = take_log();
-  if (!m->ctx_) throw Error(gguf, "llama.cpp could not make a context: " + log.substr(0, 2000));
+  if (!m->ctx_) throw Error(gguf, "llama.cpp could not make a context: " + tail(log));
   // llama.cpp logs the context it made: the fields must read back as written.
   auto logged = [&](const std::string& field) -> long {
     std::smatch s;
@@ -250,19 +276,78 @@ std::unique_ptr<Model> Library::load(const std::string& gguf, int n_ctx, int thr
   };
   if (logged("n_outputs_max_per_seq") != n_ctx || logged("n_ctx") != n_ctx)
     throw Error(gguf, "llama.cpp context does not read back n_ctx/n_outputs_max_per_seq = " + std::to_string(n_ctx) +
-                          " (ABI offsets wrong?): " + log.substr(0, 2000));
+                          " (ABI offsets wrong?): " + tail(log));
   m->vocab_ = a.llama_vocab_n_tokens(a.llama_model_get_vocab(m->model_));
   return m;
 }
 
-void Library::quantize(const std::string& in, const std::string& out, int ftype, int threads) const {
+void Library::quantize(const std::string& in, const std::string& out, int ftype, int threads,
+                       const std::map<std::string, std::vector<float>>* imatrix) const {
   Blob q{};
   q = api_->llama_model_quantize_default_params();
   q.set<int32_t>(kQuantNThread, threads);
   q.set<int32_t>(kQuantFtype, ftype);
+  // llama.cpp logs the entry count it found, checked below.
+  std::vector<ImatrixEntry> table;
+  if (imatrix) {
+    if (q.get<void*>(kQuantImatrix) != nullptr) throw Error(in, "llama_model_quantize_params: imatrix @24 is not null by default (ABI?)");
+    for (const auto& [name, v] : *imatrix) table.push_back({name.c_str(), v.data(), v.size()});
+    table.push_back({nullptr, nullptr, 0});
+    q.set<const void*>(kQuantImatrix, table.data());
+  }
   take_log();
   if (api_->llama_model_quantize(in.c_str(), out.c_str(), &q) != 0)
-    throw Error(in, "llama_model_quantize (ftype " + std::to_string(ftype) + ") failed: " + take_log().substr(0, 2000));
+    throw Error(in, "llama_model_quantize (ftype " + std::to_string(ftype) + ") failed: " + tail(take_log()));
+  const std::string log = take_log();
+  if (imatrix && log.find("have importance matrix data with " + std::to_string(imatrix->size()) + " entries") == std::string::npos)
+    throw Error(in, "llama_model_quantize did not report the " + std::to_string(imatrix->size()) + " imatrix entries (ABI?): " + tail(log));
+}
+
+std::map<std::string, std::vector<float>> importance_matrix(const ModelWeights& model,
+                                                           const std::vector<std::vector<int>>& sequences, int max_context) {
+  const ModelConfig& c = model.config;
+  // Sums of squares per (layer, hook point) and the token count.
+  std::map<std::pair<int, HookPoint>, std::vector<double>> sums;
+  long long tokens = 0;
+  Transformer<float> t(model, max_context);
+  t.set_hook([&](HookPoint p, int layer, const ActivationView<float>& a) {
+    if (p != HookPoint::QkvInput && p != HookPoint::OProjInput && p != HookPoint::GateUpInput && p != HookPoint::DownProjInput) return;
+    auto& s = sums[{layer, p}];
+    s.resize(std::size_t(a.cols), 0.0);
+    for (int r = 0; r < a.rows; ++r)
+      for (int j = 0; j < a.cols; ++j) s[std::size_t(j)] += double(a.row(r)[j]) * a.row(r)[j];
+  });
+  std::vector<float> logits;
+  for (const auto& seq : sequences) {
+    const std::size_t n = std::min(seq.size(), std::size_t(max_context));
+    if (n == 0) continue;
+    t.reset();
+    t.forward(std::span<const int>(seq.data(), n), logits);
+    tokens += (long long)n;
+  }
+  if (tokens == 0) throw Error("imatrix", "no calibration tokens");
+  std::map<std::string, std::vector<float>> out;
+  const char* gguf_names[kLinearsPerLayer] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+  for (int l = 0; l < c.n_layers; ++l)
+    for (const LinearSpec& s : kLinearSpecs) {
+      const auto& sum = sums.at({l, s.input});
+      std::vector<float> v(sum.size());
+      for (std::size_t j = 0; j < v.size(); ++j) v[j] = float(sum[j] / double(tokens));
+      out["blk." + std::to_string(l) + "." + gguf_names[int(s.module)] + ".weight"] = std::move(v);
+    }
+  return out;
+}
+
+std::vector<float> Library::ggml_to_float(uint32_t type, const char* type_name, int64_t block, std::size_t block_bytes,
+                                          const uint8_t* data, int64_t n) const {
+  const TypeTraits* t = api_->ggml_get_type_traits(int(type));
+  if (!t || !t->type_name || std::string(t->type_name) != type_name || t->blck_size != block || t->type_size != block_bytes ||
+      !t->to_float)
+    throw Error("ggml_get_type_traits", "type " + std::to_string(type) + " is not " + type_name + " with blocks of " +
+                                            std::to_string(block) + " in " + std::to_string(block_bytes) + " bytes (ABI?)");
+  std::vector<float> out(static_cast<std::size_t>(n));
+  t->to_float(data, out.data(), n);
+  return out;
 }
 
 Model::~Model() {
@@ -299,7 +384,7 @@ std::vector<float> Model::logits(const std::vector<int>& tokens) {
     }
   }
   a.llama_batch_free(b);
-  if (out.empty()) throw Error("llama.cpp", "llama_decode failed (rc " + std::to_string(rc) + "): " + lib_->take_log().substr(0, 2000));
+  if (out.empty()) throw Error("llama.cpp", "llama_decode failed (rc " + std::to_string(rc) + "): " + tail(lib_->take_log()));
   return out;
 }
 

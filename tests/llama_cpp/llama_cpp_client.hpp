@@ -6,11 +6,13 @@
 // logs back when a context is made (docs/gguf.md, "reading GGUF and the llama.cpp harness").
 // Used by tests/test_llama_cpp.cpp and bench/bench_llama_cpp.cpp; never by quarot itself.
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "quarot/eval.hpp"
+#include "quarot/weights.hpp"
 
 namespace quarot::llama_cpp {
 
@@ -20,6 +22,12 @@ namespace quarot::llama_cpp {
 std::string default_library_dir();
 
 class Library;
+
+// llama.cpp's importance matrix from quarot's fp32 forward pass of `model` (llama layout, GGUF
+// tensor names) over `sequences` (each cut to max_context): for every linear weight, the mean
+// over all tokens of the square of each input column.
+std::map<std::string, std::vector<float>> importance_matrix(const ModelWeights& model,
+                                                           const std::vector<std::vector<int>>& sequences, int max_context);
 
 // One GGUF model and one context of n_ctx positions, every position's logits returned.
 class Model {
@@ -38,6 +46,12 @@ class Model {
 
  private:
   friend class Library;
+
+// llama.cpp's importance matrix from quarot's fp32 forward pass of `model` (llama layout, GGUF
+// tensor names) over `sequences` (each cut to max_context): for every linear weight, the mean
+// over all tokens of the square of each input column.
+std::map<std::string, std::vector<float>> importance_matrix(const ModelWeights& model,
+                                                           const std::vector<std::vector<int>>& sequences, int max_context);
   Model() = default;
   const Library* lib_ = nullptr;
   void* model_ = nullptr;
@@ -65,8 +79,16 @@ class Library {
   // n_ctx positions, all of them outputs; F32 KV cache (no fp16 rounding of keys/values).
   std::unique_ptr<Model> load(const std::string& gguf, int n_ctx, int threads = 1) const;
   // llama_model_quantize with the given llama_ftype code (2 Q4_0, 3 Q4_1, 7 Q8_0, 15 Q4_K_M,
-  // 25 IQ4_NL, ...); throws quarot::Error when it fails.
-  void quantize(const std::string& in, const std::string& out, int ftype, int threads = 1) const;
+  // 25 IQ4_NL, ...), optionally with an importance matrix (GGUF tensor name -> one weight per
+  // input column, as llama.cpp's imatrix tool computes: the mean of x_j^2 over the calibration
+  // tokens); throws quarot::Error when it fails.
+  void quantize(const std::string& in, const std::string& out, int ftype, int threads = 1,
+                const std::map<std::string, std::vector<float>>* imatrix = nullptr) const;
+
+  // ggml's own dequantization of n elements of ggml type `type` (ggml_get_type_traits()->to_float;
+  // the traits' name, block and size are checked against `type_name`, `block`, `block_bytes`).
+  std::vector<float> ggml_to_float(uint32_t type, const char* type_name, int64_t block, std::size_t block_bytes,
+                                   const uint8_t* data, int64_t n) const;
 
   struct Api;
   const Api& api() const { return *api_; }

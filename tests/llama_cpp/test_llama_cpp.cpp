@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <unistd.h>
 
 #include "gguf_test_writer.hpp"
@@ -17,6 +18,7 @@
 #include "quarot/forward.hpp"
 #include "quarot/gguf_reader.hpp"
 #include "quarot/mapped_file.hpp"
+#include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
 #include "test_support.hpp"
 
@@ -155,4 +157,104 @@ TEST(LlamaCpp, LlamaQuantizeOutputReadsBackWithTheSamePerplexity) {
     EXPECT_NEAR(rl.ppl, rq.ppl, 0.005 * rq.ppl) << name;
     std::filesystem::remove(out);
   }
+}
+
+TEST(LlamaCpp, LlamaQuantizeTakesQuarotsImportanceMatrix) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const auto m = quarot::load_llama2c(data_file("stories260K/stories260K.bin"));
+  auto calib = quarot::read_ids_file(data_file("stories260K/calib-t1-seed42.ids"), 512);
+  calib.resize(16);
+  const auto imatrix = lc::importance_matrix(m, calib, 512);
+  ASSERT_EQ(imatrix.size(), 5u * 7u);
+  EXPECT_EQ(imatrix.at("blk.0.ffn_down.weight").size(), 172u);
+  const std::string plain = temp_path("stories260K-IQ4_NL.gguf"), weighted = temp_path("stories260K-IQ4_NL-imatrix.gguf");
+  library()->quantize(stories_gguf(), plain, 25);
+  library()->quantize(stories_gguf(), weighted, 25, 1, &imatrix);  // throws unless llama.cpp saw 35 entries
+  const auto windows = story_windows(512, 4);
+  double ppl[2];
+  for (int i = 0; i < 2; ++i) {
+    const std::string& path = i ? weighted : plain;
+    auto model = library()->load(path, 512);
+    const auto qm = quarot::load_model(path);
+    quarot::Transformer<float> q(qm, 512);
+    const auto rl = model->evaluate(windows, quarot::Protocol::Paper);
+    const auto rq = quarot::evaluate(q, windows, quarot::Protocol::Paper);
+    std::cout << "IQ4_NL" << (i ? " + imatrix" : "") << ": ppl llama.cpp " << rl.ppl << ", quarot (dequantized) " << rq.ppl << "\n";
+    EXPECT_NEAR(rl.ppl, rq.ppl, 0.005 * rq.ppl);
+    ppl[i] = rl.ppl;
+  }
+  EXPECT_NE(ppl[0], ppl[1]);  // the weights changed what llama.cpp chose
+  std::filesystem::remove(plain);
+  std::filesystem::remove(weighted);
+}
+
+// quarot's dequantization of every tensor of llama.cpp's own outputs equals ggml's to_float:
+// Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL from stories260K (64 wide; its Q4_K_M falls back to Q5_0
+// etc.), Q4_K/Q6_K from a 256-wide synthetic model.
+TEST(LlamaCpp, ReaderDequantizesAsGgml) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  const auto tok = quarot::load_llama2c_tokenizer(data_file("stories260K/tok512.bin"));
+  quarot::SynthSpec spec = quarot::synth_preset("tiny");
+  spec.config.hidden = 256;
+  spec.config.intermediate = 512;
+  spec.config.n_layers = 1;
+  spec.config.n_heads = 4;
+  spec.config.n_kv_heads = 4;
+  spec.config.head_dim = 64;
+  spec.config.vocab = 512;
+  spec.config.max_positions = 256;
+  quarot::ModelWeights wide = quarot::make_synthetic(spec);
+  wide.config.rope_layout = quarot::RopeLayout::Interleaved;
+  const std::string wide_f32 = temp_path("wide-f32.gguf");
+  quarot::test::write_file(wide_f32, quarot::test::gguf_of(wide, quarot::test::GgmlType::F32, &tok));
+  struct Case {
+    const std::string* source;
+    int ftype;
+    const char* name;
+  };
+  const std::string wide_src = wide_f32;
+  std::map<std::string, int> seen;
+  for (const Case& c : {Case{&stories_gguf(), 7, "Q8_0"}, Case{&stories_gguf(), 2, "Q4_0"}, Case{&stories_gguf(), 3, "Q4_1"},
+                        Case{&stories_gguf(), 25, "IQ4_NL"}, Case{&stories_gguf(), 15, "Q4_K_M"}, Case{&stories_gguf(), 9, "Q5_1"},
+                        Case{&wide_src, 15, "Q4_K_M"}}) {
+    const std::string out = temp_path(std::string("deq-") + c.name + ".gguf");
+    library()->quantize(*c.source, out, c.ftype);
+    quarot::MappedFile f(out);
+    const auto g = quarot::parse_gguf(f.bytes(), out);
+    const quarot::ModelWeights m = quarot::parse_gguf_model(f.bytes(), out);
+    // Tensors back by GGUF name, through the weights' own layout (matrices row-major [out][in]).
+    std::map<std::string, std::span<const float>> by_name;
+    by_name["token_embd.weight"] = m.tok_embeddings.data;
+    if (!m.config.tied_embeddings) by_name["output.weight"] = m.lm_head.data;
+    const char* names[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    for (int l = 0; l < m.config.n_layers; ++l)
+      for (const quarot::LinearSpec& s : quarot::kLinearSpecs)
+        by_name["blk." + std::to_string(l) + "." + names[int(s.module)] + ".weight"] = (m.layers[std::size_t(l)].*s.weight).data;
+    for (const auto& t : g.tensors) {
+      const std::string type = quarot::ggml_type_name(t.ggml_type);
+      if (type == "F32" || type == "F16" || !by_name.count(t.name)) continue;
+      static const std::map<std::string, std::tuple<const char*, int64_t, std::size_t>> traits = {
+          {"Q8_0", {"q8_0", 32, 34}}, {"Q4_0", {"q4_0", 32, 18}}, {"Q4_1", {"q4_1", 32, 20}},
+          {"IQ4_NL", {"iq4_nl", 32, 18}}, {"Q5_0", {"q5_0", 32, 22}}, {"Q5_1", {"q5_1", 32, 24}}, {"Q4_K", {"q4_K", 256, 144}}, {"Q6_K", {"q6_K", 256, 210}}};
+      ASSERT_TRUE(traits.count(type)) << t.name << " " << type;
+      const auto& [tn, blk, bytes] = traits.at(type);
+      const auto ref = library()->ggml_to_float(t.ggml_type, tn, blk, bytes, f.bytes().data() + g.data_offset + t.offset, int64_t(t.elements));
+      const auto got = by_name.at(t.name);
+      ASSERT_EQ(got.size(), ref.size());
+      double worst = 0, scale = 0;
+      for (std::size_t i = 0; i < ref.size(); ++i) {
+        worst = std::max(worst, std::fabs(double(got[i]) - ref[i]));
+        scale = std::max(scale, std::fabs(double(ref[i])));
+      }
+      EXPECT_LE(worst, 1e-6 * scale) << t.name << " " << type;  // the same formula; at most an fma's rounding apart
+      ++seen[type];
+    }
+    std::filesystem::remove(out);
+  }
+  std::filesystem::remove(wide_f32);
+  for (const char* t : {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q4_K", "Q6_K"}) EXPECT_GT(seen[t], 0) << t << " never produced";
 }
