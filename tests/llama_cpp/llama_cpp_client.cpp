@@ -14,7 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
-#include <regex>
+#include <cctype>
 
 #include "quarot/error.hpp"
 #include "quarot/forward.hpp"
@@ -269,10 +269,20 @@ std::unique_ptr<Model> Library::load(const std::string& gguf, int n_ctx, int thr
   const std::string log = take_log();
   if (!m->ctx_) throw Error(gguf, "llama.cpp could not make a context: " + tail(log));
   // llama.cpp logs the context it made: the fields must read back as written.
+  // "<field> = <digits>" with <field> a whole word (no std::regex: g++ 12 warns inside it under ASan).
   auto logged = [&](const std::string& field) -> long {
-    std::smatch s;
-    if (!std::regex_search(log, s, std::regex(field + R"(\s*=\s*(\d+))"))) return -1;
-    return std::stol(s[1]);
+    for (std::size_t at = log.find(field); at != std::string::npos; at = log.find(field, at + 1)) {
+      if (at > 0 && (std::isalnum(static_cast<unsigned char>(log[at - 1])) || log[at - 1] == '_')) continue;
+      std::size_t i = at + field.size();
+      while (i < log.size() && log[i] == ' ') ++i;
+      if (i >= log.size() || log[i] != '=') continue;
+      ++i;
+      while (i < log.size() && log[i] == ' ') ++i;
+      std::size_t j = i;
+      while (j < log.size() && std::isdigit(static_cast<unsigned char>(log[j]))) ++j;
+      if (j > i && j - i < 10) return std::stol(log.substr(i, j - i));
+    }
+    return -1;
   };
   if (logged("n_outputs_max_per_seq") != n_ctx || logged("n_ctx") != n_ctx)
     throw Error(gguf, "llama.cpp context does not read back n_ctx/n_outputs_max_per_seq = " + std::to_string(n_ctx) +
