@@ -10,7 +10,7 @@ cmake --preset fuzz -DQUAROT_WERROR=ON >/dev/null
 cmake --build --preset fuzz -j "$(nproc)"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for target in fuzz_safetensors fuzz_hf_index fuzz_llama2c fuzz_tokenizer_json fuzz_tasks fuzz_tokenizer_bin fuzz_ids fuzz_config fuzz_sentencepiece fuzz_packed; do
+for target in fuzz_safetensors fuzz_hf_index fuzz_llama2c fuzz_tokenizer_json fuzz_tasks fuzz_tokenizer_bin fuzz_ids fuzz_config fuzz_sentencepiece fuzz_packed fuzz_gguf; do
   mkdir -p "$scratch/$target"
   echo "== fuzz.sh: $target for ${seconds}s"
   build/fuzz/tests/fuzz/$target -max_total_time="$seconds" -print_final_stats=1 \

@@ -169,6 +169,17 @@ run quantize-rotated-no-rotate "$d/rot" "$d/out" quarot-quantize "$d/rot" -o "$d
 mkdir -p "$d/unrecorded" && cp "$work/base/model.safetensors" "$d/unrecorded/" &&
   sed -E 's/"model_type": "llama"/"model_type": "quarot_rotated_llama"/' "$work/base/config.json" >"$d/unrecorded/config.json"
 run rotated-config-without-record "$d/unrecorded/config.json" "$d/unrecorded" quarot-inspect "$d/unrecorded"
+# 16. GGUF (src/io/gguf_reader.cpp; fuzz seeds of fuzz_gguf): truncated data, a tensor count
+# past the file, a vocabulary-only file, an unknown architecture.
+gseed="$(dirname "$0")/fuzz/corpus/fuzz_gguf"
+d="$work/gguf"; mkdir -p "$d"; printf '1 2 3 4\n' >"$d/ok.ids"
+head -c 3000 "$gseed/llama-q4_0" >"$d/truncated.gguf"
+{ head -c 8 "$gseed/llama-q4_0"; printf '\xff\xff\xff\xff\xff\xff\xff\x0f'; tail -c +17 "$gseed/llama-q4_0"; } >"$d/count.gguf"
+cp "$gseed/vocab-only" "$d/vocab-only.gguf"
+perl -0777 -pe 's/llama/gemma/' "$gseed/llama-f32" >"$d/gemma.gguf"
+for name in truncated count vocab-only gemma; do
+  run "gguf-$name" "$d/$name.gguf" "$d" quarot-eval "$d/$name.gguf" --ids "$d/ok.ids" --ctx 4
+done
 
 echo "hostile_inputs: $((cases - failures)) of $cases cases handled"
 exit $((failures > 0))

@@ -32,7 +32,7 @@ ModelWeights load_hf(const std::string& dir, const LoadProgress& progress = {});
 std::map<std::string, std::string> parse_hf_index(const std::string& json_text,
                                                   const std::string& label);
 
-// Picks the loader from the path: a folder (or a file inside one named config.json,
+// Picks the loader from the path: a .gguf file is GGUF (gguf_reader.hpp); a folder (or a file inside one named config.json,
 // model.safetensors or model.safetensors.index.json) is Hugging Face; a .bin file is llama2.c.
 ModelWeights load_model(const std::string& path, const LoadProgress& progress = {});
 // The config alone (config.json, or a llama2.c header), without reading the weights.

@@ -16,6 +16,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
 #include "quarot/finite.hpp"
+#include "quarot/gguf_reader.hpp"
 #include "quarot/json_limits.hpp"
 #include "quarot/safetensors.hpp"
 
@@ -371,8 +372,11 @@ CheckpointReader::CheckpointReader(const std::string& path) : impl_(std::make_un
   } else if (p.extension() == ".bin") {
     impl_->whole = std::make_unique<ModelWeights>(load_llama2c(path));
     convert_rope_layout(*impl_->whole, RopeLayout::Half);
+  } else if (p.extension() == ".gguf") {
+    impl_->whole = std::make_unique<ModelWeights>(load_gguf(path));
+    convert_rope_layout(*impl_->whole, RopeLayout::Half);
   } else {
-    throw Error(path, "unknown checkpoint format (expected a llama2.c .bin or a Hugging Face folder)");
+    throw Error(path, "unknown checkpoint format (expected a llama2.c .bin, a GGUF .gguf or a Hugging Face folder)");
   }
   if (!impl_->whole && impl_->hf.config.rope_layout != RopeLayout::Half)
     throw Error(path, "expected the Hugging Face RoPE layout");  // parse_hf_config always gives it
@@ -493,7 +497,8 @@ ModelWeights load_model(const std::string& path, const LoadProgress& progress) {
     return load_hf(parent.string(), progress);
   }
   if (p.extension() == ".bin") return load_llama2c(path);
-  throw Error(path, "unknown checkpoint format (expected a llama2.c .bin or a Hugging Face folder)");
+  if (p.extension() == ".gguf") return load_gguf(path);
+  throw Error(path, "unknown checkpoint format (expected a llama2.c .bin, a GGUF .gguf or a Hugging Face folder)");
 }
 
 ModelConfig read_model_config(const std::string& path) {
@@ -510,8 +515,11 @@ ModelConfig read_model_config(const std::string& path) {
     } else if (p.extension() == ".bin") {
       const MappedFile f(path);
       return parse_llama2c_config(f.bytes(), path);
+    } else if (p.extension() == ".gguf") {
+      const MappedFile f(path);
+      return gguf_model_config(parse_gguf(f.bytes(), path), path);
     } else {
-      throw Error(path, "unknown checkpoint format (expected a llama2.c .bin or a Hugging Face folder)");
+      throw Error(path, "unknown checkpoint format (expected a llama2.c .bin, a GGUF .gguf or a Hugging Face folder)");
     }
   }
   const std::string cfg = (dir / "config.json").string();

@@ -153,3 +153,59 @@ def packed_file(with_qdec):
     return struct.pack("<Q", len(h)) + h + b"".join(b for _, _, _, b in tensors)
 put("fuzz_packed", "tiny.q4.safetensors", packed_file(False))
 put("fuzz_packed", "tiny-qdec.q4.safetensors", packed_file(True))
+
+# fuzz_gguf: tiny GGUF v3 models (hidden 32 so the 32-blocks fit), one per architecture/type mix.
+def gguf(arch, kv, tensors, version=3):
+    def s(x):
+        x = x.encode()
+        return struct.pack("<Q", len(x)) + x
+    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kv))
+    for k, (t, v) in kv.items():
+        out += s(k) + struct.pack("<I", t)
+        if t == 8: out += s(v)
+        elif t == 4: out += struct.pack("<I", v)
+        elif t == 6: out += struct.pack("<f", v)
+        elif t == 9:
+            et, items = v
+            out += struct.pack("<IQ", et, len(items))
+            for it in items: out += s(it) if et == 8 else struct.pack("<f", it)
+    off, datas = 0, []
+    for name, ne, typ, data in tensors:
+        out += s(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", n) for n in ne)
+        out += struct.pack("<IQ", typ, off)
+        datas.append(data)
+        off += (len(data) + 31) // 32 * 32
+    out += bytes((-len(out)) % 32)
+    for d in datas: out += d + bytes((-len(d)) % 32)
+    return out
+
+def tdata(n, typ):
+    if typ == 0: return b"".join(struct.pack("<f", ((i * 37) % 17 - 8) / 16) for i in range(n))
+    if typ == 1: return b"".join(struct.pack("<e", ((i * 37) % 17 - 8) / 16) for i in range(n))
+    if typ == 8: return b"".join(struct.pack("<e", 0.01) + bytes((j * 5) % 256 for j in range(32)) for _ in range(n // 32))
+    if typ == 2: return b"".join(struct.pack("<e", 0.02) + bytes((j * 7) % 256 for j in range(16)) for _ in range(n // 32))
+
+def model(arch, mat_type, biases=False, tied=True):
+    d, f, v = 32, 32, 8
+    kv = {"general.architecture": (8, arch), f"{arch}.context_length": (4, 64), f"{arch}.embedding_length": (4, d),
+          f"{arch}.block_count": (4, 1), f"{arch}.feed_forward_length": (4, f), f"{arch}.attention.head_count": (4, 2),
+          f"{arch}.attention.head_count_kv": (4, 1), f"{arch}.attention.layer_norm_rms_epsilon": (6, 1e-5),
+          "tokenizer.ggml.tokens": (9, (8, ["<unk>", "<s>", "</s>", "a", "b", "c", "d", "e"]))}
+    ts = [("token_embd.weight", [d, v], mat_type, tdata(d * v, mat_type))]
+    for name, rows, cols in [("attn_q", d, d), ("attn_k", 16, d), ("attn_v", 16, d), ("attn_output", d, d),
+                             ("ffn_gate", f, d), ("ffn_up", f, d), ("ffn_down", d, f)]:
+        ts.append((f"blk.0.{name}.weight", [cols, rows], mat_type, tdata(rows * cols, mat_type)))
+    if biases:
+        for name, n in [("attn_q", d), ("attn_k", 16), ("attn_v", 16)]:
+            ts.append((f"blk.0.{name}.bias", [n], 0, tdata(n, 0)))
+    for name in ["blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"]:
+        ts.append((name, [d], 0, tdata(d, 0)))
+    if not tied: ts.append(("output.weight", [d, v], 0, tdata(d * v, 0)))
+    return gguf(arch, kv, ts)
+
+put("fuzz_gguf", "llama-f32", model("llama", 0, tied=False))
+put("fuzz_gguf", "llama-q4_0", model("llama", 2))
+put("fuzz_gguf", "llama-q8_0", model("llama", 8))
+put("fuzz_gguf", "qwen2-f16-bias", model("qwen2", 1, biases=True))
+put("fuzz_gguf", "vocab-only", gguf("llama", {"general.architecture": (8, "llama"),
+    "tokenizer.ggml.tokens": (9, (8, ["<unk>", "<s>", "</s>"]))}, []))

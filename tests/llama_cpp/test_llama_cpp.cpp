@@ -1,0 +1,260 @@
+// quarot against the real llama.cpp (dlopen'd from the npm package; skipped with a message when
+// it is not installed: scripts/install-llama-cpp.sh). The same GGUF file is run by llama.cpp and
+// by quarot's forward pass after quarot's GGUF reader: logits at every position and perplexity on
+// quarot-eval's windows must agree; llama.cpp's own quantizer's output must read back in quarot
+// with the perplexity llama.cpp gives it.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <unistd.h>
+
+#include "gguf_test_writer.hpp"
+#include "llama_cpp_client.hpp"
+#include "quarot/checkpoint.hpp"
+#include "quarot/eval.hpp"
+#include "quarot/forward.hpp"
+#include "quarot/gguf_reader.hpp"
+#include "quarot/mapped_file.hpp"
+#include "quarot/synth.hpp"
+#include "quarot/tokenizer.hpp"
+#include "test_support.hpp"
+
+namespace lc = quarot::llama_cpp;
+using namespace quarot::test;
+
+namespace {
+
+lc::Library* library() {
+  static std::unique_ptr<lc::Library> lib;
+  static std::string why;
+  static bool tried = false;
+  if (!tried) {
+    tried = true;
+    lib = lc::Library::open(lc::default_library_dir(), &why);
+  }
+  return lib.get();
+}
+
+#define QUAROT_REQUIRE_LLAMA_CPP()                                                                 \
+  if (kSanitizedBuild) GTEST_SKIP() << "llama.cpp's libraries are not instrumented; release only"; \
+  if (!library()) {                                                                                \
+    std::string why;                                                                               \
+    lc::Library::open(lc::default_library_dir(), &why);                                            \
+    if (const char* must = std::getenv("QUAROT_REQUIRE_LLAMA_CPP"); must && std::string(must) == "1") \
+      FAIL() << "llama.cpp not installed (QUAROT_REQUIRE_LLAMA_CPP=1): " << why;                    \
+    GTEST_SKIP() << "llama.cpp not installed: " << why;                                            \
+  }
+
+// max |a - b| / max |b| over every position and vocabulary entry.
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::fabs(double(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(double(b[i])));
+  }
+  return diff / scale;
+}
+
+std::string temp_path(const std::string& name) {
+  return (fs::temp_directory_path() / ("quarot-llama-cpp-" + std::to_string(getpid()) + "-" + name)).string();
+}
+
+// stories260K as an F32 GGUF with its tokenizer (the test writer), written once.
+const std::string& stories_gguf() {
+  static std::string path;
+  if (path.empty()) {
+    const auto m = quarot::load_llama2c(data_file("stories260K/stories260K.bin"));
+    const auto tok = quarot::load_llama2c_tokenizer(data_file("stories260K/tok512.bin"));
+    path = temp_path("stories260K-f32.gguf");
+    quarot::test::write_file(path, quarot::test::gguf_of(m, quarot::test::GgmlType::F32, &tok));
+  }
+  return path;
+}
+
+std::vector<quarot::Window> story_windows(int ctx, int count) {
+  std::vector<int> stream;
+  for (const auto& s : quarot::read_ids_file(data_file("tinystories/validation_100.tok512.ids"), 512))
+    stream.insert(stream.end(), s.begin(), s.end());
+  return quarot::make_windows(stream, quarot::Protocol::Paper, ctx, 1, count);
+}
+
+}  // namespace
+
+TEST(LlamaCpp, AbiChecksPass) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  EXPECT_FALSE(library()->ggml_version().empty());
+  std::cout << "ggml " << library()->ggml_version() << "\n" << library()->abi_report();
+}
+
+TEST(LlamaCpp, TinyRandomLlamaLogitsAgreeWithQuarot) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("gguf/llama-2-tiny-random.gguf");
+  const std::string path = data_file("gguf/llama-2-tiny-random.gguf");
+  auto model = library()->load(path, 256);
+  ASSERT_EQ(model->vocab(), 32000);
+  std::vector<int> ids;
+  for (int i = 0; i < 48; ++i) ids.push_back(i == 0 ? 1 : (i * 7919) % 32000);
+  const auto ll = model->logits(ids);
+  const auto qm = quarot::load_model(path);  // the Transformer keeps a reference to it
+  quarot::Transformer<float> q(qm, 256);
+  std::vector<float> ql;
+  q.forward(ids, ql);
+  ASSERT_EQ(ql.size(), ll.size());
+  // F16 weights: ggml's CPU kernels round the activations to fp16 for F16 products, so the
+  // agreement is at fp16's precision here (the F32 test below holds 1e-4).
+  int nan_l = 0, nan_q = 0;
+  for (std::size_t i = 0; i < ll.size(); ++i) nan_l += !std::isfinite(ll[i]), nan_q += !std::isfinite(ql[i]);
+  EXPECT_EQ(nan_l + nan_q, 0) << "non-finite logits: llama.cpp " << nan_l << ", quarot " << nan_q;
+  const double err = relative_error(ll, ql);
+  std::cout << "tiny random F16 llama: max relative logit difference " << err << "\n";
+  EXPECT_LE(err, 1e-3);  // measured 2.8e-4
+}
+
+TEST(LlamaCpp, Stories260KF32LogitsAndPerplexityAgree) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const std::string& path = stories_gguf();
+  auto model = library()->load(path, 512);
+  const auto qm = quarot::load_model(path);  // quarot's GGUF reader
+  quarot::Transformer<float> q(qm, 512);
+  const auto windows = story_windows(512, 4);  // a CI subset; bench_llama_cpp runs all 76
+  const auto ll = model->logits(windows[0].tokens);
+  std::vector<float> ql;
+  q.forward(windows[0].tokens, ql);
+  const double err = relative_error(ll, ql);
+  std::cout << "stories260K F32: max relative logit difference over 512 positions " << err << "\n";
+  EXPECT_LE(err, 1e-4);
+  const auto rl = model->evaluate(windows, quarot::Protocol::Paper);
+  const auto rq = quarot::evaluate(q, windows, quarot::Protocol::Paper);
+  std::cout << "stories260K F32 ppl, 4 windows of 512: llama.cpp " << rl.ppl << ", quarot " << rq.ppl << "\n";
+  EXPECT_NEAR(rl.ppl, rq.ppl, 1e-5 * rq.ppl);
+}
+
+TEST(LlamaCpp, LlamaQuantizeOutputReadsBackWithTheSamePerplexity) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const auto windows = story_windows(512, 4);
+  for (const auto& [ftype, name, expect_type] : {std::tuple{7, "Q8_0", 8u}, std::tuple{2, "Q4_0", 2u}}) {
+    const std::string out = temp_path(std::string("stories260K-") + name + ".gguf");
+    library()->quantize(stories_gguf(), out, ftype);
+    {
+      quarot::MappedFile f(out);
+      const auto g = quarot::parse_gguf(f.bytes(), out);
+      EXPECT_EQ(g.find("blk.0.attn_q.weight")->ggml_type, expect_type) << name;
+    }
+    auto model = library()->load(out, 512);
+    const auto qm = quarot::load_model(out);
+    quarot::Transformer<float> q(qm, 512);
+    const auto rl = model->evaluate(windows, quarot::Protocol::Paper);
+    const auto rq = quarot::evaluate(q, windows, quarot::Protocol::Paper);
+    std::cout << "llama_model_quantize " << name << ": ppl llama.cpp " << rl.ppl << ", quarot (dequantized) " << rq.ppl << "\n";
+    // llama.cpp quantizes activations to 8 bits inside its block kernels; quarot runs fp32.
+    EXPECT_NEAR(rl.ppl, rq.ppl, 0.005 * rq.ppl) << name;
+    std::filesystem::remove(out);
+  }
+}
+
+TEST(LlamaCpp, LlamaQuantizeTakesQuarotsImportanceMatrix) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const auto m = quarot::load_llama2c(data_file("stories260K/stories260K.bin"));
+  auto calib = quarot::read_ids_file(data_file("stories260K/calib-t1-seed42.ids"), 512);
+  calib.resize(16);
+  const auto imatrix = lc::importance_matrix(m, calib, 512);
+  ASSERT_EQ(imatrix.size(), 5u * 7u);
+  EXPECT_EQ(imatrix.at("blk.0.ffn_down.weight").size(), 172u);
+  const std::string plain = temp_path("stories260K-IQ4_NL.gguf"), weighted = temp_path("stories260K-IQ4_NL-imatrix.gguf");
+  library()->quantize(stories_gguf(), plain, 25);
+  library()->quantize(stories_gguf(), weighted, 25, 1, &imatrix);  // throws unless llama.cpp saw 35 entries
+  const auto windows = story_windows(512, 4);
+  double ppl[2];
+  for (int i = 0; i < 2; ++i) {
+    const std::string& path = i ? weighted : plain;
+    auto model = library()->load(path, 512);
+    const auto qm = quarot::load_model(path);
+    quarot::Transformer<float> q(qm, 512);
+    const auto rl = model->evaluate(windows, quarot::Protocol::Paper);
+    const auto rq = quarot::evaluate(q, windows, quarot::Protocol::Paper);
+    std::cout << "IQ4_NL" << (i ? " + imatrix" : "") << ": ppl llama.cpp " << rl.ppl << ", quarot (dequantized) " << rq.ppl << "\n";
+    EXPECT_NEAR(rl.ppl, rq.ppl, 0.005 * rq.ppl);
+    ppl[i] = rl.ppl;
+  }
+  EXPECT_NE(ppl[0], ppl[1]);  // the weights changed what llama.cpp chose
+  std::filesystem::remove(plain);
+  std::filesystem::remove(weighted);
+}
+
+// quarot's dequantization of every tensor of llama.cpp's own outputs equals ggml's to_float:
+// Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL from stories260K (64 wide; its Q4_K_M falls back to Q5_0
+// etc.), Q4_K/Q6_K from a 256-wide synthetic model.
+TEST(LlamaCpp, ReaderDequantizesAsGgml) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  const auto tok = quarot::load_llama2c_tokenizer(data_file("stories260K/tok512.bin"));
+  quarot::SynthSpec spec = quarot::synth_preset("tiny");
+  spec.config.hidden = 256;
+  spec.config.intermediate = 512;
+  spec.config.n_layers = 1;
+  spec.config.n_heads = 4;
+  spec.config.n_kv_heads = 4;
+  spec.config.head_dim = 64;
+  spec.config.vocab = 512;
+  spec.config.max_positions = 256;
+  quarot::ModelWeights wide = quarot::make_synthetic(spec);
+  wide.config.rope_layout = quarot::RopeLayout::Interleaved;
+  const std::string wide_f32 = temp_path("wide-f32.gguf");
+  quarot::test::write_file(wide_f32, quarot::test::gguf_of(wide, quarot::test::GgmlType::F32, &tok));
+  struct Case {
+    const std::string* source;
+    int ftype;
+    const char* name;
+  };
+  const std::string wide_src = wide_f32;
+  std::map<std::string, int> seen;
+  for (const Case& c : {Case{&stories_gguf(), 7, "Q8_0"}, Case{&stories_gguf(), 2, "Q4_0"}, Case{&stories_gguf(), 3, "Q4_1"},
+                        Case{&stories_gguf(), 25, "IQ4_NL"}, Case{&stories_gguf(), 15, "Q4_K_M"}, Case{&stories_gguf(), 9, "Q5_1"},
+                        Case{&wide_src, 15, "Q4_K_M"}}) {
+    const std::string out = temp_path(std::string("deq-") + c.name + ".gguf");
+    library()->quantize(*c.source, out, c.ftype);
+    quarot::MappedFile f(out);
+    const auto g = quarot::parse_gguf(f.bytes(), out);
+    const quarot::ModelWeights m = quarot::parse_gguf_model(f.bytes(), out);
+    // Tensors back by GGUF name, through the weights' own layout (matrices row-major [out][in]).
+    std::map<std::string, std::span<const float>> by_name;
+    by_name["token_embd.weight"] = m.tok_embeddings.data;
+    if (!m.config.tied_embeddings) by_name["output.weight"] = m.lm_head.data;
+    const char* names[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    for (int l = 0; l < m.config.n_layers; ++l)
+      for (const quarot::LinearSpec& s : quarot::kLinearSpecs)
+        by_name["blk." + std::to_string(l) + "." + names[int(s.module)] + ".weight"] = (m.layers[std::size_t(l)].*s.weight).data;
+    for (const auto& t : g.tensors) {
+      const std::string type = quarot::ggml_type_name(t.ggml_type);
+      if (type == "F32" || type == "F16" || !by_name.count(t.name)) continue;
+      static const std::map<std::string, std::tuple<const char*, int64_t, std::size_t>> traits = {
+          {"Q8_0", {"q8_0", 32, 34}}, {"Q4_0", {"q4_0", 32, 18}}, {"Q4_1", {"q4_1", 32, 20}},
+          {"IQ4_NL", {"iq4_nl", 32, 18}}, {"Q5_0", {"q5_0", 32, 22}}, {"Q5_1", {"q5_1", 32, 24}}, {"Q4_K", {"q4_K", 256, 144}}, {"Q6_K", {"q6_K", 256, 210}}};
+      ASSERT_TRUE(traits.count(type)) << t.name << " " << type;
+      const auto& [tn, blk, bytes] = traits.at(type);
+      const auto ref = library()->ggml_to_float(t.ggml_type, tn, blk, bytes, f.bytes().data() + g.data_offset + t.offset, int64_t(t.elements));
+      const auto got = by_name.at(t.name);
+      ASSERT_EQ(got.size(), ref.size());
+      double worst = 0, scale = 0;
+      for (std::size_t i = 0; i < ref.size(); ++i) {
+        worst = std::max(worst, std::fabs(double(got[i]) - ref[i]));
+        scale = std::max(scale, std::fabs(double(ref[i])));
+      }
+      EXPECT_LE(worst, 1e-6 * scale) << t.name << " " << type;  // the same formula; at most an fma's rounding apart
+      ++seen[type];
+    }
+    std::filesystem::remove(out);
+  }
+  std::filesystem::remove(wide_f32);
+  for (const char* t : {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q4_K", "Q6_K"}) EXPECT_GT(seen[t], 0) << t << " never produced";
+}
