@@ -18,6 +18,7 @@
 #include "quarot/gguf.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
+#include "llama_cpp_client.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -493,13 +494,28 @@ TEST(GgufExport, QuantizedExportsDequantizeToTheModel) {
 
 // ---------------------------------------------------------------- against the real ggml
 
-// With QUAROT_GGML_BASE=/path/to/libggml-base.so (e.g. from the @node-llama-cpp/linux-x64 npm
+// With libggml-base.so (from the @node-llama-cpp/linux-x64 npm
 // package), every quantizer is compared byte for byte with ggml's own on gaussian rows with
 // outliers, and the dequantizers value for value. Skipped without it.
+// ggml's base library: $QUAROT_GGML_BASE, else the one scripts/install-llama-cpp.sh installed
+// beside libllama (llama_cpp_client.hpp). Skips when there is none (fails with
+// QUAROT_REQUIRE_LLAMA_CPP=1, as CI sets) and in sanitized builds (ggml is not instrumented).
+#define QUAROT_GGML_BASE_OR_SKIP(lib)                                                                   \
+  if (quarot::test::kSanitizedBuild) GTEST_SKIP() << "ggml's libraries are not instrumented; release only"; \
+  std::string lib;                                                                                      \
+  if (const char* env = std::getenv("QUAROT_GGML_BASE"); env && *env)                                   \
+    lib = env;                                                                                          \
+  else                                                                                                  \
+    lib = quarot::llama_cpp::default_library_dir() + "/libggml-base.so";                                \
+  if (!fs::exists(lib)) {                                                                               \
+    if (const char* must = std::getenv("QUAROT_REQUIRE_LLAMA_CPP"); must && std::string(must) == "1")    \
+      FAIL() << "no " << lib << " (QUAROT_REQUIRE_LLAMA_CPP=1: run scripts/install-llama-cpp.sh)";       \
+    GTEST_SKIP() << "no " << lib << ": run scripts/install-llama-cpp.sh or set QUAROT_GGML_BASE";        \
+  }
+
 TEST(GgufQuants, MatchesTheRealGgml) {
-  const char* lib = std::getenv("QUAROT_GGML_BASE");
-  if (!lib || !*lib) GTEST_SKIP() << "set QUAROT_GGML_BASE to a libggml-base.so to compare with the real ggml";
-  void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+  QUAROT_GGML_BASE_OR_SKIP(lib);
+  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
   ASSERT_NE(h, nullptr) << dlerror();
   using Chunk = std::size_t (*)(int, const float*, void*, int64_t, int64_t, int64_t, const float*);
   using ToFloat = void (*)(const void*, float*, int64_t);
@@ -647,10 +663,9 @@ TEST(GgufExport, RotatedGptqQwen2AndRefusals) {
 // ggml's own GGUF parser reads our files (header, key/values, tensor infos, offsets): with
 // QUAROT_GGML_BASE as above.
 TEST(GgufExport, GgmlReadsOurFile) {
-  const char* lib = std::getenv("QUAROT_GGML_BASE");
-  if (!lib || !*lib) GTEST_SKIP() << "set QUAROT_GGML_BASE to a libggml-base.so";
+  QUAROT_GGML_BASE_OR_SKIP(lib);
   QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
-  void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
   ASSERT_NE(h, nullptr) << dlerror();
   struct InitParams {
     bool no_alloc;
