@@ -14,27 +14,13 @@
 #include "quarot/runtime.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
+#include "rotation_support.hpp"
 #include "test_support.hpp"
 
 using namespace quarot;
 using namespace quarot::test;
 
 namespace {
-
-// Rotates and quantizes `m` by `cfg` and writes the packed file; m becomes the quantized model.
-OnlineTransforms quantize_and_pack(ModelWeights& m, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib,
-                                   const std::string& path) {
-  convert_rope_layout(m, RopeLayout::Half);
-  OnlineTransforms online;
-  if (cfg.rotate) {
-    online = rotate_model(m, cfg.rotation);
-    record_rotation(m, cfg.rotation, online);
-  }
-  PackedWriter writer(m, make_pack_recipe(cfg));
-  quantize_weights(m, online, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { writer.add(l, mod, q); });
-  writer.write(path);
-  return online;
-}
 
 ModelWeights tiny(bool asym_groups = false) {
   SynthSpec s = synth_preset("tiny");

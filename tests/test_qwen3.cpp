@@ -25,6 +25,7 @@
 #include "quarot/runtime.hpp"
 #include "quarot/synth.hpp"
 #include "reference_forward.hpp"
+#include "rotation_support.hpp"
 #include "test_support.hpp"
 
 using namespace quarot;
@@ -58,52 +59,6 @@ std::vector<int> some_tokens(int n, int vocab, uint64_t seed) {
     t.push_back(int(3 + (s >> 33) % uint64_t(vocab - 3)));
   }
   return t;
-}
-
-// max |rotated - original| / max |original| over the logits (window, or token by token).
-template <class T>
-double invariance_error(const ModelWeights& m, const RotationOptions& o, const std::vector<int>& tokens, bool decode = false) {
-  ModelWeights r = m;
-  const auto online = rotate_model(r, o);
-  const int n = int(tokens.size());
-  Transformer<T> a(m, n), b(r, n);
-  b.set_hook(online_hook<T>(online));
-  std::vector<T> la, lb, step;
-  a.forward(tokens, la);
-  if (decode) {
-    for (int i = 0; i < n; ++i) {
-      b.forward(std::span<const int>(&tokens[std::size_t(i)], 1), step);
-      lb.insert(lb.end(), step.begin(), step.end());
-    }
-  } else {
-    b.forward(tokens, lb);
-  }
-  return max_rel_diff(la, lb);
-}
-
-RotationOptions only(bool fuse, bool r1, bool r2, bool r3, bool r4) {
-  RotationOptions o;
-  o.fuse_norms = fuse;
-  o.r1 = r1;
-  o.r2 = r2;
-  o.r3 = r3;
-  o.r4 = r4;
-  o.seed = 7;
-  return o;
-}
-
-// Rotates and quantizes `m` by `cfg` and writes the packed file; m becomes the quantized model.
-OnlineTransforms quantize_and_pack(ModelWeights& m, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib,
-                                   const std::string& path) {
-  OnlineTransforms online;
-  if (cfg.rotate) {
-    online = rotate_model(m, cfg.rotation);
-    record_rotation(m, cfg.rotation, online);
-  }
-  PackedWriter writer(m, make_pack_recipe(cfg));
-  quantize_weights(m, online, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { writer.add(l, mod, q); });
-  writer.write(path);
-  return online;
 }
 
 double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {

@@ -12,6 +12,7 @@
 #include "quarot/hadamard.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/synth.hpp"
+#include "rotation_support.hpp"
 #include "test_support.hpp"
 
 using namespace quarot;
@@ -27,40 +28,6 @@ std::vector<int> tokens_for(int n, int vocab, int seed) {
     t.push_back(int((s >> 33) % uint64_t(vocab)));
   }
   return t;
-}
-
-// max |rotated - original| / max |original| over the logits of a window, and (when `decode`)
-// of the same tokens fed one at a time through the KV cache.
-template <class T>
-double invariance_error(const ModelWeights& m, const RotationOptions& o, const std::vector<int>& tokens, bool decode = false) {
-  ModelWeights r = m;
-  const auto online = rotate_model(r, o);
-  const int n = int(tokens.size());
-  Transformer<T> a(m, n), b(r, n);
-  b.set_hook(online_hook<T>(online));
-  std::vector<T> la, lb;
-  a.forward(tokens, la);
-  if (decode) {
-    std::vector<T> step;
-    for (int i = 0; i < n; ++i) {
-      b.forward(std::span<const int>(&tokens[i], 1), step);
-      lb.insert(lb.end(), step.begin(), step.end());
-    }
-  } else {
-    b.forward(tokens, lb);
-  }
-  return max_rel_diff(la, lb);
-}
-
-RotationOptions only(bool fuse, bool r1, bool r2, bool r3, bool r4) {
-  RotationOptions o;
-  o.fuse_norms = fuse;
-  o.r1 = r1;
-  o.r2 = r2;
-  o.r3 = r3;
-  o.r4 = r4;
-  o.seed = 7;
-  return o;
 }
 
 ModelWeights synthetic(const std::string& preset, int layers, int vocab, int intermediate = 0) {

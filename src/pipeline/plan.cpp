@@ -1,6 +1,7 @@
 // The Plan: built from the options once, validated once, serialized once (the report's config,
 // --dry-run).
 #include <algorithm>
+#include <cstdarg>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -171,11 +172,16 @@ int64_t linear_params(const ModelConfig& c) {
 
 namespace {
 
-template <class... Args>
-void append(std::string& out, const char* fmt, Args... args) {
-  const int n = std::snprintf(nullptr, 0, fmt, args...);
+// printf-style append; C varargs so the compilers check every format against its arguments.
+__attribute__((format(printf, 2, 3))) void append(std::string& out, const char* fmt, ...) {
+  va_list ap, ap2;
+  va_start(ap, fmt);
+  va_copy(ap2, ap);
+  const int n = std::vsnprintf(nullptr, 0, fmt, ap);
+  va_end(ap);
   std::string s(std::size_t(n) + 1, '\0');
-  std::snprintf(s.data(), s.size(), fmt, args...);
+  std::vsnprintf(s.data(), s.size(), fmt, ap2);
+  va_end(ap2);
   s.resize(std::size_t(n));
   out += s;
 }

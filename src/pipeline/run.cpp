@@ -324,7 +324,7 @@ class Run {
     }
     qk_ = parse_qdec_k(p_.qdec.k.empty() ? "4" : p_.qdec.k);
     if (p_.qdec.enabled) {
-      rep_.qdec.emplace();
+      rep_.qdec = RunReport::Qdec();  // not emplace(): clang 14 misjudges nested structs with initializers as not default-constructible
       rep_.qdec->bits = p_.qdec.bits;
       rep_.qdec->residual_bytes = qstore_.bytes();
       if (writer_) {
@@ -370,7 +370,8 @@ class Run {
     const auto costs = measure_qdec_costs(qstore_);
     const auto tuning = tune_qdec(costs, base * p_.qdec.slowdown_percent / 100);
     qk_ = tuning.k;
-    auto& tuner = rep_.qdec->tuner.emplace();
+    rep_.qdec->tuner = RunReport::Qdec::Tuner();
+    auto& tuner = *rep_.qdec->tuner;
     tuner.slowdown_percent = p_.qdec.slowdown_percent;
     tuner.base_seconds_per_token = base;
     tuner.budget_seconds_per_token = tuning.budget_seconds;
@@ -394,7 +395,7 @@ class Run {
     if (windows_.empty()) return;
     const auto t = Clock::now();
     begin("eval");
-    rep_.eval.emplace();
+    rep_.eval = RunReport::Eval();
     auto& ev = *rep_.eval;
     ev.ids = p_.evaluation.ids;
     ev.ctx = ctx_;
