@@ -17,7 +17,7 @@
 namespace quarot {
 
 // GGUF metadata value types (the file's uint32 codes).
-enum class GgufType : uint32_t {
+enum class GgufValueType : uint32_t {
   U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9,
   U64 = 10, I64 = 11, F64 = 12
 };
@@ -25,12 +25,12 @@ enum class GgufType : uint32_t {
 // One metadata value. Scalars keep their value; arrays keep their element type and count only
 // (the reader never needs their contents; a tokenizer reads them from the file if it wants).
 struct GgufValue {
-  GgufType type = GgufType::U8;
+  GgufValueType type = GgufValueType::U8;
   uint64_t u = 0;      // unsigned integers and bool
   int64_t i = 0;       // signed integers (and unsigned ones that fit)
   double f = 0;        // floats, and every integer as a double
   std::string s;       // strings
-  GgufType array_type = GgufType::U8;
+  GgufValueType array_type = GgufValueType::U8;
   uint64_t array_count = 0;
   bool is_integer() const;
 };

@@ -108,29 +108,29 @@ class Cursor {
 
 // Bytes a scalar of this type takes; 0 for STRING/ARRAY and unknown types.
 uint64_t scalar_size(uint32_t t) {
-  switch (GgufType(t)) {
-    case GgufType::U8: case GgufType::I8: case GgufType::BOOL: return 1;
-    case GgufType::U16: case GgufType::I16: return 2;
-    case GgufType::U32: case GgufType::I32: case GgufType::F32: return 4;
-    case GgufType::U64: case GgufType::I64: case GgufType::F64: return 8;
+  switch (GgufValueType(t)) {
+    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::BOOL: return 1;
+    case GgufValueType::U16: case GgufValueType::I16: return 2;
+    case GgufValueType::U32: case GgufValueType::I32: case GgufValueType::F32: return 4;
+    case GgufValueType::U64: case GgufValueType::I64: case GgufValueType::F64: return 8;
     default: return 0;
   }
 }
 
 void read_scalar(Cursor& c, uint32_t t, GgufValue& v) {
-  v.type = GgufType(t);
-  switch (GgufType(t)) {
-    case GgufType::U8: v.u = c.get<uint8_t>("a u8"); break;
-    case GgufType::I8: v.i = c.get<int8_t>("an i8"); break;
-    case GgufType::U16: v.u = c.get<uint16_t>("a u16"); break;
-    case GgufType::I16: v.i = c.get<int16_t>("an i16"); break;
-    case GgufType::U32: v.u = c.get<uint32_t>("a u32"); break;
-    case GgufType::I32: v.i = c.get<int32_t>("an i32"); break;
-    case GgufType::U64: v.u = c.get<uint64_t>("a u64"); break;
-    case GgufType::I64: v.i = c.get<int64_t>("an i64"); break;
-    case GgufType::F32: v.f = c.get<float>("an f32"); break;
-    case GgufType::F64: v.f = c.get<double>("an f64"); break;
-    case GgufType::BOOL: {
+  v.type = GgufValueType(t);
+  switch (GgufValueType(t)) {
+    case GgufValueType::U8: v.u = c.get<uint8_t>("a u8"); break;
+    case GgufValueType::I8: v.i = c.get<int8_t>("an i8"); break;
+    case GgufValueType::U16: v.u = c.get<uint16_t>("a u16"); break;
+    case GgufValueType::I16: v.i = c.get<int16_t>("an i16"); break;
+    case GgufValueType::U32: v.u = c.get<uint32_t>("a u32"); break;
+    case GgufValueType::I32: v.i = c.get<int32_t>("an i32"); break;
+    case GgufValueType::U64: v.u = c.get<uint64_t>("a u64"); break;
+    case GgufValueType::I64: v.i = c.get<int64_t>("an i64"); break;
+    case GgufValueType::F32: v.f = c.get<float>("an f32"); break;
+    case GgufValueType::F64: v.f = c.get<double>("an f64"); break;
+    case GgufValueType::BOOL: {
       const uint8_t b = c.get<uint8_t>("a bool");
       if (b > 1) c.fail("bool value " + std::to_string(b) + " is neither 0 nor 1");
       v.u = b;
@@ -138,12 +138,12 @@ void read_scalar(Cursor& c, uint32_t t, GgufValue& v) {
     }
     default: c.fail("metadata value type " + std::to_string(t) + " is unknown");
   }
-  switch (GgufType(t)) {
-    case GgufType::U8: case GgufType::U16: case GgufType::U32: case GgufType::U64: case GgufType::BOOL:
+  switch (GgufValueType(t)) {
+    case GgufValueType::U8: case GgufValueType::U16: case GgufValueType::U32: case GgufValueType::U64: case GgufValueType::BOOL:
       v.i = v.u <= uint64_t(INT64_MAX) ? int64_t(v.u) : -1;
       v.f = double(v.u);
       break;
-    case GgufType::I8: case GgufType::I16: case GgufType::I32: case GgufType::I64:
+    case GgufValueType::I8: case GgufValueType::I16: case GgufValueType::I32: case GgufValueType::I64:
       v.u = v.i >= 0 ? uint64_t(v.i) : 0;
       v.f = double(v.i);
       break;
@@ -160,8 +160,8 @@ uint64_t checked_mul(uint64_t a, uint64_t b, const Cursor& c, const std::string&
 
 bool GgufValue::is_integer() const {
   switch (type) {
-    case GgufType::U8: case GgufType::I8: case GgufType::U16: case GgufType::I16: case GgufType::U32:
-    case GgufType::I32: case GgufType::U64: case GgufType::I64: return true;
+    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::U16: case GgufValueType::I16: case GgufValueType::U32:
+    case GgufValueType::I32: case GgufValueType::U64: case GgufValueType::I64: return true;
     default: return false;
   }
 }
@@ -197,16 +197,16 @@ GgufFile parse_gguf(std::span<const uint8_t> file, const std::string& label) {
     if (g.metadata.count(key)) c.fail("metadata key '" + key + "' appears twice");
     const uint32_t t = c.get<uint32_t>("a metadata type");
     GgufValue v;
-    if (GgufType(t) == GgufType::STRING) {
-      v.type = GgufType::STRING;
+    if (GgufValueType(t) == GgufValueType::STRING) {
+      v.type = GgufValueType::STRING;
       v.s = c.string(("the value of '" + key + "'").c_str(), UINT64_MAX);
-    } else if (GgufType(t) == GgufType::ARRAY) {
-      v.type = GgufType::ARRAY;
+    } else if (GgufValueType(t) == GgufValueType::ARRAY) {
+      v.type = GgufValueType::ARRAY;
       const uint32_t et = c.get<uint32_t>("an array element type");
       const uint64_t n = c.get<uint64_t>("an array count");
-      v.array_type = GgufType(et);
+      v.array_type = GgufValueType(et);
       v.array_count = n;
-      if (GgufType(et) == GgufType::STRING) {
+      if (GgufValueType(et) == GgufValueType::STRING) {
         if (n > c.left() / 8) c.fail("array '" + key + "' of " + std::to_string(n) + " strings cannot fit in the file");
         for (uint64_t e = 0; e < n; ++e) {
           const uint64_t len = c.get<uint64_t>("an array string length");
@@ -228,7 +228,7 @@ GgufFile parse_gguf(std::span<const uint8_t> file, const std::string& label) {
 
   if (auto it = g.metadata.find("general.alignment"); it != g.metadata.end()) {
     const GgufValue& a = it->second;
-    if (a.type != GgufType::U32) throw Error(label, "GGUF general.alignment must be a u32");
+    if (a.type != GgufValueType::U32) throw Error(label, "GGUF general.alignment must be a u32");
     if (a.u == 0 || (a.u & (a.u - 1)) != 0 || a.u > (1u << 20))
       throw Error(label, "GGUF general.alignment " + std::to_string(a.u) + " is not a power of two up to 1 MiB");
     g.alignment = a.u;
@@ -305,7 +305,7 @@ struct Meta {
   }
   int64_t integer_of(const std::string& key, const GgufValue& v, int64_t min, int64_t max) const {
     if (!v.is_integer()) throw Error(label, "GGUF metadata '" + key + "' is not an integer");
-    if (v.type == GgufType::U64 && v.u > uint64_t(INT64_MAX)) throw Error(label, "GGUF metadata '" + key + "' is out of range");
+    if (v.type == GgufValueType::U64 && v.u > uint64_t(INT64_MAX)) throw Error(label, "GGUF metadata '" + key + "' is out of range");
     if (v.i < min || v.i > max)
       throw Error(label, "GGUF metadata '" + key + "' = " + std::to_string(v.i) + " is out of range [" + std::to_string(min) + ", " + std::to_string(max) + "]");
     return v.i;
@@ -313,7 +313,7 @@ struct Meta {
   double number(const std::string& key, double fallback, double min, double max) const {
     const GgufValue* v = find(key);
     if (!v) return fallback;
-    if (v->type != GgufType::F32 && v->type != GgufType::F64 && !v->is_integer())
+    if (v->type != GgufValueType::F32 && v->type != GgufValueType::F64 && !v->is_integer())
       throw Error(label, "GGUF metadata '" + key + "' is not a number");
     if (!std::isfinite(v->f) || v->f < min || v->f > max)
       throw Error(label, "GGUF metadata '" + key + "' = " + std::to_string(v->f) + " is out of range");
@@ -322,7 +322,7 @@ struct Meta {
   std::string string(const std::string& key, const std::string& fallback) const {
     const GgufValue* v = find(key);
     if (!v) return fallback;
-    if (v->type != GgufType::STRING) throw Error(label, "GGUF metadata '" + key + "' is not a string");
+    if (v->type != GgufValueType::STRING) throw Error(label, "GGUF metadata '" + key + "' is not a string");
     return v->s;
   }
 };
@@ -598,7 +598,7 @@ ModelWeights parse_gguf_model(std::span<const uint8_t> file, const std::string& 
     });
   }
   for (const auto& [key, v] : g.metadata)
-    if (key.rfind("quarot.", 0) == 0 && v.type == GgufType::STRING) m.metadata[key] = v.s;
+    if (key.rfind("quarot.", 0) == 0 && v.type == GgufValueType::STRING) m.metadata[key] = v.s;
   check_finite(m, label);
   return m;
 }

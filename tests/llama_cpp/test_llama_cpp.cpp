@@ -16,6 +16,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/forward.hpp"
+#include "quarot/gguf.hpp"
 #include "quarot/gguf_reader.hpp"
 #include "quarot/mapped_file.hpp"
 #include "quarot/synth.hpp"
@@ -257,4 +258,41 @@ TEST(LlamaCpp, ReaderDequantizesAsGgml) {
   }
   std::filesystem::remove(wide_f32);
   for (const char* t : {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q4_K", "Q6_K"}) EXPECT_GT(seen[t], 0) << t << " never produced";
+}
+
+// quarot's own exports (src/gguf, the file `quarot-quantize -o X.gguf --preset gguf-*` writes) load
+// in the real llama.cpp, and llama.cpp's perplexity equals quarot's evaluation of the same exported
+// weights: the rotation without online transforms is exact in llama.cpp's graph, the blocks are
+// llama.cpp's own. F32: same logits (1e-4); quantized types: within 0.5% (llama.cpp quantizes the
+// activations to 8 bits inside its kernels).
+TEST(LlamaCpp, QuarotGgufExportsRunInLlamaCpp) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const auto base = quarot::load_llama2c(data_file("stories260K/stories260K.bin"));
+  const auto tok = quarot::load_tokenizer(data_file("stories260K/tok512.bin"));
+  const auto windows = story_windows(256, 4);
+  for (const char* preset : {"gguf-f32", "gguf-q8_0", "gguf-q4_0", "gguf-iq4_nl", "gguf-q4_k_m"}) {
+    auto opts = quarot::gguf_preset(preset);
+    opts.method = std::string(preset) == "gguf-f32" ? quarot::WeightMethod::None : quarot::WeightMethod::Rtn;
+    quarot::ModelWeights m = base;
+    const std::string path = temp_path(std::string(preset) + ".gguf");
+    quarot::export_gguf(m, tok.get(), opts, {}, path);  // m: the exported weights, dequantized
+    auto model = library()->load(path, 256);
+    quarot::Transformer<float> q(m, 256);
+    const auto rl = model->evaluate(windows, quarot::Protocol::Paper);
+    const auto rq = quarot::evaluate(q, windows, quarot::Protocol::Paper);
+    std::cout << preset << ": llama.cpp ppl " << rl.ppl << ", quarot on the exported weights " << rq.ppl << "\n";
+    if (std::string(preset) == "gguf-f32") {
+      const auto ll = model->logits(windows[0].tokens);
+      std::vector<float> ql;
+      q.reset();
+      q.forward(windows[0].tokens, ql);
+      EXPECT_LE(relative_error(ll, ql), 1e-4) << preset;
+      EXPECT_NEAR(rl.ppl, rq.ppl, 1e-5 * rq.ppl) << preset;
+    } else {
+      EXPECT_NEAR(rl.ppl, rq.ppl, 5e-3 * rq.ppl) << preset;
+    }
+    std::filesystem::remove(path);
+  }
 }
