@@ -168,22 +168,27 @@ int64_t linear_params(const ModelConfig& c) {
   return int64_t(c.n_layers) * (int64_t(c.hidden) * (2 * c.q_dim() + 2 * c.kv_dim()) + 3 * int64_t(c.hidden) * c.intermediate);
 }
 
+std::string vformat(const char* fmt, va_list ap) {
+  va_list again;
+  va_copy(again, ap);
+  const int n = std::vsnprintf(nullptr, 0, fmt, ap);
+  std::string s(std::size_t(n) + 1, '\0');
+  std::vsnprintf(s.data(), s.size(), fmt, again);
+  va_end(again);
+  s.resize(std::size_t(n));
+  return s;
+}
+
 }  // namespace pipeline_detail
 
 namespace {
 
 // printf-style append; C varargs so the compilers check every format against its arguments.
 __attribute__((format(printf, 2, 3))) void append(std::string& out, const char* fmt, ...) {
-  va_list ap, ap2;
+  va_list ap;
   va_start(ap, fmt);
-  va_copy(ap2, ap);
-  const int n = std::vsnprintf(nullptr, 0, fmt, ap);
+  out += pipeline_detail::vformat(fmt, ap);
   va_end(ap);
-  std::string s(std::size_t(n) + 1, '\0');
-  std::vsnprintf(s.data(), s.size(), fmt, ap2);
-  va_end(ap2);
-  s.resize(std::size_t(n));
-  out += s;
 }
 
 }  // namespace

@@ -109,15 +109,10 @@ class Run {
   std::vector<ModuleQuantStats> stats_;
 
   void say(Observer::Channel ch, const char* fmt, ...) __attribute__((format(printf, 3, 4))) {
-    va_list ap, ap2;
+    va_list ap;
     va_start(ap, fmt);
-    va_copy(ap2, ap);
-    const int n = std::vsnprintf(nullptr, 0, fmt, ap);
+    const std::string s = pipeline_detail::vformat(fmt, ap);
     va_end(ap);
-    std::string s(std::size_t(n) + 1, '\0');
-    std::vsnprintf(s.data(), s.size(), fmt, ap2);
-    va_end(ap2);
-    s.resize(std::size_t(n));
     obs_.text(ch, s);
   }
   void begin(const char* stage) { obs_.stage_start(stage); }
@@ -268,6 +263,13 @@ class Run {
           rep_.outliers.push_back({b.layer, hook_point_name(b.point), b.max_over_median, x.max_over_median});
   }
 
+  // The input model's sizes, whatever the output format.
+  void set_model_sizes() {
+    rep_.sizes.fp32_bytes = double(params_) * 4;
+    rep_.sizes.input_bytes = input_bytes(p_.model);
+    rep_.sizes.linear_parameters = linear_params(c_);
+  }
+
   // A gguf-* preset: rotation without online transforms, weights onto llama.cpp's blocks, the file
   // written by src/gguf. m_ is then the exported model dequantized, which evaluate() measures
   // (no online transforms, float activations: as llama.cpp computes, up to its 8-bit activations).
@@ -299,9 +301,7 @@ class Run {
     for (const auto& s : stats_)
       rep_.modules.push_back({s.layer, s.module, s.rel_weight_error, s.gptq_loss, s.damp_used, s.dead_inputs, s.seconds});
     auto& sizes = rep_.sizes;
-    sizes.fp32_bytes = double(params_) * 4;
-    sizes.input_bytes = input_bytes(p_.model);
-    sizes.linear_parameters = linear_params(c_);
+    set_model_sizes();
     sizes.packed_bytes = r.file_bytes;
     sizes.bits_per_weight = r.bits_per_weight;
     end("export", t, std::to_string(r.file_bytes) + " bytes");
@@ -313,9 +313,7 @@ class Run {
   // the integer path and writes it again with the chosen k.
   void pack() {
     auto& sizes = rep_.sizes;
-    sizes.fp32_bytes = double(params_) * 4;
-    sizes.input_bytes = input_bytes(p_.model);
-    sizes.linear_parameters = linear_params(c_);
+    set_model_sizes();
     sizes.bits_per_weight = cfg_.method == WeightMethod::None ? 32.0 : bits_per_weight(cfg_, c_.hidden);
     if (cfg_.act.k_bits < 16 || cfg_.act.v_bits < 16) {
       const KvCacheBits kv = kv_cache_bits(cfg_.act, c_.head_dim);
