@@ -10,15 +10,23 @@
 // With --a-group G (> 0) also the int4 GEMM with activation scales per group of G columns
 // (issue 17), and its time against the per-token int4 GEMM of the same run.
 //
+// With --a16 instead: W4A16 (float activations x packed INT4 weights, int4_gemm_f32) against its
+// previous path (int4_gemm_f32_tiled) and Eigen's fp32 GEMM of the same dequantized weights (in
+// the float model's fixed chunks of output rows), on one and on two threads, the three
+// alternating rep by rep: min and median GFLOP/s (2 M N K per product).
+//
 //   quarot-bench-int4 [--reps 7] [--cycle-mb 256] [--ms 1,16,512] [--a-group 128]
+//   quarot-bench-int4 --a16 [--reps 5] [--ms 1,8,16,64,512] [--threads 1,2] [--w-group 0]
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
 
 #include "quarot/detail/eigen.hpp"
+#include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/hadamard.hpp"
 #include "quarot/int4.hpp"
@@ -57,6 +65,78 @@ struct PackedCopy {
   }
 };
 
+// --a16: one packed copy per shape (at M <= 8 the weights come from DRAM anyway: 4096 x 11008 is
+// 22 MB packed and 180 MB in fp32; each product reads every weight once, the caches hold no
+// more than part of one copy).
+int bench_a16(int reps, const std::vector<int>& ms, const std::vector<int>& threads, int64_t w_group) {
+  std::printf("W4A16: int4_gemm_f32 path %s, weights per %s; GFLOP/s min / median of %d alternating reps\n",
+              quarot::isa_name(quarot::best_isa()), w_group > 0 ? ("group of " + std::to_string(w_group)).c_str() : "channel", reps);
+  std::printf("| N x K (out x in) | M | threads | fp32 Eigen | old (tiles + Eigen) | new | new / fp32 (median) | new / old (median) |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  quarot::detail::Rng rng(7);
+  const std::pair<int64_t, int64_t> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
+  for (const auto& [N, K] : shapes) {
+    const int64_t group = w_group > 0 && w_group < K && K % w_group == 0 ? w_group : K, G = K / group;
+    std::vector<uint8_t> packed(std::size_t(N * quarot::int4_padded_cols(K) / 2)), zeros(std::size_t(N * G));
+    std::vector<float> scales(std::size_t(N * G));
+    for (auto& b : packed) b = uint8_t(rng.next());
+    for (auto& v : scales) v = 0.002f + float(rng.next() % 100) * 1e-5f;
+    for (auto& z : zeros) z = uint8_t(rng.next() % 16);
+    quarot::Int4Weights w;
+    w.rows = N;
+    w.cols = K;
+    w.group_size = group;
+    w.packed = packed.data();
+    w.scales = scales.data();
+    w.zeros = zeros.data();
+    RowMat wf(N, K);
+    for (int64_t o = 0; o < N; ++o)
+      for (int64_t i = 0; i < K; ++i) wf(o, i) = w.weight(o, i);
+    for (int M : ms) {
+      RowMat x(M, K), y(M, N);
+      for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = rng.gaussian();
+      const double flop = 2.0 * M * double(N) * double(K);
+      for (int nt : threads) {
+        omp_set_num_threads(nt);
+        auto fp32 = [&] {
+          const bool parallel = double(M) * double(K) * double(N) >= quarot::detail::kParallelMacs;
+          quarot::detail::for_fixed_chunks(N, quarot::detail::kOutputChunk, parallel, [&](int64_t o0, int64_t n) {
+            y.middleCols(o0, n).noalias() = x * wf.middleRows(o0, n).transpose();
+          });
+        };
+        auto old_path = [&] { quarot::int4_gemm_f32_tiled(w, x.data(), M, nullptr, y.data()); };
+        auto new_path = [&] { quarot::int4_gemm_f32(w, x.data(), M, nullptr, y.data()); };
+        // The old path takes seconds at M = 512: fewer reps where one run is long.
+        std::vector<double> t[3];
+        auto timed = [&](auto&& f, std::vector<double>& out) {
+          const auto t0 = Clock::now();
+          f();
+          out.push_back(since(t0));
+        };
+        fp32();
+        old_path();
+        new_path();
+        const int r_here = flop > 2e10 ? std::max(3, reps / 2) : reps;
+        for (int r = 0; r < r_here; ++r) {
+          timed(fp32, t[0]);
+          timed(old_path, t[1]);
+          timed(new_path, t[2]);
+        }
+        double mn[3], md[3];
+        for (int i = 0; i < 3; ++i) {
+          std::sort(t[i].begin(), t[i].end());
+          mn[i] = flop / t[i].front() / 1e9;
+          md[i] = flop / t[i][t[i].size() / 2] / 1e9;
+        }
+        std::printf("| %lld x %lld | %d | %d | %.1f / %.1f | %.1f / %.1f | %.1f / %.1f | %.2fx | %.2fx |\n", (long long)N, (long long)K, M,
+                    nt, mn[0], md[0], mn[1], md[1], mn[2], md[2], md[2] / md[0], md[2] / md[1]);
+        std::fflush(stdout);
+      }
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -67,7 +147,17 @@ int main(int argc, char** argv) {
   app.add_option("--cycle-mb", cycle_mb, "weight bytes cycled through at M = 1 (MB)")->capture_default_str();
   app.add_option("--ms", ms, "token counts")->delimiter(',');
   app.add_option("--a-group", a_group, "also time activation scales per group of this many columns");
+  bool a16 = false;
+  std::vector<int> threads = {1, 2};
+  int64_t w_group = 0;
+  app.add_flag("--a16", a16, "W4A16 instead: int4_gemm_f32 vs its previous path vs fp32 (--ms default 1,8,16,64,512)");
+  app.add_option("--threads", threads, "--a16: thread counts")->delimiter(',');
+  app.add_option("--w-group", w_group, "--a16: weight group size (0: per channel)");
   CLI11_PARSE(app, argc, argv);
+  if (a16) {
+    if (app.count("--ms") == 0) ms = {1, 8, 16, 64, 512};
+    return bench_a16(app.count("--reps") ? reps : 5, ms, threads, w_group);
+  }
   std::printf("int4 path: %s, fwht: %s, %d threads\n", quarot::isa_name(quarot::best_isa()), quarot::fwht_isa(),
               omp_get_max_threads());
   if (a_group > 0) {

@@ -1,7 +1,8 @@
 // The hot kernels (src/ops), one table: every kernel on every ISA this CPU supports against its
 // plain *_ref. INT4 GEMM and activation quantization must match exactly (int32 sums, the same
-// fp32 epilogue); top-k exactly (it is a selection); QDEC's apply within fp32 reassociation;
-// the KV cache's dequantization (INT8 and INT4 codes) exactly.
+// fp32 epilogue); W4A16 exactly (one fixed order of fp32 FMAs on every path); top-k exactly (it
+// is a selection); QDEC's apply within fp32 reassociation; the KV cache's dequantization (INT8
+// and INT4 codes) exactly.
 // (FWHT / Hadamard bases move here with src/rotate/hadamard.cpp's kernels later.)
 #include <gtest/gtest.h>
 
@@ -94,6 +95,33 @@ const std::vector<Kernel>& kernels() {
            std::vector<float> ref(std::size_t(c.tokens * c.rows)), got(ref.size(), -1.f);
            int4_gemm_ref(w.view, a, c.bias ? bias.data() : nullptr, ref.data());
            int4_gemm(w.view, a, c.bias ? bias.data() : nullptr, got.data(), isa);
+           if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0)
+             return std::to_string(c.rows) + "x" + std::to_string(c.cols) + " group " + std::to_string(c.group) + " tokens " +
+                    std::to_string(c.tokens);
+         }
+         return "";
+       }},
+      {"int4_gemm_f32",
+       [](Isa isa) -> std::string {
+         // W4A16: per channel and grouped, symmetric and asymmetric, widths not a multiple of 64
+         // (padded), rows not a multiple of the register block (4), tokens around it (5) and
+         // past a token block (64 at width 4096).
+         struct Case {
+           int64_t rows, cols, group;
+           int tokens;
+           bool asym, bias;
+         };
+         const Case cases[] = {{7, 64, 0, 1, false, false},    {33, 100, 0, 3, false, true},  {17, 172, 0, 5, true, false},
+                               {12, 256, 64, 13, false, true}, {9, 256, 128, 2, true, true},  {66, 512, 0, 70, false, false},
+                               {5, 192, 64, 4, true, false},   {130, 512, 128, 9, true, true}, {17, 1000, 0, 6, false, false},
+                               {6, 4096, 128, 67, true, true}};
+         for (const Case& c : cases) {
+           const auto w = random_weights(c.rows, c.cols, c.group, c.asym, uint64_t(c.rows * 31 + c.cols));
+           const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));
+           const auto bias = gaussian(std::size_t(c.rows), 99);
+           std::vector<float> ref(std::size_t(c.tokens * c.rows)), got(ref.size(), -1.f);
+           int4_gemm_f32_ref(w.view, x.data(), c.tokens, c.bias ? bias.data() : nullptr, ref.data());
+           int4_gemm_f32(w.view, x.data(), c.tokens, c.bias ? bias.data() : nullptr, got.data(), isa);
            if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0)
              return std::to_string(c.rows) + "x" + std::to_string(c.cols) + " group " + std::to_string(c.group) + " tokens " +
                     std::to_string(c.tokens);

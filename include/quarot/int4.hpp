@@ -90,8 +90,18 @@ inline void int4_gemm_ref(const Int4Weights& w, const Int8Activations& x, const 
   int4_gemm(w, x, bias, y, Isa::Scalar);
 }
 
-// y[t][o] = sum_i x[t][i] * weight(o, i) (+ bias[o]) for float activations (W4A16): rows of W are
-// dequantized tile by tile to fp32 and multiplied with an fp32 GEMM.
-void int4_gemm_f32(const Int4Weights& w, const float* x, int rows, const float* bias, float* y);
+// y[t][o] = sum_i x[t][i] * weight(o, i) (+ bias[o]) for float activations (W4A16), x row-major
+// [rows][w.cols]: the weights are dequantized in registers (src/ops/int4_a16.cpp), each output
+// summed in one fixed fp32 order (16 FMA lanes, then pairwise) on every path, so the vector paths
+// equal the scalar reference bit for bit, whatever the thread count or the number of tokens.
+// Multi-threaded (OpenMP, dynamic chunks of output rows). Throws quarot::Error when the group
+// size is not a multiple of 64 dividing the width.
+void int4_gemm_f32(const Int4Weights& w, const float* x, int rows, const float* bias, float* y, Isa isa = best_isa());
+inline void int4_gemm_f32_ref(const Int4Weights& w, const float* x, int rows, const float* bias, float* y) {
+  int4_gemm_f32(w, x, rows, bias, y, Isa::Scalar);
+}
+// The previous W4A16 path, kept as the baseline of quarot-bench-int4 --a16: up to 8 tokens a
+// GEMV with AVX-512, else rows dequantized to fp32 tiles of 64 rows and multiplied by Eigen.
+void int4_gemm_f32_tiled(const Int4Weights& w, const float* x, int rows, const float* bias, float* y);
 
 }  // namespace quarot

@@ -604,7 +604,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void gemv_f32_avx512(const 
 
 }  // namespace
 
-void int4_gemm_f32(const Int4Weights& w, const float* x, int rows, const float* bias, float* y) {
+void int4_gemm_f32_tiled(const Int4Weights& w, const float* x, int rows, const float* bias, float* y) {
   if (rows <= 8 && isa_supported(Isa::Avx512Vnni) && best_isa() == Isa::Avx512Vnni) {
     const int64_t K = w.cols_padded(), G = w.groups(), bpg = w.blocks_per_group();
     thread_local std::vector<float> xp, xsum;

@@ -1,0 +1,253 @@
+// W4A16: float activations x packed INT4 weights, dequantized in registers inside the kernel.
+//
+// Every output is the fp32 dot product of a token with the row's dequantized weights
+// w = float(u - z) * s (bit for bit Int4Weights::weight), in one fixed order on every path:
+// 16 lanes, lane j accumulating with FMA, block by block, the columns 64b + 16h + 32k + j for
+// h = 0, 1 and k = 0 (low nibbles), 1 (high nibbles) (the order in which one 16-byte half of a
+// packed block yields its two 16-column chunks); then the 16 lanes added pairwise (lane i +
+// lane i + 8, then + 4, + 2, + 1), then the bias. The padded columns take part with x = 0. So
+// the AVX-512 and AVX2 paths equal the scalar reference bit for bit, and a token's output does
+// not depend on how many tokens share the call, on the register block it falls into, or on the
+// number of threads.
+//
+// The weights are dequantized by a 16-entry table per row and group (the 16 possible values
+// float(u - z) * s in one zmm): a code is its own index into the table (vpermps reads the low 4
+// bits of each dword, so the high nibble only needs a shift and the low one no mask). Per 16
+// weights that is half a vpmovzxbd, half a shift and one vpermps, shared by T tokens of FMAs.
+//
+// This file is compiled with -ffp-contract=off (src/CMakeLists.txt): the scalar reference's
+// multiply-adds are std::fma, never a contraction the compiler may or may not make.
+// GCC 12's avx512fintrin.h trips -W(maybe-)uninitialized on its own undefined-vector idiom (as in
+// qdec_kernels.cpp): off for this file.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "quarot/detail/fixed_chunks.hpp"
+#include "quarot/error.hpp"
+#include "quarot/int4.hpp"
+
+namespace quarot {
+
+namespace {
+
+struct A16 {
+  const Int4Weights& w;
+  const float* x;  // [M][K] with the padded columns 0
+  int M;
+  const float* bias;
+  float* y;
+  int64_t K, G, bpg, nb, row_bytes;
+  int64_t group_end(int64_t g) const { return std::min(nb, (g + 1) * bpg); }  // the last group runs to the padding
+  int zero(int64_t o, int64_t g) const { return w.zeros ? w.zeros[o * G + g] : 8; }
+  float scale(int64_t o, int64_t g) const { return w.scales[o * G + g]; }
+  void store(int t, int64_t o, float total) const { y[int64_t(t) * w.rows + o] = bias ? total + bias[o] : total; }
+};
+
+// The pairwise total of 16 lanes.
+float lanes_total(float (&lane)[16]) {
+  for (int step = 8; step >= 1; step /= 2)
+    for (int i = 0; i < step; ++i) lane[i] = lane[i] + lane[i + step];
+  return lane[0];
+}
+
+void rows_scalar(const A16& c, int64_t o0, int64_t o1) {
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = c.w.packed + o * c.row_bytes;
+    for (int t = 0; t < c.M; ++t) {
+      const float* xt = c.x + int64_t(t) * c.K;
+      float lane[16] = {};
+      for (int64_t g = 0; g < c.G; ++g) {
+        float lut[16];
+        for (int u = 0; u < 16; ++u) lut[u] = float(u - c.zero(o, g)) * c.scale(o, g);
+        for (int64_t b = g * c.bpg; b < c.group_end(g); ++b)
+          for (int h = 0; h < 2; ++h)
+            for (int k = 0; k < 2; ++k)
+              for (int j = 0; j < 16; ++j) {
+                const uint8_t byte = row[b * 32 + 16 * h + j];
+                const int u = k ? byte >> 4 : byte & 0x0F;
+                lane[j] = std::fma(lut[u], xt[b * 64 + 16 * h + 32 * k + j], lane[j]);
+              }
+      }
+      c.store(t, o, lanes_total(lane));
+    }
+  }
+}
+
+// lanes_total on one zmm.
+__attribute__((target("avx512f"))) inline float total_avx512(__m512 f) {
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(f), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+  const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 d = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
+}
+
+// R rows x T tokens, all columns: R * T zmm accumulators.
+template <int R, int T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void tile_avx512(const A16& c, int64_t o0, int t0) {
+  __m512 acc[R][T];
+  for (auto& r : acc)
+    for (auto& a : r) a = _mm512_setzero_ps();
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const uint8_t* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = c.w.packed + (o0 + r) * c.row_bytes;
+  const float* xs[T];
+  for (int t = 0; t < T; ++t) xs[t] = c.x + int64_t(t0 + t) * c.K;
+  for (int64_t g = 0; g < c.G; ++g) {
+    __m512 lut[R];
+    for (int r = 0; r < R; ++r)
+      lut[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(iota, _mm512_set1_epi32(c.zero(o0 + r, g)))),
+                             _mm512_set1_ps(c.scale(o0 + r, g)));
+    const int64_t b1 = c.group_end(g);
+    for (int64_t b = g * c.bpg; b < b1; ++b)
+      for (int h = 0; h < 2; ++h) {
+        __m512i idx[R];
+        for (int r = 0; r < R; ++r)
+          idx[r] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + b * 32 + 16 * h)));
+        for (int k = 0; k < 2; ++k) {
+          __m512 wv[R];
+          for (int r = 0; r < R; ++r) wv[r] = _mm512_permutexvar_ps(k ? _mm512_srli_epi32(idx[r], 4) : idx[r], lut[r]);
+          const int64_t col = b * 64 + 16 * h + 32 * k;
+          for (int t = 0; t < T; ++t) {
+            __m512 xv = _mm512_loadu_ps(xs[t] + col);
+            // In a register: folded into the FMAs as a memory operand it is loaded R times
+            // (measured 1.7x slower at 4 x 5).
+            asm("" : "+v"(xv));
+            for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+          }
+        }
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total_avx512(acc[r][t]));
+}
+
+// One row x T tokens on AVX2: each 16-lane accumulator is two ymm (lanes 0-7, 8-15); the weights
+// are (float(u) - z) * s, the same value as the table's float(u - z) * s (both differences exact).
+template <int T>
+__attribute__((target("avx2,fma"))) void tile_avx2(const A16& c, int64_t o, int t0) {
+  __m256 acc[T][2];
+  for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();
+  const uint8_t* row = c.w.packed + o * c.row_bytes;
+  const float* xs[T];
+  for (int t = 0; t < T; ++t) xs[t] = c.x + int64_t(t0 + t) * c.K;
+  const __m256i low = _mm256_set1_epi32(0x0F);
+  for (int64_t g = 0; g < c.G; ++g) {
+    const __m256 z = _mm256_set1_ps(float(c.zero(o, g))), s = _mm256_set1_ps(c.scale(o, g));
+    const int64_t b1 = c.group_end(g);
+    for (int64_t b = g * c.bpg; b < b1; ++b)
+      for (int h = 0; h < 2; ++h) {
+        __m256i idx[2];
+        for (int q = 0; q < 2; ++q)
+          idx[q] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + b * 32 + 16 * h + 8 * q)));
+        for (int k = 0; k < 2; ++k) {
+          __m256 wv[2];
+          for (int q = 0; q < 2; ++q) {
+            const __m256i u = k ? _mm256_srli_epi32(idx[q], 4) : _mm256_and_si256(idx[q], low);
+            wv[q] = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(u), z), s);
+          }
+          const int64_t col = b * 64 + 16 * h + 32 * k;
+          for (int t = 0; t < T; ++t)
+            for (int q = 0; q < 2; ++q) acc[t][q] = _mm256_fmadd_ps(wv[q], _mm256_loadu_ps(xs[t] + col + 8 * q), acc[t][q]);
+        }
+      }
+  }
+  for (int t = 0; t < T; ++t) {
+    alignas(32) float lane[16];
+    _mm256_store_ps(lane, acc[t][0]);
+    _mm256_store_ps(lane + 8, acc[t][1]);
+    c.store(t0 + t, o, lanes_total(lane));
+  }
+}
+
+// 4 x 4: 16 accumulators, 4 tables, 4 weight vectors, the codes and one token's activations fit
+// the 32 zmm; 4 x 5 and 4 x 6 spilled and measured slower, 2 x 8 and 3 x 6 no faster.
+constexpr int kRowsAvx512 = 4, kTokensAvx512 = 4, kTokensAvx2 = 4;
+
+// Tokens [t0, t1) in register blocks of T, the last block narrower.
+template <int R, int T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void tokens_avx512(const A16& c, int64_t o0, int t0, int t1) {
+  int t = t0;
+  for (; t + T <= t1; t += T) tile_avx512<R, T>(c, o0, t);
+  switch (t1 - t) {
+    case 1: return tile_avx512<R, 1>(c, o0, t);
+    case 2: return tile_avx512<R, 2>(c, o0, t);
+    case 3: return tile_avx512<R, 3>(c, o0, t);
+    default: return;
+  }
+}
+static_assert(kTokensAvx512 <= 4, "tokens_avx512 handles remainders up to 3");
+
+// Tokens per pass over a row chunk: their activations stay in L2 while the chunk's rows
+// (from L1) sweep them.
+int token_block(int64_t K) { return int(std::clamp<int64_t>((256 << 10) / (K * 4), 8, 64)); }
+
+void rows_avx512(const A16& c, int64_t o0, int64_t o1) {
+  const int tb = token_block(c.K);
+  for (int t0 = 0; t0 < c.M; t0 += tb) {
+    const int t1 = std::min(c.M, t0 + tb);
+    int64_t o = o0;
+    for (; o + kRowsAvx512 <= o1; o += kRowsAvx512) tokens_avx512<kRowsAvx512, kTokensAvx512>(c, o, t0, t1);
+    for (; o < o1; ++o) tokens_avx512<1, kTokensAvx512>(c, o, t0, t1);
+  }
+}
+
+void rows_avx2(const A16& c, int64_t o0, int64_t o1) {
+  const int tb = token_block(c.K);
+  for (int t0 = 0; t0 < c.M; t0 += tb) {
+    const int t1 = std::min(c.M, t0 + tb);
+    for (int64_t o = o0; o < o1; ++o) {
+      int t = t0;
+      for (; t + kTokensAvx2 <= t1; t += kTokensAvx2) tile_avx2<kTokensAvx2>(c, o, t);
+      switch (t1 - t) {
+        case 1: tile_avx2<1>(c, o, t); break;
+        case 2: tile_avx2<2>(c, o, t); break;
+        case 3: tile_avx2<3>(c, o, t); break;
+        default: break;
+      }
+    }
+  }
+}
+
+constexpr int64_t kRowChunk = 64;  // output rows per unit of work handed to a thread
+
+}  // namespace
+
+void int4_gemm_f32(const Int4Weights& w, const float* x, int rows, const float* bias, float* y, Isa isa) {
+  if (w.group_size < w.cols && (w.group_size % kInt4Block != 0 || w.cols % w.group_size != 0))
+    throw Error("int4_gemm_f32",
+                "group size " + std::to_string(w.group_size) + " must be a multiple of 64 dividing " + std::to_string(w.cols));
+  if (rows <= 0 || w.rows == 0) return;
+  if (!isa_supported(isa)) isa = best_isa();
+  if (isa == Isa::Avx2 && !__builtin_cpu_supports("fma")) isa = Isa::Scalar;
+  const int64_t K = w.cols_padded();
+  const float* xp = x;
+  thread_local std::vector<float> padded;
+  if (K != w.cols) {  // the kernels read whole blocks: copy to rows of K with zeros after cols
+    padded.assign(std::size_t(int64_t(rows) * K), 0.f);
+    for (int t = 0; t < rows; ++t) std::copy(x + int64_t(t) * w.cols, x + int64_t(t + 1) * w.cols, padded.begin() + int64_t(t) * K);
+    xp = padded.data();
+  }
+  const A16 c{w, xp, rows, bias, y, K, w.groups(), w.blocks_per_group(), K / kInt4Block, K / 2};
+  auto run = [&](int64_t o0, int64_t n) {
+    switch (isa) {
+      case Isa::Avx512Vnni: return rows_avx512(c, o0, o0 + n);
+      case Isa::Avx2: return rows_avx2(c, o0, o0 + n);
+      case Isa::Scalar: return rows_scalar(c, o0, o0 + n);
+    }
+  };
+  // Chunks of rows handed out one at a time (a thread that waits for a core does not hold back
+  // a fixed half of the rows); each output's sum is the same whichever thread computes it.
+  detail::for_fixed_chunks(w.rows, kRowChunk, double(rows) * double(K) * double(w.rows) >= detail::kParallelMacs, run);
+}
+
+}  // namespace quarot
