@@ -91,6 +91,35 @@ __attribute__((target("avx512f"))) inline float total_avx512(__m512 f) {
   return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
 }
 
+// The 16 totals of a 4 x 4 tile at once, each the same pairwise tree as lanes_total (lane i +
+// lane i + 8, + 4, + 2, + 1), four accumulators per add: at width 64 the one-by-one totals cost
+// as much as the products.
+__attribute__((target("avx512f"))) inline void store_4x4_avx512(const A16& c, int64_t o0, int t0, const __m512 (&acc)[4][4]) {
+  const __m512* v = &acc[0][0];  // v[4 r + t]
+  __m512 u[8], w[4], z[2];
+  for (int m = 0; m < 8; ++m)  // lanes 0-7: v[2m]'s i + (i + 8); lanes 8-15: v[2m + 1]'s
+    u[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0x44), _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0xEE));
+  for (int n = 0; n < 4; ++n)  // 128-bit lane j: v[4n + j]'s i + (i + 4)
+    w[n] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * n], u[2 * n + 1], 0x88), _mm512_shuffle_f32x4(u[2 * n], u[2 * n + 1], 0xDD));
+  for (int a = 0; a < 2; ++a)  // 128-bit lane j: v[8a + j], v[8a + 4 + j]: i + (i + 2), 2 each
+    z[a] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * a], w[2 * a + 1], 0x44), _mm512_shuffle_ps(w[2 * a], w[2 * a + 1], 0xEE));
+  // 128-bit lane j, element e: the total of v[4e + j] = row o0 + e, token t0 + j.
+  const __m512 total = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
+  const int64_t N = c.w.rows;
+  const __m128 b = c.bias ? _mm_loadu_ps(c.bias + o0) : _mm_setzero_ps();
+  for (int t = 0; t < 4; ++t) {
+    __m128 q;
+    switch (t) {  // the lane index of vextractf32x4 is an immediate
+      case 0: q = _mm512_extractf32x4_ps(total, 0); break;
+      case 1: q = _mm512_extractf32x4_ps(total, 1); break;
+      case 2: q = _mm512_extractf32x4_ps(total, 2); break;
+      default: q = _mm512_extractf32x4_ps(total, 3); break;
+    }
+    if (c.bias) q = _mm_add_ps(q, b);
+    _mm_storeu_ps(c.y + int64_t(t0 + t) * N + o0, q);
+  }
+}
+
 // R rows x T tokens, all columns: R * T zmm accumulators.
 template <int R, int T>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void tile_avx512(const A16& c, int64_t o0, int t0) {
@@ -127,8 +156,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void tile_avx512(const A16&
         }
       }
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total_avx512(acc[r][t]));
+  if constexpr (R == 4 && T == 4)
+    store_4x4_avx512(c, o0, t0, acc);
+  else
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total_avx512(acc[r][t]));
 }
 
 // One row x T tokens on AVX2: each 16-lane accumulator is two ymm (lanes 0-7, 8-15); the weights
