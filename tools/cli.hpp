@@ -3,10 +3,13 @@
 // CLI11 errors remapped to those codes.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 
 #include "quarot/error.hpp"
+#include "quarot/options.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/qdec.hpp"
 
 namespace quarot::cli {
@@ -14,8 +17,39 @@ namespace quarot::cli {
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
 
+// The range check of an option table row (options.hpp) as a CLI11 check. A value that is not a
+// number at all is left to CLI11's own conversion error.
+inline CLI::Validator table_check(const OptionSpec& spec) {
+  return CLI::Validator(
+      [&spec](std::string& v) -> std::string {
+        if (spec.kind == OptionKind::Uint) {
+          if (v.find('-') != std::string::npos) return "must be " + option_range_text(spec) + " (" + std::string(spec.meaning) + "), got " + v;
+          return {};
+        }
+        char* end = nullptr;
+        const double x = std::strtod(v.c_str(), &end);
+        if (end == v.c_str() || *end != '\0') return {};
+        if (auto p = option_value_problem(spec, x)) return *p;
+        return {};
+      },
+      "");
+}
+
+// Every option of `app` (and its subcommands) whose long name is a row of the option table gets
+// that row's range check: the ranges are declared once, in options.cpp, not per tool.
+inline void check_ranges_from_table(CLI::App& app) {
+  for (CLI::Option* o : app.get_options()) {
+    for (const auto& name : o->get_lnames()) {
+      const OptionSpec* spec = find_option_spec(name);
+      if (spec && (spec->kind == OptionKind::Int || spec->kind == OptionKind::Uint || spec->kind == OptionKind::Real)) o->check(table_check(*spec));
+    }
+  }
+  for (CLI::App* sub : app.get_subcommands({})) check_ranges_from_table(*sub);
+}
+
 // Parses argv; returns -1 to go on, or the exit code to return now (help: 0, usage error: 2).
 inline int parse(CLI::App& app, int argc, char** argv) {
+  check_ranges_from_table(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -36,6 +70,9 @@ template <class Fn>
 int run(const std::string& tool, Fn&& body) {
   try {
     return body();
+  } catch (const quarot::UsageError& e) {  // a bad option file or plan: usage, exit 2
+    std::fprintf(stderr, "%s: error: %s (see --help)\n", tool.c_str(), e.what());
+    return kExitUsage;
   } catch (const quarot::Error& e) {
     std::fprintf(stderr, "%s: error: %s\n", tool.c_str(), e.what());
   } catch (const std::bad_alloc&) {
@@ -67,7 +104,7 @@ CLI::Validator error_check(Parse parse, const std::string& description = "") {
 
 // Shared argument groups: one declaration for every tool that has the option.
 inline CLI::Option* add_threads(CLI::App& app, int& threads) {
-  return app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  return app.add_option("--threads", threads, "threads (default: all cores)");
 }
 
 // --qdec-k for the tools that run a packed model (quarot-eval, quarot-run): the k per kind to
@@ -115,8 +152,6 @@ inline DType parse_float_dtype(const std::string& s) {
 }
 
 }  // namespace quarot::cli
-
-#include "quarot/pipeline.hpp"
 
 namespace quarot::cli {
 

@@ -1,6 +1,7 @@
 // The Plan: built from the options once, validated once, serialized once (the report's config,
 // --dry-run).
 #include <algorithm>
+#include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -8,6 +9,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/gguf.hpp"
 #include "quarot/hadamard.hpp"
+#include "quarot/options.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/pipeline.hpp"
 #include "quarot/qdec.hpp"
@@ -25,9 +27,42 @@ std::vector<std::string> plan_preset_names() {
 
 namespace {
 bool is_gguf_path(const std::string& path) { return path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0; }
+
+// The numeric options as given, against the option table (options.hpp), before the preset is
+// applied: a value that means "the preset's" (0 or -1, PlanOptions' default) is not checked
+// here, the resolved value is (validate()). A library caller gets the CLI's ranges too.
+void check_given_ranges(const PlanOptions& a) {
+  const PlanOptions unset;
+  const struct {
+    const char* name;
+    double value, unset_value;
+  } given[] = {
+      {"w-bits", double(a.w_bits), double(unset.w_bits)},       {"w-group", double(a.w_group), double(unset.w_group)},
+      {"a-group", double(a.a_group), double(unset.a_group)},    {"a-bits", double(a.a_bits), double(unset.a_bits)},
+      {"k-bits", double(a.k_bits), double(unset.k_bits)},       {"v-bits", double(a.v_bits), double(unset.v_bits)},
+      {"classifier-bits", double(a.classifier_bits), double(unset.classifier_bits)},
+      {"a-clip", a.a_clip, unset.a_clip},                       {"kv-clip", a.kv_clip, unset.kv_clip},
+      {"qdec-slowdown", a.qdec_slowdown, unset.qdec_slowdown},  {"damp", a.damp, NAN},
+      {"nsamples", double(a.nsamples), NAN},                    {"seqlen", double(a.seqlen), NAN},
+      {"ctx", double(a.ctx), NAN},                              {"chunks", double(a.chunks), NAN},
+      {"outlier-windows", double(a.outlier_windows), NAN},      {"threads", double(a.threads), NAN},
+      {"qdec-bits", double(a.qdec_bits), NAN},
+  };
+  for (const auto& g : given)
+    if (g.value != g.unset_value) check_option_value(g.name, g.value);
+  for (const auto& [name, value] : {std::pair<const char*, const std::string&>{"rotation", a.rotation}, {"progress", a.progress}, {"w-method", a.w_method}}) {
+    if (value.empty()) continue;
+    if (auto p = option_choice_problem(*find_option_spec(name), value)) throw Error(std::string("--") + name, *p);
+  }
+}
 }  // namespace
 
 Plan make_plan(const PlanOptions& a) {
+  try {
+    check_given_ranges(a);
+  } catch (const Error& e) {
+    throw UsageError("", e.what());
+  }
   Plan p;
   p.model = a.model;
   p.outputs = {a.output, a.report_dir, a.json};
@@ -93,9 +128,27 @@ Plan make_plan(const PlanOptions& a) {
 void validate(const Plan& p) {
   const QuantConfig& cfg = p.quant;
   try {
+    // The resolved values (preset + overrides) against the same table rows as the flags.
+    const auto& w = cfg.gptq.weights;
+    auto in_range = [](const char* name, auto value) { check_option_value(name, double(value)); };
+    in_range("w-bits", w.grid.bits);
+    in_range("w-group", w.group_size);
+    in_range("a-bits", cfg.act.a_bits);
+    in_range("k-bits", cfg.act.k_bits);
+    in_range("v-bits", cfg.act.v_bits);
+    in_range("a-clip", cfg.act.a_clip);
+    in_range("kv-clip", cfg.act.kv_clip);
+    in_range("a-group", cfg.act.a_group);
+    in_range("classifier-bits", cfg.classifier_bits);
+    in_range("damp", cfg.gptq.damp);
+    in_range("nsamples", cfg.nsamples);
+    in_range("seqlen", cfg.seqlen);
+    in_range("qdec-bits", p.qdec.bits);
+    in_range("threads", p.run.threads);
+    in_range("ctx", p.evaluation.ctx);
+    in_range("chunks", p.evaluation.chunks);
+    in_range("outlier-windows", p.evaluation.outlier_windows);
     check_act_options(cfg.act);
-    if (cfg.classifier_bits != 16 && (cfg.classifier_bits < 2 || cfg.classifier_bits > 8))
-      throw Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
     if (!p.gguf_preset.empty()) {
       if (!is_gguf_path(p.outputs.packed)) throw Error("--preset " + p.gguf_preset, "writes a GGUF file: give -o OUT.gguf");
       if (cfg.act.any()) throw Error("--preset " + p.gguf_preset, "llama.cpp quantizes activations itself: no --a-bits/--k-bits/--v-bits with a GGUF output");
