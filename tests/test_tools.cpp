@@ -7,6 +7,7 @@
 
 #include "quarot/options.hpp"
 #include "quarot/pipeline.hpp"
+#include "quarot/version.hpp"
 #include "test_support.hpp"
 
 using namespace quarot::test;
@@ -171,3 +172,35 @@ TEST(Tools, OptionTableMatchesQuantizeFlags) {
   EXPECT_EQ(flags, table);
 }
 
+// Every tool answers --version with project(VERSION) (one generated string); -q leaves stderr
+// empty on success; quarot-eval --progress bar draws a bar (it printed lines before).
+TEST(Tools, VersionQuietAndProgressBar) {
+  for (const char* tool : {"quarot-quantize", "quarot-eval", "quarot-run", "quarot-rotate", "quarot-convert", "quarot-inspect",
+                           "quarot-batch", "quarot-synth", "quarot-tokenize"}) {
+    const auto r = run_tool(tool, "--version");
+    EXPECT_EQ(r.exit_code, 0) << tool << r.stderr_text;
+    EXPECT_EQ(r.stdout_text, std::string(tool) + " " + quarot::kQuarotVersion + "\n") << tool;
+  }
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  TempDir dir;
+  const std::string model = data_file("stories260K/stories260K.bin"), ids = data_file("tinystories/validation_100.tok512.ids");
+  for (const auto& [tool, args] : std::vector<std::pair<std::string, std::string>>{
+           {"quarot-eval", model + " --ids " + ids + " --ctx 256 --chunks 2 -q --progress bar"},
+           {"quarot-convert", model + " -o " + (dir / "c") + " -q"},
+           {"quarot-inspect", model + " -q"},
+           {"quarot-rotate", model + " -o " + (dir / "r") + " -q"},
+           {"quarot-synth", "--preset tiny -o " + (dir / "s") + " -q"},
+           {"quarot-run", model + " -n 4 -q"},
+           {"quarot-quantize", model + " --preset w4a4kv4-rtn --eval-ids " + ids + " --ctx 256 --chunks 2 --outlier-windows 0 --no-checksum -q"}}) {
+    const auto r = run_tool(tool, args);
+    EXPECT_EQ(r.exit_code, 0) << tool << r.stderr_text;
+    EXPECT_EQ(r.stderr_text, "") << tool;
+    EXPECT_NE(r.stdout_text, "") << tool;  // the results still come
+  }
+  const auto r = run_tool("quarot-eval", model + " --ids " + ids + " --ctx 256 --chunks 3 --progress bar");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("\reval ["), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("eval: 3 windows"), std::string::npos) << r.stderr_text;
+  EXPECT_EQ(r.stderr_text.find("[1/3] ppl so far"), std::string::npos) << r.stderr_text;
+}

@@ -2,6 +2,7 @@
 // What every quarot tool shares: exit codes (0 ok, 1 failure, 2 usage), one-line errors, and
 // CLI11 errors remapped to those codes.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -10,7 +11,9 @@
 #include "quarot/error.hpp"
 #include "quarot/options.hpp"
 #include "quarot/pipeline.hpp"
+#include "quarot/progress.hpp"
 #include "quarot/qdec.hpp"
+#include "quarot/version.hpp"
 
 namespace quarot::cli {
 
@@ -48,8 +51,11 @@ inline void check_ranges_from_table(CLI::App& app) {
 }
 
 // Parses argv; returns -1 to go on, or the exit code to return now (help: 0, usage error: 2).
+// Every tool answers --version with the one version string (project(VERSION), generated into
+// quarot/version.hpp).
 inline int parse(CLI::App& app, int argc, char** argv) {
   check_ranges_from_table(app);
+  if (!app.get_version_ptr()) app.set_version_flag("--version", app.get_name() + " " + quarot::kQuarotVersion);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -104,7 +110,36 @@ CLI::Validator error_check(Parse parse, const std::string& description = "") {
 
 // Shared argument groups: one declaration for every tool that has the option.
 inline CLI::Option* add_threads(CLI::App& app, int& threads) {
-  return app.add_option("--threads", threads, "threads (default: all cores)");
+  return app.add_option("--threads", threads,
+                        "threads, at most 1024 (0, the default: $OMP_NUM_THREADS when set, else one per core;\n"
+                        "--threads 1 can be faster for small models on a busy machine)");
+}
+
+// --progress: auto (a bar on a terminal, lines otherwise), bar, plain or none.
+inline CLI::Option* add_progress(CLI::App& app, std::string& progress, const std::string& what = "progress display") {
+  return app.add_option("--progress", progress, what + ": auto (a bar on a terminal, lines otherwise), bar, plain or none")
+      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
+      ->capture_default_str();
+}
+
+// -q/--quiet: nothing on stderr but warnings and errors (no progress, no log lines).
+inline CLI::Option* add_quiet(CLI::App& app, bool& quiet) {
+  return app.add_flag("-q,--quiet", quiet, "nothing on stderr but warnings and errors (implies --progress none)");
+}
+
+// --rotation: the R1 kind, for the tools that rotate (quarot-rotate, quarot-quantize).
+inline CLI::Option* add_rotation_kind(CLI::App& app, std::string& kind) {
+  return app.add_option("--rotation", kind, "R1: hadamard (randomized Hadamard) or random (seeded random orthogonal)")
+      ->check(CLI::IsMember({"hadamard", "random"}))
+      ->capture_default_str();
+}
+
+// The progress mode a tool uses: none when quiet, auto resolved (bar on a terminal).
+inline ProgressMode progress_mode(const std::string& progress, bool quiet) {
+  if (quiet) return ProgressMode::None;
+  const ProgressMode m = parse_progress_mode(progress);
+  if (m != ProgressMode::Auto) return m;
+  return ::isatty(STDERR_FILENO) ? ProgressMode::Bar : ProgressMode::Plain;  // as quarot::Progress decides
 }
 
 // --qdec-k for the tools that run a packed model (quarot-eval, quarot-run): the k per kind to

@@ -358,7 +358,7 @@ int main(int argc, char** argv) {
   std::string plan_path, out, shard = "1/1", progress = "plain";
   std::vector<std::string> merge_dirs;
   int jobs = 1;
-  bool resume = false, list = false;
+  bool resume = false, list = false, quiet = false;
   CLI::App app{
       "Runs a plan (JSON or TOML): every model x every run through quarot-quantize, each into OUT/MODEL/RUN\n"
       "(packed model, report.json/.md, plots, log.txt), then OUT/summary.md, summary.csv, summary.json and\n"
@@ -378,11 +378,13 @@ int main(int argc, char** argv) {
   app.add_flag("--resume", resume, "skip runs whose output and report exist, verify and match the plan");
   app.add_flag("--list", list, "list the runs of this shard and exit");
   app.add_option("--progress", progress, "plain: one line per run start/end; none")->check(CLI::IsMember({"plain", "none"}))->capture_default_str();
+  quarot::cli::add_quiet(app, quiet);
   auto* merge = app.add_subcommand("merge", "combine the summaries of shard folders into one (gates applied again)");
   merge->add_option("dirs", merge_dirs, "shard output folders")->required();
   merge->add_option("-o,--output", out, "output folder")->required();
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
 
+  if (quiet) progress = "none";
   if (merge->parsed()) {
     return quarot::cli::run("quarot-batch", [&] {
       json rows = json::array();

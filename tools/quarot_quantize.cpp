@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
   app.add_option("--json", a.json, "also write report.json's content to this file")->group("Input/Output");
   app.add_flag("--dry-run", a.dry_run, "print the plan (rotations, online transforms, bits per weight, output size) and exit")->group("Input/Output");
   app.add_flag("--no-rotate", a.no_rotate, "quantize without QuaRot's rotations")->group("Rotation");
-  app.add_option("--rotation", a.rotation, "R1 kind")->check(CLI::IsMember({"hadamard", "random"}))->capture_default_str()->group("Rotation");
+  quarot::cli::add_rotation_kind(app, a.rotation)->group("Rotation");
   app.add_option("--seed", a.seed, "seed of the rotations and of calibration sampling")->capture_default_str()->group("Rotation");
   app.add_option("--preset", a.preset, "quantization preset")->check(CLI::IsMember(quarot::plan_preset_names()))->capture_default_str()->group("Weights");
   app.add_option("--w-method", a.w_method, "weight quantizer")->check(CLI::IsMember({"rtn", "gptq", "none"}))->group("Weights");
@@ -112,10 +112,9 @@ int main(int argc, char** argv) {
                "larger than memory; chosen automatically when the fp32 model would not fit). Same packed file;\n"
                "only the packed model is evaluated (no float reference, no outlier statistics)")->group("Runtime");
   app.add_flag("--no-checksum", a.no_checksum, "skip the input's sha256 in the report (saves a read of the input)")->group("Runtime");
-  app.add_option("--progress", a.progress, "auto (bar on a terminal, lines otherwise), bar, plain or none")
-      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))->capture_default_str()->group("Logging");
+  quarot::cli::add_progress(app, a.progress)->group("Logging");
   app.add_flag("-v,--verbose", a.verbose, "more detail (the rotation steps, per-module lines)")->group("Logging");
-  app.add_flag("-q,--quiet", a.quiet, "only errors and the closing summary")->group("Logging");
+  quarot::cli::add_quiet(app, a.quiet)->group("Logging");
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
 
   quarot::Plan plan;
