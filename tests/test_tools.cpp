@@ -172,6 +172,31 @@ TEST(Tools, OptionTableMatchesQuantizeFlags) {
   EXPECT_EQ(flags, table);
 }
 
+// The "command:" line of --dry-run (also report.md's configuration) is a command that parses
+// and makes the same plan, paths with spaces and quotes included: run it through the shell
+// with --dry-run and the whole plan text, its own command line too, comes back the same.
+TEST(Tools, DryRunCommandLineReproducesThePlan) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  TempDir dir;
+  fs::create_directories(dir / "in dir");
+  const std::string model = dir / "in dir/it's model.bin";
+  fs::copy_file(data_file("stories260K/stories260K.bin"), model);
+  for (const std::string& flags :
+       {std::string("--preset w4a4kv4-rtn --w-bits 3 --a-clip 0.8 --seed 7 --no-rotate --kv-clip 0.9 --ctx 128 --chunks 2"),
+        std::string("--preset w4a16 --w-group 0 --act-order --damp 0.05 --nsamples 8 --seqlen 64 --rotation random --qdec-k 8"),
+        std::string("--preset w4a4kv4 -o '") + (dir / "out dir/m.q4.safetensors") + "' --a-group 16 --classifier-bits 8"}) {
+    const auto first = run_tool("quarot-quantize", "\"" + model + "\" --dry-run " + flags);
+    ASSERT_EQ(first.exit_code, 0) << flags << first.stderr_text;
+    const auto at = first.stdout_text.find("  command: quarot-quantize ");
+    ASSERT_NE(at, std::string::npos) << first.stdout_text;
+    const auto begin = at + std::string("  command: quarot-quantize ").size();
+    const std::string args = first.stdout_text.substr(begin, first.stdout_text.find('\n', begin) - begin);
+    const auto again = run_tool("quarot-quantize", args + " --dry-run");
+    ASSERT_EQ(again.exit_code, 0) << args << again.stderr_text;
+    EXPECT_EQ(again.stdout_text, first.stdout_text) << args;
+  }
+}
+
 // Every tool answers --version with project(VERSION) (one generated string); -q leaves stderr
 // empty on success; quarot-eval --progress bar draws a bar (it printed lines before).
 TEST(Tools, VersionQuietAndProgressBar) {

@@ -258,6 +258,7 @@ std::string describe_plan(const Plan& p) {
   append(o, "  model: %d layers, hidden %d, FFN %d, %d heads (%d KV), head_dim %d, vocab %d; %.1f M linear weights\n", c.n_layers,
          c.hidden, c.intermediate, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab, double(lin) / 1e6);
   append(o, "  flags: %s\n", cfg.describe().c_str());
+  append(o, "  command: %s\n", plan_command(p).c_str());
   if (!p.gguf_preset.empty()) {
     const GgufExportOptions g = gguf_preset(p.gguf_preset);
     append(o, "  GGUF for llama.cpp: %s blocks%s; weights %s%s\n", std::string(gguf_type_name(g.type)).c_str(),
@@ -304,6 +305,80 @@ std::string describe_plan(const Plan& p) {
            double(lin + other) * 4 / (1 << 20), est / (double(lin + other) * 4));
   }
   append(o, "  evaluation: %s\n", p.evaluation.ids.empty() ? "none (--eval-ids)" : p.evaluation.ids.c_str());
+  return o;
+}
+
+// ---------------------------------------------------------------- the reproducing command
+
+std::string shell_quote(const std::string& s) {
+  const bool plain = !s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./=:,+-@%") == std::string::npos;
+  if (plain) return s;
+  std::string o = "'";
+  for (char c : s) o += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return o + "'";
+}
+
+std::string plan_command(const Plan& p) {
+  // What the preset alone gives (for a GGUF preset, with its output): only differences are
+  // flags, so a model-dependent default (the KV clip) stays model-dependent.
+  PlanOptions base_options;
+  base_options.model = p.model;
+  base_options.preset = p.quant.preset;
+  base_options.dry_run = true;
+  if (!p.gguf_preset.empty()) base_options.output = p.outputs.packed;
+  QuantConfig base;
+  try {
+    base = make_plan(base_options).quant;
+  } catch (const Error&) {
+    base = QuantConfig{};  // cannot happen for a valid plan; every value then becomes a flag
+  }
+  const QuantConfig& c = p.quant;
+  std::string o = "quarot-quantize " + shell_quote(p.model) + " --preset " + shell_quote(c.preset);
+  auto flag = [&](const char* name) { o += std::string(" ") + name; };
+  auto opt = [&](const char* name, const std::string& v) { o += std::string(" ") + name + " " + shell_quote(v); };
+  auto num = [](double v) {
+    char b[64];
+    std::snprintf(b, sizeof b, "%.17g", v);
+    return std::string(b);
+  };
+  auto method = [](WeightMethod m) { return m == WeightMethod::None ? "none" : m == WeightMethod::Rtn ? "rtn" : "gptq"; };
+  const auto &w = c.gptq.weights, &bw = base.gptq.weights;
+  if (!p.outputs.packed.empty()) opt("-o", p.outputs.packed);
+  if (!p.outputs.report_dir.empty()) opt("--report-dir", p.outputs.report_dir);
+  if (!p.outputs.json.empty()) opt("--json", p.outputs.json);
+  if (!c.rotate && base.rotate) flag("--no-rotate");
+  if (c.rotation.r1_kind != base.rotation.r1_kind) opt("--rotation", c.rotation.r1_kind == R1Kind::Random ? "random" : "hadamard");
+  if (c.seed != 0) opt("--seed", std::to_string(c.seed));
+  if (c.method != base.method) opt("--w-method", method(c.method));
+  if (w.grid.bits != bw.grid.bits) opt("--w-bits", std::to_string(w.grid.bits));
+  if (w.group_size != bw.group_size) opt("--w-group", std::to_string(w.group_size));
+  if (!w.grid.symmetric && bw.grid.symmetric) flag("--w-asym");
+  if (!w.clip_search && bw.clip_search) flag("--no-clip-search");
+  if (c.gptq.damp != base.gptq.damp) opt("--damp", num(c.gptq.damp));
+  if (c.gptq.act_order) flag("--act-order");
+  if (c.gptq.static_groups) flag("--static-groups");
+  if (c.classifier_bits != base.classifier_bits) opt("--classifier-bits", std::to_string(c.classifier_bits));
+  if (c.act.a_bits != base.act.a_bits) opt("--a-bits", std::to_string(c.act.a_bits));
+  if (c.act.a_clip != base.act.a_clip) opt("--a-clip", num(c.act.a_clip));
+  if (c.act.a_group != base.act.a_group) opt("--a-group", std::to_string(c.act.a_group));
+  if (c.act.k_bits != base.act.k_bits) opt("--k-bits", std::to_string(c.act.k_bits));
+  if (c.act.v_bits != base.act.v_bits) opt("--v-bits", std::to_string(c.act.v_bits));
+  if (c.act.kv_clip != base.act.kv_clip || c.kv_clip_follows_model != base.kv_clip_follows_model) opt("--kv-clip", num(c.act.kv_clip));
+  if (c.nsamples != base.nsamples) opt("--nsamples", std::to_string(c.nsamples));
+  if (c.seqlen != base.seqlen) opt("--seqlen", std::to_string(c.seqlen));
+  if (!p.calibration.path.empty()) opt("--calib", p.calibration.path);
+  if (!p.calibration.tokenizer.empty()) opt("--tokenizer", p.calibration.tokenizer);
+  if (p.qdec.enabled) flag("--qdec");
+  if (p.qdec.bits != PlanOptions{}.qdec_bits) opt("--qdec-bits", std::to_string(p.qdec.bits));
+  if (!p.qdec.k.empty()) opt("--qdec-k", p.qdec.k);
+  if (p.qdec.slowdown_percent > 0) opt("--qdec-slowdown", num(p.qdec.slowdown_percent));
+  if (p.qdec.sweep) flag("--qdec-sweep");
+  if (!p.evaluation.ids.empty()) opt("--eval-ids", p.evaluation.ids);
+  if (p.evaluation.ctx) opt("--ctx", std::to_string(p.evaluation.ctx));
+  if (p.evaluation.chunks) opt("--chunks", std::to_string(p.evaluation.chunks));
+  if (p.evaluation.outlier_windows != PlanOptions{}.outlier_windows) opt("--outlier-windows", std::to_string(p.evaluation.outlier_windows));
+  if (p.run.stream) flag("--stream");
+  if (!p.run.checksum) flag("--no-checksum");
   return o;
 }
 
