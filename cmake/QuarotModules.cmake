@@ -5,7 +5,7 @@
 # up the graph fails the build's tests.
 set(QUAROT_MODULES base model io tokenizer eval ops rotate quant qdec pack runtime report gguf pipeline)
 
-set(QUAROT_base_HEADERS error isa large_buffer progress dtype version json_limits detail/rng detail/eigen detail/fixed_chunks)
+set(QUAROT_base_HEADERS error isa large_buffer progress dtype version json_limits options detail/rng detail/eigen detail/fixed_chunks)
 set(QUAROT_base_DEPS)
 set(QUAROT_model_HEADERS config weights forward synth finite)
 set(QUAROT_model_DEPS base)

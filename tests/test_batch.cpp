@@ -85,11 +85,11 @@ TEST(Batch, BadPlansAndFlags) {
   const std::string bad = dir / "bad.toml";
   write_text(bad, "name = \"x\"\n[[models]]\nname = \"m\"\npath = \"m.bin\"\n[[runs]]\nname = \"r\"\ngates = { max_speed = 1 }\n");
   r = run_tool("quarot-batch", bad + " -o " + (dir / "o"));
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);  // the plan's content: a usage error, like a --config key
   EXPECT_NE(r.stderr_text.find("unknown gate 'max_speed'"), std::string::npos) << r.stderr_text;
   write_text(bad, "name = \"x\"\n[[models]\n");
   r = run_tool("quarot-batch", bad + " -o " + (dir / "o"));
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.stderr_text.find("invalid TOML"), std::string::npos) << r.stderr_text;
   // A run that fails (missing model) is reported by name and fails the batch.
   write_text(bad, "[[models]]\nname = \"m\"\npath = \"/nonexistent/m.bin\"\n[[runs]]\nname = \"r\"\npreset = \"w4a4kv4-rtn\"\n");
@@ -100,4 +100,35 @@ TEST(Batch, BadPlansAndFlags) {
   r = run_tool("quarot-batch", std::string(QUAROT_SOURCE_DIR) + "/examples/ci-plan.toml -o " + (dir / "o") + " --list");
   EXPECT_EQ(r.exit_code, 0) << r.stderr_text;
   EXPECT_EQ(count_lines(r.stdout_text), 7) << r.stdout_text;
+}
+
+// A plan is read as strictly as a --config file (one reader): an unknown or misspelt option is
+// refused before any run starts, naming the plan, the run and the key, with the closest valid
+// key. Before, `w_bits = 3` was passed through, ignored by quarot-quantize, and the 4-bit run's
+// gates passed as if it were the 3-bit one.
+TEST(Batch, UnknownOptionsAndWrongTypesAreRefusedBeforeAnyRun) {
+  TempDir dir;
+  const std::string plan = dir / "plan.toml";
+  const std::string head = "[[models]]\nname = \"m\"\npath = \"/nonexistent/m.bin\"\n";
+  struct Case {
+    std::string text, expect;
+  } cases[] = {
+      {head + "[[runs]]\nname = \"r3\"\nw_bits = 3\n", "run 'r3': unknown key 'w_bits' (did you mean 'w-bits'?)"},
+      {head + "[[runs]]\nname = \"r\"\nw-bits = \"3\"\n", "run 'r': key 'w-bits' must be a whole number"},
+      {head + "[[runs]]\nname = \"r\"\na-bits = 17\n", "run 'r': key 'a-bits' must be 2..8 or 16"},
+      {head + "calibb = \"c.ids\"\n[[runs]]\nname = \"r\"\n", "model 'm': unknown key 'calibb' (did you mean 'calib'?)"},
+      {"[defaults]\nthreds = 2\n" + head + "[[runs]]\nname = \"r\"\n", "defaults: unknown key 'threds' (did you mean 'threads'?)"},
+      {"nmae = \"x\"\n" + head + "[[runs]]\nname = \"r\"\n", "unknown key 'nmae' (did you mean 'name'?)"},
+      {head + "[[runs]]\nname = \"r\"\ngates = { max_kdl = 1 }\n", "unknown gate 'max_kdl' (did you mean 'max_kld'?"},
+      {"[1]\n", "top level must be a JSON object"},
+  };
+  for (const auto& c : cases) {
+    write_text(plan, c.text);
+    const auto r = run_tool("quarot-batch", plan + " -o " + (dir / "o"));
+    EXPECT_EQ(r.exit_code, 2) << c.text << r.stderr_text;
+    EXPECT_EQ(count_lines(r.stderr_text), 1) << r.stderr_text;
+    EXPECT_NE(r.stderr_text.find(plan), std::string::npos) << r.stderr_text;
+    EXPECT_NE(r.stderr_text.find(c.expect), std::string::npos) << c.text << " -> " << r.stderr_text;
+    EXPECT_FALSE(fs::exists(dir / "o")) << "a run started";
+  }
 }

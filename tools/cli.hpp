@@ -2,20 +2,60 @@
 // What every quarot tool shares: exit codes (0 ok, 1 failure, 2 usage), one-line errors, and
 // CLI11 errors remapped to those codes.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 
 #include "quarot/error.hpp"
+#include "quarot/options.hpp"
+#include "quarot/pipeline.hpp"
+#include "quarot/progress.hpp"
 #include "quarot/qdec.hpp"
+#include "quarot/version.hpp"
 
 namespace quarot::cli {
 
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
 
+// The range check of an option table row (options.hpp) as a CLI11 check. A value that is not a
+// number at all is left to CLI11's own conversion error.
+inline CLI::Validator table_check(const OptionSpec& spec) {
+  return CLI::Validator(
+      [&spec](std::string& v) -> std::string {
+        if (spec.kind == OptionKind::Uint) {
+          if (v.find('-') != std::string::npos) return "must be " + option_range_text(spec) + " (" + std::string(spec.meaning) + "), got " + v;
+          return {};
+        }
+        char* end = nullptr;
+        const double x = std::strtod(v.c_str(), &end);
+        if (end == v.c_str() || *end != '\0') return {};
+        if (auto p = option_value_problem(spec, x)) return *p;
+        return {};
+      },
+      "");
+}
+
+// Every option of `app` (and its subcommands) whose long name is a row of the option table gets
+// that row's range check: the ranges are declared once, in options.cpp, not per tool.
+inline void check_ranges_from_table(CLI::App& app) {
+  for (CLI::Option* o : app.get_options()) {
+    for (const auto& name : o->get_lnames()) {
+      const OptionSpec* spec = find_option_spec(name);
+      if (spec && (spec->kind == OptionKind::Int || spec->kind == OptionKind::Uint || spec->kind == OptionKind::Real)) o->check(table_check(*spec));
+    }
+  }
+  for (CLI::App* sub : app.get_subcommands({})) check_ranges_from_table(*sub);
+}
+
 // Parses argv; returns -1 to go on, or the exit code to return now (help: 0, usage error: 2).
+// Every tool answers --version with the one version string (project(VERSION), generated into
+// quarot/version.hpp).
 inline int parse(CLI::App& app, int argc, char** argv) {
+  check_ranges_from_table(app);
+  if (!app.get_version_ptr()) app.set_version_flag("--version", app.get_name() + " " + quarot::kQuarotVersion);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -36,6 +76,9 @@ template <class Fn>
 int run(const std::string& tool, Fn&& body) {
   try {
     return body();
+  } catch (const quarot::UsageError& e) {  // a bad option file or plan: usage, exit 2
+    std::fprintf(stderr, "%s: error: %s (see --help)\n", tool.c_str(), e.what());
+    return kExitUsage;
   } catch (const quarot::Error& e) {
     std::fprintf(stderr, "%s: error: %s\n", tool.c_str(), e.what());
   } catch (const std::bad_alloc&) {
@@ -67,7 +110,36 @@ CLI::Validator error_check(Parse parse, const std::string& description = "") {
 
 // Shared argument groups: one declaration for every tool that has the option.
 inline CLI::Option* add_threads(CLI::App& app, int& threads) {
-  return app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  return app.add_option("--threads", threads,
+                        "threads, at most 1024 (0, the default: $OMP_NUM_THREADS when set, else one per core;\n"
+                        "--threads 1 can be faster for small models on a busy machine)");
+}
+
+// --progress: auto (a bar on a terminal, lines otherwise), bar, plain or none.
+inline CLI::Option* add_progress(CLI::App& app, std::string& progress, const std::string& what = "progress display") {
+  return app.add_option("--progress", progress, what + ": auto (a bar on a terminal, lines otherwise), bar, plain or none")
+      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
+      ->capture_default_str();
+}
+
+// -q/--quiet: nothing on stderr but warnings and errors (no progress, no log lines).
+inline CLI::Option* add_quiet(CLI::App& app, bool& quiet) {
+  return app.add_flag("-q,--quiet", quiet, "nothing on stderr but warnings and errors (implies --progress none)");
+}
+
+// --rotation: the R1 kind, for the tools that rotate (quarot-rotate, quarot-quantize).
+inline CLI::Option* add_rotation_kind(CLI::App& app, std::string& kind) {
+  return app.add_option("--rotation", kind, "R1: hadamard (randomized Hadamard) or random (seeded random orthogonal)")
+      ->check(CLI::IsMember({"hadamard", "random"}))
+      ->capture_default_str();
+}
+
+// The progress mode a tool uses: none when quiet, auto resolved (bar on a terminal).
+inline ProgressMode progress_mode(const std::string& progress, bool quiet) {
+  if (quiet) return ProgressMode::None;
+  const ProgressMode m = parse_progress_mode(progress);
+  if (m != ProgressMode::Auto) return m;
+  return ::isatty(STDERR_FILENO) ? ProgressMode::Bar : ProgressMode::Plain;  // as quarot::Progress decides
 }
 
 // --qdec-k for the tools that run a packed model (quarot-eval, quarot-run): the k per kind to
@@ -115,8 +187,6 @@ inline DType parse_float_dtype(const std::string& s) {
 }
 
 }  // namespace quarot::cli
-
-#include "quarot/pipeline.hpp"
 
 namespace quarot::cli {
 

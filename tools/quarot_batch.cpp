@@ -1,7 +1,6 @@
 // quarot-batch: a grid of quarot-quantize runs (models x runs) from a JSON or TOML plan, one
 // folder per run, a combined summary (Markdown, CSV, JSON, SVG) and gates that set the exit
 // code; --shard i/N splits a plan across CI machines and `quarot-batch merge` joins the shards.
-#include <toml++/toml.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include <thread>
 
 #include "cli.hpp"
+#include "config_file.hpp"
 #include "quarot/atomic_file.hpp"
 #include "quarot/json_limits.hpp"
 #include "quarot/packed.hpp"
@@ -53,32 +53,38 @@ std::string expand_env(const std::string& s) {
   return out;
 }
 
+// The plan through the one option-file reader (config_file.hpp: the same JSON/TOML rules as
+// quarot-quantize --config), then its structure: every key known, every value of its type.
 json read_plan(const std::string& path) {
-  const std::string text = quarot::read_text_file(path);
-  const auto first = text.find_first_not_of(" \t\r\n");
-  first != std::string::npos && text[first] == '{' ? quarot::check_json_limits(text, path) : quarot::check_toml_limits(text, path);
-  json plan;
-  if (first != std::string::npos && text[first] == '{') {
-    try {
-      plan = json::parse(text);
-    } catch (const std::exception& e) {
-      throw quarot::Error(path, std::string("invalid JSON: ") + e.what());
-    }
-  } else {
-    try {
-      const toml::table t = toml::parse(text, path);
-      std::ostringstream s;
-      s << toml::json_formatter{t};
-      plan = json::parse(s.str());
-    } catch (const toml::parse_error& e) {
-      throw quarot::Error(path, std::string("invalid TOML: ") + std::string(e.description()) + " at line " +
-                                    std::to_string(e.source().begin.line));
+  const json plan = quarot::cli::read_option_document(path);
+  auto fail = [&](const std::string& why) { throw quarot::UsageError(path, why); };
+  for (auto it = plan.begin(); it != plan.end(); ++it) {
+    static const std::vector<std::string_view> top = {"name", "defaults", "gates", "models", "runs"};
+    if (std::find(top.begin(), top.end(), it.key()) == top.end()) {
+      const std::string near = quarot::closest_name(it.key(), top);
+      fail("unknown key '" + it.key() + "'" + (near.empty() ? " (a plan has name, defaults, gates, models, runs)" : " (did you mean '" + near + "'?)"));
     }
   }
-  if (!plan.is_object() || !plan.contains("models") || !plan["models"].is_array() || plan["models"].empty() || !plan.contains("runs") ||
-      !plan["runs"].is_array() || plan["runs"].empty())
-    throw quarot::Error(path, "a plan needs non-empty 'models' and 'runs' arrays");
+  if (plan.contains("name") && !plan["name"].is_string()) fail("'name' must be a string");
+  for (const char* k : {"defaults", "gates"})
+    if (plan.contains(k) && !plan[k].is_object()) fail(std::string("'") + k + "' must be a table/object");
+  if (!plan.contains("models") || !plan["models"].is_array() || plan["models"].empty() || !plan.contains("runs") || !plan["runs"].is_array() ||
+      plan["runs"].empty())
+    fail("a plan needs non-empty 'models' and 'runs' arrays");
   return plan;
+}
+
+// A gates table: known gate names, numbers.
+void check_gates(const json& gates, const std::string& where) {
+  if (!gates.is_object()) throw quarot::UsageError(where, "'gates' must be a table/object");
+  for (auto it = gates.begin(); it != gates.end(); ++it) {
+    if (std::find(std::begin(kGateNames), std::end(kGateNames), it.key()) == std::end(kGateNames)) {
+      const std::string near = quarot::closest_name(it.key(), {std::begin(kGateNames), std::end(kGateNames)});
+      throw quarot::UsageError(where, "unknown gate '" + it.key() + "' (" + (near.empty() ? "" : "did you mean '" + near + "'? ") +
+                                          "known: max_ppl_ratio, max_ppl, max_kld, min_top1)");
+    }
+    if (!it.value().is_number()) throw quarot::UsageError(where, "gate '" + it.key() + "' must be a number, got " + it.value().dump());
+  }
 }
 
 // Model and run names become folder names under -o: plain names only, so a plan cannot write
@@ -118,7 +124,9 @@ std::vector<Run> expand(const json& plan, const std::string& plan_path, const st
     return r;
   };
   const json defaults = resolve(plan.value("defaults", json::object()));
+  quarot::cli::check_option_object(plan_path + ": defaults", defaults);
   const json default_gates = plan.value("gates", json::object());
+  check_gates(default_gates, plan_path + ": gates");
   std::vector<Run> runs;
   std::set<std::string> seen_models;
   for (const auto& m : plan["models"]) {
@@ -128,6 +136,7 @@ std::vector<Run> expand(const json& plan, const std::string& plan_path, const st
     if (!seen_models.insert(m["name"].get<std::string>()).second)
       throw quarot::Error(plan_path, "model name '" + m["name"].get<std::string>() + "' appears twice (each model needs its own folder)");
     const json mo = resolve(m);
+    quarot::cli::check_option_object(plan_path + ": model '" + m["name"].get<std::string>() + "'", mo, {"name", "path"});
     for (const auto& r : plan["runs"]) {
       if (!r.is_object() || !r.contains("name") || !r["name"].is_string()) throw quarot::Error(plan_path, "every run needs a 'name' (a string)");
       check_plain_name(r["name"].get<std::string>(), "run", plan_path);
@@ -142,13 +151,13 @@ std::vector<Run> expand(const json& plan, const std::string& plan_path, const st
       x.options = defaults;
       for (auto it = mo.begin(); it != mo.end(); ++it) x.options[it.key()] = it.value();
       const json ro = resolve(r);
+      const std::string where = plan_path + ": run '" + x.name + "'";
+      quarot::cli::check_option_object(where, ro, {"name", "gates"});
+      if (r.contains("gates")) check_gates(r["gates"], where);
       for (auto it = ro.begin(); it != ro.end(); ++it) x.options[it.key()] = it.value();
       x.gates = default_gates;
       const json run_gates = r.value("gates", json::object());
       for (auto it = run_gates.begin(); it != run_gates.end(); ++it) x.gates[it.key()] = it.value();
-      for (auto it = x.gates.begin(); it != x.gates.end(); ++it)
-        if (std::find(std::begin(kGateNames), std::end(kGateNames), it.key()) == std::end(kGateNames))
-          throw quarot::Error(plan_path, "run '" + x.name + "': unknown gate '" + it.key() + "' (known: max_ppl_ratio, max_ppl, max_kld, min_top1)");
       runs.push_back(x);
     }
   }
@@ -349,7 +358,7 @@ int main(int argc, char** argv) {
   std::string plan_path, out, shard = "1/1", progress = "plain";
   std::vector<std::string> merge_dirs;
   int jobs = 1;
-  bool resume = false, list = false;
+  bool resume = false, list = false, quiet = false;
   CLI::App app{
       "Runs a plan (JSON or TOML): every model x every run through quarot-quantize, each into OUT/MODEL/RUN\n"
       "(packed model, report.json/.md, plots, log.txt), then OUT/summary.md, summary.csv, summary.json and\n"
@@ -369,11 +378,13 @@ int main(int argc, char** argv) {
   app.add_flag("--resume", resume, "skip runs whose output and report exist, verify and match the plan");
   app.add_flag("--list", list, "list the runs of this shard and exit");
   app.add_option("--progress", progress, "plain: one line per run start/end; none")->check(CLI::IsMember({"plain", "none"}))->capture_default_str();
+  quarot::cli::add_quiet(app, quiet);
   auto* merge = app.add_subcommand("merge", "combine the summaries of shard folders into one (gates applied again)");
   merge->add_option("dirs", merge_dirs, "shard output folders")->required();
   merge->add_option("-o,--output", out, "output folder")->required();
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
 
+  if (quiet) progress = "none";
   if (merge->parsed()) {
     return quarot::cli::run("quarot-batch", [&] {
       json rows = json::array();
@@ -416,7 +427,14 @@ int main(int argc, char** argv) {
   return quarot::cli::run("quarot-batch", [&] {
     const json plan = read_plan(plan_path);
     const std::string title = plan.value("name", std::string("quarot batch"));
-    std::vector<Run> all = expand(plan, plan_path, out), mine;
+    std::vector<Run> all, mine;
+    try {
+      all = expand(plan, plan_path, out);
+    } catch (const quarot::UsageError&) {
+      throw;
+    } catch (const quarot::Error& e) {  // names, duplicates, ${...}: the plan's content, a usage error
+      throw quarot::UsageError("", e.what());
+    }
     for (const auto& r : all)
       if (r.index % shard_n == shard_i - 1) mine.push_back(r);
     if (list) {

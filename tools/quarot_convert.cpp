@@ -10,6 +10,7 @@
 int main(int argc, char** argv) {
   struct Args {
     std::string in, out, dtype = "f32", shard_size = "0", progress = "auto";
+    bool quiet = false;
   } args;
   CLI::App app{
       "Convert a checkpoint (llama2.c .bin or Hugging Face folder) into a Hugging Face folder:\n"
@@ -21,9 +22,8 @@ int main(int argc, char** argv) {
   app.add_option("--dtype", args.dtype, "weights dtype: f32, f16, bf16")->capture_default_str();
   app.add_option("--shard-size", args.shard_size, "shards of at most this size (e.g. 2G); 0: one file")
       ->capture_default_str();
-  app.add_option("--progress", args.progress, "progress display")
-      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
-      ->capture_default_str();
+  quarot::cli::add_progress(app, args.progress, "progress display");
+  quarot::cli::add_quiet(app, args.quiet);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
 
   quarot::HfWriteOptions opts;
@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
     return quarot::cli::kExitUsage;
   }
   return quarot::cli::run("quarot-convert", [&] {
-    const auto mode = quarot::parse_progress_mode(args.progress);
+    const auto mode = quarot::cli::progress_mode(args.progress, args.quiet);
     quarot::Progress load("load", mode);
     const auto m = quarot::load_model(args.in, [&](uint64_t d, uint64_t t) { load.update(d, t); });
     load.finish(args.in);

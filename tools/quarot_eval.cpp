@@ -33,15 +33,19 @@ int run_task(const Args& args) {
   if (!args.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(args.qdec_k);
   const quarot::LoadedModel loaded(args.model, args.simulate, true, qdec_k);
   auto model = loaded.transformer(loaded.config().max_positions);
-  std::fprintf(stderr, "quarot-eval: %s: %s\n", args.model.c_str(), loaded.describe().c_str());
-  std::fprintf(stderr, "quarot-eval: %s, %zu items in %s, tokenizer %s (%s), %d threads\n", args.task.c_str(),
+  if (!args.quiet) std::fprintf(stderr, "quarot-eval: %s: %s\n", args.model.c_str(), loaded.describe().c_str());
+  if (!args.quiet) std::fprintf(stderr, "quarot-eval: %s, %zu items in %s, tokenizer %s (%s), %d threads\n", args.task.c_str(),
                task.items.size(), args.task_file.c_str(), tok->kind().c_str(), tok->special_policy().c_str(),
                omp_get_max_threads());
-  const auto mode = quarot::parse_progress_mode(args.progress);
+  const auto mode = quarot::cli::progress_mode(args.progress, args.quiet);
+  quarot::Progress bar("items", mode);  // draws only in bar mode; plain prints its own lines
   const auto r = quarot::score_task(model, *tok, task, args.limit, [&](int i, int n, const quarot::TaskResult& s) {
-    if (mode != quarot::ProgressMode::None && (i % 50 == 0 || i == n))
-      std::fprintf(stderr, "[%d/%d] acc %.4f acc_norm %.4f\n", i, n, s.acc, s.acc_norm);
+    char what[64];
+    std::snprintf(what, sizeof what, "acc %.4f acc_norm %.4f", s.acc, s.acc_norm);
+    if (mode == quarot::ProgressMode::Bar) bar.update(uint64_t(i), uint64_t(n), what);
+    else if (mode != quarot::ProgressMode::None && (i % 50 == 0 || i == n)) std::fprintf(stderr, "[%d/%d] %s\n", i, n, what);
   });
+  if (mode == quarot::ProgressMode::Bar) bar.finish(std::to_string(r.items) + " items");
   std::printf("model:      %s\n", args.model.c_str());
   std::printf("task:       %s (%s), %d items%s\n", r.task.c_str(), args.task_file.c_str(), r.items,
               r.truncated_items ? (", " + std::to_string(r.truncated_items) + " truncated on the left").c_str() : "");
@@ -78,7 +82,7 @@ int main(int argc, char** argv) {
         progress = "auto";
     int ctx = 0, chunks = 0, threads = 0;
     std::string qdec_k;
-    bool simulate = false;
+    bool simulate = false, quiet = false;
     std::string task, task_file, task_labels;  // zero-shot multiple choice (instead of perplexity)
     int limit = 0;
   } args;
@@ -122,9 +126,8 @@ int main(int argc, char** argv) {
   app.add_option("--kld-base", args.kld_base, "base checkpoint for KL divergence and top-1 agreement");
   app.add_option("--json", args.json, "write every figure to this JSON file");
   quarot::cli::add_threads(app, args.threads);
-  app.add_option("--progress", args.progress, "per-window lines: auto|bar|plain|none")
-      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
-      ->capture_default_str();
+  quarot::cli::add_progress(app, args.progress, "progress per window (plain: a line each)");
+  quarot::cli::add_quiet(app, args.quiet);
   text->excludes(ids);
   auto* task = app.add_option("--task", args.task,
                               "zero-shot multiple choice instead of perplexity (lm-eval acc / acc_norm): hellaswag\n"
@@ -143,7 +146,7 @@ int main(int argc, char** argv) {
       return quarot::cli::kExitUsage;
     }
     if (args.tokenizer.empty() && !(args.tokenizer = quarot::find_model_tokenizer(args.model)).empty())
-      std::fprintf(stderr, "quarot-eval: tokenizer %s (from the model's folder)\n", args.tokenizer.c_str());
+      if (!args.quiet) std::fprintf(stderr, "quarot-eval: tokenizer %s (from the model's folder)\n", args.tokenizer.c_str());
     if (args.tokenizer.empty()) {
       std::fprintf(stderr, "quarot-eval: error: --task needs --tokenizer (see --help)\n");
       return quarot::cli::kExitUsage;
@@ -155,7 +158,7 @@ int main(int argc, char** argv) {
     return quarot::cli::kExitUsage;
   }
   if (!args.text.empty() && args.tokenizer.empty() && !(args.tokenizer = quarot::find_model_tokenizer(args.model)).empty())
-    std::fprintf(stderr, "quarot-eval: tokenizer %s (from the model's folder)\n", args.tokenizer.c_str());
+    if (!args.quiet) std::fprintf(stderr, "quarot-eval: tokenizer %s (from the model's folder)\n", args.tokenizer.c_str());
   if (!args.text.empty() && args.tokenizer.empty()) {
     std::fprintf(stderr, "quarot-eval: error: --text needs --tokenizer (see --help)\n");
     return quarot::cli::kExitUsage;
@@ -229,20 +232,25 @@ int main(int argc, char** argv) {
     int max_len = 0;
     for (const auto& w : windows) max_len = std::max(max_len, int(w.tokens.size()));
     auto model = loaded.transformer(max_len);
-    std::fprintf(stderr, "quarot-eval: %s: %s\n", args.model.c_str(), loaded.describe().c_str());
-    if (!loaded.online().empty()) std::fprintf(stderr, "quarot-eval: online transforms:\n%s", loaded.online().describe().c_str());
+    if (!args.quiet) std::fprintf(stderr, "quarot-eval: %s: %s\n", args.model.c_str(), loaded.describe().c_str());
+    if (!args.quiet && !loaded.online().empty()) std::fprintf(stderr, "quarot-eval: online transforms:\n%s", loaded.online().describe().c_str());
     std::unique_ptr<quarot::LoadedModel> base_loaded;
     std::unique_ptr<quarot::Transformer<float>> base;
     if (!args.kld_base.empty()) {
       base_loaded = std::make_unique<quarot::LoadedModel>(args.kld_base);
       base = std::make_unique<quarot::Transformer<float>>(base_loaded->transformer(max_len));
     }
-    const auto mode = quarot::parse_progress_mode(args.progress);
-    std::fprintf(stderr, "quarot-eval: %s, protocol %s, %zu windows of %d tokens, %d threads\n", args.model.c_str(),
+    const auto mode = quarot::cli::progress_mode(args.progress, args.quiet);
+    if (!args.quiet) std::fprintf(stderr, "quarot-eval: %s, protocol %s, %zu windows of %d tokens, %d threads\n", args.model.c_str(),
                  args.protocol.c_str(), windows.size(), ctx, omp_get_max_threads());
+    quarot::Progress bar("eval", mode);  // draws only in bar mode; plain prints a line per window
     const auto r = quarot::evaluate(model, windows, protocol, base.get(), [&](int i, int n, const quarot::EvalResult& s) {
-      if (mode != quarot::ProgressMode::None) std::fprintf(stderr, "[%d/%d] ppl so far %.4f\n", i, n, s.ppl);
+      char what[48];
+      std::snprintf(what, sizeof what, "ppl so far %.4f", s.ppl);
+      if (mode == quarot::ProgressMode::Bar) bar.update(uint64_t(i), uint64_t(n), what);
+      else if (mode != quarot::ProgressMode::None) std::fprintf(stderr, "[%d/%d] %s\n", i, n, what);
     });
+    if (mode == quarot::ProgressMode::Bar) bar.finish(std::to_string(r.windows) + " windows");
 
     std::printf("model:      %s\n", args.model.c_str());
     std::printf("tokens:     %s (%lld tokens, sha256 %s)\n", source.c_str(), source_tokens, source_sha.c_str());

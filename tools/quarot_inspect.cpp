@@ -11,6 +11,7 @@
 int main(int argc, char** argv) {
   struct Args {
     std::string model, tokenizer, progress = "auto";
+    bool quiet = false;
     bool config_only = false;
   } args;
   CLI::App app{
@@ -25,9 +26,8 @@ int main(int argc, char** argv) {
   app.add_option("model", args.model, "checkpoint: llama2.c .bin or Hugging Face folder")->required();
   app.add_option("--tokenizer", args.tokenizer, "also load a llama2.c tokenizer.bin and summarize it");
   app.add_flag("--config-only", args.config_only, "read the config only and print the shapes it implies");
-  app.add_option("--progress", args.progress, "progress display while loading")
-      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
-      ->capture_default_str();
+  quarot::cli::add_progress(app, args.progress, "progress display while loading");
+  quarot::cli::add_quiet(app, args.quiet);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
 
   return quarot::cli::run("quarot-inspect", [&] {
@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
       std::fputs(quarot::describe_config(c).c_str(), stdout);
       return 0;
     }
-    quarot::Progress progress("load", quarot::parse_progress_mode(args.progress));
+    quarot::Progress progress("load", quarot::cli::progress_mode(args.progress, args.quiet));
     const auto m = quarot::load_model(args.model, [&](uint64_t d, uint64_t t) { progress.update(d, t); });
     progress.finish(std::to_string(quarot::parameter_count(m)) + " parameters read");
     std::fputs(quarot::describe(m).c_str(), stdout);

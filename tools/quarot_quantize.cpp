@@ -53,8 +53,9 @@ int main(int argc, char** argv) {
       "         --calib calib-t1-seed42.ids --seqlen 512 --eval-ids validation_100.tok512.ids --ctx 512\n"
       "Exit codes: 0 success, 1 failure (nothing written), 2 usage.",
       "quarot-quantize"};
-  app.config_formatter(std::make_shared<quarot::cli::JsonOrTomlConfig>());
-  app.set_config("--config", "", "read options from a JSON or TOML file (keys: long option names); command-line flags override it")
+  app.config_formatter(std::make_shared<quarot::cli::StrictConfig>(app));
+  app.set_config("--config", "", "read options from a JSON or TOML file (keys: long option names; an unknown key, a wrong type\n"
+              "or an out-of-range value is an error); command-line flags override it")
       ->group("Input/Output");
   app.add_option("model", a.model, "checkpoint: llama2.c .bin or Hugging Face folder")->required()->group("Input/Output");
   app.add_option("-o,--output", a.output, "write the packed INT4 model here (e.g. out/model.q4.safetensors)")->group("Input/Output");
@@ -62,15 +63,15 @@ int main(int argc, char** argv) {
   app.add_option("--json", a.json, "also write report.json's content to this file")->group("Input/Output");
   app.add_flag("--dry-run", a.dry_run, "print the plan (rotations, online transforms, bits per weight, output size) and exit")->group("Input/Output");
   app.add_flag("--no-rotate", a.no_rotate, "quantize without QuaRot's rotations")->group("Rotation");
-  app.add_option("--rotation", a.rotation, "R1 kind")->check(CLI::IsMember({"hadamard", "random"}))->capture_default_str()->group("Rotation");
+  quarot::cli::add_rotation_kind(app, a.rotation)->group("Rotation");
   app.add_option("--seed", a.seed, "seed of the rotations and of calibration sampling")->capture_default_str()->group("Rotation");
   app.add_option("--preset", a.preset, "quantization preset")->check(CLI::IsMember(quarot::plan_preset_names()))->capture_default_str()->group("Weights");
   app.add_option("--w-method", a.w_method, "weight quantizer")->check(CLI::IsMember({"rtn", "gptq", "none"}))->group("Weights");
-  app.add_option("--w-bits", a.w_bits, "weight bits (2..8; packed files hold 2..4)")->check(CLI::Range(2, 8))->group("Weights");
-  app.add_option("--w-group", a.w_group, "input columns per weight group (0: per output channel)")->check(CLI::NonNegativeNumber)->group("Weights");
+  app.add_option("--w-bits", a.w_bits, "weight bits (2..8; packed files hold 2..4)")->group("Weights");
+  app.add_option("--w-group", a.w_group, "input columns per weight group (0: per output channel)")->group("Weights");
   app.add_flag("--w-asym", a.w_asym, "asymmetric weight grid (zero points)")->group("Weights");
   app.add_flag("--no-clip-search", a.no_clip_search, "no per-row clip search")->group("Weights");
-  app.add_option("--damp", a.damp, "GPTQ damping, fraction of the mean Hessian diagonal")->check(CLI::PositiveNumber)->capture_default_str()->group("Weights");
+  app.add_option("--damp", a.damp, "GPTQ damping, fraction of the mean Hessian diagonal")->capture_default_str()->group("Weights");
   app.add_flag("--act-order", a.act_order, "GPTQ: columns in decreasing Hessian diagonal order")->group("Weights");
   app.add_flag("--static-groups", a.static_groups, "GPTQ: group parameters from the original weights")->group("Weights");
   app.add_option("--classifier-bits", a.classifier_bits, "quantize the classifier (RTN; 16: float, as the paper)")->group("Weights");
@@ -79,7 +80,6 @@ int main(int argc, char** argv) {
   app.add_option("--a-group", a.a_group,
                  "activation scales per group of N input channels (0: one per token, the paper's; the last group of a row may be "
                  "shorter). 16 on 64-wide models: stories260K W4A4K8V4 4.89 -> 4.67 at 2 more bits per activation")
-      ->check(CLI::Range(0, 1 << 20))
       ->group("Activations & KV");
   app.add_option("--k-bits", a.k_bits, "key cache bits (16: not quantized)")->group("Activations & KV");
   app.add_option("--v-bits", a.v_bits, "value cache bits (16: not quantized)")->group("Activations & KV");
@@ -87,35 +87,34 @@ int main(int argc, char** argv) {
   app.add_flag("--qdec", a.qdec,
                "QDEC (arXiv 2412.20185): store the weight residual W - Q(W) and add back, per token, the rows of\n"
                "the input channels with the largest |x| (a section of the packed file)")->group("QDEC");
-  app.add_option("--qdec-bits", a.qdec_bits, "residual bits")->check(CLI::IsMember({4, 8}))->capture_default_str()->group("QDEC");
+  app.add_option("--qdec-bits", a.qdec_bits, "residual bits (4 or 8)")->capture_default_str()->group("QDEC");
   auto* qdec_k_opt = app.add_option("--qdec-k", a.qdec_k,
                             "channels added back per 1024 inputs: N for every kind, 'all', or per kind\n"
                             "qkv=N,o=N,gate_up=N,down=N (default 4; implies --qdec)")->group("QDEC");
   app.add_option("--qdec-slowdown", a.qdec_slowdown,
                  "tune k per kind to this decode-time budget in percent, e.g. 2.5 (measured on the integer\n"
-                 "path; needs -o; implies --qdec)")->check(CLI::Range(0.01, 1000.0))->excludes(qdec_k_opt)->group("QDEC");
+                 "path; needs -o; implies --qdec)")->excludes(qdec_k_opt)->group("QDEC");
   app.add_flag("--qdec-sweep", a.qdec_sweep,
                "also evaluate k = 0, 1, 2, 4, 8, 16, 32, 64, all per 1024 (perplexity, KLD, time per token) into the\n"
                "report (needs --eval-ids; implies --qdec)")->group("QDEC");
   app.add_option("--calib", a.calib, "calibration data for GPTQ: token ids (*.ids) or text (with --tokenizer)")->group("Calibration");
   app.add_option("--tokenizer", a.tokenizer, "tokenizer for text calibration (SentencePiece .model or llama2.c .bin)")->group("Calibration");
-  app.add_option("--nsamples", a.nsamples, "calibration sequences")->check(CLI::PositiveNumber)->capture_default_str()->group("Calibration");
-  app.add_option("--seqlen", a.seqlen, "calibration sequence length (capped at the model's max)")->check(CLI::Range(2, 1 << 20))->capture_default_str()->group("Calibration");
+  app.add_option("--nsamples", a.nsamples, "calibration sequences")->capture_default_str()->group("Calibration");
+  app.add_option("--seqlen", a.seqlen, "calibration sequence length (capped at the model's max)")->capture_default_str()->group("Calibration");
   app.add_option("--eval-ids", a.eval_ids, "evaluation token ids (lines concatenated, paper protocol)")->group("Evaluation");
-  app.add_option("--ctx", a.ctx, "evaluation window (default: the model's max, at most 2048)")->check(CLI::NonNegativeNumber)->group("Evaluation");
-  app.add_option("--chunks", a.chunks, "evaluate at most this many windows (0: all)")->check(CLI::NonNegativeNumber)->group("Evaluation");
+  app.add_option("--ctx", a.ctx, "evaluation window (default: the model's max, at most 2048)")->group("Evaluation");
+  app.add_option("--chunks", a.chunks, "evaluate at most this many windows (0: all)")->group("Evaluation");
   app.add_option("--outlier-windows", a.outlier_windows, "windows for the outlier statistics before/after rotation (0: skip)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str()->group("Evaluation");
+      ->capture_default_str()->group("Evaluation");
   quarot::cli::add_threads(app, a.threads)->group("Runtime");
   app.add_flag("--stream", a.stream,
                "read, rotate and quantize one decoder layer at a time from the memory-mapped input (checkpoints\n"
                "larger than memory; chosen automatically when the fp32 model would not fit). Same packed file;\n"
                "only the packed model is evaluated (no float reference, no outlier statistics)")->group("Runtime");
   app.add_flag("--no-checksum", a.no_checksum, "skip the input's sha256 in the report (saves a read of the input)")->group("Runtime");
-  app.add_option("--progress", a.progress, "auto (bar on a terminal, lines otherwise), bar, plain or none")
-      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))->capture_default_str()->group("Logging");
+  quarot::cli::add_progress(app, a.progress)->group("Logging");
   app.add_flag("-v,--verbose", a.verbose, "more detail (the rotation steps, per-module lines)")->group("Logging");
-  app.add_flag("-q,--quiet", a.quiet, "only errors and the closing summary")->group("Logging");
+  quarot::cli::add_quiet(app, a.quiet)->group("Logging");
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
 
   quarot::Plan plan;

@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
   struct Args {
     std::string model, out, rotation = "hadamard", stats_ids, dtype = "f32", progress = "auto";
     uint64_t seed = 0;
-    bool no_fuse = false, no_r1 = false, no_r2 = false, no_r3 = false, no_r4 = false, center = false;
+    bool quiet = false, no_fuse = false, no_r1 = false, no_r2 = false, no_r3 = false, no_r4 = false, center = false;
     int stats_windows = 8, stats_ctx = 256;
   } args;
   CLI::App app{
@@ -44,9 +44,7 @@ int main(int argc, char** argv) {
       "quarot-rotate"};
   app.add_option("model", args.model, "checkpoint: llama2.c .bin or Hugging Face folder")->required();
   app.add_option("-o,--output", args.out, "output folder (Hugging Face layout)");
-  app.add_option("--rotation", args.rotation, "R1: hadamard (randomized Hadamard) or random (random orthogonal)")
-      ->check(CLI::IsMember({"hadamard", "random"}))
-      ->capture_default_str();
+  quarot::cli::add_rotation_kind(app, args.rotation);
   app.add_option("--seed", args.seed, "seed of R1's signs / random rotation and of fallback bases")->capture_default_str();
   app.add_flag("--no-fuse", args.no_fuse, "do not fold the RMSNorm scales (implies --no-r1)");
   app.add_flag("--no-r1", args.no_r1, "skip the residual rotation");
@@ -58,9 +56,8 @@ int main(int argc, char** argv) {
   app.add_option("--stats-windows", args.stats_windows, "sequences used for the statistics")->capture_default_str();
   app.add_option("--stats-ctx", args.stats_ctx, "tokens per sequence used for the statistics")->capture_default_str();
   app.add_option("--dtype", args.dtype, "output dtype: f32, f16, bf16")->capture_default_str();
-  app.add_option("--progress", args.progress, "auto|bar|plain|none")
-      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
-      ->capture_default_str();
+  quarot::cli::add_progress(app, args.progress);
+  quarot::cli::add_quiet(app, args.quiet);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
   if (args.out.empty() && args.stats_ids.empty()) {
     std::fprintf(stderr, "quarot-rotate: error: nothing to do: give -o and/or --stats-ids (see --help)\n");
@@ -75,7 +72,7 @@ int main(int argc, char** argv) {
   }
 
   return quarot::cli::run("quarot-rotate", [&] {
-    const auto mode = quarot::parse_progress_mode(args.progress);
+    const auto mode = quarot::cli::progress_mode(args.progress, args.quiet);
     quarot::Progress load("load", mode);
     auto m = quarot::load_model(args.model, [&](uint64_t d, uint64_t t) { load.update(d, t); });
     load.finish(args.model);

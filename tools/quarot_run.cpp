@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
     std::string model, prompt, tokenizer, ids;
     int n = 64, threads = 0;
     std::string qdec_k;
-    bool simulate = false, stop_at_eos = false;
+    bool simulate = false, stop_at_eos = false, quiet = false;
   } a;
   CLI::App app{
       "Greedy generation: the prompt (BOS first) is run as one window, then --n tokens are decoded one\n"
@@ -38,12 +38,13 @@ int main(int argc, char** argv) {
   app.add_flag("--simulate", a.simulate, "packed model: run the fake-quant simulation instead of the integer path");
   quarot::cli::add_qdec_k_override(app, a.qdec_k);
   quarot::cli::add_threads(app, a.threads);
+  quarot::cli::add_quiet(app, a.quiet);
   prompt->excludes(ids);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
   std::optional<quarot::QdecK> qdec_k;
   if (!a.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(a.qdec_k);  // checked while parsing
   if (!a.prompt.empty() && a.tokenizer.empty() && !(a.tokenizer = quarot::find_model_tokenizer(a.model)).empty())
-    std::fprintf(stderr, "quarot-run: tokenizer %s (from the model's folder)\n", a.tokenizer.c_str());
+    if (!a.quiet) std::fprintf(stderr, "quarot-run: tokenizer %s (from the model's folder)\n", a.tokenizer.c_str());
   if (!a.prompt.empty() && a.tokenizer.empty()) {
     std::fprintf(stderr, "quarot-run: error: --prompt needs --tokenizer (see --help)\n");
     return quarot::cli::kExitUsage;
@@ -79,7 +80,7 @@ int main(int argc, char** argv) {
                    ctx - int(prompt_ids.size()));
     if (int(prompt_ids.size()) >= ctx) throw quarot::Error("--prompt", "longer than the model's context");
     auto t = model.transformer(ctx);
-    std::fprintf(stderr, "quarot-run: %s: %s\n", a.model.c_str(), model.describe().c_str());
+    if (!a.quiet) std::fprintf(stderr, "quarot-run: %s: %s\n", a.model.c_str(), model.describe().c_str());
     const auto t0 = std::chrono::steady_clock::now();
     const auto out = quarot::generate_greedy(t, prompt_ids, ctx - int(prompt_ids.size()), a.stop_at_eos);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -88,7 +89,7 @@ int main(int argc, char** argv) {
     std::printf("\n");
     if (tok) std::printf("text: %s\n", tok->decode(out).c_str());
     const int generated = int(out.size() - prompt_ids.size());
-    std::fprintf(stderr, "quarot-run: %zu prompt + %d generated tokens in %.3fs (%.1f tokens/s); peak RSS %.1f MiB\n",
+    if (!a.quiet) std::fprintf(stderr, "quarot-run: %zu prompt + %d generated tokens in %.3fs (%.1f tokens/s); peak RSS %.1f MiB\n",
                  prompt_ids.size(), generated, secs, generated / secs, double(quarot::peak_rss_bytes()) / (1 << 20));
     return 0;
   });

@@ -10,6 +10,7 @@
 int main(int argc, char** argv) {
   struct Args {
     std::string preset = "tiny", out, dtype = "f32", shard_size = "0", progress = "auto";
+    bool quiet = false;
     int layers = 0, vocab = 0, residual_outliers = -1, ffn_outliers = -1;
     uint64_t seed = 0;
   } args;
@@ -32,9 +33,8 @@ int main(int argc, char** argv) {
   app.add_option("--dtype", args.dtype, "weights dtype: f32, f16, bf16")->capture_default_str();
   app.add_option("--shard-size", args.shard_size, "shard the weights into files of at most this size (e.g. 2G); 0: one file")
       ->capture_default_str();
-  app.add_option("--progress", args.progress, "progress display")
-      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
-      ->capture_default_str();
+  quarot::cli::add_progress(app, args.progress, "progress display");
+  quarot::cli::add_quiet(app, args.quiet);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
 
   uint64_t shard_bytes = 0;
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
     if (spec.config.eos_id >= spec.config.vocab) spec.config.eos_id = 2;
     if (args.residual_outliers >= 0) spec.residual_outliers = args.residual_outliers;
     if (args.ffn_outliers >= 0) spec.ffn_outliers = args.ffn_outliers;
-    const auto mode = quarot::parse_progress_mode(args.progress);
+    const auto mode = quarot::cli::progress_mode(args.progress, args.quiet);
 
     // Generated shard by shard (tensor by tensor): a model larger than memory can be written.
     spec.config.rope_layout = quarot::RopeLayout::Half;

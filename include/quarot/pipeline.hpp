@@ -81,6 +81,12 @@ void validate(const Plan& p);
 std::string plan_json(const Plan& p, int indent = -1);
 // The --dry-run text (reads the model's config only).
 std::string describe_plan(const Plan& p);
+// A quarot-quantize command line (shell-quoted) that makes the same plan: the preset, then
+// only the flags whose values differ from it, the inputs and the outputs. --dry-run and
+// report.md print it; running it gives the same plan.
+std::string plan_command(const Plan& p);
+// `s` quoted for a POSIX shell when it needs quoting ("a b" -> 'a b').
+std::string shell_quote(const std::string& s);
 
 // Hears a run: stages as they start and end, progress within a stage, and text for people.
 class Observer {

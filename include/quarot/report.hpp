@@ -58,7 +58,7 @@ struct RunReport {
     int64_t parameters = 0;
   } input;
   std::string config_json;  // the plan (pipeline.hpp's plan_json), kept as its JSON text
-  std::string flags;        // QuantConfig::describe()
+  std::string flags;        // a quarot-quantize command that reproduces the run (plan_command)
   uint64_t rotation_seed = 0, calibration_seed = 0;
   struct Rotation {
     std::vector<std::string> steps, fallbacks;

@@ -14,6 +14,7 @@
 #include "quarot/error.hpp"
 #include "quarot/finite.hpp"
 #include "quarot/json_limits.hpp"
+#include "quarot/options.hpp"
 #include "quarot/quantize.hpp"
 
 namespace quarot {
@@ -192,18 +193,13 @@ PackRecipe parse_recipe_json(const std::string& text, const std::string& source)
     if (it == j.end()) throw bad(key, "is missing");
     return *it;
   };
-  auto integer = [&](const char* key, int lo, int hi) {
+  // Numeric fields: the range of the quarot-quantize option that set them (options.hpp's one
+  // table), so a file cannot hold what the flags refuse.
+  auto integer = [&](const char* key, const char* option) {
     const json& v = field(key);
     if (!v.is_number_integer()) throw bad(key, "must be an integer, got " + v.dump());
-    const int64_t x = v.get<int64_t>();
-    if (x < lo || x > hi) throw bad(key, "must be " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " + v.dump());
-    return int(x);
-  };
-  auto bits = [&](const char* key) {  // 2..8, or 16 = not quantized
-    const json& v = field(key);
-    if (!v.is_number_integer()) throw bad(key, "must be an integer, got " + v.dump());
-    const int64_t x = v.get<int64_t>();
-    if ((x < 2 || x > 8) && x != 16) throw bad(key, "must be 2..8 or 16, got " + v.dump());
+    const double x = v.is_number_unsigned() ? double(v.get<uint64_t>()) : double(v.get<int64_t>());
+    if (auto problem = option_value_problem(*find_option_spec(option), x)) throw bad(key, *problem);
     return int(x);
   };
   auto boolean = [&](const char* key) {
@@ -216,30 +212,31 @@ PackRecipe parse_recipe_json(const std::string& text, const std::string& source)
     if (!v.is_string()) throw bad(key, "must be a string, got " + v.dump());
     return v.get<std::string>();
   };
-  auto clip = [&](const char* key) {
+  auto clip = [&](const char* key, const char* option) {
     const json& v = field(key);
     if (!v.is_number()) throw bad(key, "must be a number, got " + v.dump());
     const double x = v.get<double>();
-    if (!(x > 0 && x <= 1)) throw bad(key, "must be in (0, 1], got " + v.dump());
+    if (auto problem = option_value_problem(*find_option_spec(option), x)) throw bad(key, *problem);
     return x;
   };
   PackRecipe r;
   r.preset = string("preset");
   r.method = string("method");
   if (r.method != "rtn" && r.method != "gptq") throw bad("method", "must be \"rtn\" or \"gptq\", got \"" + r.method + "\"");
-  r.w_bits = integer("w_bits", 2, 4);
+  r.w_bits = integer("w_bits", "w-bits");
+  if (r.w_bits > 4) throw bad("w_bits", "must be 2..4 (the packed format's codes), got " + std::to_string(r.w_bits));
   r.w_symmetric = boolean("w_symmetric");
-  r.w_group = integer("w_group", 0, 1 << 30);
+  r.w_group = integer("w_group", "w-group");
   if (r.w_group % kInt4Block != 0) throw bad("w_group", "must be 0 or a multiple of 64, got " + std::to_string(r.w_group));
   r.clip_search = boolean("clip_search");
-  r.act.a_bits = bits("a_bits");
-  r.act.a_clip = clip("a_clip");
-  r.act.a_group = integer("a_group", 0, 1 << 30);  // 0: per token (every file before per-group activations)
-  r.act.k_bits = bits("k_bits");
-  r.act.v_bits = bits("v_bits");
-  r.act.kv_clip = clip("kv_clip");
+  r.act.a_bits = integer("a_bits", "a-bits");
+  r.act.a_clip = clip("a_clip", "a-clip");
+  r.act.a_group = integer("a_group", "a-group");  // 0: per token (every file before per-group activations)
+  r.act.k_bits = integer("k_bits", "k-bits");
+  r.act.v_bits = integer("v_bits", "v-bits");
+  r.act.kv_clip = clip("kv_clip", "kv-clip");
   r.act.kv_asym = boolean("kv_asymmetric");
-  r.classifier_bits = bits("classifier_bits");
+  r.classifier_bits = integer("classifier_bits", "classifier-bits");
   return r;
 }
 

@@ -1,6 +1,7 @@
 // The Plan: built from the options once, validated once, serialized once (the report's config,
 // --dry-run).
 #include <algorithm>
+#include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -8,6 +9,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/gguf.hpp"
 #include "quarot/hadamard.hpp"
+#include "quarot/options.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/pipeline.hpp"
 #include "quarot/qdec.hpp"
@@ -25,9 +27,42 @@ std::vector<std::string> plan_preset_names() {
 
 namespace {
 bool is_gguf_path(const std::string& path) { return path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0; }
+
+// The numeric options as given, against the option table (options.hpp), before the preset is
+// applied: a value that means "the preset's" (0 or -1, PlanOptions' default) is not checked
+// here, the resolved value is (validate()). A library caller gets the CLI's ranges too.
+void check_given_ranges(const PlanOptions& a) {
+  const PlanOptions unset;
+  const struct {
+    const char* name;
+    double value, unset_value;
+  } given[] = {
+      {"w-bits", double(a.w_bits), double(unset.w_bits)},       {"w-group", double(a.w_group), double(unset.w_group)},
+      {"a-group", double(a.a_group), double(unset.a_group)},    {"a-bits", double(a.a_bits), double(unset.a_bits)},
+      {"k-bits", double(a.k_bits), double(unset.k_bits)},       {"v-bits", double(a.v_bits), double(unset.v_bits)},
+      {"classifier-bits", double(a.classifier_bits), double(unset.classifier_bits)},
+      {"a-clip", a.a_clip, unset.a_clip},                       {"kv-clip", a.kv_clip, unset.kv_clip},
+      {"qdec-slowdown", a.qdec_slowdown, unset.qdec_slowdown},  {"damp", a.damp, NAN},
+      {"nsamples", double(a.nsamples), NAN},                    {"seqlen", double(a.seqlen), NAN},
+      {"ctx", double(a.ctx), NAN},                              {"chunks", double(a.chunks), NAN},
+      {"outlier-windows", double(a.outlier_windows), NAN},      {"threads", double(a.threads), NAN},
+      {"qdec-bits", double(a.qdec_bits), NAN},
+  };
+  for (const auto& g : given)
+    if (g.value != g.unset_value) check_option_value(g.name, g.value);
+  for (const auto& [name, value] : {std::pair<const char*, const std::string&>{"rotation", a.rotation}, {"progress", a.progress}, {"w-method", a.w_method}}) {
+    if (value.empty()) continue;
+    if (auto p = option_choice_problem(*find_option_spec(name), value)) throw Error(std::string("--") + name, *p);
+  }
+}
 }  // namespace
 
 Plan make_plan(const PlanOptions& a) {
+  try {
+    check_given_ranges(a);
+  } catch (const Error& e) {
+    throw UsageError("", e.what());
+  }
   Plan p;
   p.model = a.model;
   p.outputs = {a.output, a.report_dir, a.json};
@@ -93,9 +128,27 @@ Plan make_plan(const PlanOptions& a) {
 void validate(const Plan& p) {
   const QuantConfig& cfg = p.quant;
   try {
+    // The resolved values (preset + overrides) against the same table rows as the flags.
+    const auto& w = cfg.gptq.weights;
+    auto in_range = [](const char* name, auto value) { check_option_value(name, double(value)); };
+    in_range("w-bits", w.grid.bits);
+    in_range("w-group", w.group_size);
+    in_range("a-bits", cfg.act.a_bits);
+    in_range("k-bits", cfg.act.k_bits);
+    in_range("v-bits", cfg.act.v_bits);
+    in_range("a-clip", cfg.act.a_clip);
+    in_range("kv-clip", cfg.act.kv_clip);
+    in_range("a-group", cfg.act.a_group);
+    in_range("classifier-bits", cfg.classifier_bits);
+    in_range("damp", cfg.gptq.damp);
+    in_range("nsamples", cfg.nsamples);
+    in_range("seqlen", cfg.seqlen);
+    in_range("qdec-bits", p.qdec.bits);
+    in_range("threads", p.run.threads);
+    in_range("ctx", p.evaluation.ctx);
+    in_range("chunks", p.evaluation.chunks);
+    in_range("outlier-windows", p.evaluation.outlier_windows);
     check_act_options(cfg.act);
-    if (cfg.classifier_bits != 16 && (cfg.classifier_bits < 2 || cfg.classifier_bits > 8))
-      throw Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
     if (!p.gguf_preset.empty()) {
       if (!is_gguf_path(p.outputs.packed)) throw Error("--preset " + p.gguf_preset, "writes a GGUF file: give -o OUT.gguf");
       if (cfg.act.any()) throw Error("--preset " + p.gguf_preset, "llama.cpp quantizes activations itself: no --a-bits/--k-bits/--v-bits with a GGUF output");
@@ -205,6 +258,7 @@ std::string describe_plan(const Plan& p) {
   append(o, "  model: %d layers, hidden %d, FFN %d, %d heads (%d KV), head_dim %d, vocab %d; %.1f M linear weights\n", c.n_layers,
          c.hidden, c.intermediate, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab, double(lin) / 1e6);
   append(o, "  flags: %s\n", cfg.describe().c_str());
+  append(o, "  command: %s\n", plan_command(p).c_str());
   if (!p.gguf_preset.empty()) {
     const GgufExportOptions g = gguf_preset(p.gguf_preset);
     append(o, "  GGUF for llama.cpp: %s blocks%s; weights %s%s\n", std::string(gguf_type_name(g.type)).c_str(),
@@ -251,6 +305,80 @@ std::string describe_plan(const Plan& p) {
            double(lin + other) * 4 / (1 << 20), est / (double(lin + other) * 4));
   }
   append(o, "  evaluation: %s\n", p.evaluation.ids.empty() ? "none (--eval-ids)" : p.evaluation.ids.c_str());
+  return o;
+}
+
+// ---------------------------------------------------------------- the reproducing command
+
+std::string shell_quote(const std::string& s) {
+  const bool plain = !s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./=:,+-@%") == std::string::npos;
+  if (plain) return s;
+  std::string o = "'";
+  for (char c : s) o += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return o + "'";
+}
+
+std::string plan_command(const Plan& p) {
+  // What the preset alone gives (for a GGUF preset, with its output): only differences are
+  // flags, so a model-dependent default (the KV clip) stays model-dependent.
+  PlanOptions base_options;
+  base_options.model = p.model;
+  base_options.preset = p.quant.preset;
+  base_options.dry_run = true;
+  if (!p.gguf_preset.empty()) base_options.output = p.outputs.packed;
+  QuantConfig base;
+  try {
+    base = make_plan(base_options).quant;
+  } catch (const Error&) {
+    base = QuantConfig{};  // cannot happen for a valid plan; every value then becomes a flag
+  }
+  const QuantConfig& c = p.quant;
+  std::string o = "quarot-quantize " + shell_quote(p.model) + " --preset " + shell_quote(c.preset);
+  auto flag = [&](const char* name) { o += std::string(" ") + name; };
+  auto opt = [&](const char* name, const std::string& v) { o += std::string(" ") + name + " " + shell_quote(v); };
+  auto num = [](double v) {
+    char b[64];
+    std::snprintf(b, sizeof b, "%.17g", v);
+    return std::string(b);
+  };
+  auto method = [](WeightMethod m) { return m == WeightMethod::None ? "none" : m == WeightMethod::Rtn ? "rtn" : "gptq"; };
+  const auto &w = c.gptq.weights, &bw = base.gptq.weights;
+  if (!p.outputs.packed.empty()) opt("-o", p.outputs.packed);
+  if (!p.outputs.report_dir.empty()) opt("--report-dir", p.outputs.report_dir);
+  if (!p.outputs.json.empty()) opt("--json", p.outputs.json);
+  if (!c.rotate && base.rotate) flag("--no-rotate");
+  if (c.rotation.r1_kind != base.rotation.r1_kind) opt("--rotation", c.rotation.r1_kind == R1Kind::Random ? "random" : "hadamard");
+  if (c.seed != 0) opt("--seed", std::to_string(c.seed));
+  if (c.method != base.method) opt("--w-method", method(c.method));
+  if (w.grid.bits != bw.grid.bits) opt("--w-bits", std::to_string(w.grid.bits));
+  if (w.group_size != bw.group_size) opt("--w-group", std::to_string(w.group_size));
+  if (!w.grid.symmetric && bw.grid.symmetric) flag("--w-asym");
+  if (!w.clip_search && bw.clip_search) flag("--no-clip-search");
+  if (c.gptq.damp != base.gptq.damp) opt("--damp", num(c.gptq.damp));
+  if (c.gptq.act_order) flag("--act-order");
+  if (c.gptq.static_groups) flag("--static-groups");
+  if (c.classifier_bits != base.classifier_bits) opt("--classifier-bits", std::to_string(c.classifier_bits));
+  if (c.act.a_bits != base.act.a_bits) opt("--a-bits", std::to_string(c.act.a_bits));
+  if (c.act.a_clip != base.act.a_clip) opt("--a-clip", num(c.act.a_clip));
+  if (c.act.a_group != base.act.a_group) opt("--a-group", std::to_string(c.act.a_group));
+  if (c.act.k_bits != base.act.k_bits) opt("--k-bits", std::to_string(c.act.k_bits));
+  if (c.act.v_bits != base.act.v_bits) opt("--v-bits", std::to_string(c.act.v_bits));
+  if (c.act.kv_clip != base.act.kv_clip || c.kv_clip_follows_model != base.kv_clip_follows_model) opt("--kv-clip", num(c.act.kv_clip));
+  if (c.nsamples != base.nsamples) opt("--nsamples", std::to_string(c.nsamples));
+  if (c.seqlen != base.seqlen) opt("--seqlen", std::to_string(c.seqlen));
+  if (!p.calibration.path.empty()) opt("--calib", p.calibration.path);
+  if (!p.calibration.tokenizer.empty()) opt("--tokenizer", p.calibration.tokenizer);
+  if (p.qdec.enabled) flag("--qdec");
+  if (p.qdec.bits != PlanOptions{}.qdec_bits) opt("--qdec-bits", std::to_string(p.qdec.bits));
+  if (!p.qdec.k.empty()) opt("--qdec-k", p.qdec.k);
+  if (p.qdec.slowdown_percent > 0) opt("--qdec-slowdown", num(p.qdec.slowdown_percent));
+  if (p.qdec.sweep) flag("--qdec-sweep");
+  if (!p.evaluation.ids.empty()) opt("--eval-ids", p.evaluation.ids);
+  if (p.evaluation.ctx) opt("--ctx", std::to_string(p.evaluation.ctx));
+  if (p.evaluation.chunks) opt("--chunks", std::to_string(p.evaluation.chunks));
+  if (p.evaluation.outlier_windows != PlanOptions{}.outlier_windows) opt("--outlier-windows", std::to_string(p.evaluation.outlier_windows));
+  if (p.run.stream) flag("--stream");
+  if (!p.run.checksum) flag("--no-checksum");
   return o;
 }
 

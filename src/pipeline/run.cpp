@@ -490,7 +490,7 @@ class Run {
     Plan effective = p_;  // the config as run: seqlen capped at the model's max positions
     effective.quant = cfg_;
     rep_.config_json = plan_json(effective);
-    rep_.flags = cfg_.describe();
+    rep_.flags = plan_command(p_);  // a command that reproduces the run (report.md prints it)
     rep_.rotation_seed = cfg_.rotation.seed;
     rep_.calibration_seed = cfg_.seed;
     rep_.timings["total"] = since(t_all_);
