@@ -332,9 +332,9 @@ TEST(Qwen3Quant, StreamedAndWholeModelPipelinesWriteTheSameFile) {
   auto whole = load_model(dir / "hf");
   quantize_and_pack(whole, cfg, calib, dir / "whole.q4.safetensors");
   const CheckpointReader src(dir / "hf");
-  StreamingQuantizer sq(src, cfg);
-  PackedWriter w(sq.model(), make_pack_recipe(cfg));
-  sq.run(calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { w.add(l, mod, q); }, {});
+  StreamedLayers streamed(src, cfg);
+  PackedWriter w(streamed.model(), make_pack_recipe(cfg));
+  quantize_layers(streamed, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { w.add(l, mod, q); });
   w.write(dir / "streamed.q4.safetensors");
   EXPECT_EQ(read_bytes(dir / "whole.q4.safetensors"), read_bytes(dir / "streamed.q4.safetensors"));
 }

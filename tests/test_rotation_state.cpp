@@ -161,7 +161,7 @@ TEST(RotationState, RotatingTwiceIsRefusedAndQuantizingComposes) {
   auto q = back;
   EXPECT_ERROR_HAS(quantize_weights(q, {}, cfg, {}, {}, {}), "which this step was not given");
   const CheckpointReader reader(dir / "rot");
-  EXPECT_ERROR_HAS(StreamingQuantizer(reader, cfg), "is already rotated");
+  EXPECT_ERROR_HAS(StreamedLayers(reader, cfg), "is already rotated");
   // With the plan's transforms it is what quantizing the original with rotation gives.
   cfg.rotate = false;
   const auto streamed_plan = plan_rotation(reader.config(), reader.metadata(), reader.source(), true);
@@ -169,7 +169,7 @@ TEST(RotationState, RotatingTwiceIsRefusedAndQuantizingComposes) {
   ASSERT_TRUE(streamed_plan.online.r4);
   EXPECT_EQ(streamed_plan.online.r4->dense(), r.online.r4->dense());
   EXPECT_TRUE(plan_rotation(r.original.config, {}, "m", true).rotate);
-  const StreamingQuantizer streamed(reader, cfg);
+  const StreamedLayers streamed(reader, cfg);
   ASSERT_TRUE(streamed.online().r4);
   EXPECT_EQ(streamed.online().r4->dense(), r.online.r4->dense());
   auto from_rotated = back;

@@ -5,6 +5,7 @@
 // pass. Presets name the paper's settings.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -77,9 +78,85 @@ using QuantProgress = std::function<void(int layer, int layers, const std::strin
 // the weight it was quantized from (the rotated float weight, e.g. for QDEC's residual).
 using QuantizedSink = std::function<void(int layer, LinearModule module, const QuantizedMatrix& q, const Matrix& original)>;
 
-// Quantizes m's decoder weights in place (embeddings stay float; the classifier too unless
-// cfg.classifier_bits < 16, reported as module "lm_head" of layer -1). `online`: the
-// model's online transforms (empty when not rotated). `calib` is needed by GPTQ only.
+// The decoder layers of a quantization run, in order, and the float parts around them. The
+// stages (quantize, pack) go through one code path over it, whether the model is in memory or
+// read from its checkpoint one layer at a time.
+class LayerSource {
+ public:
+  LayerSource() = default;
+  LayerSource(const LayerSource&) = delete;  // model()'s pointer and the Rotator's report point into it
+  LayerSource& operator=(const LayerSource&) = delete;
+  virtual ~LayerSource() = default;
+  // Config, embeddings, classifier, final norm, each layer's norms and biases: the float tensors
+  // PackedWriter writes (it keeps a reference: the source outlives the writer). In memory also
+  // every layer's linear weights; streamed they stay empty (rows/cols set), and a layer's norms
+  // and biases are there once it has been put back.
+  ModelWeights& model() { return *model_; }
+  const ModelWeights& model() const { return *model_; }
+  // The online transforms the layers need (empty when not rotated).
+  const OnlineTransforms& online() const { return online_; }
+  // What rotating did (empty when not rotated). Streamed: the float parts' rotation, as of
+  // construction.
+  const RotationReport& rotation() const { return rotation_; }
+  // Whether layers are read from a checkpoint (then put() drops the linear weights).
+  virtual bool streamed() const = 0;
+  // Layer l, rotated, for quantizing; layers are taken in order, each put back before the next.
+  virtual LayerWeights take(int layer) = 0;
+  // Layer l back, its linears quantized (dequantized floats).
+  virtual void put(int layer, LayerWeights&& quantized) = 0;
+
+ protected:
+  ModelWeights* model_ = nullptr;
+  OnlineTransforms online_;
+  RotationReport rotation_;
+};
+
+// The whole model in memory: take() moves a layer out of it and put() moves it back (no copy),
+// so after quantization `m` holds the quantized model.
+class ModelLayers final : public LayerSource {
+ public:
+  // `m` as it is (rotated already or not) with its online transforms. Throws quarot::Error when
+  // m is a rotated checkpoint whose transforms `online` lacks (quantizing it would be garbage).
+  ModelLayers(ModelWeights& m, OnlineTransforms online);
+  // Rotates `m` in place first when cfg.rotate (rotate_model, and the record of it in m's
+  // metadata); then as above.
+  ModelLayers(ModelWeights& m, const QuantConfig& cfg);
+  bool streamed() const override { return false; }
+  LayerWeights take(int layer) override;
+  void put(int layer, LayerWeights&& quantized) override;
+};
+
+// A checkpoint larger than memory: the float parts (embeddings, norms, classifier) are read,
+// untied and rotated at construction; take() reads one decoder layer from the memory-mapped
+// input and rotates it (Rotator); put() keeps its norms and biases and drops its weights. Same
+// arithmetic as rotate_model on the whole model, so the same quantized weights (tested).
+class StreamedLayers final : public LayerSource {
+ public:
+  // Throws quarot::Error when cfg.rotate and `src` is a rotated checkpoint.
+  StreamedLayers(const CheckpointReader& src, const QuantConfig& cfg);
+  ~StreamedLayers() override;
+  bool streamed() const override { return true; }
+  LayerWeights take(int layer) override;
+  void put(int layer, LayerWeights&& quantized) override;
+
+ private:
+  const CheckpointReader& src_;
+  ModelWeights float_parts_;
+  std::unique_ptr<Rotator> rotator_;
+};
+
+using LayerDone = std::function<void(int layer, int layers)>;
+// Quantizes the source's decoder weights layer by layer (embeddings stay float; the classifier
+// too unless cfg.classifier_bits < 16, reported as module "lm_head" of layer -1): RTN, or GPTQ
+// with Hessians from `calib` (needed by GPTQ only) carried through the layers as quantized.
+// Every quantized linear goes to `sink`; `layer_done` hears each layer put back. A streamed
+// source needs quantized weights (throws for WeightMethod::None).
+std::vector<ModuleQuantStats> quantize_layers(LayerSource& layers, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib,
+                                              const QuantProgress& progress = {}, const QuantizedSink& sink = {},
+                                              const LayerDone& layer_done = {});
+
+// quantize_layers over m in memory (ModelLayers(m, online)): m's decoder weights quantized in
+// place. `online`: the model's online transforms (empty when not rotated).
 std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
                                                const std::vector<std::vector<int>>& calib, const QuantProgress& progress = {},
                                                const QuantizedSink& sink = {});
@@ -87,34 +164,5 @@ std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTran
 // The forward hook of a quantized model: online transforms, then activation/KV quantizers.
 template <class T>
 ForwardHook<T> quantized_model_hook(const OnlineTransforms& online, const ActQuantOptions& act, int head_dim);
-
-// The pipeline for a checkpoint larger than memory: the float parts (embeddings, norms,
-// classifier) are read, untied and rotated first; then run() reads one decoder layer at a time
-// from the memory-mapped input, rotates it (Rotator), quantizes it (RTN, or GPTQ on the
-// calibration windows' activations carried from layer to layer through the layers already
-// quantized), hands every quantized linear to `sink` and drops the layer. Same arithmetic as
-// rotate_model + quantize_weights on the whole model, so the same quantized weights (tested).
-class StreamingQuantizer {
- public:
-  StreamingQuantizer(const CheckpointReader& src, const QuantConfig& cfg);
-  ~StreamingQuantizer();
-  // Config (untied when rotated), embeddings, classifier, final norm; after run(), every layer's
-  // norms and biases. Linear matrices stay empty (rows/cols set). What PackedWriter needs.
-  const ModelWeights& model() const { return model_; }
-  const OnlineTransforms& online() const { return online_; }
-  const RotationReport& rotation() const { return rotation_; }
-  using LayerDone = std::function<void(int layer, int layers)>;
-  std::vector<ModuleQuantStats> run(const std::vector<std::vector<int>>& calib, const QuantProgress& progress = {},
-                                    const QuantizedSink& sink = {}, const LayerDone& layer_done = {});
-
- private:
-  const CheckpointReader& src_;
-  QuantConfig cfg_;
-  ModelWeights model_;
-  OnlineTransforms online_;
-  RotationReport rotation_;
-  std::unique_ptr<Rotator> rotator_;
-  std::vector<ModuleQuantStats> stats_;  // the classifier's, when quantized
-};
 
 }  // namespace quarot

@@ -1,7 +1,8 @@
 // run(plan, observer): the stages of the main job as functions over one Run's state.
 // load -> calibration data -> rotate -> quantize (-> pack) -> QDEC tune -> evaluate -> report.
 // A model whose fp32 copies would not fit (or --stream) is read one decoder layer at a time:
-// the same stages, with the streamed quantizer in place of the in-memory rotate + quantize.
+// the same stages over a LayerSource (quantize.hpp) that reads and rotates each layer on
+// demand, instead of the one over the model in memory.
 #include <omp.h>
 
 #include <algorithm>
@@ -102,7 +103,7 @@ class Run {
   std::vector<Window> windows_;
   std::vector<ActivationStats> before_, after_;
   OnlineTransforms online_;
-  std::unique_ptr<StreamingQuantizer> streamer_;
+  std::unique_ptr<LayerSource> layers_;  // m_'s layers, or the checkpoint's streamed
   std::unique_ptr<PackedWriter> writer_;
   QdecStore qstore_;
   QdecK qk_;
@@ -202,15 +203,13 @@ class Run {
     begin("rotate");
     if (stream_) stat_windows_.clear();  // the statistics need the whole float model
     if (!stat_windows_.empty() && cfg_.rotate) before_ = activation_stats(m_, nullptr, stat_windows_);
-    RotationReport rot;
-    if (stream_) {
-      streamer_ = std::make_unique<StreamingQuantizer>(*reader_, cfg_);  // float parts read and rotated now
-      online_ = streamer_->online();
-      rot = streamer_->rotation();
-    } else if (cfg_.rotate) {
-      online_ = rotate_model(m_, cfg_.rotation, &rot);
-      record_rotation(m_, cfg_.rotation, online_);
-    }
+    // Rotated now: the whole model, or the streamed one's float parts (its layers as they are read).
+    if (stream_)
+      layers_ = std::make_unique<StreamedLayers>(*reader_, cfg_);
+    else
+      layers_ = std::make_unique<ModelLayers>(m_, cfg_);
+    online_ = layers_->online();
+    const RotationReport rot = layers_->rotation();
     if (cfg_.rotate) rep_.rotation = {rot.steps, rot.fallbacks, online_.describe()};
     for (const auto& f : rot.fallbacks) say(Observer::Channel::Warning, "quarot-quantize: warning: not a Hadamard matrix: %s\n", f.c_str());
     if (!stream_ && cfg_.rotate) {
@@ -221,14 +220,14 @@ class Run {
     end("rotate", t);
   }
 
-  // Quantizes every linear (streamed or in memory); each goes to the packed writer and, with
-  // QDEC, its residual to the store as it is made.
+  // Quantizes every linear of the layer source (streamed or in memory); each goes to the packed
+  // writer and, with QDEC, its residual to the store as it is made.
   void quantize() {
     const auto t = Clock::now();
     begin("quantize");
     uint64_t modules_done = 0;
-    const ModelWeights& qmodel = stream_ ? streamer_->model() : m_;  // what the writer takes the float tensors from
-    if (!p_.outputs.packed.empty()) writer_ = std::make_unique<PackedWriter>(qmodel, make_pack_recipe(cfg_));
+    // The writer takes the float tensors from the source's model (m_ in memory).
+    if (!p_.outputs.packed.empty()) writer_ = std::make_unique<PackedWriter>(layers_->model(), make_pack_recipe(cfg_));
     qstore_.bits = p_.qdec.bits;
     if (p_.qdec.enabled) qstore_.linears.resize(std::size_t(c_.n_layers) * std::size_t(kLinearsPerLayer));
     const uint64_t per_layer = std::size_t(kLinearsPerLayer);
@@ -244,13 +243,11 @@ class Run {
         qstore_.linears[std::size_t(l) * per_layer + std::size_t(mod)] =
             make_residual_store(original.data.data(), q.dequantized.data(), q.rows, q.cols, p_.qdec.bits);
     };
-    stats_ = stream_ ? streamer_->run(calib_, progress, sink,
-                                      [&](int l, int n) {
-                                        if (p_.run.verbose)
-                                          say(Observer::Channel::Log, "  layer %d/%d done, peak RSS %.0f MiB\n", l + 1, n,
-                                              double(peak_rss_bytes()) / (1 << 20));
-                                      })
-                     : quantize_weights(m_, online_, cfg_, calib_, progress, sink);
+    const LayerDone layer_done = [&](int l, int n) {
+      if (p_.run.verbose && layers_->streamed())  // what streaming costs in memory, layer by layer
+        say(Observer::Channel::Log, "  layer %d/%d done, peak RSS %.0f MiB\n", l + 1, n, double(peak_rss_bytes()) / (1 << 20));
+    };
+    stats_ = quantize_layers(*layers_, cfg_, calib_, progress, sink, layer_done);
     end("quantize", t, std::to_string(stats_.size()) + " modules");
 
     for (const auto& s : stats_)

@@ -218,15 +218,18 @@ void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg
   }
 }
 
-// Quantizes the decoder layer by layer: take(l) gives layer l (rotated), it is quantized group by
-// group, then put(l, layer) takes it back. GPTQ's Hessians come from the calibration windows'
-// residual stream carried from layer to layer through the layers as quantized (each layer run
-// alone, from hidden states): the arithmetic of a whole-model forward stopped at that layer, so
-// the same Hessians as recomputing from the embeddings, at the cost of one pass per layer.
-void quantize_layer_by_layer(const ModelConfig& c, const Matrix& embeddings, const OnlineTransforms& online, const QuantConfig& cfg,
-                             const std::vector<std::vector<int>>& calib, const std::function<LayerWeights(int)>& take,
-                             const std::function<void(int, LayerWeights&&)>& put, const QuantProgress& progress,
-                             const QuantizedSink& sink, std::vector<ModuleQuantStats>& stats) {
+// Quantizes the decoder layer by layer: layers.take(l) gives layer l (rotated), it is quantized
+// group by group, then layers.put(l, ...) takes it back. GPTQ's Hessians come from the
+// calibration windows' residual stream carried from layer to layer through the layers as
+// quantized (each layer run alone, from hidden states): the arithmetic of a whole-model forward
+// stopped at that layer, so the same Hessians as recomputing from the embeddings, at the cost of
+// one pass per layer.
+void quantize_layer_by_layer(LayerSource& layers, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib,
+                             const QuantProgress& progress, const QuantizedSink& sink, const LayerDone& layer_done,
+                             std::vector<ModuleQuantStats>& stats) {
+  const ModelConfig& c = layers.model().config;
+  const Matrix& embeddings = layers.model().tok_embeddings;
+  const OnlineTransforms& online = layers.online();
   const bool gptq = cfg.method == WeightMethod::Gptq;
   if (gptq && calib.empty()) throw Error("--calib", "GPTQ needs calibration tokens");
   std::vector<std::vector<float>> xs;
@@ -252,7 +255,7 @@ void quantize_layer_by_layer(const ModelConfig& c, const Matrix& embeddings, con
     one.tok_embeddings.rows = c.vocab;
     one.tok_embeddings.cols = c.hidden;
     one.final_norm.assign(std::size_t(c.hidden), 1.f);
-    one.layers.push_back(take(l));
+    one.layers.push_back(layers.take(l));
     LayerWeights& L = one.layers.front();
     HessianSource hessian = [&](HookPoint point, int width) {
       using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -291,76 +294,93 @@ void quantize_layer_by_layer(const ModelConfig& c, const Matrix& embeddings, con
         x.swap(out);
       }
     }
-    put(l, std::move(L));
+    layers.put(l, std::move(L));
+    if (layer_done) layer_done(l, c.n_layers);
   }
 }
 
 }  // namespace
 
-std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
-                                               const std::vector<std::vector<int>>& calib, const QuantProgress& progress,
-                                               const QuantizedSink& sink) {
+// ---------------------------------------------------------------- layer sources
+
+ModelLayers::ModelLayers(ModelWeights& m, OnlineTransforms online) {
   check_online_transforms(m, online);  // a rotated input quantized without its transforms is garbage
-  std::vector<ModuleQuantStats> stats;
-  quantize_classifier(m, cfg, stats);
-  if (cfg.method == WeightMethod::None) return stats;
-  // Each layer is moved out while it is quantized and moved back (no copy).
-  quantize_layer_by_layer(
-      m.config, m.tok_embeddings, online, cfg, calib, [&](int l) { return std::move(m.layers[std::size_t(l)]); },
-      [&](int l, LayerWeights&& L) { m.layers[std::size_t(l)] = std::move(L); }, progress, sink, stats);
-  return stats;
+  model_ = &m;
+  online_ = std::move(online);
 }
 
-// ---------------------------------------------------------------- streaming
+ModelLayers::ModelLayers(ModelWeights& m, const QuantConfig& cfg) {
+  if (cfg.rotate) {
+    online_ = rotate_model(m, cfg.rotation, &rotation_);
+    record_rotation(m, cfg.rotation, online_);
+  }
+  check_online_transforms(m, online_);
+  model_ = &m;
+}
 
-StreamingQuantizer::StreamingQuantizer(const CheckpointReader& src, const QuantConfig& cfg) : src_(src), cfg_(cfg) {
-  model_ = src.float_parts();
-  model_.source = src.source();
-  if (cfg.rotate && is_rotated(model_))
-    throw Error(model_.source, std::string("is already rotated (it carries a '") + kRotationMetadataKey +
-                                   "' record); quantize it without rotating (its recorded online transforms are applied)");
-  if (!cfg.rotate) online_ = online_transforms_of(model_);  // a rotated input keeps its transforms
+// Moved out while it is quantized and moved back (no copy).
+LayerWeights ModelLayers::take(int l) { return std::move(model_->layers[std::size_t(l)]); }
+void ModelLayers::put(int l, LayerWeights&& L) { model_->layers[std::size_t(l)] = std::move(L); }
+
+StreamedLayers::StreamedLayers(const CheckpointReader& src, const QuantConfig& cfg) : src_(src) {
+  model_ = &float_parts_;
+  float_parts_ = src.float_parts();
+  float_parts_.source = src.source();
+  if (cfg.rotate && is_rotated(float_parts_))
+    throw Error(float_parts_.source, std::string("is already rotated (it carries a '") + kRotationMetadataKey +
+                                         "' record); quantize it without rotating (its recorded online transforms are applied)");
+  if (!cfg.rotate) online_ = online_transforms_of(float_parts_);  // a rotated input keeps its transforms
   if (cfg.rotate) {
     if (cfg.rotation.r1 && !cfg.rotation.fuse_norms)
       throw Error("--rotate", "R1 needs the RMSNorm scales fused first (a rotation does not commute with them)");
-    untie_for_rotation(model_, cfg.rotation, &rotation_);
-    if (cfg.rotation.center_embeddings) center_embeddings(model_.tok_embeddings, &rotation_);
-    rotator_ = std::make_unique<Rotator>(model_.config, cfg.rotation, &rotation_);
-    rotator_->rotate_embeddings(model_.tok_embeddings);
-    rotator_->rotate_classifier(model_.lm_head, model_.final_norm);
+    untie_for_rotation(float_parts_, cfg.rotation, &rotation_);
+    if (cfg.rotation.center_embeddings) center_embeddings(float_parts_.tok_embeddings, &rotation_);
+    rotator_ = std::make_unique<Rotator>(float_parts_.config, cfg.rotation, &rotation_);
+    rotator_->rotate_embeddings(float_parts_.tok_embeddings);
+    rotator_->rotate_classifier(float_parts_.lm_head, float_parts_.final_norm);
     online_ = rotator_->online();
-    record_rotation(model_, cfg.rotation, online_);
+    record_rotation(float_parts_, cfg.rotation, online_);
   }
-  quantize_classifier(model_, cfg, stats_);
 }
-StreamingQuantizer::~StreamingQuantizer() = default;
+StreamedLayers::~StreamedLayers() = default;
 
-std::vector<ModuleQuantStats> StreamingQuantizer::run(const std::vector<std::vector<int>>& calib, const QuantProgress& progress,
-                                                      const QuantizedSink& sink, const LayerDone& layer_done) {
-  if (cfg_.method == WeightMethod::None) throw Error("--w-method", "streaming needs quantized weights (rtn or gptq)");
-  std::vector<ModuleQuantStats> stats = stats_;
-  quantize_layer_by_layer(
-      model_.config, model_.tok_embeddings, online_, cfg_, calib,
-      [&](int l) {
-        LayerWeights L = src_.layer(l);
-        if (rotator_) rotator_->rotate_layer(L);
-        return L;
-      },
-      [&](int l, LayerWeights&& L) {
-        // Keep the float parts (fused norms, rotated biases) for the writer; drop the weights.
-        LayerWeights& keep = model_.layers[std::size_t(l)];
-        keep.attn_norm = std::move(L.attn_norm);
-        keep.ffn_norm = std::move(L.ffn_norm);
-        keep.bq = std::move(L.bq);
-        keep.bk = std::move(L.bk);
-        keep.bv = std::move(L.bv);
-        keep.bo = std::move(L.bo);
-        keep.q_norm = std::move(L.q_norm);
-        keep.k_norm = std::move(L.k_norm);
-        if (layer_done) layer_done(l, model_.config.n_layers);
-      },
-      progress, sink, stats);
+LayerWeights StreamedLayers::take(int l) {
+  LayerWeights L = src_.layer(l);
+  if (rotator_) rotator_->rotate_layer(L);
+  return L;
+}
+
+void StreamedLayers::put(int l, LayerWeights&& L) {
+  // Keep the float parts (fused norms, rotated biases) for the writer; drop the weights.
+  LayerWeights& keep = float_parts_.layers[std::size_t(l)];
+  keep.attn_norm = std::move(L.attn_norm);
+  keep.ffn_norm = std::move(L.ffn_norm);
+  keep.bq = std::move(L.bq);
+  keep.bk = std::move(L.bk);
+  keep.bv = std::move(L.bv);
+  keep.bo = std::move(L.bo);
+  keep.q_norm = std::move(L.q_norm);
+  keep.k_norm = std::move(L.k_norm);
+}
+
+// ---------------------------------------------------------------- quantizing
+
+std::vector<ModuleQuantStats> quantize_layers(LayerSource& layers, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib,
+                                              const QuantProgress& progress, const QuantizedSink& sink, const LayerDone& layer_done) {
+  if (layers.streamed() && cfg.method == WeightMethod::None)
+    throw Error("--w-method", "streaming needs quantized weights (rtn or gptq)");
+  std::vector<ModuleQuantStats> stats;
+  quantize_classifier(layers.model(), cfg, stats);
+  if (cfg.method == WeightMethod::None) return stats;
+  quantize_layer_by_layer(layers, cfg, calib, progress, sink, layer_done, stats);
   return stats;
+}
+
+std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
+                                               const std::vector<std::vector<int>>& calib, const QuantProgress& progress,
+                                               const QuantizedSink& sink) {
+  ModelLayers layers(m, online);
+  return quantize_layers(layers, cfg, calib, progress, sink);
 }
 
 }  // namespace quarot
