@@ -462,7 +462,8 @@ int main(int argc, char** argv) {
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   quarot::detail::Rng rng(7);
   const std::pair<int64_t, int64_t> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
-  for (const auto& [N, K] : shapes) {
+  for (const auto& shape : shapes) {
+    const int64_t N = shape.first, K = shape.second;  // not a structured binding: clang 14 cannot capture one
     const int64_t cycle = int64_t(cycle_mb) << 20;
     auto copies_for = [&](double bytes) { return int(std::max<int64_t>(1, (cycle + int64_t(bytes) - 1) / int64_t(bytes))); };
     // quarot: per-channel symmetric INT4, random codes.
