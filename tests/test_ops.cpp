@@ -183,6 +183,37 @@ const std::vector<Kernel>& kernels() {
          }
          return "";
        }},
+      {"int4_gemm (decode GEMV)",
+       [](Isa isa) -> std::string {
+         struct Case {
+           int64_t rows, cols, w_group, a_group;
+           int tokens;
+           bool asym, bias;
+         };
+         // The streaming GEMV (int4_gemv.cpp, 1..3 tokens, segments of whole blocks): blocks in
+         // pairs and a lone first / last block of a segment (3, 5, 1 blocks per group), weight
+         // groups of 64, 128, 192 with zero points, block-aligned activation groups (with and
+         // without weight groups), rows not filling a work chunk, the 7B widths, and enough
+         // rows x width to run on the threads.
+         const Case cases[] = {{5, 64, 0, 0, 1, false, false},       {37, 192, 0, 0, 2, true, true},     {19, 320, 64, 0, 3, true, false},
+                               {23, 576, 192, 0, 1, true, true},     {17, 1024, 128, 0, 2, false, true}, {9, 576, 0, 192, 1, true, true},
+                               {11, 1024, 128, 128, 3, true, false}, {13, 960, 0, 64, 2, false, true},   {70, 4096, 0, 0, 1, false, true},
+                               {33, 11008, 0, 0, 3, true, false},    {100, 4096, 128, 0, 1, true, true}, {7, 4096, 0, 96, 1, false, false}};
+         for (const Case& c : cases) {
+           const auto w = random_weights(c.rows, c.cols, c.w_group, c.asym, uint64_t(c.rows * 13 + c.cols));
+           const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + c.cols));
+           const auto bias = gaussian(std::size_t(c.rows), 98);
+           Int8Activations a;
+           quantize_activations_ref(x.data(), c.tokens, c.cols, 4, 1.0, c.a_group, a);
+           std::vector<float> ref(std::size_t(c.tokens * c.rows)), got(ref.size(), -1.f);
+           int4_gemm_ref(w.view, a, c.bias ? bias.data() : nullptr, ref.data());
+           int4_gemm(w.view, a, c.bias ? bias.data() : nullptr, got.data(), isa);
+           if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0)
+             return std::to_string(c.rows) + "x" + std::to_string(c.cols) + " w_group " + std::to_string(c.w_group) + " a_group " +
+                    std::to_string(c.a_group) + " tokens " + std::to_string(c.tokens);
+         }
+         return "";
+       }},
       {"top_k_abs",
        [](Isa isa) -> std::string {
          for (int n : {1, 7, 64, 100, 1000, 11008})
