@@ -220,15 +220,21 @@ const std::vector<Kernel>& kernels() {
              int8_gemv_ref(w, x.data(), n, 0, rows, ref.data(), rows);
              int8_gemv(w, x.data(), n, 0, rows, got.data(), rows, isa);
              int8_matmul(w, x.data(), n, mm.data(), isa);
+             // The AVX-512 code on a CPU with AVX-512 but no VNNI (Isa::Avx512Vnni unsupported there).
+             std::vector<float> z512 = ref;
+             if (isa == Isa::Avx2 && n <= kInt8GemvTokens && int8_gemv_avx512_supported() && !isa_supported(Isa::Avx512Vnni))
+               int8_gemv_avx512(w, x.data(), n, 0, rows, z512.data(), rows);
              for (int t = 0; t < n; ++t)
                for (int64_t r = 0; r < rows; ++r) {
                  double bound = 0;  // fp32 reassociation of sum |code * x|, times the scale
                  for (int64_t c = 0; c < cols; ++c) bound += std::fabs(double(codes[std::size_t(r * cols + c)]) * x[std::size_t(t * cols + c)]);
                  bound = 1e-5 * bound * scales[std::size_t(r)] + 1e-30;
                  const std::size_t i = std::size_t(t * rows + r);
-                 if (std::fabs(double(got[i]) - ref[i]) > bound || std::fabs(double(mm[i]) - ref[i]) > bound)
+                 if (std::fabs(double(got[i]) - ref[i]) > bound || std::fabs(double(mm[i]) - ref[i]) > bound ||
+                     std::fabs(double(z512[i]) - ref[i]) > bound)
                    return "cols " + std::to_string(cols) + " n " + std::to_string(n) + " row " + std::to_string(r) + ": ref " +
-                          std::to_string(ref[i]) + " gemv " + std::to_string(got[i]) + " matmul " + std::to_string(mm[i]);
+                          std::to_string(ref[i]) + " gemv " + std::to_string(got[i]) + " matmul " + std::to_string(mm[i]) +
+                          " avx512 " + std::to_string(z512[i]);
                }
              std::vector<float> row(static_cast<std::size_t>(cols));
              int8_dequantize_row(w, rows - 1, row.data());

@@ -22,6 +22,11 @@ struct Int8Rows {
 // agree with it to fp32 reassociation (|err| <= 1e-5 of sum |codes * x| * scale), not bit for bit.
 void int8_gemv_ref(const Int8Rows& w, const float* x, int n, int64_t r0, int64_t r1, float* y, int64_t ldy);
 void int8_gemv(const Int8Rows& w, const float* x, int n, int64_t r0, int64_t r1, float* y, int64_t ldy, Isa isa);
+// The AVX-512 path itself (AVX-512F/BW only, no VNNI needed): int8_gemv runs it for
+// Isa::Avx512Vnni; the kernel table test also runs it on CPUs with AVX-512 but no VNNI.
+// n <= kInt8GemvTokens.
+bool int8_gemv_avx512_supported();
+void int8_gemv_avx512(const Int8Rows& w, const float* x, int n, int64_t r0, int64_t r1, float* y, int64_t ldy);
 
 // The whole product y[n][rows] (logits): n <= kInt8GemvTokens runs int8_gemv; more tokens
 // dequantize tiles of kOutputChunk rows into fp32 and multiply with Eigen, cut where the float

@@ -111,6 +111,11 @@ void int8_gemv(const Int8Rows& w, const float* x, int n, int64_t r0, int64_t r1,
   }
 }
 
+bool int8_gemv_avx512_supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"); }
+void int8_gemv_avx512(const Int8Rows& w, const float* x, int n, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  gemv_avx512(w, x, n, r0, r1, y, ldy);
+}
+
 void int8_dequantize_row(const Int8Rows& w, int64_t r, float* out) {
   const int8_t* c = w.codes + r * w.cols;
   const float s = w.scales[r];
