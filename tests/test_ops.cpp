@@ -2,7 +2,8 @@
 // plain *_ref. INT4 GEMM and activation quantization must match exactly (int32 sums, the same
 // fp32 epilogue); W4A16 exactly (one fixed order of fp32 FMAs on every path); top-k exactly (it
 // is a selection); QDEC's apply within fp32 reassociation; the KV cache's dequantization (INT8
-// and INT4 codes) exactly.
+// and INT4 codes) exactly; the INT8 tables' GEMV (fp32 activations, FMA lanes) within fp32
+// reassociation of the ref's double sum.
 // (FWHT / Hadamard bases move here with src/rotate/hadamard.cpp's kernels later.)
 #include <gtest/gtest.h>
 
@@ -15,6 +16,7 @@
 
 #include "quarot/detail/rng.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/int8_gemv.hpp"
 #include "quarot/isa.hpp"
 #include "quarot/kv_kernels.hpp"
 #include "quarot/qdec.hpp"
@@ -256,6 +258,47 @@ const std::vector<Kernel>& kernels() {
                  if (std::fabs(got[at] - ref[at]) > 1e-5 * mag + 1e-30)
                    return "bits " + std::to_string(bits) + " rows " + std::to_string(rows);
                }
+           }
+         return "";
+       }},
+      {"int8_gemv",
+       [](Isa isa) -> std::string {
+         // Widths with every tail (16- and 32-code blocks, the scalar rest) and 1..9 tokens (the
+         // 4-token register blocks and their remainder); int8_matmul's Eigen tiles past 4 tokens.
+         for (int64_t cols : {1, 7, 16, 33, 64, 100, 288})
+           for (int n : {1, 2, 3, 4, 5, 9}) {
+             detail::Rng rng(uint64_t(cols * 100 + n));
+             const int64_t rows = 203;
+             std::vector<int8_t> codes(static_cast<std::size_t>(rows * cols));
+             std::vector<float> scales(static_cast<std::size_t>(rows)), x(static_cast<std::size_t>(n * cols));
+             for (auto& c : codes) c = int8_t(int(rng.next() % 255) - 127);
+             for (auto& s : scales) s = float(rng.next() % 100000) * 1e-7f + 1e-6f;
+             for (auto& v : x) v = float(int(rng.next() % 20001) - 10000) * 1e-3f;
+             const Int8Rows w{rows, cols, codes.data(), scales.data()};
+             std::vector<float> ref(static_cast<std::size_t>(n * rows)), got(ref.size(), -1.f), mm(ref.size(), -1.f);
+             int8_gemv_ref(w, x.data(), n, 0, rows, ref.data(), rows);
+             int8_gemv(w, x.data(), n, 0, rows, got.data(), rows, isa);
+             int8_matmul(w, x.data(), n, mm.data(), isa);
+             // The AVX-512 code on a CPU with AVX-512 but no VNNI (Isa::Avx512Vnni unsupported there).
+             std::vector<float> z512 = ref;
+             if (isa == Isa::Avx2 && n <= kInt8GemvTokens && int8_gemv_avx512_supported() && !isa_supported(Isa::Avx512Vnni))
+               int8_gemv_avx512(w, x.data(), n, 0, rows, z512.data(), rows);
+             for (int t = 0; t < n; ++t)
+               for (int64_t r = 0; r < rows; ++r) {
+                 double bound = 0;  // fp32 reassociation of sum |code * x|, times the scale
+                 for (int64_t c = 0; c < cols; ++c) bound += std::fabs(double(codes[std::size_t(r * cols + c)]) * x[std::size_t(t * cols + c)]);
+                 bound = 1e-5 * bound * scales[std::size_t(r)] + 1e-30;
+                 const std::size_t i = std::size_t(t * rows + r);
+                 if (std::fabs(double(got[i]) - ref[i]) > bound || std::fabs(double(mm[i]) - ref[i]) > bound ||
+                     std::fabs(double(z512[i]) - ref[i]) > bound)
+                   return "cols " + std::to_string(cols) + " n " + std::to_string(n) + " row " + std::to_string(r) + ": ref " +
+                          std::to_string(ref[i]) + " gemv " + std::to_string(got[i]) + " matmul " + std::to_string(mm[i]) +
+                          " avx512 " + std::to_string(z512[i]);
+               }
+             std::vector<float> row(static_cast<std::size_t>(cols));
+             int8_dequantize_row(w, rows - 1, row.data());
+             for (int64_t c = 0; c < cols; ++c)
+               if (row[std::size_t(c)] != float(codes[std::size_t((rows - 1) * cols + c)]) * scales[std::size_t(rows - 1)]) return "dequantize_row";
            }
          return "";
        }},

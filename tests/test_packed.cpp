@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <tuple>
 #include <cstring>
 #include <filesystem>
 
@@ -97,21 +98,25 @@ TEST(Packed, RoundTripsTheQuantizedWeightsExactlyAndDeterministically) {
 TEST(Packed, IntegerModelMatchesTheSimulation) {
   // KV4, INT8 keys beside INT4 values (K8V4), and activation scales per group of 16 columns
   // (narrower than a packed block) or 48 (dividing no width of the tiny model), on every ISA.
-  for (const auto& [k_bits, a_group] : {std::pair{4, 0}, {8, 0}, {8, 16}, {4, 48}}) {
+  // The last: INT8 embedding/classifier tables (decode's GEMV, prefill's tiles), on every ISA.
+  for (const auto& [k_bits, a_group, cls_bits] : {std::tuple{4, 0, 16}, {8, 0, 16}, {8, 16, 16}, {4, 48, 16}, {4, 0, 8}}) {
     TempDir dir;
     auto m = tiny();
     const std::string path = dir / "m.q4.safetensors";
     auto cfg = quant_preset("w4a4kv4-rtn");
     cfg.act.k_bits = k_bits;
     cfg.act.a_group = a_group;
+    cfg.classifier_bits = cls_bits;
     quantize_and_pack(m, cfg, {}, path);
     const PackedModel p(path);
+    ASSERT_EQ(p.int8_tables(), cls_bits < 16);
     ASSERT_EQ(p.recipe().act.k_bits, k_bits);
     ASSERT_EQ(p.recipe().act.a_group, a_group);
     const auto deq = p.dequantized();
     for (Isa isa : kAllIsas) {
       if (!isa_supported(isa)) continue;
-      SCOPED_TRACE(std::string("K") + std::to_string(k_bits) + " a_group " + std::to_string(a_group) + " on " + isa_name(isa));
+      SCOPED_TRACE(std::string("K") + std::to_string(k_bits) + " a_group " + std::to_string(a_group) + " classifier " +
+                   std::to_string(cls_bits) + " on " + isa_name(isa));
       auto integer = integer_model(p, 64, isa);
       auto sim = simulated_model(p, deq, 64);
       std::vector<float> li, ls;
@@ -173,8 +178,8 @@ TEST(Packed, CorruptionIsCaughtWithTheTensorsName) {
     if (!version.empty()) meta["format_version"] = version;
     write_safetensors(bad, t, meta);
   };
-  rewrite("", "2");
-  EXPECT_NE(open_error(bad).find("packed format version 2 is not supported"), std::string::npos) << open_error(bad);
+  rewrite("", "3");
+  EXPECT_NE(open_error(bad).find("packed format version 3 is not supported"), std::string::npos) << open_error(bad);
   rewrite("model.layers.0.self_attn.k_proj.scales", "");
   EXPECT_NE(open_error(bad).find("tensor 'model.layers.0.self_attn.k_proj.scales' is missing"), std::string::npos)
       << open_error(bad);
@@ -183,13 +188,14 @@ TEST(Packed, CorruptionIsCaughtWithTheTensorsName) {
 
 // stories260K quantized with `preset` (the model's defaults applied, as the tool does): the
 // integer path's perplexity and greedy tokens against the simulation of the same file.
-static double integer_path_agrees_with_the_simulation(const std::string& preset, int a_group = 0) {
+static double integer_path_agrees_with_the_simulation(const std::string& preset, int a_group = 0, int classifier_bits = 16) {
   auto m = load_model(data_file("stories260K/stories260K.bin"));
   // Under ASan+UBSan (3-8x slower) a smaller run still exercises every path; the 0.5% bound is
   // checked in the release build, where 76 windows make it statistically meaningful.
   auto cfg = quant_preset(preset);  // GPTQ, per-channel symmetric weights with clip search
   std::printf("%s\n", apply_model_defaults(cfg, m.config).c_str());
   cfg.act.a_group = a_group;
+  cfg.classifier_bits = classifier_bits;
   cfg.nsamples = kSanitizedBuild ? 4 : 16;
   cfg.seqlen = 512;
   const auto calib = calibration_windows(read_ids_file(data_file("stories260K/calib-t1-seed42.ids"), 512), cfg.nsamples,
@@ -198,6 +204,7 @@ static double integer_path_agrees_with_the_simulation(const std::string& preset,
   const std::string path = dir / "stories.q4.safetensors";
   quantize_and_pack(m, cfg, calib, path);
   const PackedModel p(path);
+  EXPECT_EQ(p.int8_tables(), classifier_bits < 16);
   EXPECT_EQ(p.recipe().act.k_bits, cfg.act.k_bits);
   EXPECT_EQ(p.recipe().act.v_bits, cfg.act.v_bits);
   EXPECT_EQ(p.recipe().act.a_group, a_group);
@@ -233,7 +240,9 @@ TEST(Packed, Stories260KIntegerPathAgreesWithTheSimulation) {
   QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
   QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
   QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
-  integer_path_agrees_with_the_simulation("w4a4kv4");
+  // With the INT8 embedding/classifier tables, the default of a packed output (the other two
+  // stories260K tests keep them fp32).
+  integer_path_agrees_with_the_simulation("w4a4kv4", 0, 8);
 }
 
 // INT8 keys beside INT4 values (issue 17): the integer path's mixed cache equals the simulation,
@@ -256,6 +265,130 @@ TEST(Packed, Stories260KActivationGroupsIntegerPathAgreesWithTheSimulation) {
   QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
   QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
   integer_path_agrees_with_the_simulation("w4a4k8v4", 16);
+}
+
+// A table quantized by quantize_int8_rows is on its own grid: quantizing its dequantized
+// values gives the same codes and scales (so the writer, handed the simulation's table, stores
+// exactly what the simulation ran), and dequantizing is exact.
+TEST(Packed, Int8RowTablesAreIdempotentAndExact) {
+  for (int bits : {8, 4, 2}) {
+    std::vector<float> w(300 * 37);
+    uint64_t st = uint64_t(bits);
+    for (auto& x : w) {
+      st = st * 6364136223846793005ull + 1442695040888963407ull;
+      x = float(int64_t(st >> 40) - (1 << 23)) * 1e-7f;
+    }
+    std::fill(w.begin(), w.begin() + 37, 0.f);  // an all-zero row
+    const Int8RowTable t = quantize_int8_rows(w.data(), 300, 37, bits);
+    std::vector<float> d(w.size());
+    t.dequantize_into(d.data());
+    const Int8RowTable again = quantize_int8_rows(d.data(), 300, 37, bits);
+    EXPECT_EQ(t.codes, again.codes) << bits;
+    EXPECT_EQ(t.scales, again.scales) << bits;
+    const int qmax = (1 << (bits - 1)) - 1;
+    double err = 0, norm = 0;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      EXPECT_LE(std::abs(int(t.codes[i])), qmax);
+      EXPECT_EQ(double(d[i]), double(t.codes[i]) * double(t.scales[i / 37])) << "not exact at " << i;
+      err += (double(d[i]) - w[i]) * (double(d[i]) - w[i]);
+      norm += double(w[i]) * w[i];
+    }
+    if (bits == 8) {
+      EXPECT_LT(std::sqrt(err / norm), 0.01);
+    }
+  }
+}
+
+// Version 2 stores the tables INT8 (tied: one table), the file a fraction of the fp32-table
+// one; a version-1 file (fp32 tables, here the same quantized table dequantized, as version 1
+// wrote it) still reads and gives the same logits to fp32 reassociation.
+TEST(Packed, Int8TablesVersionTwoAndVersionOneFilesRead) {
+  for (const bool tied : {true, false}) {
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    TempDir dir;
+    SynthSpec s = synth_preset("tiny");
+    s.seed = 5;
+    s.config.vocab = 1000;  // table-heavy, as small real models are
+    s.config.tied_embeddings = tied;
+    auto m = make_synthetic(s);
+    auto cfg = quant_preset("w4a4kv4-rtn");
+    cfg.rotate = false;  // rotation unties; keep the tie to store one table
+    cfg.classifier_bits = 8;
+    const std::string v2 = dir / "v2.safetensors", v1 = dir / "v1.safetensors", f32 = dir / "f32.safetensors";
+    auto m1 = m, m32 = m;
+    quantize_and_pack(m, cfg, {}, v2);
+    {
+      convert_rope_layout(m1, RopeLayout::Half);
+      PackedWriter writer(m1, make_pack_recipe(cfg));
+      writer.set_format_version(1);
+      quantize_weights(m1, {}, cfg, {}, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { writer.add(l, mod, q); });
+      writer.write(v1);
+    }
+    auto cfg32 = cfg;
+    cfg32.classifier_bits = 16;
+    quantize_and_pack(m32, cfg32, {}, f32);
+    const PackedModel p2(v2), p1(v1), p32(f32);
+    EXPECT_EQ(p2.format_version(), 2);
+    EXPECT_TRUE(p2.int8_tables());
+    EXPECT_EQ(p1.format_version(), 1);
+    EXPECT_FALSE(p1.int8_tables());
+    EXPECT_EQ(p32.format_version(), 1);  // fp32 tables: a version-1 file
+    EXPECT_EQ(p2.config().tied_embeddings, tied);
+    const SafetensorsFile f(v2);
+    ASSERT_NE(f.find("model.embed_tokens.qweight"), nullptr);
+    EXPECT_EQ(f.find("model.embed_tokens.qweight")->dtype, DType::I8);
+    EXPECT_EQ(f.find("lm_head.qweight") != nullptr, !tied);
+    EXPECT_EQ(f.find("model.embed_tokens.weight"), nullptr);
+    // 1000 x 64 tables: fp32 256 KB each, INT8 68 KB.
+    EXPECT_LT(double(p2.file_bytes()), 0.45 * double(p32.file_bytes())) << p2.file_bytes() << " vs " << p32.file_bytes();
+    // The version-1 file's fp32 tables are the version-2 file's INT8 tables dequantized.
+    const auto d1 = p1.dequantized(), d2 = p2.dequantized();
+    EXPECT_EQ(0, std::memcmp(d1.tok_embeddings.data.data(), d2.tok_embeddings.data.data(), d1.tok_embeddings.data.size() * 4));
+    const auto t = tokens(30, 1000, 9);
+    std::vector<float> l1, l2, step;
+    auto i1 = integer_model(p1, 64), i2 = integer_model(p2, 64);
+    i1.forward(t, l1);
+    i2.forward(t, l2);
+    ASSERT_EQ(l1.size(), l2.size());
+    double worst = 0;
+    for (std::size_t i = 0; i < l1.size(); ++i) worst = std::max(worst, std::fabs(double(l1[i]) - l2[i]));
+    EXPECT_LT(worst, 1e-3);
+    i2.reset();
+    for (int i = 0; i < 30; ++i) i2.forward_last(std::span<const int>(&t[std::size_t(i)], 1), step);
+    worst = 0;
+    for (int v = 0; v < 1000; ++v) worst = std::max(worst, std::fabs(double(step[std::size_t(v)]) - l2[std::size_t(29 * 1000 + v)]));
+    EXPECT_LT(worst, 1e-3);
+  }
+}
+
+// --dry-run's size is the file's: every tensor exactly, the header estimated (stories260K and a
+// synthetic Qwen2-shaped model with biases, tied and untied tables, fp32 and INT8).
+TEST(Packed, SizeEstimateMatchesTheFile) {
+  auto check = [](ModelWeights m, const QuantConfig& cfg, const std::string& what) {
+    TempDir dir;
+    const std::string path = dir / "m.safetensors";
+    const bool tied = m.config.tied_embeddings && !cfg.rotate;
+    const ModelConfig c = m.config;
+    quantize_and_pack(m, cfg, {}, path);
+    const double est = double(packed_file_bytes_estimate(c, make_pack_recipe(cfg), tied));
+    const double got = double(std::filesystem::file_size(path));
+    std::printf("%s: estimate %.0f, file %.0f bytes (%.3f)\n", what.c_str(), est, got, est / got);
+    EXPECT_LT(std::fabs(est / got - 1), 0.03) << what << ": estimate " << est << ", file " << got;
+  };
+  for (int cls : {8, 16}) {
+    auto cfg = quant_preset("w4a4kv4-rtn");
+    cfg.classifier_bits = cls;
+    SynthSpec q = synth_preset("tiny");
+    q.config.family = Family::Qwen2;
+    q.config.q_bias = q.config.k_bias = q.config.v_bias = true;  // Qwen2's biases
+    q.config.vocab = 2000;
+    q.config.tied_embeddings = true;
+    check(make_synthetic(q), cfg, "qwen2-shaped rotated, classifier " + std::to_string(cls));
+    auto unrotated = cfg;
+    unrotated.rotate = false;
+    check(make_synthetic(q), unrotated, "qwen2-shaped tied, classifier " + std::to_string(cls));
+    if (std::filesystem::exists(data_file("stories260K/stories260K.bin"))) check(load_model(data_file("stories260K/stories260K.bin")), cfg, "stories260K, classifier " + std::to_string(cls));
+  }
 }
 
 TEST(PackedTools, QuantizeWritesEvalAndRunExecute) {

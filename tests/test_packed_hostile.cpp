@@ -200,7 +200,7 @@ TEST(PackedHostile, NonFiniteScalesNormsAndEmbeddingsAreRefusedNamingTheTensor) 
 // The fuzz target's seeds (written by tests/fuzz/make_corpus.py) must be valid packed files, or
 // the fuzzer would start below every check past the first failing one.
 TEST(PackedHostile, FuzzSeedsAreValidPackedFiles) {
-  for (const char* name : {"tiny.q4.safetensors", "tiny-qdec.q4.safetensors"}) {
+  for (const char* name : {"tiny.q4.safetensors", "tiny-qdec.q4.safetensors", "tiny-int8.q4.safetensors"}) {
     const std::string path = std::string(QUAROT_SOURCE_DIR) + "/tests/fuzz/corpus/fuzz_packed/" + name;
     EXPECT_EQ(open_error(path), "") << path;
   }

@@ -221,35 +221,42 @@ TEST(QuantizeTool, ErrorsAndExitCodes) {
   EXPECT_NE(r.stdout_text.find("perplexity: float"), std::string::npos);
 }
 
-TEST(QuantizeModel, ClassifierBitsUntieAndQuantizeOnlyTheClassifier) {
-  auto m = tiny_model();
-  m.config.tied_embeddings = true;  // as stories260K: the classifier reads the embeddings
-  m.lm_head = Matrix{};
-  const auto embeddings = m.tok_embeddings;
-  QuantConfig cfg = quant_preset("none");
-  cfg.classifier_bits = 8;
-  const auto stats = quantize_weights(m, {}, cfg, {});
-  ASSERT_EQ(stats.size(), 1u);
-  EXPECT_EQ(stats[0].module, "lm_head");
-  EXPECT_EQ(stats[0].layer, -1);
-  EXPECT_FALSE(m.config.tied_embeddings);
-  EXPECT_EQ(std::vector<float>(m.tok_embeddings.data.begin(), m.tok_embeddings.data.end()),
-            std::vector<float>(embeddings.data.begin(), embeddings.data.end()));  // embeddings untouched
-  // Per-channel symmetric 8-bit: every classifier row lies on its own grid of 255 levels and
-  // is within half a step of the original (clip search may only shrink the step).
-  ASSERT_EQ(m.lm_head.rows, embeddings.rows);
-  for (int64_t r = 0; r < m.lm_head.rows; ++r) {
-    float amax = 0;
-    for (int64_t c = 0; c < m.lm_head.cols; ++c) amax = std::max(amax, std::fabs(embeddings.row(r)[c]));
-    std::set<float> levels(m.lm_head.row(r), m.lm_head.row(r) + m.lm_head.cols);
-    EXPECT_LE(levels.size(), 255u);
-    for (int64_t c = 0; c < m.lm_head.cols; ++c)
-      EXPECT_LE(std::fabs(m.lm_head.row(r)[c] - embeddings.row(r)[c]), amax / 127.0 * 0.5 + 1e-6);
+TEST(QuantizeModel, ClassifierBitsQuantizeTheEmbeddingAndClassifierTables) {
+  // Tied (as stories260K): the one table is quantized and stays tied, as a packed file stores it.
+  // Untied: both tables. Per-row symmetric 8-bit: every row on its own grid of 255 levels, within
+  // half a step (max|row| / 127, the scale's 16-bit significand aside) of the original.
+  for (const bool tied : {true, false}) {
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    auto m = tiny_model();
+    m.config.tied_embeddings = tied;
+    if (tied) m.lm_head = Matrix{};
+    const auto embeddings = m.tok_embeddings, head = m.lm_head;
+    QuantConfig cfg = quant_preset("none");
+    cfg.classifier_bits = 8;
+    const auto stats = quantize_weights(m, {}, cfg, {});
+    ASSERT_EQ(stats.size(), 1u);
+    EXPECT_EQ(stats[0].module, "lm_head");
+    EXPECT_EQ(stats[0].layer, -1);
+    EXPECT_EQ(m.config.tied_embeddings, tied);
+    auto check = [](const Matrix& q, const Matrix& w) {
+      ASSERT_EQ(q.rows, w.rows);
+      for (int64_t r = 0; r < q.rows; ++r) {
+        float amax = 0;
+        for (int64_t c = 0; c < q.cols; ++c) amax = std::max(amax, std::fabs(w.row(r)[c]));
+        std::set<float> levels(q.row(r), q.row(r) + q.cols);
+        EXPECT_LE(levels.size(), 255u);
+        for (int64_t c = 0; c < q.cols; ++c) EXPECT_LE(std::fabs(q.row(r)[c] - w.row(r)[c]), amax / 127.0 * 0.5001 + 1e-6);
+      }
+    };
+    check(m.tok_embeddings, embeddings);
+    if (!tied) check(m.lm_head, head);
+    EXPECT_NE(std::vector<float>(m.tok_embeddings.data.begin(), m.tok_embeddings.data.end()),
+              std::vector<float>(embeddings.data.begin(), embeddings.data.end()));
+    EXPECT_GT(stats[0].rel_weight_error, 0.0);
+    EXPECT_LT(stats[0].rel_weight_error, 0.05);  // planted outlier columns (20-100x) widen each row's grid
+    cfg.classifier_bits = 9;
+    EXPECT_THROW(quantize_weights(m, {}, cfg, {}), Error);
   }
-  EXPECT_GT(stats[0].rel_weight_error, 0.0);
-  EXPECT_LT(stats[0].rel_weight_error, 0.05);  // planted outlier columns (20-100x) widen each row's grid
-  cfg.classifier_bits = 9;
-  EXPECT_THROW(quantize_weights(m, {}, cfg, {}), Error);
 }
 
 TEST(Calibration, TextIsTokenizedWholeWithBos) {

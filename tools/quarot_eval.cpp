@@ -31,7 +31,7 @@ int run_task(const Args& args) {
   const auto tok = quarot::load_tokenizer(args.tokenizer);
   std::optional<quarot::QdecK> qdec_k;
   if (!args.qdec_k.empty()) qdec_k = quarot::parse_qdec_k(args.qdec_k);
-  const quarot::LoadedModel loaded(args.model, args.simulate, true, qdec_k);
+  const quarot::LoadedModel loaded(args.model, args.simulate, !args.no_verify, qdec_k);
   auto model = loaded.transformer(loaded.config().max_positions);
   if (!args.quiet) std::fprintf(stderr, "quarot-eval: %s: %s\n", args.model.c_str(), loaded.describe().c_str());
   if (!args.quiet) std::fprintf(stderr, "quarot-eval: %s, %zu items in %s, tokenizer %s (%s), %d threads\n", args.task.c_str(),
@@ -83,6 +83,7 @@ int main(int argc, char** argv) {
     int ctx = 0, chunks = 0, threads = 0;
     std::string qdec_k;
     bool simulate = false, quiet = false;
+    bool no_verify = false;
     std::string task, task_file, task_labels;  // zero-shot multiple choice (instead of perplexity)
     int limit = 0;
   } args;
@@ -103,6 +104,9 @@ int main(int argc, char** argv) {
       "quarot-eval"};
   app.add_option("model", args.model, "checkpoint: llama2.c .bin, Hugging Face folder, or packed .q4.safetensors")->required();
   app.add_flag("--simulate", args.simulate, "packed model: run the fake-quant simulation instead of the integer path");
+  app.add_flag("--no-verify", args.no_verify,
+               "packed model: skip the CRC32 of every tensor at load (default: verified; the header CRC, every tensor's\n"
+               "dtype, shape and bounds and the scales' finiteness are checked either way)");
   quarot::cli::add_qdec_k_override(app, args.qdec_k);
   auto* text = app.add_option("--text", args.text, "text file to evaluate (needs --tokenizer)");
   app.add_option("--tokenizer", args.tokenizer,
@@ -168,7 +172,7 @@ int main(int argc, char** argv) {
     if (args.threads > 0) omp_set_num_threads(args.threads);
     const quarot::Protocol protocol = quarot::parse_protocol(args.protocol);
     if (!args.json.empty()) quarot::refuse_unsafe_output(args.json, {args.model, args.text, args.tokenizer, args.ids, args.kld_base});
-    const quarot::LoadedModel loaded(args.model, args.simulate, true, qdec_k);
+    const quarot::LoadedModel loaded(args.model, args.simulate, !args.no_verify, qdec_k);
     const auto& cfg = loaded.config();
     int ctx = args.ctx ? args.ctx : (protocol == quarot::Protocol::Paper ? 2048 : 512);
     if (ctx > cfg.max_positions) {

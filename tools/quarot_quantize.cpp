@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
   app.add_option("--damp", a.damp, "GPTQ damping, fraction of the mean Hessian diagonal")->capture_default_str()->group("Weights");
   app.add_flag("--act-order", a.act_order, "GPTQ: columns in decreasing Hessian diagonal order")->group("Weights");
   app.add_flag("--static-groups", a.static_groups, "GPTQ: group parameters from the original weights")->group("Weights");
-  app.add_option("--classifier-bits", a.classifier_bits, "quantize the classifier (RTN; 16: float, as the paper)")->group("Weights");
+  app.add_option("--classifier-bits", a.classifier_bits, "embedding table and classifier bits (2..8: per-row symmetric, stored INT8 in the packed file; 16: fp32, as the paper); default 8 with a packed -o, 16 otherwise (the simulation quantizes them as the file stores them)")->group("Weights");
   app.add_option("--a-bits", a.a_bits, "activation bits (2..8; 16: not quantized)")->group("Activations & KV");
   app.add_option("--a-clip", a.a_clip, "activation clip ratio (paper: 0.9)")->group("Activations & KV");
   app.add_option("--a-group", a.a_group,

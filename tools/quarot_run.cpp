@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
     std::string model, prompt, tokenizer, ids;
     int n = 64, threads = 0;
     std::string qdec_k;
-    bool simulate = false, stop_at_eos = false, quiet = false;
+    bool simulate = false, stop_at_eos = false, quiet = false, verify = false;
   } a;
   CLI::App app{
       "Greedy generation: the prompt (BOS first) is run as one window, then --n tokens are decoded one\n"
@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
   app.add_option("-n,--n", a.n, "tokens to generate")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   app.add_flag("--stop-at-eos", a.stop_at_eos, "stop at the end-of-sequence token");
   app.add_flag("--simulate", a.simulate, "packed model: run the fake-quant simulation instead of the integer path");
+  app.add_flag("--verify", a.verify,
+               "packed model: check the CRC32 of every tensor at load (reads the whole file; default: the header CRC and\n"
+               "every tensor's dtype, shape and bounds only, so a decode pages in what it uses)");
   quarot::cli::add_qdec_k_override(app, a.qdec_k);
   quarot::cli::add_threads(app, a.threads);
   quarot::cli::add_quiet(app, a.quiet);
@@ -51,7 +54,7 @@ int main(int argc, char** argv) {
   }
   return quarot::cli::run("quarot-run", [&] {
     if (a.threads > 0) omp_set_num_threads(a.threads);
-    const quarot::LoadedModel model(a.model, a.simulate, true, qdec_k);
+    const quarot::LoadedModel model(a.model, a.simulate, a.verify, qdec_k);
     const auto& c = model.config();
     std::unique_ptr<quarot::Tokenizer> tok;
     if (!a.tokenizer.empty()) {

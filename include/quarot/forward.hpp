@@ -124,6 +124,12 @@ class LinearBackend {
   // Stores the keys and values [n][kv_dim] of positions pos .. pos+n-1 (after RoPE and the
   // online transforms), then dequantizes positions 0 .. pos+n-1 into k_out / v_out [ctx][kv_dim].
   virtual void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) = 0;
+  // True when the backend holds the embedding table and the classifier itself (a packed file's
+  // INT8 tables; the weights' tables are then empty): embed() writes a token's row [hidden],
+  // classify() the logits [n][vocab] of the final-normed rows h [n][hidden].
+  virtual bool owns_tables() const { return false; }
+  virtual void embed(int /*token*/, float* /*out*/) {}
+  virtual void classify(const float* /*h*/, int /*n*/, float* /*logits*/) {}
 };
 
 // T = float (weights used in place, no copy) or double (weights converted once; for tests and

@@ -13,6 +13,7 @@
 
 #include "quarot/forward.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/int8_gemv.hpp"
 #include "quarot/qdec.hpp"
 #include "quarot/quant.hpp"
 #include "quarot/quantize.hpp"
@@ -23,7 +24,11 @@
 
 namespace quarot {
 
-inline constexpr int kPackedFormatVersion = 1;
+// Version 2: the embedding table and the classifier stored as INT8 row tables when the recipe's
+// classifier_bits < 16 (version 1 kept them fp32). The writer writes version 1 when the tables are
+// fp32 (those files are version 1 files byte for byte); the reader reads both.
+inline constexpr int kPackedFormatVersion = 2;
+inline constexpr int kPackedFormatOldestVersion = 1;
 inline constexpr const char* kPackedFormatName = "quarot-int4";
 
 // What a packed model was made with and what its integer path runs.
@@ -35,7 +40,9 @@ struct PackRecipe {
   int w_group = 0;           // 0: per output channel; else a multiple of 64
   bool clip_search = true;
   ActQuantOptions act;       // activations (per token, or per a_group columns), KV cache
-  int classifier_bits = 16;  // the classifier is stored fp32 (dequantized when < 16)
+  // < 16: the embedding table and the classifier are INT8 row tables (quantize_int8_rows) in a
+  // version-2 file; 16: fp32. (Version-1 files stored them fp32, dequantized, whatever this says.)
+  int classifier_bits = 16;
 };
 std::string recipe_json(const PackRecipe& r);
 // The recipe of a quantization config; throws quarot::Error (naming the flag) when the packed
@@ -65,6 +72,9 @@ class PackedWriter {
   // `extra_metadata` adds free-form keys (e.g. the input checksum).
   void write(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
   uint64_t packed_bytes() const;  // bytes of the packed linears so far
+  // Tests only: 1 writes what version 1 wrote (the tables fp32 as `m` holds them, version 1), to
+  // check that such files still read.
+  void set_format_version(int v) { format_version_ = v; }
 
  private:
   struct Linear {
@@ -78,7 +88,13 @@ class PackedWriter {
   std::map<std::pair<int, int>, ResidualStore> residuals_;
   QdecK qdec_k_;
   std::string qdec_info_ = "{}";
+  int format_version_ = kPackedFormatVersion;
 };
+
+// The bytes of the packed file `recipe` makes of a model of config `c` (tied: the embeddings are
+// still tied when written, i.e. not rotated): every tensor exactly, the header estimated (within a
+// few %). What --dry-run reports.
+uint64_t packed_file_bytes_estimate(const ModelConfig& c, const PackRecipe& recipe, bool tied);
 
 class PackedModel {
  public:
@@ -94,7 +110,12 @@ class PackedModel {
   const PackRecipe& recipe() const;
   const OnlineTransforms& online() const;
   // Config, embeddings, norms, biases, classifier; linear matrices empty (rows/cols set).
+  // With INT8 tables (int8_tables()), tok_embeddings / lm_head have their shape and no data.
   const ModelWeights& float_weights() const;
+  int format_version() const;
+  bool int8_tables() const;  // the embedding table and the classifier are INT8 (version 2)
+  Int8Rows embedding_table() const;   // valid when int8_tables()
+  Int8Rows classifier_table() const;  // the embedding table when tied
   Int4Weights linear(int layer, LinearModule m) const;
   uint64_t file_bytes() const;
   // The QDEC section: nullptr when the file has none; its codes are used in place from the map.

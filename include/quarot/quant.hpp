@@ -57,6 +57,20 @@ void check_weight_options(const WeightQuantOptions& o, int64_t cols, const std::
 
 QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const WeightQuantOptions& o);
 
+// The embedding table and the classifier at `bits` (2..8; the packed file's INT8 tables): one
+// fp32 scale per row, s = max|w| / (2^(bits-1) - 1) with its significand cut to 16 bits, codes
+// round(w / s) in -(2^(bits-1) - 1)..2^(bits-1) - 1 stored as int8. The short significand makes
+// code * s exact in fp32 (16 + 8 bits), so dequantizing is exact whatever the order and
+// quantizing a dequantized table gives the same codes and scales back: the simulation's
+// quantized table and the packed file's are one table, whoever quantized it first.
+struct Int8RowTable {
+  int64_t rows = 0, cols = 0;
+  std::vector<int8_t> codes;  // [rows][cols]
+  std::vector<float> scales;  // [rows]
+  void dequantize_into(float* out) const;  // out[r][c] = codes[r][c] * scales[r] (exact)
+};
+Int8RowTable quantize_int8_rows(const float* w, int64_t rows, int64_t cols, int bits);
+
 struct GptqOptions {
   WeightQuantOptions weights;
   double damp = 0.01;        // fraction of the mean Hessian diagonal added to the diagonal

@@ -23,8 +23,9 @@ struct QuantConfig {
   ActQuantOptions act;
   bool rotate = true;
   RotationOptions rotation;
-  // < 16: the classifier (lm_head) is RTN-quantized per output channel, symmetric, with clip
-  // search (untied from the embeddings first); 16: it stays float as in the paper.
+  // < 16: the embedding table and the classifier (one table when tied) are quantized per row,
+  // symmetric (quantize_int8_rows), as a packed file stores them (INT8); 16: float as in the
+  // paper. The tools default to 8 for a packed output, 16 otherwise.
   int classifier_bits = 16;
   int nsamples = 128;
   int seqlen = 2048;  // capped at the model's max positions
@@ -156,7 +157,9 @@ std::vector<ModuleQuantStats> quantize_layers(LayerSource& layers, const QuantCo
                                               const LayerDone& layer_done = {});
 
 // quantize_layers over m in memory (ModelLayers(m, online)): m's decoder weights quantized in
-// place. `online`: the model's online transforms (empty when not rotated).
+// place (embeddings and classifier stay float unless cfg.classifier_bits < 16: per-row tables,
+// reported as module "lm_head" of layer -1). `online`: the model's online transforms (empty when
+// not rotated).
 std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTransforms& online, const QuantConfig& cfg,
                                                const std::vector<std::vector<int>>& calib, const QuantProgress& progress = {},
                                                const QuantizedSink& sink = {});

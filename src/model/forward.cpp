@@ -109,6 +109,7 @@ struct Transformer<T>::Impl {
   std::vector<std::vector<T>> owned;  // converted weights when T is not float
   std::vector<std::vector<T>> kcache, vcache;  // per layer [max_ctx][kv_dim]; one scratch layer with a backend
   std::unique_ptr<LinearBackend> backend;
+  bool tables = false;  // the backend embeds and classifies (INT8 tables)
   std::vector<T> rope_cos, rope_sin;           // [max_ctx][head_dim/2]
   int pos = 0;
   ForwardHook<T> hook;
@@ -132,6 +133,7 @@ struct Transformer<T>::Impl {
       if (backend) throw Error(w.source, "a linear backend runs in fp32 only");
     }
     if (backend) backend->allocate(cfg, max_ctx);
+    tables = backend && backend->owns_tables();
     embed = use(w.tok_embeddings.values(), std::size_t(w.tok_embeddings.rows * w.tok_embeddings.cols));
     final_norm = use(w.final_norm.data(), w.final_norm.size());
     cls = cfg.tied_embeddings ? embed : use(w.lm_head.values(), std::size_t(w.lm_head.rows * w.lm_head.cols));
@@ -303,6 +305,12 @@ struct Transformer<T>::Impl {
     for (int i = 0; i < n; ++i) {
       if (tokens[i] < 0 || tokens[i] >= V)
         throw Error("forward", "token id " + std::to_string(tokens[i]) + " outside the vocabulary (" + std::to_string(V) + ")");
+      if constexpr (std::is_same_v<T, float>) {
+        if (tables) {
+          backend->embed(tokens[i], &x(i, 0));
+          continue;
+        }
+      }
       x.row(i) = ConstMap<T>(embed + std::size_t(tokens[i]) * d, 1, d);
     }
     decoder(x);
@@ -310,6 +318,12 @@ struct Transformer<T>::Impl {
     Mat<T> last = last_only ? Mat<T>(x.bottomRows(1)) : std::move(x);
     rmsnorm(last, final_norm, h);
     logits.resize(std::size_t(h.rows()) * V);
+    if constexpr (std::is_same_v<T, float>) {
+      if (tables) {
+        backend->classify(h.data(), int(h.rows()), logits.data());
+        return;
+      }
+    }
     Eigen::Map<Mat<T>> out(logits.data(), h.rows(), V);
     const bool parallel = double(h.rows()) * double(d) * V >= detail::kParallelMacs;
     detail::for_fixed_chunks(V, detail::kOutputChunk, parallel, [&](int64_t o0, int64_t count) {

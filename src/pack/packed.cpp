@@ -26,6 +26,8 @@ namespace {
 constexpr const char* kCrcKey = "quarot.crc32";
 constexpr const char* kHeaderCrcKey = "quarot.header_crc32";
 constexpr const char* kQdecKey = "qdec";
+constexpr const char* kEmbedName = "model.embed_tokens";
+constexpr const char* kHeadName = "lm_head";
 
 uint32_t crc32_of(const void* data, std::size_t n) {
   return uint32_t(crc32_z(crc32_z(0L, Z_NULL, 0), static_cast<const Bytef*>(data), n));
@@ -94,7 +96,8 @@ void release_mapped(std::span<const uint8_t> bytes) {
 // 2^20, layers at most 4096, vocab x hidden at most 2^36 after the config's own limits, so no
 // sum below can overflow) must be present in the file before anything of that size is
 // allocated or built. Per-field so the error says which field asks for more than the file has.
-void check_config_fits_file(const ModelConfig& c, const PackRecipe& recipe, const SafetensorsHeader& h, const std::string& path) {
+void check_config_fits_file(const ModelConfig& c, const PackRecipe& recipe, bool int8_tables, const SafetensorsHeader& h,
+                            const std::string& path) {
   int64_t held = 0;
   for (const auto& t : h.tensors) held += int64_t(t.end - t.begin);
   const int64_t tensors = int64_t(h.tensors.size());
@@ -105,7 +108,9 @@ void check_config_fits_file(const ModelConfig& c, const PackRecipe& recipe, cons
                             " bytes (corrupt or hostile config?)");
   };
   const int64_t d = c.hidden, vocab = c.vocab;
-  need(vocab * d * 4 * (c.tied_embeddings ? 1 : 2), c.tied_embeddings ? 1 : 2, "'vocab_size' " + std::to_string(vocab) + " x 'hidden_size' " + std::to_string(d) + " embeddings");
+  const int64_t tables = c.tied_embeddings ? 1 : 2;
+  need((int8_tables ? vocab * d + vocab * 4 : vocab * d * 4) * tables, int8_tables ? 2 * tables : tables,
+       "'vocab_size' " + std::to_string(vocab) + " x 'hidden_size' " + std::to_string(d) + " embeddings");
   int64_t per_layer = 2 * d * 4, per_layer_count = 2;  // the two norms
   if (c.qk_norm) {  // and Qwen3's q/k norms
     per_layer += 2 * int64_t(c.head_dim) * 4;
@@ -124,6 +129,8 @@ void check_config_fits_file(const ModelConfig& c, const PackRecipe& recipe, cons
   need(int64_t(c.n_layers) * per_layer, int64_t(c.n_layers) * per_layer_count,
        "'num_hidden_layers' = " + std::to_string(c.n_layers) + " layers of " + std::to_string(per_layer) + " bytes");
 }
+
+bool is_table(const std::string& name) { return name == std::string(kEmbedName) + ".weight" || name == std::string(kHeadName) + ".weight"; }
 
 bool is_linear_weight(const std::string& name) {
   for (const LinearSpec& spec : kLinearSpecs) {
@@ -305,10 +312,24 @@ uint64_t PackedWriter::packed_bytes() const {
 
 void PackedWriter::write(const std::string& path, const std::map<std::string, std::string>& extra) const {
   std::vector<TensorToWrite> tensors;
+  // Version 2: the embedding table and the classifier as INT8 row tables after the other float
+  // tensors (quantize_int8_rows gives back the very table the simulation quantized, since that
+  // one is already on its grid). Version 1 (fp32 tables): the same bytes as before version 2.
+  const bool int8_tables = recipe_.classifier_bits < 16 && format_version_ >= 2;
   for_each_tensor(m_, [&](const TensorRef& t) {
-    if (is_linear_weight(t.name)) return;
+    if (is_linear_weight(t.name) || (int8_tables && is_table(t.name))) return;
     tensors.push_back({t.name, DType::F32, t.shape, t.data.data(), DType::F32});
   });
+  std::vector<Int8RowTable> tables;
+  tables.reserve(2);
+  if (int8_tables)
+    for (const auto& [name, w] : {std::pair{kEmbedName, &m_.tok_embeddings}, std::pair{kHeadName, &m_.lm_head}}) {
+      if (name == kHeadName && m_.config.tied_embeddings) continue;
+      tables.push_back(quantize_int8_rows(w->values(), w->rows, w->cols, recipe_.classifier_bits));
+      const Int8RowTable& t = tables.back();
+      tensors.push_back({std::string(name) + ".qweight", DType::I8, {t.rows, t.cols}, t.codes.data(), DType::I8});
+      tensors.push_back({std::string(name) + ".scales", DType::F32, {t.rows}, t.scales.data(), DType::F32});
+    }
   for (int l = 0; l < m_.config.n_layers; ++l)
     for (LinearModule mod : kLinearModules) {
       const auto it = linears_.find({l, int(mod)});
@@ -344,7 +365,7 @@ void PackedWriter::write(const std::string& path, const std::map<std::string, st
     meta[kQdecKey] = json{{"bits", residuals_.begin()->second.bits}, {"k_chunk", k}, {"info", info}}.dump();
   }
   meta["format"] = kPackedFormatName;
-  meta["format_version"] = std::to_string(kPackedFormatVersion);
+  meta["format_version"] = std::to_string(int8_tables ? 2 : 1);
   meta["config"] = hf_config_json(m_.config, "float32");
   meta["recipe"] = recipe_json(recipe_);
   meta["tool"] = "quarot " + quarot_version();
@@ -384,6 +405,10 @@ struct PackedModel::Impl {
   std::vector<Linear> linears;  // [layer * kLinearsPerLayer + module]
   std::unique_ptr<QdecStore> qdec;
   QdecK qdec_k;
+  int version = 1;
+  bool int8_tables = false;
+  Int8Rows embed_q, head_q;
+  std::vector<float> embed_scales, head_scales;  // copied (alignment, as the linears' scales)
   explicit Impl(const std::string& path) : file(path) {}
 };
 
@@ -399,9 +424,12 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
     return it->second;
   };
   if (meta("format") != kPackedFormatName) throw Error(path, "not a quarot packed model (format '" + meta("format") + "')");
-  if (meta("format_version") != std::to_string(kPackedFormatVersion))
-    throw Error(path, "packed format version " + meta("format_version") + " is not supported (this quarot reads version " +
-                          std::to_string(kPackedFormatVersion) + ")");
+  I.version = 0;
+  for (int v = kPackedFormatOldestVersion; v <= kPackedFormatVersion; ++v)
+    if (meta("format_version") == std::to_string(v)) I.version = v;
+  if (I.version == 0)
+    throw Error(path, "packed format version " + meta("format_version") + " is not supported (this quarot reads versions " +
+                          std::to_string(kPackedFormatOldestVersion) + ".." + std::to_string(kPackedFormatVersion) + ")");
   json crcs;
   check_json_limits(meta(kCrcKey), path + ": metadata '" + kCrcKey + "'");
   try {
@@ -419,7 +447,8 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
   // Nothing is allocated or built before the tensors the config implies are known to be paid
   // for by the file: a header of a few hundred bytes could otherwise claim 4096 layers of width
   // 2^20 (gigabytes of norms) or widths whose transforms take minutes to build.
-  check_config_fits_file(I.fw.config, I.recipe, h, path);
+  I.int8_tables = I.version >= 2 && I.recipe.classifier_bits < 16;
+  check_config_fits_file(I.fw.config, I.recipe, I.int8_tables, h, path);
   allocate_float_parts(I.fw);
   I.online = online_transforms_of(I.fw);
 
@@ -448,7 +477,7 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
     return bytes;
   };
   for_each_tensor(I.fw, [&](const TensorRef& t) {
-    if (is_linear_weight(t.name)) return;
+    if (is_linear_weight(t.name) || (I.int8_tables && is_table(t.name))) return;
     const auto b = tensor(t.name, DType::F32, t.shape);
     if (t.data.empty()) return;  // embeddings / classifier: used in place (below)
     std::memcpy(t.data.data(), b.data(), b.size());
@@ -465,9 +494,25 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
     check_finite_tensor(name, {x.external, b.size() / sizeof(float)});
     release_mapped(b);
   };
-  in_place(I.fw.tok_embeddings, "model.embed_tokens.weight");
-  if (!I.fw.config.tied_embeddings) in_place(I.fw.lm_head, "lm_head.weight");
   const auto& c = I.fw.config;
+  // INT8 tables: the codes used in place too (int8 needs no alignment), the scales copied.
+  auto int8_table = [&](const char* name, Int8Rows& view, std::vector<float>& scales) {
+    const std::string n = name;
+    const auto q = tensor(n + ".qweight", DType::I8, {c.vocab, c.hidden});
+    const auto sc = tensor(n + ".scales", DType::F32, {c.vocab});
+    scales.resize(std::size_t(c.vocab));
+    std::memcpy(scales.data(), sc.data(), sc.size());
+    check_finite_tensor(n + ".scales", scales);
+    view = {c.vocab, c.hidden, reinterpret_cast<const int8_t*>(q.data()), scales.data()};
+    release_mapped(q);
+  };
+  if (I.int8_tables) {
+    int8_table(kEmbedName, I.embed_q, I.embed_scales);
+    if (!c.tied_embeddings) int8_table(kHeadName, I.head_q, I.head_scales);
+  } else {
+    in_place(I.fw.tok_embeddings, "model.embed_tokens.weight");
+    if (!c.tied_embeddings) in_place(I.fw.lm_head, "lm_head.weight");
+  }
   const bool asym = !I.recipe.w_symmetric;
   for (int l = 0; l < c.n_layers; ++l)
     for (LinearModule mod : kLinearModules) {
@@ -536,6 +581,10 @@ const OnlineTransforms& PackedModel::online() const { return impl_->online; }
 const ModelWeights& PackedModel::float_weights() const { return impl_->fw; }
 Int4Weights PackedModel::linear(int layer, LinearModule m) const { return impl_->linears[std::size_t(layer * kLinearsPerLayer + int(m))].view; }
 const QdecStore* PackedModel::qdec() const { return impl_->qdec.get(); }
+int PackedModel::format_version() const { return impl_->version; }
+bool PackedModel::int8_tables() const { return impl_->int8_tables; }
+Int8Rows PackedModel::embedding_table() const { return impl_->embed_q; }
+Int8Rows PackedModel::classifier_table() const { return impl_->fw.config.tied_embeddings ? impl_->embed_q : impl_->head_q; }
 QdecK PackedModel::qdec_k() const { return impl_->qdec_k; }
 uint64_t PackedModel::file_bytes() const { return impl_->file.header().data_start + (impl_->file.header().tensors.empty() ? 0 : impl_->file.header().tensors.back().end); }
 
@@ -546,6 +595,14 @@ ModelWeights PackedModel::dequantized() const {
       x->data.assign(x->external, x->external + x->rows * x->cols);
       x->external = nullptr;
     }
+  if (impl_->int8_tables) {  // exact: code * scale has no rounding (quantize_int8_rows)
+    const bool tied = m.config.tied_embeddings;
+    for (const auto& [x, t] : {std::pair{&m.tok_embeddings, embedding_table()}, std::pair{&m.lm_head, classifier_table()}}) {
+      if (x == &m.lm_head && tied) continue;
+      x->data.assign(std::size_t(t.rows * t.cols), 0.f);
+      for (int64_t r = 0; r < t.rows; ++r) int8_dequantize_row(t, r, x->row(r));
+    }
+  }
   for (int l = 0; l < m.config.n_layers; ++l)
     for (LinearModule mod : kLinearModules) {
       Matrix& w = m.layers[l].*linear_member(mod);
@@ -555,6 +612,48 @@ ModelWeights PackedModel::dequantized() const {
         for (int64_t c = 0; c < w.cols; ++c) w.row(r)[c] = v.weight(r, c);
     }
   return m;
+}
+
+uint64_t packed_file_bytes_estimate(const ModelConfig& c, const PackRecipe& r, bool tied) {
+  // Every tensor's bytes exactly; the header is its JSON: per tensor the entry and its CRC
+  // (about twice the name and 90 bytes), and the config, recipe and rotation records.
+  uint64_t data = 0, header = 8 + 1200 + hf_config_json(c, "float32").size() + recipe_json(r).size();
+  auto add = [&](const std::string& name, uint64_t bytes) {
+    data += bytes;
+    header += 2 * name.size() + 90;
+  };
+  const uint64_t V = uint64_t(c.vocab), d = uint64_t(c.hidden);
+  for (const char* t : {kEmbedName, kHeadName}) {
+    if (t == kHeadName && tied) continue;
+    if (r.classifier_bits < 16) {
+      add(std::string(t) + ".qweight", V * d);
+      add(std::string(t) + ".scales", V * 4);
+    } else {
+      add(std::string(t) + ".weight", V * d * 4);
+    }
+  }
+  add("model.norm.weight", d * 4);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", d * 4);
+    add(p + "post_attention_layernorm.weight", d * 4);
+    if (c.qk_norm) {
+      add(p + "self_attn.q_norm.weight", uint64_t(c.head_dim) * 4);
+      add(p + "self_attn.k_norm.weight", uint64_t(c.head_dim) * 4);
+    }
+    for (LinearModule mod : kLinearModules) {
+      const std::string n = linear_tensor_prefix(l, mod);
+      const auto s = linear_shape(c, mod);
+      const int64_t G = r.w_group > 0 ? s.cols / r.w_group : 1;
+      add(n + ".qweight", uint64_t(s.rows * (int4_padded_cols(s.cols) / 2)));
+      add(n + ".scales", uint64_t(s.rows * G) * 4);
+      if (!r.w_symmetric) add(n + ".zeros", uint64_t(s.rows * G));
+    }
+    const std::pair<bool, int64_t> biases[] = {{c.q_bias, c.q_dim()}, {c.k_bias, c.kv_dim()}, {c.v_bias, c.kv_dim()}, {c.o_bias, c.hidden}};
+    for (const auto& [has, n] : biases)
+      if (has) add(p + "self_attn.x_proj.bias", uint64_t(n) * 4);
+  }
+  return (header + 63) / 64 * 64 + data;
 }
 
 bool is_packed_model(const std::string& path) {

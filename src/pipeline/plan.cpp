@@ -103,7 +103,10 @@ Plan make_plan(const PlanOptions& a) {
     cfg.act.kv_clip = a.kv_clip;
     cfg.kv_clip_follows_model = false;  // the user's value, whatever the model's head_dim
   }
-  if (a.classifier_bits) cfg.classifier_bits = a.classifier_bits;
+  if (a.classifier_bits)
+    cfg.classifier_bits = a.classifier_bits;
+  else if (!a.output.empty() && !is_gguf_path(a.output))
+    cfg.classifier_bits = 8;  // a packed file's INT8 embedding/classifier tables (docs/format.md)
   if (a.no_rotate) cfg.rotate = false;
   cfg.rotation.r1_kind = a.rotation == "random" ? R1Kind::Random : R1Kind::Hadamard;
   cfg.rotation.seed = a.seed;
@@ -299,7 +302,11 @@ std::string describe_plan(const Plan& p) {
                                   std::to_string(cfg.act.a_bits) + "-bit, clip " + std::to_string(cfg.act.a_clip).substr(0, 4)).c_str()
                                : "16-bit",
            cfg.act.k_bits, cfg.act.v_bits, cfg.act.kv_asym ? "asymmetric per head" : "symmetric per head", cfg.act.kv_clip);
-    const double est = double(lin) * bpw / 8 + double(other) * 4;
+    double est = double(lin) * bpw / 8 + double(other) * 4;
+    if (!p.outputs.packed.empty()) {  // the file's bytes, tensor by tensor (the header estimated)
+      PackRecipe r = make_pack_recipe(cfg);
+      est = double(packed_file_bytes_estimate(c, r, c.tied_embeddings && !cfg.rotate));
+    }
     append(o, "  output: %s, about %.1f MiB (fp32 model %.1f MiB; %.3fx)\n",
            p.outputs.packed.empty() ? "(none: simulation only)" : p.outputs.packed.c_str(), est / (1 << 20),
            double(lin + other) * 4 / (1 << 20), est / (double(lin + other) * 4));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "quarot/detail/eigen.hpp"
 #include "quarot/error.hpp"
@@ -185,5 +186,38 @@ ForwardHook<T> act_quant_hook(const ActQuantOptions& o, int head_dim, ForwardHoo
 }
 template ForwardHook<float> act_quant_hook(const ActQuantOptions&, int, ForwardHook<float>);
 template ForwardHook<double> act_quant_hook(const ActQuantOptions&, int, ForwardHook<double>);
+
+Int8RowTable quantize_int8_rows(const float* w, int64_t rows, int64_t cols, int bits) {
+  if (bits < 2 || bits > 8) throw Error("--classifier-bits", "row tables are 2..8-bit, got " + std::to_string(bits));
+  const double qmax = double((1 << (bits - 1)) - 1);
+  Int8RowTable t;
+  t.rows = rows;
+  t.cols = cols;
+  t.codes.resize(std::size_t(rows * cols));
+  t.scales.resize(std::size_t(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = w + r * cols;
+    double m = 0;
+    for (int64_t c = 0; c < cols; ++c) m = std::max(m, std::fabs(double(x[c])));
+    float s = 1.f;  // an all-zero row: codes 0 under any scale
+    if (m > 0) {
+      // Round the significand to 16 bits (ties away from zero): code * s is then exact in fp32.
+      uint32_t u;
+      const float f = float(m / qmax);
+      std::memcpy(&u, &f, 4);
+      u = (u + 0x80u) & ~0xFFu;
+      std::memcpy(&s, &u, 4);
+    }
+    t.scales[std::size_t(r)] = s;
+    for (int64_t c = 0; c < cols; ++c)
+      t.codes[std::size_t(r * cols + c)] = int8_t(std::clamp(std::nearbyint(double(x[c]) / s), -qmax, qmax));
+  }
+  return t;
+}
+
+void Int8RowTable::dequantize_into(float* out) const {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = float(codes[std::size_t(r * cols + c)]) * scales[std::size_t(r)];
+}
 
 }  // namespace quarot

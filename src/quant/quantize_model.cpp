@@ -164,19 +164,23 @@ double rel_error(const Matrix& w, const std::vector<float>& q) {
 
 namespace {
 
-// The classifier (cfg.classifier_bits < 16): RTN per output channel, untied first.
+// The embedding table and the classifier (cfg.classifier_bits < 16): per-row tables
+// (quantize_int8_rows), what a packed file stores as INT8; tied ones stay one table.
 void quantize_classifier(ModelWeights& m, const QuantConfig& cfg, std::vector<ModuleQuantStats>& stats) {
   if (cfg.classifier_bits >= 16) return;
   if (cfg.classifier_bits < 2 || cfg.classifier_bits > 8) throw Error("--classifier-bits", "must be 2..8 or 16, got " + std::to_string(cfg.classifier_bits));
-  if (m.config.tied_embeddings) {
-    m.lm_head = m.tok_embeddings;  // the embeddings stay float: the classifier gets its own copy
-    m.config.tied_embeddings = false;
-  }
   const auto t0 = std::chrono::steady_clock::now();
-  WeightQuantOptions o{{cfg.classifier_bits, true}, 0, true};
-  const auto q = quantize_rtn(m.lm_head.data.data(), m.lm_head.rows, m.lm_head.cols, o);
-  ModuleQuantStats s{-1, "lm_head", rel_error(m.lm_head, q.dequantized)};
-  std::copy(q.dequantized.begin(), q.dequantized.end(), m.lm_head.data.begin());
+  auto quantize_table = [&](Matrix& w) {
+    const Int8RowTable t = quantize_int8_rows(w.data.data(), w.rows, w.cols, cfg.classifier_bits);
+    std::vector<float> q(w.data.size());
+    t.dequantize_into(q.data());
+    const double err = rel_error(w, q);
+    std::copy(q.begin(), q.end(), w.data.begin());
+    return err;
+  };
+  const double err = quantize_table(m.config.tied_embeddings ? m.tok_embeddings : m.lm_head);
+  if (!m.config.tied_embeddings) (void)quantize_table(m.tok_embeddings);
+  ModuleQuantStats s{-1, "lm_head", err};
   s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   stats.push_back(s);
 }

@@ -4,6 +4,7 @@
 
 #include "quarot/error.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/int8_gemv.hpp"
 #include "quarot/kv_kernels.hpp"
 #include "quarot/qdec_kernels.hpp"
 #include "quarot/qdec_runtime.hpp"
@@ -106,6 +107,11 @@ class IntegerBackend : public LinearBackend {
     int4_gemm(w, act_, nullptr, out, isa_);
     compensate(layer, m, in, n, cols, out, same_input);
   }
+  // The INT8 embedding table and classifier of a version-2 file: rows dequantized on lookup
+  // (exact, the simulation's table), logits by int8_matmul (1 byte per weight per decode step).
+  bool owns_tables() const override { return m_.int8_tables(); }
+  void embed(int token, float* out) override { int8_dequantize_row(m_.embedding_table(), token, out); }
+  void classify(const float* h, int n, float* logits) override { int8_matmul(m_.classifier_table(), h, n, logits, isa_); }
   void store_and_load_kv(int layer, int pos, int n, const float* k, const float* v, float* k_out, float* v_out) override {
     k_[layer].store(pos, n, k);
     v_[layer].store(pos, n, v);

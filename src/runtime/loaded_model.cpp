@@ -35,6 +35,7 @@ std::string LoadedModel::describe() const {
       const QdecK k = qdec_k_ ? *qdec_k_ : packed_->qdec_k();
       s += ", QDEC " + std::to_string(packed_->qdec()->bits) + "-bit residual, k per 1024 " + (k.any() ? k.describe() : "0 (off)");
     }
+    if (packed_->int8_tables()) s += ", INT8 embedding/classifier tables";
     return s + (packed_->online().empty() ? "" : ", rotated");
   }
   return online_.empty() ? "float" : "float, rotated (online transforms)";

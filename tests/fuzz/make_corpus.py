@@ -99,18 +99,25 @@ put("fuzz_sentencepiece", "tiny-bpe.model", model)
 
 # A tiny valid packed INT4 file (docs/format.md): hidden 8, 2 heads of 4, 1 KV head, FFN 16, one
 # layer, vocab 8, per-channel symmetric 4-bit, rotated (online transforms of sizes 4, 2, 16), CRCs
-# and the canonical header CRC computed as the reader does; a second one with a 4-bit QDEC section.
+# and the canonical header CRC computed as the reader does; a second one with a 4-bit QDEC section;
+# a third of format version 2 with INT8 embedding/classifier tables (after the other float tensors).
 import zlib
-def packed_file(with_qdec):
+def packed_file(with_qdec, int8_tables=False):
     d, f, L, nh, nkv, V = 8, 16, 1, 2, 1, 8
     hd = d // nh
     f32 = lambda vals: struct.pack(f"<{len(vals)}f", *vals)
     tensors = []  # (name, dtype, shape, bytes), in file order: float tensors first (4-byte aligned)
-    tensors.append(("model.embed_tokens.weight", "F32", [V, d], f32([0.01 * (i % 13 - 6) for i in range(V * d)])))
+    if not int8_tables:
+        tensors.append(("model.embed_tokens.weight", "F32", [V, d], f32([0.01 * (i % 13 - 6) for i in range(V * d)])))
     tensors.append(("model.layers.0.input_layernorm.weight", "F32", [d], f32([1.0] * d)))
     tensors.append(("model.layers.0.post_attention_layernorm.weight", "F32", [d], f32([1.0] * d)))
     tensors.append(("model.norm.weight", "F32", [d], f32([1.0] * d)))
-    tensors.append(("lm_head.weight", "F32", [V, d], f32([0.02 * (i % 7 - 3) for i in range(V * d)])))
+    if int8_tables:
+        for t, k in (("model.embed_tokens", 13), ("lm_head", 7)):
+            tensors.append((t + ".qweight", "I8", [V, d], bytes((i * k) % 255 for i in range(V * d))))
+            tensors.append((t + ".scales", "F32", [V], f32([0.0078125] * V)))
+    else:
+        tensors.append(("lm_head.weight", "F32", [V, d], f32([0.02 * (i % 7 - 3) for i in range(V * d)])))
     linears = [("self_attn.q_proj", nh * hd, d), ("self_attn.k_proj", nkv * hd, d), ("self_attn.v_proj", nkv * hd, d),
                ("self_attn.o_proj", d, nh * hd), ("mlp.gate_proj", f, d), ("mlp.up_proj", f, d), ("mlp.down_proj", d, f)]
     for name, rows, cols in linears:
@@ -131,12 +138,12 @@ def packed_file(with_qdec):
               "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
     recipe = {"preset": "w4a4kv4", "method": "rtn", "w_bits": 4, "w_symmetric": True, "w_group": 0, "clip_search": True,
               "a_bits": 4, "a_clip": 0.9, "a_group": 0, "k_bits": 4, "v_bits": 4, "kv_clip": 0.95,
-              "kv_asymmetric": True, "classifier_bits": 16}
+              "kv_asymmetric": True, "classifier_bits": 8 if int8_tables else 16}
     rotation = {"version": 1, "seed": 0, "fused_norms": True, "r1": "randomized-hadamard", "r2": True,
                 "centered_embeddings": False,
                 "online": {"r3_head_dim": hd, "cross_head_n_heads": nh, "r4_intermediate": f}}
     compact = lambda o: json.dumps(o, separators=(",", ":"), sort_keys=True)
-    meta = {"format": "quarot-int4", "format_version": "1", "config": compact(config), "recipe": compact(recipe),
+    meta = {"format": "quarot-int4", "format_version": "2" if int8_tables else "1", "config": compact(config), "recipe": compact(recipe),
             "quarot.rotation": compact(rotation), "tool": "quarot corpus", "quarot.source": "make_corpus.py",
             "quarot.crc32": compact({n: "%08x" % zlib.crc32(b) for n, _, _, b in tensors})}
     if with_qdec:
@@ -153,6 +160,7 @@ def packed_file(with_qdec):
     return struct.pack("<Q", len(h)) + h + b"".join(b for _, _, _, b in tensors)
 put("fuzz_packed", "tiny.q4.safetensors", packed_file(False))
 put("fuzz_packed", "tiny-qdec.q4.safetensors", packed_file(True))
+put("fuzz_packed", "tiny-int8.q4.safetensors", packed_file(False, True))
 
 # fuzz_gguf: tiny GGUF v3 models (hidden 32 so the 32-blocks fit), one per architecture/type mix.
 def gguf(arch, kv, tensors, version=3):
