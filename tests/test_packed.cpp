@@ -14,7 +14,7 @@
 #include "quarot/runtime.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
-#include "rotation_support.hpp"
+#include "pipeline_support.hpp"
 #include "test_support.hpp"
 
 using namespace quarot;
@@ -28,6 +28,17 @@ ModelWeights tiny(bool asym_groups = false) {
   s.config.vocab = 96;
   if (asym_groups) s.config.intermediate = 192;  // groups of 64 divide every width
   return make_synthetic(s);
+}
+
+// The RTN W4A4KV4 plan of the tiny model here, saved into `dir`, writing `out`: with the preset's
+// KV clip (these tests predate apply_model_defaults, which would choose 1.0 at head_dim 8).
+PlanOptions tiny_plan(const ModelWeights& m, const TempDir& dir, const std::string& out) {
+  PlanOptions o;
+  o.model = saved_model(m, dir / (std::filesystem::path(out).filename().string() + ".in"));
+  o.output = out;
+  o.preset = "w4a4kv4-rtn";
+  o.kv_clip = quant_preset(o.preset).act.kv_clip;
+  return o;
 }
 
 std::vector<int> tokens(int n, int vocab, uint64_t seed) {
@@ -59,16 +70,15 @@ std::string open_error(const std::string& path) {
 TEST(Packed, RoundTripsTheQuantizedWeightsExactlyAndDeterministically) {
   TempDir dir;
   for (const bool asym : {false, true}) {
-    auto m = tiny(asym);
-    auto cfg = quant_preset("w4a4kv4-rtn");
-    if (asym) {
-      cfg.gptq.weights.grid.symmetric = false;
-      cfg.gptq.weights.group_size = 64;
-    }
     const std::string a = dir / "a.q4.safetensors", b = dir / "b.q4.safetensors";
-    auto m2 = m;
-    quantize_and_pack(m, cfg, {}, a);
-    quantize_and_pack(m2, cfg, {}, b);
+    PlanOptions o = tiny_plan(tiny(asym), dir, a);
+    if (asym) {
+      o.w_asym = true;
+      o.w_group = 64;
+    }
+    const ModelWeights m = run_plan(o).quantized;
+    o.output = b;
+    run_plan(o);
     EXPECT_EQ(read_bytes(a), read_bytes(b)) << "same inputs and seed, different bytes";
     const PackedModel p(a);
     EXPECT_EQ(p.recipe().w_symmetric, !asym);
@@ -99,12 +109,11 @@ TEST(Packed, IntegerModelMatchesTheSimulation) {
   // (narrower than a packed block) or 48 (dividing no width of the tiny model), on every ISA.
   for (const auto& [k_bits, a_group] : {std::pair{4, 0}, {8, 0}, {8, 16}, {4, 48}}) {
     TempDir dir;
-    auto m = tiny();
     const std::string path = dir / "m.q4.safetensors";
-    auto cfg = quant_preset("w4a4kv4-rtn");
-    cfg.act.k_bits = k_bits;
-    cfg.act.a_group = a_group;
-    quantize_and_pack(m, cfg, {}, path);
+    PlanOptions o = tiny_plan(tiny(), dir, path);
+    o.k_bits = k_bits;
+    o.a_group = a_group;
+    run_plan(o);
     const PackedModel p(path);
     ASSERT_EQ(p.recipe().act.k_bits, k_bits);
     ASSERT_EQ(p.recipe().act.a_group, a_group);
@@ -139,9 +148,8 @@ TEST(Packed, IntegerModelMatchesTheSimulation) {
 
 TEST(Packed, CorruptionIsCaughtWithTheTensorsName) {
   TempDir dir;
-  auto m = tiny();
   const std::string good = dir / "good.q4.safetensors";
-  quantize_and_pack(m, quant_preset("w4a4kv4-rtn"), {}, good);
+  run_plan(tiny_plan(tiny(), dir, good));
   const auto bytes = read_bytes(good);
   const SafetensorsFile f(good);
   const auto* qw = f.find("model.layers.1.mlp.down_proj.qweight");
@@ -181,22 +189,23 @@ TEST(Packed, CorruptionIsCaughtWithTheTensorsName) {
   EXPECT_TRUE(open_error(good).empty());
 }
 
-// stories260K quantized with `preset` (the model's defaults applied, as the tool does): the
-// integer path's perplexity and greedy tokens against the simulation of the same file.
+// stories260K quantized with `preset` by the pipeline (the model's defaults applied, as the tool
+// does): the integer path's perplexity and greedy tokens against the simulation of the same file.
 static double integer_path_agrees_with_the_simulation(const std::string& preset, int a_group = 0) {
-  auto m = load_model(data_file("stories260K/stories260K.bin"));
-  // Under ASan+UBSan (3-8x slower) a smaller run still exercises every path; the 0.5% bound is
-  // checked in the release build, where 76 windows make it statistically meaningful.
-  auto cfg = quant_preset(preset);  // GPTQ, per-channel symmetric weights with clip search
-  std::printf("%s\n", apply_model_defaults(cfg, m.config).c_str());
-  cfg.act.a_group = a_group;
-  cfg.nsamples = kSanitizedBuild ? 4 : 16;
-  cfg.seqlen = 512;
-  const auto calib = calibration_windows(read_ids_file(data_file("stories260K/calib-t1-seed42.ids"), 512), cfg.nsamples,
-                                         cfg.seqlen, 0, "calib");
   TempDir dir;
   const std::string path = dir / "stories.q4.safetensors";
-  quantize_and_pack(m, cfg, calib, path);
+  PlanOptions o;
+  o.model = data_file("stories260K/stories260K.bin");
+  o.output = path;
+  o.preset = preset;  // GPTQ, per-channel symmetric weights with clip search
+  o.a_group = a_group;
+  // Under ASan+UBSan (3-8x slower) a smaller run still exercises every path; the 0.5% bound is
+  // checked in the release build, where 76 windows make it statistically meaningful.
+  o.nsamples = kSanitizedBuild ? 4 : 16;
+  o.seqlen = 512;
+  o.calib = data_file("stories260K/calib-t1-seed42.ids");
+  const QuantConfig cfg = run_plan(o).config;
+  std::printf("%s\n", cfg.describe().c_str());
   const PackedModel p(path);
   EXPECT_EQ(p.recipe().act.k_bits, cfg.act.k_bits);
   EXPECT_EQ(p.recipe().act.v_bits, cfg.act.v_bits);
