@@ -23,10 +23,12 @@ struct PipelineRun {
   RunReport report;
 };
 
-// make_plan(o) and run() with an observer that keeps the quantized model; quiet, no checksums.
-// The packed file goes to o.output (and report.json beside it).
+// make_plan(o) and run() with an observer that keeps the quantized model; quiet, no checksums,
+// no outlier statistics (report-only forwards). The packed file goes to o.output (and
+// report.json beside it).
 inline PipelineRun run_plan(PlanOptions o) {
   o.no_checksum = true;
+  o.outlier_windows = 0;
   o.progress = "none";
   o.quiet = true;
   struct Keep : Observer {
