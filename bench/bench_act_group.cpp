@@ -1,8 +1,8 @@
-// Per-group activation scales on a real model (issue 17): quantizes it with a preset (GPTQ, the
-// model's defaults applied as quarot-quantize applies them: KV clip 1.0 below head_dim 32) once
-// per activation group size, packs it, and evaluates the packed integer path and the fake-quant
+// Per-group activation scales on a real model (issue 17): runs the pipeline (quarot::run, as
+// quarot-quantize --a-group G does: the model's defaults applied, KV clip 1.0 below head_dim 32)
+// once per activation group size, and evaluates the packed integer path and the fake-quant
 // simulation of the same file (paper protocol), with KLD and top-1 agreement against the float
-// model. quarot-quantize has no --a-group flag yet, hence this program.
+// model: the table of all group sizes in one run.
 //
 //   quarot-bench-act-group MODEL --calib F.ids --eval-ids F.ids --ctx N [--nsamples 128]
 //                          [--preset w4a4k8v4] [--a-groups 0,16,32]
@@ -14,6 +14,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/runtime.hpp"
 #include "quarot/tokenizer.hpp"
@@ -44,27 +45,19 @@ int main(int argc, char** argv) {
     std::printf("| a_group | simulated PPL | integer PPL | int vs sim | integer KLD mean | top-1 agree |\n|---|---|---|---|---|---|\n");
     auto base = quarot::Transformer<float>(float_model, ctx);
     for (int g : groups) {
-      auto cfg = quarot::quant_preset(preset);
-      quarot::apply_model_defaults(cfg, c);
-      cfg.act.a_group = g;
-      cfg.nsamples = nsamples;
-      cfg.seqlen = std::min(ctx, c.max_positions);
-      const auto calib = quarot::calibration_windows(quarot::read_ids_file(calib_path, c.vocab), cfg.nsamples, cfg.seqlen, cfg.seed,
-                                                     calib_path);
-      auto m = float_model;
-      quarot::convert_rope_layout(m, quarot::RopeLayout::Half);
-      quarot::OnlineTransforms online;
-      if (cfg.rotate) {
-        online = quarot::rotate_model(m, cfg.rotation);
-        quarot::record_rotation(m, cfg.rotation, online);
-      }
       const std::string path = (tmp / "m.q4.safetensors").string();
-      quarot::PackedWriter writer(m, quarot::make_pack_recipe(cfg));
-      quarot::quantize_weights(m, online, cfg, calib, {},
-                               [&](int l, quarot::LinearModule mod, const quarot::QuantizedMatrix& q, const quarot::Matrix&) {
-                                 writer.add(l, mod, q);
-                               });
-      writer.write(path);
+      quarot::PlanOptions o;
+      o.model = model_path;
+      o.output = path;
+      o.preset = preset;
+      o.a_group = g;
+      o.calib = calib_path;
+      o.nsamples = nsamples;
+      o.seqlen = ctx;  // capped at the model's max positions
+      o.no_checksum = true;
+      o.quiet = true;
+      quarot::Observer silent;
+      quarot::run(quarot::make_plan(o), silent);
       const quarot::PackedModel p(path);
       const auto deq = p.dequantized();
       auto integer = quarot::integer_model(p, ctx);

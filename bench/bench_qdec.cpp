@@ -1,18 +1,22 @@
 // QDEC on a real model: perplexity and KLD against k_chunk (channels per 1024 added back per
 // token; the fake-quant simulation) for W3A16 and W4A16 (RTN and GPTQ) and W4A4KV4 (RTN and
 // GPTQ), each with and without rotation; the residual's bytes against the packed model; and the
-// integer path's decode time per token against k (the packed file with its QDEC section).
+// integer path's decode time per token against k (the packed file with its QDEC section). Each
+// setting is one run of the pipeline (quarot::run); the simulation takes its quantized model and
+// residuals in memory (Observer::quantized).
 //
 //   quarot-bench-qdec MODEL.bin --eval-ids IDS --ctx 512 [--chunks 20] [--calib CALIB.ids]
 //                     [--nsamples 32] [--qdec-bits 4] [--only "W3A16 RTN"]
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <unistd.h>
 
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/qdec.hpp"
 #include "quarot/qdec_runtime.hpp"
 #include "quarot/quantize.hpp"
@@ -35,15 +39,12 @@ int main(int argc, char** argv) {
   app.add_option("--only", only, "run only the setting with this name, e.g. \"W3A16 RTN\"");
   CLI11_PARSE(app, argc, argv);
   try {
-    auto base = quarot::load_model(model);
-    quarot::convert_rope_layout(base, quarot::RopeLayout::Half);  // the packed format's layout
+    const auto base = quarot::load_model(model);  // the float reference
     const auto& c = base.config;
     ctx = std::min(ctx, c.max_positions);
     std::vector<int> stream;
     for (const auto& s : quarot::read_ids_file(ids, c.vocab)) stream.insert(stream.end(), s.begin(), s.end());
     const auto windows = quarot::make_windows(stream, quarot::Protocol::Paper, ctx, 1, chunks);
-    std::vector<std::vector<int>> calib;
-    if (!calib_path.empty()) calib = quarot::calibration_windows(quarot::read_ids_file(calib_path, c.vocab), nsamples, ctx, 0, calib_path);
     quarot::Transformer<float> fm(base, ctx);
     const auto fr = quarot::evaluate(fm, windows, quarot::Protocol::Paper);
     std::printf("%s: float perplexity %.4f (%zu windows of %d); %d-bit residual\n\n", model.c_str(), fr.ppl, windows.size(), ctx, bits);
@@ -67,52 +68,58 @@ int main(int argc, char** argv) {
     for (std::size_t i = 0; i < std::size(timed_kcs); ++i) time_table += "---|";
     ppl_table += "\n";
     time_table += "\n";
-    const fs::path tmp = fs::temp_directory_path() / ("quarot-bench-qdec-" + std::to_string(::getpid()) + ".q4.safetensors");
+    const fs::path tmp_dir = fs::temp_directory_path() / ("quarot-bench-qdec-" + std::to_string(::getpid()));
+    const fs::path tmp = tmp_dir / "m.q4.safetensors";  // its report beside it
     for (const Setting s : settings) {
-      if (s.gptq && calib.empty()) continue;
+      if (s.gptq && calib_path.empty()) continue;
       if (!only.empty() && only != s.name) continue;
       for (const bool rotate : {true, false}) {
-        auto cfg = quarot::quant_preset(s.preset);
-        cfg.gptq.weights.grid.bits = s.w_bits;
-        cfg.gptq.weights.group_size = 0;  // per channel (the widths here are not multiples of 128)
-        cfg.rotate = rotate;
-        auto original = base;
-        quarot::OnlineTransforms online;
-        if (rotate) {
-          online = quarot::rotate_model(original, cfg.rotation);
-          quarot::record_rotation(original, cfg.rotation, online);
+        quarot::PlanOptions o;
+        o.model = model;
+        o.output = tmp.string();
+        o.preset = s.preset;
+        o.w_bits = s.w_bits;
+        o.w_group = 0;  // per channel (the widths here are not multiples of 128)
+        o.kv_clip = quarot::quant_preset(s.preset).act.kv_clip;  // the preset's, as this table always had
+        o.no_rotate = !rotate;
+        if (s.gptq) {
+          o.calib = calib_path;
+          o.nsamples = nsamples;
+          o.seqlen = ctx;
         }
-        auto q = original;
-        quarot::PackedWriter writer(q, quarot::make_pack_recipe(cfg));
-        quarot::QdecStore store;
-        store.bits = bits;
-        store.linears.resize(std::size_t(c.n_layers) * 7);
-        quarot::quantize_weights(q, online, cfg, calib, {}, [&](int l, quarot::LinearModule m, const quarot::QuantizedMatrix& qm, const quarot::Matrix& w) {
-          writer.add(l, m, qm);
-          store.linears[std::size_t(l) * 7 + std::size_t(m)] = quarot::make_residual_store(w.data.data(), qm.dequantized.data(), qm.rows, qm.cols, bits);
-        });
-        for (int l = 0; l < c.n_layers; ++l)
-          for (quarot::LinearModule m : quarot::kLinearModules) writer.add_residual(l, m, store.at(l, m));
-        writer.write(tmp.string());
-        const double file = double(fs::file_size(tmp)), packed_model = file - double(store.bytes());
+        o.qdec = true;
+        o.qdec_bits = bits;
+        o.no_checksum = true;
+        o.quiet = true;
         char cell[128];
         std::snprintf(cell, sizeof cell, "| %s | %s |", s.name, rotate ? "on" : "off");
         ppl_table += cell;
         std::printf("%s", cell);
-        for (int kc : kcs) {
-          auto m = quarot::qdec_simulation_model(q, store, quarot::QdecK::all(kc), online, cfg.act, ctx);
-          const auto r = quarot::evaluate(m, windows, quarot::Protocol::Paper, &fm);
-          std::snprintf(cell, sizeof cell, " %.3f (%.3f) |", r.ppl, r.kld_mean);
-          ppl_table += cell;
-          std::printf("%s", cell);
-          std::fflush(stdout);
-        }
+        // The simulation of the quantized model with its residuals, against k.
+        struct Simulate : quarot::Observer {
+          std::function<void(const quarot::QuantizedModel&)> f;
+          void quantized(const quarot::QuantizedModel& q) override { f(q); }
+        } simulate;
+        uint64_t residual_bytes = 0;
+        simulate.f = [&](const quarot::QuantizedModel& q) {
+          residual_bytes = q.qdec->bytes();
+          for (int kc : kcs) {
+            auto m = quarot::qdec_simulation_model(q.weights, *q.qdec, quarot::QdecK::all(kc), q.online, q.config.act, ctx);
+            const auto r = quarot::evaluate(m, windows, quarot::Protocol::Paper, &fm);
+            std::snprintf(cell, sizeof cell, " %.3f (%.3f) |", r.ppl, r.kld_mean);
+            ppl_table += cell;
+            std::printf("%s", cell);
+            std::fflush(stdout);
+          }
+        };
+        quarot::run(quarot::make_plan(o), simulate);
         ppl_table += "\n";
         std::printf("\n");
+        const double file = double(fs::file_size(tmp)), packed_model = file - double(residual_bytes);
         // The integer path: decode time per token (64 steps after BOS, best of 5).
         const quarot::PackedModel packed(tmp.string());
         std::snprintf(cell, sizeof cell, "| %s | %s | %.1f KiB | %.1f KiB (%.0f%%) |", s.name, rotate ? "on" : "off", packed_model / 1024,
-                      double(store.bytes()) / 1024, 100.0 * double(store.bytes()) / packed_model);
+                      double(residual_bytes) / 1024, 100.0 * double(residual_bytes) / packed_model);
         time_table += cell;
         for (int kc : timed_kcs) {
           auto im = quarot::integer_model(packed, std::min(c.max_positions, 128), quarot::best_isa(), quarot::QdecK::all(kc));
@@ -122,7 +129,7 @@ int main(int argc, char** argv) {
         time_table += "\n";
       }
     }
-    fs::remove(tmp);
+    fs::remove_all(tmp_dir);
     std::printf("\nperplexity (mean KLD vs float) against k_chunk, simulated:\n\n%s\n", ppl_table.c_str());
     std::printf("integer path, decode time per token (%s):\n\n%s\n", quarot::isa_name(quarot::best_isa()), time_table.c_str());
     std::printf("k per layer at this width: hidden %d -> ", c.hidden);

@@ -3,6 +3,8 @@
 // figure is the per-layer output error: ||y_q - y_f|| / ||y_f|| of the residual stream after
 // each layer, against the float model with the same rotation (a rotation preserves norms, so
 // rotated and unrotated errors compare directly), and the KL divergence of the final logits.
+// The model is saved once and each setting is one run of the pipeline (quarot::run), whose
+// quantized model is measured in memory (Observer::quantized).
 //
 //   quarot-bench-quality-synth [--preset llama2-7b-layer] [--layers 2] [--nsamples 16]
 //                              [--seqlen 512] [--eval-windows 2]
@@ -11,7 +13,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <unistd.h>
 
+#include "quarot/atomic_file.hpp"
+#include "quarot/checkpoint.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/synth.hpp"
 
@@ -112,9 +120,16 @@ int main(int argc, char** argv) {
     const int V = spec.config.vocab;
     auto t0 = Clock::now();
     const auto base = quarot::make_synthetic(spec);
-    std::fprintf(stderr, "synthetic %s x %d layers: %.1fs\n", preset.c_str(), layers, since(t0));
-    std::vector<std::vector<int>> calib, eval;
-    for (int i = 0; i < nsamples; ++i) calib.push_back(pseudo_text(seqlen, V, 100 + uint64_t(i)));
+    const auto tmp = std::filesystem::temp_directory_path() / ("quarot-bench-quality-synth-" + std::to_string(::getpid()));
+    quarot::save_hf(base, (tmp / "model").string());
+    std::fprintf(stderr, "synthetic %s x %d layers, saved: %.1fs\n", preset.c_str(), layers, since(t0));
+    std::vector<std::vector<int>> eval;
+    std::string calib_ids;  // GPTQ's sequences, each taken whole (nsamples x seqlen)
+    for (int i = 0; i < nsamples; ++i) {
+      for (int t : pseudo_text(seqlen, V, 100 + uint64_t(i))) calib_ids += std::to_string(t) + " ";
+      calib_ids += "\n";
+    }
+    quarot::write_file_atomic((tmp / "calib.ids").string(), calib_ids);
     for (int i = 0; i < eval_windows; ++i) eval.push_back(pseudo_text(seqlen, V, 900 + uint64_t(i)));
 
     struct Setting {
@@ -131,26 +146,46 @@ int main(int argc, char** argv) {
     for (const bool rotate : {true, false}) {
       auto rotated = base;
       quarot::OnlineTransforms online;
+      // The float reference with the rotation the pipeline applies (the plans' rotation options).
       if (rotate) online = quarot::rotate_model(rotated, quarot::RotationOptions{});
       const auto ref = run(rotated, online.empty() ? quarot::ForwardHook<float>{} : quarot::online_hook<float>(online), eval);
       for (const auto& s : all_settings) {
         if (!only.empty() && std::find(only.begin(), only.end(), std::string(s.preset)) == only.end()) continue;
-        auto cfg = quarot::quant_preset(s.preset);
-        cfg.nsamples = nsamples;
-        cfg.seqlen = seqlen;
-        const int g = cfg.gptq.weights.group_size;
-        if (g > 0 && (base.config.hidden % g || base.config.intermediate % g || base.config.q_dim() % g))
-          cfg.gptq.weights.group_size = 0;  // small presets: per channel where 128 does not divide
-        auto m = rotated;
-        t0 = Clock::now();
-        const auto stats = quarot::quantize_weights(m, online, cfg, calib, [&](int l, int n, const std::string& mod) {
-          std::fprintf(stderr, "%s %s: layer %d/%d %s\n", s.name, rotate ? "rotated" : "plain", l + 1, n, mod.c_str());
-          std::fflush(stderr);
-        });
-        const double t_quant = since(t0);
-        double werr = 0;
-        for (const auto& st : stats) werr += st.rel_weight_error / double(stats.size());
-        const auto q = run(m, quarot::quantized_model_hook<float>(online, cfg.act, m.config.head_dim), eval);
+        Trace q;
+        double werr = 0, t_quant = 0;
+        if (std::string(s.preset) == "none") {
+          q = run(rotated, online.empty() ? quarot::ForwardHook<float>{} : quarot::online_hook<float>(online), eval);  // the control
+        } else {
+          quarot::PlanOptions o;
+          o.model = (tmp / "model").string();
+          o.preset = s.preset;
+          o.no_rotate = !rotate;
+          o.kv_clip = quarot::quant_preset(s.preset).act.kv_clip;  // the preset's, as this table always had
+          o.calib = (tmp / "calib.ids").string();
+          o.nsamples = nsamples;
+          o.seqlen = seqlen;
+          o.outlier_windows = 0;
+          o.no_checksum = true;
+          o.quiet = true;
+          const int g = quarot::quant_preset(s.preset).gptq.weights.group_size;
+          if (g > 0 && (base.config.hidden % g || base.config.intermediate % g || base.config.q_dim() % g))
+            o.w_group = 0;  // small presets: per channel where 128 does not divide
+          struct Measure : quarot::Observer {
+            std::function<void(const quarot::QuantizedModel&)> f;
+            std::string what;
+            void progress(std::string_view stage, uint64_t, uint64_t, const std::string& m) override {
+              if (stage == "quantize") std::fprintf(stderr, "%s: %s\n", what.c_str(), m.c_str());
+            }
+            void quantized(const quarot::QuantizedModel& m) override { f(m); }
+          } measure;
+          measure.what = std::string(s.name) + (rotate ? " rotated" : " plain");
+          measure.f = [&](const quarot::QuantizedModel& m) {
+            q = run(m.weights, quarot::quantized_model_hook<float>(m.online, m.config.act, m.weights.config.head_dim), eval);
+          };
+          const auto report = quarot::run(quarot::make_plan(o), measure);
+          t_quant = report.timings.at("quantize");
+          for (const auto& st : report.modules) werr += st.rel_weight_error / double(report.modules.size());
+        }
         std::printf("| %s | %s |", s.name, rotate ? "on" : "off");
         for (int l = 0; l < layers; ++l) {
           std::vector<float> a, b;
@@ -166,6 +201,7 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
+    std::filesystem::remove_all(tmp);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "quarot-bench-quality-synth: error: %s\n", e.what());
     return 1;

@@ -1,13 +1,11 @@
 #pragma once
-// Test helpers shared by the rotation, packed-file and Qwen3 tests: the invariance measure of a
-// rotation, RotationOptions with chosen steps, and rotate + quantize + pack in one call.
+// Test helpers shared by the rotation and Qwen3 tests: the invariance measure of a rotation and
+// RotationOptions with chosen steps. (Rotate + quantize + pack is the pipeline's: pipeline_support.hpp.)
 #include <span>
 #include <string>
 #include <vector>
 
 #include "quarot/forward.hpp"
-#include "quarot/packed.hpp"
-#include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "test_support.hpp"
 
@@ -46,21 +44,6 @@ inline RotationOptions only(bool fuse, bool r1, bool r2, bool r3, bool r4) {
   o.r4 = r4;
   o.seed = 7;
   return o;
-}
-
-// Rotates and quantizes `m` by `cfg` and writes the packed file; m becomes the quantized model.
-inline OnlineTransforms quantize_and_pack(ModelWeights& m, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib,
-                                          const std::string& path) {
-  convert_rope_layout(m, RopeLayout::Half);
-  OnlineTransforms online;
-  if (cfg.rotate) {
-    online = rotate_model(m, cfg.rotation);
-    record_rotation(m, cfg.rotation, online);
-  }
-  PackedWriter writer(m, make_pack_recipe(cfg));
-  quantize_weights(m, online, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { writer.add(l, mod, q); });
-  writer.write(path);
-  return online;
 }
 
 }  // namespace quarot::test

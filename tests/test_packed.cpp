@@ -15,7 +15,7 @@
 #include "quarot/runtime.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
-#include "rotation_support.hpp"
+#include "pipeline_support.hpp"
 #include "test_support.hpp"
 
 using namespace quarot;
@@ -29,6 +29,17 @@ ModelWeights tiny(bool asym_groups = false) {
   s.config.vocab = 96;
   if (asym_groups) s.config.intermediate = 192;  // groups of 64 divide every width
   return make_synthetic(s);
+}
+
+// The RTN W4A4KV4 plan of the tiny model here, saved into `dir`, writing `out`: with the preset's
+// KV clip (these tests predate apply_model_defaults, which would choose 1.0 at head_dim 8).
+PlanOptions tiny_plan(const ModelWeights& m, const TempDir& dir, const std::string& out) {
+  PlanOptions o;
+  o.model = saved_model(m, dir / (std::filesystem::path(out).filename().string() + ".in"));
+  o.output = out;
+  o.preset = "w4a4kv4-rtn";
+  o.kv_clip = quant_preset(o.preset).act.kv_clip;
+  return o;
 }
 
 std::vector<int> tokens(int n, int vocab, uint64_t seed) {
@@ -60,16 +71,15 @@ std::string open_error(const std::string& path) {
 TEST(Packed, RoundTripsTheQuantizedWeightsExactlyAndDeterministically) {
   TempDir dir;
   for (const bool asym : {false, true}) {
-    auto m = tiny(asym);
-    auto cfg = quant_preset("w4a4kv4-rtn");
-    if (asym) {
-      cfg.gptq.weights.grid.symmetric = false;
-      cfg.gptq.weights.group_size = 64;
-    }
     const std::string a = dir / "a.q4.safetensors", b = dir / "b.q4.safetensors";
-    auto m2 = m;
-    quantize_and_pack(m, cfg, {}, a);
-    quantize_and_pack(m2, cfg, {}, b);
+    PlanOptions o = tiny_plan(tiny(asym), dir, a);
+    if (asym) {
+      o.w_asym = true;
+      o.w_group = 64;
+    }
+    const ModelWeights m = run_plan(o).quantized;
+    o.output = b;
+    run_plan(o);
     EXPECT_EQ(read_bytes(a), read_bytes(b)) << "same inputs and seed, different bytes";
     const PackedModel p(a);
     EXPECT_EQ(p.recipe().w_symmetric, !asym);
@@ -101,13 +111,12 @@ TEST(Packed, IntegerModelMatchesTheSimulation) {
   // The last: INT8 embedding/classifier tables (decode's GEMV, prefill's tiles), on every ISA.
   for (const auto& [k_bits, a_group, cls_bits] : {std::tuple{4, 0, 16}, {8, 0, 16}, {8, 16, 16}, {4, 48, 16}, {4, 0, 8}}) {
     TempDir dir;
-    auto m = tiny();
     const std::string path = dir / "m.q4.safetensors";
-    auto cfg = quant_preset("w4a4kv4-rtn");
-    cfg.act.k_bits = k_bits;
-    cfg.act.a_group = a_group;
-    cfg.classifier_bits = cls_bits;
-    quantize_and_pack(m, cfg, {}, path);
+    PlanOptions o = tiny_plan(tiny(), dir, path);
+    o.k_bits = k_bits;
+    o.a_group = a_group;
+    o.classifier_bits = cls_bits;
+    run_plan(o);
     const PackedModel p(path);
     ASSERT_EQ(p.int8_tables(), cls_bits < 16);
     ASSERT_EQ(p.recipe().act.k_bits, k_bits);
@@ -144,9 +153,8 @@ TEST(Packed, IntegerModelMatchesTheSimulation) {
 
 TEST(Packed, CorruptionIsCaughtWithTheTensorsName) {
   TempDir dir;
-  auto m = tiny();
   const std::string good = dir / "good.q4.safetensors";
-  quantize_and_pack(m, quant_preset("w4a4kv4-rtn"), {}, good);
+  run_plan(tiny_plan(tiny(), dir, good));
   const auto bytes = read_bytes(good);
   const SafetensorsFile f(good);
   const auto* qw = f.find("model.layers.1.mlp.down_proj.qweight");
@@ -186,23 +194,24 @@ TEST(Packed, CorruptionIsCaughtWithTheTensorsName) {
   EXPECT_TRUE(open_error(good).empty());
 }
 
-// stories260K quantized with `preset` (the model's defaults applied, as the tool does): the
-// integer path's perplexity and greedy tokens against the simulation of the same file.
+// stories260K quantized with `preset` by the pipeline (the model's defaults applied, as the tool
+// does): the integer path's perplexity and greedy tokens against the simulation of the same file.
 static double integer_path_agrees_with_the_simulation(const std::string& preset, int a_group = 0, int classifier_bits = 16) {
-  auto m = load_model(data_file("stories260K/stories260K.bin"));
-  // Under ASan+UBSan (3-8x slower) a smaller run still exercises every path; the 0.5% bound is
-  // checked in the release build, where 76 windows make it statistically meaningful.
-  auto cfg = quant_preset(preset);  // GPTQ, per-channel symmetric weights with clip search
-  std::printf("%s\n", apply_model_defaults(cfg, m.config).c_str());
-  cfg.act.a_group = a_group;
-  cfg.classifier_bits = classifier_bits;
-  cfg.nsamples = kSanitizedBuild ? 4 : 16;
-  cfg.seqlen = 512;
-  const auto calib = calibration_windows(read_ids_file(data_file("stories260K/calib-t1-seed42.ids"), 512), cfg.nsamples,
-                                         cfg.seqlen, 0, "calib");
   TempDir dir;
   const std::string path = dir / "stories.q4.safetensors";
-  quantize_and_pack(m, cfg, calib, path);
+  PlanOptions o;
+  o.model = data_file("stories260K/stories260K.bin");
+  o.output = path;
+  o.preset = preset;  // GPTQ, per-channel symmetric weights with clip search
+  o.a_group = a_group;
+  o.classifier_bits = classifier_bits;
+  // Under ASan+UBSan (3-8x slower) a smaller run still exercises every path; the 0.5% bound is
+  // checked in the release build, where 76 windows make it statistically meaningful.
+  o.nsamples = kSanitizedBuild ? 4 : 16;
+  o.seqlen = 512;
+  o.calib = data_file("stories260K/calib-t1-seed42.ids");
+  const QuantConfig cfg = run_plan(o).config;
+  std::printf("%s\n", cfg.describe().c_str());
   const PackedModel p(path);
   EXPECT_EQ(p.int8_tables(), classifier_bits < 16);
   EXPECT_EQ(p.recipe().act.k_bits, cfg.act.k_bits);
@@ -311,12 +320,12 @@ TEST(Packed, Int8TablesVersionTwoAndVersionOneFilesRead) {
     s.config.vocab = 1000;  // table-heavy, as small real models are
     s.config.tied_embeddings = tied;
     auto m = make_synthetic(s);
-    auto cfg = quant_preset("w4a4kv4-rtn");
-    cfg.rotate = false;  // rotation unties; keep the tie to store one table
-    cfg.classifier_bits = 8;
     const std::string v2 = dir / "v2.safetensors", v1 = dir / "v1.safetensors", f32 = dir / "f32.safetensors";
-    auto m1 = m, m32 = m;
-    quantize_and_pack(m, cfg, {}, v2);
+    PlanOptions o = tiny_plan(m, dir, v2);
+    o.no_rotate = true;  // rotation unties; keep the tie to store one table
+    o.classifier_bits = 8;
+    const QuantConfig cfg = run_plan(o).config;
+    auto m1 = m;
     {
       convert_rope_layout(m1, RopeLayout::Half);
       PackedWriter writer(m1, make_pack_recipe(cfg));
@@ -324,9 +333,10 @@ TEST(Packed, Int8TablesVersionTwoAndVersionOneFilesRead) {
       quantize_weights(m1, {}, cfg, {}, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { writer.add(l, mod, q); });
       writer.write(v1);
     }
-    auto cfg32 = cfg;
-    cfg32.classifier_bits = 16;
-    quantize_and_pack(m32, cfg32, {}, f32);
+    PlanOptions o32 = tiny_plan(m, dir, f32);
+    o32.no_rotate = true;
+    o32.classifier_bits = 16;
+    run_plan(o32);
     const PackedModel p2(v2), p1(v1), p32(f32);
     EXPECT_EQ(p2.format_version(), 2);
     EXPECT_TRUE(p2.int8_tables());
@@ -364,30 +374,29 @@ TEST(Packed, Int8TablesVersionTwoAndVersionOneFilesRead) {
 // --dry-run's size is the file's: every tensor exactly, the header estimated (stories260K and a
 // synthetic Qwen2-shaped model with biases, tied and untied tables, fp32 and INT8).
 TEST(Packed, SizeEstimateMatchesTheFile) {
-  auto check = [](ModelWeights m, const QuantConfig& cfg, const std::string& what) {
+  auto check = [](const ModelWeights& m, bool rotate, int classifier_bits, const std::string& what) {
     TempDir dir;
     const std::string path = dir / "m.safetensors";
-    const bool tied = m.config.tied_embeddings && !cfg.rotate;
-    const ModelConfig c = m.config;
-    quantize_and_pack(m, cfg, {}, path);
-    const double est = double(packed_file_bytes_estimate(c, make_pack_recipe(cfg), tied));
+    const bool tied = m.config.tied_embeddings && !rotate;
+    PlanOptions o = tiny_plan(m, dir, path);
+    o.no_rotate = !rotate;
+    o.classifier_bits = classifier_bits;
+    const QuantConfig cfg = run_plan(o).config;
+    const double est = double(packed_file_bytes_estimate(m.config, make_pack_recipe(cfg), tied));
     const double got = double(std::filesystem::file_size(path));
     std::printf("%s: estimate %.0f, file %.0f bytes (%.3f)\n", what.c_str(), est, got, est / got);
     EXPECT_LT(std::fabs(est / got - 1), 0.03) << what << ": estimate " << est << ", file " << got;
   };
   for (int cls : {8, 16}) {
-    auto cfg = quant_preset("w4a4kv4-rtn");
-    cfg.classifier_bits = cls;
     SynthSpec q = synth_preset("tiny");
     q.config.family = Family::Qwen2;
     q.config.q_bias = q.config.k_bias = q.config.v_bias = true;  // Qwen2's biases
     q.config.vocab = 2000;
     q.config.tied_embeddings = true;
-    check(make_synthetic(q), cfg, "qwen2-shaped rotated, classifier " + std::to_string(cls));
-    auto unrotated = cfg;
-    unrotated.rotate = false;
-    check(make_synthetic(q), unrotated, "qwen2-shaped tied, classifier " + std::to_string(cls));
-    if (std::filesystem::exists(data_file("stories260K/stories260K.bin"))) check(load_model(data_file("stories260K/stories260K.bin")), cfg, "stories260K, classifier " + std::to_string(cls));
+    check(make_synthetic(q), true, cls, "qwen2-shaped rotated, classifier " + std::to_string(cls));
+    check(make_synthetic(q), false, cls, "qwen2-shaped tied, classifier " + std::to_string(cls));
+    if (std::filesystem::exists(data_file("stories260K/stories260K.bin")))
+      check(load_model(data_file("stories260K/stories260K.bin")), true, cls, "stories260K, classifier " + std::to_string(cls));
   }
 }
 

@@ -15,6 +15,7 @@
 #include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/synth.hpp"
+#include "pipeline_support.hpp"
 #include "test_support.hpp"
 
 using namespace quarot;
@@ -30,20 +31,14 @@ std::string make_packed(const TempDir& dir, int intermediate = 0) {
   s.seed = 5;
   s.config.vocab = 96;
   if (intermediate) s.config.intermediate = intermediate;
-  ModelWeights m = make_synthetic(s);
-  convert_rope_layout(m, RopeLayout::Half);
-  auto cfg = quant_preset("w4a4kv4-rtn");
-  OnlineTransforms online;
-  if (intermediate) {
-    cfg.rotate = false;
-  } else {
-    online = rotate_model(m, cfg.rotation);
-    record_rotation(m, cfg.rotation, online);
-  }
-  PackedWriter writer(m, make_pack_recipe(cfg));
-  quantize_weights(m, online, cfg, {}, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { writer.add(l, mod, q); });
   const std::string path = dir / "good.q4.safetensors";
-  writer.write(path);
+  PlanOptions o;
+  o.model = saved_model(make_synthetic(s), dir / "good.in");
+  o.output = path;
+  o.preset = "w4a4kv4-rtn";
+  o.kv_clip = quant_preset(o.preset).act.kv_clip;  // the preset's (head_dim 8 would choose 1.0)
+  o.no_rotate = intermediate != 0;
+  run_plan(o);
   return path;
 }
 

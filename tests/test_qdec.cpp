@@ -19,6 +19,7 @@
 #include "quarot/quant.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/synth.hpp"
+#include "pipeline_support.hpp"
 #include "test_support.hpp"
 
 using namespace quarot;
@@ -209,36 +210,30 @@ TEST(Qdec, TunerStaysWithinTheBudgetAndGrowsTheCheapestKindFirst) {
 namespace {
 
 struct PackedQdec {
-  ModelWeights original, quantized;
+  ModelWeights quantized;
   OnlineTransforms online;
   QdecStore store;
   QuantConfig cfg;
 };
 
-// Rotates, quantizes and packs a tiny model with a QDEC section (k stored: `k`).
+// A tiny model rotated, quantized and packed by the pipeline, with a QDEC section of `bits`-bit
+// residuals (k stored: `k`) unless `with_section` is false.
 PackedQdec pack_with_qdec(const std::string& path, const std::string& preset, int bits, QdecK k, bool with_section = true) {
-  PackedQdec p;
   SynthSpec s = synth_preset("tiny");
   s.seed = 21;
   s.config.vocab = 96;
-  p.original = make_synthetic(s);
-  convert_rope_layout(p.original, RopeLayout::Half);
-  p.cfg = quant_preset(preset);
-  p.cfg.gptq.weights.group_size = 0;
-  p.online = rotate_model(p.original, p.cfg.rotation);
-  record_rotation(p.original, p.cfg.rotation, p.online);
-  p.quantized = p.original;
-  PackedWriter writer(p.quantized, make_pack_recipe(p.cfg));
-  quantize_weights(p.quantized, p.online, p.cfg, {}, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix& w) {
-    writer.add(l, mod, q);
-    if (with_section) writer.add_residual(l, mod, make_residual_store(w.data.data(), q.dequantized.data(), q.rows, q.cols, bits));
-  });
-  if (with_section) {
-    p.store = build_qdec_store(p.original, p.quantized, bits);
-    writer.set_qdec(k, R"({"note":"test"})");
-  }
-  writer.write(path);
-  return p;
+  PlanOptions o;
+  o.model = saved_model(make_synthetic(s), path + ".in");
+  o.output = path;
+  o.preset = preset;
+  o.w_group = 0;
+  o.kv_clip = quant_preset(preset).act.kv_clip;  // the preset's (head_dim 8 would choose 1.0)
+  o.qdec = with_section;
+  o.qdec_bits = bits;
+  if (with_section) o.qdec_k = k.describe();
+  auto r = run_plan(o);
+  EXPECT_EQ(r.qdec.has_value(), with_section);
+  return {std::move(r.quantized), std::move(r.online), r.qdec ? std::move(*r.qdec) : QdecStore{}, r.config};
 }
 
 std::vector<int> tokens_for_test(int n, int vocab) {

@@ -24,6 +24,7 @@
 #include "quarot/rotate.hpp"
 #include "quarot/runtime.hpp"
 #include "quarot/synth.hpp"
+#include "pipeline_support.hpp"
 #include "reference_forward.hpp"
 #include "rotation_support.hpp"
 #include "test_support.hpp"
@@ -287,10 +288,13 @@ TEST(Qwen3Rotate, FullWidthLayerOfQwen3SmallIsInvariant) {
 
 TEST(Qwen3Quant, PackedKeepsTheNormsFloatAndTheIntegerPathMatchesTheSimulation) {
   TempDir dir;
-  auto m = small_qwen3();
-  const auto original = m;
+  const auto original = small_qwen3();
   const std::string path = dir / "q3.q4.safetensors";
-  quantize_and_pack(m, quant_preset("w4a4kv4-rtn"), {}, path);
+  PlanOptions o;
+  o.model = saved_model(original, dir / "hf");
+  o.output = path;
+  o.preset = "w4a4kv4-rtn";
+  run_plan(o);
   const PackedModel p(path);
   EXPECT_TRUE(p.config().qk_norm);
   EXPECT_EQ(p.config().head_dim, 32);
@@ -327,15 +331,15 @@ TEST(Qwen3Quant, StreamedAndWholeModelPipelinesWriteTheSameFile) {
   TempDir dir;
   const auto m = small_qwen3();
   save_hf(m, dir / "hf");
-  const auto cfg = quant_preset("w4a4kv4");
-  std::vector<std::vector<int>> calib = {some_tokens(24, 320, 1), some_tokens(24, 320, 2)};
-  auto whole = load_model(dir / "hf");
-  quantize_and_pack(whole, cfg, calib, dir / "whole.q4.safetensors");
-  const CheckpointReader src(dir / "hf");
-  StreamedLayers streamed(src, cfg);
-  PackedWriter w(streamed.model(), make_pack_recipe(cfg));
-  quantize_layers(streamed, cfg, calib, {}, [&](int l, LinearModule mod, const QuantizedMatrix& q, const Matrix&) { w.add(l, mod, q); });
-  w.write(dir / "streamed.q4.safetensors");
+  PlanOptions o;
+  o.model = dir / "hf";
+  o.preset = "w4a4kv4";
+  use_calibration(o, {some_tokens(24, 320, 1), some_tokens(24, 320, 2)}, dir / "calib.ids");
+  o.output = dir / "whole.q4.safetensors";
+  run_plan(o);
+  o.output = dir / "streamed.q4.safetensors";
+  o.stream = true;
+  run_plan(o);
   EXPECT_EQ(read_bytes(dir / "whole.q4.safetensors"), read_bytes(dir / "streamed.q4.safetensors"));
 }
 
@@ -347,9 +351,10 @@ struct PplResult {
 };
 
 // Float vs quantized perplexity of `m` on `windows` (packed file, its integer path and its
-// simulation), quantized by `cfg` with GPTQ calibrated on `calib`.
-PplResult float_vs_quantized(const ModelWeights& m, const QuantConfig& cfg, const std::vector<std::vector<int>>& calib,
-                             const std::vector<Window>& windows) {
+// simulation), quantized by the pipeline with `preset` (rotated unless `rotate` is false), GPTQ
+// calibrated on `calib`, the preset's KV clip.
+PplResult float_vs_quantized(const ModelWeights& m, const std::string& preset, const std::vector<std::vector<int>>& calib,
+                             const std::vector<Window>& windows, bool rotate = true) {
   Transformer<float> fl(m, 128);
   PplResult r;
   const auto f = evaluate(fl, windows, Protocol::Paper);
@@ -357,8 +362,14 @@ PplResult float_vs_quantized(const ModelWeights& m, const QuantConfig& cfg, cons
   r.tokens = f.tokens_scored;
   TempDir dir;
   const std::string path = dir / "m.q4.safetensors";
-  auto q = m;
-  quantize_and_pack(q, cfg, calib, path);
+  PlanOptions o;
+  o.model = saved_model(m, dir / "hf");
+  o.output = path;
+  o.preset = preset;
+  o.kv_clip = quant_preset(preset).act.kv_clip;
+  o.no_rotate = !rotate;
+  use_calibration(o, calib, dir / "calib.ids");
+  run_plan(o);
   const PackedModel p(path);
   auto integer = integer_model(p, 128);
   const auto qi = evaluate(integer, windows, Protocol::Paper, &fl);
@@ -405,7 +416,7 @@ TEST(Qwen3Quant, FullWidthQwen3SmallW4A4KV4Perplexity) {
   auto m = make_synthetic(s);
   give_a_plain_classifier(m);
   const auto windows = whole_windows(sampled_from(m, 2, 128, 101));
-  const auto q = float_vs_quantized(m, quant_preset("w4a4kv4"), sampled_from(m, 4, 128, 202), windows);
+  const auto q = float_vs_quantized(m, "w4a4kv4", sampled_from(m, 4, 128, 202), windows);
   std::printf("qwen3-small (synthetic, 1 layer, full width) perplexity on %lld sampled tokens: float %.4f, W4A4KV4 simulated "
               "%.4f, integer %.4f (x%.4f), KLD %.4f, top-1 %.1f%%\n",
               q.tokens, q.fl, q.sim, q.integer, q.integer / q.fl, q.kld, 100 * q.top1);
@@ -425,7 +436,7 @@ TEST(Qwen3Quant, W4A4KV4PerplexityFloatVsQuantized) {
   const auto calib = sampled_from(m, 8, 128, 202);
   std::vector<Window> windows;
   for (const auto& s : eval_seqs) windows.push_back({s, 0});
-  const auto q = float_vs_quantized(m, quant_preset("w4a4kv4"), calib, windows);
+  const auto q = float_vs_quantized(m, "w4a4kv4", calib, windows);
   std::printf("qwen3 (synthetic, 2 layers, width 128) perplexity on %lld sampled tokens: float %.4f, W4A4KV4 simulated %.4f, "
               "integer %.4f (x%.4f), KLD %.4f, top-1 %.1f%%\n",
               q.tokens, q.fl, q.sim, q.integer, q.integer / q.fl, q.kld, 100 * q.top1);
@@ -433,9 +444,7 @@ TEST(Qwen3Quant, W4A4KV4PerplexityFloatVsQuantized) {
   EXPECT_GT(q.integer, q.fl);   // 4-bit everything costs something
   EXPECT_NEAR(q.integer, q.sim, 0.01 * q.sim);
   // Without the rotations the same recipe does worse (the planted outliers).
-  auto no_rot = quant_preset("w4a4kv4");
-  no_rot.rotate = false;
-  const auto u = float_vs_quantized(m, no_rot, calib, windows);
+  const auto u = float_vs_quantized(m, "w4a4kv4", calib, windows, false);
   std::printf("  without rotation: integer %.4f (x%.4f)\n", u.integer, u.integer / u.fl);
   EXPECT_GT(u.integer, q.integer);
   // The same weights without the q/k norms (a LLaMA layer): the norms cost no extra loss
@@ -448,7 +457,7 @@ TEST(Qwen3Quant, W4A4KV4PerplexityFloatVsQuantized) {
   const auto l_calib = sampled_from(llama, 8, 128, 202);
   std::vector<Window> l_windows;
   for (const auto& s : l_eval) l_windows.push_back({s, 0});
-  const auto l = float_vs_quantized(llama, quant_preset("w4a4kv4"), l_calib, l_windows);
+  const auto l = float_vs_quantized(llama, "w4a4kv4", l_calib, l_windows);
   std::printf("  same weights without q/k norms (llama): float %.4f, integer %.4f (x%.4f)\n", l.fl, l.integer, l.integer / l.fl);
   EXPECT_LT(q.integer / q.fl, 1.25 * (l.integer / l.fl));
 }

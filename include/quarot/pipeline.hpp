@@ -3,7 +3,8 @@
 // measure) built and validated in one place, and run(plan, observer) executing its stages
 // (load -> calibration data -> rotate -> quantize -> pack -> QDEC tune -> evaluate -> report).
 // quarot-quantize binds its flags (and --config files, which quarot-batch writes) to
-// PlanOptions and prints what the Observer hears; tests use a silent Observer.
+// PlanOptions and prints what the Observer hears; tests and benches run plans too, and take the
+// quantized model in memory from Observer::quantized (no one else assembles the stages by hand).
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -88,6 +89,18 @@ std::string plan_command(const Plan& p);
 // `s` quoted for a POSIX shell when it needs quoting ("a b" -> 'a b').
 std::string shell_quote(const std::string& s);
 
+struct QdecStore;
+
+// The quantized model as a whole-model run holds it in memory after the quantize stage: what a
+// library user (a test, a bench) measures beyond the report, without rebuilding the pipeline.
+// The references live until the observer call returns; copy what must outlive it.
+struct QuantizedModel {
+  const ModelWeights& weights;     // rotated, RoPE in the packed layout, linears on their grids (dequantized)
+  const OnlineTransforms& online;  // the transforms its forward pass applies (empty unrotated)
+  const QuantConfig& config;       // as run: the model's defaults applied, seqlen capped
+  const QdecStore* qdec;           // QDEC's residuals with --qdec, else nullptr
+};
+
 // Hears a run: stages as they start and end, progress within a stage, and text for people.
 class Observer {
  public:
@@ -102,6 +115,9 @@ class Observer {
   virtual void progress(std::string_view /*stage*/, uint64_t /*done*/, uint64_t /*total*/, const std::string& /*what*/) {}
   virtual void stage_end(std::string_view /*stage*/, const std::string& /*summary*/) {}
   virtual void text(Channel, const std::string&) {}
+  // After the quantize stage of a whole-model run, before packing (the file not yet written).
+  // Not called for streamed runs (no whole model in memory) or GGUF exports.
+  virtual void quantized(const QuantizedModel&) {}
 };
 
 // The files of a checkpoint given as a path: a folder's entries, or the file itself.

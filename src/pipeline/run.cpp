@@ -249,6 +249,7 @@ class Run {
     };
     stats_ = quantize_layers(*layers_, cfg_, calib_, progress, sink, layer_done);
     end("quantize", t, std::to_string(stats_.size()) + " modules");
+    if (!stream_) obs_.quantized({m_, online_, cfg_, p_.qdec.enabled ? &qstore_ : nullptr});
 
     for (const auto& s : stats_)
       rep_.modules.push_back({s.layer, s.module, s.rel_weight_error, s.gptq_loss, s.damp_used, s.dead_inputs, s.seconds});
