@@ -76,7 +76,8 @@ Plan make_plan(const PlanOptions& a) {
   cfg.nsamples = a.nsamples;
   cfg.seqlen = a.seqlen;
   p.calibration = {a.calib, a.tokenizer};
-  p.evaluation = {a.eval_ids, a.ctx, a.chunks, a.outlier_windows};
+  p.evaluation = {a.eval_ids, a.ctx, a.chunks, a.outlier_windows, a.eval_text};
+  p.task = {a.task, a.task_file, a.task_labels, a.task_limit};
   // --qdec-k, --qdec-slowdown and --qdec-sweep imply --qdec.
   p.qdec = {a.qdec || !a.qdec_k.empty() || a.qdec_slowdown > 0 || a.qdec_sweep, a.qdec_bits, a.qdec_k, a.qdec_slowdown, a.qdec_sweep};
   p.run.threads = a.threads;
@@ -116,8 +117,15 @@ void validate(const Plan& p) {
       if (cfg.method == WeightMethod::None) throw Error("--qdec", "needs quantized weights (--w-method rtn or gptq)");
       (void)parse_qdec_k(p.qdec.k.empty() ? "4" : p.qdec.k);
       if (p.qdec.slowdown_percent > 0 && p.outputs.packed.empty()) throw Error("--qdec-slowdown", "tunes on the integer path: give -o OUT");
-      if (p.qdec.sweep && p.evaluation.ids.empty()) throw Error("--qdec-sweep", "needs --eval-ids");
+      if (p.qdec.sweep && p.evaluation.ids.empty() && p.evaluation.text.empty()) throw Error("--qdec-sweep", "needs --eval-ids or --eval-text");
     }
+    if (!p.evaluation.ids.empty() && !p.evaluation.text.empty()) throw Error("--eval-text", "give --eval-ids or --eval-text, not both");
+    if (!p.task.name.empty() && p.task.name != "hellaswag" && p.task.name != "piqa")
+      throw Error("--task " + p.task.name, "must be hellaswag or piqa");
+    if (!p.task.name.empty() && p.task.file.empty()) throw Error("--task", "needs --task-file");
+    if (p.task.name.empty() && (!p.task.file.empty() || !p.task.labels.empty() || p.task.limit != 0))
+      throw Error("--task-file/--task-labels/--task-limit", "need --task hellaswag|piqa");
+    if (p.task.limit < 0) throw Error("--task-limit", "must be >= 0, got " + std::to_string(p.task.limit));
     if (cfg.method == WeightMethod::Gptq && p.calibration.path.empty() && !p.run.dry_run)
       throw Error("--calib", "GPTQ needs calibration data (--calib FILE: *.ids or text)");
   } catch (const UsageError&) {
@@ -153,6 +161,9 @@ std::string plan_json(const Plan& p, int indent) {
        {{"enabled", p.qdec.enabled}, {"bits", p.qdec.bits}, {"k_chunk", p.qdec.k}, {"slowdown_percent", p.qdec.slowdown_percent}, {"sweep", p.qdec.sweep}}},
       {"output", p.outputs.packed}};
   if (!p.gguf_preset.empty()) j["format"] = "gguf";
+  if (!p.evaluation.text.empty()) j["evaluation"]["text"] = p.evaluation.text;  // only when given, as "task"
+  if (!p.task.name.empty())  // only when asked: the config of runs without a task stays as it was
+    j["task"] = {{"name", p.task.name}, {"file", p.task.file}, {"labels", p.task.labels}, {"limit", p.task.limit}};
   return j.dump(indent);
 }
 
@@ -250,7 +261,12 @@ std::string describe_plan(const Plan& p) {
            p.outputs.packed.empty() ? "(none: simulation only)" : p.outputs.packed.c_str(), est / (1 << 20),
            double(lin + other) * 4 / (1 << 20), est / (double(lin + other) * 4));
   }
-  append(o, "  evaluation: %s\n", p.evaluation.ids.empty() ? "none (--eval-ids)" : p.evaluation.ids.c_str());
+  append(o, "  evaluation: %s\n",
+         !p.evaluation.text.empty() ? (p.evaluation.text + " (text, tokenized)").c_str() : p.evaluation.ids.empty() ? "none (--eval-ids)" : p.evaluation.ids.c_str());
+  if (!p.task.name.empty())
+    append(o, "  zero-shot %s: %s, %s; float vs quantized%s\n", p.task.name.c_str(), p.task.file.c_str(),
+           p.task.limit ? ("first " + std::to_string(p.task.limit) + " items").c_str() : "every item",
+           p.outputs.packed.empty() ? "" : " vs packed");
   return o;
 }
 
