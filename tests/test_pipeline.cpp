@@ -141,6 +141,8 @@ TEST(Pipeline, TextInputsFindTheModelsTokenizerAndStateTheBosPolicy) {
   o.chunks = 1;
   o.outlier_windows = 0;
   o.no_checksum = true;
+  // The dry run states the memory the run needs and whether it would stream.
+  EXPECT_NE(describe_plan(make_plan(o)).find(" available: whole in memory"), std::string::npos) << describe_plan(make_plan(o));
   Observer silent;
   EXPECT_THROW(run(make_plan(o), silent), Error);  // no tokenizer in the folder
   std::filesystem::copy_file(test::data_file("stories260K/tok512.model"), dir / "tokenizer.model");

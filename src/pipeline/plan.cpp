@@ -10,6 +10,7 @@
 #include "quarot/hadamard.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/pipeline.hpp"
+#include "quarot/progress.hpp"
 #include "quarot/qdec.hpp"
 #include "pipeline_detail.hpp"
 
@@ -216,6 +217,18 @@ std::string describe_plan(const Plan& p) {
   append(o, "  model: %d layers, hidden %d, FFN %d, %d heads (%d KV), head_dim %d, vocab %d; %.1f M linear weights\n", c.n_layers,
          c.hidden, c.intermediate, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab, double(lin) / 1e6);
   append(o, "  flags: %s\n", cfg.describe().c_str());
+  {
+    // run()'s load stage rule: the fp32 model, its rotated/quantized copy and scratch, else streamed.
+    const double params = double(lin + other), need = params * 4 * 2.2, avail = double(available_memory_bytes());
+    const bool streamed = p.run.stream || (cfg.method != WeightMethod::None && avail > 0 && need > avail);
+    auto size = [](double b) {
+      char t[32];
+      std::snprintf(t, sizeof t, b < double(1 << 30) ? "%.1f MiB" : "%.2f GiB", b < double(1 << 30) ? b / (1 << 20) : b / double(1 << 30));
+      return std::string(t);
+    };
+    append(o, "  memory: about %s whole in memory (fp32 model twice + scratch), %s available: %s\n", size(need).c_str(), size(avail).c_str(),
+           streamed ? "streamed layer by layer (--stream)" : "whole in memory");
+  }
   if (!p.gguf_preset.empty()) {
     const GgufExportOptions g = gguf_preset(p.gguf_preset);
     append(o, "  GGUF for llama.cpp: %s blocks%s; weights %s%s\n", std::string(gguf_type_name(g.type)).c_str(),
