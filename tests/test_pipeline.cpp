@@ -119,3 +119,47 @@ TEST(Pipeline, GgufPresetExportsAndEvaluatesTheExportedWeights) {
 
 }  // namespace
 }  // namespace quarot
+
+namespace quarot {
+namespace {
+
+// Text calibration and --eval-text with no --tokenizer: the tokenizer beside the model is used,
+// and the report says which one and what BOS each stream got; without one, a one-line error.
+TEST(Pipeline, TextInputsFindTheModelsTokenizerAndStateTheBosPolicy) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.txt");
+  test::TempDir dir;
+  std::filesystem::copy_file(test::data_file("stories260K/stories260K.bin"), dir / "stories260K.bin");
+  PlanOptions o;
+  o.model = dir / "stories260K.bin";
+  o.preset = "w4a4kv4";
+  o.calib = test::data_file("tinystories/validation_100.txt");
+  o.nsamples = 2;
+  o.seqlen = 64;
+  o.eval_text = o.calib;
+  o.ctx = 128;
+  o.chunks = 1;
+  o.outlier_windows = 0;
+  o.no_checksum = true;
+  // The dry run states the memory the run needs and whether it would stream.
+  EXPECT_NE(describe_plan(make_plan(o)).find(" available: whole in memory"), std::string::npos) << describe_plan(make_plan(o));
+  Observer silent;
+  EXPECT_THROW(run(make_plan(o), silent), Error);  // no tokenizer in the folder
+  std::filesystem::copy_file(test::data_file("stories260K/tok512.model"), dir / "tokenizer.model");
+  const RunReport r = run(make_plan(o), silent);
+  ASSERT_TRUE(r.tokenizer);
+  EXPECT_EQ(r.tokenizer->path, dir / "tokenizer.model");
+  EXPECT_EQ(r.tokenizer->found, "the model's folder");
+  EXPECT_EQ(r.tokenizer->bos_id, 1);
+  EXPECT_EQ(r.tokenizer->calibration.value_or(""),
+            "BOS 1 once in front of the whole text, none per window (the windows are random spans of that stream)");
+  ASSERT_TRUE(r.eval && r.eval->text);
+  EXPECT_EQ(*r.eval->text, o.eval_text);
+  EXPECT_EQ(r.eval->windows, 1);
+  EXPECT_EQ(RunReport::from_json(r.to_json()).to_json(), r.to_json());
+  o.eval_ids = test::data_file("tinystories/validation_100.tok512.ids");  // both: a usage error
+  EXPECT_THROW(make_plan(o), UsageError);
+}
+
+}  // namespace
+}  // namespace quarot

@@ -7,6 +7,7 @@
 
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/report.hpp"
 #include "quarot/tasks.hpp"
 #include "quarot/tokenizer.hpp"
 #include "test_support.hpp"
@@ -266,4 +267,79 @@ TEST(Tasks, LongSequencesKeepTheirLastTokens) {
     }
   }
   EXPECT_TRUE(ending_cut);  // at least one ending longer than the context
+}
+
+// quarot-quantize --task: the report holds acc, acc_norm and their standard errors of the float
+// model, the simulation and the packed file, and retained = quantized / float; each equals
+// quarot-eval --task on the same model (the float checkpoint, the packed file with --simulate,
+// the packed file's integer path), so the run scored the same log-likelihoods.
+TEST(Tasks, QuarotQuantizeReportsTaskAccuracyAsQuarotEvalScoresIt) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("eval/piqa/valid.jsonl");
+  TempDir t;
+  const std::string model = data_file("stories260K/stories260K.bin"), tok = data_file("stories260K/tok512.model");
+  const std::string task = " --task piqa --task-file " + data_file("eval/piqa/valid.jsonl");
+  const std::string packed = t / "m.q4.safetensors";
+  // With --eval-text: the text tokenized as quarot-eval --text does.
+  const std::string text = data_file("tinystories/validation_100.txt");
+  const auto q = run_tool("quarot-quantize", model + " -o " + packed + " --preset w4a4kv4-rtn --tokenizer " + tok + task +
+                                                 " --task-limit 4 --eval-text " + text + " --ctx 128 --chunks 2 --no-checksum --progress none");
+  ASSERT_EQ(q.exit_code, 0) << q.stderr_text;
+  // The log states the tokenizer and what a task sequence gets, and why.
+  EXPECT_NE(q.stderr_text.find("tokenizer " + tok), std::string::npos) << q.stderr_text;
+  EXPECT_NE(q.stderr_text.find("a task sequence gets BOS 1 in front (the SentencePiece / llama2.c default)"), std::string::npos)
+      << q.stderr_text;
+  EXPECT_NE(q.stdout_text.find("piqa retained by the packed model"), std::string::npos) << q.stdout_text;
+  const std::string report_text = read_file_text(t / "report.json");
+  const auto errs = validate_json_schema(read_file_text(std::string(QUAROT_SOURCE_DIR) + "/docs/report.schema.json"), report_text);
+  EXPECT_TRUE(errs.empty()) << errs.front();
+  const auto report = nlohmann::json::parse(report_text);
+  EXPECT_EQ(report["tokenizer"]["path"], tok);
+  EXPECT_EQ(report["tokenizer"]["bos_id"], 1);
+  EXPECT_TRUE(report["tokenizer"]["calibration"].is_null());  // RTN: no calibration text
+  EXPECT_EQ(report["tokenizer"]["evaluation"], "BOS 1 (the model's) once in front of the whole text, none per window (paper protocol)");
+  EXPECT_EQ(report["eval"]["text"], text);
+  EXPECT_EQ(report["eval"]["windows"], 2);
+  for (const auto& [entry, m] : {std::pair<const char*, std::string>{"float", model}, {"packed", packed}}) {
+    const auto r = run_tool("quarot-eval", m + " --tokenizer " + tok + " --text " + text + " --ctx 128 --chunks 2 --progress none --json " +
+                                               t / "ppl.json");
+    ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+    EXPECT_NE(r.stderr_text.find("BOS 1 (the model's) once in front of the whole text"), std::string::npos) << r.stderr_text;
+    const auto e = nlohmann::json::parse(read_file_text(t / "ppl.json"));
+    EXPECT_DOUBLE_EQ(report["eval"][entry]["ppl"].get<double>(), e["perplexity"].get<double>()) << entry;
+  }
+  ASSERT_EQ(report["tasks"].size(), 1u);
+  const auto& rt = report["tasks"][0];
+  EXPECT_EQ(rt["name"], "piqa");
+  EXPECT_EQ(rt["items"], 4);
+  EXPECT_EQ(RunReport::from_json(report_text).to_json(), report_text);  // the task section round-trips
+
+  auto eval = [&](const std::string& m, const std::string& extra, const std::string& name) {
+    const auto r = run_tool("quarot-eval", m + " --tokenizer " + tok + task + " --task-limit 4 --progress none --json " + t / name + extra);
+    EXPECT_EQ(r.exit_code, 0) << r.stderr_text;
+    return nlohmann::json::parse(read_file_text(t / name))["task"];
+  };
+  const std::pair<const char*, nlohmann::json> runs[] = {
+      {"float", eval(model, "", "f.json")}, {"quantized", eval(packed, " --simulate", "s.json")}, {"packed", eval(packed, "", "p.json")}};
+  for (const auto& [entry, e] : runs) {
+    SCOPED_TRACE(entry);
+    ASSERT_TRUE(rt[entry].is_object()) << rt.dump();
+    for (const char* k : {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}) EXPECT_DOUBLE_EQ(rt[entry][k].get<double>(), e[k].get<double>()) << k;
+  }
+  // quarot-eval's log-likelihoods differ between the models (the quantization is seen), so the
+  // equalities above compared different numbers.
+  EXPECT_NE(runs[0].second["per_item"][0]["loglik"], runs[2].second["per_item"][0]["loglik"]);
+  for (const char* entry : {"quantized", "packed"})
+    for (const char* k : {"acc", "acc_norm"}) {
+      const double f = rt["float"][k].get<double>();
+      ASSERT_GT(f, 0);
+      EXPECT_DOUBLE_EQ(rt[entry]["retained"][k].get<double>(), rt[entry][k].get<double>() / f) << entry << " " << k;
+    }
+  const std::string md = read_file_text(t / "report.md");
+  EXPECT_NE(md.find("## Zero-shot piqa"), std::string::npos) << md;
+  EXPECT_NE(md.find("retained vs float"), std::string::npos) << md;
+
+  // Usage: --task-file without --task, --task without --task-file (exit 2).
+  EXPECT_EQ(run_tool("quarot-quantize", model + " --preset w4a4kv4-rtn --task-file x.jsonl").exit_code, 2);
+  EXPECT_EQ(run_tool("quarot-quantize", model + " --preset w4a4kv4-rtn --task piqa").exit_code, 2);
 }

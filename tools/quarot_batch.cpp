@@ -105,7 +105,9 @@ struct Run {
 };
 
 // Values that name files: relative to the plan's folder, with ${VAR} expanded.
-bool is_path_key(const std::string& k) { return k == "path" || k == "calib" || k == "eval-ids" || k == "tokenizer"; }
+bool is_path_key(const std::string& k) {
+  return k == "path" || k == "calib" || k == "eval-ids" || k == "eval-text" || k == "tokenizer" || k == "task-file" || k == "task-labels";
+}
 
 std::vector<Run> expand(const json& plan, const std::string& plan_path, const std::string& out) {
   const fs::path base = fs::absolute(plan_path).parent_path();

@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
                    ->check(CLI::IsMember({"hellaswag", "piqa"}));
   app.add_option("--task-file", args.task_file, "the task's data file (with --task)")->needs(task);
   app.add_option("--task-labels", args.task_labels, "piqa labels (default: X.jsonl -> X-labels.lst)")->needs(task);
-  app.add_option("--limit", args.limit, "score only the first N items (0: all)")->check(CLI::NonNegativeNumber)->needs(task);
+  app.add_option("--limit,--task-limit", args.limit, "score only the first N items (0: all)")->check(CLI::NonNegativeNumber)->needs(task);
   task->excludes(text)->excludes(ids);
   if (int rc = quarot::cli::parse(app, argc, argv); rc >= 0) return rc;
   std::optional<quarot::QdecK> qdec_k;
@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
 
     // Token source.
     std::vector<quarot::Window> windows;
-    std::string source, source_sha;
+    std::string source, source_sha, bos_policy;  // bos_policy: what a tokenized text gets, in words
     long long source_tokens = 0;
     const int bos = cfg.bos_id >= 0 ? cfg.bos_id : 1;
     if (!args.ids.empty()) {
@@ -229,6 +229,14 @@ int main(int argc, char** argv) {
       }
       source_tokens = (long long)stream.size();
       windows = quarot::make_windows(stream, protocol, ctx, bos, args.chunks);
+      // The protocol decides the BOS, not the tokenizer's post-processor: stated so that a
+      // tokenizer whose convention differs (Qwen adds none) is not a surprise.
+      bos_policy = "BOS " + std::to_string(bos) + " (the model's) " +
+                   (args.split_docs.empty() ? "once in front of the whole text" : "in front of each document") +
+                   (protocol == quarot::Protocol::LlamaCpp ? ", and as every window's first token (llama.cpp protocol)"
+                                                           : ", none per window (paper protocol)") +
+                   "; the tokenizer's own convention would add " + tok->special_policy();
+      std::fprintf(stderr, "quarot-eval: tokenizer %s (%s): %s\n", args.tokenizer.c_str(), tok->kind().c_str(), bos_policy.c_str());
     }
     if (windows.empty())
       throw quarot::Error(source, std::to_string(source_tokens) + " tokens: shorter than one window of " + std::to_string(ctx));
@@ -276,7 +284,8 @@ int main(int argc, char** argv) {
           {"ctx", ctx},
           {"token_source", {{"path", source}, {"sha256", source_sha}, {"tokens", source_tokens},
                             {"kind", args.ids.empty() ? "text" : "ids"}, {"tokenizer", args.tokenizer},
-                            {"ids_lines", args.ids.empty() ? "" : args.ids_lines}, {"split_docs", args.split_docs}}},
+                            {"ids_lines", args.ids.empty() ? "" : args.ids_lines}, {"split_docs", args.split_docs},
+                            {"bos_policy", bos_policy}}},
           {"windows", r.windows},
           {"tokens_scored", r.tokens_scored},
           {"mean_nll", r.mean_nll},

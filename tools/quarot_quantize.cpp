@@ -98,14 +98,26 @@ int main(int argc, char** argv) {
                "also evaluate k = 0, 1, 2, 4, 8, 16, 32, 64, all per 1024 (perplexity, KLD, time per token) into the\n"
                "report (needs --eval-ids; implies --qdec)")->group("QDEC");
   app.add_option("--calib", a.calib, "calibration data for GPTQ: token ids (*.ids) or text (with --tokenizer)")->group("Calibration");
-  app.add_option("--tokenizer", a.tokenizer, "tokenizer for text calibration (SentencePiece .model or llama2.c .bin)")->group("Calibration");
+  app.add_option("--tokenizer", a.tokenizer,
+                 "tokenizer for text calibration and --task: tokenizer.json (or a folder with one), SentencePiece .model\n"
+                 "or llama2.c .bin (default: the tokenizer in the model's folder, if any)")->group("Calibration");
   app.add_option("--nsamples", a.nsamples, "calibration sequences")->capture_default_str()->group("Calibration");
   app.add_option("--seqlen", a.seqlen, "calibration sequence length (capped at the model's max)")->capture_default_str()->group("Calibration");
   app.add_option("--eval-ids", a.eval_ids, "evaluation token ids (lines concatenated, paper protocol)")->group("Evaluation");
+  app.add_option("--eval-text", a.eval_text,
+                 "evaluation text instead of --eval-ids: tokenized (--tokenizer, default the model's folder's) with the\n"
+                 "model's BOS once in front, as quarot-eval --text")->group("Evaluation");
   app.add_option("--ctx", a.ctx, "evaluation window (default: the model's max, at most 2048)")->group("Evaluation");
   app.add_option("--chunks", a.chunks, "evaluate at most this many windows (0: all)")->group("Evaluation");
   app.add_option("--outlier-windows", a.outlier_windows, "windows for the outlier statistics before/after rotation (0: skip)")
       ->capture_default_str()->group("Evaluation");
+  auto* task_opt = app.add_option("--task", a.task,
+                                   "also score zero-shot multiple choice (lm-eval acc / acc_norm) on the float, simulated and\n"
+                                   "packed models: hellaswag (llama.cpp's text layout, decompressed) or piqa (valid.jsonl)")
+                       ->check(CLI::IsMember({"hellaswag", "piqa"}))->group("Evaluation");
+  app.add_option("--task-file", a.task_file, "the task's data file (with --task)")->needs(task_opt)->group("Evaluation");
+  app.add_option("--task-labels", a.task_labels, "piqa labels (default: X.jsonl -> X-labels.lst)")->needs(task_opt)->group("Evaluation");
+  app.add_option("--task-limit", a.task_limit, "score only the first N items (0: all)")->needs(task_opt)->group("Evaluation");
   quarot::cli::add_threads(app, a.threads)->group("Runtime");
   app.add_flag("--stream", a.stream,
                "read, rotate and quantize one decoder layer at a time from the memory-mapped input (checkpoints\n"

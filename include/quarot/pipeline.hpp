@@ -34,6 +34,10 @@ struct PlanOptions {
   uint64_t seed = 0;
   bool no_rotate = false, act_order = false, static_groups = false, no_clip_search = false, w_asym = false, qdec = false,
        qdec_sweep = false, stream = false, no_checksum = false, quiet = false, dry_run = false;
+  // Zero-shot multiple choice (quarot-eval's --task, --task-file, --task-labels, --task-limit).
+  std::string task, task_file, task_labels;
+  int task_limit = 0;
+  std::string eval_text;  // evaluation text, tokenized (instead of --eval-ids)
 };
 
 struct Plan {
@@ -56,7 +60,15 @@ struct Plan {
     int ctx = 0;      // 0: the model's max, at most 2048
     int chunks = 0;   // 0: all windows
     int outlier_windows = 4;
+    std::string text;  // instead of ids: a text, tokenized with one BOS in front (quarot-eval --text)
   } evaluation;
+  // Zero-shot multiple-choice accuracy (tasks.hpp) of the float and quantized models; the
+  // tokenizer is calibration.tokenizer, else the one in the model's folder.
+  struct Task {
+    std::string name;  // "hellaswag" | "piqa"; empty: none
+    std::string file, labels;
+    int limit = 0;  // 0: every item
+  } task;
   struct Qdec {
     bool enabled = false;
     int bits = 4;

@@ -93,6 +93,7 @@ struct RunReport {
     std::string ids;
     int ctx = 0, windows = 0;
     std::string protocol = "paper";
+    std::optional<std::string> text;  // --eval-text (ids is then empty)
     std::optional<EvalFigures> float_model, quantized, packed;
   };
   std::optional<Eval> eval;
@@ -126,6 +127,31 @@ struct RunReport {
     std::optional<std::vector<QdecSweepRow>> sweep;
   };
   std::optional<Qdec> qdec;
+  // The tokenizer a run used on text (calibration text, --task items) and what it puts around
+  // the text: the BOS policy, stated for each use with where it comes from. Absent when no text
+  // was tokenized.
+  struct TokenizerUse {
+    std::string path, kind;
+    std::string found;            // "--tokenizer" or "the model's folder"
+    std::optional<int> bos_id;    // the tokenizer's BOS; none for Qwen
+    std::string special_policy;   // what encode_with_special adds (per --task sequence) and why
+    std::optional<std::string> calibration;  // the calibration stream's BOS, in words
+    std::optional<std::string> evaluation;   // the --eval-text stream's BOS, in words
+  };
+  std::optional<TokenizerUse> tokenizer;
+  // Zero-shot multiple-choice accuracy (tasks.hpp, lm-eval semantics) of the float model and
+  // the quantized ones; report.json adds retained = quantized / float (the paper's "retains 99%").
+  struct TaskFigures {
+    double acc = 0, acc_stderr = 0, acc_norm = 0, acc_norm_stderr = 0, seconds = 0, seconds_per_item = 0;
+    int truncated_items = 0;
+    std::optional<std::string> isa;  // the packed model's kernels
+  };
+  struct Task {
+    std::string name, file;
+    int items = 0, limit = 0;
+    std::optional<TaskFigures> float_model, quantized, packed;  // quantized: the simulation
+  };
+  std::vector<Task> tasks;
   std::map<std::string, double> timings;
   uint64_t peak_rss_bytes = 0;
 

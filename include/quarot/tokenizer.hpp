@@ -39,9 +39,9 @@ class Tokenizer {
     if (bos_id() >= 0) ids.insert(ids.begin(), bos_id());
     return ids;
   }
-  // What encode_with_special adds, in words (for logs and reports).
+  // What encode_with_special adds and why, in words (for logs and reports).
   virtual std::string special_policy() const {
-    return bos_id() >= 0 ? "BOS " + std::to_string(bos_id()) + " in front" : "nothing";
+    return bos_id() >= 0 ? "BOS " + std::to_string(bos_id()) + " in front (the SentencePiece / llama2.c default)" : "nothing";
   }
 };
 

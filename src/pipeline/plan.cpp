@@ -12,6 +12,7 @@
 #include "quarot/options.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/pipeline.hpp"
+#include "quarot/progress.hpp"
 #include "quarot/qdec.hpp"
 #include "pipeline_detail.hpp"
 
@@ -114,7 +115,8 @@ Plan make_plan(const PlanOptions& a) {
   cfg.nsamples = a.nsamples;
   cfg.seqlen = a.seqlen;
   p.calibration = {a.calib, a.tokenizer};
-  p.evaluation = {a.eval_ids, a.ctx, a.chunks, a.outlier_windows};
+  p.evaluation = {a.eval_ids, a.ctx, a.chunks, a.outlier_windows, a.eval_text};
+  p.task = {a.task, a.task_file, a.task_labels, a.task_limit};
   // --qdec-k, --qdec-slowdown and --qdec-sweep imply --qdec.
   p.qdec = {a.qdec || !a.qdec_k.empty() || a.qdec_slowdown > 0 || a.qdec_sweep, a.qdec_bits, a.qdec_k, a.qdec_slowdown, a.qdec_sweep};
   p.run.threads = a.threads;
@@ -172,8 +174,15 @@ void validate(const Plan& p) {
       if (cfg.method == WeightMethod::None) throw Error("--qdec", "needs quantized weights (--w-method rtn or gptq)");
       (void)parse_qdec_k(p.qdec.k.empty() ? "4" : p.qdec.k);
       if (p.qdec.slowdown_percent > 0 && p.outputs.packed.empty()) throw Error("--qdec-slowdown", "tunes on the integer path: give -o OUT");
-      if (p.qdec.sweep && p.evaluation.ids.empty()) throw Error("--qdec-sweep", "needs --eval-ids");
+      if (p.qdec.sweep && p.evaluation.ids.empty() && p.evaluation.text.empty()) throw Error("--qdec-sweep", "needs --eval-ids or --eval-text");
     }
+    if (!p.evaluation.ids.empty() && !p.evaluation.text.empty()) throw Error("--eval-text", "give --eval-ids or --eval-text, not both");
+    if (!p.task.name.empty() && p.task.name != "hellaswag" && p.task.name != "piqa")
+      throw Error("--task " + p.task.name, "must be hellaswag or piqa");
+    if (!p.task.name.empty() && p.task.file.empty()) throw Error("--task", "needs --task-file");
+    if (p.task.name.empty() && (!p.task.file.empty() || !p.task.labels.empty() || p.task.limit != 0))
+      throw Error("--task-file/--task-labels/--task-limit", "need --task hellaswag|piqa");
+    if (p.task.limit < 0) throw Error("--task-limit", "must be >= 0, got " + std::to_string(p.task.limit));
     if (cfg.method == WeightMethod::Gptq && p.calibration.path.empty() && !p.run.dry_run)
       throw Error("--calib", "GPTQ needs calibration data (--calib FILE: *.ids or text)");
   } catch (const UsageError&) {
@@ -209,6 +218,9 @@ std::string plan_json(const Plan& p, int indent) {
        {{"enabled", p.qdec.enabled}, {"bits", p.qdec.bits}, {"k_chunk", p.qdec.k}, {"slowdown_percent", p.qdec.slowdown_percent}, {"sweep", p.qdec.sweep}}},
       {"output", p.outputs.packed}};
   if (!p.gguf_preset.empty()) j["format"] = "gguf";
+  if (!p.evaluation.text.empty()) j["evaluation"]["text"] = p.evaluation.text;  // only when given, as "task"
+  if (!p.task.name.empty())  // only when asked: the config of runs without a task stays as it was
+    j["task"] = {{"name", p.task.name}, {"file", p.task.file}, {"labels", p.task.labels}, {"limit", p.task.limit}};
   return j.dump(indent);
 }
 
@@ -262,6 +274,18 @@ std::string describe_plan(const Plan& p) {
          c.hidden, c.intermediate, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab, double(lin) / 1e6);
   append(o, "  flags: %s\n", cfg.describe().c_str());
   append(o, "  command: %s\n", plan_command(p).c_str());
+  {
+    // run()'s load stage rule: the fp32 model, its rotated/quantized copy and scratch, else streamed.
+    const double params = double(lin + other), need = params * 4 * 2.2, avail = double(available_memory_bytes());
+    const bool streamed = p.run.stream || (cfg.method != WeightMethod::None && avail > 0 && need > avail);
+    auto size = [](double b) {
+      char t[32];
+      std::snprintf(t, sizeof t, b < double(1 << 30) ? "%.1f MiB" : "%.2f GiB", b < double(1 << 30) ? b / (1 << 20) : b / double(1 << 30));
+      return std::string(t);
+    };
+    append(o, "  memory: about %s whole in memory (fp32 model twice + scratch), %s available: %s\n", size(need).c_str(), size(avail).c_str(),
+           streamed ? "streamed layer by layer (--stream)" : "whole in memory");
+  }
   if (!p.gguf_preset.empty()) {
     const GgufExportOptions g = gguf_preset(p.gguf_preset);
     append(o, "  GGUF for llama.cpp: %s blocks%s; weights %s%s\n", std::string(gguf_type_name(g.type)).c_str(),
@@ -311,7 +335,12 @@ std::string describe_plan(const Plan& p) {
            p.outputs.packed.empty() ? "(none: simulation only)" : p.outputs.packed.c_str(), est / (1 << 20),
            double(lin + other) * 4 / (1 << 20), est / (double(lin + other) * 4));
   }
-  append(o, "  evaluation: %s\n", p.evaluation.ids.empty() ? "none (--eval-ids)" : p.evaluation.ids.c_str());
+  append(o, "  evaluation: %s\n",
+         !p.evaluation.text.empty() ? (p.evaluation.text + " (text, tokenized)").c_str() : p.evaluation.ids.empty() ? "none (--eval-ids)" : p.evaluation.ids.c_str());
+  if (!p.task.name.empty())
+    append(o, "  zero-shot %s: %s, %s; float vs quantized%s\n", p.task.name.c_str(), p.task.file.c_str(),
+           p.task.limit ? ("first " + std::to_string(p.task.limit) + " items").c_str() : "every item",
+           p.outputs.packed.empty() ? "" : " vs packed");
   return o;
 }
 

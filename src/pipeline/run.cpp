@@ -18,6 +18,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/gguf.hpp"
+#include "quarot/hf_tokenizer.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/pipeline.hpp"
 #include "quarot/progress.hpp"
@@ -25,6 +26,7 @@
 #include "quarot/qdec_runtime.hpp"
 #include "quarot/runtime.hpp"
 #include "quarot/sha256.hpp"
+#include "quarot/tasks.hpp"
 #include "quarot/tokenizer.hpp"
 #include "quarot/version.hpp"
 
@@ -77,12 +79,14 @@ class Run {
     if (!p_.gguf_preset.empty()) {
       export_gguf_file();
       evaluate();
+      score_task_accuracy();
       return finish();
     }
     rotate();
     quantize();
     pack();
     evaluate();
+    score_task_accuracy();
     return finish();
   }
 
@@ -108,6 +112,7 @@ class Run {
   QdecStore qstore_;
   QdecK qk_;
   std::vector<ModuleQuantStats> stats_;
+  std::unique_ptr<Tokenizer> text_tok_;  // text_tokenizer()'s
 
   void say(Observer::Channel ch, const char* fmt, ...) __attribute__((format(printf, 3, 4))) {
     va_list ap;
@@ -125,7 +130,7 @@ class Run {
   void prepare_outputs() {
     const std::string& out = p_.outputs.packed;
     if (!out.empty()) {
-      refuse_overwriting_inputs(out, {p_.model, p_.calibration.path, p_.evaluation.ids});
+      refuse_overwriting_inputs(out, {p_.model, p_.calibration.path, p_.evaluation.ids, p_.evaluation.text, p_.task.file});
       const auto parent = fs::path(out).parent_path();
       if (!parent.empty()) fs::create_directories(parent);
     }
@@ -171,10 +176,18 @@ class Run {
     const auto t = Clock::now();
     begin("calibration_data");
     if (cfg_.method == WeightMethod::Gptq) {
-      std::unique_ptr<Tokenizer> tok;
-      if (!p_.calibration.tokenizer.empty()) tok = load_tokenizer(p_.calibration.tokenizer);
-      calib_ = calibration_windows(read_calibration(p_.calibration.path, tok.get(), c_.vocab), cfg_.nsamples, cfg_.seqlen, cfg_.seed,
+      const bool ids = p_.calibration.path.ends_with(".ids");
+      const Tokenizer* tok = ids ? nullptr : text_tokenizer();
+      calib_ = calibration_windows(read_calibration(p_.calibration.path, tok, c_.vocab), cfg_.nsamples, cfg_.seqlen, cfg_.seed,
                                    p_.calibration.path);
+      if (tok) {
+        // read_calibration's stream: the tokenizer's BOS once in front of the whole text.
+        rep_.tokenizer->calibration = tok->bos_id() >= 0 ? "BOS " + std::to_string(tok->bos_id()) +
+                                                               " once in front of the whole text, none per window (the windows are "
+                                                               "random spans of that stream)"
+                                                         : std::string("no BOS (the tokenizer has none), none per window");
+        say(Observer::Channel::Log, "quarot-quantize: calibration text %s: %s\n", p_.calibration.path.c_str(), rep_.tokenizer->calibration->c_str());
+      }
     }
     end("calibration_data", t);
     const auto& e = p_.evaluation;
@@ -185,6 +198,7 @@ class Run {
       windows_ = make_windows(ids, Protocol::Paper, ctx_, c_.bos_id >= 0 ? c_.bos_id : 1, e.chunks);
       if (windows_.empty()) throw Error(e.ids, "shorter than one window of " + std::to_string(ctx_));
     }
+    if (!e.text.empty()) eval_text_windows();
     // Outlier statistics: a few windows of at most 256 tokens, from the evaluation ids or the calibration set.
     for (const auto& w : windows_) {
       if (int(stat_windows_.size()) >= e.outlier_windows) break;
@@ -194,6 +208,47 @@ class Run {
       if (int(stat_windows_.size()) >= e.outlier_windows) break;
       stat_windows_.emplace_back(w.begin(), w.begin() + std::min<std::ptrdiff_t>(256, std::ptrdiff_t(w.size())));
     }
+  }
+
+  // The tokenizer for text (calibration text, --task items): --tokenizer, else the one in the
+  // model's folder (tokenizer.json beside config.json); loaded once, stated in the log and the
+  // report with what it puts around a text. nullptr when there is none.
+  const Tokenizer* text_tokenizer() {
+    if (text_tok_) return text_tok_.get();
+    RunReport::TokenizerUse use;
+    use.path = p_.calibration.tokenizer;
+    use.found = "--tokenizer";
+    if (use.path.empty()) {
+      use.path = find_model_tokenizer(p_.model);
+      use.found = "the model's folder";
+    }
+    if (use.path.empty()) return nullptr;
+    text_tok_ = load_tokenizer(use.path);
+    use.kind = text_tok_->kind();
+    if (text_tok_->bos_id() >= 0) use.bos_id = text_tok_->bos_id();
+    use.special_policy = text_tok_->special_policy();
+    say(Observer::Channel::Log, "quarot-quantize: tokenizer %s (%s, from %s): BOS %s; a task sequence gets %s\n", use.path.c_str(),
+        use.kind.c_str(), use.found.c_str(), use.bos_id ? std::to_string(*use.bos_id).c_str() : "none", use.special_policy.c_str());
+    rep_.tokenizer = use;
+    return text_tok_.get();
+  }
+
+  // --eval-text: quarot-eval --text's paper protocol: the model's BOS once in front of the whole
+  // text (LF line endings), non-overlapping windows of ctx.
+  void eval_text_windows() {
+    const auto& e = p_.evaluation;
+    const Tokenizer* tok = text_tokenizer();
+    if (!tok) throw Error(e.text, "evaluation text needs a tokenizer: give --tokenizer (the model's folder has none)");
+    check_tokenizer_fits_model(*tok, c_.vocab, rep_.tokenizer->path);
+    const int bos = c_.bos_id >= 0 ? c_.bos_id : 1;
+    std::vector<int> stream{bos};
+    const auto body = tok->encode(read_text_lf(e.text));
+    stream.insert(stream.end(), body.begin(), body.end());
+    windows_ = make_windows(stream, Protocol::Paper, ctx_, bos, e.chunks);
+    if (windows_.empty())
+      throw Error(e.text, std::to_string(stream.size()) + " tokens: shorter than one window of " + std::to_string(ctx_));
+    rep_.tokenizer->evaluation = "BOS " + std::to_string(bos) + " (the model's) once in front of the whole text, none per window (paper protocol)";
+    say(Observer::Channel::Log, "quarot-quantize: evaluation text %s: %zu tokens; %s\n", e.text.c_str(), stream.size(), rep_.tokenizer->evaluation->c_str());
   }
 
   void rotate() {
@@ -394,6 +449,7 @@ class Run {
     rep_.eval = RunReport::Eval();
     auto& ev = *rep_.eval;
     ev.ids = p_.evaluation.ids;
+    if (!p_.evaluation.text.empty()) ev.text = p_.evaluation.text;
     ev.ctx = ctx_;
     const std::string& out = p_.outputs.packed;
     if (stream_) {
@@ -477,6 +533,55 @@ class Run {
       }
     }
     end("eval", t);
+  }
+
+  // --task: zero-shot accuracy (lm-eval acc / acc_norm) of the float model, the simulation and
+  // the packed file's integer path, each item from an empty KV cache as quarot-eval --task
+  // scores it; the report states each and the share of the float accuracy kept. Streamed runs
+  // have no float model in memory: the packed model only.
+  void score_task_accuracy() {
+    if (p_.task.name.empty()) return;
+    const auto t = Clock::now();
+    begin("task");
+    const Tokenizer* tok = text_tokenizer();
+    if (!tok) throw Error(p_.model, "--task needs a tokenizer: give --tokenizer (the model's folder has none)");
+    check_tokenizer_fits_model(*tok, c_.vocab, rep_.tokenizer->path);
+    const ChoiceTask task = read_task(p_.task.name, p_.task.file, p_.task.labels);
+    RunReport::Task rt;
+    rt.name = task.name;
+    rt.file = p_.task.file;
+    rt.limit = p_.task.limit;
+    // quarot-eval's context (the model's), capped so that the KV cache of a 128K-position model
+    // stays small: task items are a few hundred tokens.
+    const int ctx = std::min(c_.max_positions, 4096);
+    auto score = [&](Transformer<float>& m, const char* what) {
+      const TaskResult r = score_task(m, *tok, task, p_.task.limit, [&](int i, int n, const TaskResult&) {
+        obs_.progress("task", uint64_t(i), uint64_t(n), what);
+      });
+      rt.items = r.items;
+      say(Observer::Channel::Result, "%s %s: acc %.4f ± %.4f, acc_norm %.4f ± %.4f (%d items%s, %.2f ms per item)\n", task.name.c_str(), what,
+          r.acc, r.acc_stderr, r.acc_norm, r.acc_norm_stderr, r.items,
+          r.truncated_items ? (", " + std::to_string(r.truncated_items) + " truncated").c_str() : "", r.seconds_per_item * 1e3);
+      return RunReport::TaskFigures{r.acc, r.acc_stderr, r.acc_norm, r.acc_norm_stderr, r.seconds, r.seconds_per_item, r.truncated_items, std::nullopt};
+    };
+    if (!stream_) {
+      Transformer<float> fm(float_model_, ctx), qm(m_, ctx);
+      qm.set_hook(quantized_model_hook<float>(online_, cfg_.act, c_.head_dim));
+      rt.float_model = score(fm, "float");
+      rt.quantized = score(qm, "quantized (simulated)");
+    }
+    if (writer_) {
+      const PackedModel packed(p_.outputs.packed);
+      auto im = integer_model(packed, ctx);
+      rt.packed = score(im, "packed (integer kernels)");
+      rt.packed->isa = isa_name(best_isa());
+    }
+    const auto* q = rt.packed ? &*rt.packed : rt.quantized ? &*rt.quantized : nullptr;
+    if (rt.float_model && q && rt.float_model->acc > 0 && rt.float_model->acc_norm > 0)
+      say(Observer::Channel::Result, "%s retained by the %s model: acc %.1f%%, acc_norm %.1f%% of float\n", task.name.c_str(),
+          rt.packed ? "packed" : "quantized", 100 * q->acc / rt.float_model->acc, 100 * q->acc_norm / rt.float_model->acc_norm);
+    rep_.tasks.push_back(rt);
+    end("task", t, std::to_string(rt.items) + " items");
   }
 
   RunReport finish() {

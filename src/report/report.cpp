@@ -156,9 +156,36 @@ std::string report_markdown(const RunReport& r) {
     m << "\nStreamed run (`--stream`): the float model was never whole in memory, so there is no float perplexity, KLD or "
          "simulation; the packed model ran from its file.\n";
   const auto total = r.timings.find("total");
-  m << "\nEvaluation: `" << (ev ? ev->ids : "–") << "`, ctx " << (ev ? num(ev->ctx, "%.0f") : "–") << ", "
+  m << "\nEvaluation: `" << (ev ? ev->text.value_or(ev->ids) : "–") << "`, ctx " << (ev ? num(ev->ctx, "%.0f") : "–") << ", "
     << (ev ? num(ev->windows, "%.0f") : "–") << " windows (paper protocol). Wall time "
     << (total != r.timings.end() ? num(total->second, "%.1f") : "–") << " s, peak RSS " << mib(double(r.peak_rss_bytes)) << ".\n\n";
+  if (r.tokenizer) {
+    const auto& t = *r.tokenizer;
+    m << "Tokenizer `" << t.path << "` (" << t.kind << ", from " << t.found << "); per task sequence it adds " << t.special_policy;
+    if (t.calibration) m << "; calibration text: " << *t.calibration;
+    if (t.evaluation) m << "; evaluation text: " << *t.evaluation;
+    m << ".\n\n";
+  }
+  for (const auto& task : r.tasks) {
+    // The paper's other claim: the share of the float model's zero-shot accuracy kept.
+    auto acc = [](const std::optional<RunReport::TaskFigures>& x, bool norm) {
+      if (!x) return std::string("–");
+      return num(norm ? x->acc_norm : x->acc, "%.4f") + " ± " + num(norm ? x->acc_norm_stderr : x->acc_stderr, "%.4f");
+    };
+    auto kept = [&](const std::optional<RunReport::TaskFigures>& x) {
+      const auto& b = task.float_model;
+      if (!x || !b) return std::string("–");
+      auto one = [](double v, double base) { return base > 0 ? num(100 * v / base, "%.1f") + "%" : std::string("–"); };
+      return one(x->acc, b->acc) + " / " + one(x->acc_norm, b->acc_norm);
+    };
+    auto per_item = [](const std::optional<RunReport::TaskFigures>& x) { return x ? num(x->seconds_per_item * 1e3, "%.2f") + " ms" : std::string("–"); };
+    m << "## Zero-shot " << task.name << " (`" << task.file << "`, " << task.items << " items; lm-eval acc / acc_norm ± stderr)\n\n"
+      << "| | float | quantized (simulated) | packed (integer kernels) |\n|---|---|---|---|\n"
+      << "| acc | " << acc(task.float_model, false) << " | " << acc(task.quantized, false) << " | " << acc(task.packed, false) << " |\n"
+      << "| acc_norm | " << acc(task.float_model, true) << " | " << acc(task.quantized, true) << " | " << acc(task.packed, true) << " |\n"
+      << "| retained vs float (acc / acc_norm) | " << (task.float_model ? "100%" : "–") << " | " << kept(task.quantized) << " | " << kept(task.packed) << " |\n"
+      << "| time per item | " << per_item(task.float_model) << " | " << per_item(task.quantized) << " | " << per_item(task.packed) << " |\n\n";
+  }
   m << "## Configuration\n\n`" << r.flags << "`\n\n";
   m << "Tool " << r.tool_name << " " << r.tool_version << " (git " << r.git_commit << "); input sha256 `" << fmt(r.input.sha256) << "`.\n\n";
   m << "## Rotation\n\n";

@@ -69,6 +69,33 @@ RunReport::Qdec::Tuner tuner_of(const json& j) {
   return t;
 }
 
+json task_figures_json(const RunReport::TaskFigures& f, const std::optional<RunReport::TaskFigures>& base) {
+  json j = {{"acc", f.acc}, {"acc_stderr", f.acc_stderr}, {"acc_norm", f.acc_norm}, {"acc_norm_stderr", f.acc_norm_stderr},
+            {"truncated_items", f.truncated_items}, {"seconds", f.seconds}, {"seconds_per_item", f.seconds_per_item}};
+  if (f.isa) j["isa"] = *f.isa;
+  // Derived, so not read back: the share of the float model's accuracy kept (null when the
+  // float model scored 0 or was not run).
+  if (base) {
+    auto ratio = [](double q, double b) { return b > 0 ? json(q / b) : json(nullptr); };
+    j["retained"] = {{"acc", ratio(f.acc, base->acc)}, {"acc_norm", ratio(f.acc_norm, base->acc_norm)}};
+  }
+  return j;
+}
+
+std::optional<RunReport::TaskFigures> task_figures_of(const json& j) {
+  if (j.is_null()) return std::nullopt;
+  RunReport::TaskFigures f;
+  f.acc = j.at("acc").get<double>();
+  f.acc_stderr = j.at("acc_stderr").get<double>();
+  f.acc_norm = j.at("acc_norm").get<double>();
+  f.acc_norm_stderr = j.at("acc_norm_stderr").get<double>();
+  f.truncated_items = j.at("truncated_items").get<int>();
+  f.seconds = j.at("seconds").get<double>();
+  f.seconds_per_item = j.at("seconds_per_item").get<double>();
+  if (j.contains("isa")) f.isa = j.at("isa").get<std::string>();
+  return f;
+}
+
 json report_json(const RunReport& r) {
   json j = {{"schema", "quarot-report/1"},
             {"tool", {{"name", r.tool_name}, {"version", r.tool_version}, {"git_commit", r.git_commit}}},
@@ -97,6 +124,7 @@ json report_json(const RunReport& r) {
     j["eval"] = {{"ids", e.ids}, {"ctx", e.ctx}, {"windows", e.windows}, {"protocol", e.protocol},
                  {"float", optional_figures(e.float_model)}, {"quantized", optional_figures(e.quantized)},
                  {"packed", optional_figures(e.packed)}};
+    if (e.text) j["eval"]["text"] = *e.text;
   }
   j["qdec"] = nullptr;
   if (r.qdec) {
@@ -119,6 +147,22 @@ json report_json(const RunReport& r) {
         jr["simulated"] = figures_json(row.simulated);
         jq["sweep"].push_back(jr);
       }
+    }
+  }
+  if (r.tokenizer) {
+    const auto& t = *r.tokenizer;
+    j["tokenizer"] = {{"path", t.path}, {"kind", t.kind}, {"found", t.found}, {"bos_id", t.bos_id ? json(*t.bos_id) : json(nullptr)},
+                      {"special_policy", t.special_policy}, {"calibration", t.calibration ? json(*t.calibration) : json(nullptr)}};
+    if (t.evaluation) j["tokenizer"]["evaluation"] = *t.evaluation;
+  }
+  if (!r.tasks.empty()) {
+    j["tasks"] = json::array();
+    for (const auto& t : r.tasks) {
+      auto entry = [&](const std::optional<RunReport::TaskFigures>& f, bool vs_float) {
+        return f ? task_figures_json(*f, vs_float ? t.float_model : std::nullopt) : json(nullptr);
+      };
+      j["tasks"].push_back({{"name", t.name}, {"file", t.file}, {"items", t.items}, {"limit", t.limit},
+                            {"float", entry(t.float_model, false)}, {"quantized", entry(t.quantized, true)}, {"packed", entry(t.packed, true)}});
     }
   }
   j["timings"] = json::object();
@@ -169,6 +213,7 @@ RunReport report_of(const json& j) {
     ev.float_model = optional_figures_of(e.at("float"));
     ev.quantized = optional_figures_of(e.at("quantized"));
     ev.packed = optional_figures_of(e.at("packed"));
+    if (e.contains("text")) ev.text = e.at("text").get<std::string>();
     r.eval = ev;
   }
   if (const json& q = j.at("qdec"); !q.is_null()) {
@@ -202,6 +247,30 @@ RunReport report_of(const json& j) {
     }
     r.qdec = d;
   }
+  if (j.contains("tokenizer")) {
+    const json& t = j.at("tokenizer");
+    RunReport::TokenizerUse u;
+    u.path = t.at("path").get<std::string>();
+    u.kind = t.at("kind").get<std::string>();
+    u.found = t.at("found").get<std::string>();
+    if (!t.at("bos_id").is_null()) u.bos_id = t.at("bos_id").get<int>();
+    u.special_policy = t.at("special_policy").get<std::string>();
+    if (!t.at("calibration").is_null()) u.calibration = t.at("calibration").get<std::string>();
+    if (t.contains("evaluation")) u.evaluation = t.at("evaluation").get<std::string>();
+    r.tokenizer = u;
+  }
+  if (j.contains("tasks"))
+    for (const auto& t : j.at("tasks")) {
+      RunReport::Task task;
+      task.name = t.at("name").get<std::string>();
+      task.file = t.at("file").get<std::string>();
+      task.items = t.at("items").get<int>();
+      task.limit = t.at("limit").get<int>();
+      task.float_model = task_figures_of(t.at("float"));
+      task.quantized = task_figures_of(t.at("quantized"));
+      task.packed = task_figures_of(t.at("packed"));
+      r.tasks.push_back(task);
+    }
   for (const auto& [k, v] : j.at("timings").items()) r.timings[k] = v.get<double>();
   r.peak_rss_bytes = j.at("peak_rss_bytes").get<uint64_t>();
   return r;
