@@ -14,6 +14,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/runtime.hpp"
 #include "quarot/tokenizer.hpp"
@@ -44,7 +45,7 @@ int main(int argc, char** argv) {
     std::printf("| a_group | simulated PPL | integer PPL | int vs sim | integer KLD mean | top-1 agree |\n|---|---|---|---|---|---|\n");
     auto base = quarot::Transformer<float>(float_model, ctx);
     for (int g : groups) {
-      auto cfg = quarot::quant_preset(preset);
+      auto cfg = quarot::plan_preset(preset).quant;
       quarot::apply_model_defaults(cfg, c);
       cfg.act.a_group = g;
       cfg.nsamples = nsamples;

@@ -13,6 +13,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/qdec.hpp"
 #include "quarot/qdec_runtime.hpp"
 #include "quarot/quantize.hpp"
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {
       if (s.gptq && calib.empty()) continue;
       if (!only.empty() && only != s.name) continue;
       for (const bool rotate : {true, false}) {
-        auto cfg = quarot::quant_preset(s.preset);
+        auto cfg = quarot::plan_preset(s.preset).quant;
         cfg.gptq.weights.grid.bits = s.w_bits;
         cfg.gptq.weights.group_size = 0;  // per channel (the widths here are not multiples of 128)
         cfg.rotate = rotate;

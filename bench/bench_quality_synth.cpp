@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/synth.hpp"
 
@@ -135,7 +136,7 @@ int main(int argc, char** argv) {
       const auto ref = run(rotated, online.empty() ? quarot::ForwardHook<float>{} : quarot::online_hook<float>(online), eval);
       for (const auto& s : all_settings) {
         if (!only.empty() && std::find(only.begin(), only.end(), std::string(s.preset)) == only.end()) continue;
-        auto cfg = quarot::quant_preset(s.preset);
+        auto cfg = quarot::plan_preset(s.preset).quant;
         cfg.nsamples = nsamples;
         cfg.seqlen = seqlen;
         const int g = cfg.gptq.weights.group_size;

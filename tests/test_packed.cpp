@@ -10,6 +10,7 @@
 #include "quarot/error.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/runtime.hpp"
 #include "quarot/synth.hpp"
@@ -60,7 +61,7 @@ TEST(Packed, RoundTripsTheQuantizedWeightsExactlyAndDeterministically) {
   TempDir dir;
   for (const bool asym : {false, true}) {
     auto m = tiny(asym);
-    auto cfg = quant_preset("w4a4kv4-rtn");
+    auto cfg = plan_preset("w4a4kv4-rtn").quant;
     if (asym) {
       cfg.gptq.weights.grid.symmetric = false;
       cfg.gptq.weights.group_size = 64;
@@ -101,7 +102,7 @@ TEST(Packed, IntegerModelMatchesTheSimulation) {
     TempDir dir;
     auto m = tiny();
     const std::string path = dir / "m.q4.safetensors";
-    auto cfg = quant_preset("w4a4kv4-rtn");
+    auto cfg = plan_preset("w4a4kv4-rtn").quant;
     cfg.act.k_bits = k_bits;
     cfg.act.a_group = a_group;
     quantize_and_pack(m, cfg, {}, path);
@@ -141,7 +142,7 @@ TEST(Packed, CorruptionIsCaughtWithTheTensorsName) {
   TempDir dir;
   auto m = tiny();
   const std::string good = dir / "good.q4.safetensors";
-  quantize_and_pack(m, quant_preset("w4a4kv4-rtn"), {}, good);
+  quantize_and_pack(m, plan_preset("w4a4kv4-rtn").quant, {}, good);
   const auto bytes = read_bytes(good);
   const SafetensorsFile f(good);
   const auto* qw = f.find("model.layers.1.mlp.down_proj.qweight");
@@ -187,7 +188,7 @@ static double integer_path_agrees_with_the_simulation(const std::string& preset,
   auto m = load_model(data_file("stories260K/stories260K.bin"));
   // Under ASan+UBSan (3-8x slower) a smaller run still exercises every path; the 0.5% bound is
   // checked in the release build, where 76 windows make it statistically meaningful.
-  auto cfg = quant_preset(preset);  // GPTQ, per-channel symmetric weights with clip search
+  auto cfg = plan_preset(preset).quant;  // GPTQ, per-channel symmetric weights with clip search
   std::printf("%s\n", apply_model_defaults(cfg, m.config).c_str());
   cfg.act.a_group = a_group;
   cfg.nsamples = kSanitizedBuild ? 4 : 16;

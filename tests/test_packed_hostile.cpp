@@ -12,6 +12,7 @@
 
 #include "quarot/error.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/synth.hpp"
@@ -32,7 +33,7 @@ std::string make_packed(const TempDir& dir, int intermediate = 0) {
   if (intermediate) s.config.intermediate = intermediate;
   ModelWeights m = make_synthetic(s);
   convert_rope_layout(m, RopeLayout::Half);
-  auto cfg = quant_preset("w4a4kv4-rtn");
+  auto cfg = plan_preset("w4a4kv4-rtn").quant;
   OnlineTransforms online;
   if (intermediate) {
     cfg.rotate = false;

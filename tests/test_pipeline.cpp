@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <set>
 
 #include "quarot/atomic_file.hpp"
 #include "quarot/gguf.hpp"
@@ -45,6 +46,36 @@ TEST(Pipeline, UsageRulesAreUsageErrors) {
   const Plan p = make_plan(o);
   EXPECT_TRUE(p.qdec.enabled);
   EXPECT_EQ(p.quant.preset, "w4a4kv4-rtn");
+}
+
+// One table of presets (src/pipeline), the GGUF exports among them: every name resolves, the
+// gguf-* ones (and only they) carry export options, and make_plan takes the table's settings.
+TEST(Pipeline, OnePresetTableHoldsEveryPresetGgufIncluded) {
+  const auto names = plan_preset_names();
+  EXPECT_EQ(std::set<std::string>(names.begin(), names.end()).size(), names.size());
+  int gguf = 0;
+  for (const auto& n : names) {
+    const Preset p = plan_preset(n);
+    EXPECT_EQ(p.quant.preset, n);
+    EXPECT_EQ(p.gguf.has_value(), n.rfind("gguf-", 0) == 0) << n;
+    if (p.gguf) {
+      ++gguf;
+      EXPECT_EQ(p.gguf->preset, n);
+      EXPECT_EQ(p.quant.method, p.gguf->method) << n;
+      EXPECT_EQ(p.quant.rotate, p.gguf->rotate) << n;
+    }
+  }
+  EXPECT_EQ(gguf, 6);
+  EXPECT_EQ(plan_preset("gguf-q4_k_m").gguf->type, GgufType::Q4_K);
+  EXPECT_TRUE(plan_preset("gguf-q4_k_m").gguf->k_mix);
+  EXPECT_EQ(plan_preset("w4a16").quant.gptq.weights.group_size, 128);
+  EXPECT_THROW((void)plan_preset("w3a3"), UsageError);
+  auto o = stories_options();
+  o.preset = "w4a4k8v4";
+  o.calib = "c.ids";
+  const Plan p = make_plan(o);
+  EXPECT_EQ(p.quant.describe(), plan_preset("w4a4k8v4").quant.describe());
+  EXPECT_TRUE(p.gguf_preset.empty());
 }
 
 TEST(Pipeline, RunWritesThePackedFileAndItsReportRoundTrips) {

@@ -12,6 +12,7 @@
 #include "quarot/error.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/qdec_runtime.hpp"
 #include "quarot/runtime.hpp"
 #include "quarot/safetensors.hpp"
@@ -96,7 +97,7 @@ TEST(Qdec, ModelLevelKZeroIsThePlainModelAndMoreChannelsHelp) {
   s.config.vocab = 128;
   const auto original = make_synthetic(s);
   auto quantized = original;
-  QuantConfig cfg = quant_preset("w4a16-rtn");
+  QuantConfig cfg = plan_preset("w4a16-rtn").quant;
   cfg.gptq.weights.group_size = 0;
   cfg.gptq.weights.grid.bits = 3;
   quantize_weights(quantized, {}, cfg, {});
@@ -196,7 +197,7 @@ TEST(Qdec, TunerStaysWithinTheBudgetAndGrowsTheCheapestKindFirst) {
   s.config.vocab = 64;
   const auto original = make_synthetic(s);
   auto quantized = original;
-  QuantConfig cfg = quant_preset("w4a16-rtn");
+  QuantConfig cfg = plan_preset("w4a16-rtn").quant;
   cfg.gptq.weights.group_size = 0;
   quantize_weights(quantized, {}, cfg, {});
   const auto costs = measure_qdec_costs(build_qdec_store(original, quantized, 4), 2);
@@ -223,7 +224,7 @@ PackedQdec pack_with_qdec(const std::string& path, const std::string& preset, in
   s.config.vocab = 96;
   p.original = make_synthetic(s);
   convert_rope_layout(p.original, RopeLayout::Half);
-  p.cfg = quant_preset(preset);
+  p.cfg = plan_preset(preset).quant;
   p.cfg.gptq.weights.group_size = 0;
   p.online = rotate_model(p.original, p.cfg.rotation);
   record_rotation(p.original, p.cfg.rotation, p.online);

@@ -20,6 +20,7 @@
 #include "quarot/forward.hpp"
 #include "quarot/json_limits.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/runtime.hpp"
@@ -290,7 +291,7 @@ TEST(Qwen3Quant, PackedKeepsTheNormsFloatAndTheIntegerPathMatchesTheSimulation) 
   auto m = small_qwen3();
   const auto original = m;
   const std::string path = dir / "q3.q4.safetensors";
-  quantize_and_pack(m, quant_preset("w4a4kv4-rtn"), {}, path);
+  quantize_and_pack(m, plan_preset("w4a4kv4-rtn").quant, {}, path);
   const PackedModel p(path);
   EXPECT_TRUE(p.config().qk_norm);
   EXPECT_EQ(p.config().head_dim, 32);
@@ -327,7 +328,7 @@ TEST(Qwen3Quant, StreamedAndWholeModelPipelinesWriteTheSameFile) {
   TempDir dir;
   const auto m = small_qwen3();
   save_hf(m, dir / "hf");
-  const auto cfg = quant_preset("w4a4kv4");
+  const auto cfg = plan_preset("w4a4kv4").quant;
   std::vector<std::vector<int>> calib = {some_tokens(24, 320, 1), some_tokens(24, 320, 2)};
   auto whole = load_model(dir / "hf");
   quantize_and_pack(whole, cfg, calib, dir / "whole.q4.safetensors");
@@ -405,7 +406,7 @@ TEST(Qwen3Quant, FullWidthQwen3SmallW4A4KV4Perplexity) {
   auto m = make_synthetic(s);
   give_a_plain_classifier(m);
   const auto windows = whole_windows(sampled_from(m, 2, 128, 101));
-  const auto q = float_vs_quantized(m, quant_preset("w4a4kv4"), sampled_from(m, 4, 128, 202), windows);
+  const auto q = float_vs_quantized(m, plan_preset("w4a4kv4").quant, sampled_from(m, 4, 128, 202), windows);
   std::printf("qwen3-small (synthetic, 1 layer, full width) perplexity on %lld sampled tokens: float %.4f, W4A4KV4 simulated "
               "%.4f, integer %.4f (x%.4f), KLD %.4f, top-1 %.1f%%\n",
               q.tokens, q.fl, q.sim, q.integer, q.integer / q.fl, q.kld, 100 * q.top1);
@@ -425,7 +426,7 @@ TEST(Qwen3Quant, W4A4KV4PerplexityFloatVsQuantized) {
   const auto calib = sampled_from(m, 8, 128, 202);
   std::vector<Window> windows;
   for (const auto& s : eval_seqs) windows.push_back({s, 0});
-  const auto q = float_vs_quantized(m, quant_preset("w4a4kv4"), calib, windows);
+  const auto q = float_vs_quantized(m, plan_preset("w4a4kv4").quant, calib, windows);
   std::printf("qwen3 (synthetic, 2 layers, width 128) perplexity on %lld sampled tokens: float %.4f, W4A4KV4 simulated %.4f, "
               "integer %.4f (x%.4f), KLD %.4f, top-1 %.1f%%\n",
               q.tokens, q.fl, q.sim, q.integer, q.integer / q.fl, q.kld, 100 * q.top1);
@@ -433,7 +434,7 @@ TEST(Qwen3Quant, W4A4KV4PerplexityFloatVsQuantized) {
   EXPECT_GT(q.integer, q.fl);   // 4-bit everything costs something
   EXPECT_NEAR(q.integer, q.sim, 0.01 * q.sim);
   // Without the rotations the same recipe does worse (the planted outliers).
-  auto no_rot = quant_preset("w4a4kv4");
+  auto no_rot = plan_preset("w4a4kv4").quant;
   no_rot.rotate = false;
   const auto u = float_vs_quantized(m, no_rot, calib, windows);
   std::printf("  without rotation: integer %.4f (x%.4f)\n", u.integer, u.integer / u.fl);
@@ -448,7 +449,7 @@ TEST(Qwen3Quant, W4A4KV4PerplexityFloatVsQuantized) {
   const auto l_calib = sampled_from(llama, 8, 128, 202);
   std::vector<Window> l_windows;
   for (const auto& s : l_eval) l_windows.push_back({s, 0});
-  const auto l = float_vs_quantized(llama, quant_preset("w4a4kv4"), l_calib, l_windows);
+  const auto l = float_vs_quantized(llama, plan_preset("w4a4kv4").quant, l_calib, l_windows);
   std::printf("  same weights without q/k norms (llama): float %.4f, integer %.4f (x%.4f)\n", l.fl, l.integer, l.integer / l.fl);
   EXPECT_LT(q.integer / q.fl, 1.25 * (l.integer / l.fl));
 }

@@ -160,7 +160,7 @@ TEST(Stream, CarriedActivationsGiveTheSameGptqAsWholeModelForwards) {
   s.seed = 9;
   s.config.vocab = 72;
   auto m = make_synthetic(s);
-  auto cfg = quant_preset("w4a4kv4");
+  auto cfg = plan_preset("w4a4kv4").quant;
   cfg.gptq.weights.group_size = 0;
   const auto online = rotate_model(m, cfg.rotation);
   const auto calib = calib_windows(s.config.vocab);

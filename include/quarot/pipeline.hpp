@@ -5,12 +5,14 @@
 // quarot-quantize binds its flags (and --config files, which quarot-batch writes) to
 // PlanOptions and prints what the Observer hears; tests use a silent Observer.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include <vector>
 
 #include "quarot/error.hpp"
+#include "quarot/gguf.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/report.hpp"
 
@@ -71,8 +73,16 @@ struct Plan {
   } run;
 };
 
-// The preset names (quantize.hpp's table) for --help and the --preset check.
+// One --preset: the quantization settings (the paper's, named by their bits) and, for gguf-*,
+// the GGUF export it names (gguf.hpp: the block types; the file is then a GGUF for llama.cpp).
+struct Preset {
+  QuantConfig quant;
+  std::optional<GgufExportOptions> gguf;
+};
+// Every preset name, in --help's order, from the one table of presets (plan.cpp).
 std::vector<std::string> plan_preset_names();
+// Throws UsageError for an unknown name (listing the known ones).
+Preset plan_preset(const std::string& name);
 // The one way to a Plan: the preset, then the options over it, then validate(). Throws UsageError.
 Plan make_plan(const PlanOptions& o);
 // Every usage rule of a plan; throws UsageError naming the flag.

@@ -276,7 +276,7 @@ class Run {
   void export_gguf_file() {
     const auto t = Clock::now();
     begin("export");
-    GgufExportOptions o = gguf_preset(p_.gguf_preset);
+    GgufExportOptions o = plan_preset(p_.gguf_preset).gguf.value();
     o.method = cfg_.method;
     o.rotate = cfg_.rotate;
     o.rotation.seed = cfg_.rotation.seed;
