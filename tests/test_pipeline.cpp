@@ -48,6 +48,35 @@ TEST(Pipeline, UsageRulesAreUsageErrors) {
   EXPECT_EQ(p.quant.preset, "w4a4kv4-rtn");
 }
 
+// The presets the packed INT4 file cannot hold are refused with -o when the plan is made (before
+// any work, --dry-run included), saying what holds them.
+TEST(Pipeline, PresetsThePackedFileCannotHoldAreRefusedWithTheAlternative) {
+  for (const char* preset : {"w8a8kv8", "w6a6kv6", "none"}) {
+    auto o = stories_options();
+    o.preset = preset;
+    o.calib = "c.ids";
+    o.output = "x.q4.safetensors";
+    for (bool dry : {false, true}) {
+      o.dry_run = dry;
+      const std::string e = test::error_of([&] { (void)make_plan(o); });
+      EXPECT_NE(e.find(std::string(preset) == "none" ? "quarot-convert or --preset gguf-f32 -o OUT.gguf" : "--preset gguf-q8_0 -o OUT.gguf"),
+                std::string::npos) << e;
+      EXPECT_THROW((void)make_plan(o), UsageError);
+    }
+    o.output.clear();  // simulation only: fine
+    EXPECT_NO_THROW((void)make_plan(o)) << preset;
+  }
+  // The alternative it names is writable: gguf-q8_0 (llama-quantize's own rounding, its
+  // preset's method "none") was refused by the GGUF rule meant for --w-method none.
+  auto o = stories_options();
+  o.preset = "gguf-q8_0";
+  o.output = "x.gguf";
+  EXPECT_NO_THROW((void)make_plan(o));
+  o.preset = "gguf-q4_0";
+  o.w_method = "none";
+  EXPECT_THROW((void)make_plan(o), UsageError);
+}
+
 // One table of presets (src/pipeline), the GGUF exports among them: every name resolves, the
 // gguf-* ones (and only they) carry export options, and make_plan takes the table's settings.
 TEST(Pipeline, OnePresetTableHoldsEveryPresetGgufIncluded) {

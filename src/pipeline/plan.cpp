@@ -174,7 +174,9 @@ void validate(const Plan& p) {
     if (!p.gguf_preset.empty()) {
       if (!is_gguf_path(p.outputs.packed)) throw Error("--preset " + p.gguf_preset, "writes a GGUF file: give -o OUT.gguf");
       if (cfg.act.any()) throw Error("--preset " + p.gguf_preset, "llama.cpp quantizes activations itself: no --a-bits/--k-bits/--v-bits with a GGUF output");
-      if (cfg.method == WeightMethod::None && p.gguf_preset != "gguf-f32")
+      // None is llama-quantize's own rounding where the preset says so (gguf-q8_0, gguf-f32);
+      // over a GPTQ/RTN preset it is refused (it was refused for gguf-q8_0 too).
+      if (cfg.method == WeightMethod::None && plan_preset(p.gguf_preset).gguf->method != WeightMethod::None)
         throw Error("--w-method none", "a GGUF block type needs quantized weights (rtn or gptq), or --preset gguf-f32");
       if (p.run.stream) throw Error("--stream", "GGUF export runs on the whole model in memory");
       if (p.qdec.enabled) throw Error("--qdec", "llama.cpp has no QDEC residuals: not with a GGUF output");
@@ -185,7 +187,20 @@ void validate(const Plan& p) {
         if (plan_preset(n).gguf) names += (names.empty() ? "" : ", ") + n;
       throw Error("-o " + p.outputs.packed, "a .gguf output needs a GGUF preset (" + names + ")");
     } else if (!p.outputs.packed.empty()) {
-      (void)make_pack_recipe(cfg);  // the packed format can hold it
+      try {
+        (void)make_pack_recipe(cfg);  // the packed format can hold it
+      } catch (const Error& e) {
+        // Refused here, before any work (the writer would refuse after loading), with what holds
+        // these weights instead.
+        const std::string why = e.what();
+        if (cfg.method == WeightMethod::None)
+          throw Error("", why + "; the packed INT4 file holds quantized weights only: for a float copy use quarot-convert or " +
+                              "--preset gguf-f32 -o OUT.gguf, or drop -o to evaluate without writing");
+        if (cfg.gptq.weights.grid.bits > 4)
+          throw Error("", why + "; for 8-bit weights write a GGUF file (--preset gguf-q8_0 -o OUT.gguf), or drop -o to evaluate the " +
+                              std::to_string(cfg.gptq.weights.grid.bits) + "-bit model in simulation");
+        throw;
+      }
     }
     if (p.run.stream && cfg.method == WeightMethod::None) throw Error("--stream", "needs quantized weights (--w-method rtn or gptq)");
     if (p.qdec.enabled) {
