@@ -208,7 +208,7 @@ TEST(QuantizeTool, ErrorsAndExitCodes) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.stderr_text.find("validation_100.txt: calibration text needs a tokenizer"), std::string::npos) << r.stderr_text;
   r = run_tool("quarot-quantize", model + " --preset w4a16-rtn --progress none");  // group 128 vs width 64
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);  // a usage error against the model, found before loading (as --dry-run finds it)
   EXPECT_NE(r.stderr_text.find("does not divide the input width 64"), std::string::npos) << r.stderr_text;
   r = run_tool("quarot-quantize", model + " --preset w8a8kv8 --a-bits 9 --progress none");
   EXPECT_EQ(r.exit_code, 2);

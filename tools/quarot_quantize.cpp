@@ -127,12 +127,17 @@ int main(int argc, char** argv) {
   }
   plan.run.git_commit = quarot_git_commit();
   return quarot::cli::run("quarot-quantize", [&] {
-    if (plan.run.dry_run) {
-      std::fputs(quarot::describe_plan(plan).c_str(), stdout);
-      return 0;
+    try {
+      if (plan.run.dry_run) {
+        std::fputs(quarot::describe_plan(plan).c_str(), stdout);
+        return 0;
+      }
+      PrintingObserver observer(plan.run.quiet, quarot::parse_progress_mode(plan.run.progress));
+      (void)quarot::run(plan, observer);
+    } catch (const quarot::UsageError& e) {  // the plan does not fit the model: found before any work, as by --dry-run
+      std::fprintf(stderr, "quarot-quantize: error: %s (see --help)\n", e.what());
+      return quarot::cli::kExitUsage;
     }
-    PrintingObserver observer(plan.run.quiet, quarot::parse_progress_mode(plan.run.progress));
-    (void)quarot::run(plan, observer);
     return 0;
   });
 }

@@ -11,6 +11,7 @@
 
 #include <vector>
 
+#include "quarot/config.hpp"
 #include "quarot/error.hpp"
 #include "quarot/gguf.hpp"
 #include "quarot/quantize.hpp"
@@ -87,6 +88,14 @@ Preset plan_preset(const std::string& name);
 Plan make_plan(const PlanOptions& o);
 // Every usage rule of a plan; throws UsageError naming the flag.
 void validate(const Plan& p);
+// The plan against the model it will run on, from the model's config alone (no weight is read):
+// every rule that depends on the model's shapes (weight groups dividing each linear's input
+// width, the rotations' Hadamard sizes, what a GGUF architecture holds). describe_plan
+// (--dry-run) and run() (before loading the weights) both call it, so a dry run fails exactly
+// when the run would. Returns the settings as they will run (calibration length capped at the
+// model's positions, the settings that follow the model chosen); throws UsageError naming the
+// flag, the shape and the model.
+QuantConfig resolve_against_model(const Plan& p, const ModelConfig& c);
 // The plan as the report's "config" section.
 std::string plan_json(const Plan& p, int indent = -1);
 // The --dry-run text (reads the model's config only).

@@ -11,6 +11,7 @@
 #include "quarot/packed.hpp"
 #include "quarot/pipeline.hpp"
 #include "quarot/qdec.hpp"
+#include "quarot/rotate.hpp"
 #include "pipeline_detail.hpp"
 
 namespace quarot {
@@ -218,6 +219,51 @@ void validate(const Plan& p) {
   }
 }
 
+QuantConfig resolve_against_model(const Plan& p, const ModelConfig& c) {
+  QuantConfig cfg = p.quant;
+  const std::string& model = p.model;
+  if (!p.gguf_preset.empty()) {
+    // The export's own rotation (no online transforms), over the plan's kind and seed.
+    const GgufExportOptions g = plan_preset(p.gguf_preset).gguf.value();
+    RotationOptions r = g.rotation;
+    r.r1_kind = cfg.rotation.r1_kind;
+    if (cfg.rotate) {
+      try {
+        check_rotation_sizes(c, r);
+      } catch (const Error& e) {
+        throw UsageError(model, e.what());
+      }
+    }
+    if (c.family == Family::Qwen2 && c.o_bias)
+      throw UsageError(model, "Qwen2 with an o_proj bias has no GGUF tensor in llama.cpp's qwen2 architecture: not with --preset " + p.gguf_preset);
+    cfg.seqlen = std::min(cfg.seqlen, c.max_positions);
+    return cfg;  // weights go onto llama.cpp's blocks (widths no block holds fall back or are padded), not cfg's groups
+  }
+  if (cfg.method != WeightMethod::None) {
+    // Every linear's input width must be a whole number of weight groups (quant.cpp's rule).
+    const int group = cfg.gptq.weights.group_size;
+    if (group > 0) {
+      for (const LinearSpec& spec : kLinearSpecs) {
+        const int64_t cols = config_dim(c, spec.cols);
+        if (cols % group != 0)
+          throw UsageError("--w-group", "group size " + std::to_string(group) + (p.quant.preset.empty() ? "" : " (preset " + p.quant.preset + ")") +
+                                            " does not divide the input width " + std::to_string(cols) + " of " + spec.name + " in " + model +
+                                            ": give --w-group 0 (per output channel) or a divisor of the model's widths");
+      }
+    }
+  }
+  if (cfg.rotate) {
+    try {
+      check_rotation_sizes(c, cfg.rotation);
+    } catch (const Error& e) {
+      throw UsageError(model, e.what());
+    }
+  }
+  cfg.seqlen = std::min(cfg.seqlen, c.max_positions);
+  (void)apply_model_defaults(cfg, c);
+  return cfg;
+}
+
 std::string plan_json(const Plan& p, int indent) {
   const QuantConfig& c = p.quant;
   const auto& w = c.gptq.weights;
@@ -288,6 +334,7 @@ std::string describe_plan(const Plan& p) {
   using pipeline_detail::bits_per_weight;
   QuantConfig cfg = p.quant;
   const auto c = read_model_config(p.model);
+  (void)resolve_against_model(p, c);  // fails as the run would, before it reads any weight
   const std::string model_defaults = apply_model_defaults(cfg, c);  // as the run will
   const int64_t lin = pipeline_detail::linear_params(c);
   const int64_t other = int64_t(c.vocab) * c.hidden * (c.tied_embeddings && !cfg.rotate ? 1 : 2) + int64_t(c.n_layers) * 2 * c.hidden + c.hidden;

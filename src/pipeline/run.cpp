@@ -70,6 +70,9 @@ class Run {
 
   RunReport operator()() {
     t_all_ = Clock::now();
+    // The plan against the model's config first, as --dry-run checks it: nothing is read or
+    // written when it cannot run on this model.
+    (void)resolve_against_model(p_, read_model_config(p_.model));
     prepare_outputs();
     load();
     calibration_data();
