@@ -2,6 +2,8 @@
 // observer, and the RunReport's JSON round trip (the only place spelling report.json's keys).
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -233,11 +235,72 @@ TEST(Pipeline, RunWritesThePackedFileAndItsReportRoundTrips) {
   EXPECT_LT(r.eval->packed->ppl, 3 * r.eval->float_model->ppl);  // measured 2.1x at W4A4KV4 RTN
   EXPECT_FALSE(r.input.sha256);
   // report.json on disk is the returned report; parsing it back gives the same text.
-  const std::string text = read_text_file((dir / "report.json").string());
+  const std::string text = read_text_file((dir / "m.q4.safetensors.report/report.json").string());
   EXPECT_EQ(text, r.to_json());
   EXPECT_EQ(RunReport::from_json(text).to_json(), text);
   EXPECT_THROW(RunReport::from_json("{\"schema\": 1}"), Error);
   std::filesystem::remove_all(dir);
+}
+
+// One report folder per output name: two outputs in one folder keep their own reports.
+TEST(Pipeline, TwoOutputsInOneFolderKeepTheirOwnReports) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  test::TempDir dir;
+  Observer silent;
+  for (const char* name : {"a.q4.safetensors", "b.q4.safetensors"}) {
+    auto o = stories_options();
+    o.eval_ids.clear();
+    o.no_checksum = true;
+    o.output = dir / name;
+    if (name[0] == 'b') o.w_bits = 3;
+    (void)run(make_plan(o), silent);
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "report.json"));
+  for (const char* name : {"a.q4.safetensors", "b.q4.safetensors"}) {
+    const auto r = RunReport::from_json(read_text_file(dir / (std::string(name) + ".report/report.json")));
+    EXPECT_EQ(nlohmann::json::parse(r.config_json)["output"], dir / name);
+    EXPECT_EQ(nlohmann::json::parse(r.config_json)["weights"]["bits"], name[0] == 'b' ? 3 : 4);
+    for (const char* f : {"report.md", "error_per_layer.svg", "outliers.svg"})
+      EXPECT_TRUE(std::filesystem::exists(dir / (std::string(name) + ".report/" + f))) << f;
+  }
+}
+
+// Plants a FIFO where the report will go once the packed file is being written.
+class FifoAtReport : public Observer {
+ public:
+  explicit FifoAtReport(std::string report_dir) : dir_(std::move(report_dir)) {}
+  void stage_start(std::string_view stage) override {
+    if (stage != "pack") return;
+    std::filesystem::create_directories(dir_);
+    ASSERT_EQ(mkfifo((dir_ + "/report.md").c_str(), 0600), 0);
+  }
+
+ private:
+  std::string dir_;
+};
+
+// The packed file and its report appear together: a report that cannot be written (a FIFO
+// appeared in its place during the run) leaves no packed file and no temporary behind.
+TEST(Pipeline, NoPackedFileWithoutItsReport) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  test::TempDir dir;
+  auto o = stories_options();
+  o.eval_ids.clear();
+  o.no_checksum = true;
+  o.output = dir / "out/m.q4.safetensors";
+  FifoAtReport observer(o.output + ".report");
+  EXPECT_THROW((void)run(make_plan(o), observer), Error);
+  std::vector<std::string> left;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir.path())) left.push_back(e.path().filename().string());
+  EXPECT_EQ(left, (std::vector<std::string>{"out", "m.q4.safetensors.report", "report.md"}));
+  // Outputs named twice, or onto an input (a model folder's file, the tokenizer), are refused
+  // before any work.
+  Observer silent;
+  auto twice = o;
+  twice.output = dir / "t.q4.safetensors";
+  twice.json = twice.output;
+  const std::string e = test::error_of([&] { (void)run(make_plan(twice), silent); });
+  EXPECT_NE(e.find("named twice as an output"), std::string::npos) << e;
 }
 
 // A gguf-* preset writes a GGUF through src/gguf and evaluates the exported weights; a .gguf

@@ -222,7 +222,7 @@ TEST(StreamCli, QuantizeStreamWritesTheSameFile) {
                                                  " --progress none");
   ASSERT_EQ(b.exit_code, 0) << b.stderr_text;
   EXPECT_TRUE(read_bytes(dir / "a/m.q4.safetensors") == read_bytes(dir / "b/m.q4.safetensors"));
-  EXPECT_TRUE(fs::exists(dir / "b/report.json"));
+  EXPECT_TRUE(fs::exists(dir / "b/m.q4.safetensors.report/report.json"));
   EXPECT_EQ(run_tool("quarot-quantize", in + " --stream --w-method none").exit_code, 2);
 }
 
