@@ -303,6 +303,36 @@ TEST(Pipeline, NoPackedFileWithoutItsReport) {
   EXPECT_NE(e.find("named twice as an output"), std::string::npos) << e;
 }
 
+// Every output (packed file, report files, --json) against every input (the model folder's
+// files, calibration, tokenizer, evaluation ids) by identity, before any work: a file inside
+// the model folder or the tokenizer passed the name check before.
+TEST(Pipeline, OutputsOntoInputsAreRefusedByIdentity) {
+  test::TempDir dir;
+  auto o = stories_options();
+  o.eval_ids.clear();
+  o.no_checksum = true;
+  Observer silent;
+  auto refused = [&](const PlanOptions& x) { return test::error_of([&] { (void)run(make_plan(x), silent); }); };
+  const std::string folder = dir / "hf";
+  save_hf(make_synthetic(synth_preset("tiny")), folder, {DType::F32, 0, {}});
+  const auto model_bytes = test::read_bytes(folder + "/model.safetensors");
+  auto into_model = o;
+  into_model.model = folder;
+  into_model.output = folder + "/model.safetensors";
+  EXPECT_NE(refused(into_model).find("refusing to overwrite an input file"), std::string::npos) << refused(into_model);
+  auto json_onto_model = into_model;
+  json_onto_model.output.clear();
+  json_onto_model.json = folder + "/config.json";
+  EXPECT_NE(refused(json_onto_model).find("refusing to overwrite an input file"), std::string::npos) << refused(json_onto_model);
+  auto onto_tokenizer = o;
+  write_file_atomic(dir / "tok.bin", "not read");
+  onto_tokenizer.tokenizer = dir / "tok.bin";
+  onto_tokenizer.output = dir / "tok.bin";
+  EXPECT_NE(refused(onto_tokenizer).find("refusing to overwrite an input file"), std::string::npos) << refused(onto_tokenizer);
+  EXPECT_EQ(test::read_bytes(folder + "/model.safetensors"), model_bytes);
+  EXPECT_EQ(read_text_file(dir / "tok.bin"), "not read");
+}
+
 // A gguf-* preset writes a GGUF through src/gguf and evaluates the exported weights; a .gguf
 // output without one, or online transforms / activation bits with one, are usage errors.
 TEST(Pipeline, GgufPresetExportsAndEvaluatesTheExportedWeights) {

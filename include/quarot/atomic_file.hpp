@@ -12,7 +12,8 @@
 
 namespace quarot {
 
-// Throws quarot::Error if `target` is (by identity) one of `inputs` (empty entries ignored).
+// Throws quarot::Error if `target` is (by identity) one of `inputs` or, for an input that is a
+// folder (a Hugging Face checkpoint), one of the entries directly in it (empty entries ignored).
 void refuse_overwriting_inputs(const std::string& target, const std::vector<std::string>& inputs);
 
 class AtomicFile {

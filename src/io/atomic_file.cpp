@@ -131,9 +131,17 @@ bool same_file(const std::string& a, const std::string& b) {
 }
 
 void refuse_overwriting_inputs(const std::string& target, const std::vector<std::string>& inputs) {
-  for (const auto& in : inputs)
-    if (!in.empty() && same_file(target, in))
-      throw Error(target, "refusing to overwrite an input file (" + in + ")");
+  const auto t = file_identity(target);
+  if (!t) return;  // absent: it cannot be an input
+  for (const auto& in : inputs) {
+    if (in.empty()) continue;
+    if (file_identity(in) == t) throw Error(target, "refusing to overwrite an input file (" + in + ")");
+    std::error_code ec;
+    if (fs::is_directory(in, ec))  // a checkpoint folder: its files are the inputs
+      for (const auto& e : fs::directory_iterator(in, ec))
+        if (file_identity(e.path().string()) == t)
+          throw Error(target, "refusing to overwrite an input file (" + e.path().string() + ")");
+  }
 }
 
 void refuse_unsafe_output(const std::string& target, const std::vector<std::string>& inputs) {
