@@ -15,6 +15,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/gguf.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/tokenizer.hpp"
 
@@ -22,7 +23,9 @@ namespace fs = std::filesystem;
 using namespace quarot;
 
 int main(int argc, char** argv) {
-  std::vector<std::string> models, presets = gguf_preset_names();
+  std::vector<std::string> models, presets;
+  for (const auto& name : plan_preset_names())
+    if (plan_preset(name).gguf) presets.push_back(name);
   std::string calib_path, eval_path, tokenizer_path;
   int ctx = 512, nsamples = 128, seqlen = 256, repeats = 3;
   CLI::App app{"GGUF export: size, bits per weight, time, quality vs llama-quantize's RTN.", "quarot-bench-gguf-export"};
@@ -58,7 +61,7 @@ int main(int argc, char** argv) {
         // 0: llama-quantize as it is; 1: the same on the zero-padded FFN (same size as ours); 2: ours.
         for (int variant : {0, 1, 2}) {
           const bool ours = variant == 2;
-          GgufExportOptions o = gguf_preset(preset);
+          GgufExportOptions o = plan_preset(preset).gguf.value();
           if (!ours) {
             if (o.method == WeightMethod::None && !o.rotate) continue;  // the preset is the baseline itself
             o.method = WeightMethod::None;

@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
         o.preset = s.preset;
         o.w_bits = s.w_bits;
         o.w_group = 0;  // per channel (the widths here are not multiples of 128)
-        o.kv_clip = quarot::quant_preset(s.preset).act.kv_clip;  // the preset's, as this table always had
+        o.kv_clip = quarot::plan_preset(s.preset).quant.act.kv_clip;  // the preset's, as this table always had
         o.no_rotate = !rotate;
         if (s.gptq) {
           o.calib = calib_path;

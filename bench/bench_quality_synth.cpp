@@ -160,14 +160,14 @@ int main(int argc, char** argv) {
           o.model = (tmp / "model").string();
           o.preset = s.preset;
           o.no_rotate = !rotate;
-          o.kv_clip = quarot::quant_preset(s.preset).act.kv_clip;  // the preset's, as this table always had
+          o.kv_clip = quarot::plan_preset(s.preset).quant.act.kv_clip;  // the preset's, as this table always had
           o.calib = (tmp / "calib.ids").string();
           o.nsamples = nsamples;
           o.seqlen = seqlen;
           o.outlier_windows = 0;
           o.no_checksum = true;
           o.quiet = true;
-          const int g = quarot::quant_preset(s.preset).gptq.weights.group_size;
+          const int g = quarot::plan_preset(s.preset).quant.gptq.weights.group_size;
           if (g > 0 && (base.config.hidden % g || base.config.intermediate % g || base.config.q_dim() % g))
             o.w_group = 0;  // small presets: per channel where 128 does not divide
           struct Measure : quarot::Observer {

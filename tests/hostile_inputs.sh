@@ -181,5 +181,24 @@ for name in truncated count vocab-only gemma; do
   run "gguf-$name" "$d/$name.gguf" "$d" quarot-eval "$d/$name.gguf" --ids "$d/ok.ids" --ctx 4
 done
 
+# 17. Outputs onto inputs through paths the name check missed (issue 20 item 6): a file inside
+# the input model folder (-o, --json), the tokenizer, --stats-ids, a task file, an in-place
+# sharded convert (it wrote shards into its input folder before refusing), and quarot-batch's
+# summary onto its own plan or onto a shard being merged. Each is refused before any work.
+d="$work/identity"; mkdir -p "$d/m" "$d/tok"
+cp "$work/base/"* "$d/m/"; cp "$ids" "$d/tok/tok.bin"
+run quantize-o-into-model-folder "$d/m/model.safetensors" "$d/m" quarot-quantize "$d/m" -o "$d/m/model.safetensors" --preset w4a4kv4-rtn -q
+run quantize-json-onto-model-config "$d/m/config.json" "$d/m" quarot-quantize "$d/m" --json "$d/m/config.json" --preset w4a4kv4-rtn -q
+run quantize-o-onto-tokenizer "$d/tok/tok.bin" "$d/tok" quarot-quantize "$d/m" -o "$d/tok/tok.bin" --tokenizer "$d/tok/tok.bin" --preset w4a4kv4-rtn -q
+mkdir -p "$d/rot-out"; cp "$ids" "$d/rot-out/config.json"
+run rotate-onto-stats-ids "$d/rot-out/config.json" "$d/rot-out" quarot-rotate "$d/m" -o "$d/rot-out" --stats-ids "$d/rot-out/config.json" --progress none
+run convert-in-place-sharded "$d/m/config.json" "$d/m" quarot-convert "$d/m" -o "$d/m" --shard-size 16K --progress none
+mkdir -p "$d/task"; printf '{"goal": "g", "sol1": "a", "sol2": "b"}\n' >"$d/task/t.jsonl"
+run eval-task-json-onto-task-file "$d/task/t.jsonl" "$d/task" quarot-eval "$d/m" --task piqa --task-file "$d/task/t.jsonl" --tokenizer "$d/tok/tok.bin" --json "$d/task/t.jsonl"
+mkdir -p "$d/b"; printf '{"models": [{"name": "m", "path": "%s"}], "runs": [{"name": "r", "preset": "w4a4kv4-rtn"}]}' "$d/m" >"$d/b/summary.json"
+run batch-summary-onto-plan "$d/b/summary.json" "$d/b" quarot-batch "$d/b/summary.json" -o "$d/b"
+mkdir -p "$d/s"; printf '{"rows": []}' >"$d/s/summary.json"
+run batch-merge-into-shard "$d/s/summary.json" "$d/s" quarot-batch merge "$d/s" -o "$d/s"
+
 echo "hostile_inputs: $((cases - failures)) of $cases cases handled"
 exit $((failures > 0))

@@ -16,6 +16,7 @@
 #include "quarot/error.hpp"
 #include "quarot/forward.hpp"
 #include "quarot/gguf.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
 #include "llama_cpp_client.hpp"
@@ -356,15 +357,19 @@ TEST(GgufQuants, GptqOntoQ4_0BlocksIsBitExact) {
 // ---------------------------------------------------------------- options
 
 TEST(GgufOptions, PresetsAndOnlineTransformsRefused) {
-  for (const auto& name : gguf_preset_names()) EXPECT_NO_THROW(validate_gguf_options(gguf_preset(name))) << name;
-  EXPECT_NE(quarot::test::error_of([] { gguf_preset("gguf-q3"); }).find("gguf-q4_0"), std::string::npos);
-  auto o = gguf_preset("gguf-q4_0");
+  for (const auto& name : plan_preset_names()) {
+    if (plan_preset(name).gguf) {
+      EXPECT_NO_THROW(validate_gguf_options(plan_preset(name).gguf.value())) << name;
+    }
+  }
+  EXPECT_NE(quarot::test::error_of([] { (void)plan_preset("gguf-q3"); }).find("gguf-q4_0"), std::string::npos);
+  auto o = plan_preset("gguf-q4_0").gguf.value();
   o.rotation.r4 = true;
   EXPECT_NE(quarot::test::error_of([&] { validate_gguf_options(o); }).find("R4"), std::string::npos);
-  o = gguf_preset("gguf-q4_0");
+  o = plan_preset("gguf-q4_0").gguf.value();
   o.rotation.r3 = true;
   EXPECT_NE(quarot::test::error_of([&] { validate_gguf_options(o); }).find("R3"), std::string::npos);
-  o = gguf_preset("gguf-q4_0");
+  o = plan_preset("gguf-q4_0").gguf.value();
   o.rotation.r2_online_cross_head = true;
   EXPECT_NE(quarot::test::error_of([&] { validate_gguf_options(o); }).find("cross-head"), std::string::npos);
 }
@@ -377,7 +382,7 @@ TEST(GgufExport, Stories260KFloatReadsBack) {
   const ModelWeights original = load_llama2c(data_file("stories260K/stories260K.bin"));
   const auto tok = load_tokenizer(data_file("stories260K/tok512.bin"));
   const std::string path = temp_path("f32.gguf");
-  const auto rep = export_gguf(m, tok.get(), gguf_preset("gguf-f32"), {}, path);
+  const auto rep = export_gguf(m, tok.get(), plan_preset("gguf-f32").gguf.value(), {}, path);
   const auto g = parse_gguf(path);
   EXPECT_EQ(g.version, 3u);
   EXPECT_EQ(g.kv.at("general.architecture").text, "llama");
@@ -423,7 +428,7 @@ TEST(GgufExport, Stories260KFloatReadsBack) {
   // Deterministic bytes.
   ModelWeights again = load_llama2c(data_file("stories260K/stories260K.bin"));
   const std::string path2 = temp_path("f32b.gguf");
-  export_gguf(again, tok.get(), gguf_preset("gguf-f32"), {}, path2);
+  export_gguf(again, tok.get(), plan_preset("gguf-f32").gguf.value(), {}, path2);
   EXPECT_EQ(quarot::test::read_bytes(path2), g.bytes);
   fs::remove(path);
   fs::remove(path2);
@@ -451,7 +456,7 @@ TEST(GgufExport, QuantizedExportsDequantizeToTheModel) {
   for (const std::string preset : {"gguf-q4_0", "gguf-q8_0", "gguf-q4_k_m"}) {
     ModelWeights m = load_llama2c(data_file("stories260K/stories260K.bin"));
     const std::string path = temp_path(preset + ".gguf");
-    const auto opts = gguf_preset(preset);
+    const auto opts = plan_preset(preset).gguf.value();
     const auto rep = export_gguf(m, tok.get(), opts, calib, path);
     const auto g = parse_gguf(path);
     // Padded FFN (172 -> 192) so that every linear takes a 32-block type.
@@ -590,7 +595,7 @@ TEST(GgufExport, HfLayoutsAndQwen2Biases) {
     // llama.cpp's llama architecture wants interleaved pairs; qwen2 keeps rotate-half.
     if (family == Family::Llama) convert_rope_layout(expect, RopeLayout::Interleaved);
     const std::string path = temp_path("synth.gguf");
-    const auto rep = export_gguf(m, nullptr, gguf_preset("gguf-f32"), {}, path);
+    const auto rep = export_gguf(m, nullptr, plan_preset("gguf-f32").gguf.value(), {}, path);
     const auto g = parse_gguf(path);
     const std::string arch = family == Family::Qwen2 ? "qwen2" : "llama";
     EXPECT_EQ(g.kv.at("general.architecture").text, arch);
@@ -624,7 +629,7 @@ TEST(GgufExport, RotatedGptqQwen2AndRefusals) {
     for (auto& id : w) id = int(rng() % 300);
   const ModelWeights original = small_synthetic(Family::Qwen2);
   const std::string path = temp_path("qwen2-iq4.gguf");
-  auto opts = gguf_preset("gguf-iq4_nl");
+  auto opts = plan_preset("gguf-iq4_nl").gguf.value();
   const auto rep = export_gguf(m, nullptr, opts, calib, path);
   EXPECT_EQ(rep.padded_intermediate, 224);
   const auto g = parse_gguf(path);
@@ -644,7 +649,7 @@ TEST(GgufExport, RotatedGptqQwen2AndRefusals) {
   EXPECT_LT(std::sqrt(num / den), 0.5);  // 4 bits on a model with planted outliers up to 100x
   // The offline rotation alone (norm fusion, R1, R2 per head) computes the same logits.
   ModelWeights rotated = small_synthetic(Family::Qwen2);
-  auto f32 = gguf_preset("gguf-f32");
+  auto f32 = plan_preset("gguf-f32").gguf.value();
   f32.rotate = true;
   export_gguf(rotated, nullptr, f32, {}, path);
   const auto r = logits_of(rotated, ids);
@@ -684,7 +689,7 @@ TEST(GgufExport, GgmlReadsOurFile) {
   ASSERT_TRUE(init && n_tensors && tensor_name && tensor_type && tensor_offset && data_offset && find_key && val_str && val_u32 && free_ctx);
   const auto tok = load_tokenizer(data_file("stories260K/tok512.bin"));
   ModelWeights m = load_llama2c(data_file("stories260K/stories260K.bin"));
-  auto opts = gguf_preset("gguf-q4_0");
+  auto opts = plan_preset("gguf-q4_0").gguf.value();
   opts.method = WeightMethod::Rtn;
   const std::string path = temp_path("ggml-reads.gguf");
   export_gguf(m, tok.get(), opts, {}, path);

@@ -11,6 +11,7 @@
 #include "quarot/error.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/runtime.hpp"
 #include "quarot/synth.hpp"
@@ -38,7 +39,7 @@ PlanOptions tiny_plan(const ModelWeights& m, const TempDir& dir, const std::stri
   o.model = saved_model(m, dir / (std::filesystem::path(out).filename().string() + ".in"));
   o.output = out;
   o.preset = "w4a4kv4-rtn";
-  o.kv_clip = quant_preset(o.preset).act.kv_clip;
+  o.kv_clip = plan_preset(o.preset).quant.act.kv_clip;
   return o;
 }
 

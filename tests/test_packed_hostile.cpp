@@ -12,6 +12,7 @@
 
 #include "quarot/error.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/synth.hpp"
@@ -36,7 +37,7 @@ std::string make_packed(const TempDir& dir, int intermediate = 0) {
   o.model = saved_model(make_synthetic(s), dir / "good.in");
   o.output = path;
   o.preset = "w4a4kv4-rtn";
-  o.kv_clip = quant_preset(o.preset).act.kv_clip;  // the preset's (head_dim 8 would choose 1.0)
+  o.kv_clip = plan_preset(o.preset).quant.act.kv_clip;  // the preset's (head_dim 8 would choose 1.0)
   o.no_rotate = intermediate != 0;
   run_plan(o);
   return path;

@@ -12,6 +12,7 @@
 #include "quarot/error.hpp"
 #include "quarot/eval.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/qdec_runtime.hpp"
 #include "quarot/runtime.hpp"
 #include "quarot/safetensors.hpp"
@@ -97,7 +98,7 @@ TEST(Qdec, ModelLevelKZeroIsThePlainModelAndMoreChannelsHelp) {
   s.config.vocab = 128;
   const auto original = make_synthetic(s);
   auto quantized = original;
-  QuantConfig cfg = quant_preset("w4a16-rtn");
+  QuantConfig cfg = plan_preset("w4a16-rtn").quant;
   cfg.gptq.weights.group_size = 0;
   cfg.gptq.weights.grid.bits = 3;
   quantize_weights(quantized, {}, cfg, {});
@@ -197,7 +198,7 @@ TEST(Qdec, TunerStaysWithinTheBudgetAndGrowsTheCheapestKindFirst) {
   s.config.vocab = 64;
   const auto original = make_synthetic(s);
   auto quantized = original;
-  QuantConfig cfg = quant_preset("w4a16-rtn");
+  QuantConfig cfg = plan_preset("w4a16-rtn").quant;
   cfg.gptq.weights.group_size = 0;
   quantize_weights(quantized, {}, cfg, {});
   const auto costs = measure_qdec_costs(build_qdec_store(original, quantized, 4), 2);
@@ -227,7 +228,7 @@ PackedQdec pack_with_qdec(const std::string& path, const std::string& preset, in
   o.output = path;
   o.preset = preset;
   o.w_group = 0;
-  o.kv_clip = quant_preset(preset).act.kv_clip;  // the preset's (head_dim 8 would choose 1.0)
+  o.kv_clip = plan_preset(preset).quant.act.kv_clip;  // the preset's (head_dim 8 would choose 1.0)
   o.qdec = with_section;
   o.qdec_bits = bits;
   if (with_section) o.qdec_k = k.describe();

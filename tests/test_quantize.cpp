@@ -9,6 +9,7 @@
 
 #include "quarot/error.hpp"
 #include "quarot/eval.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
@@ -60,7 +61,7 @@ TEST(Calibration, LinesOrSeededRandomWindows) {
 }
 
 TEST(Presets, ExpandToThePapersSettings) {
-  const auto c = quant_preset("w4a4kv4");
+  const auto c = plan_preset("w4a4kv4").quant;
   EXPECT_EQ(c.method, WeightMethod::Gptq);
   EXPECT_EQ(c.gptq.weights.grid.bits, 4);
   EXPECT_TRUE(c.gptq.weights.grid.symmetric && c.gptq.weights.clip_search);
@@ -69,18 +70,18 @@ TEST(Presets, ExpandToThePapersSettings) {
   EXPECT_DOUBLE_EQ(c.act.kv_clip, 0.95);
   EXPECT_TRUE(c.act.kv_asym);
   EXPECT_TRUE(c.rotate);
-  EXPECT_EQ(quant_preset("w4a16").gptq.weights.group_size, 128);
-  EXPECT_DOUBLE_EQ(quant_preset("w8a8kv8").act.a_clip, 1.0);  // the clip ratios are 4-bit settings
-  EXPECT_DOUBLE_EQ(quant_preset("w8a8kv8").act.kv_clip, 1.0);
-  EXPECT_EQ(quant_preset("w4a4kv4-rtn").method, WeightMethod::Rtn);
-  EXPECT_FALSE(quant_preset("none").rotate);
+  EXPECT_EQ(plan_preset("w4a16").quant.gptq.weights.group_size, 128);
+  EXPECT_DOUBLE_EQ(plan_preset("w8a8kv8").quant.act.a_clip, 1.0);  // the clip ratios are 4-bit settings
+  EXPECT_DOUBLE_EQ(plan_preset("w8a8kv8").quant.act.kv_clip, 1.0);
+  EXPECT_EQ(plan_preset("w4a4kv4-rtn").quant.method, WeightMethod::Rtn);
+  EXPECT_FALSE(plan_preset("none").quant.rotate);
   EXPECT_NE(c.describe().find("--a-clip 0.9"), std::string::npos);
-  for (const auto& n : quant_preset_names()) EXPECT_NO_THROW(quant_preset(n));
-  EXPECT_THROW(quant_preset("w3a3"), Error);
+  for (const auto& n : quarot::plan_preset_names()) EXPECT_NO_THROW((void)plan_preset(n));
+  EXPECT_THROW((void)plan_preset("w3a3"), Error);
 }
 
 TEST(Presets, W4a4k8v4IsW4a4kv4WithEightBitKeys) {
-  const auto a = quant_preset("w4a4kv4"), b = quant_preset("w4a4k8v4");
+  const auto a = plan_preset("w4a4kv4").quant, b = plan_preset("w4a4k8v4").quant;
   EXPECT_EQ(b.act.k_bits, 8);
   EXPECT_EQ(b.act.v_bits, 4);
   auto same = b;
@@ -94,34 +95,34 @@ TEST(Presets, KvClipFollowsTheModelsHeadDim) {
   ModelConfig small, large;
   small.head_dim = 8;
   large.head_dim = 128;
-  auto c = quant_preset("w4a4k8v4");
+  auto c = plan_preset("w4a4k8v4").quant;
   const std::string line = apply_model_defaults(c, small);
   EXPECT_DOUBLE_EQ(c.act.kv_clip, 1.0);
   EXPECT_NE(line.find("KV clip 1.00 (preset 0.95): head_dim 8 < 32"), std::string::npos) << line;
   EXPECT_EQ(apply_model_defaults(c, large), "");  // chosen once
   EXPECT_DOUBLE_EQ(c.act.kv_clip, 1.0);
-  c = quant_preset("w4a4kv4");
+  c = plan_preset("w4a4kv4").quant;
   EXPECT_NE(apply_model_defaults(c, large), "");
   EXPECT_DOUBLE_EQ(c.act.kv_clip, 0.95);  // the paper's head_dim-128 setting
-  c = quant_preset("w4a4kv4");
+  c = plan_preset("w4a4kv4").quant;
   c.kv_clip_follows_model = false;  // what a user's --kv-clip does
   c.act.kv_clip = 0.9;
   EXPECT_EQ(apply_model_defaults(c, small), "");
   EXPECT_DOUBLE_EQ(c.act.kv_clip, 0.9);
-  c = quant_preset("w4a16");  // no KV quantization: nothing to choose
+  c = plan_preset("w4a16").quant;  // no KV quantization: nothing to choose
   EXPECT_EQ(apply_model_defaults(c, small), "");
   EXPECT_DOUBLE_EQ(c.act.kv_clip, 1.0);
 }
 
 TEST(Presets, BitsPerCachedElement) {
-  const auto k8v4 = kv_cache_bits(quant_preset("w4a4k8v4").act, 8);
+  const auto k8v4 = kv_cache_bits(plan_preset("w4a4k8v4").quant.act, 8);
   EXPECT_DOUBLE_EQ(k8v4.codes(), 6.0);
   EXPECT_DOUBLE_EQ(k8v4.k_stored, 8 + 5.0);  // 40 bits of scale and zero over 8 values
   EXPECT_DOUBLE_EQ(k8v4.v_stored, 4 + 5.0);
   EXPECT_DOUBLE_EQ(k8v4.stored(), 11.0);
-  EXPECT_DOUBLE_EQ(kv_cache_bits(quant_preset("w4a4kv4").act, 128).stored(), 4 + 40.0 / 128);
-  EXPECT_DOUBLE_EQ(kv_cache_bits(quant_preset("w4a4kv4").act, 7).v_stored, (32 + 40) / 7.0);  // an odd head pads a nibble
-  const auto none = kv_cache_bits(quant_preset("w4a16").act, 64);
+  EXPECT_DOUBLE_EQ(kv_cache_bits(plan_preset("w4a4kv4").quant.act, 128).stored(), 4 + 40.0 / 128);
+  EXPECT_DOUBLE_EQ(kv_cache_bits(plan_preset("w4a4kv4").quant.act, 7).v_stored, (32 + 40) / 7.0);  // an odd head pads a nibble
+  const auto none = kv_cache_bits(plan_preset("w4a16").quant.act, 64);
   EXPECT_DOUBLE_EQ(none.codes(), 16.0);
   EXPECT_DOUBLE_EQ(none.stored(), 32.0);
 }
@@ -135,7 +136,7 @@ TEST(QuantizeModel, GptqBeatsRtnAndRotationHelpsW4A4) {
 
   auto kld_for = [&](WeightMethod method, int w_bits, bool rotate, const ActQuantOptions& act) {
     auto m = base;
-    QuantConfig cfg = quant_preset("w4a4kv4");
+    QuantConfig cfg = plan_preset("w4a4kv4").quant;
     cfg.method = method;
     cfg.gptq.weights.grid.bits = w_bits;
     OnlineTransforms online;
@@ -178,7 +179,7 @@ TEST(QuantizeModel, GptqBytesDoNotDependOnTheThreadCount) {
     const int saved = omp_get_max_threads();
     omp_set_num_threads(threads);
     ModelWeights m = base;
-    const QuantConfig cfg = quant_preset("w4a4kv4");
+    const QuantConfig cfg = plan_preset("w4a4kv4").quant;
     const OnlineTransforms online = rotate_model(m, cfg.rotation);
     quantize_weights(m, online, cfg, calib);
     std::vector<float> logits;
@@ -207,7 +208,7 @@ TEST(QuantizeTool, ErrorsAndExitCodes) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.stderr_text.find("validation_100.txt: calibration text needs a tokenizer"), std::string::npos) << r.stderr_text;
   r = run_tool("quarot-quantize", model + " --preset w4a16-rtn --progress none");  // group 128 vs width 64
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);  // a usage error against the model, found before loading (as --dry-run finds it)
   EXPECT_NE(r.stderr_text.find("does not divide the input width 64"), std::string::npos) << r.stderr_text;
   r = run_tool("quarot-quantize", model + " --preset w8a8kv8 --a-bits 9 --progress none");
   EXPECT_EQ(r.exit_code, 2);
@@ -231,7 +232,7 @@ TEST(QuantizeModel, ClassifierBitsQuantizeTheEmbeddingAndClassifierTables) {
     m.config.tied_embeddings = tied;
     if (tied) m.lm_head = Matrix{};
     const auto embeddings = m.tok_embeddings, head = m.lm_head;
-    QuantConfig cfg = quant_preset("none");
+    QuantConfig cfg = plan_preset("none").quant;
     cfg.classifier_bits = 8;
     const auto stats = quantize_weights(m, {}, cfg, {});
     ASSERT_EQ(stats.size(), 1u);

@@ -20,6 +20,7 @@
 #include "quarot/forward.hpp"
 #include "quarot/json_limits.hpp"
 #include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/runtime.hpp"
@@ -366,7 +367,7 @@ PplResult float_vs_quantized(const ModelWeights& m, const std::string& preset, c
   o.model = saved_model(m, dir / "hf");
   o.output = path;
   o.preset = preset;
-  o.kv_clip = quant_preset(preset).act.kv_clip;
+  o.kv_clip = plan_preset(preset).quant.act.kv_clip;
   o.no_rotate = !rotate;
   use_calibration(o, calib, dir / "calib.ids");
   run_plan(o);

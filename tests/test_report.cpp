@@ -180,6 +180,7 @@ TEST(QuantizeCli, KilledRunLeavesNoOutput) {
   EXPECT_TRUE(WIFSIGNALED(status));
   EXPECT_FALSE(fs::exists(out));
   EXPECT_FALSE(fs::exists(dir / "report.json"));
+  EXPECT_FALSE(fs::exists(dir / "k.q4.safetensors.report/report.json"));
 }
 
 TEST(QuantizeCli, ReportValidatesAndCarriesTheNumbers) {
@@ -191,7 +192,7 @@ TEST(QuantizeCli, ReportValidatesAndCarriesTheNumbers) {
                                                  " --eval-ids " + data_file("tinystories/validation_100.tok512.ids") +
                                                  " --ctx 512 --chunks 3 --progress none");
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
-  const std::string report = read_text(dir / "r/report.json");
+  const std::string report = read_text(dir / "r/s.q4.safetensors.report/report.json");
   const std::string schema = read_text(std::string(QUAROT_SOURCE_DIR) + "/docs/report.schema.json");
   const auto errs = validate_json_schema(schema, report);
   EXPECT_TRUE(errs.empty()) << errs.front();
@@ -200,7 +201,7 @@ TEST(QuantizeCli, ReportValidatesAndCarriesTheNumbers) {
   EXPECT_FALSE(j["outliers"].empty());
   EXPECT_EQ(j["eval"]["windows"].get<int>(), 3);
   // The Markdown summary states the report's numbers.
-  const std::string md = read_text(dir / "r/report.md");
+  const std::string md = read_text(dir / "r/s.q4.safetensors.report/report.md");
   char ppl[32];
   std::snprintf(ppl, sizeof ppl, "%.4f", j["eval"]["packed"]["ppl"].get<double>());
   EXPECT_NE(md.find(std::string("| perplexity | ")), std::string::npos);
@@ -208,7 +209,7 @@ TEST(QuantizeCli, ReportValidatesAndCarriesTheNumbers) {
   std::snprintf(ppl, sizeof ppl, "%.4f", j["eval"]["float"]["ppl"].get<double>());
   EXPECT_NE(md.find(ppl), std::string::npos);
   // The plots: well-formed, one series per module kind / per point before and after.
-  const std::string err_svg = read_text(dir / "r/error_per_layer.svg"), out_svg = read_text(dir / "r/outliers.svg");
+  const std::string err_svg = read_text(dir / "r/s.q4.safetensors.report/error_per_layer.svg"), out_svg = read_text(dir / "r/s.q4.safetensors.report/outliers.svg");
   EXPECT_EQ(xml_problem(err_svg), "");
   EXPECT_EQ(xml_problem(out_svg), "");
   for (const LinearSpec& spec : kLinearSpecs)
@@ -237,7 +238,7 @@ TEST(QuantizeCli, QdecIsTunedWrittenAndReported) {
   const auto r = run_tool("quarot-quantize", model + " --preset w4a16-rtn --w-bits 3 --w-group 0 --qdec-slowdown 10 --qdec-sweep -o " + out +
                                                  " --eval-ids " + ids + " --ctx 512 --chunks 2 --progress none");
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
-  const std::string report = read_text(dir / "qd/report.json");
+  const std::string report = read_text(dir / "qd/s.q4.safetensors.report/report.json");
   const auto errs = validate_json_schema(read_text(std::string(QUAROT_SOURCE_DIR) + "/docs/report.schema.json"), report);
   EXPECT_TRUE(errs.empty()) << errs.front();
   const auto j = nlohmann::json::parse(report);
@@ -253,7 +254,7 @@ TEST(QuantizeCli, QdecIsTunedWrittenAndReported) {
   ASSERT_NE(pm.qdec(), nullptr);
   EXPECT_EQ(pm.qdec_k().describe(), q["k_chunk_text"].get<std::string>());
   EXPECT_EQ(pm.qdec()->bytes(), q["residual_bytes"].get<uint64_t>());
-  const std::string md = read_text(dir / "qd/report.md");
+  const std::string md = read_text(dir / "qd/s.q4.safetensors.report/report.md");
   EXPECT_NE(md.find("## QDEC"), std::string::npos);
   EXPECT_NE(md.find(q["k_chunk_text"].get<std::string>()), std::string::npos);
   // quarot-eval runs it with the file's k, or another; a model without the section refuses k > 0.

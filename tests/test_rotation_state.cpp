@@ -10,6 +10,7 @@
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
 #include "quarot/forward.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/synth.hpp"
@@ -155,7 +156,7 @@ TEST(RotationState, RotatingTwiceIsRefusedAndQuantizingComposes) {
     EXPECT_EQ(p.note.empty(), !requested);
   }
   // Quantizing a rotated model without its transforms is refused, in memory and streamed.
-  auto cfg = quant_preset("w4a4kv4");
+  auto cfg = plan_preset("w4a4kv4").quant;
   cfg.method = WeightMethod::Rtn;
   cfg.gptq.weights.group_size = 0;
   auto q = back;

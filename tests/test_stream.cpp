@@ -160,7 +160,7 @@ TEST(Stream, CarriedActivationsGiveTheSameGptqAsWholeModelForwards) {
   s.seed = 9;
   s.config.vocab = 72;
   auto m = make_synthetic(s);
-  auto cfg = quant_preset("w4a4kv4");
+  auto cfg = plan_preset("w4a4kv4").quant;
   cfg.gptq.weights.group_size = 0;
   const auto online = rotate_model(m, cfg.rotation);
   const auto calib = calib_windows(s.config.vocab);
@@ -222,7 +222,7 @@ TEST(StreamCli, QuantizeStreamWritesTheSameFile) {
                                                  " --progress none");
   ASSERT_EQ(b.exit_code, 0) << b.stderr_text;
   EXPECT_TRUE(read_bytes(dir / "a/m.q4.safetensors") == read_bytes(dir / "b/m.q4.safetensors"));
-  EXPECT_TRUE(fs::exists(dir / "b/report.json"));
+  EXPECT_TRUE(fs::exists(dir / "b/m.q4.safetensors.report/report.json"));
   EXPECT_EQ(run_tool("quarot-quantize", in + " --stream --w-method none").exit_code, 2);
 }
 

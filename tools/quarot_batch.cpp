@@ -20,6 +20,7 @@
 #include "cli.hpp"
 #include "config_file.hpp"
 #include "quarot/atomic_file.hpp"
+#include "quarot/file_identity.hpp"
 #include "quarot/json_limits.hpp"
 #include "quarot/packed.hpp"
 #include "quarot/report.hpp"
@@ -348,6 +349,15 @@ void check_summary_row(const json& r, const std::string& path) {
       if (!r.contains(k) || !r[k].is_number()) fail(std::string("an evaluated row needs a number '") + k + "'");
 }
 
+// What write_summary writes into the output folder.
+constexpr const char* kSummaryFiles[] = {"summary.md", "summary.csv", "summary.json", "ppl_vs_bits.svg"};
+
+// Every file the batch writes, against every file it reads (by identity: a model folder's files
+// included) and against anything that is not a regular file, before any run starts.
+void refuse_unsafe_outputs(const std::vector<std::string>& outputs, const std::vector<std::string>& inputs) {
+  for (const auto& o : outputs) quarot::refuse_unsafe_output(o, inputs);
+}
+
 int finish(const std::vector<std::string>& fails, const std::string& out) {
   for (const auto& f : fails) std::fprintf(stderr, "quarot-batch: gate failed: %s\n", f.c_str());
   std::printf("summary: %s/summary.md (%s)\n", out.c_str(), fails.empty() ? "all gates pass" : (std::to_string(fails.size()) + " gate failures").c_str());
@@ -409,6 +419,10 @@ int main(int argc, char** argv) {
           rows.push_back(r);
         }
       }
+      std::vector<std::string> inputs, outputs;
+      for (const auto& d : merge_dirs) inputs.push_back((fs::path(d) / "summary.json").string());
+      for (const char* f : kSummaryFiles) outputs.push_back((fs::path(out) / f).string());
+      refuse_unsafe_outputs(outputs, inputs);
       std::sort(rows.begin(), rows.end(), [](const json& a, const json& b) { return a["index"].get<int>() < b["index"].get<int>(); });
       for (std::size_t i = 1; i < rows.size(); ++i)
         if (rows[i]["index"] == rows[i - 1]["index"])
@@ -442,6 +456,18 @@ int main(int argc, char** argv) {
     if (list) {
       for (const auto& r : mine) std::printf("%d %s/%s\n", r.index, r.model.c_str(), r.name.c_str());
       return 0;
+    }
+    {
+      std::vector<std::string> inputs = {plan_path}, outputs;
+      for (const char* f : kSummaryFiles) outputs.push_back((fs::path(out) / f).string());
+      for (const auto& r : all) {
+        for (auto it = r.options.begin(); it != r.options.end(); ++it)
+          if (is_path_key(it.key()) && it.value().is_string()) inputs.push_back(it.value().get<std::string>());
+      }
+      for (const auto& r : mine)
+        for (const char* f : {"config.json", "log.txt", "model.q4.safetensors", "report.json", "report.md", "error_per_layer.svg", "outliers.svg"})
+          outputs.push_back((fs::path(r.dir) / f).string());
+      refuse_unsafe_outputs(outputs, inputs);
     }
     const std::string quantize = (fs::path(self_dir()) / "quarot-quantize").string();
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());

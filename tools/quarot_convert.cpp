@@ -5,6 +5,7 @@
 
 #include "cli.hpp"
 #include "quarot/checkpoint.hpp"
+#include "quarot/file_identity.hpp"
 #include "quarot/progress.hpp"
 
 int main(int argc, char** argv) {
@@ -35,11 +36,14 @@ int main(int argc, char** argv) {
     return quarot::cli::kExitUsage;
   }
   return quarot::cli::run("quarot-convert", [&] {
+    // Every file it will write against every input file, by identity, before any work.
+    opts.inputs = quarot::cli::input_files(args.in);  // never write into the input's own files
+    for (const auto& path : quarot::hf_output_paths(quarot::read_model_config(args.in), args.out, opts))
+      quarot::refuse_unsafe_output(path, opts.inputs);
     const auto mode = quarot::cli::progress_mode(args.progress, args.quiet);
     quarot::Progress load("load", mode);
     const auto m = quarot::load_model(args.in, [&](uint64_t d, uint64_t t) { load.update(d, t); });
     load.finish(args.in);
-    opts.inputs = quarot::cli::input_files(args.in);  // never write into the input's own files
     quarot::Progress write("write", mode);
     quarot::save_hf(m, args.out, opts);
     write.finish(args.out);

@@ -27,6 +27,8 @@ namespace {
 template <class Args>
 int run_task(const Args& args) {
   if (args.threads > 0) omp_set_num_threads(args.threads);
+  // --json against every input (by identity) before any work, as in the perplexity mode.
+  if (!args.json.empty()) quarot::refuse_unsafe_output(args.json, {args.model, args.task_file, args.task_labels, args.tokenizer});
   const auto task = quarot::read_task(args.task, args.task_file, args.task_labels);
   const auto tok = quarot::load_tokenizer(args.tokenizer);
   std::optional<quarot::QdecK> qdec_k;

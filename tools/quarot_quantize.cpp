@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
       "Rotate (QuaRot, arXiv 2404.00456) and quantize a LLaMA-family checkpoint, write it as a packed INT4\n"
       "model, and measure it: perplexity and KL divergence against the float model (simulated, and with\n"
       "the integer kernels), weight error per module, outliers before/after rotation, sizes, timings.\n"
-      "With -o OUT the report (report.json, report.md, SVG plots) is written next to OUT.\n"
+      "With -o OUT the report (report.json, report.md, SVG plots) is written into OUT.report/ (one folder per\n"
+      "output name); OUT and its report appear together, or not at all when the run fails.\n"
       "Presets (flags after --preset override them):" + presets + "\n"
       "Example: quarot-quantize stories260K.bin -o out/stories.q4.safetensors --preset w4a4kv4\n"
       "         --calib calib-t1-seed42.ids --seqlen 512 --eval-ids validation_100.tok512.ids --ctx 512\n"
@@ -59,7 +60,7 @@ int main(int argc, char** argv) {
       ->group("Input/Output");
   app.add_option("model", a.model, "checkpoint: llama2.c .bin or Hugging Face folder")->required()->group("Input/Output");
   app.add_option("-o,--output", a.output, "write the packed INT4 model here (e.g. out/model.q4.safetensors)")->group("Input/Output");
-  app.add_option("--report-dir", a.report_dir, "where report.json/.md and plots go (default: the output's folder)")->group("Input/Output");
+  app.add_option("--report-dir", a.report_dir, "where report.json/.md and plots go (default: OUT.report/ beside -o OUT)")->group("Input/Output");
   app.add_option("--json", a.json, "also write report.json's content to this file")->group("Input/Output");
   app.add_flag("--dry-run", a.dry_run, "print the plan (rotations, online transforms, bits per weight, output size) and exit")->group("Input/Output");
   app.add_flag("--no-rotate", a.no_rotate, "quantize without QuaRot's rotations")->group("Rotation");
@@ -138,12 +139,17 @@ int main(int argc, char** argv) {
   }
   plan.run.git_commit = quarot_git_commit();
   return quarot::cli::run("quarot-quantize", [&] {
-    if (plan.run.dry_run) {
-      std::fputs(quarot::describe_plan(plan).c_str(), stdout);
-      return 0;
+    try {
+      if (plan.run.dry_run) {
+        std::fputs(quarot::describe_plan(plan).c_str(), stdout);
+        return 0;
+      }
+      PrintingObserver observer(plan.run.quiet, quarot::parse_progress_mode(plan.run.progress));
+      (void)quarot::run(plan, observer);
+    } catch (const quarot::UsageError& e) {  // the plan does not fit the model: found before any work, as by --dry-run
+      std::fprintf(stderr, "quarot-quantize: error: %s (see --help)\n", e.what());
+      return quarot::cli::kExitUsage;
     }
-    PrintingObserver observer(plan.run.quiet, quarot::parse_progress_mode(plan.run.progress));
-    (void)quarot::run(plan, observer);
     return 0;
   });
 }

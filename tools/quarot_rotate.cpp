@@ -5,6 +5,7 @@
 
 #include "cli.hpp"
 #include "quarot/checkpoint.hpp"
+#include "quarot/file_identity.hpp"
 #include "quarot/progress.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/tokenizer.hpp"
@@ -72,6 +73,13 @@ int main(int argc, char** argv) {
   }
 
   return quarot::cli::run("quarot-rotate", [&] {
+    // Every file it will write against every input file (the model's, --stats-ids), by identity,
+    // before any work.
+    write_opts.inputs = quarot::cli::input_files(args.model);
+    write_opts.inputs.push_back(args.stats_ids);
+    if (!args.out.empty())
+      for (const auto& path : quarot::hf_output_paths(quarot::read_model_config(args.model), args.out, write_opts))
+        quarot::refuse_unsafe_output(path, write_opts.inputs);
     const auto mode = quarot::cli::progress_mode(args.progress, args.quiet);
     quarot::Progress load("load", mode);
     auto m = quarot::load_model(args.model, [&](uint64_t d, uint64_t t) { load.update(d, t); });
@@ -113,7 +121,6 @@ int main(int argc, char** argv) {
 
     if (!windows.empty()) print_stats(before, quarot::activation_stats(m, &online, windows));
     if (!args.out.empty()) {
-      write_opts.inputs = quarot::cli::input_files(args.model);
       quarot::save_hf(m, args.out, write_opts);
       std::printf("wrote %s\n", args.out.c_str());
     }

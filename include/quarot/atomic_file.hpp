@@ -12,7 +12,8 @@
 
 namespace quarot {
 
-// Throws quarot::Error if `target` is (by identity) one of `inputs` (empty entries ignored).
+// Throws quarot::Error if `target` is (by identity) one of `inputs` or, for an input that is a
+// folder (a Hugging Face checkpoint), one of the entries directly in it (empty entries ignored).
 void refuse_overwriting_inputs(const std::string& target, const std::vector<std::string>& inputs);
 
 class AtomicFile {
@@ -32,6 +33,32 @@ class AtomicFile {
   std::FILE* f_ = nullptr;
   bool committed_ = false;
 };
+
+// One output of several that must appear together (a packed model and its report): staged in
+// full under an unpredictable name beside its target (created empty with O_EXCL|O_NOFOLLOW,
+// removed on SIGINT/SIGTERM/SIGHUP and by the destructor unless committed), written through
+// path() by any writer that takes a path (AtomicFile onto it), then renamed into place by
+// commit_together() with the others.
+class StagedFile {
+ public:
+  explicit StagedFile(std::string target);  // refuses a target that exists and is not a regular file
+  ~StagedFile();
+  StagedFile(const StagedFile&) = delete;
+  StagedFile& operator=(const StagedFile&) = delete;
+  const std::string& path() const { return temp_; }  // where to write it
+  const std::string& target() const { return target_; }
+
+ private:
+  friend void commit_together(const std::vector<StagedFile*>& files);
+  std::string target_, temp_;
+  bool committed_ = false;
+};
+
+// Renames every staged file onto its target, in order, while holding an exclusive lock on each
+// target's folder (so two runs writing the same outputs never pair one's packed file with the
+// other's report). When one fails, the targets this call already renamed are removed again:
+// the outputs appear together or not at all.
+void commit_together(const std::vector<StagedFile*>& files);
 
 // Whole-file convenience.
 void write_file_atomic(const std::string& target, const std::string& contents);

@@ -72,6 +72,11 @@ struct HfWriteOptions {
 // written atomically; config.json last. A model in the interleaved RoPE layout is permuted to
 // Hugging Face's layout on the way out.
 void save_hf(const ModelWeights& m, const std::string& dir, const HfWriteOptions& opts = {});
+// The files save_hf writes for this config into `dir`: model.safetensors (or the shards and
+// their index), then config.json. For checking the outputs against the inputs before any work;
+// save_hf checks them all (by identity, and that none is a device, FIFO or link) before it
+// writes the first.
+std::vector<std::string> hf_output_paths(const ModelConfig& config, const std::string& dir, const HfWriteOptions& opts);
 // The same layout for tensors produced on demand, shard by shard: `tensor(name, scratch)` returns
 // each tensor of tensor_shapes(config) in fp32 (Hugging Face RoPE layout), either data it holds
 // or `scratch` filled (kept until its shard is written). A generator so holds one shard, not the

@@ -97,10 +97,7 @@ struct GgufExportOptions {
   std::string preset;
 };
 
-// The presets the pipeline offers with a .gguf output.
-std::vector<std::string> gguf_preset_names();  // gguf-q4_0, gguf-q4_1, gguf-iq4_nl, gguf-q4_k_m, gguf-q8_0, gguf-f32
-// Throws quarot::Error for an unknown name (listing the known ones).
-GgufExportOptions gguf_preset(const std::string& name);
+// The gguf-* presets that name these options are the pipeline's (pipeline.hpp: plan_preset).
 // Throws quarot::Error (a usage error) when the options ask for something llama.cpp cannot run:
 // R3, R4 or R2's cross-head factor (online transforms), R1 without norm fusion.
 void validate_gguf_options(const GgufExportOptions& o);

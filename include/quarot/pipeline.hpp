@@ -6,12 +6,15 @@
 // PlanOptions and prints what the Observer hears; tests and benches run plans too, and take the
 // quantized model in memory from Observer::quantized (no one else assembles the stages by hand).
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include <vector>
 
+#include "quarot/config.hpp"
 #include "quarot/error.hpp"
+#include "quarot/gguf.hpp"
 #include "quarot/quantize.hpp"
 #include "quarot/report.hpp"
 
@@ -84,12 +87,28 @@ struct Plan {
   } run;
 };
 
-// The preset names (quantize.hpp's table) for --help and the --preset check.
+// One --preset: the quantization settings (the paper's, named by their bits) and, for gguf-*,
+// the GGUF export it names (gguf.hpp: the block types; the file is then a GGUF for llama.cpp).
+struct Preset {
+  QuantConfig quant;
+  std::optional<GgufExportOptions> gguf;
+};
+// Every preset name, in --help's order, from the one table of presets (plan.cpp).
 std::vector<std::string> plan_preset_names();
+// Throws UsageError for an unknown name (listing the known ones).
+Preset plan_preset(const std::string& name);
 // The one way to a Plan: the preset, then the options over it, then validate(). Throws UsageError.
 Plan make_plan(const PlanOptions& o);
 // Every usage rule of a plan; throws UsageError naming the flag.
 void validate(const Plan& p);
+// The plan against the model it will run on, from the model's config alone (no weight is read):
+// every rule that depends on the model's shapes (weight groups dividing each linear's input
+// width, the rotations' Hadamard sizes, what a GGUF architecture holds). describe_plan
+// (--dry-run) and run() (before loading the weights) both call it, so a dry run fails exactly
+// when the run would. Returns the settings as they will run (calibration length capped at the
+// model's positions, the settings that follow the model chosen); throws UsageError naming the
+// flag, the shape and the model.
+QuantConfig resolve_against_model(const Plan& p, const ModelConfig& c);
 // The plan as the report's "config" section.
 std::string plan_json(const Plan& p, int indent = -1);
 // The --dry-run text (reads the model's config only).

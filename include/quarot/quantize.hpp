@@ -2,7 +2,7 @@
 // Quantizing a whole model: weight quantization (RTN, or GPTQ with Hessians from calibration
 // tokens flowing through the rotated, online-transformed, not yet activation-quantized model,
 // layer by layer in the reference's order), plus the activation/KV quantizers of the forward
-// pass. Presets name the paper's settings.
+// pass. The presets (the paper's settings by name) are the pipeline's (pipeline.hpp).
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -40,9 +40,6 @@ struct QuantConfig {
   std::string describe() const;  // the effective flags, one line
 };
 
-std::vector<std::string> quant_preset_names();
-// Throws quarot::Error for an unknown name (listing the known ones).
-QuantConfig quant_preset(const std::string& name);
 // The settings that follow the model, once its config is known (before packing or simulating):
 // with kv_clip_follows_model and a quantized KV cache, kv_clip = 1.0 below head_dim 32 (a head's
 // 8-16 values leave no outliers worth clipping: issue 17 measured -0.1 .. -3.8% perplexity on the

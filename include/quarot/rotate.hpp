@@ -70,6 +70,10 @@ class Rotator {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+// Throws quarot::Error (as Rotator would, but from the config alone, before any weight is read)
+// when a rotation `opts` asks for has a size with no Hadamard construction whose dense fallback
+// would be too large to build.
+void check_rotation_sizes(const ModelConfig& c, const RotationOptions& opts);
 // A tied classifier becomes its own copy of the embeddings (returns whether it was tied).
 bool untie_for_rotation(ModelWeights& m, const RotationOptions& opts, RotationReport* report = nullptr);
 void center_embeddings(Matrix& tok_embeddings, RotationReport* report = nullptr);

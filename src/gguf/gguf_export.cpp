@@ -1,4 +1,4 @@
-// GGUF v3 export (docs/gguf.md): options and presets, llama-quantize's per-tensor type rules,
+// GGUF v3 export (docs/gguf.md): options, llama-quantize's per-tensor type rules,
 // FFN padding, quantization onto the blocks (reference RTN, RTN with clip search, GPTQ onto the
 // fixed block grids) and the file itself (header, key/values, tensor infos, aligned data).
 #include <array>
@@ -21,36 +21,6 @@
 namespace quarot {
 
 // ---------------------------------------------------------------- options
-
-std::vector<std::string> gguf_preset_names() { return {"gguf-q4_0", "gguf-q4_1", "gguf-iq4_nl", "gguf-q4_k_m", "gguf-q8_0", "gguf-f32"}; }
-
-GgufExportOptions gguf_preset(const std::string& name) {
-  GgufExportOptions o;
-  o.preset = o.recipe = name;
-  if (name == "gguf-q4_0") {
-    o.type = GgufType::Q4_0;
-  } else if (name == "gguf-q4_1") {
-    o.type = GgufType::Q4_1;
-  } else if (name == "gguf-iq4_nl") {
-    o.type = GgufType::IQ4_NL;
-  } else if (name == "gguf-q4_k_m") {
-    o.type = GgufType::Q4_K;
-    o.k_mix = true;
-  } else if (name == "gguf-q8_0") {
-    // 8 bits: llama-quantize's own rounding loses nothing worth a calibration pass.
-    o.type = GgufType::Q8_0;
-    o.method = WeightMethod::None;
-  } else if (name == "gguf-f32") {
-    o.type = GgufType::F32;
-    o.method = WeightMethod::None;
-    o.rotate = false;
-  } else {
-    std::string known;
-    for (const auto& n : gguf_preset_names()) known += (known.empty() ? "" : ", ") + n;
-    throw Error("--preset", "unknown GGUF preset '" + name + "' (known: " + known + ")");
-  }
-  return o;
-}
 
 void validate_gguf_options(const GgufExportOptions& o) {
   if (!o.rotate) return;

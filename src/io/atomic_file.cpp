@@ -1,10 +1,12 @@
 #include "quarot/atomic_file.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -129,9 +131,17 @@ bool same_file(const std::string& a, const std::string& b) {
 }
 
 void refuse_overwriting_inputs(const std::string& target, const std::vector<std::string>& inputs) {
-  for (const auto& in : inputs)
-    if (!in.empty() && same_file(target, in))
-      throw Error(target, "refusing to overwrite an input file (" + in + ")");
+  const auto t = file_identity(target);
+  if (!t) return;  // absent: it cannot be an input
+  for (const auto& in : inputs) {
+    if (in.empty()) continue;
+    if (file_identity(in) == t) throw Error(target, "refusing to overwrite an input file (" + in + ")");
+    std::error_code ec;
+    if (fs::is_directory(in, ec))  // a checkpoint folder: its files are the inputs
+      for (const auto& e : fs::directory_iterator(in, ec))
+        if (file_identity(e.path().string()) == t)
+          throw Error(target, "refusing to overwrite an input file (" + e.path().string() + ")");
+  }
 }
 
 void refuse_unsafe_output(const std::string& target, const std::vector<std::string>& inputs) {
@@ -185,6 +195,65 @@ void AtomicFile::commit() {
     throw Error(target_, std::string("cannot rename temporary file into place: ") +
                              std::strerror(errno));
   committed_ = true;
+}
+
+StagedFile::StagedFile(std::string target) : target_(std::move(target)) {
+  refuse_non_regular_target(target_);
+  install_handlers_once();
+  const fs::path t(target_);
+  const fs::path dir = t.has_parent_path() ? t.parent_path() : fs::path(".");
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+    temp_ = (dir / ("." + t.filename().string() + ".staged-" + random_suffix())).string();
+    fd = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  if (fd < 0) throw Error(target_, std::string("cannot create temporary file: ") + std::strerror(errno));
+  ::close(fd);
+  register_live(temp_);
+}
+
+StagedFile::~StagedFile() {
+  if (!committed_) ::unlink(temp_.c_str());
+  unregister_live(temp_);
+}
+
+void commit_together(const std::vector<StagedFile*>& files) {
+  // Lock each folder once, in name order (two runs never wait on each other crosswise).
+  std::vector<std::string> dirs;
+  for (const StagedFile* f : files) {
+    const fs::path t(f->target_);
+    dirs.push_back(t.has_parent_path() ? t.parent_path().string() : std::string("."));
+  }
+  std::sort(dirs.begin(), dirs.end());
+  dirs.erase(std::unique(dirs.begin(), dirs.end()), dirs.end());
+  std::vector<int> locks;
+  struct Unlock {
+    std::vector<int>& fds;
+    ~Unlock() {
+      for (int fd : fds) ::close(fd);  // closing releases the flock
+    }
+  } unlock{locks};
+  for (const auto& d : dirs) {
+    const int fd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) throw Error(d, std::string("cannot open the output folder: ") + std::strerror(errno));
+    locks.push_back(fd);
+    while (::flock(fd, LOCK_EX) != 0)
+      if (errno != EINTR) throw Error(d, std::string("cannot lock the output folder: ") + std::strerror(errno));
+  }
+  std::vector<StagedFile*> done;
+  try {
+    for (StagedFile* f : files) {
+      refuse_non_regular_target(f->target_);  // again: it may have appeared while we worked
+      if (std::rename(f->temp_.c_str(), f->target_.c_str()) != 0)
+        throw Error(f->target_, std::string("cannot rename temporary file into place: ") + std::strerror(errno));
+      f->committed_ = true;
+      done.push_back(f);
+    }
+  } catch (...) {
+    for (StagedFile* f : done) ::unlink(f->target_.c_str());  // all or none
+    throw;
+  }
 }
 
 void write_file_atomic(const std::string& target, const std::string& contents) {

@@ -15,6 +15,7 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
+#include "quarot/file_identity.hpp"
 #include "quarot/finite.hpp"
 #include "quarot/gguf_reader.hpp"
 #include "quarot/json_limits.hpp"
@@ -540,6 +541,56 @@ void save_hf(const ModelWeights& model, const std::string& dir, const HfWriteOpt
   save_hf_tensors(m->config, m->metadata, dir, opts, [&](const std::string& name, FloatBuffer&) { return data.at(name); });
 }
 
+namespace {
+
+struct HfEntry {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+struct HfShards {
+  std::vector<std::vector<HfEntry>> shards;
+  uint64_t total_bytes = 0;
+};
+// Tensors grouped into shards (of at most max_shard_bytes, in file order).
+HfShards hf_shards(const ModelConfig& config, const HfWriteOptions& opts) {
+  HfShards r;
+  r.shards.resize(1);
+  uint64_t shard_bytes = 0;
+  for (auto& [name, shape] : tensor_shapes(config)) {
+    const uint64_t b = tensor_bytes(opts.dtype, shape);
+    r.total_bytes += b;
+    if (opts.max_shard_bytes && shard_bytes > 0 && shard_bytes + b > opts.max_shard_bytes) {
+      r.shards.emplace_back();
+      shard_bytes = 0;
+    }
+    r.shards.back().push_back({name, shape});
+    shard_bytes += b;
+  }
+  return r;
+}
+
+std::string shard_name(std::size_t s, std::size_t n) {
+  char name[64];
+  std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, n);
+  return name;
+}
+
+}  // namespace
+
+std::vector<std::string> hf_output_paths(const ModelConfig& config, const std::string& dir, const HfWriteOptions& opts) {
+  const fs::path root(dir);
+  std::vector<std::string> paths;
+  if (!opts.max_shard_bytes) {
+    paths.push_back((root / kSingleName).string());
+  } else {
+    const std::size_t n = hf_shards(config, opts).shards.size();
+    for (std::size_t s = 0; s < n; ++s) paths.push_back((root / shard_name(s, n)).string());
+    paths.push_back((root / kIndexName).string());
+  }
+  paths.push_back((root / "config.json").string());
+  return paths;
+}
+
 void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std::string>& metadata, const std::string& dir,
                      const HfWriteOptions& opts, const TensorSource& tensor) {
   if (opts.dtype != DType::F32 && opts.dtype != DType::F16 && opts.dtype != DType::BF16)
@@ -551,25 +602,15 @@ void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std:
   if (ec) throw Error(dir, "cannot create folder: " + ec.message());
   if (config.rope_layout != RopeLayout::Half) throw Error(dir, "tensors to write must be in the Hugging Face RoPE layout");
 
-  // Group into shards (of at most max_shard_bytes, in file order).
-  struct Entry {
-    std::string name;
-    std::vector<int64_t> shape;
-  };
-  std::vector<std::vector<Entry>> shards(1);
-  uint64_t shard_bytes = 0, total = 0;
-  for (auto& [name, shape] : tensor_shapes(config)) {
-    const uint64_t b = tensor_bytes(opts.dtype, shape);
-    total += b;
-    if (opts.max_shard_bytes && shard_bytes > 0 && shard_bytes + b > opts.max_shard_bytes) {
-      shards.emplace_back();
-      shard_bytes = 0;
-    }
-    shards.back().push_back({name, shape});
-    shard_bytes += b;
-  }
+  const HfShards plan = hf_shards(config, opts);
+  const auto& shards = plan.shards;
+  const uint64_t total = plan.total_bytes;
+  // Every file this write makes, against the inputs and anything not a regular file, before
+  // the first byte is written (an in-place sharded convert wrote shards into its input folder
+  // before refusing config.json).
+  for (const auto& path : hf_output_paths(config, dir, opts)) refuse_unsafe_output(path, opts.inputs);
   // One shard's tensors in fp32 at a time: what is held is a shard, not the model.
-  auto write_shard = [&](const std::string& path, const std::vector<Entry>& entries, const std::map<std::string, std::string>& meta) {
+  auto write_shard = [&](const std::string& path, const std::vector<HfEntry>& entries, const std::map<std::string, std::string>& meta) {
     std::vector<FloatBuffer> buffers(entries.size());
     std::vector<TensorToWrite> tensors;
     for (std::size_t i = 0; i < entries.size(); ++i) {
@@ -594,9 +635,8 @@ void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std:
     written.insert(kSingleName);
   } else {
     json weight_map = json::object();
-    char name[64];
     for (std::size_t s = 0; s < shards.size(); ++s) {
-      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+      const std::string name = shard_name(s, shards.size());
       const std::string path = (root / name).string();
       protect(path);
       write_shard(path, shards[s], meta);

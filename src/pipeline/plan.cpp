@@ -14,16 +14,105 @@
 #include "quarot/pipeline.hpp"
 #include "quarot/progress.hpp"
 #include "quarot/qdec.hpp"
+#include "quarot/rotate.hpp"
 #include "pipeline_detail.hpp"
 
 namespace quarot {
 
 using json = nlohmann::json;
 
+namespace {
+
+// The paper's settings: weights symmetric with clip search; activations and the KV cache (KV
+// asymmetric, group = head_dim) at the given bits.
+QuantConfig weights(WeightMethod m, int bits, int group) {
+  QuantConfig c;
+  c.method = m;
+  c.gptq.weights = {{bits, true}, group, true};
+  return c;
+}
+QuantConfig with_acts(QuantConfig c, int a, int kv) {
+  c.act.a_bits = a;
+  c.act.k_bits = c.act.v_bits = kv;
+  c.act.kv_asym = true;
+  // The paper's clip ratios (activations 0.9, KV 0.95) are its 4-bit settings. At 8 bits,
+  // clipping every token's largest values costs more than the finer grid saves: measured on
+  // stories260K W8A8KV8 (2026-11-23): +3.58% PPL with them, +0.13% without.
+  c.act.a_clip = a <= 4 ? 0.9 : 1.0;
+  c.act.kv_clip = kv <= 4 ? 0.95 : 1.0;
+  c.kv_clip_follows_model = kv <= 4;  // 0.95 only where head_dim is large enough (apply_model_defaults)
+  return c;
+}
+// A GGUF export: the block type says the file; the QuantConfig says what the flags may change
+// (weight method, rotation seed and kind, GPTQ's damp and act order), over W4A16's weights.
+Preset gguf(GgufType type, bool k_mix, WeightMethod method, bool rotate) {
+  GgufExportOptions g;
+  g.type = type;
+  g.k_mix = k_mix;
+  g.method = method;
+  g.rotate = rotate;
+  Preset p{weights(WeightMethod::Gptq, 4, 128), g};
+  p.quant.method = g.method;
+  p.quant.rotate = g.rotate;
+  p.quant.gptq.weights.clip_search = g.clip_search;
+  return p;
+}
+
+struct PresetRow {
+  const char* name;
+  Preset (*make)();
+};
+
+// Every --preset, in --help's order.
+const PresetRow kPresets[] = {
+    {"w4a4kv4", [] { return Preset{with_acts(weights(WeightMethod::Gptq, 4, 0), 4, 4), {}}; }},
+    // W4A4KV4 with 8-bit keys: at head_dim 8-16 a 4-bit key grid flips attention (logits in the
+    // hundreds); issue 17's ablation, stories260K GPTQ 8.36 -> 5.16. Clip as W4A4KV4's.
+    {"w4a4k8v4",
+     [] {
+       Preset p{with_acts(weights(WeightMethod::Gptq, 4, 0), 4, 4), {}};
+       p.quant.act.k_bits = 8;
+       return p;
+     }},
+    {"w4a4kv4-rtn", [] { return Preset{with_acts(weights(WeightMethod::Rtn, 4, 0), 4, 4), {}}; }},
+    {"w4a16", [] { return Preset{weights(WeightMethod::Gptq, 4, 128), {}}; }},
+    {"w4a16-rtn", [] { return Preset{weights(WeightMethod::Rtn, 4, 128), {}}; }},
+    {"w8a8kv8", [] { return Preset{with_acts(weights(WeightMethod::Rtn, 8, 0), 8, 8), {}}; }},
+    {"w6a6kv6", [] { return Preset{with_acts(weights(WeightMethod::Gptq, 6, 0), 6, 6), {}}; }},
+    {"none",
+     [] {
+       Preset p;
+       p.quant.rotate = false;
+       return p;
+     }},
+    {"gguf-q4_0", [] { return gguf(GgufType::Q4_0, false, WeightMethod::Gptq, true); }},
+    {"gguf-q4_1", [] { return gguf(GgufType::Q4_1, false, WeightMethod::Gptq, true); }},
+    {"gguf-iq4_nl", [] { return gguf(GgufType::IQ4_NL, false, WeightMethod::Gptq, true); }},
+    {"gguf-q4_k_m", [] { return gguf(GgufType::Q4_K, true, WeightMethod::Gptq, true); }},
+    // 8 bits: llama-quantize's own rounding loses nothing worth a calibration pass.
+    {"gguf-q8_0", [] { return gguf(GgufType::Q8_0, false, WeightMethod::None, true); }},
+    {"gguf-f32", [] { return gguf(GgufType::F32, false, WeightMethod::None, false); }},
+};
+
+}  // namespace
+
 std::vector<std::string> plan_preset_names() {
-  auto names = quant_preset_names();
-  for (const auto& n : gguf_preset_names()) names.push_back(n);
+  std::vector<std::string> names;
+  for (const auto& row : kPresets) names.emplace_back(row.name);
   return names;
+}
+
+Preset plan_preset(const std::string& name) {
+  for (const auto& row : kPresets)
+    if (name == row.name) {
+      Preset p = row.make();
+      p.quant.preset = name;
+      if (p.gguf) p.gguf->preset = p.gguf->recipe = name;
+      return p;
+    }
+  std::string known;
+  for (const auto& n : plan_preset_names()) known += (known.empty() ? "" : ", ") + n;
+  throw UsageError("--preset", "unknown preset '" + name + "' (known: " + known + ")");
 }
 
 namespace {
@@ -68,23 +157,10 @@ Plan make_plan(const PlanOptions& a) {
   p.model = a.model;
   p.outputs = {a.output, a.report_dir, a.json};
   QuantConfig& cfg = p.quant;
-  try {
-    if (a.preset.rfind("gguf-", 0) == 0) {
-      // The export's own options (gguf.hpp) carry the block type; the QuantConfig says what the
-      // flags may change: weight method, rotation seed and kind, GPTQ's damp and act order.
-      const GgufExportOptions g = gguf_preset(a.preset);
-      p.gguf_preset = a.preset;
-      cfg = quant_preset("w4a16");
-      cfg.preset = a.preset;
-      cfg.method = g.method;
-      cfg.rotate = g.rotate;
-      cfg.gptq.weights.clip_search = g.clip_search;
-      cfg.kv_clip_follows_model = false;
-    } else {
-      cfg = quant_preset(a.preset);
-    }
-  } catch (const Error& e) {
-    throw UsageError("", e.what());
+  {
+    const Preset preset = plan_preset(a.preset);
+    cfg = preset.quant;
+    if (preset.gguf) p.gguf_preset = a.preset;  // the export's options (block type) come from the table again at run time
   }
   auto& wq = cfg.gptq.weights;
   if (!a.w_method.empty()) cfg.method = a.w_method == "rtn" ? WeightMethod::Rtn : a.w_method == "gptq" ? WeightMethod::Gptq : WeightMethod::None;
@@ -157,17 +233,33 @@ void validate(const Plan& p) {
     if (!p.gguf_preset.empty()) {
       if (!is_gguf_path(p.outputs.packed)) throw Error("--preset " + p.gguf_preset, "writes a GGUF file: give -o OUT.gguf");
       if (cfg.act.any()) throw Error("--preset " + p.gguf_preset, "llama.cpp quantizes activations itself: no --a-bits/--k-bits/--v-bits with a GGUF output");
-      if (cfg.method == WeightMethod::None && p.gguf_preset != "gguf-f32")
+      // None is llama-quantize's own rounding where the preset says so (gguf-q8_0, gguf-f32);
+      // over a GPTQ/RTN preset it is refused (it was refused for gguf-q8_0 too).
+      if (cfg.method == WeightMethod::None && plan_preset(p.gguf_preset).gguf->method != WeightMethod::None)
         throw Error("--w-method none", "a GGUF block type needs quantized weights (rtn or gptq), or --preset gguf-f32");
       if (p.run.stream) throw Error("--stream", "GGUF export runs on the whole model in memory");
       if (p.qdec.enabled) throw Error("--qdec", "llama.cpp has no QDEC residuals: not with a GGUF output");
       if (cfg.classifier_bits != 16) throw Error("--classifier-bits", "a GGUF output sets the classifier's type by preset");
     } else if (is_gguf_path(p.outputs.packed)) {
       std::string names;
-      for (const auto& n : gguf_preset_names()) names += (names.empty() ? "" : ", ") + n;
+      for (const auto& n : plan_preset_names())
+        if (plan_preset(n).gguf) names += (names.empty() ? "" : ", ") + n;
       throw Error("-o " + p.outputs.packed, "a .gguf output needs a GGUF preset (" + names + ")");
     } else if (!p.outputs.packed.empty()) {
-      (void)make_pack_recipe(cfg);  // the packed format can hold it
+      try {
+        (void)make_pack_recipe(cfg);  // the packed format can hold it
+      } catch (const Error& e) {
+        // Refused here, before any work (the writer would refuse after loading), with what holds
+        // these weights instead.
+        const std::string why = e.what();
+        if (cfg.method == WeightMethod::None)
+          throw Error("", why + "; the packed INT4 file holds quantized weights only: for a float copy use quarot-convert or " +
+                              "--preset gguf-f32 -o OUT.gguf, or drop -o to evaluate without writing");
+        if (cfg.gptq.weights.grid.bits > 4)
+          throw Error("", why + "; for 8-bit weights write a GGUF file (--preset gguf-q8_0 -o OUT.gguf), or drop -o to evaluate the " +
+                              std::to_string(cfg.gptq.weights.grid.bits) + "-bit model in simulation");
+        throw;
+      }
     }
     if (p.run.stream && cfg.method == WeightMethod::None) throw Error("--stream", "needs quantized weights (--w-method rtn or gptq)");
     if (p.qdec.enabled) {
@@ -190,6 +282,51 @@ void validate(const Plan& p) {
   } catch (const Error& e) {
     throw UsageError("", e.what());
   }
+}
+
+QuantConfig resolve_against_model(const Plan& p, const ModelConfig& c) {
+  QuantConfig cfg = p.quant;
+  const std::string& model = p.model;
+  if (!p.gguf_preset.empty()) {
+    // The export's own rotation (no online transforms), over the plan's kind and seed.
+    const GgufExportOptions g = plan_preset(p.gguf_preset).gguf.value();
+    RotationOptions r = g.rotation;
+    r.r1_kind = cfg.rotation.r1_kind;
+    if (cfg.rotate) {
+      try {
+        check_rotation_sizes(c, r);
+      } catch (const Error& e) {
+        throw UsageError(model, e.what());
+      }
+    }
+    if (c.family == Family::Qwen2 && c.o_bias)
+      throw UsageError(model, "Qwen2 with an o_proj bias has no GGUF tensor in llama.cpp's qwen2 architecture: not with --preset " + p.gguf_preset);
+    cfg.seqlen = std::min(cfg.seqlen, c.max_positions);
+    return cfg;  // weights go onto llama.cpp's blocks (widths no block holds fall back or are padded), not cfg's groups
+  }
+  if (cfg.method != WeightMethod::None) {
+    // Every linear's input width must be a whole number of weight groups (quant.cpp's rule).
+    const int group = cfg.gptq.weights.group_size;
+    if (group > 0) {
+      for (const LinearSpec& spec : kLinearSpecs) {
+        const int64_t cols = config_dim(c, spec.cols);
+        if (cols % group != 0)
+          throw UsageError("--w-group", "group size " + std::to_string(group) + (p.quant.preset.empty() ? "" : " (preset " + p.quant.preset + ")") +
+                                            " does not divide the input width " + std::to_string(cols) + " of " + spec.name + " in " + model +
+                                            ": give --w-group 0 (per output channel) or a divisor of the model's widths");
+      }
+    }
+  }
+  if (cfg.rotate) {
+    try {
+      check_rotation_sizes(c, cfg.rotation);
+    } catch (const Error& e) {
+      throw UsageError(model, e.what());
+    }
+  }
+  cfg.seqlen = std::min(cfg.seqlen, c.max_positions);
+  (void)apply_model_defaults(cfg, c);
+  return cfg;
 }
 
 std::string plan_json(const Plan& p, int indent) {
@@ -265,6 +402,7 @@ std::string describe_plan(const Plan& p) {
   using pipeline_detail::bits_per_weight;
   QuantConfig cfg = p.quant;
   const auto c = read_model_config(p.model);
+  (void)resolve_against_model(p, c);  // fails as the run would, before it reads any weight
   const std::string model_defaults = apply_model_defaults(cfg, c);  // as the run will
   const int64_t lin = pipeline_detail::linear_params(c);
   const int64_t other = int64_t(c.vocab) * c.hidden * (c.tied_embeddings && !cfg.rotate ? 1 : 2) + int64_t(c.n_layers) * 2 * c.hidden + c.hidden;
@@ -287,7 +425,7 @@ std::string describe_plan(const Plan& p) {
            streamed ? "streamed layer by layer (--stream)" : "whole in memory");
   }
   if (!p.gguf_preset.empty()) {
-    const GgufExportOptions g = gguf_preset(p.gguf_preset);
+    const GgufExportOptions g = plan_preset(p.gguf_preset).gguf.value();
     append(o, "  GGUF for llama.cpp: %s blocks%s; weights %s%s\n", std::string(gguf_type_name(g.type)).c_str(),
            g.k_mix ? " (Q6_K on attn_v/ffn_down where llama-quantize puts it)" : "",
            cfg.method == WeightMethod::Gptq ? "GPTQ" : cfg.method == WeightMethod::Rtn ? "RTN" : "as llama-quantize rounds them",

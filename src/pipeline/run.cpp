@@ -17,6 +17,7 @@
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/eval.hpp"
+#include "quarot/file_identity.hpp"
 #include "quarot/gguf.hpp"
 #include "quarot/hf_tokenizer.hpp"
 #include "quarot/packed.hpp"
@@ -73,6 +74,9 @@ class Run {
 
   RunReport operator()() {
     t_all_ = Clock::now();
+    // The plan against the model's config first, as --dry-run checks it: nothing is read or
+    // written when it cannot run on this model.
+    (void)resolve_against_model(p_, read_model_config(p_.model));
     prepare_outputs();
     load();
     calibration_data();
@@ -97,6 +101,9 @@ class Run {
   RunReport rep_;
   Clock::time_point t_all_;
   std::string report_dir_;
+  std::unique_ptr<StagedFile> staged_out_;  // the packed/GGUF file until it is committed with the report
+  std::vector<fs::path> created_dirs_;       // folders this run made, removed again (if empty) when it fails
+  bool committed_ = false;
   int64_t params_ = 0;
   bool stream_ = false;
   std::unique_ptr<CheckpointReader> reader_;
@@ -129,15 +136,61 @@ class Run {
 
   void prepare_outputs() {
     const std::string& out = p_.outputs.packed;
-    if (!out.empty()) {
-      refuse_overwriting_inputs(out, {p_.model, p_.calibration.path, p_.evaluation.ids, p_.evaluation.text, p_.task.file});
-      const auto parent = fs::path(out).parent_path();
-      if (!parent.empty()) fs::create_directories(parent);
+    // One report folder per output name (OUT.report/), so two outputs in one folder keep
+    // their own reports.
+    report_dir_ = !p_.outputs.report_dir.empty() ? p_.outputs.report_dir : out.empty() ? std::string() : out + ".report";
+    // Every output path against every input, by identity (a model folder's files included), and
+    // against anything that is not a regular file: before any work, nothing written.
+    const std::vector<std::string> inputs = {p_.model,           p_.calibration.path, p_.calibration.tokenizer,
+                                             p_.evaluation.ids, p_.evaluation.text,  p_.task.file, p_.task.labels};
+    std::vector<std::string> outputs;
+    if (!out.empty()) outputs.push_back(out);
+    if (!report_dir_.empty()) {
+      std::error_code ec;
+      if (fs::exists(fs::symlink_status(report_dir_, ec)) && !fs::is_directory(fs::symlink_status(report_dir_, ec)))
+        throw Error(report_dir_, "exists and is not a folder (the report folder; --report-dir sets another)");
+      for (const char* f : kReportFiles) outputs.push_back((fs::path(report_dir_) / f).string());
     }
-    report_dir_ = !p_.outputs.report_dir.empty() ? p_.outputs.report_dir
-                  : out.empty()                  ? std::string()
-                                                 : (fs::path(out).has_parent_path() ? fs::path(out).parent_path().string() : ".");
+    if (!p_.outputs.json.empty()) outputs.push_back(p_.outputs.json);
+    for (std::size_t i = 0; i < outputs.size(); ++i) {
+      refuse_unsafe_output(outputs[i], inputs);
+      for (std::size_t k = 0; k < i; ++k)
+        if (std::error_code e1, e2; fs::weakly_canonical(outputs[i], e1) == fs::weakly_canonical(outputs[k], e2) || same_file(outputs[i], outputs[k]))
+          throw Error(outputs[i], "named twice as an output (" + outputs[k] + ")");
+    }
   }
+
+  // Creates `dir` (and missing parents), remembering what it made for cleanup on failure.
+  void make_dirs(const fs::path& dir) {
+    std::vector<fs::path> missing;
+    std::error_code ec;
+    for (fs::path d = dir; !d.empty() && !fs::exists(d, ec); d = d.parent_path()) {
+      missing.push_back(d);
+      if (d == d.parent_path()) break;
+    }
+    fs::create_directories(dir);
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it) created_dirs_.push_back(*it);
+  }
+  // Where the output file is written until finish() commits it with the report.
+  const std::string& staged_out() {
+    if (!staged_out_) {
+      const fs::path parent = fs::path(p_.outputs.packed).parent_path();
+      if (!parent.empty()) make_dirs(parent);
+      staged_out_ = std::make_unique<StagedFile>(p_.outputs.packed);
+    }
+    return staged_out_->path();
+  }
+
+ public:
+  ~Run() {
+    if (committed_) return;
+    staged_out_.reset();  // removes the staged file
+    std::error_code ec;
+    for (auto it = created_dirs_.rbegin(); it != created_dirs_.rend(); ++it) fs::remove(*it, ec);  // only if empty
+  }
+
+ private:
+  static constexpr const char* kReportFiles[] = {"report.json", "report.md", "error_per_layer.svg", "outliers.svg"};
 
   // Whole model in memory, or streamed layer by layer when its fp32 copies would not fit.
   void load() {
@@ -329,7 +382,7 @@ class Run {
   void export_gguf_file() {
     const auto t = Clock::now();
     begin("export");
-    GgufExportOptions o = gguf_preset(p_.gguf_preset);
+    GgufExportOptions o = plan_preset(p_.gguf_preset).gguf.value();
     o.method = cfg_.method;
     o.rotate = cfg_.rotate;
     o.rotation.seed = cfg_.rotation.seed;
@@ -346,7 +399,7 @@ class Run {
       say(Observer::Channel::Warning, "%s",
           "quarot-quantize: warning: no --tokenizer, so the GGUF has no tokenizer.ggml.* keys (llama.cpp needs them to load the file)\n");
     m_ = float_model_;
-    const auto r = export_gguf(m_, tok.get(), o, calib_, p_.outputs.packed,
+    const auto r = export_gguf(m_, tok.get(), o, calib_, staged_out(),
                                [&](const std::string& what) { obs_.progress("export", 0, 0, what); });
     for (const auto& n : r.notes) say(Observer::Channel::Log, "quarot-quantize: %s\n", n.c_str());
     for (const auto& f : r.fallbacks) say(Observer::Channel::Warning, "quarot-quantize: fallback: %s\n", f.c_str());
@@ -388,13 +441,13 @@ class Run {
     if (writer_) {
       auto t = Clock::now();
       begin("pack");
-      writer_->write(out, {{"quarot.source", p_.model}});
+      writer_->write(staged_out(), {{"quarot.source", p_.model}});
       end("pack", t);
       if (p_.qdec.slowdown_percent > 0) tune_qdec_k();
-      sizes.packed_bytes = fs::file_size(out);
+      sizes.packed_bytes = fs::file_size(staged_out());
       sizes.bits_per_weight = double(writer_->packed_bytes()) * 8 / double(sizes.linear_parameters);
-      say(Observer::Channel::Info, "packed model: %s, %.2f MiB (%.3fx the fp32 model)\n", out.c_str(), double(fs::file_size(out)) / (1 << 20),
-          double(fs::file_size(out)) / sizes.fp32_bytes);
+      say(Observer::Channel::Info, "packed model: %s, %.2f MiB (%.3fx the fp32 model)\n", out.c_str(), double(*sizes.packed_bytes) / (1 << 20),
+          double(*sizes.packed_bytes) / sizes.fp32_bytes);
     }
     if (p_.qdec.enabled) {
       auto& q = *rep_.qdec;
@@ -414,7 +467,7 @@ class Run {
   void tune_qdec_k() {
     const auto t = Clock::now();
     begin("qdec_tune");
-    const std::string& out = p_.outputs.packed;
+    const std::string& out = staged_out();
     const PackedModel first(out, false);
     auto plain = integer_model(first, std::min(c_.max_positions, 256), best_isa(), QdecK{});
     const double base = decode_seconds_per_token(plain, 64, 5);
@@ -451,7 +504,7 @@ class Run {
     ev.ids = p_.evaluation.ids;
     if (!p_.evaluation.text.empty()) ev.text = p_.evaluation.text;
     ev.ctx = ctx_;
-    const std::string& out = p_.outputs.packed;
+    const std::string out = writer_ ? staged_out() : std::string();
     if (stream_) {
       // Streamed: no float model in memory, so no reference for KLD and no simulation; the
       // packed model runs from its memory map.
@@ -615,14 +668,27 @@ class Run {
       obs_.text(Observer::Channel::Info, text);
     }
     const std::string text = rep_.to_json();
+    // The report files staged, then everything committed together, the packed file last: it
+    // appears only with its report (or not at all).
+    std::vector<std::unique_ptr<StagedFile>> staged;
+    auto stage = [&](const std::string& target, const std::string& contents) {
+      staged.push_back(std::make_unique<StagedFile>(target));
+      write_file_atomic(staged.back()->path(), contents);
+    };
     if (!report_dir_.empty()) {
-      fs::create_directories(report_dir_);
-      write_file_atomic((fs::path(report_dir_) / "report.json").string(), text);
-      write_file_atomic((fs::path(report_dir_) / "report.md").string(), report_markdown(rep_));
-      write_file_atomic((fs::path(report_dir_) / "error_per_layer.svg").string(), error_per_layer_svg(rep_));
-      write_file_atomic((fs::path(report_dir_) / "outliers.svg").string(), outliers_svg(rep_));
+      make_dirs(report_dir_);
+      const std::string texts[] = {text, report_markdown(rep_), error_per_layer_svg(rep_), outliers_svg(rep_)};
+      for (std::size_t i = 0; i < std::size(kReportFiles); ++i) stage((fs::path(report_dir_) / kReportFiles[i]).string(), texts[i]);
     }
-    if (!p_.outputs.json.empty()) write_file_atomic(p_.outputs.json, text);
+    if (!p_.outputs.json.empty()) {
+      if (const fs::path parent = fs::path(p_.outputs.json).parent_path(); !parent.empty()) make_dirs(parent);
+      stage(p_.outputs.json, text);
+    }
+    std::vector<StagedFile*> all;
+    for (auto& f : staged) all.push_back(f.get());
+    if (staged_out_) all.push_back(staged_out_.get());
+    commit_together(all);
+    committed_ = true;
     const auto* head = rep_.headline_eval();
     const auto& ev = rep_.eval;
     std::string ppl = "not evaluated";

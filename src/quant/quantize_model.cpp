@@ -14,58 +14,6 @@
 
 namespace quarot {
 
-std::vector<std::string> quant_preset_names() { return {"w4a4kv4", "w4a4k8v4", "w4a4kv4-rtn", "w4a16", "w4a16-rtn", "w8a8kv8", "w6a6kv6", "none"}; }
-
-QuantConfig quant_preset(const std::string& name) {
-  QuantConfig c;
-  c.preset = name;
-  auto weights = [&](WeightMethod m, int bits, int group) {
-    c.method = m;
-    c.gptq.weights = {{bits, true}, group, true};  // symmetric, clip search (the paper's setting)
-  };
-  auto acts = [&](int a, int kv) {
-    c.act.a_bits = a;
-    c.act.k_bits = c.act.v_bits = kv;
-    c.act.kv_asym = true;  // KV asymmetric, group = head_dim
-    // The paper's clip ratios (activations 0.9, KV 0.95) are its 4-bit settings. At 8 bits,
-    // clipping every token's largest values costs more than the finer grid saves: measured on
-    // stories260K W8A8KV8 (2026-11-23): +3.58% PPL with them, +0.13% without.
-    c.act.a_clip = a <= 4 ? 0.9 : 1.0;
-    c.act.kv_clip = kv <= 4 ? 0.95 : 1.0;
-    c.kv_clip_follows_model = kv <= 4;  // 0.95 only where head_dim is large enough (apply_model_defaults)
-  };
-  if (name == "w4a4kv4") {
-    weights(WeightMethod::Gptq, 4, 0);
-    acts(4, 4);
-  } else if (name == "w4a4k8v4") {
-    // W4A4KV4 with 8-bit keys: at head_dim 8-16 a 4-bit key grid flips attention (logits in the
-    // hundreds); issue 17's ablation, stories260K GPTQ 8.36 -> 5.16. Clip as W4A4KV4's.
-    weights(WeightMethod::Gptq, 4, 0);
-    acts(4, 4);
-    c.act.k_bits = 8;
-  } else if (name == "w4a4kv4-rtn") {
-    weights(WeightMethod::Rtn, 4, 0);
-    acts(4, 4);
-  } else if (name == "w4a16") {
-    weights(WeightMethod::Gptq, 4, 128);
-  } else if (name == "w4a16-rtn") {
-    weights(WeightMethod::Rtn, 4, 128);
-  } else if (name == "w8a8kv8") {
-    weights(WeightMethod::Rtn, 8, 0);
-    acts(8, 8);
-  } else if (name == "w6a6kv6") {
-    weights(WeightMethod::Gptq, 6, 0);
-    acts(6, 6);
-  } else if (name == "none") {
-    c.rotate = false;
-  } else {
-    std::string known;
-    for (const auto& n : quant_preset_names()) known += (known.empty() ? "" : ", ") + n;
-    throw Error("--preset", "unknown preset '" + name + "' (known: " + known + ")");
-  }
-  return c;
-}
-
 std::string apply_model_defaults(QuantConfig& c, const ModelConfig& m) {
   if (!c.kv_clip_follows_model || (c.act.k_bits >= 16 && c.act.v_bits >= 16)) return "";
   const double before = c.act.kv_clip;

@@ -176,6 +176,14 @@ Rotator::Rotator(const ModelConfig& c, const RotationOptions& opts, RotationRepo
   I.online.r4 = I.h_inter;
   I.online.cross_head = I.h_heads;
 }
+void check_rotation_sizes(const ModelConfig& c, const RotationOptions& opts) {
+  // The sizes Rotator's constructor builds, with its conditions.
+  if (opts.r1 && opts.r1_kind == R1Kind::Hadamard) check_fallback_size(c.hidden, "--rotate", "R1 randomized Hadamard (residual): size");
+  if (opts.r2 || opts.r3) check_fallback_size(c.head_dim, "--rotate", "per-head Hadamard (R2/R3): size");
+  if (opts.r2 && opts.r2_online_cross_head) check_fallback_size(c.n_heads, "--rotate", "cross-head Hadamard (R2, online): size");
+  if (opts.r4) check_fallback_size(c.intermediate, "--rotate", "R4 Hadamard (down_proj input, online): size");
+}
+
 Rotator::~Rotator() = default;
 const OnlineTransforms& Rotator::online() const { return impl_->online; }
 

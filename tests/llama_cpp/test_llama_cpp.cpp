@@ -19,6 +19,7 @@
 #include "quarot/gguf.hpp"
 #include "quarot/gguf_reader.hpp"
 #include "quarot/mapped_file.hpp"
+#include "quarot/pipeline.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
 #include "test_support.hpp"
@@ -273,7 +274,7 @@ TEST(LlamaCpp, QuarotGgufExportsRunInLlamaCpp) {
   const auto tok = quarot::load_tokenizer(data_file("stories260K/tok512.bin"));
   const auto windows = story_windows(256, 4);
   for (const char* preset : {"gguf-f32", "gguf-q8_0", "gguf-q4_0", "gguf-iq4_nl", "gguf-q4_k_m"}) {
-    auto opts = quarot::gguf_preset(preset);
+    auto opts = quarot::plan_preset(preset).gguf.value();
     opts.method = std::string(preset) == "gguf-f32" ? quarot::WeightMethod::None : quarot::WeightMethod::Rtn;
     quarot::ModelWeights m = base;
     const std::string path = temp_path(std::string(preset) + ".gguf");
