@@ -25,7 +25,7 @@ struct PipelineRun {
 
 // make_plan(o) and run() with an observer that keeps the quantized model; quiet, no checksums,
 // no outlier statistics (report-only forwards). The packed file goes to o.output (and
-// report.json beside it).
+// its report in OUT.report/).
 inline PipelineRun run_plan(PlanOptions o) {
   o.no_checksum = true;
   o.outlier_windows = 0;
