@@ -26,8 +26,9 @@ using json = nlohmann::json;
 namespace {
 
 // A small valid packed file (tiny synthetic model, RTN, rotated unless `intermediate` asks for
-// an unrotated model of that FFN width).
-std::string make_packed(const TempDir& dir, int intermediate = 0) {
+// an unrotated model of that FFN width; INT8 embedding/classifier tables, as packed files have
+// by default, or fp32 ones with classifier_bits 16).
+std::string make_packed(const TempDir& dir, int intermediate = 0, int classifier_bits = 8) {
   SynthSpec s = synth_preset("tiny");
   s.seed = 5;
   s.config.vocab = 96;
@@ -39,6 +40,7 @@ std::string make_packed(const TempDir& dir, int intermediate = 0) {
   o.preset = "w4a4kv4-rtn";
   o.kv_clip = plan_preset(o.preset).quant.act.kv_clip;  // the preset's (head_dim 8 would choose 1.0)
   o.no_rotate = intermediate != 0;
+  o.classifier_bits = classifier_bits;
   run_plan(o);
   return path;
 }
@@ -167,30 +169,35 @@ TEST(PackedHostile, RecipeFieldsAreRangeCheckedNamingTheField) {
 }
 
 TEST(PackedHostile, NonFiniteScalesNormsAndEmbeddingsAreRefusedNamingTheTensor) {
-  TempDir dir;
-  const std::string good = make_packed(dir), bad = dir / "bad.q4.safetensors";
-  const SafetensorsFile f(good);
-  const auto bytes = read_bytes(good);
-  for (const char* name : {"model.layers.1.mlp.down_proj.scales", "model.layers.0.input_layernorm.weight", "model.norm.weight",
-                           "model.embed_tokens.weight", "lm_head.weight"}) {
-    const TensorInfo* t = f.find(name);
-    ASSERT_NE(t, nullptr) << name;
-    for (const float v : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
-      auto b = bytes;
-      std::memcpy(b.data() + f.header().data_start + t->begin + 4 * 3, &v, 4);
-      write_bytes(bad, b);
-      // The CRC check would catch the change first; the values are checked whatever the CRCs say
-      // (a hostile file can carry matching CRCs).
-      expect_refused(bad, {std::string("'") + name + "'", "element 3"}, /*verify_crc=*/false);
+  // fp32 tables (version 1) and INT8 tables (version 2: their row scales).
+  for (const int classifier_bits : {16, 8}) {
+    SCOPED_TRACE("classifier bits " + std::to_string(classifier_bits));
+    TempDir dir;
+    const std::string good = make_packed(dir, 0, classifier_bits), bad = dir / "bad.q4.safetensors";
+    const SafetensorsFile f(good);
+    const auto bytes = read_bytes(good);
+    const bool int8 = classifier_bits < 16;
+    for (const char* name : {"model.layers.1.mlp.down_proj.scales", "model.layers.0.input_layernorm.weight", "model.norm.weight",
+                             int8 ? "model.embed_tokens.scales" : "model.embed_tokens.weight", int8 ? "lm_head.scales" : "lm_head.weight"}) {
+      const TensorInfo* t = f.find(name);
+      ASSERT_NE(t, nullptr) << name;
+      for (const float v : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+        auto b = bytes;
+        std::memcpy(b.data() + f.header().data_start + t->begin + 4 * 3, &v, 4);
+        write_bytes(bad, b);
+        // The CRC check would catch the change first; the values are checked whatever the CRCs say
+        // (a hostile file can carry matching CRCs).
+        expect_refused(bad, {std::string("'") + name + "'", "element 3"}, /*verify_crc=*/false);
+      }
     }
+    // QUAROT_ALLOW_NONFINITE=1 opens it anyway, as for float checkpoints.
+    const char* old = std::getenv("QUAROT_ALLOW_NONFINITE");
+    setenv("QUAROT_ALLOW_NONFINITE", "1", 1);
+    EXPECT_EQ(open_error(bad, false), "");
+    if (old) setenv("QUAROT_ALLOW_NONFINITE", old, 1);
+    else unsetenv("QUAROT_ALLOW_NONFINITE");
+    EXPECT_EQ(open_error(good), "");
   }
-  // QUAROT_ALLOW_NONFINITE=1 opens it anyway, as for float checkpoints.
-  const char* old = std::getenv("QUAROT_ALLOW_NONFINITE");
-  setenv("QUAROT_ALLOW_NONFINITE", "1", 1);
-  EXPECT_EQ(open_error(bad, false), "");
-  if (old) setenv("QUAROT_ALLOW_NONFINITE", old, 1);
-  else unsetenv("QUAROT_ALLOW_NONFINITE");
-  EXPECT_EQ(open_error(good), "");
 }
 
 // The fuzz target's seeds (written by tests/fuzz/make_corpus.py) must be valid packed files, or

@@ -290,7 +290,7 @@ TEST(Tasks, QuarotQuantizeReportsTaskAccuracyAsQuarotEvalScoresIt) {
   EXPECT_NE(q.stderr_text.find("a task sequence gets BOS 1 in front (the SentencePiece / llama2.c default)"), std::string::npos)
       << q.stderr_text;
   EXPECT_NE(q.stdout_text.find("piqa retained by the packed model"), std::string::npos) << q.stdout_text;
-  const std::string report_text = read_file_text(t / "report.json");
+  const std::string report_text = read_file_text(packed + ".report/report.json");  // one report folder per output
   const auto errs = validate_json_schema(read_file_text(std::string(QUAROT_SOURCE_DIR) + "/docs/report.schema.json"), report_text);
   EXPECT_TRUE(errs.empty()) << errs.front();
   const auto report = nlohmann::json::parse(report_text);
@@ -335,7 +335,7 @@ TEST(Tasks, QuarotQuantizeReportsTaskAccuracyAsQuarotEvalScoresIt) {
       ASSERT_GT(f, 0);
       EXPECT_DOUBLE_EQ(rt[entry]["retained"][k].get<double>(), rt[entry][k].get<double>() / f) << entry << " " << k;
     }
-  const std::string md = read_file_text(t / "report.md");
+  const std::string md = read_file_text(packed + ".report/report.md");
   EXPECT_NE(md.find("## Zero-shot piqa"), std::string::npos) << md;
   EXPECT_NE(md.find("retained vs float"), std::string::npos) << md;
 

@@ -107,7 +107,7 @@ int main(int argc, char** argv) {
   app.add_option("--eval-ids", a.eval_ids, "evaluation token ids (lines concatenated, paper protocol)")->group("Evaluation");
   app.add_option("--eval-text", a.eval_text,
                  "evaluation text instead of --eval-ids: tokenized (--tokenizer, default the model's folder's) with the\n"
-                 "model's BOS once in front, as quarot-eval --text")->group("Evaluation");
+                 "model's BOS once in front (as quarot-eval does with a text file)")->group("Evaluation");
   app.add_option("--ctx", a.ctx, "evaluation window (default: the model's max, at most 2048)")->group("Evaluation");
   app.add_option("--chunks", a.chunks, "evaluate at most this many windows (0: all)")->group("Evaluation");
   app.add_option("--outlier-windows", a.outlier_windows, "windows for the outlier statistics before/after rotation (0: skip)")

@@ -624,7 +624,7 @@ class Run {
       rt.quantized = score(qm, "quantized (simulated)");
     }
     if (writer_) {
-      const PackedModel packed(p_.outputs.packed);
+      const PackedModel packed(staged_out());  // committed with the report in finish()
       auto im = integer_model(packed, ctx);
       rt.packed = score(im, "packed (integer kernels)");
       rt.packed->isa = isa_name(best_isa());
