@@ -21,11 +21,9 @@
 
 namespace quarot::cli {
 
-// An option file's content as a JSON object. Throws quarot::UsageError naming `path` for what
-// is wrong with the file's content (binary, not an object, bad syntax) and quarot::Error when
-// it cannot be read.
-inline nlohmann::json read_option_document(const std::string& path) {
-  const std::string text = quarot::read_text_file(path);
+// An option file's content (`text`; `path` names it in errors) as a JSON object. Throws
+// quarot::UsageError naming `path` for what is wrong with it (binary, not an object, bad syntax).
+inline nlohmann::json parse_option_document(const std::string& text, const std::string& path) {
   for (std::size_t i = 0; i < text.size(); ++i) {
     const auto c = static_cast<unsigned char>(text[i]);
     if (c == 0 || (c < 0x20 && c != '\t' && c != '\n' && c != '\r'))
@@ -61,6 +59,8 @@ inline nlohmann::json read_option_document(const std::string& path) {
   if (!doc.is_object()) throw UsageError(path, std::string("the top level must be an object, got a JSON ") + doc.type_name());
   return doc;
 }
+// The same, read from `path` (quarot::Error when it cannot be read).
+inline nlohmann::json read_option_document(const std::string& path) { return parse_option_document(quarot::read_text_file(path), path); }
 
 // Checks one option's value against the table: kind, range, choices. `where` is the subject of
 // the error ("FILE" or "FILE: run 'x'").

@@ -1,8 +1,6 @@
-// libFuzzer: configuration documents. config.json (parse + every derived shape; marked rotated too), the tools'
-// --config reader (JSON or TOML through CLI11) and batch plans (TOML via toml++ -> JSON), each
-// behind the nesting/size pre-check (json_limits.hpp).
-#include <toml++/toml.h>
-
+// libFuzzer: configuration documents. config.json (parse + every derived shape; marked rotated too) and
+// the tools' option files (--config and batch plans: JSON or TOML via toml++, behind the
+// size/nesting/binary pre-checks, every key and value checked against the option table).
 #include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -30,25 +28,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)quarot::parse_hf_config_with_rotation(text, "fuzz-config.json", &record);
   } catch (const quarot::Error&) {
   }
-  try {  // a tool's --config FILE
-    std::istringstream in(text);
-    (void)quarot::cli::JsonOrTomlConfig().from_config(in);
-  } catch (const CLI::Error&) {
-  } catch (const std::exception&) {
-  }
-  try {  // a batch plan (read_plan in tools/quarot_batch.cpp)
-    quarot::check_toml_limits(text, "fuzz-plan.toml");
-    const std::string label = "fuzz-plan.toml";
-    const toml::table t = toml::parse(text, label);
-    std::ostringstream s;
-    s << toml::json_formatter{t};
-    const std::string j = s.str();
-    quarot::check_json_limits(j, "fuzz-plan.json");
-    const auto plan = nlohmann::json::parse(j);
-    (void)plan.size();
+  try {  // a tool's --config FILE or a batch plan: the one option-file reader (tools/config_file.hpp)
+    const auto doc = quarot::cli::parse_option_document(text, "fuzz-options.toml");
+    quarot::cli::check_option_object("fuzz-options.toml", doc);
   } catch (const quarot::Error&) {
-  } catch (const toml::parse_error&) {
-  } catch (const nlohmann::json::exception&) {
   }
   return 0;
 }
