@@ -31,6 +31,7 @@
 #include "quarot/detail/rng.hpp"
 #include "quarot/hadamard.hpp"
 #include "quarot/int4.hpp"
+#include "int4_copies.hpp"
 
 using Clock = std::chrono::steady_clock;
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -52,19 +53,6 @@ double median_of(int reps, F&& f) {
   return t[t.size() / 2];
 }
 
-struct PackedCopy {
-  std::vector<uint8_t> packed;
-  std::vector<float> scales;
-  quarot::Int4Weights view(int64_t rows, int64_t cols) const {
-    quarot::Int4Weights w;
-    w.rows = rows;
-    w.cols = cols;
-    w.group_size = cols;
-    w.packed = packed.data();
-    w.scales = scales.data();
-    return w;
-  }
-};
 
 // --a16: one packed copy per shape (at M <= 8 the weights come from DRAM anyway: 4096 x 11008 is
 // 22 MB packed and 180 MB in fp32; each product reads every weight once, the caches hold no
@@ -190,12 +178,7 @@ int main(int argc, char** argv) {
     std::vector<RowMat> wf(std::size_t(fp32_copies), RowMat(N, K));
     for (auto& w : wf)
       for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = rng.gaussian() * 0.02f;
-    std::vector<PackedCopy> wq(static_cast<std::size_t>(int4_copies));
-    for (auto& w : wq) {
-      w.packed.resize(std::size_t(N * quarot::int4_padded_cols(K) / 2));
-      for (auto& b : w.packed) b = uint8_t(rng.next());
-      w.scales.assign(std::size_t(N), 0.003f);
-    }
+    const auto wq = quarot::bench::random_int4_copies(int4_copies, N, K, rng);
     const auto h = quarot::Hadamard::make(int(K), 0);
     for (int M : ms) {
       // At M = 1 cycle through the copies; at larger M one copy (compute-bound, and the

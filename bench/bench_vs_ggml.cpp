@@ -42,6 +42,7 @@
 
 #include "quarot/detail/rng.hpp"
 #include "quarot/int4.hpp"
+#include "int4_copies.hpp"
 
 using Clock = std::chrono::steady_clock;
 
@@ -367,19 +368,6 @@ bool check_ggml_results(const Ggml& g, std::string& why) {
   return true;
 }
 
-struct QuarotCopy {
-  std::vector<uint8_t> packed;
-  std::vector<float> scales;
-  quarot::Int4Weights view(int64_t rows, int64_t cols) const {
-    quarot::Int4Weights w;
-    w.rows = rows;
-    w.cols = cols;
-    w.group_size = cols;
-    w.packed = packed.data();
-    w.scales = scales.data();
-    return w;
-  }
-};
 
 struct Kernel {
   std::string name;
@@ -468,12 +456,7 @@ int main(int argc, char** argv) {
     auto copies_for = [&](double bytes) { return int(std::max<int64_t>(1, (cycle + int64_t(bytes) - 1) / int64_t(bytes))); };
     // quarot: per-channel symmetric INT4, random codes.
     const double q_bytes = double(N * quarot::int4_padded_cols(K) / 2 + N * 4);
-    std::vector<QuarotCopy> wq(std::size_t(copies_for(q_bytes)));
-    for (auto& w : wq) {
-      w.packed.resize(std::size_t(N * quarot::int4_padded_cols(K) / 2));
-      for (auto& b : w.packed) b = uint8_t(rng.next());
-      w.scales.assign(std::size_t(N), 0.003f);
-    }
+    const auto wq = quarot::bench::random_int4_copies(copies_for(q_bytes), N, K, rng);
     // ggml: gaussian weights through ggml's own Q4_0 quantizer; F32 as they are.
     std::vector<float> wf(std::size_t(N * K));
     for (auto& v : wf) v = rng.gaussian() * 0.02f;

@@ -193,7 +193,13 @@ TEST(Tools, DryRunCommandLineReproducesThePlan) {
     const std::string args = first.stdout_text.substr(begin, first.stdout_text.find('\n', begin) - begin);
     const auto again = run_tool("quarot-quantize", args + " --dry-run");
     ASSERT_EQ(again.exit_code, 0) << args << again.stderr_text;
-    EXPECT_EQ(again.stdout_text, first.stdout_text) << args;
+    // The same plan; the memory line also states the memory available now, which moves.
+    auto plan_text = [](std::string t) {
+      const auto m = t.find("\n  memory: ");
+      if (m != std::string::npos) t.erase(m, t.find('\n', m + 1) - m);
+      return t;
+    };
+    EXPECT_EQ(plan_text(again.stdout_text), plan_text(first.stdout_text)) << args;
   }
 }
 

@@ -117,6 +117,21 @@ std::string random_suffix() {
   return s;
 }
 
+// A new file beside `target` (".NAME<infix><random>"): an unpredictable name, created
+// exclusively, never through an existing file or link. Returns its descriptor, its path in `temp`.
+int create_temporary_beside(const std::string& target, const char* infix, std::string& temp) {
+  const fs::path t(target);
+  const fs::path dir = t.has_parent_path() ? t.parent_path() : fs::path(".");
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+    temp = (dir / ("." + t.filename().string() + infix + random_suffix())).string();
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  if (fd < 0) throw Error(target, std::string("cannot create temporary file: ") + std::strerror(errno));
+  return fd;
+}
+
 }  // namespace
 
 std::optional<FileIdentity> file_identity(const std::string& path) {
@@ -152,16 +167,7 @@ void refuse_unsafe_output(const std::string& target, const std::vector<std::stri
 AtomicFile::AtomicFile(std::string target) : target_(std::move(target)) {
   refuse_non_regular_target(target_);
   install_handlers_once();
-  const fs::path t(target_);
-  const fs::path dir = t.has_parent_path() ? t.parent_path() : fs::path(".");
-  // An unpredictable name, created exclusively (never through an existing file or link).
-  int fd = -1;
-  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    temp_ = (dir / ("." + t.filename().string() + ".tmp-" + random_suffix())).string();
-    fd = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-    if (fd < 0 && errno != EEXIST) break;
-  }
-  if (fd < 0) throw Error(target_, std::string("cannot create temporary file: ") + std::strerror(errno));
+  const int fd = create_temporary_beside(target_, ".tmp-", temp_);
   register_live(temp_);
   f_ = ::fdopen(fd, "wb");
   if (!f_) {
@@ -200,16 +206,7 @@ void AtomicFile::commit() {
 StagedFile::StagedFile(std::string target) : target_(std::move(target)) {
   refuse_non_regular_target(target_);
   install_handlers_once();
-  const fs::path t(target_);
-  const fs::path dir = t.has_parent_path() ? t.parent_path() : fs::path(".");
-  int fd = -1;
-  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    temp_ = (dir / ("." + t.filename().string() + ".staged-" + random_suffix())).string();
-    fd = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-    if (fd < 0 && errno != EEXIST) break;
-  }
-  if (fd < 0) throw Error(target_, std::string("cannot create temporary file: ") + std::strerror(errno));
-  ::close(fd);
+  ::close(create_temporary_beside(target_, ".staged-", temp_));
   register_live(temp_);
 }
 

@@ -1,6 +1,7 @@
 // The Plan: built from the options once, validated once, serialized once (the report's config,
 // --dry-run).
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
@@ -510,10 +511,9 @@ std::string plan_command(const Plan& p) {
   std::string o = "quarot-quantize " + shell_quote(p.model) + " --preset " + shell_quote(c.preset);
   auto flag = [&](const char* name) { o += std::string(" ") + name; };
   auto opt = [&](const char* name, const std::string& v) { o += std::string(" ") + name + " " + shell_quote(v); };
-  auto num = [](double v) {
+  auto num = [](double v) {  // the shortest text that reads back as v (0.05, not 0.050000000000000003)
     char b[64];
-    std::snprintf(b, sizeof b, "%.17g", v);
-    return std::string(b);
+    return std::string(b, std::to_chars(b, b + sizeof b, v).ptr);
   };
   auto method = [](WeightMethod m) { return m == WeightMethod::None ? "none" : m == WeightMethod::Rtn ? "rtn" : "gptq"; };
   const auto &w = c.gptq.weights, &bw = base.gptq.weights;
