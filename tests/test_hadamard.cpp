@@ -110,7 +110,7 @@ TEST(Fwht, SimdPathIsBitIdenticalToTheReference) {
     for (auto& v : a) v = rng.gaussian();
     auto b = a;
     fwht(a.data(), n);
-    fwht_reference(b.data(), n);
+    fwht_ref(b.data(), n);
     ASSERT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * n), 0) << "n=" << n << " isa=" << fwht_isa();
   }
   // Edge values: H_n applied twice is n * I.

@@ -11,9 +11,14 @@
 // not a Hadamard matrix; `is_hadamard()` says so and callers log and report it.
 // The transform of a call runs on all its rows at once: the butterflies per K sub-rows, then the
 // K x K base as one small GEMM per block of rows (OpenMP over blocks when the call is big enough).
+// The butterflies are src/ops' FWHT (quarot/fwht.hpp), on the Isa the float calls are given; the
+// base's GEMM is Eigen's, compiled for the build's target (QUAROT_NATIVE), not dispatched.
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "quarot/fwht.hpp"
+#include "quarot/isa.hpp"
 
 namespace quarot {
 
@@ -30,11 +35,12 @@ class Hadamard {
   bool is_hadamard() const { return hadamard_; }
   const std::string& construction() const { return construction_; }  // e.g. "paley2(q=13) x sylvester(512)"
 
-  // x[r] <- x[r] * Q for each of `rows` rows of length n (row r at x + r * stride).
-  void right(float* x, int rows, int64_t stride) const;
+  // x[r] <- x[r] * Q for each of `rows` rows of length n (row r at x + r * stride). `isa` picks
+  // the float butterflies' path (every path gives the same bits); the double ones are scalar.
+  void right(float* x, int rows, int64_t stride, Isa isa = best_isa()) const;
   void right(double* x, int rows, int64_t stride) const;
   // x[r] <- x[r] * Q^T (the inverse).
-  void right_transpose(float* x, int rows, int64_t stride) const;
+  void right_transpose(float* x, int rows, int64_t stride, Isa isa = best_isa()) const;
   void right_transpose(double* x, int rows, int64_t stride) const;
   // The plain per-row loop (butterflies, then the base one product at a time), serial: the
   // reference the fast path is checked and benchmarked against.
@@ -50,7 +56,7 @@ class Hadamard {
 
  private:
   template <class T>
-  void apply(T* x, int rows, int64_t stride, bool transpose) const;
+  void apply(T* x, int rows, int64_t stride, bool transpose, Isa isa) const;
   void set_mix();
   int n_ = 1, k_ = 1, m_ = 1;
   bool hadamard_ = true;
@@ -59,12 +65,6 @@ class Hadamard {
   std::vector<double> mix_;   // base_ / sqrt(m): the base and the butterflies' scale in one product
   std::vector<float> mix_f_;  // mix_ rounded to fp32 for the float path
 };
-
-// Unnormalized in-place Walsh-Hadamard butterflies on n = 2^k values (x <- H_n x).
-void fwht_reference(float* x, int n);
-void fwht(float* x, int n);  // AVX-512 / AVX2 / scalar, chosen at run time
-void fwht(double* x, int n);
-const char* fwht_isa();      // which path fwht(float*) uses here
 
 // The +-1 base matrices, unnormalized (tests check H H^T = K I); empty if unknown.
 std::vector<int> hadamard_base_matrix(int k, bool goethals_seidel = true);

@@ -1,6 +1,5 @@
 #include "quarot/hadamard.hpp"
 
-#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -245,61 +244,6 @@ Hadamard Hadamard::make(int n, uint64_t fallback_seed, bool goethals_seidel) {
   return h;
 }
 
-// --- Fast Walsh-Hadamard transform --------------------------------------------------------
-
-namespace {
-
-// The first butterfly stages (stride < `width`) in scalar code; returns the next stride.
-template <class T>
-int scalar_stages(T* x, int n, int width) {
-  int h = 1;
-  for (; h < n && h < width; h *= 2)
-    for (int i = 0; i < n; i += 2 * h)
-      for (int j = i; j < i + h; ++j) {
-        const T a = x[j], b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
-      }
-  return h;
-}
-
-// Stages with stride >= the vector width run on whole vectors; the first stages run in scalar
-// code on the same data. Same additions in the same order as the reference: bit-identical.
-__attribute__((target("avx512f"))) void fwht_avx512(float* x, int n) {
-  for (int h = scalar_stages(x, n, 16); h < n; h *= 2)
-    for (int i = 0; i < n; i += 2 * h)
-      for (int j = i; j < i + h; j += 16) {
-        const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + h);
-        _mm512_storeu_ps(x + j, _mm512_add_ps(a, b));
-        _mm512_storeu_ps(x + j + h, _mm512_sub_ps(a, b));
-      }
-}
-
-__attribute__((target("avx2"))) void fwht_avx2(float* x, int n) {
-  for (int h = scalar_stages(x, n, 8); h < n; h *= 2)
-    for (int i = 0; i < n; i += 2 * h)
-      for (int j = i; j < i + h; j += 8) {
-        const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
-        _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
-        _mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
-      }
-}
-
-using FwhtFn = void (*)(float*, int);
-FwhtFn pick_fwht() {
-  if (__builtin_cpu_supports("avx512f")) return fwht_avx512;
-  if (__builtin_cpu_supports("avx2")) return fwht_avx2;
-  return [](float* x, int n) { scalar_stages(x, n, n); };
-}
-const FwhtFn kFwht = pick_fwht();
-
-}  // namespace
-
-void fwht_reference(float* x, int n) { scalar_stages(x, n, n); }
-void fwht(double* x, int n) { scalar_stages(x, n, n); }
-void fwht(float* x, int n) { kFwht(x, n); }
-const char* fwht_isa() { return kFwht == fwht_avx512 ? "avx512" : kFwht == fwht_avx2 ? "avx2" : "scalar"; }
-
 // --- The full transform: (H_K (x) H_m) / sqrt(n) --------------------------------------------
 
 void Hadamard::set_mix() {
@@ -322,7 +266,7 @@ void Hadamard::apply_reference(T* x, int rows, int64_t stride, bool transpose) c
   for (int r = 0; r < rows; ++r) {
     T* row = x + int64_t(r) * stride;
     if (m_ > 1)
-      for (int a = 0; a < k_; ++a) fwht(row + int64_t(a) * m_, m_);
+      for (int a = 0; a < k_; ++a) fwht_ref(row + int64_t(a) * m_, m_);
     if (k_ == 1) {
       for (int i = 0; i < n_; ++i) row[i] *= scale;
       continue;
@@ -360,7 +304,7 @@ constexpr double kParallelFlops = 2e6;
 }  // namespace
 
 template <class T>
-void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose) const {
+void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose, Isa isa) const {
   // Per row, x viewed as [K][m]: y = B^T (H_m x-rows) / sqrt(m) (see apply_reference). The
   // butterflies run per sub-row; the base mixes the K sub-rows of every row of a block in one
   // GEMM: Z[(r, j)][a] = x[r][a*m + j] (rows r of the block, j < m), Y = Z * mix (Z * mix^T for
@@ -380,14 +324,17 @@ void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose) const {
   const auto run_block = [&](int b, std::vector<T>& buf) {
     const int r0 = b * block, nr = std::min(block, rows - r0);
     T* xb = x + int64_t(r0) * stride;
-    // Below the vector width the SIMD butterflies are the scalar ones (same bits): inlined here,
-    // without the dispatch per sub-row (per-head transforms of 8 values are millions of calls).
-    if (m > 1 && m < 16)
+    // Below 16 values every path's butterflies are the scalar ones (fwht.cpp): fwht_ref inlined
+    // here, without a call per sub-row (per-head transforms of 8 values are millions of calls).
+    // Doubles have the scalar path only.
+    const auto butterflies = [&](T* sub) {
+      if constexpr (std::is_same_v<T, float>)
+        if (m >= 16) return fwht(sub, m, isa);
+      fwht_ref(sub, m);
+    };
+    if (m > 1)
       for (int r = 0; r < nr; ++r)
-        for (int a = 0; a < k; ++a) scalar_stages(xb + int64_t(r) * stride + int64_t(a) * m, m, m);
-    else if (m > 1)
-      for (int r = 0; r < nr; ++r)
-        for (int a = 0; a < k; ++a) fwht(xb + int64_t(r) * stride + int64_t(a) * m, m);
+        for (int a = 0; a < k; ++a) butterflies(xb + int64_t(r) * stride + int64_t(a) * m);
     if (k == 1) {
       for (int r = 0; r < nr; ++r) {
         T* row = xb + int64_t(r) * stride;
@@ -439,10 +386,10 @@ void Hadamard::apply(T* x, int rows, int64_t stride, bool transpose) const {
   if (threads > 1) omp_set_num_threads(threads);
 }
 
-void Hadamard::right(float* x, int rows, int64_t stride) const { apply(x, rows, stride, false); }
-void Hadamard::right(double* x, int rows, int64_t stride) const { apply(x, rows, stride, false); }
-void Hadamard::right_transpose(float* x, int rows, int64_t stride) const { apply(x, rows, stride, true); }
-void Hadamard::right_transpose(double* x, int rows, int64_t stride) const { apply(x, rows, stride, true); }
+void Hadamard::right(float* x, int rows, int64_t stride, Isa isa) const { apply(x, rows, stride, false, isa); }
+void Hadamard::right(double* x, int rows, int64_t stride) const { apply(x, rows, stride, false, Isa::Scalar); }
+void Hadamard::right_transpose(float* x, int rows, int64_t stride, Isa isa) const { apply(x, rows, stride, true, isa); }
+void Hadamard::right_transpose(double* x, int rows, int64_t stride) const { apply(x, rows, stride, true, Isa::Scalar); }
 
 void Hadamard::left_transpose(double* x, int64_t cols) const {
   // (Q^T X)[c*m + e] = sum_a B[a][c] sum_b H_m[b][e] X[a*m + b] / sqrt(m).
