@@ -3,11 +3,13 @@
 // fp32 epilogue); W4A16 exactly (one fixed order of fp32 FMAs on every path); top-k exactly (it
 // is a selection); QDEC's apply within fp32 reassociation; the KV cache's dequantization (INT8
 // and INT4 codes) exactly; the INT8 tables' GEMV (fp32 activations, FMA lanes) within fp32
-// reassociation of the ref's double sum.
-// (FWHT / Hadamard bases move here with src/rotate/hadamard.cpp's kernels later.)
+// reassociation of the ref's double sum; the FWHT exactly (the same adds on the same operands,
+// stage by stage); a Hadamard rotation (FWHT butterflies, then the K x K base's GEMM) within
+// fp32 reassociation of the base's K products.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -15,6 +17,8 @@
 #include <vector>
 
 #include "quarot/detail/rng.hpp"
+#include "quarot/fwht.hpp"
+#include "quarot/hadamard.hpp"
 #include "quarot/int4.hpp"
 #include "quarot/int8_gemv.hpp"
 #include "quarot/isa.hpp"
@@ -331,6 +335,69 @@ const std::vector<Kernel>& kernels() {
                if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0)
                  return "bits " + std::to_string(bits) + " dim " + std::to_string(dim) + " slots " + std::to_string(slots);
              }
+         return "";
+       }},
+      {"fwht",
+       [](Isa isa) -> std::string {
+         // Every power of two to 16384 (the per-head sizes 8, 16, 64, 128 among them: below,
+         // at and past each vector width), at an address one float off a vector boundary.
+         for (int n = 1; n <= 16384; n *= 2) {
+           auto x = gaussian(std::size_t(n) + 1, uint64_t(n));
+           auto ref = x;
+           fwht_ref(ref.data() + 1, n);
+           fwht(x.data() + 1, n, isa);
+           if (std::memcmp(x.data(), ref.data(), x.size() * sizeof(float)) != 0) return "n " + std::to_string(n);
+         }
+         return "";
+       }},
+      {"hadamard_right",
+       [](Isa isa) -> std::string {
+         // Hadamard::right / right_transpose (butterflies on `isa`, the base as one GEMM per block
+         // of rows, OpenMP past a size) against apply_reference (the plain per-row loop): Paley I
+         // bases (12 x 2^k), Goethals-Seidel's 172 alone and under 64-wide butterflies (11008,
+         // LLaMA-2's FFN), Sylvester alone (4096), a random orthogonal base (14 = 7 x 2); one
+         // row, a few, and enough for several blocks and the threads; strides n and past n.
+         for (int n : {12, 96, 192, 12288, 172, 11008, 4096, 14}) {
+           const auto h = Hadamard::make(n, 3);
+           const int k = h.base_size(), m = h.pow2();
+           for (int rows : {1, 5, 33})
+             for (int64_t stride : {int64_t(n), int64_t(n) + 7})
+               for (bool transpose : {false, true}) {
+                 const auto x = gaussian(std::size_t(rows * stride), uint64_t(n + rows + stride));
+                 auto ref = x, got = x;
+                 h.apply_reference(ref.data(), rows, stride, transpose);
+                 if (transpose)
+                   h.right_transpose(got.data(), rows, stride, isa);
+                 else
+                   h.right(got.data(), rows, stride, isa);
+                 // Both paths run the same butterflies (bit for bit: the fwht row) and then sum K
+                 // products z[a] * w[a][c] in fp32, in different orders (Eigen's blocking, FMA)
+                 // and with w rounded once (the fast path's base / sqrt(m)) or twice (the ref's
+                 // base, then times 1/sqrt(m)). Each is within (K + 2) u sum_a |z[a] w[a][c]| of
+                 // the exact sum (u = 2^-24), so they differ by at most 2 (K + 2) u of that sum.
+                 std::vector<double> z(x.begin(), x.end());
+                 for (int r = 0; r < rows; ++r)
+                   for (int a = 0; a < k && m > 1; ++a) fwht_ref(z.data() + r * stride + int64_t(a) * m, m);
+                 for (int r = 0; r < rows; ++r)
+                   for (int c = 0; c < k; ++c)
+                     for (int j = 0; j < m; ++j) {
+                       double mag = 0;
+                       for (int a = 0; a < k; ++a)
+                         mag += std::fabs(z[std::size_t(r * stride + int64_t(a) * m + j)] *
+                                          (transpose ? h.base()[std::size_t(c * k + a)] : h.base()[std::size_t(a * k + c)]));
+                       mag /= std::sqrt(double(m));
+                       const std::size_t at = std::size_t(r * stride + int64_t(c) * m + j);
+                       if (std::fabs(double(got[at]) - ref[at]) > 2.0 * (k + 2) * (FLT_EPSILON / 2) * mag)
+                         return "n " + std::to_string(n) + " rows " + std::to_string(rows) + " stride " + std::to_string(stride) +
+                                (transpose ? " transposed" : "") + ": at " + std::to_string(at) + " ref " + std::to_string(ref[at]) +
+                                " got " + std::to_string(got[at]);
+                     }
+                 // The padding past each row is left alone.
+                 for (int r = 0; r < rows; ++r)
+                   for (int64_t i = n; i < stride; ++i)
+                     if (got[std::size_t(r * stride + i)] != x[std::size_t(r * stride + i)]) return "padding written";
+               }
+         }
          return "";
        }},
   };
