@@ -33,8 +33,16 @@ quantize() {  # OUT [extra flags]: the quantize run of the matrix (a few seconds
     --progress none "$@"
 }
 # BG=1: exec the tool, so that $! of a background call is the tool itself (signals reach it).
-convert() { ${BG:+exec} "$bin/quarot-convert" "$model" -o "$1" --shard-size 300K -q "${@:2}"; }
+convert() { ${BG:+exec} "$bin/quarot-convert" "$model" -o "$1" --shard-size 300K -q "${@:2}"; }  # 4 shards
+convert1() { ${BG:+exec} "$bin/quarot-convert" "$model" -o "$1" -q "${@:2}"; }  # one model.safetensors
 rotate() { ${BG:+exec} "$bin/quarot-rotate" "$model" -o "$1" --progress none "${@:2}"; }
+
+ppl_of() {  # MODEL: perplexity of 1 window of 32 tokens (fails when the model does not load)
+  local p
+  p=$("$bin/quarot-eval" "$1" --ids "$ids" --ctx 32 --chunks 1 -q 2>/dev/null | awk '/^perplexity:/ {print $2}')
+  [[ -n $p ]] && echo "$p"
+}
+ref_ppl=$(ppl_of "$model") || { echo "fault_matrix: quarot-eval cannot evaluate $model"; exit 1; }
 
 # State of a packed output OUT: absent, complete, or BROKEN(why).
 packed_state() {
@@ -57,8 +65,12 @@ folder_state() {
   [[ -e $out ]] || { echo absent; return; }
   [[ -z $(ls -A "$out" 2>/dev/null) ]] && { echo "BROKEN(empty folder)"; return; }
   "$bin/quarot-inspect" "$out" >/dev/null 2>&1 || { echo "BROKEN(quarot-inspect refuses it)"; return; }
-  "$bin/quarot-eval" "$out" --ids "$ids" --ctx 32 --chunks 1 -q >/dev/null 2>&1 ||
-    { echo "BROKEN(quarot-eval refuses it)"; return; }
+  local ppl
+  ppl=$(ppl_of "$out") || { echo "BROKEN(quarot-eval refuses it)"; return; }
+  # convert and rotate keep what the model computes: a mixed folder (one run's config, another's
+  # weights) would evaluate differently. Tolerance 1% covers f16 weights.
+  python3 -c 'import sys; sys.exit(abs(float(sys.argv[1]) / float(sys.argv[2]) - 1) > 0.01)' "$ppl" "$ref_ppl" ||
+    { echo "BROKEN(perplexity $ppl, input $ref_ppl)"; return; }
   echo complete
 }
 # State of a batch output folder: every run's packed file with its report, and the summary.
@@ -125,7 +137,8 @@ kill_cases() {  # TOOL-FUNCTION STATE-FUNCTION OUT-NAME DELAYS...
   local d dir out st left st2 rc2
   for d in "$@"; do
     dir="$work/$fn-kill-$d"; mkdir -p "$dir"; out="$dir/$name"
-    local watch="$dir/.$name.*"
+    local watch="$dir/.$name.*"  # the packed file's staged temporary
+    [[ $statefn == folder_state ]] && watch="$dir/$name/.*.tmp-*"  # a file being written in the folder
     run_and_signal 9 "$d" "$watch" "$fn" "$out"
     st=$($statefn "$out"); left=$(leftovers "$dir")
     "$fn" "$out" >/dev/null 2>&1; rc2=$?; st2=$($statefn "$out")
@@ -136,7 +149,8 @@ kill_cases() {  # TOOL-FUNCTION STATE-FUNCTION OUT-NAME DELAYS...
   done
   for d in "$@"; do
     dir="$work/$fn-int-$d"; mkdir -p "$dir"; out="$dir/$name"
-    run_and_signal INT "$d" "$dir/.$name.*" "$fn" "$out"
+    watch="$dir/.$name.*"; [[ $statefn == folder_state ]] && watch="$dir/$name/.*.tmp-*"
+    run_and_signal INT "$d" "$watch" "$fn" "$out"
     st=$($statefn "$out"); left=$(leftovers "$dir")
     # exit 0 is allowed only when the run finished before the signal (then it is complete)
     verdict "$fn SIGINT at $d" "$rc" "130 0" "$st" "absent complete" "$left" 0 \
@@ -145,6 +159,7 @@ kill_cases() {  # TOOL-FUNCTION STATE-FUNCTION OUT-NAME DELAYS...
 }
 kill_cases quantize packed_state out.q4.safetensors 0.3 1 2 3 watch
 kill_cases convert folder_state conv 0.005 0.015 0.03 watch
+kill_cases convert1 folder_state conv 0.005 0.015 0.03 watch
 kill_cases rotate folder_state rot 0.005 0.015 0.03 watch
 
 # ---- ENOSPC ----
@@ -152,12 +167,14 @@ enospc_case() {  # TOOL-FUNCTION STATE-FUNCTION OUT-NAME SIZE
   local fn=$1 statefn=$2 name=$3 size=$4 dir="$work/$1-enospc-$4"
   if ! small_fs "$dir" "$size"; then skipped "$fn ENOSPC ($size tmpfs)" "mount refused (needs root)"; return; fi
   "$fn" "$dir/$name" >"$work/last.log" 2>&1; local rc=$?
-  local msg; msg=$(grep -m1 -i error "$work/last.log" | cut -c1-90)
+  local msg; msg=$(grep -m1 '^quarot-[a-z]*: error' "$work/last.log" | cut -c1-90)
   verdict "$fn ENOSPC ($size tmpfs)" "$rc" "1" "$($statefn "$dir/$name")" "absent" "$(leftovers "$dir")" 0 "$msg"
   [[ -z $(ls -A "$dir") ]] || echo "     folder not empty after the failed run: $(ls -A "$dir" | tr '\n' ' ')"
 }
 for s in 64k 216k 236k; do enospc_case quantize packed_state out.q4.safetensors $s; done
-for s in 300k 1000k; do enospc_case convert folder_state conv $s; enospc_case rotate folder_state rot $s; done
+for s in 300k 1000k; do
+  enospc_case convert folder_state conv $s; enospc_case convert1 folder_state conv $s; enospc_case rotate folder_state rot $s
+done
 
 # ---- read-only and missing output folders ----
 for fn in quantize convert rotate; do
@@ -167,7 +184,7 @@ for fn in quantize convert rotate; do
   if small_fs "$dir" 1m ro; then
     "$fn" "$dir/$name" >"$work/last.log" 2>&1; rc=$?
     verdict "$fn read-only output folder" "$rc" "1" "$($st "$dir/$name")" "absent" "$(leftovers "$dir")" 0 \
-      "$(grep -m1 -i error "$work/last.log" | cut -c1-90)"
+      "$(grep -m1 '^quarot-[a-z]*: error' "$work/last.log" | cut -c1-90)"
   else
     skipped "$fn read-only output folder" "mount refused (as root, chmod does not stop writes)"
   fi
@@ -175,7 +192,7 @@ for fn in quantize convert rotate; do
   "$fn" "$dir/no/such/folder/$name" >"$work/last.log" 2>&1; rc=$?
   # created (exit 0, complete) or refused (exit 1, nothing created): both keep the promise
   verdict "$fn missing output folder" "$rc" "0 1" "$($st "$dir/no/such/folder/$name")" "absent complete" \
-    "$(leftovers "$dir")" 0 "$(grep -m1 -i error "$work/last.log" | cut -c1-90)"
+    "$(leftovers "$dir")" 0 "$(grep -m1 '^quarot-[a-z]*: error' "$work/last.log" | cut -c1-90)"
 done
 
 # ---- two concurrent runs writing the same output (different settings, so a mix shows) ----
@@ -189,14 +206,14 @@ for i in 1 2 3; do
   verdict "quantize concurrent #$i (w4 vs w3)" "$r1/$r2" "0/0 0/1 1/0" "$st" "complete" "$(leftovers "$dir")" 0
 done
 for i in 1 2 3; do
-  for fn in convert rotate; do
+  for fn in convert convert1 rotate; do
     dir="$work/$fn-concurrent-$i"; mkdir -p "$dir"; out="$dir/o"
     "$fn" "$out" >/dev/null 2>&1 & p1=$!
-    "$fn" "$out" --dtype f16 >/dev/null 2>&1 & p2=$!
+    "$fn" "$out" --dtype f16 $([[ $fn == rotate ]] && echo --seed 7) >/dev/null 2>&1 & p2=$!
     wait $p1; r1=$?; wait $p2; r2=$?
     st=$(folder_state "$out")
     [[ $r1 == 0 || $r2 == 0 ]] || st="BROKEN(both failed)"
-    verdict "$fn concurrent #$i (f32 vs f16)" "$r1/$r2" "0/0 0/1 1/0" "$st" "complete" "$(leftovers "$dir")" 0
+    verdict "$fn concurrent #$i (f32 vs f16$([[ $fn == rotate ]] && echo ", seed 0 vs 7"))" "$r1/$r2" "0/0 0/1 1/0" "$st" "complete" "$(leftovers "$dir")" 0
   done
 done
 
@@ -230,9 +247,9 @@ for point in first-run-written 2.5; do
   fi
   killed_rc=$rc
   "$bin/quarot-batch" "$work/plan.toml" -o "$dir/b" --resume >"$work/last.log" 2>&1; rc=$?
-  skipped_runs=$(grep -ciE 'skip|resum' "$work/last.log")
+  skipped_runs=$(grep -c 'up to date, skipped' "$work/last.log")
   verdict "batch kill -9 at $point, then --resume" "$killed_rc/$rc" "137/0 0/0" "$(batch_state "$dir/b")" "complete" \
-    "$(leftovers "$dir")" 1 "resume log lines naming skips: $skipped_runs"
+    "$(leftovers "$dir")" 1 "--resume skipped $skipped_runs finished runs"
 done
 dir="$work/batch-int"; mkdir -p "$dir"
 run_and_signal INT 2.5 "" "$bin/quarot-batch" "$work/plan.toml" -o "$dir/b"
