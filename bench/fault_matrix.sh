@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fault matrix (issue 20): kill -9 at several points, SIGINT, disk full (ENOSPC), read-only and
+# Fault matrix (issue 20): kill -9 at several points, SIGINT, SIGTERM, disk full (ENOSPC), read-only and
 # missing output folders and two concurrent writers, against quarot-quantize, quarot-convert,
 # quarot-rotate and quarot-batch (kill, then --resume). For every case it prints one line:
 #   PASS|FAIL  case  exit=RC  output=absent|complete|BROKEN(...)  leftovers=N  inputs=same|CHANGED
