@@ -319,9 +319,16 @@ TEST(Qwen3Quant, PackedKeepsTheNormsFloatAndTheIntegerPathMatchesTheSimulation) 
     integer.reset();
     std::vector<float> step;
     for (int i = 0; i < 40; ++i) integer.forward_last(std::span<const int>(&t[std::size_t(i)], 1), step);
-    double worst = 0;
-    for (int v = 0; v < 320; ++v) worst = std::max(worst, std::fabs(double(step[std::size_t(v)]) - li[std::size_t(39 * 320 + v)]));
-    EXPECT_LT(worst, 1e-3) << isa_name(isa);
+    // Relative to the largest logit: this model's logits reach ~2000, where one fp32 ulp is 1.2e-4,
+    // and the window's and the single step's products sum in different orders (the ASan build's
+    // -O2 code measured 1.22e-3 = 5 ulp, 6e-7 of the largest logit). A wrong cache is off by O(1).
+    double worst = 0, largest = 0;
+    for (int v = 0; v < 320; ++v) {
+      const double window = li[std::size_t(39 * 320 + v)];
+      worst = std::max(worst, std::fabs(double(step[std::size_t(v)]) - window));
+      largest = std::max(largest, std::fabs(window));
+    }
+    EXPECT_LT(worst, 1e-5 * largest) << isa_name(isa);
   }
   // The packed file's norm tensors are checked like every float tensor.
   const SafetensorsFile f(path);
