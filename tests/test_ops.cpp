@@ -160,6 +160,11 @@ const std::vector<Kernel>& kernels() {
            int4_gemm_a16_int16_ref(w.view, x.data(), c.tokens, c.bias ? bias.data() : nullptr, ref.data());
            int4_gemm_a16_int16(w.view, x.data(), c.tokens, c.bias ? bias.data() : nullptr, got.data(), isa);
            if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0) return name;
+           for (int t = 0; t < std::min(c.tokens, 5); ++t) {  // a token's output does not depend on its batch
+             std::vector<float> one(std::size_t(c.rows));
+             int4_gemm_a16_int16(w.view, x.data() + int64_t(t) * c.cols, 1, c.bias ? bias.data() : nullptr, one.data(), isa);
+             if (std::memcmp(one.data(), got.data() + int64_t(t) * c.rows, one.size() * sizeof(float)) != 0) return name + ": alone";
+           }
            int4_gemm_f32_ref(w.view, x.data(), c.tokens, c.bias ? bias.data() : nullptr, f32.data());
            const int64_t gc = c.group > 0 && c.group < c.cols ? c.group : c.cols;
            for (int t = 0; t < c.tokens; ++t)

@@ -376,10 +376,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_i16_av
 
 // 4 x 4: 16 int32 accumulators, 4 code vectors, 4 weight vectors, 4 zero points and one token's
 // codes; 4 x 5 and 4 x 6 measured slower in a prototype (spills).
-template <int R>
+template <int R, int T>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tokens_i16_avx512(const I16& c, int64_t o0, int t0, int t1) {
   int t = t0;
-  for (; t + 4 <= t1; t += 4) tile_i16_avx512<R, 4>(c, o0, t);
+  for (; t + T <= t1; t += T) tile_i16_avx512<R, T>(c, o0, t);
+  if (t + 4 <= t1) tile_i16_avx512<R, 4>(c, o0, t), t += 4;
   switch (t1 - t) {
     case 1: return tile_i16_avx512<R, 1>(c, o0, t);
     case 2: return tile_i16_avx512<R, 2>(c, o0, t);
@@ -388,14 +389,18 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tokens_i16_
   }
 }
 
+
 void rows_i16_avx512(const I16& c, int64_t o0, int64_t o1) {
   // Tokens per pass over a row chunk: their codes stay in L2 while the chunk's rows sweep them.
   const int tb = int(std::clamp<int64_t>((256 << 10) / (c.K * 2), 8, 128));
   for (int t0 = 0; t0 < c.M; t0 += tb) {
     const int t1 = std::min(c.M, t0 + tb);
     int64_t o = o0;
-    for (; o + 4 <= o1; o += 4) tokens_i16_avx512<4>(c, o, t0, t1);
-    for (; o < o1; ++o) tokens_i16_avx512<1>(c, o, t0, t1);
+    if (c.G == 1)
+      for (; o + 4 <= o1; o += 4) tokens_i16_avx512<4, 4>(c, o, t0, t1);
+    else  // per group, the fp32 lanes join the int32 ones: 2 x 4 keeps both in registers
+      for (; o + 2 <= o1; o += 2) tokens_i16_avx512<2, 4>(c, o, t0, t1);
+    for (; o < o1; ++o) tokens_i16_avx512<1, 4>(c, o, t0, t1);
   }
 }
 
