@@ -391,8 +391,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tokens_i16_
 
 
 void rows_i16_avx512(const I16& c, int64_t o0, int64_t o1) {
-  // Tokens per pass over a row chunk: their codes stay in L2 while the chunk's rows sweep them.
-  const int tb = int(std::clamp<int64_t>((256 << 10) / (c.K * 2), 8, 128));
+  // Tokens per pass over a row chunk: their codes stay in L2 (1 MB here) while the chunk's rows
+  // sweep them; a multiple of the 4-token tile, and at least 16 (at K = 11008, 256 KB gave 11
+  // tokens: M = 16 ran as tiles of 4, 4, 3, 4, 1).
+  const int tb = int(std::clamp<int64_t>((512 << 10) / (c.K * 2), 16, 128)) / 4 * 4;
   for (int t0 = 0; t0 < c.M; t0 += tb) {
     const int t1 = std::min(c.M, t0 + tb);
     int64_t o = o0;
