@@ -9,7 +9,8 @@
 // Kernels, per shape, token count M and thread count, timed in interleaved rounds (one run of
 // each kernel per round; a loaded machine drifts, so the ratios come from the same rounds):
 //   quarot W4A4   quantize_activations (4 bits, per token) + int4_gemm, per-channel symmetric INT4
-//   quarot W4A16  int4_gemm_f32 on the same weights
+//   quarot W4A16  int4_gemm_f32 on the same weights (fp32 FMA: the baseline of the next row)
+//   quarot W4A16 int16  int4_gemm_a16_int16: activations as 16-bit codes per token, vpdpwssd
 //   ggml Q4_0     ggml_mul_mat through the CPU backend, the weights in the CPU_REPACK buffer type
 //                 (what llama.cpp does by default on x86 with AVX2: Q4_0 repacked to q4_0_8x8)
 //   ggml F32      ggml_mul_mat on fp32 weights
@@ -22,7 +23,7 @@
 // repack buffer's name, exact results of a tiny Q4_0 and F32 product). Without the package the
 // ggml rows are skipped with a message; quarot and the ceilings still run.
 //
-//   quarot-bench-vs-ggml [--reps 7] [--cycle-mb 128] [--ms 1,16,512] [--threads 1,2] [--lib DIR]
+//   quarot-bench-vs-ggml [--reps 7] [--cycle-mb 128] [--ms 1,16,512] [--threads 1,2] [--lib DIR] [--no-a16] [--no-f32]
 #include <dlfcn.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -42,6 +43,7 @@
 
 #include "quarot/detail/rng.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/int4_a16.hpp"
 #include "int4_copies.hpp"
 
 using Clock = std::chrono::steady_clock;
@@ -381,7 +383,7 @@ int main(int argc, char** argv) {
   int reps = 7, cycle_mb = 128, stream_mb = 512;
   std::vector<int> ms = {1, 16, 512}, threads = {1, 2};
   std::string lib_dir = default_lib_dir();
-  bool no_ggml = false, no_a16 = false;
+  bool no_ggml = false, no_a16 = false, no_f32 = false;
   CLI::App app{"quarot's INT4 kernels vs ggml Q4_0 / F32 on LLaMA-2-7B shapes, with DRAM read and VNNI peak.",
                "quarot-bench-vs-ggml"};
   app.add_option("--reps", reps, "interleaved rounds per case (min and median)")->capture_default_str();
@@ -391,7 +393,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "thread counts")->delimiter(',');
   app.add_option("--lib", lib_dir, "folder of the package's libggml*.so")->capture_default_str();
   app.add_flag("--no-ggml", no_ggml, "skip ggml");
-  app.add_flag("--no-a16", no_a16, "skip quarot W4A16 (int4_gemm_f32)");
+  app.add_flag("--no-a16", no_a16, "skip quarot W4A16 (int4_gemm_f32, int4_gemm_a16_int16)");
+  app.add_flag("--no-f32", no_f32, "skip ggml F32 (slow at M = 512 on a busy machine)");
   CLI11_PARSE(app, argc, argv);
   if (reps < 1 || cycle_mb < 1 || stream_mb < 64) {
     std::fprintf(stderr, "quarot-bench-vs-ggml: --reps and --cycle-mb must be >= 1, --stream-mb >= 64\n");
@@ -494,10 +497,16 @@ int main(int argc, char** argv) {
         ks.push_back({"quarot W4A16", q_bytes, [&](int uses) {
                         for (int u = 0; u < uses; ++u) quarot::int4_gemm_f32(wq[qi++ % wq.size()].view(N, K), x.data(), M, nullptr, y.data());
                       }});
+      if (!no_a16)
+        ks.push_back({"quarot W4A16 int16", q_bytes, [&](int uses) {
+                        for (int u = 0; u < uses; ++u)
+                          quarot::int4_gemm_a16_int16(wq[qi++ % wq.size()].view(N, K), x.data(), M, nullptr, y.data());
+                      }});
       if (g_q4) {
         ks.push_back({std::string("ggml Q4_0") + (g.repack_buft ? " (repack)" : ""), double(g_q4->bytes()),
                       [&](int uses) { g_q4->run(x.data(), M, uses, y.data()); }});
-        ks.push_back({"ggml F32", double(g_f32->bytes()), [&](int uses) { g_f32->run(x.data(), M, uses, y.data()); }});
+        if (!no_f32)
+          ks.push_back({"ggml F32", double(g_f32->bytes()), [&](int uses) { g_f32->run(x.data(), M, uses, y.data()); }});
       }
       for (std::size_t ti = 0; ti < threads.size(); ++ti) {
         const int nt = threads[ti];
@@ -516,7 +525,7 @@ int main(int argc, char** argv) {
           }
         std::vector<Stats> s(ks.size());
         for (std::size_t k = 0; k < ks.size(); ++k) s[k] = stats_of(t[k]);
-        const std::size_t ggml_q4 = g_q4 ? (no_a16 ? 2 : 3) : ks.size();
+        const std::size_t ggml_q4 = g_q4 ? (no_a16 ? 2 : 4) : ks.size();
         for (std::size_t k = 0; k < ks.size(); ++k) {
           const double gbs = ks[k].bytes / s[k].min / 1e9, gops = ops / s[k].min / 1e9;
           // ceiling (k = 0): weight GB/s relative to the read's at M = 1, GOP/s relative to the peak's at M > 1

@@ -19,6 +19,7 @@ set(QUAROT_ops_HEADERS int4 qdec_kernels kv_kernels)
 set(QUAROT_ops_DEPS base)
 list(APPEND QUAROT_ops_HEADERS int8_gemv)
 list(APPEND QUAROT_ops_HEADERS fwht)
+list(APPEND QUAROT_ops_HEADERS int4_a16)
 set(QUAROT_rotate_HEADERS hadamard rotate)
 set(QUAROT_rotate_DEPS base model ops)  # ops: the FWHT under the Hadamard transforms
 set(QUAROT_quant_HEADERS quant quantize detail/linalg)

@@ -20,6 +20,7 @@
 #include "quarot/fwht.hpp"
 #include "quarot/hadamard.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/int4_a16.hpp"
 #include "quarot/int8_gemv.hpp"
 #include "quarot/isa.hpp"
 #include "quarot/kv_kernels.hpp"
@@ -131,6 +132,57 @@ const std::vector<Kernel>& kernels() {
            if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0)
              return std::to_string(c.rows) + "x" + std::to_string(c.cols) + " group " + std::to_string(c.group) + " tokens " +
                     std::to_string(c.tokens);
+         }
+         return "";
+       }},
+      {"int4_gemm_a16_int16",
+       [](Isa isa) -> std::string {
+         // W4A16 with 16-bit integer activations: the int4_gemm_f32 cases plus a per-channel row
+         // longer than one span (1024 blocks) and an outlier column; bit for bit the scalar
+         // reference, and within the header's bound of int4_gemm_f32 (the activations' rounding).
+         struct Case {
+           int64_t rows, cols, group;
+           int tokens;
+           bool asym, bias;
+         };
+         const Case cases[] = {{7, 64, 0, 1, false, false},    {33, 100, 0, 3, false, true},  {17, 172, 0, 5, true, false},
+                               {12, 256, 64, 13, false, true}, {9, 256, 128, 2, true, true},  {66, 512, 0, 70, false, false},
+                               {5, 192, 64, 4, true, false},   {130, 512, 128, 9, true, true}, {17, 1000, 0, 6, false, false},
+                               {6, 4096, 128, 67, true, true}, {5, 66000, 0, 5, true, false}};
+         for (const Case& c : cases) {
+           const auto w = random_weights(c.rows, c.cols, c.group, c.asym, uint64_t(c.rows * 31 + c.cols));
+           auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));
+           x[std::size_t(c.cols / 2)] = 300.f;  // an outlier: its group's other codes get coarser
+           const auto bias = gaussian(std::size_t(c.rows), 99);
+           const std::string name = std::to_string(c.rows) + "x" + std::to_string(c.cols) + " group " + std::to_string(c.group) +
+                                    " tokens " + std::to_string(c.tokens);
+           std::vector<float> ref(std::size_t(c.tokens * c.rows)), got(ref.size(), -1.f), f32(ref.size());
+           int4_gemm_a16_int16_ref(w.view, x.data(), c.tokens, c.bias ? bias.data() : nullptr, ref.data());
+           int4_gemm_a16_int16(w.view, x.data(), c.tokens, c.bias ? bias.data() : nullptr, got.data(), isa);
+           if (std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)) != 0) return name;
+           for (int t = 0; t < std::min(c.tokens, 5); ++t) {  // a token's output does not depend on its batch
+             std::vector<float> one(std::size_t(c.rows));
+             int4_gemm_a16_int16(w.view, x.data() + int64_t(t) * c.cols, 1, c.bias ? bias.data() : nullptr, one.data(), isa);
+             if (std::memcmp(one.data(), got.data() + int64_t(t) * c.rows, one.size() * sizeof(float)) != 0) return name + ": alone";
+           }
+           int4_gemm_f32_ref(w.view, x.data(), c.tokens, c.bias ? bias.data() : nullptr, f32.data());
+           const int64_t gc = c.group > 0 && c.group < c.cols ? c.group : c.cols;
+           for (int t = 0; t < c.tokens; ++t)
+             for (int64_t o = 0; o < c.rows; ++o) {
+               double bound = 0, mag = 0;
+               for (int64_t g0 = 0; g0 < c.cols; g0 += gc) {
+                 double m = 0, wsum = 0;
+                 for (int64_t i = g0; i < std::min(c.cols, g0 + gc); ++i) {
+                   m = std::max(m, double(std::fabs(x[std::size_t(t * c.cols + i)])));
+                   wsum += std::fabs(w.view.weight(o, i));
+                   mag += std::fabs(double(w.view.weight(o, i)) * x[std::size_t(t * c.cols + i)]);
+                 }
+                 bound += m / 32767 / 2 * wsum;
+               }
+               bound += 1e-5 * mag;  // both sides' fp32 rounding
+               const std::size_t k = std::size_t(int64_t(t) * c.rows + o);
+               if (std::fabs(double(got[k]) - double(f32[k])) > bound) return name + ": off int4_gemm_f32 by more than the bound";
+             }
          }
          return "";
        }},

@@ -35,6 +35,7 @@
 #include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/error.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/int4_a16.hpp"
 
 namespace quarot {
 
@@ -280,6 +281,162 @@ void int4_gemm_f32(const Int4Weights& w, const float* x, int rows, const float* 
   // Chunks of rows handed out one at a time (a thread that waits for a core does not hold back
   // a fixed half of the rows); each output's sum is the same whichever thread computes it.
   detail::for_fixed_chunks(w.rows, kRowChunk, double(rows) * double(K) * double(w.rows) >= detail::kParallelMacs, run);
+}
+
+// ------------------------------------------------------------ 16-bit integer activations
+// (quarot/int4_a16.hpp): the products are exact int32 sums of vpdpwssd, the fp32 epilogue one
+// fixed order.
+
+namespace {
+
+constexpr int64_t kSpanBlocks = 1024;  // 16 lanes x 4 columns x 1024 blocks x 15 x 32767 < 2^31
+
+struct I16 {
+  const Int4Weights& w;
+  const int16_t* xq;  // [M][K] codes, the padded columns 0
+  const float* sx;    // [M][G]
+  int M;
+  const float* bias;
+  float* y;
+  int64_t K, G, bpg, nb, row_bytes;
+  int64_t group_end(int64_t g) const { return std::min(nb, (g + 1) * bpg); }
+  int zero(int64_t o, int64_t g) const { return w.zeros ? w.zeros[o * G + g] : 8; }
+  // The factor of a span's integer lanes: one rounding, the same on every path.
+  float factor(int64_t o, int t, int64_t g) const { return w.scales[o * G + g] * sx[int64_t(t) * G + g]; }
+  void store(int t, int64_t o, float total) const { y[int64_t(t) * w.rows + o] = bias ? total + bias[o] : total; }
+};
+
+void rows_i16_scalar(const I16& c, int64_t o0, int64_t o1) {
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = c.w.packed + o * c.row_bytes;
+    for (int t = 0; t < c.M; ++t) {
+      const int16_t* xt = c.xq + int64_t(t) * c.K;
+      float lane[16] = {};
+      for (int64_t g = 0; g < c.G; ++g) {
+        const int z = c.zero(o, g);
+        const float f = c.factor(o, t, g);
+        for (int64_t s0 = g * c.bpg; s0 < c.group_end(g); s0 += kSpanBlocks) {
+          int32_t acc[16] = {};
+          for (int64_t b = s0; b < std::min(c.group_end(g), s0 + kSpanBlocks); ++b)
+            for (int i = 0; i < 64; ++i) {  // column 64b + i: byte i % 32, low nibble for i < 32
+              const uint8_t byte = row[b * 32 + i % 32];
+              const int u = i < 32 ? byte & 0x0F : byte >> 4;
+              acc[(i % 32) / 2] += (u - z) * int32_t(xt[b * 64 + i]);
+            }
+          for (int j = 0; j < 16; ++j) lane[j] = std::fma(float(acc[j]), f, lane[j]);
+        }
+      }
+      c.store(t, o, lanes_total(lane));
+    }
+  }
+}
+
+// R rows x T tokens: R * T int32 accumulators per span, the fp32 lanes in memory between spans.
+template <int R, int T>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_i16_avx512(const I16& c, int64_t o0, int t0) {
+  __m512 lanes[R][T];
+  for (auto& r : lanes)
+    for (auto& a : r) a = _mm512_setzero_ps();
+  const __m512i low = _mm512_set1_epi16(0x0F);
+  const uint8_t* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = c.w.packed + (o0 + r) * c.row_bytes;
+  const int16_t* xs[T];
+  for (int t = 0; t < T; ++t) xs[t] = c.xq + int64_t(t0 + t) * c.K;
+  for (int64_t g = 0; g < c.G; ++g) {
+    __m512i zv[R];
+    for (int r = 0; r < R; ++r) zv[r] = _mm512_set1_epi16(short(c.zero(o0 + r, g)));
+    const int64_t g1 = c.group_end(g);
+    for (int64_t s0 = g * c.bpg; s0 < g1; s0 += kSpanBlocks) {
+      __m512i acc[R][T];
+      for (auto& r : acc)
+        for (auto& a : r) a = _mm512_setzero_si512();
+      const int64_t s1 = std::min(g1, s0 + kSpanBlocks);
+      for (int64_t b = s0; b < s1; ++b) {
+        __m512i raw[R];
+        for (int r = 0; r < R; ++r) raw[r] = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + b * 32)));
+        for (int k = 0; k < 2; ++k) {
+          __m512i wv[R];  // words i: column 64b + 32k + i, u - z
+          for (int r = 0; r < R; ++r)
+            wv[r] = _mm512_sub_epi16(k ? _mm512_srli_epi16(raw[r], 4) : _mm512_and_si512(raw[r], low), zv[r]);
+          for (int t = 0; t < T; ++t) {
+            __m512i xv = _mm512_loadu_si512(xs[t] + b * 64 + 32 * k);
+            asm("" : "+v"(xv));  // one load shared by the R rows (as in tile_avx512)
+            for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], wv[r], xv);
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t)
+          lanes[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][t]), _mm512_set1_ps(c.factor(o0 + r, t0 + t, g)), lanes[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total_avx512(lanes[r][t]));
+}
+
+// 4 x 4: 16 int32 accumulators, 4 code vectors, 4 weight vectors, 4 zero points and one token's
+// codes; 4 x 5 and 4 x 6 measured slower in a prototype (spills).
+template <int R, int T>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tokens_i16_avx512(const I16& c, int64_t o0, int t0, int t1) {
+  int t = t0;
+  for (; t + T <= t1; t += T) tile_i16_avx512<R, T>(c, o0, t);
+  if (t + 4 <= t1) tile_i16_avx512<R, 4>(c, o0, t), t += 4;
+  switch (t1 - t) {
+    case 1: return tile_i16_avx512<R, 1>(c, o0, t);
+    case 2: return tile_i16_avx512<R, 2>(c, o0, t);
+    case 3: return tile_i16_avx512<R, 3>(c, o0, t);
+    default: return;
+  }
+}
+
+
+void rows_i16_avx512(const I16& c, int64_t o0, int64_t o1) {
+  // Tokens per pass over a row chunk: their codes stay in L2 (1 MB here) while the chunk's rows
+  // sweep them; a multiple of the 4-token tile, and at least 16 (at K = 11008, 256 KB gave 11
+  // tokens: M = 16 ran as tiles of 4, 4, 3, 4, 1).
+  const int tb = int(std::clamp<int64_t>((512 << 10) / (c.K * 2), 16, 128)) / 4 * 4;
+  for (int t0 = 0; t0 < c.M; t0 += tb) {
+    const int t1 = std::min(c.M, t0 + tb);
+    int64_t o = o0;
+    if (c.G == 1)
+      for (; o + 4 <= o1; o += 4) tokens_i16_avx512<4, 4>(c, o, t0, t1);
+    else  // per group, the fp32 lanes join the int32 ones: 2 x 4 keeps both in registers
+      for (; o + 2 <= o1; o += 2) tokens_i16_avx512<2, 4>(c, o, t0, t1);
+    for (; o < o1; ++o) tokens_i16_avx512<1, 4>(c, o, t0, t1);
+  }
+}
+
+}  // namespace
+
+void int4_gemm_a16_int16(const Int4Weights& w, const float* x, int rows, const float* bias, float* y, Isa isa) {
+  if (w.group_size < w.cols && (w.group_size % kInt4Block != 0 || w.cols % w.group_size != 0))
+    throw Error("int4_gemm_a16_int16",
+                "group size " + std::to_string(w.group_size) + " must be a multiple of 64 dividing " + std::to_string(w.cols));
+  if (rows <= 0 || w.rows == 0) return;
+  if (!isa_supported(isa)) isa = best_isa();
+  const int64_t K = w.cols_padded(), G = w.groups();
+  const int64_t gcols = w.group_size >= w.cols ? w.cols : w.group_size;
+  thread_local std::vector<int16_t> xq;
+  thread_local std::vector<float> sx;
+  xq.assign(std::size_t(int64_t(rows) * K), 0);
+  sx.assign(std::size_t(int64_t(rows) * G), 0.f);
+  for (int t = 0; t < rows; ++t)
+    for (int64_t g = 0; g < G; ++g) {
+      const float* xg = x + int64_t(t) * w.cols + g * gcols;
+      const int64_t n = std::min(gcols, w.cols - g * gcols);
+      float m = 0.f;
+      for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(xg[i]));
+      if (!std::isfinite(m)) return int4_gemm_f32(w, x, rows, bias, y, isa);
+      if (m == 0.f) continue;
+      const float inv = 32767.f / m;
+      sx[std::size_t(int64_t(t) * G + g)] = m / 32767.f;
+      int16_t* q = xq.data() + int64_t(t) * K + g * gcols;
+      for (int64_t i = 0; i < n; ++i) q[i] = int16_t(std::clamp(std::nearbyint(xg[i] * inv), -32767.f, 32767.f));
+    }
+  const I16 c{w, xq.data(), sx.data(), rows, bias, y, K, G, w.blocks_per_group(), K / kInt4Block, K / 2};
+  const bool avx512 = isa == Isa::Avx512Vnni;
+  detail::for_fixed_chunks(w.rows, kRowChunk, double(rows) * double(K) * double(w.rows) >= detail::kParallelMacs,
+                           [&](int64_t o0, int64_t n) { avx512 ? rows_i16_avx512(c, o0, o0 + n) : rows_i16_scalar(c, o0, o0 + n); });
 }
 
 }  // namespace quarot
