@@ -522,6 +522,40 @@ int main(int argc, char** argv) {
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     const int threads = int(std::max(1u, cores / unsigned(jobs)));
     install_stop_handlers();
+    // Every run's options through quarot-quantize's own plan check (make_plan and the model's
+    // shapes: --dry-run) before any run starts, so that a combination the options table cannot
+    // see (a preset's group on a narrow model, 8-bit weights with -o) is reported up front naming
+    // the run, not after earlier runs have spent their time. Only usage errors stop the batch
+    // here; a run that cannot load its model fails as a run (summary row), as before.
+    {
+      char tmpl[] = "/tmp/quarot-batch-check-XXXXXX";
+      if (!::mkdtemp(tmpl)) throw quarot::Error("/tmp", std::string("cannot create a scratch folder: ") + std::strerror(errno));
+      struct Scratch {
+        std::string dir;
+        ~Scratch() {
+          std::error_code ec;
+          fs::remove_all(dir, ec);
+        }
+      } scratch{tmpl};
+      for (const auto& r : mine) {
+        const std::string cfg = scratch.dir + "/config.json", log = scratch.dir + "/log.txt";
+        quarot::write_file_atomic(cfg, run_config(r).dump(2) + "\n");
+        std::string cmd = shell_quote(quantize) + " " + shell_quote(r.options.value("path", std::string())) + " --config " +
+                          shell_quote(cfg) + " --dry-run -q";
+        if (packs(r.options)) cmd += " -o " + shell_quote(scratch.dir + "/model.q4.safetensors");
+        cmd += " >" + shell_quote(log) + " 2>&1 </dev/null";
+        const int status = run_child(cmd, 0);
+        if (g_stop_signal) return 130;
+        if (WIFEXITED(status) && WEXITSTATUS(status) == quarot::cli::kExitUsage) {
+          std::string problem;
+          std::ifstream in(log);
+          for (std::string line; std::getline(in, line);)
+            if (const auto at = line.find("error: "); at != std::string::npos) problem = line.substr(at + 7);
+          if (const auto see = problem.rfind(" (see --help)"); see != std::string::npos) problem.erase(see);
+          throw quarot::UsageError(plan_path, "run '" + r.model + "/" + r.name + "': " + (problem.empty() ? "refused by quarot-quantize --dry-run" : problem));
+        }
+      }
+    }
     std::vector<json> rows(mine.size());
     std::atomic<std::size_t> next{0};
     std::mutex io;
