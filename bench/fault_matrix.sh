@@ -6,7 +6,8 @@
 # "complete" means the output is readable by the next tool and whole: a packed file is evaluated by
 # quarot-eval and its OUT.report/report.json names the file's size (OUT and OUT.report/ exist
 # together or not at all); a folder is read by quarot-inspect and evaluated by quarot-eval.
-# Leftovers are hidden temporaries (.NAME.tmp-*, .NAME.staged-*) anywhere in the case's folder.
+# Leftovers are hidden temporaries (.NAME.tmp-*, .NAME.staged-*: files, or convert/rotate's staged
+# output folder) anywhere in the case's folder.
 # kill -9 cannot run any clean-up, so after kill -9 leftovers are reported, not failed; the case
 # then reruns the same command into the same place, which must succeed with a complete output.
 # Inputs (a copy of stories260K.bin and the id file) are compared by sha256 before and after.
@@ -138,7 +139,7 @@ kill_cases() {  # TOOL-FUNCTION STATE-FUNCTION OUT-NAME DELAYS...
   for d in "$@"; do
     dir="$work/$fn-kill-$d"; mkdir -p "$dir"; out="$dir/$name"
     local watch="$dir/.$name.*"  # the packed file's staged temporary
-    [[ $statefn == folder_state ]] && watch="$dir/$name/.*.tmp-*"  # a file being written in the folder
+    [[ $statefn == folder_state ]] && watch="$dir/.$name.tmp-*/*"  # a file being written in the staged folder
     run_and_signal 9 "$d" "$watch" "$fn" "$out"
     st=$($statefn "$out"); left=$(leftovers "$dir")
     "$fn" "$out" >/dev/null 2>&1; rc2=$?; st2=$($statefn "$out")
@@ -152,12 +153,12 @@ kill_cases() {  # TOOL-FUNCTION STATE-FUNCTION OUT-NAME DELAYS...
     for d in "$@"; do
       [[ $sig == TERM && $d != "$1" && $d != watch ]] && continue  # SIGTERM: first point and watch
       dir="$work/$fn-$sig-$d"; mkdir -p "$dir"; out="$dir/$name"
-      watch="$dir/.$name.*"; [[ $statefn == folder_state ]] && watch="$dir/$name/.*.tmp-*"
+      watch="$dir/.$name.*"; [[ $statefn == folder_state ]] && watch="$dir/.$name.tmp-*/*"
       run_and_signal "$sig" "$d" "$watch" "$fn" "$out"
       st=$($statefn "$out"); left=$(leftovers "$dir")
       # exit 0 is allowed only when the run finished before the signal (then it is complete);
-      # issue 20 asks for 130 on SIGINT and SIGTERM alike, 143 is the conventional SIGTERM status
-      verdict "$fn SIG$sig at $d" "$rc" "130 0 $([[ $sig == TERM ]] && echo 143)" "$st" "absent complete" "$left" 0
+      # issue 20 asks for 130 on SIGINT and SIGTERM alike
+      verdict "$fn SIG$sig at $d" "$rc" "130 0" "$st" "absent complete" "$left" 0
     done
   done
 }

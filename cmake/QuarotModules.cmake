@@ -9,7 +9,7 @@ set(QUAROT_base_HEADERS error isa large_buffer progress dtype version json_limit
 set(QUAROT_base_DEPS)
 set(QUAROT_model_HEADERS config weights forward synth finite)
 set(QUAROT_model_DEPS base)
-set(QUAROT_io_HEADERS mapped_file atomic_file file_identity safetensors sha256 checkpoint gguf_reader)
+set(QUAROT_io_HEADERS mapped_file atomic_file signal_cleanup file_identity safetensors sha256 checkpoint gguf_reader)
 set(QUAROT_io_DEPS base model)
 set(QUAROT_tokenizer_HEADERS tokenizer hf_tokenizer)
 set(QUAROT_tokenizer_DEPS base model io)

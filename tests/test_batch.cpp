@@ -132,3 +132,20 @@ TEST(Batch, UnknownOptionsAndWrongTypesAreRefusedBeforeAnyRun) {
     EXPECT_FALSE(fs::exists(dir / "o")) << "a run started";
   }
 }
+
+// Every run's options go through quarot-quantize's plan check (--dry-run: make_plan and the
+// model's shapes) before the first run starts: a combination error in the last run is reported
+// up front, naming the run, and nothing is run or written.
+TEST(Batch, CombinationErrorsAreReportedBeforeAnyRun) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  TempDir dir;
+  const std::string plan = dir / "plan.toml";
+  write_text(plan, "[[models]]\nname = \"m\"\npath = \"" + data_file("stories260K/stories260K.bin") +
+                       "\"\n[[runs]]\nname = \"ok\"\npreset = \"w4a4kv4-rtn\"\n[[runs]]\nname = \"wide-group\"\npreset = \"w4a4kv4-rtn\"\n"
+                       "w-group = 128\n");
+  const auto r = run_tool("quarot-batch", plan + " -o " + (dir / "o"));
+  EXPECT_EQ(r.exit_code, 2) << r.stderr_text;
+  EXPECT_EQ(count_lines(r.stderr_text), 1) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find(plan + ": run 'm/wide-group': "), std::string::npos) << r.stderr_text;
+  EXPECT_FALSE(fs::exists(dir / "o/m/ok")) << "a run started before the plan was checked";
+}

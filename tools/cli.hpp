@@ -13,6 +13,7 @@
 #include "quarot/pipeline.hpp"
 #include "quarot/progress.hpp"
 #include "quarot/qdec.hpp"
+#include "quarot/signal_cleanup.hpp"
 #include "quarot/version.hpp"
 
 namespace quarot::cli {
@@ -54,6 +55,7 @@ inline void check_ranges_from_table(CLI::App& app) {
 // Every tool answers --version with the one version string (project(VERSION), generated into
 // quarot/version.hpp).
 inline int parse(CLI::App& app, int argc, char** argv) {
+  quarot::install_signal_cleanup();  // SIGINT/SIGTERM: temporaries removed, exit 130, from the start
   check_ranges_from_table(app);
   if (!app.get_version_ptr()) app.set_version_flag("--version", app.get_name() + " " + quarot::kQuarotVersion);
   try {

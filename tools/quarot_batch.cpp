@@ -1,14 +1,19 @@
 // quarot-batch: a grid of quarot-quantize runs (models x runs) from a JSON or TOML plan, one
 // folder per run, a combined summary (Markdown, CSV, JSON, SVG) and gates that set the exit
 // code; --shard i/N splits a plan across CI machines and `quarot-batch merge` joins the shards.
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <cctype>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -29,6 +34,50 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
+
+// Ctrl-C / SIGTERM stop the batch: the running quantize runs get the signal (Ctrl-C reaches
+// them through the terminal's process group anyway; a SIGTERM sent to the batch alone is
+// forwarded), clean up and exit 130; no new run starts, no summary is written, and the batch
+// exits 130. `--resume` later skips the finished runs and continues. (std::system, used before,
+// ignores SIGINT in the caller, so Ctrl-C only failed the running run and the batch went on.)
+std::atomic<int> g_stop_signal{0};
+std::array<std::atomic<pid_t>, 64> g_children{};  // --jobs is at most 64
+
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+  for (auto& c : g_children)
+    if (const pid_t p = c.load(); p > 0) ::kill(p, sig);
+}
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
+}
+
+// `/bin/sh -c "exec CMD"` in slot `slot` of g_children (so a stop signal reaches it), waited for;
+// returns the shell's status as std::system does.
+int run_child(const std::string& cmd, std::size_t slot) {
+  const std::string line = "exec " + cmd;  // before fork: the child of a threaded process only calls async-signal-safe functions
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &dfl, nullptr);
+    ::execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  g_children[slot] = pid;
+  if (const int sig = g_stop_signal.load()) ::kill(pid, sig);  // a stop that came before the slot was set
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  g_children[slot] = 0;
+  return status;
+}
 
 constexpr const char* kGateNames[] = {"max_ppl_ratio", "max_ppl", "max_kld", "min_top1"};
 
@@ -472,11 +521,46 @@ int main(int argc, char** argv) {
     const std::string quantize = (fs::path(self_dir()) / "quarot-quantize").string();
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     const int threads = int(std::max(1u, cores / unsigned(jobs)));
+    install_stop_handlers();
+    // Every run's options through quarot-quantize's own plan check (make_plan and the model's
+    // shapes: --dry-run) before any run starts, so that a combination the options table cannot
+    // see (a preset's group on a narrow model, 8-bit weights with -o) is reported up front naming
+    // the run, not after earlier runs have spent their time. Only usage errors stop the batch
+    // here; a run that cannot load its model fails as a run (summary row), as before.
+    {
+      char tmpl[] = "/tmp/quarot-batch-check-XXXXXX";
+      if (!::mkdtemp(tmpl)) throw quarot::Error("/tmp", std::string("cannot create a scratch folder: ") + std::strerror(errno));
+      struct Scratch {
+        std::string dir;
+        ~Scratch() {
+          std::error_code ec;
+          fs::remove_all(dir, ec);
+        }
+      } scratch{tmpl};
+      for (const auto& r : mine) {
+        const std::string cfg = scratch.dir + "/config.json", log = scratch.dir + "/log.txt";
+        quarot::write_file_atomic(cfg, run_config(r).dump(2) + "\n");
+        std::string cmd = shell_quote(quantize) + " " + shell_quote(r.options.value("path", std::string())) + " --config " +
+                          shell_quote(cfg) + " --dry-run -q";
+        if (packs(r.options)) cmd += " -o " + shell_quote(scratch.dir + "/model.q4.safetensors");
+        cmd += " >" + shell_quote(log) + " 2>&1 </dev/null";
+        const int status = run_child(cmd, 0);
+        if (g_stop_signal) return 130;
+        if (WIFEXITED(status) && WEXITSTATUS(status) == quarot::cli::kExitUsage) {
+          std::string problem;
+          std::ifstream in(log);
+          for (std::string line; std::getline(in, line);)
+            if (const auto at = line.find("error: "); at != std::string::npos) problem = line.substr(at + 7);
+          if (const auto see = problem.rfind(" (see --help)"); see != std::string::npos) problem.erase(see);
+          throw quarot::UsageError(plan_path, "run '" + r.model + "/" + r.name + "': " + (problem.empty() ? "refused by quarot-quantize --dry-run" : problem));
+        }
+      }
+    }
     std::vector<json> rows(mine.size());
     std::atomic<std::size_t> next{0};
     std::mutex io;
-    auto work = [&] {
-      for (std::size_t k; (k = next++) < mine.size();) {
+    auto work = [&](std::size_t slot) {
+      for (std::size_t k; !g_stop_signal && (k = next++) < mine.size();) {
         const Run& r = mine[k];
         const std::string label = r.model + "/" + r.name;
         if (resume && report_verifies(r)) {
@@ -498,7 +582,8 @@ int main(int argc, char** argv) {
           std::lock_guard<std::mutex> lock(io);
           if (progress == "plain") std::fprintf(stderr, "quarot-batch: [%zu/%zu] %s: running\n", k + 1, mine.size(), label.c_str());
         }
-        const int status = std::system(cmd.c_str());
+        const int status = run_child(cmd, slot);
+        if (g_stop_signal) break;  // interrupted: neither a result nor a failure
         const bool ok = status == 0 && fs::exists(fs::path(r.dir) / "report.json");
         std::string failure;
         if (!ok) {
@@ -516,8 +601,14 @@ int main(int argc, char** argv) {
       }
     };
     std::vector<std::thread> pool;
-    for (int j = 0; j < jobs; ++j) pool.emplace_back(work);
+    for (int j = 0; j < jobs; ++j) pool.emplace_back(work, std::size_t(j));
     for (auto& t : pool) t.join();
-    return finish(write_summary(json(rows), out, title), out);
+    if (g_stop_signal) {
+      std::fprintf(stderr, "quarot-batch: interrupted (signal %d); no summary written; run again with --resume to continue\n",
+                   g_stop_signal.load());
+      return 130;
+    }
+    const int rc = finish(write_summary(json(rows), out, title), out);
+    return g_stop_signal ? 130 : rc;
   });
 }

@@ -54,8 +54,15 @@ int main(int argc, char** argv) {
   app.add_flag("--no-r4", args.no_r4, "skip the online down_proj Hadamard");
   app.add_flag("--center-embeddings", args.center, "subtract each embedding row's mean (NOT exact for RMSNorm)");
   app.add_option("--stats-ids", args.stats_ids, "token ids (one sequence per line) for outlier statistics before/after");
-  app.add_option("--stats-windows", args.stats_windows, "sequences used for the statistics")->capture_default_str();
-  app.add_option("--stats-ctx", args.stats_ctx, "tokens per sequence used for the statistics")->capture_default_str();
+  // Ranges checked by the option table's checker (cli::table_check), with rows of their own: the
+  // table in options.cpp holds quarot-quantize's keys (--config files and plans accept exactly
+  // those), which these are not.
+  static const quarot::OptionSpec kStatsWindows{"stats-windows", quarot::OptionKind::Int, 1, 1 << 20, false, {}, "", "statistics sequences"};
+  static const quarot::OptionSpec kStatsCtx{"stats-ctx", quarot::OptionKind::Int, 2, 1 << 20, false, {}, "", "statistics tokens per sequence"};
+  app.add_option("--stats-windows", args.stats_windows, "sequences used for the statistics")
+      ->check(quarot::cli::table_check(kStatsWindows))->capture_default_str();
+  app.add_option("--stats-ctx", args.stats_ctx, "tokens per sequence used for the statistics")
+      ->check(quarot::cli::table_check(kStatsCtx))->capture_default_str();
   app.add_option("--dtype", args.dtype, "output dtype: f32, f16, bf16")->capture_default_str();
   quarot::cli::add_progress(app, args.progress);
   quarot::cli::add_quiet(app, args.quiet);

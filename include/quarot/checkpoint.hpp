@@ -68,8 +68,10 @@ struct HfWriteOptions {
   std::vector<std::string> inputs;  // files the writer must never overwrite
 };
 
-// Writes config.json and the safetensors file(s) into `dir` (created if missing). Each file is
-// written atomically; config.json last. A model in the interleaved RoPE layout is permuted to
+// Writes config.json and the safetensors file(s) as the folder `dir` (parents created if
+// missing): the whole folder is staged beside it and moved into place at the end (StagedFolder:
+// no partial folder after a kill, Ctrl-C or full disk; of two runs writing it one fails). An
+// existing `dir` is replaced only when it holds nothing but a checkpoint's files. A model in the interleaved RoPE layout is permuted to
 // Hugging Face's layout on the way out.
 void save_hf(const ModelWeights& m, const std::string& dir, const HfWriteOptions& opts = {});
 // The files save_hf writes for this config into `dir`: model.safetensors (or the shards and

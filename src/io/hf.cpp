@@ -596,10 +596,6 @@ void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std:
   if (opts.dtype != DType::F32 && opts.dtype != DType::F16 && opts.dtype != DType::BF16)
     throw Error(dir, "Hugging Face weights are written as F32, F16 or BF16, not " +
                          std::string(dtype_name(opts.dtype)));
-  std::error_code ec;
-  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec)) throw Error(dir, "exists and is not a folder");
-  fs::create_directories(dir, ec);
-  if (ec) throw Error(dir, "cannot create folder: " + ec.message());
   if (config.rope_layout != RopeLayout::Half) throw Error(dir, "tensors to write must be in the Hugging Face RoPE layout");
 
   const HfShards plan = hf_shards(config, opts);
@@ -609,6 +605,13 @@ void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std:
   // the first byte is written (an in-place sharded convert wrote shards into its input folder
   // before refusing config.json).
   for (const auto& path : hf_output_paths(config, dir, opts)) refuse_unsafe_output(path, opts.inputs);
+  // The whole folder is written into a hidden sibling and moved into place at the end: a kill,
+  // Ctrl-C or full disk leaves no folder (or the earlier one), never a partial one; two runs
+  // writing the same folder do not mix (one fails). An existing folder is replaced only when it
+  // holds nothing but a checkpoint's files.
+  StagedFolder staged(dir, [](const std::string& n) {
+    return n == "config.json" || n == kSingleName || n == kIndexName || is_shard_name(n);
+  }, opts.inputs);
   // One shard's tensors in fp32 at a time: what is held is a shard, not the model.
   auto write_shard = [&](const std::string& path, const std::vector<HfEntry>& entries, const std::map<std::string, std::string>& meta) {
     std::vector<FloatBuffer> buffers(entries.size());
@@ -623,47 +626,26 @@ void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std:
     }
     write_safetensors(path, tensors, meta);
   };
-  const fs::path root(dir);
+  const fs::path root(staged.path());
   std::map<std::string, std::string> meta = metadata;
   meta["format"] = "pt";
-  std::set<std::string> written;
-  auto protect = [&](const std::string& path) { refuse_overwriting_inputs(path, opts.inputs); };
   if (!opts.max_shard_bytes) {
-    const std::string path = (root / kSingleName).string();
-    protect(path);
-    write_shard(path, shards.front(), meta);
-    written.insert(kSingleName);
+    write_shard((root / kSingleName).string(), shards.front(), meta);
   } else {
     json weight_map = json::object();
     for (std::size_t s = 0; s < shards.size(); ++s) {
       const std::string name = shard_name(s, shards.size());
-      const std::string path = (root / name).string();
-      protect(path);
-      write_shard(path, shards[s], meta);
-      written.insert(name);
+      write_shard((root / name).string(), shards[s], meta);
       for (const auto& t : shards[s]) weight_map[t.name] = name;
     }
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    protect((root / kIndexName).string());
     write_file_atomic((root / kIndexName).string(), index.dump(2) + "\n");
-    written.insert(kIndexName);
-  }
-  // Remove model files of an earlier, differently sharded write, so the folder stays coherent.
-  for (const auto& entry : fs::directory_iterator(root, ec)) {
-    const std::string n = entry.path().filename().string();
-    if (!(n == kSingleName || n == kIndexName || is_shard_name(n)) || written.count(n)) continue;
-    const bool is_input = std::any_of(opts.inputs.begin(), opts.inputs.end(), [&](const std::string& in) {
-      std::error_code e2;
-      return fs::equivalent(entry.path(), in, e2);
-    });
-    if (!is_input) fs::remove(entry.path(), ec);
   }
   const char* torch_dtype = opts.dtype == DType::F32 ? "float32" : opts.dtype == DType::F16 ? "float16" : "bfloat16";
-  const std::string config_path = (root / "config.json").string();
-  protect(config_path);
   auto record = metadata.find(kRotationMetadataKey);
-  write_file_atomic(config_path,
+  write_file_atomic((root / "config.json").string(),
                     hf_config_json_with_rotation(config, torch_dtype, record == metadata.end() ? std::string() : record->second));
+  staged.commit();
 }
 
 }  // namespace quarot

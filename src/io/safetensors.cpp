@@ -208,9 +208,9 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& t : tensors) {
-    if (header.contains(t.name)) throw Error(path, "duplicate tensor name '" + t.name + "'");
+    if (header.contains(t.name)) throw Error(output_name(path), "duplicate tensor name '" + t.name + "'");
     if (t.dtype != t.data_dtype && !(is_float(t.dtype) && is_float(t.data_dtype)))
-      throw Error(path, "tensor '" + t.name + "': cannot convert " +
+      throw Error(output_name(path), "tensor '" + t.name + "': cannot convert " +
                             std::string(dtype_name(t.data_dtype)) + " to " +
                             std::string(dtype_name(t.dtype)));
     const uint64_t bytes = tensor_bytes(t.dtype, t.shape);

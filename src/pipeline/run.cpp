@@ -169,7 +169,10 @@ class Run {
       if (d == d.parent_path()) break;
     }
     fs::create_directories(dir);
-    for (auto it = missing.rbegin(); it != missing.rend(); ++it) created_dirs_.push_back(*it);
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+      created_dirs_.push_back(*it);
+      note_created_folder(it->string());  // removed (if empty) on SIGINT/SIGTERM too
+    }
   }
   // Where the output file is written until finish() commits it with the report.
   const std::string& staged_out() {

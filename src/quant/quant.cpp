@@ -6,6 +6,7 @@
 
 #include "quarot/detail/eigen.hpp"
 #include "quarot/error.hpp"
+#include "quarot/options.hpp"
 
 namespace quarot {
 
@@ -118,13 +119,14 @@ QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const W
   return q;
 }
 
+// The ranges are the option table's rows (options.hpp), the one place they are written.
 void check_act_options(const ActQuantOptions& o) {
-  for (auto [bits, name] : {std::pair{o.a_bits, "--a-bits"}, {o.k_bits, "--k-bits"}, {o.v_bits, "--v-bits"}})
-    // 16 means "not quantized"; anything else outside 2..8 (17, 32, ...) is a mistake, not "none".
-    if (bits != 16 && (bits < 2 || bits > 8)) throw Error(name, "must be 2..8 (or 16 for none), got " + std::to_string(bits));
-  for (auto [clip, name] : {std::pair{o.a_clip, "--a-clip"}, {o.kv_clip, "--kv-clip"}})
-    if (!(clip > 0 && clip <= 1)) throw Error(name, "must be in (0, 1], got " + std::to_string(clip));
-  if (o.a_group < 0) throw Error("--a-group", "must be >= 0 (0: per token), got " + std::to_string(o.a_group));
+  check_option_value("a-bits", o.a_bits);
+  check_option_value("k-bits", o.k_bits);
+  check_option_value("v-bits", o.v_bits);
+  check_option_value("a-clip", o.a_clip);
+  check_option_value("kv-clip", o.kv_clip);
+  check_option_value("a-group", o.a_group);
 }
 
 KvCacheBits kv_cache_bits(const ActQuantOptions& o, int head_dim) {
