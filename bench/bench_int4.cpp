@@ -16,7 +16,7 @@
 // alternating rep by rep: min and median GFLOP/s (2 M N K per product).
 //
 //   quarot-bench-int4 [--reps 7] [--cycle-mb 256] [--ms 1,16,512]
-//   quarot-bench-int4 --a-group 128,64 [--reps 7] [--ms 512]
+//   quarot-bench-int4 --a-group 128,64 [--reps 7] [--ms 512] [--cpu-time]
 //   quarot-bench-int4 --a16 [--reps 5] [--ms 1,8,16,64,512] [--threads 1,2] [--w-group 0] [--cpu-time]
 #include <omp.h>
 
@@ -143,11 +143,12 @@ int bench_a16(int reps, const std::vector<int>& ms, const std::vector<int>& thre
 // --a-group G1,G2..: per-group activation scales against per token (issue 17), the current
 // kernels (int4_gemm) and the previous ones (int4_gemm_previous: 4 x 4 tiles, and the
 // lane-per-group GEMM for groups), all four alternating run by run in one process (a busy machine
-// drifts): quantize + GEMM of one copy, min and median; also the GEMMs alone (codes quantized
+// drifts; --cpu-time: process CPU seconds, for one thread on a machine shared with other
+// work): quantize + GEMM of one copy, min and median; also the GEMMs alone (codes quantized
 // once) for the current kernels, and their GOP/s (2 M N K).
-int bench_groups(int reps, const std::vector<int>& ms, const std::vector<int>& groups) {
-  std::printf("int4 path: %s, %d threads; quantize + GEMM, ms min / median of %d alternating runs\n", quarot::isa_name(quarot::best_isa()),
-              omp_get_max_threads(), reps);
+int bench_groups(int reps, const std::vector<int>& ms, const std::vector<int>& groups, bool cpu_time) {
+  std::printf("int4 path: %s, %d threads; quantize + GEMM, %s ms min / median of %d alternating runs\n", quarot::isa_name(quarot::best_isa()),
+              omp_get_max_threads(), cpu_time ? "CPU" : "wall", reps);
   std::printf("| N x K (out x in) | M | a_group | per token | grouped | grouped / per token (min, median) | previous: per token | "
               "previous: grouped | previous: grouped / per token (median) | per token: previous / current (median) | GEMM only: grouped / per token (min, median) | GEMM only GOP/s per token, grouped (min) |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -181,8 +182,9 @@ int bench_groups(int reps, const std::vector<int>& ms, const std::vector<int>& g
         for (int r = 0; r < reps; ++r)
           for (int k = 0; k < kRuns; ++k) {
             const auto t0 = Clock::now();
+            const double c0 = process_cpu_seconds();
             runs[k]();
-            t[k].push_back(since(t0));
+            t[k].push_back(cpu_time ? process_cpu_seconds() - c0 : since(t0));
           }
         double mn[kRuns], md[kRuns];
         for (int k = 0; k < kRuns; ++k) {
@@ -217,7 +219,7 @@ int main(int argc, char** argv) {
   std::vector<int> threads = {1, 2};
   int64_t w_group = 0;
   bool cpu_time = false;
-  app.add_flag("--cpu-time", cpu_time, "--a16: time in process CPU seconds (a busy machine; one thread)");
+  app.add_flag("--cpu-time", cpu_time, "--a16, --a-group: time in process CPU seconds (a busy machine; one thread)");
   app.add_flag("--a16", a16, "W4A16 instead: int4_gemm_f32 vs its previous path vs fp32 (--ms default 1,8,16,64,512)");
   app.add_option("--threads", threads, "--a16: thread counts")->delimiter(',');
   app.add_option("--w-group", w_group, "--a16: weight group size (0: per channel)");
@@ -228,7 +230,7 @@ int main(int argc, char** argv) {
   }
   if (!a_groups.empty()) {
     if (app.count("--ms") == 0) ms = {512};
-    return bench_groups(reps, ms, a_groups);
+    return bench_groups(reps, ms, a_groups, cpu_time);
   }
   std::printf("int4 path: %s, fwht: %s, %d threads\n", quarot::isa_name(quarot::best_isa()), quarot::fwht_isa(),
               omp_get_max_threads());
