@@ -7,15 +7,16 @@
 // it is used again. Times are the median of --reps runs; int4 includes quantizing the
 // activations (it has to be done per call).
 //
-// With --a-group G (> 0) also the int4 GEMM with activation scales per group of G columns
-// (issue 17), and its time against the per-token int4 GEMM of the same run.
+// With --a-group G[,G2..] instead: the int4 GEMM with activation scales per group of G columns
+// (issue 17) against per token, current and previous kernels alternating (bench_groups).
 //
 // With --a16 instead: W4A16 (float activations x packed INT4 weights, int4_gemm_f32) against its
 // previous path (int4_gemm_f32_tiled) and Eigen's fp32 GEMM of the same dequantized weights (in
 // the float model's fixed chunks of output rows), on one and on two threads, the three
 // alternating rep by rep: min and median GFLOP/s (2 M N K per product).
 //
-//   quarot-bench-int4 [--reps 7] [--cycle-mb 256] [--ms 1,16,512] [--a-group 128]
+//   quarot-bench-int4 [--reps 7] [--cycle-mb 256] [--ms 1,16,512]
+//   quarot-bench-int4 --a-group 128,64 [--reps 7] [--ms 512] [--cpu-time]
 //   quarot-bench-int4 --a16 [--reps 5] [--ms 1,8,16,64,512] [--threads 1,2] [--w-group 0] [--cpu-time]
 #include <omp.h>
 
@@ -23,6 +24,7 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
+#include <functional>
 #include <cstdio>
 #include <string>
 
@@ -137,21 +139,87 @@ int bench_a16(int reps, const std::vector<int>& ms, const std::vector<int>& thre
   return 0;
 }
 
+
+// --a-group G1,G2..: per-group activation scales against per token (issue 17), the current
+// kernels (int4_gemm) and the previous ones (int4_gemm_previous: 4 x 4 tiles, and the
+// lane-per-group GEMM for groups), all four alternating run by run in one process (a busy machine
+// drifts; --cpu-time: process CPU seconds, for one thread on a machine shared with other
+// work): quantize + GEMM of one copy, min and median; also the GEMMs alone (codes quantized
+// once) for the current kernels, and their GOP/s (2 M N K).
+int bench_groups(int reps, const std::vector<int>& ms, const std::vector<int>& groups, bool cpu_time) {
+  std::printf("int4 path: %s, %d threads; quantize + GEMM, %s ms min / median of %d alternating runs\n", quarot::isa_name(quarot::best_isa()),
+              omp_get_max_threads(), cpu_time ? "CPU" : "wall", reps);
+  std::printf("| N x K (out x in) | M | a_group | per token | grouped | grouped / per token (min, median) | previous: per token | "
+              "previous: grouped | previous: grouped / per token (median) | per token: previous / current (median) | GEMM only: grouped / per token (min, median) | GEMM only GOP/s per token, grouped (min) |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  quarot::detail::Rng rng(7);
+  const std::pair<int64_t, int64_t> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
+  for (const auto& [N, K] : shapes) {
+    const auto wq = quarot::bench::random_int4_copies(1, N, K, rng);
+    const auto w = wq[0].view(N, K);
+    for (int M : ms) {
+      RowMat x(M, K), y(M, N);
+      for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = rng.gaussian();
+      for (int g : groups) {
+        quarot::Int8Activations a, ap, ag;
+        quarot::quantize_activations(x.data(), M, K, 4, 0.9, 0, ap);
+        quarot::quantize_activations(x.data(), M, K, 4, 0.9, g, ag);
+        auto full = [&](int64_t group, bool previous) {
+          return [&, group, previous] {
+            quarot::quantize_activations(x.data(), M, K, 4, 0.9, group, a);
+            if (previous)
+              quarot::int4_gemm_previous(w, a, nullptr, y.data());
+            else
+              quarot::int4_gemm(w, a, nullptr, y.data());
+          };
+        };
+        const std::function<void()> runs[] = {full(0, false), full(g, false), full(0, true), full(g, true),
+                                              [&] { quarot::int4_gemm(w, ap, nullptr, y.data()); },
+                                              [&] { quarot::int4_gemm(w, ag, nullptr, y.data()); }};
+        constexpr int kRuns = 6;
+        std::vector<double> t[kRuns];
+        for (auto& f : runs) f();  // warm-up
+        for (int r = 0; r < reps; ++r)
+          for (int k = 0; k < kRuns; ++k) {
+            const auto t0 = Clock::now();
+            const double c0 = process_cpu_seconds();
+            runs[k]();
+            t[k].push_back(cpu_time ? process_cpu_seconds() - c0 : since(t0));
+          }
+        double mn[kRuns], md[kRuns];
+        for (int k = 0; k < kRuns; ++k) {
+          std::sort(t[k].begin(), t[k].end());
+          mn[k] = t[k].front();
+          md[k] = t[k][t[k].size() / 2];
+        }
+        const double ops = 2.0 * M * double(N) * double(K);
+        std::printf("| %lld x %lld | %d | %d | %.2f / %.2f | %.2f / %.2f | %.3fx, %.3fx | %.2f / %.2f | %.2f / %.2f | %.3fx | %.2fx | %.3fx, %.3fx | %.0f, %.0f |\n",
+                    (long long)N, (long long)K, M, g, mn[0] * 1e3, md[0] * 1e3, mn[1] * 1e3, md[1] * 1e3, mn[1] / mn[0], md[1] / md[0],
+                    mn[2] * 1e3, md[2] * 1e3, mn[3] * 1e3, md[3] * 1e3, md[3] / md[2], md[2] / md[0], mn[5] / mn[4], md[5] / md[4],
+                    ops / mn[4] / 1e9, ops / mn[5] / 1e9);
+        std::fflush(stdout);
+      }
+    }
+  }
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 7, cycle_mb = 256, a_group = 0;
+  int reps = 7, cycle_mb = 256;
+  std::vector<int> a_groups;
   std::vector<int> ms = {1, 16, 512};
   CLI::App app{"INT4 GEMM vs Eigen fp32 GEMM on LLaMA-2-7B shapes.", "quarot-bench-int4"};
   app.add_option("--reps", reps, "timed runs per case (median)")->capture_default_str();
   app.add_option("--cycle-mb", cycle_mb, "weight bytes cycled through at M = 1 (MB)")->capture_default_str();
   app.add_option("--ms", ms, "token counts")->delimiter(',');
-  app.add_option("--a-group", a_group, "also time activation scales per group of this many columns");
+  app.add_option("--a-group", a_groups, "instead: activation scales per group of these many columns against per token (--ms default 512)")
+      ->delimiter(',');
   bool a16 = false;
   std::vector<int> threads = {1, 2};
   int64_t w_group = 0;
   bool cpu_time = false;
-  app.add_flag("--cpu-time", cpu_time, "--a16: time in process CPU seconds (a busy machine; one thread)");
+  app.add_flag("--cpu-time", cpu_time, "--a16, --a-group: time in process CPU seconds (a busy machine; one thread)");
   app.add_flag("--a16", a16, "W4A16 instead: int4_gemm_f32 vs its previous path vs fp32 (--ms default 1,8,16,64,512)");
   app.add_option("--threads", threads, "--a16: thread counts")->delimiter(',');
   app.add_option("--w-group", w_group, "--a16: weight group size (0: per channel)");
@@ -160,15 +228,14 @@ int main(int argc, char** argv) {
     if (app.count("--ms") == 0) ms = {1, 8, 16, 64, 512};
     return bench_a16(app.count("--reps") ? reps : 5, ms, threads, w_group, cpu_time);
   }
+  if (!a_groups.empty()) {
+    if (app.count("--ms") == 0) ms = {512};
+    return bench_groups(reps, ms, a_groups, cpu_time);
+  }
   std::printf("int4 path: %s, fwht: %s, %d threads\n", quarot::isa_name(quarot::best_isa()), quarot::fwht_isa(),
               omp_get_max_threads());
-  if (a_group > 0) {
-    std::printf("| N x K (out x in) | M | fp32 GEMM | int4 GEMM | speedup | int4 + FWHT(K) | speedup | int4 GB/s (weights) | int4 a_group %d (median, min) | vs per token, alternating runs (median, min) |\n", a_group);
-    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
-  } else {
-    std::printf("| N x K (out x in) | M | fp32 GEMM | int4 GEMM | speedup | int4 + FWHT(K) | speedup | int4 GB/s (weights) |\n");
-    std::printf("|---|---|---|---|---|---|---|---|\n");
-  }
+  std::printf("| N x K (out x in) | M | fp32 GEMM | int4 GEMM | speedup | int4 + FWHT(K) | speedup | int4 GB/s (weights) |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
   quarot::detail::Rng rng(7);
   const std::pair<int64_t, int64_t> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
   for (const auto& [N, K] : shapes) {
@@ -208,28 +275,6 @@ int main(int argc, char** argv) {
       }) / qc;
       std::printf("| %lld x %lld | %d | %.3f ms | %.3f ms | %.2fx | %.3f ms | %.2fx | %.1f |", (long long)N, (long long)K, M,
                   t_fp32 * 1e3, t_int4 * 1e3, t_fp32 / t_int4, t_int4_h * 1e3, t_fp32 / t_int4_h, double(int4_bytes) / t_int4 / 1e9);
-      if (a_group > 0) {
-        // Per token and grouped, alternating run by run (a busy machine drifts): min and median.
-        auto once = [&](int64_t g) {
-          const auto t0 = Clock::now();
-          for (int c = 0; c < qc; ++c) {
-            quarot::quantize_activations(x.data(), M, K, 4, 0.9, g, a);
-            quarot::int4_gemm(wq[std::size_t((qi++) % int4_copies)].view(N, K), a, nullptr, y.data());
-          }
-          return since(t0) / qc;
-        };
-        once(0);
-        once(a_group);
-        std::vector<double> tp, tg;
-        for (int r = 0; r < reps; ++r) {
-          tp.push_back(once(0));
-          tg.push_back(once(a_group));
-        }
-        std::sort(tp.begin(), tp.end());
-        std::sort(tg.begin(), tg.end());
-        std::printf(" %.3f ms (min %.3f) | %.3fx (min %.3fx) |", tg[tg.size() / 2] * 1e3, tg[0] * 1e3, tg[tg.size() / 2] / tp[tp.size() / 2],
-                    tg[0] / tp[0]);
-      }
       std::printf("\n");
       std::fflush(stdout);
     }

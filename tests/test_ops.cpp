@@ -92,7 +92,10 @@ const std::vector<Kernel>& kernels() {
          };
          const Case cases[] = {{7, 64, 0, 1, 4, false, false},    {33, 100, 0, 3, 4, false, true},  {17, 172, 0, 5, 8, true, false},
                                {12, 256, 64, 33, 4, false, true}, {9, 256, 128, 2, 8, true, true},  {64, 512, 0, 70, 4, false, false},
-                               {5, 192, 64, 4, 2, true, false},   {130, 512, 128, 9, 4, false, true}, {17, 1000, 0, 2, 4, false, false}};
+                               {5, 192, 64, 4, 2, true, false},   {130, 512, 128, 9, 4, false, true}, {17, 1000, 0, 2, 4, false, false},
+                               // AVX-512's row-interleaved GEMM per token: rows not filling a tile of
+                               // 64, tokens not filling one of 6, zero points, bias
+                               {100, 320, 0, 13, 4, true, true}};
          for (const Case& c : cases) {
            const auto w = random_weights(c.rows, c.cols, c.group, c.asym, uint64_t(c.rows * 31 + c.cols));
            const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));
@@ -217,15 +220,15 @@ const std::vector<Kernel>& kernels() {
                                {9, 256, 128, 64, 2, 8, true, true},    {64, 512, 0, 128, 70, 4, false, false},
                                {5, 192, 64, 48, 4, 4, true, false},    {130, 512, 128, 32, 9, 4, false, true},
                                {17, 1000, 0, 128, 2, 4, false, false}, {20, 100, 0, 7, 6, 4, true, true},
-                               // AVX-512's lane-per-group GEMM (per-channel weights, groups of whole
-                               // blocks, >= 4 tokens): several super-blocks of 16 groups, a short
-                               // tail group, zero points, rows and tokens not filling a tile, and a
-                               // last super-block of 8 groups (each over 2 lanes).
+                               // AVX-512's row-interleaved GEMM (per-channel weights, groups of whole
+                               // 4-column steps, >= 4 tokens): many groups, a short tail group, zero
+                               // points, rows not filling a tile of 48 and tokens not filling one of
+                               // 4, groups of 48 and 20 (not whole blocks), the threads.
                                {33, 2176, 0, 64, 9, 4, true, true},    {10, 1000, 0, 128, 5, 8, false, true},
                                {6, 4160, 0, 192, 4, 4, true, false},   {131, 1024, 0, 128, 130, 4, false, false},
-                               // a last super-block of 3, 2, 1 groups: each group over 4, 8, 16 lanes
                                {9, 1536, 0, 512, 6, 4, true, true},    {5, 9216, 0, 512, 5, 4, true, false},
-                               {3, 17408, 0, 1024, 4, 4, false, false}};
+                               {3, 17408, 0, 1024, 4, 4, false, false}, {49, 1000, 0, 48, 7, 4, true, true},
+                               {97, 300, 0, 20, 11, 8, false, true}};
          for (const Case& c : cases) {
            const auto w = random_weights(c.rows, c.cols, c.w_group, c.asym, uint64_t(c.rows * 31 + c.cols));
            const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));

@@ -74,9 +74,18 @@ inline void quantize_activations(const float* x, int rows, int64_t cols, int bit
 // activation groups the sums run over segments (the columns shared by one weight group and one
 // activation group, in column order) and each segment's term is scaled by its own s_x:
 //   y[o] = sum_seg s_x[seg] * (s_w[o][seg] * (sum_{i in seg} u[o][i] q[i] - z[o][seg] * sum_{i in seg} q[i]))
+// summed in fp32 as acc = fma(m, d, acc) segment by segment (d the bracket, m = s_x[seg], or
+// s_x[seg] * s_w[o][seg] with weight groups; per-channel weights multiply by s_w[o] at the end).
 // Multi-threaded (OpenMP) over output rows; the same result on any number of threads.
 // Throws quarot::Error when the widths differ or the group size is not a multiple of 64.
 void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y, Isa isa = best_isa());
+
+// The AVX-512 prefill paths before the row-interleaved GEMM, kept as the baseline of
+// quarot-bench-int4: 4 x 4 tiles with one horizontal sum per token, row and segment; with
+// activation groups of whole blocks and per-channel weights the lane-per-group GEMM, whose fp32
+// sums ran in the earlier order (16 lanes, then pairwise), so its outputs differ from int4_gemm's
+// in the last bits. int4_gemm itself without AVX-512 VNNI or below 4 tokens.
+void int4_gemm_previous(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y);
 
 // The plain references the vector paths equal bit for bit (the scalar path).
 inline void quantize_activations_ref(const float* x, int rows, int64_t cols, int bits, double clip, Int8Activations& out) {

@@ -118,10 +118,9 @@ void quantize_activations(const float* x, int rows, int64_t cols, int bits, doub
 
 namespace {
 
-// Segments, GemmContext (the epilogue) and RunningSum: int4_internal.hpp, shared with int4_gemv.cpp.
+// Segments and GemmContext (the epilogue): int4_internal.hpp, shared with int4_gemv.cpp.
 using int4_detail::block_mask;
 using int4_detail::GemmContext;
-using int4_detail::RunningSum;
 
 void gemm_scalar(const GemmContext& c) {
   const auto& w = c.w;
@@ -131,14 +130,13 @@ void gemm_scalar(const GemmContext& c) {
     const uint8_t* pr = w.packed + o * row_bytes;
     for (int t = 0; t < c.x.rows; ++t) {
       const int8_t* q = c.x.q.data() + int64_t(t) * c.K;
-      RunningSum acc;
-      acc.clear(c.grouped);
+      float acc = 0.f;
       for (std::size_t s = 0; s < c.seg.size(); ++s) {
         int32_t dot = 0;
         for (int64_t i = c.seg[s].c0; i < c.seg[s].c1; ++i) dot += int32_t(int4_at(pr, i)) * q[i];
-        acc.add(c.grouped, s, c.term(o, s, t, dot));
+        c.add(acc, o, s, t, dot);
       }
-      c.store(t, o, acc.total(c.grouped));
+      c.store(t, o, acc);
     }
   }
 }
@@ -182,17 +180,15 @@ void gemm_tiled(const GemmContext& c, TileFn tile) {
           const int nt = std::min(T, te - t0);
           const int8_t* xs[T];
           for (int t = 0; t < T; ++t) xs[t] = t < nt ? c.x.q.data() + int64_t(t0 + t) * c.K : zero_row.data();
-          RunningSum acc[R][T];
-          for (auto& a : acc)
-            for (auto& v : a) v.clear(c.grouped);
+          float acc[R][T] = {};
           for (std::size_t s = 0; s < c.seg.size(); ++s) {
             int32_t dots[R][T];
             tile(wa, xs, c.seg[s].c0, c.seg[s].c1, c.K, dots);
             for (int r = 0; r < nr; ++r)
-              for (int t = 0; t < nt; ++t) acc[r][t].add(c.grouped, s, c.term(o0 + r, s, t0 + t, dots[r][t]));
+              for (int t = 0; t < nt; ++t) c.add(acc[r][t], o0 + r, s, t0 + t, dots[r][t]);
           }
           for (int r = 0; r < nr; ++r)
-            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, acc[r][t].total(c.grouped));
+            for (int t = 0; t < nt; ++t) c.store(t0 + t, o0 + r, acc[r][t]);
         }
       }
     }
@@ -274,9 +270,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_avx512
     const int nr = int(std::min<int64_t>(R, w.rows - o0));
     const uint8_t* rows[R];
     for (int r = 0; r < R; ++r) rows[r] = w.packed + (o0 + std::min(r, nr - 1)) * row_bytes;  // spare lanes repeat the last row
-    RunningSum acc[R][T];
-    for (auto& a : acc)
-      for (auto& v : a) v.clear(c.grouped);
+    float acc[R][T] = {};
     for (std::size_t s = 0; s < c.seg.size(); ++s) {
       __m512i sum[R][T];
       for (auto& a : sum)
@@ -298,10 +292,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_avx512
         }
       }
       for (int r = 0; r < nr; ++r)
-        for (int t = 0; t < T; ++t) acc[r][t].add(c.grouped, s, c.term(o0 + r, s, t, _mm512_reduce_add_epi32(sum[r][t])));
+        for (int t = 0; t < T; ++t) c.add(acc[r][t], o0 + r, s, t, _mm512_reduce_add_epi32(sum[r][t]));
     }
     for (int r = 0; r < nr; ++r)
-      for (int t = 0; t < T; ++t) c.store(t, o0 + r, acc[r][t].total(c.grouped));
+      for (int t = 0; t < T; ++t) c.store(t, o0 + r, acc[r][t]);
   }
 }
 
@@ -328,7 +322,7 @@ __attribute__((target("avx512f"))) inline void transpose16(__m512i (&r)[16]) {
   }
 }
 
-// RunningSum::total on 16 lanes.
+// 16 lanes added pairwise (lane i + lane i + 8, then + 4, + 2, + 1): the previous grouped order.
 __attribute__((target("avx512f"))) inline float lane_total(__m512 f) {
   const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(f), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
   const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -355,12 +349,15 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), noinline)) void l
   }
 }
 
+// The previous grouped prefill GEMM (int4_gemm_previous, the benches' baseline; int4_gemm runs
+// gemm_rows_avx512): its fp32 sums add in the earlier defined order (a group's term s_x * d into
+// lane g % 16, the lanes pairwise at the end), not GemmContext::add's.
 // Activation groups of whole blocks with per-channel weights, at least 4 tokens: one group per
 // int32 lane, so a group's dot needs no horizontal sum. The codes of 16 groups (a super-block)
 // are interleaved dword by dword (step k, lane j = codes 4k..4k+3 of group 16 sb + j; the weights
 // by a 16 x 16 dword transpose of their unpacked blocks), the int32 lanes are the 16 groups' dots
 // after a super-block, and the epilogue runs once per super-block in vector lanes -- the same fp32
-// operations, per lane, as RunningSum with GemmContext::term. A last super-block of n < 16 groups
+// operations, per lane, as that order. A last super-block of n < 16 groups
 // spreads each group over L = 2, 4, .. lanes (parts of bpg / L blocks; lane j = group j % (16 / L),
 // part j / (16 / L)) and adds the parts before the epilogue: 4096 x 11008 (86 groups of 128)
 // would otherwise multiply 10 empty groups.
@@ -459,7 +456,128 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemm_groupe
   }
 }
 
+
+// The row-interleaved prefill GEMM: per-channel weights (G == 1), segments of whole 4-column
+// steps (activation groups a multiple of 4 wide, or per token), at least 4 tokens. 16 output rows
+// share one zmm: step k holds the codes 4k..4k+3 of each of the 16 rows, one dword per lane (a
+// 16 x 16 dword transpose of 16 unpacked blocks, once per row tile for all tokens), so vpdpbusd
+// against a token's 4 codes broadcast to every lane accumulates 16 outputs' dots, lane = row: no
+// horizontal sums, and per step R weight loads and T broadcasts feed R * T vpdpbusd (the 4 x 4
+// tile needs 8 full loads per 16). A segment's dots start at -z * xsum (exact int32, as
+// GemmContext::add), and at its end one vcvtdq2ps and one vfmadd by the token's group scale add
+// it to the 16 fp32 sums (GemmContext::add's order). A token's outputs are 16 consecutive floats
+// of y: one (masked) store.
+template <int R, int T, bool kGrouped>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void rows_tile(const GemmContext& c, const uint8_t* wi,
+                                                                               int64_t o0, int t0, const __m512i (&zv)[R],
+                                                                               const __m512 (&swv)[R], const __m512 (&bv)[R],
+                                                                               const __mmask16 (&keep)[R]) {
+  const int M = c.x.rows, nt = std::min(T, M - t0);
+  const int64_t K = c.K, r_stride = K * 16;  // bytes of one register row's interleaved steps
+  const std::size_t S = c.seg.size();
+  const bool sym = c.w.zeros == nullptr;
+  const int8_t* xs[T];
+  for (int t = 0; t < T; ++t) xs[t] = c.x.q.data() + int64_t(t0 + std::min(t, nt - 1)) * K;  // spare lanes: the last token again
+  __m512 f[R][T];
+  for (auto& a : f)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  for (std::size_t s = 0; s < S; ++s) {
+    const int64_t k0 = c.seg[s].c0 / 4, k1 = c.seg[s].c1 / 4;
+    __m512i acc[R][T];
+    for (int t = 0; t < T; ++t) {
+      const int32_t xsum = c.xsum[std::size_t(t0 + std::min(t, nt - 1)) * S + s];
+      for (int r = 0; r < R; ++r)
+        acc[r][t] = sym ? _mm512_set1_epi32(-8 * xsum) : _mm512_mullo_epi32(zv[r], _mm512_set1_epi32(-xsum));
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      __m512i wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = _mm512_load_si512(wi + r * r_stride + k * 64);
+      for (int t = 0; t < T; ++t) {
+        int32_t q4;
+        std::memcpy(&q4, xs[t] + 4 * k, 4);
+        const __m512i xb = _mm512_set1_epi32(q4);
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], xb);
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      if constexpr (kGrouped) {
+        const __m512 sx = _mm512_set1_ps(c.x.scale[std::size_t(int64_t(t0 + std::min(t, nt - 1)) * c.GA + c.seg[s].ag)]);
+        for (int r = 0; r < R; ++r) f[r][t] = _mm512_fmadd_ps(sx, _mm512_cvtepi32_ps(acc[r][t]), f[r][t]);
+      } else {
+        for (int r = 0; r < R; ++r) f[r][t] = _mm512_add_ps(f[r][t], _mm512_mul_ps(swv[r], _mm512_cvtepi32_ps(acc[r][t])));
+      }
+    }
+  }
+  for (int t = 0; t < nt; ++t) {
+    const __m512 sx = _mm512_set1_ps(kGrouped ? 0.f : c.x.scale[std::size_t(t0 + t)]);
+    for (int r = 0; r < R; ++r) {
+      __m512 v = kGrouped ? _mm512_mul_ps(swv[r], f[r][t]) : _mm512_mul_ps(f[r][t], sx);
+      if (c.bias) v = _mm512_add_ps(v, bv[r]);
+      _mm512_mask_storeu_ps(c.y + int64_t(t0 + t) * c.w.rows + o0 + 16 * r, keep[r], v);
+    }
+  }
+}
+
+template <int R, int T, bool kGrouped>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemm_rows_avx512(const GemmContext& c) {
+  constexpr int RT = 16 * R;  // output rows per tile
+  const auto& w = c.w;
+  const int M = c.x.rows;
+  const int64_t K = c.K, nb = K / kInt4Block, row_bytes = K / 2, tiles = (w.rows + RT - 1) / RT;
+  const bool parallel = w.rows * int64_t(M) * K > (1 << 20);
+#pragma omp parallel if (parallel)
+  {
+    std::vector<uint8_t> wu(std::size_t(16 * K) + 64), wiv(std::size_t(R * 16 * K) + 64);
+    uint8_t* wa = wu.data() + (64 - reinterpret_cast<uintptr_t>(wu.data()) % 64) % 64;
+    uint8_t* wi = wiv.data() + (64 - reinterpret_cast<uintptr_t>(wiv.data()) % 64) % 64;
+#pragma omp for schedule(static)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t o0 = tile * RT;
+      __m512i zv[R];
+      __m512 swv[R], bv[R];
+      __mmask16 keep[R];
+      for (int r = 0; r < R; ++r) {
+        const int64_t first = o0 + 16 * r, n = std::clamp<int64_t>(w.rows - first, 0, 16);
+        keep[r] = __mmask16((1u << n) - 1);
+        zv[r] = _mm512_setzero_si512();
+        swv[r] = bv[r] = _mm512_setzero_ps();
+        if (n > 0) {
+          swv[r] = _mm512_maskz_loadu_ps(keep[r], w.scales + first);
+          if (c.bias) bv[r] = _mm512_maskz_loadu_ps(keep[r], c.bias + first);
+          if (w.zeros) zv[r] = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(keep[r], w.zeros + first));
+        }
+        // Interleave: v[j] = block b of row j; after the transpose v[d] = dword d of the 16 rows.
+        unpack_rows(w.packed + std::min(first, w.rows) * row_bytes, row_bytes, int(n), 16, K, wa);
+        for (int64_t b = 0; b < nb; ++b) {
+          __m512i v[16];
+          for (int j = 0; j < 16; ++j) v[j] = _mm512_load_si512(wa + j * K + b * 64);
+          transpose16(v);
+          for (int d = 0; d < 16; ++d) _mm512_store_si512(wi + r * K * 16 + (b * 16 + d) * 64, v[d]);
+        }
+      }
+      for (int t0 = 0; t0 < M; t0 += T) rows_tile<R, T, kGrouped>(c, wi, o0, t0, zv, swv, bv, keep);
+    }
+  }
+}
+
+// Whether gemm_rows_avx512 takes these segments: per-channel weights, every segment whole 4-column steps.
+bool rows_kernel_fits(const GemmContext& c) {
+  if (c.G != 1) return false;
+  for (const auto& s : c.seg)
+    if (s.c0 % 4 != 0 || s.c1 % 4 != 0) return false;
+  return true;
+}
+
 }  // namespace
+
+void int4_gemm_previous(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y) {
+  if (!isa_supported(Isa::Avx512Vnni) || x.rows < 4) return int4_gemm(w, x, bias, y);
+  const GemmContext c(w, x, bias, y);
+  if (c.grouped && c.G == 1 && x.group % kInt4Block == 0) return gemm_grouped_avx512(c);
+  gemm_tiled<4, 4>(c, [](const uint8_t* wu, const int8_t* const* xs, int64_t c0, int64_t c1, int64_t K, int32_t(&d)[4][4]) {
+    tile_avx512(wu, xs, c0, c1, K, d);
+  });
+}
 
 void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias, float* y, Isa isa) {
   if (x.cols != w.cols) throw Error("int4_gemm", "activation width " + std::to_string(x.cols) + " != weight width " + std::to_string(w.cols));
@@ -470,7 +588,11 @@ void int4_gemm(const Int4Weights& w, const Int8Activations& x, const float* bias
   const GemmContext c(w, x, bias, y);
   switch (isa) {
     case Isa::Avx512Vnni:
-      if (c.grouped && c.G == 1 && x.group % kInt4Block == 0 && x.rows >= 4) return gemm_grouped_avx512(c);
+      if (x.rows >= 4 && rows_kernel_fits(c))
+        // Measured (quarot-bench-int4 --a-group, M = 512): per token 2 x 8 (16 accumulators, 2 + 8
+        // loads per 16 vpdpbusd) beat 4 x 6, 3 x 4, 2 x 6 and 4 x 3; grouped 2 x 6 (12 int32 and 12
+        // fp32 accumulators) beat 3 x 4, 4 x 3 and 2 x 4.
+        return c.grouped ? gemm_rows_avx512<2, 6, true>(c) : gemm_rows_avx512<2, 8, false>(c);
       // Decode: the streaming GEMV (int4_gemv.cpp) when the segments are whole blocks.
       if (x.rows <= 3 && int4_detail::gemv_stream_avx512(c)) return;
       if (x.rows == 1) return gemv_avx512<1>(c);

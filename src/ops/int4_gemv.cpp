@@ -10,8 +10,8 @@
 //   - a software prefetch kPrefetch bytes ahead in the stream;
 //   - rows handed to the threads in chunks (schedule dynamic): a thread that waits for a core
 //     does not hold back the other.
-// The int32 dot of every segment is exact, and the fp32 epilogue is GemmContext::term and
-// RunningSum (int4_internal.hpp), so the result equals the scalar reference bit for bit.
+// The int32 dot of every segment is exact, and the fp32 epilogue is GemmContext::add and
+// ::store (int4_internal.hpp), so the result equals the scalar reference bit for bit.
 // Compiled with -ffp-contract=off like int4.cpp.
 // GCC 12's avx512fintrin.h trips -W(maybe-)uninitialized on its own undefined-vector idiom (as in
 // kv_kernels.cpp).
@@ -46,8 +46,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_stream
     const int64_t o1 = std::min(w.rows, o0 + kRowChunk);
     for (int64_t o = o0; o < o1; ++o) {
       const uint8_t* row = w.packed + o * row_bytes;
-      RunningSum acc[T];
-      for (auto& a : acc) a.clear(c.grouped);
+      float acc[T] = {};
       for (std::size_t s = 0; s < S; ++s) {
         const int64_t b0 = c.seg[s].c0 / kInt4Block, b1 = c.seg[s].c1 / kInt4Block;
         __m512i sum[T][4];
@@ -104,10 +103,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_stream
         }
         for (int t = 0; t < T; ++t) {
           const __m512i v = _mm512_add_epi32(_mm512_add_epi32(sum[t][0], sum[t][1]), _mm512_add_epi32(sum[t][2], sum[t][3]));
-          acc[t].add(c.grouped, s, c.term(o, s, t, _mm512_reduce_add_epi32(v)));
+          c.add(acc[t], o, s, t, _mm512_reduce_add_epi32(v));
         }
       }
-      for (int t = 0; t < T; ++t) c.store(t, o, acc[t].total(c.grouped));
+      for (int t = 0; t < T; ++t) c.store(t, o, acc[t]);
     }
   }
 }

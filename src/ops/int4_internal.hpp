@@ -4,6 +4,7 @@
 // sums and the fp32 epilogue every path runs in the same order, so that all of them equal the
 // scalar reference bit for bit. Internal to src/ops.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -57,36 +58,29 @@ struct GemmContext {
         xsum[std::size_t(t * S + s)] = sum;
       }
   }
-  // The fp32 epilogue, shared by every path: one segment's integer dot, as added to the running
-  // sum. Per token: s_w * float(dot - z * xsum), times s_x at the end. With activation groups:
-  // s_x * float(...) with per-channel weights (s_w at the end), else s_x * (s_w * float(...)).
-  float term(int64_t o, std::size_t s, int t, int32_t dot) const {
+  // The fp32 epilogue, shared by every path: one segment's integer dot added to the running sum
+  // `acc` (0 at the start), segments in column order, d = float(dot - z * xsum):
+  //   per token:                 acc = acc + s_w * d                 (y = acc * s_x at the end)
+  //   activation groups, G == 1: acc = fma(s_x[group], d, acc)       (y = s_w * acc at the end)
+  //   activation groups, G > 1:  acc = fma(s_x[group] * s_w, d, acc)
+  // One fused multiply-add per group: the row-interleaved GEMM (int4.cpp, gemm_rows_avx512)
+  // keeps 16 outputs' sums in the lanes of one register and applies each group's scale with one
+  // vfmadd, with no separate rounding of the product.
+  void add(float& acc, int64_t o, std::size_t s, int t, int32_t dot) const {
     const Segment& g = seg[s];
     const int32_t z = w.zeros ? w.zeros[o * G + g.wg] : 8;
     const float d = float(dot - z * xsum[std::size_t(t) * seg.size() + s]);
-    if (!grouped) return w.scales[o * G + g.wg] * d;
+    if (!grouped) {
+      acc = acc + w.scales[o * G + g.wg] * d;
+      return;
+    }
     const float sx = x.scale[std::size_t(t * GA + g.ag)];
-    return G == 1 ? sx * d : sx * (w.scales[o * G + g.wg] * d);
+    acc = std::fma(G == 1 ? sx : sx * w.scales[o * G + g.wg], d, acc);
   }
   void store(int t, int64_t o, float acc) const {
     float v = !grouped ? acc * x.scale[std::size_t(t)] : G == 1 ? w.scales[o] * acc : acc;
     if (bias) v = v + bias[o];
     y[int64_t(t) * w.rows + o] = v;
-  }
-};
-
-// The running sum of one output. Per token one fp32 sum; with activation groups 16 lanes, segment
-// s into lane s % 16 (the lanes of gemm_grouped_avx512, one group per lane), added pairwise at the
-// end (lane i + lane i + 8, then + 4, + 2, + 1) -- the order every path follows.
-struct RunningSum {
-  float lane[16];
-  void clear(bool grouped) { std::fill(lane, lane + (grouped ? 16 : 1), 0.f); }
-  void add(bool grouped, std::size_t s, float v) { lane[grouped ? s % 16 : 0] += v; }
-  float total(bool grouped) {
-    if (grouped)
-      for (int step = 8; step >= 1; step /= 2)
-        for (int i = 0; i < step; ++i) lane[i] = lane[i] + lane[i + step];
-    return lane[0];
   }
 };
 
