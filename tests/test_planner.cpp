@@ -213,4 +213,26 @@ TEST(Planner, NeverReadsTheEvaluationData) {
   EXPECT_LE(clean.report.precision_plan->kv_bits_per_element, 5.0);
 }
 
+// --target-kld: parts go to 8 bits in sensitivity order only until the calibration KLD is at most
+// the target (the clip search can only lower it); an unreachable target keeps every part at 8.
+TEST(Planner, TargetKldStopsAtTheTarget) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  auto plan = [](double target) {
+    PlanOptions o = stories_plan("", 0);
+    o.preset = "w4a4kv4-rtn";
+    o.target_kld = target;
+    o.plan_windows = 1;
+    o.nsamples = 1;
+    return *run_plan(o).report.precision_plan;
+  };
+  const auto reachable = plan(0.5);
+  EXPECT_LE(reachable.kld_planned, 0.5);
+  EXPECT_GT(reachable.kld_low, 0.5) << "the all-4-bit cache must miss the target for the test to mean anything";
+  EXPECT_LT(reachable.kv_bits_per_element, 8.0);
+  EXPECT_GT(reachable.kv_bits_per_element, 4.0);
+  const auto unreachable = plan(1e-6);
+  EXPECT_EQ(unreachable.kv_bits_per_element, 8.0);
+}
+
 }  // namespace
