@@ -110,9 +110,15 @@ TEST(Rtn, BadOptionsAreRefused) {
   EXPECT_THROW(quantize_rtn(w.data(), 2, 32, {{9, true}, 0, false}), Error);
   EXPECT_THROW(quantize_rtn(w.data(), 2, 32, {{1, true}, 0, false}), Error);
   EXPECT_THROW(quantize_rtn(w.data(), 2, 32, {{4, true}, 12, false}), Error);  // 12 does not divide 32
-  EXPECT_THROW(check_act_options(ActQuantOptions{3, 1.5}), Error);
-  EXPECT_THROW(check_act_options(ActQuantOptions{17, 0.9}), Error);  // was taken as "none"
-  EXPECT_NO_THROW(check_act_options(ActQuantOptions{16, 0.9}));
+  auto act = [](int bits, double clip) {
+    ActQuantOptions o;
+    o.a_bits = bits;
+    o.a_clip = clip;
+    return o;
+  };
+  EXPECT_THROW(check_act_options(act(3, 1.5)), Error);
+  EXPECT_THROW(check_act_options(act(17, 0.9)), Error);  // was taken as "none"
+  EXPECT_NO_THROW(check_act_options(act(16, 0.9)));
 }
 
 TEST(Gptq, IdentityHessianEqualsRtn) {

@@ -85,6 +85,18 @@ int main(int argc, char** argv) {
   app.add_option("--k-bits", a.k_bits, "key cache bits (16: not quantized)")->group("Activations & KV");
   app.add_option("--v-bits", a.v_bits, "value cache bits (16: not quantized)")->group("Activations & KV");
   app.add_option("--kv-clip", a.kv_clip, "KV clip ratio (paper: 0.95)")->group("Activations & KV");
+  app.add_option("--budget-kv-bits", a.budget_kv_bits,
+                 "precision planner: mean bits per cached K/V element (4..8); from calibration windows only (the KLD of the final\n"
+                 "logits vs the float model when one layer's K or V goes 8 -> 4 bits), the most sensitive K/V parts stay 8-bit and\n"
+                 "each layer's clips (activations, K, V) are chosen; needs --calib; the plan is in the report and the packed file")
+      ->group("Precision planner");
+  app.add_option("--target-kld", a.target_kld,
+                 "precision planner: keep K/V parts at 8 bits (most sensitive first, within --budget-kv-bits) only until the\n"
+                 "calibration KLD is at most this")
+      ->group("Precision planner");
+  app.add_option("--plan-windows", a.plan_windows, "precision planner: calibration windows measured (at most 512 tokens each)")
+      ->capture_default_str()
+      ->group("Precision planner");
   app.add_flag("--qdec", a.qdec,
                "QDEC (arXiv 2412.20185): store the weight residual W - Q(W) and add back, per token, the rows of\n"
                "the input channels with the largest |x| (a section of the packed file)")->group("QDEC");

@@ -43,6 +43,9 @@ struct PackRecipe {
   // < 16: the embedding table and the classifier are INT8 row tables (quantize_int8_rows) in a
   // version-2 file; 16: fp32. (Version-1 files stored them fp32, dequantized, whatever this says.)
   int classifier_bits = 16;
+  // The precision planner's plan (JSON object text: budget, sensitivities, choices), kept as
+  // it is for readers; empty: none. The settings it chose are act.layers.
+  std::string plan;
 };
 std::string recipe_json(const PackRecipe& r);
 // The recipe of a quantization config; throws quarot::Error (naming the flag) when the packed
@@ -75,6 +78,10 @@ class PackedWriter {
   // Tests only: 1 writes what version 1 wrote (the tables fp32 as `m` holds them, version 1), to
   // check that such files still read.
   void set_format_version(int v) { format_version_ = v; }
+  // The recipe written (e.g. with the precision planner's per-layer settings, chosen after the
+  // linears were quantized).
+  void set_recipe(const PackRecipe& r) { recipe_ = r; }
+  const PackRecipe& recipe() const { return recipe_; }
 
  private:
   struct Linear {

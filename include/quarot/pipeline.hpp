@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include <vector>
 
@@ -41,6 +42,9 @@ struct PlanOptions {
   std::string task, task_file, task_labels;
   int task_limit = 0;
   std::string eval_text;  // evaluation text, tokenized (instead of --eval-ids)
+  // The precision planner (0: off): --budget-kv-bits, --target-kld, --plan-windows.
+  double budget_kv_bits = 0, target_kld = 0;
+  int plan_windows = 4;
 };
 
 struct Plan {
@@ -79,6 +83,16 @@ struct Plan {
     double slowdown_percent = 0;
     bool sweep = false;
   } qdec;
+  // The precision planner (precision_plan.cpp): from calibration windows only, the sensitivity of
+  // the final logits (KLD vs the float model) to each layer's K and V going from 8 to 4 bits, then
+  // which of them stay at 8 bits under the budget, and each layer's clip ratios. Enabled when
+  // budget_kv_bits > 0 or target_kld > 0.
+  struct Planner {
+    double budget_kv_bits = 0;  // mean code bits per cached element (K and V, all layers), 4..8; 0: 8 (no budget)
+    double target_kld = 0;      // stop keeping parts at 8 bits once the calibration KLD is at most this; 0: none
+    int windows = 4;            // calibration windows measured (at most 512 tokens each)
+    bool enabled() const { return budget_kv_bits > 0 || target_kld > 0; }
+  } planner;
   struct RunOptions {
     int threads = 0;  // 0: all cores
     std::string progress = "auto";
@@ -121,6 +135,14 @@ std::string plan_command(const Plan& p);
 std::string shell_quote(const std::string& s);
 
 struct QdecStore;
+
+// The precision planner's choice under a bit budget: per layer {k_bits, v_bits}, each part at `low`
+// bits except the most sensitive ones (k_sens[l], v_sens[l]: KLD increase when that part alone goes
+// from `high` to `low`; ties: lower layer first, K before V), raised to `high` while the mean code
+// bits per cached element (K and V of every layer averaged) stay at most `budget`. Equal cost per
+// part, so taking them by sensitivity is the best choice when the effects add up.
+std::vector<std::pair<int, int>> choose_kv_bits(const std::vector<double>& k_sens, const std::vector<double>& v_sens, double budget,
+                                                int low = 4, int high = 8);
 
 // The quantized model as a whole-model run holds it in memory after the quantize stage: what a
 // library user (a test, a bench) measures beyond the report, without rebuilding the pipeline.

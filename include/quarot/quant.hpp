@@ -104,6 +104,14 @@ QuantizedMatrix quantize_onto(const float* w, int64_t rows, int64_t cols, const 
 
 // Activation and KV-cache quantization in the forward pass (fake quant: values are rounded to
 // the grid and dequantized in place).
+// One decoder layer's own settings (the precision planner's choice, pipeline): the K and V cache
+// bits and the clip ratios of its activations, keys and values. Activation and weight bits stay
+// the model's: the INT4 kernels run one activation width (a_bits) for every layer.
+struct LayerActQuant {
+  int k_bits = 16, v_bits = 16;
+  double a_clip = 1.0, k_clip = 1.0, v_clip = 1.0;
+  bool operator==(const LayerActQuant&) const = default;
+};
 struct ActQuantOptions {
   int a_bits = 16;       // 16: activations not quantized (check_act_options refuses other values outside 2..8)
   double a_clip = 1.0;   // QuaRot: 0.9
@@ -111,7 +119,19 @@ struct ActQuantOptions {
   int k_bits = 16, v_bits = 16;
   double kv_clip = 1.0;  // QuaRot: 0.95
   bool kv_asym = true;   // per head, asymmetric (QuaRot)
-  bool any() const { return a_bits < 16 || k_bits < 16 || v_bits < 16; }
+  // Per decoder layer (empty: every layer as above; else one entry per layer, which then
+  // replaces k_bits, v_bits, a_clip and kv_clip for that layer).
+  std::vector<LayerActQuant> layers;
+  LayerActQuant layer(int l) const {
+    if (!layers.empty()) return layers.at(std::size_t(l));
+    return {k_bits, v_bits, a_clip, kv_clip, kv_clip};
+  }
+  bool any() const {
+    bool kv = k_bits < 16 || v_bits < 16;
+    for (const auto& l : layers) kv = kv || l.k_bits < 16 || l.v_bits < 16;
+    return a_bits < 16 || kv;
+  }
+  bool operator==(const ActQuantOptions&) const = default;
 };
 void check_act_options(const ActQuantOptions& o);
 // The KV cache's size per cached element (keys and values averaged): `codes` counts the code
@@ -124,6 +144,7 @@ struct KvCacheBits {
   double codes() const { return (k_codes + v_codes) / 2; }
   double stored() const { return (k_stored + v_stored) / 2; }
 };
+// Per-layer settings (o.layers): the mean over the layers.
 KvCacheBits kv_cache_bits(const ActQuantOptions& o, int head_dim);
 // Quantizes rows of `x` in groups of `group` columns (0: whole row).
 template <class T>

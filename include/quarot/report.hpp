@@ -152,6 +152,27 @@ struct RunReport {
     std::optional<TaskFigures> float_model, quantized, packed;  // quantized: the simulation
   };
   std::vector<Task> tasks;
+  // The precision planner (--budget-kv-bits / --target-kld): measured on calibration windows
+  // only. Sensitivity: the increase of the final logits' KLD vs the float model when that part
+  // of that layer alone goes from 8 to 4 bits (every other K/V at 8). Its to_json is also the
+  // packed file's recipe "plan".
+  struct PrecisionPlan {
+    double budget_kv_bits = 0;  // 0: none
+    double target_kld = 0;      // 0: none
+    int windows = 0, tokens = 0;
+    double kld_high = 0, kld_low = 0, kld_planned = 0;  // calibration KLD: every K/V at 8 bits, at 4, as planned
+    double kv_bits_per_element = 0;                     // code bits, as planned
+    std::string limits;                                 // what the planner does not choose, and why
+    struct Layer {
+      int layer = 0;
+      double k_sensitivity = 0, v_sensitivity = 0;
+      int k_bits = 0, v_bits = 0;
+      double a_clip = 1, k_clip = 1, v_clip = 1;
+    };
+    std::vector<Layer> layers;
+    std::string to_json() const;
+  };
+  std::optional<PrecisionPlan> precision_plan;
   std::map<std::string, double> timings;
   uint64_t peak_rss_bytes = 0;
 
@@ -167,6 +188,8 @@ std::string report_markdown(const RunReport& r);
 // The report's plots: weight error per layer and module; activation outliers before/after rotation.
 std::string error_per_layer_svg(const RunReport& r);
 std::string outliers_svg(const RunReport& r);
+// The precision planner's sensitivity per layer (K and V) with the bits it chose; "" without a plan.
+std::string precision_plan_svg(const RunReport& r);
 
 // Escapes text for XML attribute values and character data.
 std::string xml_escape(const std::string& s);

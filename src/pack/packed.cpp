@@ -147,7 +147,7 @@ std::string linear_tensor_prefix(int layer, LinearModule m) {
 }
 
 std::string recipe_json(const PackRecipe& r) {
-  return json{{"preset", r.preset},
+  json j{{"preset", r.preset},
               {"method", r.method},
               {"w_bits", r.w_bits},
               {"w_symmetric", r.w_symmetric},
@@ -160,8 +160,17 @@ std::string recipe_json(const PackRecipe& r) {
               {"v_bits", r.act.v_bits},
               {"kv_clip", r.act.kv_clip},
               {"kv_asymmetric", r.act.kv_asym},
-              {"classifier_bits", r.classifier_bits}}
-      .dump();
+              {"classifier_bits", r.classifier_bits}};
+  // Per-layer KV bits and clips (the precision planner's): only when set, so files without them
+  // read and write as before.
+  if (!r.act.layers.empty()) {
+    json layers = json::array();
+    for (const auto& l : r.act.layers)
+      layers.push_back({{"k_bits", l.k_bits}, {"v_bits", l.v_bits}, {"a_clip", l.a_clip}, {"k_clip", l.k_clip}, {"v_clip", l.v_clip}});
+    j["layers"] = layers;
+  }
+  if (!r.plan.empty()) j["plan"] = json::parse(r.plan);
+  return j.dump();
 }
 
 PackRecipe make_pack_recipe(const QuantConfig& c) {
@@ -244,6 +253,36 @@ PackRecipe parse_recipe_json(const std::string& text, const std::string& source)
   r.act.kv_clip = clip("kv_clip", "kv-clip");
   r.act.kv_asym = boolean("kv_asymmetric");
   r.classifier_bits = integer("classifier_bits", "classifier-bits");
+  if (j.contains("layers")) {  // optional: files before per-layer settings have none
+    const json& ls = j.at("layers");
+    if (!ls.is_array() || ls.empty()) throw bad("layers", "must be a non-empty array, got " + ls.dump().substr(0, 80));
+    for (std::size_t i = 0; i < ls.size(); ++i) {
+      const json& e = ls[i];
+      const std::string where = "layers[" + std::to_string(i) + "]";
+      if (!e.is_object()) throw bad(where.c_str(), "must be an object");
+      auto num = [&](const char* key, const char* option) {
+        const auto it = e.find(key);
+        if (it == e.end()) throw bad(where.c_str(), std::string("has no '") + key + "'");
+        if (!it->is_number()) throw bad(where.c_str(), std::string("'") + key + "' must be a number, got " + it->dump());
+        const double x = it->get<double>();
+        if (auto problem = option_value_problem(*find_option_spec(option), x)) throw bad(where.c_str(), std::string(key) + ": " + *problem);
+        return x;
+      };
+      LayerActQuant l;
+      l.k_bits = int(num("k_bits", "k-bits"));
+      l.v_bits = int(num("v_bits", "v-bits"));
+      if (double(l.k_bits) != e.at("k_bits").get<double>() || double(l.v_bits) != e.at("v_bits").get<double>())
+        throw bad(where.c_str(), "bits must be integers");
+      l.a_clip = num("a_clip", "a-clip");
+      l.k_clip = num("k_clip", "kv-clip");
+      l.v_clip = num("v_clip", "kv-clip");
+      r.act.layers.push_back(l);
+    }
+  }
+  if (j.contains("plan")) {
+    if (!j.at("plan").is_object()) throw bad("plan", "must be an object");
+    r.plan = j.at("plan").dump();
+  }
   return r;
 }
 
@@ -443,6 +482,9 @@ PackedModel::PackedModel(const std::string& path, bool verify_crc) : impl_(std::
   check_json_limits(meta("config"), path + ": metadata 'config'");
   I.fw.config = parse_hf_config(meta("config"), path);
   I.recipe = parse_recipe_json(meta("recipe"), path);
+  if (!I.recipe.act.layers.empty() && int64_t(I.recipe.act.layers.size()) != int64_t(I.fw.config.n_layers))
+    throw Error(path, "recipe field 'layers' has " + std::to_string(I.recipe.act.layers.size()) + " entries for " +
+                          std::to_string(I.fw.config.n_layers) + " layers");
   if (auto it = h.metadata.find(kRotationMetadataKey); it != h.metadata.end()) I.fw.metadata[kRotationMetadataKey] = it->second;
   // Nothing is allocated or built before the tensors the config implies are known to be paid
   // for by the file: a header of a few hundred bytes could otherwise claim 4096 layers of width

@@ -138,6 +138,8 @@ void check_given_ranges(const PlanOptions& a) {
       {"ctx", double(a.ctx), NAN},                              {"chunks", double(a.chunks), NAN},
       {"outlier-windows", double(a.outlier_windows), NAN},      {"threads", double(a.threads), NAN},
       {"qdec-bits", double(a.qdec_bits), NAN},
+      {"budget-kv-bits", a.budget_kv_bits, unset.budget_kv_bits}, {"target-kld", a.target_kld, unset.target_kld},
+      {"plan-windows", double(a.plan_windows), NAN},
   };
   for (const auto& g : given)
     if (g.value != g.unset_value) check_option_value(g.name, g.value);
@@ -196,6 +198,7 @@ Plan make_plan(const PlanOptions& a) {
   p.task = {a.task, a.task_file, a.task_labels, a.task_limit};
   // --qdec-k, --qdec-slowdown and --qdec-sweep imply --qdec.
   p.qdec = {a.qdec || !a.qdec_k.empty() || a.qdec_slowdown > 0 || a.qdec_sweep, a.qdec_bits, a.qdec_k, a.qdec_slowdown, a.qdec_sweep};
+  p.planner = {a.budget_kv_bits, a.target_kld, a.plan_windows};
   p.run.threads = a.threads;
   p.run.progress = a.quiet ? "none" : a.progress;
   p.run.stream = a.stream;
@@ -276,6 +279,20 @@ void validate(const Plan& p) {
     if (p.task.name.empty() && (!p.task.file.empty() || !p.task.labels.empty() || p.task.limit != 0))
       throw Error("--task-file/--task-labels/--task-limit", "need --task hellaswag|piqa");
     if (p.task.limit < 0) throw Error("--task-limit", "must be >= 0, got " + std::to_string(p.task.limit));
+    if (p.planner.enabled()) {
+      // The planner chooses between 4- and 8-bit K/V per layer and measures KLD against the float
+      // model on calibration windows: a whole model in memory with a quantized KV cache.
+      const char* flag = p.planner.budget_kv_bits > 0 ? "--budget-kv-bits" : "--target-kld";
+      if (!p.gguf_preset.empty()) throw Error(flag, "plans the packed integer path: not with a GGUF output");
+      if (p.run.stream) throw Error(flag, "measures against the float model in memory: not with --stream");
+      if (p.calibration.path.empty() && !p.run.dry_run) throw Error(flag, "measures on calibration data only: give --calib FILE");
+      if (cfg.act.k_bits >= 16 || cfg.act.v_bits >= 16)
+        throw Error(flag, "chooses 4 or 8 bits for K and V: the preset must quantize the KV cache (--k-bits/--v-bits 2..8)");
+      if (p.qdec.enabled) throw Error(flag, "not with --qdec (QDEC's simulation would not follow the per-layer settings)");
+      check_option_value("plan-windows", p.planner.windows);
+      if (p.planner.budget_kv_bits > 0) check_option_value("budget-kv-bits", p.planner.budget_kv_bits);
+      if (p.planner.target_kld > 0) check_option_value("target-kld", p.planner.target_kld);
+    }
     if (cfg.method == WeightMethod::Gptq && p.calibration.path.empty() && !p.run.dry_run)
       throw Error("--calib", "GPTQ needs calibration data (--calib FILE: *.ids or text)");
   } catch (const UsageError&) {
@@ -359,6 +376,8 @@ std::string plan_json(const Plan& p, int indent) {
   if (!p.evaluation.text.empty()) j["evaluation"]["text"] = p.evaluation.text;  // only when given, as "task"
   if (!p.task.name.empty())  // only when asked: the config of runs without a task stays as it was
     j["task"] = {{"name", p.task.name}, {"file", p.task.file}, {"labels", p.task.labels}, {"limit", p.task.limit}};
+  if (p.planner.enabled())  // only when asked: the config of unplanned runs stays as it was
+    j["planner"] = {{"budget_kv_bits", p.planner.budget_kv_bits}, {"target_kld", p.planner.target_kld}, {"windows", p.planner.windows}};
   return j.dump(indent);
 }
 
@@ -465,6 +484,12 @@ std::string describe_plan(const Plan& p) {
                                   std::to_string(cfg.act.a_bits) + "-bit, clip " + std::to_string(cfg.act.a_clip).substr(0, 4)).c_str()
                                : "16-bit",
            cfg.act.k_bits, cfg.act.v_bits, cfg.act.kv_asym ? "asymmetric per head" : "symmetric per head", cfg.act.kv_clip);
+    if (p.planner.enabled())
+      append(o, "  precision planner: K and V per layer 4 or 8 bits%s%s, clips per layer (activations, K, V), from %d calibration windows "
+                "(activation and weight bits stay %d/%d: the INT4 kernels run one width)\n",
+             p.planner.budget_kv_bits > 0 ? (", at most " + std::to_string(p.planner.budget_kv_bits).substr(0, 4) + " bits per cached element").c_str() : "",
+             p.planner.target_kld > 0 ? (", until the calibration KLD is at most " + std::to_string(p.planner.target_kld)).c_str() : "", p.planner.windows,
+             cfg.act.a_bits, cfg.gptq.weights.grid.bits);
     double est = double(lin) * bpw / 8 + double(other) * 4;
     if (!p.outputs.packed.empty()) {  // the file's bytes, tensor by tensor (the header estimated)
       PackRecipe r = make_pack_recipe(cfg);
@@ -547,6 +572,9 @@ std::string plan_command(const Plan& p) {
   if (!p.qdec.k.empty()) opt("--qdec-k", p.qdec.k);
   if (p.qdec.slowdown_percent > 0) opt("--qdec-slowdown", num(p.qdec.slowdown_percent));
   if (p.qdec.sweep) flag("--qdec-sweep");
+  if (p.planner.budget_kv_bits > 0) opt("--budget-kv-bits", num(p.planner.budget_kv_bits));
+  if (p.planner.target_kld > 0) opt("--target-kld", num(p.planner.target_kld));
+  if (p.planner.windows != PlanOptions{}.plan_windows) opt("--plan-windows", std::to_string(p.planner.windows));
   if (!p.evaluation.ids.empty()) opt("--eval-ids", p.evaluation.ids);
   if (p.evaluation.ctx) opt("--ctx", std::to_string(p.evaluation.ctx));
   if (p.evaluation.chunks) opt("--chunks", std::to_string(p.evaluation.chunks));

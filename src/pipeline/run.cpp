@@ -88,6 +88,7 @@ class Run {
     }
     rotate();
     quantize();
+    plan_precision();
     pack();
     evaluate();
     score_task_accuracy();
@@ -150,6 +151,7 @@ class Run {
       if (fs::exists(fs::symlink_status(report_dir_, ec)) && !fs::is_directory(fs::symlink_status(report_dir_, ec)))
         throw Error(report_dir_, "exists and is not a folder (the report folder; --report-dir sets another)");
       for (const char* f : kReportFiles) outputs.push_back((fs::path(report_dir_) / f).string());
+      if (p_.planner.enabled()) outputs.push_back((fs::path(report_dir_) / kPlanPlotFile).string());
     }
     if (!p_.outputs.json.empty()) outputs.push_back(p_.outputs.json);
     for (std::size_t i = 0; i < outputs.size(); ++i) {
@@ -194,6 +196,7 @@ class Run {
 
  private:
   static constexpr const char* kReportFiles[] = {"report.json", "report.md", "error_per_layer.svg", "outliers.svg"};
+  static constexpr const char* kPlanPlotFile = "precision_plan.svg";  // with the precision planner only
 
   // Whole model in memory, or streamed layer by layer when its fp32 copies would not fit.
   void load() {
@@ -231,7 +234,7 @@ class Run {
   void calibration_data() {
     const auto t = Clock::now();
     begin("calibration_data");
-    if (cfg_.method == WeightMethod::Gptq) {
+    if (cfg_.method == WeightMethod::Gptq || p_.planner.enabled()) {  // the planner measures on calibration windows only
       const bool ids = p_.calibration.path.ends_with(".ids");
       const Tokenizer* tok = ids ? nullptr : text_tokenizer();
       calib_ = calibration_windows(read_calibration(p_.calibration.path, tok, c_.vocab), cfg_.nsamples, cfg_.seqlen, cfg_.seed,
@@ -370,6 +373,28 @@ class Run {
             (b.point == HookPoint::QkvInput || b.point == HookPoint::OProjInput || b.point == HookPoint::GateUpInput ||
              b.point == HookPoint::DownProjInput))
           rep_.outliers.push_back({b.layer, hook_point_name(b.point), b.max_over_median, x.max_over_median});
+  }
+
+  // The precision planner: per-layer K/V bits and clips from the calibration windows (never the
+  // evaluation data: it is handed calib_ alone), into cfg_.act (the simulation and the report)
+  // and the packed file's recipe (the integer path).
+  void plan_precision() {
+    if (!p_.planner.enabled()) return;
+    if (stream_) {  // --stream is refused with the planner; a model too large for memory streams by itself
+      say(Observer::Channel::Warning, "%s", "quarot-quantize: warning: streamed run: the precision planner needs the float model in memory and is skipped\n");
+      return;
+    }
+    const auto t = Clock::now();
+    begin("plan");
+    const auto log = [this](const std::string& s) { obs_.text(Observer::Channel::Log, "quarot-quantize: " + s); };
+    rep_.precision_plan = pipeline_detail::plan_precision(float_model_, m_, online_, cfg_.act, cfg_.gptq.weights.grid.bits, calib_, p_.planner, log);
+    if (writer_) {
+      PackRecipe r = writer_->recipe();
+      r.act = cfg_.act;
+      r.plan = rep_.precision_plan->to_json();
+      writer_->set_recipe(r);
+    }
+    end("plan", t);
   }
 
   // The input model's sizes, whatever the output format.
@@ -682,6 +707,7 @@ class Run {
       make_dirs(report_dir_);
       const std::string texts[] = {text, report_markdown(rep_), error_per_layer_svg(rep_), outliers_svg(rep_)};
       for (std::size_t i = 0; i < std::size(kReportFiles); ++i) stage((fs::path(report_dir_) / kReportFiles[i]).string(), texts[i]);
+      if (rep_.precision_plan) stage((fs::path(report_dir_) / kPlanPlotFile).string(), precision_plan_svg(rep_));
     }
     if (!p_.outputs.json.empty()) {
       if (const fs::path parent = fs::path(p_.outputs.json).parent_path(); !parent.empty()) make_dirs(parent);

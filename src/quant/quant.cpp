@@ -127,6 +127,14 @@ void check_act_options(const ActQuantOptions& o) {
   check_option_value("a-clip", o.a_clip);
   check_option_value("kv-clip", o.kv_clip);
   check_option_value("a-group", o.a_group);
+  for (std::size_t l = 0; l < o.layers.size(); ++l) {
+    const auto& x = o.layers[l];
+    const std::string at = "layer " + std::to_string(l) + " ";
+    for (auto [bits, name] : {std::pair{x.k_bits, "k_bits"}, {x.v_bits, "v_bits"}})
+      if (bits != 16 && (bits < 2 || bits > 8)) throw Error("--budget-kv-bits", at + name + " must be 2..8 (or 16), got " + std::to_string(bits));
+    for (auto [clip, name] : {std::pair{x.a_clip, "a_clip"}, {x.k_clip, "k_clip"}, {x.v_clip, "v_clip"}})
+      if (!(clip > 0 && clip <= 1)) throw Error("--budget-kv-bits", at + name + " must be in (0, 1], got " + std::to_string(clip));
+  }
 }
 
 KvCacheBits kv_cache_bits(const ActQuantOptions& o, int head_dim) {
@@ -137,10 +145,26 @@ KvCacheBits kv_cache_bits(const ActQuantOptions& o, int head_dim) {
     return (8.0 * bytes + 32 + 8) / head_dim;
   };
   if (head_dim <= 0) return b;
-  b.k_codes = o.k_bits >= 16 ? 16 : o.k_bits;
-  b.v_codes = o.v_bits >= 16 ? 16 : o.v_bits;
-  b.k_stored = stored(o.k_bits);
-  b.v_stored = stored(o.v_bits);
+  auto codes = [](int bits) { return bits >= 16 ? 16.0 : double(bits); };
+  if (o.layers.empty()) {
+    b.k_codes = codes(o.k_bits);
+    b.v_codes = codes(o.v_bits);
+    b.k_stored = stored(o.k_bits);
+    b.v_stored = stored(o.v_bits);
+    return b;
+  }
+  b = {0, 0, 0, 0};
+  for (const auto& l : o.layers) {
+    b.k_codes += codes(l.k_bits);
+    b.v_codes += codes(l.v_bits);
+    b.k_stored += stored(l.k_bits);
+    b.v_stored += stored(l.v_bits);
+  }
+  const double n = double(o.layers.size());
+  b.k_codes /= n;
+  b.v_codes /= n;
+  b.k_stored /= n;
+  b.v_stored /= n;
   return b;
 }
 
@@ -167,18 +191,19 @@ template <class T>
 ForwardHook<T> act_quant_hook(const ActQuantOptions& o, int head_dim, ForwardHook<T> next) {
   check_act_options(o);
   return [o, head_dim, next](HookPoint p, int layer, const ActivationView<T>& v) {
+    const LayerActQuant l = o.layer(layer);  // the layer's own bits and clips (the planner's), else the model's
     switch (p) {
       case HookPoint::QkvInput:
       case HookPoint::OProjInput:
       case HookPoint::GateUpInput:
       case HookPoint::DownProjInput:
-        if (o.a_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, o.a_group, Grid{o.a_bits, true}, o.a_clip);
+        if (o.a_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, o.a_group, Grid{o.a_bits, true}, l.a_clip);
         break;
       case HookPoint::KeyAfterRope:
-        if (o.k_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, head_dim, Grid{o.k_bits, !o.kv_asym}, o.kv_clip);
+        if (l.k_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, head_dim, Grid{l.k_bits, !o.kv_asym}, l.k_clip);
         break;
       case HookPoint::ValueAfterProj:
-        if (o.v_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, head_dim, Grid{o.v_bits, !o.kv_asym}, o.kv_clip);
+        if (l.v_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, head_dim, Grid{l.v_bits, !o.kv_asym}, l.v_clip);
         break;
       default:
         break;

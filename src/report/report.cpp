@@ -215,6 +215,20 @@ std::string report_markdown(const RunReport& r) {
       m << "| " << x.layer << " | " << x.point << " | " << num(x.before, "%.2f") << " | " << num(x.after, "%.2f") << " |\n";
     m << "\n![outliers](outliers.svg)\n\n";
   }
+  if (r.precision_plan) {
+    const auto& pp = *r.precision_plan;
+    m << "## Precision plan (calibration data only)\n\n";
+    if (pp.budget_kv_bits > 0) m << "Budget: " << num(pp.budget_kv_bits, "%.2f") << " bits per cached K/V element. ";
+    if (pp.target_kld > 0) m << "Target calibration KLD: " << num(pp.target_kld, "%.5f") << ". ";
+    m << "Planned: " << num(pp.kv_bits_per_element, "%.2f") << " bits per cached element; calibration KLD vs float "
+      << num(pp.kld_planned, "%.5f") << " (every K/V at 8 bits: " << num(pp.kld_high, "%.5f") << ", at 4 bits: " << num(pp.kld_low, "%.5f")
+      << "), " << pp.windows << " windows, " << pp.tokens << " tokens. " << pp.limits << "\n\n"
+      << "| layer | K sensitivity | V sensitivity | K bits | V bits | activation clip | K clip | V clip |\n|---|---|---|---|---|---|---|---|\n";
+    for (const auto& l : pp.layers)
+      m << "| " << l.layer << " | " << num(l.k_sensitivity, "%.5f") << " | " << num(l.v_sensitivity, "%.5f") << " | " << l.k_bits << " | "
+        << l.v_bits << " | " << num(l.a_clip, "%.2f") << " | " << num(l.k_clip, "%.2f") << " | " << num(l.v_clip, "%.2f") << " |\n";
+    m << "\n![sensitivity per layer](precision_plan.svg)\n\n";
+  }
   if (r.qdec) {
     const auto& qd = *r.qdec;
     m << "## QDEC (residual compensation, arXiv 2412.20185)\n\n";

@@ -1,4 +1,5 @@
 // RunReport <-> report.json: the one place that spells the report's keys (docs/report.schema.json).
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -67,6 +68,42 @@ RunReport::Qdec::Tuner tuner_of(const json& j) {
   for (const auto& [kind, row] : j.at("cost_seconds").items()) t.cost_seconds[kind] = row.get<std::vector<double>>();
   t.steps = j.at("steps").get<std::vector<std::string>>();
   return t;
+}
+
+json precision_plan_json(const RunReport::PrecisionPlan& p) {
+  json layers = json::array();
+  for (const auto& l : p.layers)
+    layers.push_back({{"layer", l.layer}, {"k_sensitivity", l.k_sensitivity}, {"v_sensitivity", l.v_sensitivity}, {"k_bits", l.k_bits},
+                      {"v_bits", l.v_bits}, {"a_clip", l.a_clip}, {"k_clip", l.k_clip}, {"v_clip", l.v_clip}});
+  return {{"budget_kv_bits", p.budget_kv_bits}, {"target_kld", p.target_kld}, {"windows", p.windows}, {"tokens", p.tokens},
+          {"kld_high", p.kld_high}, {"kld_low", p.kld_low}, {"kld_planned", p.kld_planned},
+          {"kv_bits_per_element", p.kv_bits_per_element}, {"limits", p.limits}, {"layers", layers}};
+}
+
+RunReport::PrecisionPlan precision_plan_of(const json& j) {
+  RunReport::PrecisionPlan p;
+  p.budget_kv_bits = j.at("budget_kv_bits").get<double>();
+  p.target_kld = j.at("target_kld").get<double>();
+  p.windows = j.at("windows").get<int>();
+  p.tokens = j.at("tokens").get<int>();
+  p.kld_high = j.at("kld_high").get<double>();
+  p.kld_low = j.at("kld_low").get<double>();
+  p.kld_planned = j.at("kld_planned").get<double>();
+  p.kv_bits_per_element = j.at("kv_bits_per_element").get<double>();
+  p.limits = j.at("limits").get<std::string>();
+  for (const auto& l : j.at("layers")) {
+    RunReport::PrecisionPlan::Layer x;
+    x.layer = l.at("layer").get<int>();
+    x.k_sensitivity = l.at("k_sensitivity").get<double>();
+    x.v_sensitivity = l.at("v_sensitivity").get<double>();
+    x.k_bits = l.at("k_bits").get<int>();
+    x.v_bits = l.at("v_bits").get<int>();
+    x.a_clip = l.at("a_clip").get<double>();
+    x.k_clip = l.at("k_clip").get<double>();
+    x.v_clip = l.at("v_clip").get<double>();
+    p.layers.push_back(x);
+  }
+  return p;
 }
 
 json task_figures_json(const RunReport::TaskFigures& f, const std::optional<RunReport::TaskFigures>& base) {
@@ -165,6 +202,7 @@ json report_json(const RunReport& r) {
                             {"float", entry(t.float_model, false)}, {"quantized", entry(t.quantized, true)}, {"packed", entry(t.packed, true)}});
     }
   }
+  if (r.precision_plan) j["precision_plan"] = precision_plan_json(*r.precision_plan);
   j["timings"] = json::object();
   for (const auto& [k, v] : r.timings) j["timings"][k] = v;
   j["peak_rss_bytes"] = r.peak_rss_bytes;
@@ -271,6 +309,7 @@ RunReport report_of(const json& j) {
       task.packed = task_figures_of(t.at("packed"));
       r.tasks.push_back(task);
     }
+  if (j.contains("precision_plan")) r.precision_plan = precision_plan_of(j.at("precision_plan"));
   for (const auto& [k, v] : j.at("timings").items()) r.timings[k] = v.get<double>();
   r.peak_rss_bytes = j.at("peak_rss_bytes").get<uint64_t>();
   return r;
@@ -279,6 +318,7 @@ RunReport report_of(const json& j) {
 }  // namespace
 
 std::string RunReport::Qdec::Tuner::to_json() const { return tuner_json(*this).dump(); }
+std::string RunReport::PrecisionPlan::to_json() const { return precision_plan_json(*this).dump(); }
 
 std::string RunReport::to_json(int indent) const {
   const json j = report_json(*this);
@@ -311,6 +351,23 @@ std::string error_per_layer_svg(const RunReport& r) {
   std::vector<ChartSeries> es;
   for (auto& [k, s] : err) es.push_back(s);
   return svg_chart(es, {"Weight quantization error per layer", "layer", "||W - Q(W)|| / ||W||"});
+}
+
+std::string precision_plan_svg(const RunReport& r) {
+  if (!r.precision_plan) return "";
+  ChartSeries k{"K (8 -> 4 bits)", {}, {}, {}, false}, v{"V (8 -> 4 bits)", {}, {}, {}, true};
+  for (const auto& l : r.precision_plan->layers) {
+    k.x.push_back(l.layer);
+    k.y.push_back(std::max(l.k_sensitivity, 1e-7));  // log axis: a part with no measurable effect sits at the floor
+    k.labels.push_back(std::to_string(l.k_bits));
+    v.x.push_back(l.layer);
+    v.y.push_back(std::max(l.v_sensitivity, 1e-7));
+    v.labels.push_back(std::to_string(l.v_bits));
+  }
+  ChartOptions o{"Precision planner: KLD increase per layer when K or V alone goes 8 -> 4 bits (labels: bits chosen)", "layer",
+                 "calibration KLD increase"};
+  o.log_y = true;
+  return svg_chart({k, v}, o);
 }
 
 std::string outliers_svg(const RunReport& r) {

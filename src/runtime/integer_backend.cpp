@@ -90,8 +90,9 @@ class IntegerBackend : public LinearBackend {
     k_.resize(std::size_t(c.n_layers));
     v_.resize(std::size_t(c.n_layers));
     for (int l = 0; l < c.n_layers; ++l) {
-      k_[l].allocate(a.k_bits, a.kv_asym, a.kv_clip, c.n_kv_heads, c.head_dim, max_context);
-      v_[l].allocate(a.v_bits, a.kv_asym, a.kv_clip, c.n_kv_heads, c.head_dim, max_context);
+      const LayerActQuant at = a.layer(l);  // the layer's own bits and clips (the precision planner's), else the model's
+      k_[l].allocate(at.k_bits, a.kv_asym, at.k_clip, c.n_kv_heads, c.head_dim, max_context);
+      v_[l].allocate(at.v_bits, a.kv_asym, at.v_clip, c.n_kv_heads, c.head_dim, max_context);
     }
   }
   void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int /*rows*/, bool same_input) override {
@@ -103,7 +104,7 @@ class IntegerBackend : public LinearBackend {
       return;
     }
     // q/k/v share one input, and gate/up another: quantize it once.
-    if (!same_input) quantize_activations(in, n, cols, a.a_bits, a.a_clip, a.a_group, act_, isa_);
+    if (!same_input) quantize_activations(in, n, cols, a.a_bits, a.layer(layer).a_clip, a.a_group, act_, isa_);
     int4_gemm(w, act_, nullptr, out, isa_);
     compensate(layer, m, in, n, cols, out, same_input);
   }

@@ -37,7 +37,7 @@ class QdecSimulationBackend : public LinearBackend {
     if (act_.a_bits < 16) {
       if (first) {
         xq_.assign(in, in + std::size_t(n) * std::size_t(cols));
-        fake_quant_rows(xq_.data(), n, cols, act_.a_group, Grid{act_.a_bits, true}, act_.a_clip);
+        fake_quant_rows(xq_.data(), n, cols, act_.a_group, Grid{act_.a_bits, true}, act_.layer(layer).a_clip);
       }
       x = xq_.data();
     }

@@ -1,0 +1,240 @@
+// The precision planner (issue 17): which K/V parts of which layers stay at 8 bits under a
+// budget, and each layer's clip ratios, chosen from calibration windows only. It measures the
+// final logits' KL divergence from the float model on those windows, so what it sees is what
+// the model outputs, not a per-tensor error that may not matter downstream.
+//
+// What it can choose is what the packed integer path runs per layer: the K and V cache bits (4
+// or 8; the INT8 and INT4 KV kernels) and the clip ratios of activations, keys and values.
+// Activation and weight bits stay the model's: the INT4 GEMM takes one activation width and
+// 2..4-bit weights, so an 8-bit layer would have to be simulated only (not done: the report's
+// `limits` says so).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include "pipeline_detail.hpp"
+#include "quarot/error.hpp"
+#include "quarot/pipeline.hpp"
+
+namespace quarot {
+
+std::vector<std::pair<int, int>> choose_kv_bits(const std::vector<double>& k_sens, const std::vector<double>& v_sens, double budget, int low,
+                                                int high) {
+  if (k_sens.size() != v_sens.size() || k_sens.empty()) throw Error("precision planner", "one K and one V sensitivity per layer");
+  if (!(high > low)) throw Error("precision planner", "high bits must exceed low bits");
+  if (!(budget >= low)) throw Error("--budget-kv-bits", "must be at least " + std::to_string(low) + ", got " + std::to_string(budget));
+  const int layers = int(k_sens.size()), parts = 2 * layers;
+  // Each part raised costs (high - low) / parts bits of the mean. The 1e-9 keeps a budget that is
+  // exactly reachable (e.g. 6 with half the parts raised) from losing a part to rounding.
+  const int raised = std::clamp(int(std::floor((budget - low) * parts / (high - low) + 1e-9)), 0, parts);
+  std::vector<int> order(static_cast<std::size_t>(parts));
+  std::iota(order.begin(), order.end(), 0);  // part p: layer p / 2, K when p is even
+  auto sens = [&](int p) { return p % 2 == 0 ? k_sens[std::size_t(p / 2)] : v_sens[std::size_t(p / 2)]; };
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sens(a) > sens(b); });
+  std::vector<std::pair<int, int>> bits(std::size_t(layers), {low, low});
+  for (int i = 0; i < raised; ++i) {
+    const int p = order[std::size_t(i)];
+    (p % 2 == 0 ? bits[std::size_t(p / 2)].first : bits[std::size_t(p / 2)].second) = high;
+  }
+  return bits;
+}
+
+namespace pipeline_detail {
+
+namespace {
+
+constexpr int kLow = 4, kHigh = 8;
+constexpr int kMaxPlanTokens = 512;  // per window: enough attention span for the cache to matter, cheap to repeat
+
+// The float model's log-probabilities on the planner's windows, computed once; each candidate
+// setting is then one quantized forward pass per window.
+class KldScorer {
+ public:
+  KldScorer(const ModelWeights& float_model, const ModelWeights& quantized, const OnlineTransforms& online, int head_dim,
+            std::vector<std::vector<int>> windows)
+      : q_(quantized), online_(online), head_dim_(head_dim), windows_(std::move(windows)) {
+    for (const auto& w : windows_) ctx_ = std::max(ctx_, int(w.size()));
+    Transformer<float> fm(float_model, ctx_);
+    std::vector<float> logits;
+    for (const auto& w : windows_) {
+      fm.reset();
+      fm.forward(w, logits);
+      ref_.push_back(log_softmax(logits, w.size()));
+      tokens_ += int(w.size());
+    }
+  }
+  int tokens() const { return tokens_; }
+  // Mean over every position of KL(float || quantized with `act`).
+  double kld(const ActQuantOptions& act) {
+    Transformer<float> qm(q_, ctx_);
+    qm.set_hook(quantized_model_hook<float>(online_, act, head_dim_));
+    std::vector<float> logits;
+    double sum = 0;
+    for (std::size_t i = 0; i < windows_.size(); ++i) {
+      qm.reset();
+      qm.forward(windows_[i], logits);
+      const std::vector<double> lq = log_softmax(logits, windows_[i].size());
+      const std::vector<double>& lp = ref_[i];
+      const std::size_t vocab = lp.size() / windows_[i].size();
+      for (std::size_t t = 0; t < windows_[i].size(); ++t) {
+        double k = 0;
+        for (std::size_t v = 0; v < vocab; ++v) {
+          const double p = lp[t * vocab + v];
+          k += std::exp(p) * (p - lq[t * vocab + v]);
+        }
+        sum += std::max(0.0, k);
+      }
+    }
+    if (!std::isfinite(sum)) throw Error("precision planner", "the calibration KLD is not finite (NaN or Inf in the quantized model's logits)");
+    return sum / double(tokens_);
+  }
+
+ private:
+  static std::vector<double> log_softmax(const std::vector<float>& logits, std::size_t n) {
+    const std::size_t vocab = logits.size() / n;
+    std::vector<double> out(logits.size());
+    for (std::size_t t = 0; t < n; ++t) {
+      const float* x = logits.data() + t * vocab;
+      double m = x[0];
+      for (std::size_t v = 1; v < vocab; ++v) m = std::max(m, double(x[v]));
+      double s = 0;
+      for (std::size_t v = 0; v < vocab; ++v) s += std::exp(double(x[v]) - m);
+      const double lse = m + std::log(s);
+      for (std::size_t v = 0; v < vocab; ++v) out[t * vocab + v] = double(x[v]) - lse;
+    }
+    return out;
+  }
+
+  const ModelWeights& q_;
+  const OnlineTransforms& online_;
+  int head_dim_ = 0, ctx_ = 1, tokens_ = 0;
+  std::vector<std::vector<int>> windows_;
+  std::vector<std::vector<double>> ref_;
+};
+
+}  // namespace
+
+RunReport::PrecisionPlan plan_precision(const ModelWeights& float_model, const ModelWeights& quantized, const OnlineTransforms& online,
+                                        ActQuantOptions& act, int w_bits, const std::vector<std::vector<int>>& calibration,
+                                        const Plan::Planner& o, const std::function<void(const std::string&)>& log) {
+  const int L = quantized.config.n_layers;
+  std::vector<std::vector<int>> windows;
+  for (const auto& w : calibration) {
+    if (int(windows.size()) >= o.windows) break;
+    const std::size_t n = std::min<std::size_t>(w.size(), std::size_t(std::min(kMaxPlanTokens, quantized.config.max_positions)));
+    if (n >= 2) windows.emplace_back(w.begin(), w.begin() + std::ptrdiff_t(n));
+  }
+  if (windows.empty()) throw Error("precision planner", "no calibration window of at least 2 tokens");
+  KldScorer scorer(float_model, quantized, online, quantized.config.head_dim, windows);
+
+  ActQuantOptions base = act;
+  base.layers.clear();
+  const LayerActQuant start = base.layer(0);  // the model's clips: where each layer's search starts
+  auto with = [&](const std::vector<LayerActQuant>& ls) {
+    ActQuantOptions a = base;
+    a.layers = ls;
+    return a;
+  };
+  auto uniform = [&](int bits) {
+    LayerActQuant l = start;
+    l.k_bits = l.v_bits = bits;
+    return std::vector<LayerActQuant>(std::size_t(L), l);
+  };
+
+  RunReport::PrecisionPlan plan;
+  plan.budget_kv_bits = o.budget_kv_bits;
+  plan.target_kld = o.target_kld;
+  plan.windows = int(windows.size());
+  plan.tokens = scorer.tokens();
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "K and V per layer: %d or %d bits; clips per layer. Activations stay %d-bit and weights %d-bit in every layer: the "
+                "INT4 GEMM runs one activation width and 2..4-bit weights, so 8-bit layers would not run on the integer path.",
+                kLow, kHigh, base.a_bits, w_bits);
+  plan.limits = line;
+  log("precision planner: " + plan.limits + "\n");
+
+  // Sensitivities: every K/V at 8 bits, then one part of one layer at 4.
+  plan.kld_high = scorer.kld(with(uniform(kHigh)));
+  plan.kld_low = scorer.kld(with(uniform(kLow)));
+  std::vector<double> ks(static_cast<std::size_t>(L)), vs(static_cast<std::size_t>(L));
+  for (int l = 0; l < L; ++l) {
+    auto ls = uniform(kHigh);
+    ls[std::size_t(l)].k_bits = kLow;
+    ks[std::size_t(l)] = scorer.kld(with(ls)) - plan.kld_high;
+    ls[std::size_t(l)] = uniform(kHigh)[0];
+    ls[std::size_t(l)].v_bits = kLow;
+    vs[std::size_t(l)] = scorer.kld(with(ls)) - plan.kld_high;
+    std::snprintf(line, sizeof line, "  layer %d: KLD %+.5f with K at 4 bits, %+.5f with V at 4 bits\n", l, ks[std::size_t(l)], vs[std::size_t(l)]);
+    log(line);
+  }
+
+  // Bits: the most sensitive parts at 8 within the budget; with a target KLD, only as many of
+  // them (in the same order) as it takes to reach it.
+  const double budget = o.budget_kv_bits > 0 ? o.budget_kv_bits : double(kHigh);
+  std::vector<std::pair<int, int>> bits = choose_kv_bits(ks, vs, budget, kLow, kHigh);
+  auto layers_of = [&](const std::vector<std::pair<int, int>>& b) {
+    auto ls = uniform(kLow);
+    for (int l = 0; l < L; ++l) {
+      ls[std::size_t(l)].k_bits = b[std::size_t(l)].first;
+      ls[std::size_t(l)].v_bits = b[std::size_t(l)].second;
+    }
+    return ls;
+  };
+  if (o.target_kld > 0) {
+    int raised = 0;
+    for (const auto& b : bits) raised += (b.first == kHigh) + (b.second == kHigh);
+    for (int n = 0; n <= raised; ++n) {
+      const double nb = kLow + double(kHigh - kLow) * n / (2.0 * L);
+      auto candidate = choose_kv_bits(ks, vs, std::min(budget, nb), kLow, kHigh);
+      if (n == raised || scorer.kld(with(layers_of(candidate))) <= o.target_kld) {
+        bits = candidate;
+        break;
+      }
+    }
+  }
+  std::vector<LayerActQuant> ls = layers_of(bits);
+
+  // Clips: per layer and part, the candidate with the lowest calibration KLD (coordinate descent,
+  // one pass, layer by layer; a candidate must be strictly better to replace the model's).
+  double best = scorer.kld(with(ls));
+  const double kv_candidates[] = {1.0, 0.95, 0.9};
+  const double a_candidates[] = {1.0, 0.95, 0.9, 0.85};
+  for (int l = 0; l < L; ++l) {
+    auto search = [&](double LayerActQuant::*clip, std::span<const double> candidates) {
+      for (double c : candidates) {
+        auto trial = ls;
+        if (trial[std::size_t(l)].*clip == c) continue;
+        trial[std::size_t(l)].*clip = c;
+        const double k = scorer.kld(with(trial));
+        if (k < best) {
+          best = k;
+          ls = trial;
+        }
+      }
+    };
+    search(&LayerActQuant::k_clip, kv_candidates);
+    search(&LayerActQuant::v_clip, kv_candidates);
+    if (base.a_bits < 16) search(&LayerActQuant::a_clip, a_candidates);
+  }
+  plan.kld_planned = best;
+  act = with(ls);
+  plan.kv_bits_per_element = kv_cache_bits(act, quantized.config.head_dim).codes();
+  for (int l = 0; l < L; ++l) {
+    const auto& x = ls[std::size_t(l)];
+    plan.layers.push_back({l, ks[std::size_t(l)], vs[std::size_t(l)], x.k_bits, x.v_bits, x.a_clip, x.k_clip, x.v_clip});
+    std::snprintf(line, sizeof line, "  layer %d: K%d V%d, clips activations %.2f K %.2f V %.2f\n", l, x.k_bits, x.v_bits, x.a_clip, x.k_clip,
+                  x.v_clip);
+    log(line);
+  }
+  std::snprintf(line, sizeof line,
+                "precision planner: %.2f bits per cached element (budget %.2f); calibration KLD %.5f (all K/V 8-bit %.5f, all 4-bit %.5f), "
+                "%d windows, %d tokens\n",
+                plan.kv_bits_per_element, budget, plan.kld_planned, plan.kld_high, plan.kld_low, plan.windows, plan.tokens);
+  log(line);
+  return plan;
+}
+
+}  // namespace pipeline_detail
+}  // namespace quarot

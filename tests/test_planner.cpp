@@ -1,0 +1,238 @@
+// The precision planner (issue 17): per-layer K/V bits and clips chosen from calibration data
+// only, within a budget, recorded in the packed file and run by the integer path as simulated.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "quarot/atomic_file.hpp"
+#include "quarot/error.hpp"
+#include "quarot/eval.hpp"
+#include "quarot/packed.hpp"
+#include "quarot/pipeline.hpp"
+#include "quarot/quantize.hpp"
+#include "quarot/runtime.hpp"
+#include "quarot/tokenizer.hpp"
+#include "pipeline_support.hpp"
+#include "test_support.hpp"
+
+using namespace quarot;
+using namespace quarot::test;
+
+namespace {
+
+double mean_bits(const std::vector<std::pair<int, int>>& b) {
+  double s = 0;
+  for (const auto& [k, v] : b) s += k + v;
+  return s / (2.0 * double(b.size()));
+}
+
+// Every budget from 4 to 8 in steps that land on and between the reachable means: the mean
+// never exceeds it, one more 8-bit part would, and the 8-bit parts are the most sensitive.
+TEST(Planner, ChooseKvBitsRespectsTheBudgetExactly) {
+  uint64_t st = 7;
+  auto rnd = [&st] {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    return double(st >> 11) / double(1ull << 53);
+  };
+  for (int layers : {1, 2, 5, 8}) {
+    std::vector<double> ks(static_cast<std::size_t>(layers)), vs(static_cast<std::size_t>(layers));
+    for (int l = 0; l < layers; ++l) {
+      ks[std::size_t(l)] = rnd();
+      vs[std::size_t(l)] = rnd() * 0.5;
+    }
+    const double step = 4.0 / (2.0 * layers);  // one part 4 -> 8 bits
+    for (double budget = 4.0; budget <= 8.0 + 1e-12; budget += step / 3) {
+      SCOPED_TRACE("layers " + std::to_string(layers) + " budget " + std::to_string(budget));
+      const auto bits = choose_kv_bits(ks, vs, budget);
+      ASSERT_EQ(bits.size(), std::size_t(layers));
+      const double mean = mean_bits(bits);
+      EXPECT_LE(mean, budget + 1e-12);
+      if (mean < 8) {
+        EXPECT_GT(mean + step, budget + 1e-12) << "a part more would still fit";
+      }
+      double lowest_raised = 1e9, highest_kept = -1;
+      for (int l = 0; l < layers; ++l) {
+        for (auto [b, s] : {std::pair{bits[std::size_t(l)].first, ks[std::size_t(l)]}, {bits[std::size_t(l)].second, vs[std::size_t(l)]}}) {
+          ASSERT_TRUE(b == 4 || b == 8);
+          (b == 8 ? lowest_raised = std::min(lowest_raised, s) : highest_kept = std::max(highest_kept, s));
+        }
+      }
+      EXPECT_GE(lowest_raised, highest_kept);
+    }
+  }
+  // Reachable budgets exactly: 5 layers, 6 bits = half of the 10 parts at 8.
+  const auto half = choose_kv_bits({5, 4, 3, 2, 1}, {0.5, 0.4, 0.3, 0.2, 0.1}, 6.0);
+  EXPECT_EQ(mean_bits(half), 6.0);
+  EXPECT_THROW(choose_kv_bits({1}, {1}, 3.5), Error);
+}
+
+TEST(Planner, PerLayerRecipeRoundTripsAndOldRecipesRead) {
+  PackRecipe r;
+  r.preset = "w4a4kv4";
+  r.method = "gptq";
+  r.act.a_bits = 4;
+  r.act.k_bits = r.act.v_bits = 4;
+  r.act.kv_clip = 1.0;
+  const std::string old_text = recipe_json(r);
+  EXPECT_EQ(old_text.find("layers"), std::string::npos) << "files without per-layer settings stay as they were";
+  EXPECT_TRUE(parse_recipe_json(old_text, "old").act.layers.empty());
+  r.act.layers = {{8, 4, 0.9, 1.0, 0.95}, {4, 8, 1.0, 0.9, 1.0}, {4, 4, 0.85, 1.0, 1.0}};
+  r.plan = R"({"budget_kv_bits":5.5})";
+  const PackRecipe back = parse_recipe_json(recipe_json(r), "new");
+  EXPECT_EQ(back.act, r.act);
+  EXPECT_EQ(back.plan, r.plan);
+  EXPECT_EQ(kv_cache_bits(back.act, 8).codes(), (8 + 4 + 4 + 4 + 8 + 4) / 6.0);
+  // Bad entries are refused naming the field.
+  for (const char* bad : {R"("layers":[{"k_bits":9,"v_bits":4,"a_clip":1,"k_clip":1,"v_clip":1}])",
+                          R"("layers":[{"k_bits":4,"v_bits":4,"a_clip":0,"k_clip":1,"v_clip":1}])",
+                          R"("layers":[{"k_bits":4.5,"v_bits":4,"a_clip":1,"k_clip":1,"v_clip":1}])", R"("layers":[])",
+                          R"("layers":[{"k_bits":4}])"}) {
+    std::string text = old_text;
+    text.insert(1, std::string(bad) + ",");
+    try {
+      (void)parse_recipe_json(text, "f.safetensors");
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("layers"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Planner, UsageRules) {
+  PlanOptions o;
+  o.model = "m.bin";
+  o.budget_kv_bits = 6;
+  EXPECT_THROW(make_plan(o), UsageError) << "no --calib";
+  o.calib = "c.ids";
+  o.w_method = "rtn";
+  EXPECT_NO_THROW(make_plan(o));
+  o.stream = true;
+  EXPECT_THROW(make_plan(o), UsageError);
+  o.stream = false;
+  o.budget_kv_bits = 9;
+  EXPECT_THROW(make_plan(o), UsageError);
+  o.budget_kv_bits = 6;
+  o.preset = "w4a16";  // KV not quantized: nothing to plan
+  EXPECT_THROW(make_plan(o), UsageError);
+}
+
+std::string data_path(const std::string& rel) { return data_file(rel); }
+
+PlanOptions stories_plan(const std::string& out, double budget) {
+  PlanOptions o;
+  o.model = data_path("stories260K/stories260K.bin");
+  o.output = out;
+  o.preset = "w4a4kv4";
+  o.budget_kv_bits = budget;
+  o.plan_windows = 2;
+  o.nsamples = kSanitizedBuild ? 2 : 8;
+  o.seqlen = 512;
+  o.calib = data_path("stories260K/calib-t1-seed42.ids");
+  return o;
+}
+
+// The plan in the packed file is the report's; the integer path runs the per-layer settings as
+// the simulation does (perplexity within 0.5% over the validation windows); the budget holds.
+TEST(Planner, Stories260KPlanInPackedFileAndIntegerPathAgreesWithSimulation) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  TempDir dir;
+  const std::string path = dir / "planned.safetensors";
+  const PipelineRun run = run_plan(stories_plan(path, 6.0));
+  ASSERT_TRUE(run.report.precision_plan);
+  const auto& plan = *run.report.precision_plan;
+  EXPECT_LE(plan.kv_bits_per_element, 6.0);
+  EXPECT_GT(plan.kv_bits_per_element + 0.4, 6.0) << "5 layers: a part is 0.4 bits of the mean";
+  ASSERT_TRUE(run.report.sizes.kv_bits_per_element);
+  EXPECT_EQ(*run.report.sizes.kv_bits_per_element, plan.kv_bits_per_element);
+  EXPECT_LE(plan.kld_planned, plan.kld_low);
+  const PackedModel p(path);
+  ASSERT_EQ(p.recipe().act.layers.size(), 5u);
+  for (int l = 0; l < 5; ++l) {
+    const auto& x = p.recipe().act.layers[std::size_t(l)];
+    EXPECT_EQ(x.k_bits, plan.layers[std::size_t(l)].k_bits);
+    EXPECT_EQ(x.v_bits, plan.layers[std::size_t(l)].v_bits);
+    EXPECT_EQ(x.k_clip, plan.layers[std::size_t(l)].k_clip);
+    EXPECT_EQ(x.v_clip, plan.layers[std::size_t(l)].v_clip);
+    EXPECT_EQ(x.a_clip, plan.layers[std::size_t(l)].a_clip);
+  }
+  EXPECT_EQ(plan.to_json(), p.recipe().plan);
+  // The report's files: the plot is there, the report validates against its schema.
+  EXPECT_TRUE(std::filesystem::exists(path + ".report/precision_plan.svg"));
+  const std::string schema = read_text_file(std::string(QUAROT_SOURCE_DIR) + "/docs/report.schema.json");
+  EXPECT_EQ(validate_json_schema(schema, read_text_file(path + ".report/report.json")), std::vector<std::string>{});
+
+  const auto deq = p.dequantized();
+  std::vector<int> stream;
+  for (const auto& s : read_ids_file(data_path("tinystories/validation_100.tok512.ids"), 512)) stream.insert(stream.end(), s.begin(), s.end());
+  const auto windows = make_windows(stream, Protocol::Paper, 512, 1, kSanitizedBuild ? 6 : 0);
+  auto integer = integer_model(p, 512);
+  auto sim = simulated_model(p, deq, 512);
+  const auto ri = evaluate(integer, windows, Protocol::Paper);
+  const auto rs = evaluate(sim, windows, Protocol::Paper);
+  std::printf("stories260K planned at 6 bits per cached element (%.2f): integer PPL %.4f, simulation %.4f\n", plan.kv_bits_per_element, ri.ppl,
+              rs.ppl);
+  if (!kSanitizedBuild) {
+    EXPECT_LT(std::fabs(ri.ppl / rs.ppl - 1), 0.005);
+  }
+}
+
+// The planner reads the calibration windows and nothing else: the same run with a poisoned
+// evaluation set (a stream that would change every sensitivity if it were measured, one token
+// repeated) and with none gives the same plan, bit for bit.
+TEST(Planner, NeverReadsTheEvaluationData) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  TempDir dir;
+  std::string poisoned;
+  for (int i = 0; i < 2048; ++i) poisoned += (i % 512 == 0 ? "1" : std::to_string(500 - i % 7)) + (i % 512 == 511 ? "\n" : " ");
+  write_file_atomic(dir / "poisoned.ids", poisoned);
+  auto plan_with = [&](const std::string& eval, const std::string& name) {
+    PlanOptions o = stories_plan("", 5.0);
+    o.w_method = "rtn";  // the plan is what is compared: RTN keeps the three runs quick
+    o.report_dir = dir / name;
+    o.eval_ids = eval;
+    o.chunks = 2;
+    const PipelineRun r = run_plan(o);
+    EXPECT_TRUE(r.report.precision_plan);
+    return r;
+  };
+  const auto clean = plan_with(data_path("tinystories/validation_100.tok512.ids"), "clean");
+  const auto poison = plan_with(dir / "poisoned.ids", "poisoned");
+  const auto none = plan_with("", "none");
+  ASSERT_TRUE(clean.report.precision_plan && poison.report.precision_plan && none.report.precision_plan);
+  EXPECT_EQ(clean.report.precision_plan->to_json(), poison.report.precision_plan->to_json());
+  EXPECT_EQ(clean.report.precision_plan->to_json(), none.report.precision_plan->to_json());
+  // The evaluations did differ: the poison reached the evaluation, not the plan.
+  ASSERT_TRUE(clean.report.eval && poison.report.eval);
+  EXPECT_NE(clean.report.eval->quantized->ppl, poison.report.eval->quantized->ppl);
+  EXPECT_LE(clean.report.precision_plan->kv_bits_per_element, 5.0);
+}
+
+// --target-kld: parts go to 8 bits in sensitivity order only until the calibration KLD is at most
+// the target (the clip search can only lower it); an unreachable target keeps every part at 8.
+TEST(Planner, TargetKldStopsAtTheTarget) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  auto plan = [](double target) {
+    PlanOptions o = stories_plan("", 0);
+    o.preset = "w4a4kv4-rtn";
+    o.target_kld = target;
+    o.plan_windows = 1;
+    o.nsamples = 1;
+    return *run_plan(o).report.precision_plan;
+  };
+  const auto reachable = plan(0.5);
+  EXPECT_LE(reachable.kld_planned, 0.5);
+  EXPECT_GT(reachable.kld_low, 0.5) << "the all-4-bit cache must miss the target for the test to mean anything";
+  EXPECT_LT(reachable.kv_bits_per_element, 8.0);
+  EXPECT_GT(reachable.kv_bits_per_element, 4.0);
+  const auto unreachable = plan(1e-6);
+  EXPECT_EQ(unreachable.kv_bits_per_element, 8.0);
+}
+
+}  // namespace
