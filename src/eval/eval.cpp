@@ -64,27 +64,18 @@ std::vector<Window> windows_per_sequence(const std::vector<std::vector<int>>& se
   return out;
 }
 
-EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& windows, Protocol p, Transformer<float>* base,
-                    const EvalProgress& progress) {
-  const auto t0 = std::chrono::steady_clock::now();
+namespace {
+// One model's running figures over the windows (NLL per window, KLD and top-1 against a base).
+struct Scores {
   EvalResult r;
-  r.protocol = p;
-  r.has_kld = base != nullptr;
-  const int V = model.config().vocab;
-  if (base && base->config().vocab != V) throw Error("--kld-base", "the base model's vocabulary differs");
-  std::vector<float> logits, base_logits;
   std::vector<double> all_nll, klds;
   long long agree = 0;
   double sum_window_means = 0, sum_nll = 0;
-  for (std::size_t wi = 0; wi < windows.size(); ++wi) {
-    const Window& w = windows[wi];
+  std::chrono::steady_clock::duration time{};
+
+  // False when the window scores nothing (no progress call for it).
+  bool add_window(const Window& w, const std::vector<float>& logits, const std::vector<float>* base_logits, int V, Protocol p) {
     r.ctx = std::max(r.ctx, int(w.tokens.size()));
-    model.reset();
-    model.forward(w.tokens, logits);
-    if (base) {
-      base->reset();
-      base->forward(w.tokens, base_logits);
-    }
     double window_sum = 0;
     int window_n = 0;
     for (int j = w.first_scored; j + 1 < int(w.tokens.size()); ++j) {
@@ -95,8 +86,8 @@ EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& window
       ++window_n;
       sum_nll += nll;
       all_nll.push_back(nll);
-      if (base) {
-        const float* b = base_logits.data() + std::size_t(j) * V;
+      if (base_logits) {
+        const float* b = base_logits->data() + std::size_t(j) * V;
         const double logzb = log_partition(b, V);
         double kl = 0;
         for (int i = 0; i < V; ++i) {
@@ -107,7 +98,7 @@ EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& window
         agree += (std::max_element(x, x + V) - x) == (std::max_element(b, b + V) - b);
       }
     }
-    if (window_n == 0) continue;
+    if (window_n == 0) return false;
     r.window_nll.push_back(window_sum / window_n);
     sum_window_means += window_sum / window_n;
     r.windows = int(r.window_nll.size());
@@ -115,29 +106,88 @@ EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& window
     // Running figures, so the progress line can show "ppl so far".
     r.mean_nll = p == Protocol::Paper ? sum_window_means / r.windows : sum_nll / double(all_nll.size());
     r.ppl = std::exp(r.mean_nll);
-    if (progress) progress(int(wi) + 1, int(windows.size()), r);
+    return true;
   }
-  if (r.windows == 0) throw Error("evaluation", "no window to score (the text is shorter than one context window)");
-  if (p == Protocol::LlamaCpp && all_nll.size() > 1) {
-    // As llama.cpp: the standard error of the mean NLL, carried to PPL to first order.
-    double mean = r.mean_nll, var = 0;
-    for (double v : all_nll) var += (v - mean) * (v - mean);
-    var /= double(all_nll.size() - 1);
-    r.ppl_stderr = r.ppl * std::sqrt(var / double(all_nll.size()));
+
+  EvalResult finish(Protocol p) {
+    if (r.windows == 0) throw Error("evaluation", "no window to score (the text is shorter than one context window)");
+    if (p == Protocol::LlamaCpp && all_nll.size() > 1) {
+      // As llama.cpp: the standard error of the mean NLL, carried to PPL to first order.
+      double mean = r.mean_nll, var = 0;
+      for (double v : all_nll) var += (v - mean) * (v - mean);
+      var /= double(all_nll.size() - 1);
+      r.ppl_stderr = r.ppl * std::sqrt(var / double(all_nll.size()));
+    }
+    if (r.has_kld && !klds.empty()) {
+      double s = 0;
+      for (double k : klds) s += k;
+      r.kld_mean = s / double(klds.size());
+      r.kld_max = *std::max_element(klds.begin(), klds.end());
+      auto sorted = klds;
+      const std::size_t k99 = std::min(sorted.size() - 1, std::size_t(std::ceil(0.99 * double(sorted.size()))) - 1);
+      std::nth_element(sorted.begin(), sorted.begin() + std::ptrdiff_t(k99), sorted.end());
+      r.kld_p99 = sorted[k99];
+      r.top1_agreement = double(agree) / double(klds.size());
+    }
+    r.seconds = std::chrono::duration<double>(time).count();
+    return r;
   }
-  if (base && !klds.empty()) {
-    double s = 0;
-    for (double k : klds) s += k;
-    r.kld_mean = s / double(klds.size());
-    r.kld_max = *std::max_element(klds.begin(), klds.end());
-    auto sorted = klds;
-    const std::size_t k99 = std::min(sorted.size() - 1, std::size_t(std::ceil(0.99 * double(sorted.size()))) - 1);
-    std::nth_element(sorted.begin(), sorted.begin() + std::ptrdiff_t(k99), sorted.end());
-    r.kld_p99 = sorted[k99];
-    r.top1_agreement = double(agree) / double(klds.size());
+};
+}  // namespace
+
+EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& windows, Protocol p, Transformer<float>* base,
+                    const EvalProgress& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int V = model.config().vocab;
+  if (base && base->config().vocab != V) throw Error("--kld-base", "the base model's vocabulary differs");
+  Scores s;
+  s.r.protocol = p;
+  s.r.has_kld = base != nullptr;
+  std::vector<float> logits, base_logits;
+  for (std::size_t wi = 0; wi < windows.size(); ++wi) {
+    const Window& w = windows[wi];
+    model.reset();
+    model.forward(w.tokens, logits);
+    if (base) {
+      base->reset();
+      base->forward(w.tokens, base_logits);
+    }
+    if (s.add_window(w, logits, base ? &base_logits : nullptr, V, p) && progress) progress(int(wi) + 1, int(windows.size()), s.r);
   }
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return r;
+  s.time = std::chrono::steady_clock::now() - t0;
+  return s.finish(p);
+}
+
+std::vector<EvalResult> evaluate_against(Transformer<float>& base, std::span<Transformer<float>* const> models,
+                                         const std::vector<Window>& windows, Protocol p, const EvalProgress& progress) {
+  const int V = base.config().vocab;
+  for (Transformer<float>* m : models)
+    if (m->config().vocab != V) throw Error("--kld-base", "the base model's vocabulary differs");
+  std::vector<Scores> s(models.size() + 1);
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    s[i].r.protocol = p;
+    s[i].r.has_kld = i > 0;
+  }
+  std::vector<float> base_logits, logits;
+  for (std::size_t wi = 0; wi < windows.size(); ++wi) {
+    const Window& w = windows[wi];
+    auto t = std::chrono::steady_clock::now();
+    base.reset();
+    base.forward(w.tokens, base_logits);
+    const bool scored = s[0].add_window(w, base_logits, nullptr, V, p);
+    s[0].time += std::chrono::steady_clock::now() - t;
+    for (std::size_t i = 0; i < models.size(); ++i) {
+      t = std::chrono::steady_clock::now();
+      models[i]->reset();
+      models[i]->forward(w.tokens, logits);
+      s[i + 1].add_window(w, logits, &base_logits, V, p);
+      s[i + 1].time += std::chrono::steady_clock::now() - t;
+    }
+    if (scored && progress) progress(int(wi) + 1, int(windows.size()), s[0].r);
+  }
+  std::vector<EvalResult> out;
+  for (auto& x : s) out.push_back(x.finish(p));
+  return out;
 }
 
 double decode_seconds_per_token(Transformer<float>& model, int steps, int repeats) {
