@@ -195,22 +195,29 @@ void product_rows(const MatF& in, const Matrix& w, MatF& out) {
 // (x is then unspecified). The attention output `a` (after the hooks at OProjInput) does not
 // change once q, k, v are quantized, so calibration computes it once per layer and window
 // instead of once per later group: attention was 3/4 of stories260K's calibration passes.
+// Scratch kept across windows (same shapes: no allocation, no page faults per window).
+struct AfterAttentionScratch {
+  MatF h, g, u;
+};
 void layer_after_attention(const LayerWeights& L, const ModelConfig& c, const MatF& a, MatF& x, const ForwardHook<float>& hook,
-                           std::optional<HookPoint> stop) {
+                           std::optional<HookPoint> stop, AfterAttentionScratch& scratch) {
   auto call = [&](HookPoint p, MatF& m) {
     if (hook) hook(p, 0, ActivationView<float>{m.data(), int(m.rows()), int(m.cols())});
     return stop && *stop == p;
   };
   product_rows<true>(a, L.wo, x);
   if (!L.bo.empty()) x.rowwise() += Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(L.bo.data(), Eigen::Index(L.bo.size()));
-  MatF h(x.rows(), x.cols());
+  MatF& h = scratch.h;
+  h.resize(x.rows(), x.cols());
   for (Eigen::Index r = 0; r < x.rows(); ++r) {  // rmsnorm, as the transformer's
     const float ms = x.row(r).squaredNorm() / float(x.cols());
     const float inv = 1.f / std::sqrt(ms + float(c.rms_eps));
     for (Eigen::Index col = 0; col < x.cols(); ++col) h(r, col) = x(r, col) * inv * L.ffn_norm[std::size_t(col)];
   }
   if (call(HookPoint::GateUpInput, h)) return;
-  MatF g(h.rows(), L.w_gate.rows), u(h.rows(), L.w_up.rows);
+  MatF &g = scratch.g, &u = scratch.u;
+  g.resize(h.rows(), L.w_gate.rows);
+  u.resize(h.rows(), L.w_up.rows);
   product_rows<false>(h, L.w_gate, g);
   product_rows<false>(h, L.w_up, u);
   g = g.unaryExpr([](float z) { return z / (1.f + std::exp(-z)); }).cwiseProduct(u);
@@ -266,28 +273,31 @@ void quantize_layer_by_layer(LayerSource& layers, const QuantConfig& cfg, const 
     // Each window's attention output, once q, k, v are quantized (empty: recompute it).
     const bool cache_attention = gptq && double(xs.size()) * max_len * c.q_dim() * sizeof(float) <= attention_cache_bytes;
     std::vector<MatF> attention;
+    AfterAttentionScratch scratch;
     HessianSource hessian = [&](HookPoint point, int width) {
       using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
       MatD h = MatD::Zero(width, width);
+      MatD xd;  // one window's rows in double, kept across windows (no allocation per window)
       double tokens = 0;
       ForwardHook<float> collect = [&](HookPoint p, int, const ActivationView<float>& v) {
         if (p == HookPoint::OProjInput && cache_attention && attention.size() < xs.size())
           attention.push_back(Eigen::Map<const MatF>(v.data, v.rows, v.cols));
         if (p != point) return;
-        const MatD x = Eigen::Map<const MatF>(v.data, v.rows, v.cols).cast<double>();
+        xd = Eigen::Map<const MatF>(v.data, v.rows, v.cols).cast<double>();
         // In fixed chunks of H's columns (the same sums for any thread count); below 512 columns
         // (stories260K: 64, 172) a second thread costs more than it brings.
         detail::for_fixed_chunks(width, detail::kOutputChunk, v.cols >= 512, [&](int64_t c0, int64_t n) {
-          h.middleCols(c0, n).noalias() += x.transpose() * x.middleCols(c0, n);
+          h.middleCols(c0, n).noalias() += xd.transpose() * xd.middleCols(c0, n);
         });
         tokens += v.rows;
       };
       const ForwardHook<float> hook = online.empty() ? collect : online_hook<float>(online, collect);
       const bool after_attention = point == HookPoint::GateUpInput || point == HookPoint::DownProjInput;
       if (after_attention && attention.size() == xs.size()) {
+        MatF r;
         for (std::size_t w = 0; w < xs.size(); ++w) {
-          MatF x = Eigen::Map<const MatF>(xs[w].data(), attention[w].rows(), c.hidden);
-          layer_after_attention(L, c, attention[w], x, hook, point);
+          r = Eigen::Map<const MatF>(xs[w].data(), attention[w].rows(), c.hidden);
+          layer_after_attention(L, c, attention[w], r, hook, point, scratch);
         }
       } else {
         Transformer<float> model(one, max_len);
@@ -306,10 +316,11 @@ void quantize_layer_by_layer(LayerSource& layers, const QuantConfig& cfg, const 
     if (gptq && l + 1 < c.n_layers) {  // the next layer's inputs, through this quantized layer
       if (attention.size() == xs.size()) {
         const ForwardHook<float> hook = online.empty() ? ForwardHook<float>{} : online_hook<float>(online);
+        MatF r;
         for (std::size_t w = 0; w < xs.size(); ++w) {
-          MatF x = Eigen::Map<const MatF>(xs[w].data(), attention[w].rows(), c.hidden);
-          layer_after_attention(L, c, attention[w], x, hook, std::nullopt);
-          std::copy(x.data(), x.data() + x.size(), xs[w].begin());
+          r = Eigen::Map<const MatF>(xs[w].data(), attention[w].rows(), c.hidden);
+          layer_after_attention(L, c, attention[w], r, hook, std::nullopt, scratch);
+          std::copy(r.data(), r.data() + r.size(), xs[w].begin());
         }
       } else {
         Transformer<float> model(one, max_len);
