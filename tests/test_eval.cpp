@@ -80,6 +80,44 @@ TEST(Eval, KldAgainstItselfIsZeroAndAgainstAnotherModelIsNot) {
   EXPECT_GE(other.kld_p99, other.kld_mean);
 }
 
+// evaluate_against runs the base once per window for several models: the figures of evaluate()
+// with that base, each of them, and the base's own.
+TEST(Eval, OneBasePassGivesEachModelsFiguresAgainstIt) {
+  SynthSpec s = synth_preset("tiny");
+  s.config.n_layers = 1;
+  const auto a = make_synthetic(s);
+  s.seed = 99;
+  const auto b = make_synthetic(s);
+  s.seed = 7;
+  const auto c = make_synthetic(s);
+  std::vector<int> stream(200);
+  for (int i = 0; i < 200; ++i) stream[i] = (i * 13 + 1) % 512;
+  for (const Protocol p : {Protocol::Paper, Protocol::LlamaCpp}) {
+    const auto windows = make_windows(stream, p, 64, 1, 0);
+    Transformer<float> ma(a, 64), mb(b, 64), mc(c, 64);
+    const auto base = evaluate(ma, windows, p);
+    const auto vb = evaluate(mb, windows, p, &ma), vc = evaluate(mc, windows, p, &ma);
+    int calls = 0;
+    Transformer<float>* models[] = {&mb, &mc};
+    const auto all = evaluate_against(ma, models, windows, p, [&](int, int, const EvalResult&) { ++calls; });
+    ASSERT_EQ(all.size(), 3u);
+    EXPECT_EQ(calls, int(windows.size()));
+    EXPECT_FALSE(all[0].has_kld);
+    EXPECT_EQ(all[0].window_nll, base.window_nll);
+    EXPECT_EQ(all[0].ppl, base.ppl);
+    EXPECT_EQ(all[0].ppl_stderr, base.ppl_stderr);
+    for (const auto& [got, want] : {std::pair{all[1], vb}, std::pair{all[2], vc}}) {
+      EXPECT_TRUE(got.has_kld);
+      EXPECT_EQ(got.window_nll, want.window_nll);
+      EXPECT_EQ(got.ppl, want.ppl);
+      EXPECT_EQ(got.kld_mean, want.kld_mean);
+      EXPECT_EQ(got.kld_p99, want.kld_p99);
+      EXPECT_EQ(got.top1_agreement, want.top1_agreement);
+      EXPECT_GT(got.kld_mean, 0.01);
+    }
+  }
+}
+
 TEST(Eval, Stories260KTinyStoriesPerplexity) {
   QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
   QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");

@@ -196,6 +196,36 @@ TEST(QuantizeModel, GptqBytesDoNotDependOnTheThreadCount) {
   EXPECT_EQ(logits_one, logits_two) << "the float forward of the same weights";
 }
 
+// Calibration reuses each window's attention output for the groups after o_proj (and the carried
+// activations) when it fits in memory; recomputing it instead must give the very same weights.
+TEST(QuantizeModel, CachedAttentionGivesTheSameGptqAsRecomputing) {
+  SynthSpec s = synth_preset("tiny");
+  s.seed = 12;
+  s.config.hidden = 256;
+  s.config.intermediate = 688;  // 4 x 172: an FFN width with a non-power-of-two online Hadamard
+  s.config.n_heads = 4;
+  s.config.n_kv_heads = 2;
+  s.config.head_dim = 64;
+  s.config.n_layers = 2;
+  s.config.vocab = 1024;
+  const ModelWeights base = make_synthetic(s);
+  std::vector<std::vector<int>> calib;
+  for (int i = 0; i < 6; ++i) calib.push_back(pseudo_text(96, s.config.vocab, 400 + i));
+  auto quantized_with = [&](double cache_bytes) {
+    const double saved = detail::set_attention_cache_bytes(cache_bytes);
+    ModelWeights m = base;
+    const QuantConfig cfg = plan_preset("w4a4kv4").quant;
+    const OnlineTransforms online = rotate_model(m, cfg.rotation);
+    quantize_weights(m, online, cfg, calib);
+    detail::set_attention_cache_bytes(saved);
+    return m;
+  };
+  const ModelWeights cached = quantized_with(1e12), recomputed = quantized_with(0);
+  for (std::size_t l = 0; l < cached.layers.size(); ++l)
+    for (const auto& spec : kLinearSpecs)
+      EXPECT_EQ((cached.layers[l].*spec.weight).data, (recomputed.layers[l].*spec.weight).data) << "layer " << l << " " << spec.name;
+}
+
 TEST(QuantizeTool, ErrorsAndExitCodes) {
   EXPECT_EQ(run_tool("quarot-quantize", "x.bin --preset w9").exit_code, 2);
   QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");

@@ -9,6 +9,7 @@
 //  - LlamaCpp (llama.cpp's perplexity tool): windows of ctx, the first token of each replaced by
 //    BOS, only targets in the second half scored; PPL = exp(mean NLL) ± its standard error.
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,14 @@ using EvalProgress = std::function<void(int, int, const EvalResult&)>;
 // Evaluates `model`; with `base`, also the KL divergence KL(base || model) on the same windows.
 EvalResult evaluate(Transformer<float>& model, const std::vector<Window>& windows, Protocol p,
                     Transformer<float>* base = nullptr, const EvalProgress& progress = {});
+
+// The base model's figures (result 0, no KLD) and each model's against it (results 1..), in one
+// pass over the windows: the base runs once per window however many models are compared, the
+// very figures evaluate() gives for each. A result's seconds are its own model's forwards and
+// scoring; progress sees the base's running figures, model_progress the first model's.
+std::vector<EvalResult> evaluate_against(Transformer<float>& base, std::span<Transformer<float>* const> models,
+                                         const std::vector<Window>& windows, Protocol p, const EvalProgress& progress = {},
+                                         const EvalProgress& model_progress = {});
 
 // Seconds per decode step (one token through the model, logits of that token only), the minimum
 // over `repeats` runs of `steps` steps after a one-token prompt (the KV cache grows to steps + 1).

@@ -165,4 +165,11 @@ std::vector<ModuleQuantStats> quantize_weights(ModelWeights& m, const OnlineTran
 template <class T>
 ForwardHook<T> quantized_model_hook(const OnlineTransforms& online, const ActQuantOptions& act, int head_dim);
 
+namespace detail {
+// GPTQ's calibration keeps each window's attention output for the layer's later groups when all
+// windows' fit in this many bytes (default 1 GiB), else it recomputes attention per group. Returns
+// the previous budget; tests set 0 to check that both routes give the same bits.
+double set_attention_cache_bytes(double bytes);
+}  // namespace detail
+
 }  // namespace quarot

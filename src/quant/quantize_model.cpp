@@ -2,7 +2,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cmath>
+#include <optional>
 #include <sstream>
+#include <utility>
 
 #include "quarot/detail/eigen.hpp"
 #include "quarot/detail/fixed_chunks.hpp"
@@ -170,6 +172,65 @@ void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg
   }
 }
 
+using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// out (+)= in W^T, W [rows][in.cols()] row-major, in fixed chunks of output features: the very
+// expression (and so the very bits) of Transformer's product (src/model/forward.cpp).
+template <bool Add>
+void product_rows(const MatF& in, const Matrix& w, MatF& out) {
+  const int64_t rows = w.rows;
+  const bool parallel = double(in.rows()) * double(in.cols()) * double(rows) >= detail::kParallelMacs;
+  detail::for_fixed_chunks(rows, detail::kOutputChunk, parallel, [&](int64_t o0, int64_t n) {
+    const Eigen::Map<const MatF> wc(w.values() + o0 * in.cols(), n, in.cols());
+    if constexpr (Add)
+      out.middleCols(o0, n).noalias() += in * wc.transpose();
+    else
+      out.middleCols(o0, n).noalias() = in * wc.transpose();
+  });
+}
+
+// The rest of a decoder layer after attention, as Transformer<float>::decoder runs it: x (the
+// layer's input rows) += a Wo^T + bo, then the MLP, with `hook` called at GateUpInput,
+// DownProjInput and LayerOutput (layer 0). `stop`: return right after the hook at that point
+// (x is then unspecified). The attention output `a` (after the hooks at OProjInput) does not
+// change once q, k, v are quantized, so calibration computes it once per layer and window
+// instead of once per later group: attention was 3/4 of stories260K's calibration passes.
+// Scratch kept across windows (same shapes: no allocation, no page faults per window).
+struct AfterAttentionScratch {
+  MatF h, g, u;
+};
+void layer_after_attention(const LayerWeights& L, const ModelConfig& c, const MatF& a, MatF& x, const ForwardHook<float>& hook,
+                           std::optional<HookPoint> stop, AfterAttentionScratch& scratch) {
+  auto call = [&](HookPoint p, MatF& m) {
+    if (hook) hook(p, 0, ActivationView<float>{m.data(), int(m.rows()), int(m.cols())});
+    return stop && *stop == p;
+  };
+  product_rows<true>(a, L.wo, x);
+  if (!L.bo.empty()) x.rowwise() += Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(L.bo.data(), Eigen::Index(L.bo.size()));
+  MatF& h = scratch.h;
+  h.resize(x.rows(), x.cols());
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {  // rmsnorm, as the transformer's
+    const float ms = x.row(r).squaredNorm() / float(x.cols());
+    const float inv = 1.f / std::sqrt(ms + float(c.rms_eps));
+    for (Eigen::Index col = 0; col < x.cols(); ++col) h(r, col) = x(r, col) * inv * L.ffn_norm[std::size_t(col)];
+  }
+  if (call(HookPoint::GateUpInput, h)) return;
+  MatF &g = scratch.g, &u = scratch.u;
+  g.resize(h.rows(), L.w_gate.rows);
+  u.resize(h.rows(), L.w_up.rows);
+  product_rows<false>(h, L.w_gate, g);
+  product_rows<false>(h, L.w_up, u);
+  g = g.unaryExpr([](float z) { return z / (1.f + std::exp(-z)); }).cwiseProduct(u);
+  if (call(HookPoint::DownProjInput, g)) return;
+  product_rows<true>(g, L.w_down, x);
+  call(HookPoint::LayerOutput, x);
+}
+
+// Calibration keeps each window's attention output when all of them fit in this many bytes
+// (stories260K: 16 MiB; a 7B's 128 x 2048 tokens would need 4 GiB and recompute instead).
+// quarot::detail::set_attention_cache_bytes changes it (tests).
+double attention_cache_bytes = 1024.0 * 1024 * 1024;
+
 // Quantizes the decoder layer by layer: layers.take(l) gives layer l (rotated), it is quantized
 // group by group, then layers.put(l, ...) takes it back. GPTQ's Hessians come from the
 // calibration windows' residual stream carried from layer to layer through the layers as
@@ -209,41 +270,67 @@ void quantize_layer_by_layer(LayerSource& layers, const QuantConfig& cfg, const 
     one.final_norm.assign(std::size_t(c.hidden), 1.f);
     one.layers.push_back(layers.take(l));
     LayerWeights& L = one.layers.front();
+    // Each window's attention output, once q, k, v are quantized (empty: recompute it).
+    const bool cache_attention = gptq && double(xs.size()) * max_len * c.q_dim() * sizeof(float) <= attention_cache_bytes;
+    std::vector<MatF> attention;
+    AfterAttentionScratch scratch;
     HessianSource hessian = [&](HookPoint point, int width) {
       using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
       MatD h = MatD::Zero(width, width);
+      MatD xd;  // one window's rows in double, kept across windows (no allocation per window)
       double tokens = 0;
-      Transformer<float> model(one, max_len);
       ForwardHook<float> collect = [&](HookPoint p, int, const ActivationView<float>& v) {
+        if (p == HookPoint::OProjInput && cache_attention && attention.size() < xs.size())
+          attention.push_back(Eigen::Map<const MatF>(v.data, v.rows, v.cols));
         if (p != point) return;
-        const MatD x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data, v.rows, v.cols)
-                           .cast<double>();
+        xd = Eigen::Map<const MatF>(v.data, v.rows, v.cols).cast<double>();
         // In fixed chunks of H's columns (the same sums for any thread count); below 512 columns
         // (stories260K: 64, 172) a second thread costs more than it brings.
         detail::for_fixed_chunks(width, detail::kOutputChunk, v.cols >= 512, [&](int64_t c0, int64_t n) {
-          h.middleCols(c0, n).noalias() += x.transpose() * x.middleCols(c0, n);
+          h.middleCols(c0, n).noalias() += xd.transpose() * xd.middleCols(c0, n);
         });
         tokens += v.rows;
       };
-      model.set_hook(online.empty() ? collect : online_hook<float>(online, collect));
-      model.set_stop_after(0, point);
-      std::vector<float> out;
-      for (const auto& x : xs) {
-        model.reset();
-        model.forward_hidden(x, out);
+      const ForwardHook<float> hook = online.empty() ? collect : online_hook<float>(online, collect);
+      const bool after_attention = point == HookPoint::GateUpInput || point == HookPoint::DownProjInput;
+      if (after_attention && attention.size() == xs.size()) {
+        MatF r;
+        for (std::size_t w = 0; w < xs.size(); ++w) {
+          r = Eigen::Map<const MatF>(xs[w].data(), attention[w].rows(), c.hidden);
+          layer_after_attention(L, c, attention[w], r, hook, point, scratch);
+        }
+      } else {
+        Transformer<float> model(one, max_len);
+        model.set_hook(hook);
+        model.set_stop_after(0, point);
+        std::vector<float> out;
+        for (const auto& x : xs) {
+          model.reset();
+          model.forward_hidden(x, out);
+        }
       }
       h *= 2.0 / std::max(1.0, tokens);
       return std::vector<double>(h.data(), h.data() + h.size());
     };
     quantize_layer(L, l, c.n_layers, cfg, hessian, progress, sink, stats);
     if (gptq && l + 1 < c.n_layers) {  // the next layer's inputs, through this quantized layer
-      Transformer<float> model(one, max_len);
-      if (!online.empty()) model.set_hook(online_hook<float>(online));
-      std::vector<float> out;
-      for (auto& x : xs) {
-        model.reset();
-        model.forward_hidden(x, out);
-        x.swap(out);
+      if (attention.size() == xs.size()) {
+        const ForwardHook<float> hook = online.empty() ? ForwardHook<float>{} : online_hook<float>(online);
+        MatF r;
+        for (std::size_t w = 0; w < xs.size(); ++w) {
+          r = Eigen::Map<const MatF>(xs[w].data(), attention[w].rows(), c.hidden);
+          layer_after_attention(L, c, attention[w], r, hook, std::nullopt, scratch);
+          std::copy(r.data(), r.data() + r.size(), xs[w].begin());
+        }
+      } else {
+        Transformer<float> model(one, max_len);
+        if (!online.empty()) model.set_hook(online_hook<float>(online));
+        std::vector<float> out;
+        for (auto& x : xs) {
+          model.reset();
+          model.forward_hidden(x, out);
+          x.swap(out);
+        }
       }
     }
     layers.put(l, std::move(L));
@@ -252,6 +339,8 @@ void quantize_layer_by_layer(LayerSource& layers, const QuantConfig& cfg, const 
 }
 
 }  // namespace
+
+double detail::set_attention_cache_bytes(double bytes) { return std::exchange(attention_cache_bytes, bytes); }
 
 // ---------------------------------------------------------------- layer sources
 
