@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <omp.h>
 #include <unistd.h>
 
 #include "gguf_test_writer.hpp"
@@ -25,6 +26,7 @@
 #include "quarot/mapped_file.hpp"
 #include "quarot/pipeline.hpp"
 #include "quarot/quantize.hpp"
+#include "quarot/runtime.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
 
@@ -43,6 +45,11 @@ struct TableSource {
   std::vector<std::vector<int>> calib;
   int ctx = 0;
   bool ppl_meaningful = true;  // false for random-token windows (synthetic weights)
+  std::vector<std::string> packed;  // quarot packed files of the same model: speed rows
+};
+
+struct SpeedOptions {
+  int prompt = 128, decode = 32, rounds = 3;
 };
 
 struct Scores {
@@ -107,6 +114,75 @@ Scores score(lc::Model& lm, const std::vector<quarot::Window>& windows, const st
 
 // llama.cpp rounds a context up to a multiple of 256 (the client checks what it got).
 int llama_ctx(int ctx) { return (ctx + 255) / 256 * 256; }
+
+// Prefill and decode tokens/s, one thread: llama.cpp on quarot's Q4_0 and Q4_K_M exports of the
+// model, quarot's integer runtime on the packed files; rounds interleaved, min and median.
+void speed_table(const lc::Library& lib, TableSource& src, const SpeedOptions& so, int threads, const std::string& dir) {
+  struct Engine {
+    std::string name;
+    std::unique_ptr<lc::Model> lm;
+    std::unique_ptr<quarot::LoadedModel> qm;
+    std::unique_ptr<quarot::Transformer<float>> qt;
+    std::vector<double> prefill, decode;
+  };
+  std::vector<Engine> engines;
+  for (const char* preset : {"gguf-q4_0", "gguf-q4_k_m"}) {
+    auto o = quarot::plan_preset(preset).gguf.value();
+    o.method = quarot::WeightMethod::Rtn;  // the same bytes per block as GPTQ's: the speed is the type's
+    quarot::ModelWeights m = src.base;
+    const std::string out = dir + "/" + src.name + "-speed-" + preset + ".gguf";
+    quarot::export_gguf(m, src.tok.get(), o, {}, out);
+    Engine e;
+    e.name = std::string("llama.cpp, quarot's ") + preset + " export (" + std::to_string(std::filesystem::file_size(out) >> 20) + " MiB)";
+    e.lm = lib.load(out, llama_ctx(so.prompt + so.decode), threads);
+    std::filesystem::remove(out);  // mapped or read by llama.cpp already
+    engines.push_back(std::move(e));
+  }
+  for (const auto& path : src.packed) {
+    Engine e;
+    e.qm = std::make_unique<quarot::LoadedModel>(path, false, false);
+    e.qt = std::make_unique<quarot::Transformer<float>>(e.qm->transformer(so.prompt + so.decode));
+    e.name = "quarot-run runtime, " + std::filesystem::path(path).filename().string() + " (" + e.qm->describe() + ")";
+    engines.push_back(std::move(e));
+  }
+  std::vector<int> prompt;
+  uint64_t x = 0x243f6a8885a308d3ull;
+  prompt.push_back(src.base.config.bos_id);
+  while (int(prompt.size()) < so.prompt) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    prompt.push_back(int(3 + x % uint64_t(src.base.config.vocab - 3)));
+  }
+  for (int r = 0; r < so.rounds; ++r)
+    for (auto& e : engines) {
+      if (e.lm) {
+        const auto [p, d] = e.lm->time_generation(prompt, so.decode);
+        e.prefill.push_back(so.prompt / p), e.decode.push_back(so.decode / d);
+        continue;
+      }
+      std::vector<float> logits;
+      e.qt->reset();
+      const auto t0 = std::chrono::steady_clock::now();
+      e.qt->forward_last(prompt, logits);
+      const auto t1 = std::chrono::steady_clock::now();
+      for (int i = 0; i < so.decode; ++i) {
+        const int next = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        e.qt->forward_last(std::span<const int>(&next, 1), logits);
+      }
+      const auto t2 = std::chrono::steady_clock::now();
+      e.prefill.push_back(so.prompt / std::chrono::duration<double>(t1 - t0).count());
+      e.decode.push_back(so.decode / std::chrono::duration<double>(t2 - t1).count());
+    }
+  std::printf("\n%s, %d threads, prompt %d tokens then %d decoded, %d interleaved rounds (tokens/s: max / median; higher is better)\n\n",
+              src.name.c_str(), threads, so.prompt, so.decode, so.rounds);
+  std::printf("| engine and file | prefill tokens/s | decode tokens/s |\n|---|---|---|\n");
+  for (auto& e : engines) {
+    std::sort(e.prefill.begin(), e.prefill.end());
+    std::sort(e.decode.begin(), e.decode.end());
+    std::printf("| %s | %.1f / %.1f | %.2f / %.2f |\n", e.name.c_str(), e.prefill.back(), e.prefill[e.prefill.size() / 2], e.decode.back(),
+                e.decode[e.decode.size() / 2]);
+  }
+  std::fflush(stdout);
+}
 
 void run_table(const lc::Library& lib, std::vector<TableSource>& sources, const std::vector<std::string>& types, int threads,
                const std::string& dir) {
@@ -222,6 +298,17 @@ int main(int argc, char** argv) {
   app.add_option("--synth-ctx", synth_ctx, "--table: their length");
   app.add_option("--synth-nsamples", synth_nsamples, "--table: calibration windows of the synthetic model");
   app.add_flag("!--no-synth", synth, "--table: leave out the synthetic 7B-shaped model");
+  std::vector<std::string> packed;
+  SpeedOptions speed;
+  bool speed_only = false, no_small = false;
+  app.add_flag("--no-small", no_small, "--table: only the synthetic 7B-shaped model (table and speed rows)");
+  app.add_option("--packed", packed,
+                 "--table: quarot packed files of the same synthetic model (quarot-synth --preset llama2-7b-layer --layers 2 --vocab 512, "
+                 "then quarot-quantize): prefill/decode tokens/s next to llama.cpp's");
+  app.add_option("--speed-prompt", speed.prompt, "--table: prompt tokens of the speed rows");
+  app.add_option("--speed-decode", speed.decode, "--table: decoded tokens of the speed rows");
+  app.add_option("--speed-rounds", speed.rounds, "--table: interleaved rounds of the speed rows");
+  app.add_flag("--speed-only", speed_only, "--table: only the synthetic model's speed rows");
   app.add_option("--ctx", ctx, "window");
   app.add_option("--windows", windows_max, "at most this many windows (0: all)");
   app.add_option("--types", types, "llama_model_quantize types");
@@ -239,12 +326,14 @@ int main(int argc, char** argv) {
     std::printf("ggml %s\n", lib->ggml_version().c_str());
     if (table) {
       if (data_dir.empty()) throw quarot::Error("--table", "needs --data DIR");
+      omp_set_num_threads(threads);  // quarot's side of the speed rows on the same thread count
       if (app.count("--types") == 0) types = {"Q8_0", "Q4_0", "IQ4_NL", "Q4_K_M"};
       const std::string dir = (std::filesystem::temp_directory_path() / ("quarot-bench-llama-cpp-" + std::to_string(getpid()))).string();
       std::filesystem::create_directories(dir);
       std::vector<TableSource> sources;
       const std::string tok_path = data_dir + "/stories260K/tok512.bin", calib_path = data_dir + "/stories260K/calib-t1-seed42.ids";
       for (const auto& [name, c] : {std::pair<std::string, int>{"stories260K", 512}, {"salty260K", 256}}) {
+        if (speed_only || no_small) break;
         TableSource s;
         s.name = name;
         s.base = quarot::load_model(data_dir + "/" + name + "/" + name + ".bin");
@@ -285,9 +374,11 @@ int main(int argc, char** argv) {
           while (int(seq.size()) < synth_ctx) seq.push_back(next());
           s.calib.push_back(std::move(seq));
         }
+        s.packed = packed;
         sources.push_back(std::move(s));
       }
-      run_table(*lib, sources, types, threads, dir);
+      if (!speed_only) run_table(*lib, sources, types, threads, dir);
+      if (synth) speed_table(*lib, sources.back(), speed, threads, dir);
       std::filesystem::remove_all(dir);
       return 0;
     }
