@@ -4,6 +4,10 @@
 // protocol in both, the largest relative logit difference, load times; then llama_model_quantize
 // at several types, each evaluated by llama.cpp and, after quarot's GGUF reader dequantizes it,
 // by quarot's fp32 forward pass.
+// --table --data DIR: the comparison of issue 18 in one command (bench/RESULTS.md, "quarot's GGUF
+// exports vs llama-quantize"): quarot's exports vs llama-quantize ± imatrix on stories260K,
+// salty260K and a 2-layer LLaMA-2-7B-shaped synthetic model, all run by llama.cpp, then
+// prefill/decode tokens/s on the 7B shape (with --packed: quarot's runtime beside llama.cpp).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
