@@ -398,6 +398,35 @@ std::vector<float> Model::logits(const std::vector<int>& tokens) {
   return out;
 }
 
+std::pair<double, double> Model::time_generation(const std::vector<int>& prompt, int n_decode) {
+  const auto& a = lib_->api();
+  const int n = int(prompt.size());
+  if (n == 0 || n + n_decode > n_ctx_) throw Error("llama.cpp", "prompt + decode do not fit n_ctx " + std::to_string(n_ctx_));
+  a.llama_memory_clear(a.llama_get_memory(ctx_), true);
+  auto run = [&](const int* tokens, int count, int pos0) {
+    Batch b = a.llama_batch_init(count, 0, 1);
+    for (int i = 0; i < count; ++i) {
+      b.token[i] = tokens[i];
+      b.pos[i] = pos0 + i;
+      b.n_seq_id[i] = 1;
+      b.seq_id[i][0] = 0;
+      b.logits[i] = i == count - 1;
+    }
+    b.n_tokens = count;
+    const int32_t rc = a.llama_decode(ctx_, b);
+    a.llama_batch_free(b);
+    const float* x = rc == 0 ? a.llama_get_logits_ith(ctx_, -1) : nullptr;
+    if (!x) throw Error("llama.cpp", "llama_decode failed (rc " + std::to_string(rc) + "): " + tail(lib_->take_log()));
+    return int(std::max_element(x, x + vocab_) - x);
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  int next = run(prompt.data(), n, 0);
+  const auto t1 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n_decode; ++i) next = run(&next, 1, n + i);
+  const auto t2 = std::chrono::steady_clock::now();
+  return {std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count()};
+}
+
 EvalResult Model::evaluate(const std::vector<Window>& windows, Protocol p) {
   // The aggregation of quarot::evaluate (src/eval/eval.cpp), on llama.cpp's logits.
   EvalResult r;

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "quarot/eval.hpp"
@@ -43,15 +44,13 @@ class Model {
   // does for the protocol (paper: mean of the windows' mean NLL; llama.cpp: mean of all NLL).
   EvalResult evaluate(const std::vector<Window>& windows, Protocol p);
   double load_seconds() const { return load_seconds_; }
+  // Generation timing from an empty KV cache: `prompt` as one batch (logits of its last position
+  // only), then n_decode single-token steps (each the argmax of the previous logits), as
+  // llama.cpp runs a chat. Returns {prefill seconds, decode seconds}.
+  std::pair<double, double> time_generation(const std::vector<int>& prompt, int n_decode);
 
  private:
   friend class Library;
-
-// llama.cpp's importance matrix from quarot's fp32 forward pass of `model` (llama layout, GGUF
-// tensor names) over `sequences` (each cut to max_context): for every linear weight, the mean
-// over all tokens of the square of each input column.
-std::map<std::string, std::vector<float>> importance_matrix(const ModelWeights& model,
-                                                           const std::vector<std::vector<int>>& sequences, int max_context);
   Model() = default;
   const Library* lib_ = nullptr;
   void* model_ = nullptr;
