@@ -61,6 +61,19 @@ Weights random_weights(int64_t rows, int64_t cols, int64_t group, bool asym, uin
 }
 
 // One row of the table: runs the kernel on `isa` and returns "" when it equals its ref.
+// The W4A16 kernels' cases: per channel and grouped, symmetric and asymmetric, widths not a
+// multiple of 64 (padded), rows not a multiple of the register block (4), tokens around it (5) and
+// past a token block (64 at width 4096).
+struct A16Case {
+  int64_t rows, cols, group;
+  int tokens;
+  bool asym, bias;
+};
+constexpr A16Case kA16Cases[] = {{7, 64, 0, 1, false, false},    {33, 100, 0, 3, false, true},  {17, 172, 0, 5, true, false},
+                                 {12, 256, 64, 13, false, true}, {9, 256, 128, 2, true, true},  {66, 512, 0, 70, false, false},
+                                 {5, 192, 64, 4, true, false},   {130, 512, 128, 9, true, true}, {17, 1000, 0, 6, false, false},
+                                 {6, 4096, 128, 67, true, true}};
+
 struct Kernel {
   const char* name;
   std::function<std::string(Isa)> check;
@@ -113,19 +126,8 @@ const std::vector<Kernel>& kernels() {
        }},
       {"int4_gemm_f32",
        [](Isa isa) -> std::string {
-         // W4A16: per channel and grouped, symmetric and asymmetric, widths not a multiple of 64
-         // (padded), rows not a multiple of the register block (4), tokens around it (5) and
-         // past a token block (64 at width 4096).
-         struct Case {
-           int64_t rows, cols, group;
-           int tokens;
-           bool asym, bias;
-         };
-         const Case cases[] = {{7, 64, 0, 1, false, false},    {33, 100, 0, 3, false, true},  {17, 172, 0, 5, true, false},
-                               {12, 256, 64, 13, false, true}, {9, 256, 128, 2, true, true},  {66, 512, 0, 70, false, false},
-                               {5, 192, 64, 4, true, false},   {130, 512, 128, 9, true, true}, {17, 1000, 0, 6, false, false},
-                               {6, 4096, 128, 67, true, true}};
-         for (const Case& c : cases) {
+         // W4A16: the shared cases (kA16Cases).
+         for (const A16Case& c : kA16Cases) {
            const auto w = random_weights(c.rows, c.cols, c.group, c.asym, uint64_t(c.rows * 31 + c.cols));
            const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));
            const auto bias = gaussian(std::size_t(c.rows), 99);
@@ -143,16 +145,9 @@ const std::vector<Kernel>& kernels() {
          // W4A16 with 16-bit integer activations: the int4_gemm_f32 cases plus a per-channel row
          // longer than one span (1024 blocks) and an outlier column; bit for bit the scalar
          // reference, and within the header's bound of int4_gemm_f32 (the activations' rounding).
-         struct Case {
-           int64_t rows, cols, group;
-           int tokens;
-           bool asym, bias;
-         };
-         const Case cases[] = {{7, 64, 0, 1, false, false},    {33, 100, 0, 3, false, true},  {17, 172, 0, 5, true, false},
-                               {12, 256, 64, 13, false, true}, {9, 256, 128, 2, true, true},  {66, 512, 0, 70, false, false},
-                               {5, 192, 64, 4, true, false},   {130, 512, 128, 9, true, true}, {17, 1000, 0, 6, false, false},
-                               {6, 4096, 128, 67, true, true}, {5, 66000, 0, 5, true, false}};
-         for (const Case& c : cases) {
+         std::vector<A16Case> cases(std::begin(kA16Cases), std::end(kA16Cases));
+         cases.push_back({5, 66000, 0, 5, true, false});
+         for (const A16Case& c : cases) {
            const auto w = random_weights(c.rows, c.cols, c.group, c.asym, uint64_t(c.rows * 31 + c.cols));
            auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));
            x[std::size_t(c.cols / 2)] = 300.f;  // an outlier: its group's other codes get coarser
