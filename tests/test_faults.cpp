@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <thread>
 
@@ -264,5 +266,41 @@ TEST(Faults, BatchStopsOnSignalsAndResumes) {
     EXPECT_EQ(r.exit_code, 0) << r.stderr_text;
     EXPECT_TRUE(fs::exists(out + "/summary.json"));
     EXPECT_TRUE(fs::exists(out + "/s/w3/model.q4.safetensors"));
+  }
+}
+
+// Every tool runs with passive OpenMP waits unless the user chose a policy (tools/cli.hpp): read
+// from the stalled tool's own environment, with the variable unset and with it set to "active".
+TEST(Faults, ToolsRunWithPassiveOpenMpWaitsUnlessTheUserChose) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  const std::string model = data_file("stories260K/stories260K.bin");
+  TempDir dir;
+  int i = 0;
+  for (const char* given : {static_cast<const char*>(nullptr), "active"}) {
+    const fs::path out = dir / ("out" + std::to_string(i++));
+    std::string tool = std::string(QUAROT_TOOL_DIR) + "/quarot-convert", o = out.string(), none = "none", dash_o = "-o",
+                progress = "--progress", m = model;
+    char* argv[] = {tool.data(), m.data(), dash_o.data(), o.data(), progress.data(), none.data(), nullptr};
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      if (given) ::setenv("OMP_WAIT_POLICY", given, 1);
+      else ::unsetenv("OMP_WAIT_POLICY");
+      ::setenv(kStall.first.c_str(), "4000", 1);
+      if (FILE* f = std::freopen("/dev/null", "w", stderr)) (void)f;
+      ::execv(argv[0], argv);
+      ::_exit(127);
+    }
+    std::string env;
+    ASSERT_TRUE(wait_for([&] {
+      if (staged_folder_complete(dir.path(), out.filename().string()).empty()) return false;
+      std::ifstream f(fs::path("/proc") / std::to_string(pid) / "environ", std::ios::binary);  // size 0 in stat
+      env.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+      return true;
+    }));
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    const std::string want = std::string("OMP_WAIT_POLICY=") + (given ? given : "passive");
+    EXPECT_NE(env.find(want + '\0'), std::string::npos) << "want " << want;
   }
 }

@@ -54,7 +54,21 @@ inline void check_ranges_from_table(CLI::App& app) {
 // Parses argv; returns -1 to go on, or the exit code to return now (help: 0, usage error: 2).
 // Every tool answers --version with the one version string (project(VERSION), generated into
 // quarot/version.hpp).
+// libgomp reads OMP_WAIT_POLICY once, when the program is loaded, and by default a waiting worker
+// spins (~300000 rounds) before it sleeps: on a machine busier than its cores the spinning workers
+// take the core the working thread needs (measured on the 2-core dev VM: two threads 4-25x slower
+// than one; passive waits gave the speed back). A passive wait costs a futex wake per parallel
+// region, microseconds against the milliseconds of work a region gets (small products stay on the
+// calling thread). So a tool started without the variable sets it and executes itself again
+// (same pid, same arguments); a value the user gave is kept. If the exec fails, it goes on as is.
+inline void prefer_passive_openmp_waits(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::execv("/proc/self/exe", argv);
+}
+
 inline int parse(CLI::App& app, int argc, char** argv) {
+  prefer_passive_openmp_waits(argv);
   quarot::install_signal_cleanup();  // SIGINT/SIGTERM: temporaries removed, exit 130, from the start
   check_ranges_from_table(app);
   if (!app.get_version_ptr()) app.set_version_flag("--version", app.get_name() + " " + quarot::kQuarotVersion);
