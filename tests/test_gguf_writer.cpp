@@ -792,6 +792,16 @@ TEST(GgufExport, ByteLevelBpePreTokenizerNames) {
   EXPECT_TRUE(llama3.add_bos);
   EXPECT_EQ(llama3.token_types[128000], 3);
 
+  // The slow form (vocab.json + merges.txt) of Qwen2.5 maps as its tokenizer.json would.
+  if (fs::exists(data_file("tokenizers/qwen2/Qwen2.5-0.5B-Instruct/vocab.json"))) {
+    const auto slow = gguf_vocab_of(*load_tokenizer(data_file("tokenizers/qwen2/Qwen2.5-0.5B-Instruct")));
+    EXPECT_EQ(slow.pre, "qwen2");
+    EXPECT_EQ(slow.merges.size(), 151387u);
+    ASSERT_GT(slow.tokens.size(), 151645u);
+    EXPECT_EQ(slow.tokens[151645], "<|im_end|>");
+    EXPECT_EQ(slow.token_types[151645], 3);
+  }
+
   std::string text = read_text_lf(data_file("tokenizers/gpt2/gpt2_tokenizer.json"));
   const std::string plain = "\"add_prefix_space\": false";
   const auto at = text.find(plain);  // the pre-tokenizer's (the first ByteLevel in the file)
