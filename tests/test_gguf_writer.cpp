@@ -16,6 +16,7 @@
 #include "quarot/error.hpp"
 #include "quarot/forward.hpp"
 #include "quarot/gguf.hpp"
+#include "quarot/hf_tokenizer.hpp"
 #include "quarot/pipeline.hpp"
 #include "quarot/synth.hpp"
 #include "quarot/tokenizer.hpp"
@@ -709,4 +710,112 @@ TEST(GgufExport, GgmlReadsOurFile) {
   free_ctx(ctx);
   dlclose(h);
   fs::remove(path);
+}
+
+// ---------------------------------------------------------------- byte-level BPE tokenizers
+
+namespace {
+// A 1-layer Qwen2-shaped model of tiny widths with `vocab` embedding rows (tied).
+ModelWeights tiny_qwen2(int vocab) {
+  SynthSpec s = synth_preset("qwen2-small");
+  auto& c = s.config;
+  c.hidden = 32;
+  c.intermediate = 64;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.head_dim = 16;
+  c.vocab = vocab;
+  c.bos_id = 1;
+  c.eos_id = 2;
+  c.max_positions = 256;
+  c.tied_embeddings = true;
+  return make_synthetic(s);
+}
+}  // namespace
+
+// Qwen3's tokenizer.json on a model with Qwen2's 151,936 embedding rows: model "gpt2", pre
+// "qwen2", tokens by id with the added tokens typed by their `special` flag, the rows past the
+// tokenizer padded as llama.cpp's converter pads them, merges in the file's order, no BOS added.
+TEST(GgufExport, ByteLevelBpeTokenizerKeys) {
+  QUAROT_REQUIRE_DATA("tokenizers/qwen2/Qwen3.tokenizer.json");
+  const auto tok = load_tokenizer(data_file("tokenizers/qwen2/Qwen3.tokenizer.json"));
+  ModelWeights m = tiny_qwen2(151936);
+  const std::string path = temp_path("qwen3-tok.gguf");
+  const auto rep = export_gguf(m, tok.get(), plan_preset("gguf-f32").gguf.value(), {}, path);
+  const auto g = parse_gguf(path);
+  fs::remove(path);
+  EXPECT_EQ(g.kv.at("tokenizer.ggml.model").text, "gpt2");
+  EXPECT_EQ(g.kv.at("tokenizer.ggml.pre").text, "qwen2");
+  const auto& tokens = g.kv.at("tokenizer.ggml.tokens").strings;
+  const auto& types = g.kv.at("tokenizer.ggml.token_type").numbers;
+  ASSERT_EQ(tokens.size(), 151936u);
+  ASSERT_EQ(types.size(), 151936u);
+  EXPECT_EQ(tokens[0], "!");
+  EXPECT_EQ(tokens[220], "\xc4\xa0");  // "Ġ": the byte-level space
+  EXPECT_EQ(types[220], 1);
+  EXPECT_EQ(tokens[151643], "<|endoftext|>");
+  EXPECT_EQ(types[151643], 3);  // special: control
+  EXPECT_EQ(tokens[151657], "<tool_call>");
+  EXPECT_EQ(types[151657], 4);  // not special: user-defined
+  EXPECT_EQ(tokens[151669], "[PAD151669]");
+  EXPECT_EQ(types[151669], 5);
+  EXPECT_EQ(tokens[151935], "[PAD151935]");
+  const auto& merges = g.kv.at("tokenizer.ggml.merges").strings;
+  ASSERT_EQ(merges.size(), 151387u);
+  EXPECT_EQ(merges[0], "\xc4\xa0 \xc4\xa0");  // "Ġ Ġ"
+  EXPECT_EQ(merges[1], "\xc4\xa0\xc4\xa0 \xc4\xa0\xc4\xa0");
+  EXPECT_EQ(g.kv.count("tokenizer.ggml.scores"), 0u);
+  EXPECT_EQ(g.kv.at("tokenizer.ggml.add_bos_token").number, 0);
+  EXPECT_EQ(g.kv.at("tokenizer.ggml.eos_token_id").number, tok->eos_id());
+  bool padded_note = false;
+  for (const auto& n : rep.notes) padded_note |= n.find("267 embedding rows") != std::string::npos;
+  EXPECT_TRUE(padded_note);
+}
+
+// GPT-2's and Llama-3's pre-tokenizers map to "gpt-2" / "llama-bpe" (Llama-3-Instruct's
+// post-processor adds BOS); a pre-tokenizer llama.cpp does not reproduce under any name (GPT-2's
+// with a prefix space) leaves the keys out with a note, not a file llama.cpp tokenizes differently.
+TEST(GgufExport, ByteLevelBpePreTokenizerNames) {
+  QUAROT_REQUIRE_DATA("tokenizers/gpt2/gpt2_tokenizer.json");
+  QUAROT_REQUIRE_DATA("tokenizers/llama3/Meta-Llama-3-8B-Instruct.tokenizer.json");
+  const auto gpt2 = gguf_vocab_of(*load_tokenizer(data_file("tokenizers/gpt2/gpt2_tokenizer.json")));
+  EXPECT_EQ(gpt2.model, "gpt2");
+  EXPECT_EQ(gpt2.pre, "gpt-2");
+  EXPECT_EQ(gpt2.tokens.size(), 50257u);
+  EXPECT_EQ(gpt2.merges.size(), 50000u);
+  EXPECT_FALSE(gpt2.add_bos);
+  const auto llama3 = gguf_vocab_of(*load_tokenizer(data_file("tokenizers/llama3/Meta-Llama-3-8B-Instruct.tokenizer.json")));
+  EXPECT_EQ(llama3.pre, "llama-bpe");
+  EXPECT_EQ(llama3.tokens.size(), 128256u);
+  EXPECT_EQ(llama3.bos, 128000);
+  EXPECT_TRUE(llama3.add_bos);
+  EXPECT_EQ(llama3.token_types[128000], 3);
+
+  // The slow form (vocab.json + merges.txt) of Qwen2.5 maps as its tokenizer.json would.
+  if (fs::exists(data_file("tokenizers/qwen2/Qwen2.5-0.5B-Instruct/vocab.json"))) {
+    const auto slow = gguf_vocab_of(*load_tokenizer(data_file("tokenizers/qwen2/Qwen2.5-0.5B-Instruct")));
+    EXPECT_EQ(slow.pre, "qwen2");
+    EXPECT_EQ(slow.merges.size(), 151387u);
+    ASSERT_GT(slow.tokens.size(), 151645u);
+    EXPECT_EQ(slow.tokens[151645], "<|im_end|>");
+    EXPECT_EQ(slow.token_types[151645], 3);
+  }
+
+  std::string text = read_text_lf(data_file("tokenizers/gpt2/gpt2_tokenizer.json"));
+  const std::string plain = "\"add_prefix_space\": false";
+  const auto at = text.find(plain);  // the pre-tokenizer's (the first ByteLevel in the file)
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, plain.size(), "\"add_prefix_space\": true");
+  const auto shifted = parse_hf_tokenizer_json(text, "gpt2-prefix-space.tokenizer.json");
+  EXPECT_NE(test::error_of([&] { gguf_vocab_of(*shifted); }).find("pre-tokenizer"), std::string::npos);
+  ModelWeights m = tiny_qwen2(50257);
+  const std::string path = temp_path("gpt2-prefix.gguf");
+  const auto rep = export_gguf(m, shifted.get(), plan_preset("gguf-f32").gguf.value(), {}, path);
+  const auto g = parse_gguf(path);
+  fs::remove(path);
+  EXPECT_EQ(g.kv.count("tokenizer.ggml.model"), 0u);
+  bool noted = false;
+  for (const auto& n : rep.notes) noted |= n.find("no tokenizer.ggml.* keys") != std::string::npos;
+  EXPECT_TRUE(noted);
 }

@@ -147,8 +147,15 @@ struct GgufVocab {
   std::vector<std::string> merges;   // gpt2
   int bos = -1, eos = -1, unk = -1, pad = -1;
   bool add_bos = true;
+  bool add_eos = false;
 };
 // Throws quarot::Error when the tokenizer cannot be described (a kind quarot cannot export).
+// Hugging Face byte-level BPE (tokenizer.json, vocab.json + merges.txt) becomes model "gpt2" with
+// pre "gpt-2", "llama-bpe" or "qwen2" (from the pre-tokenizer's split regex; anything else is
+// refused), its merges, added tokens as control (special) or user-defined.
 GgufVocab gguf_vocab_of(const Tokenizer& t);
+// Appends "[PAD<id>]" tokens (unused, type 5) up to model_vocab, as llama.cpp's converter does
+// for embedding rows the tokenizer has no token for (Qwen2: 151,936 rows, 151,665 tokens).
+void pad_gguf_vocab(GgufVocab& v, int model_vocab);
 
 }  // namespace quarot

@@ -45,6 +45,24 @@ class HfTokenizer final : public Tokenizer {
   std::optional<int> token_to_id(std::string_view piece) const;
   std::string id_to_token(int id) const;  // "" when the id has no piece
 
+  // The vocabulary as the files hold it, for export (GGUF's tokenizer.ggml.*).
+  struct Vocabulary {
+    std::vector<std::string> pieces;  // the BPE model's vocabulary by id ("" where an id has none)
+    std::vector<std::string> merges;  // "a b", in rank order
+    struct Added {
+      int id;
+      std::string content;
+      bool special;
+    };
+    std::vector<Added> added;
+    // The normalizer / pre-tokenizer / decoder as JSON (tokenizer.json's nodes; for vocab.json +
+    // merges.txt, the nodes transformers' converter builds); "" when absent.
+    std::string normalizer, pre_tokenizer, decoder;
+    bool byte_fallback = false;
+    std::vector<int> prefix, suffix;  // what encode_with_special puts around a text
+  };
+  Vocabulary vocabulary() const;
+
  private:
   std::unique_ptr<Impl> impl_;
 };

@@ -8,12 +8,14 @@
 #include <map>
 #include <memory>
 #include <numbers>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "quarot/atomic_file.hpp"
 #include "quarot/dtype.hpp"
 #include "quarot/error.hpp"
 #include "quarot/gguf.hpp"
+#include "quarot/hf_tokenizer.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/tokenizer.hpp"
 #include "quarot/version.hpp"
@@ -58,7 +60,105 @@ int pad_intermediate(ModelWeights& m, int multiple) {
   return old;
 }
 
+namespace {
+
+// The split regexes of the byte-level BPE families llama.cpp knows by tokenizer.ggml.pre, as
+// their tokenizer.json files write them (llama.cpp's llama-vocab.cpp hard-codes the same
+// splits for these names).
+constexpr const char* kLlama3Split =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr const char* kQwen2Split =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+// tokenizer.ggml.pre for a byte-level BPE tokenizer, from its pre-tokenizer and normalizer;
+// throws when the pipeline is not exactly one llama.cpp reproduces under that name.
+std::string byte_level_pre_name(const HfTokenizer::Vocabulary& v, const std::string& kind) {
+  using nlohmann::json;
+  auto refuse = [&](const std::string& why) -> std::string {
+    throw Error("gguf", "the " + kind + " tokenizer cannot be written as tokenizer.ggml.* (" + why + ")");
+  };
+  const json pre = v.pre_tokenizer.empty() ? json() : json::parse(v.pre_tokenizer);
+  const json norm = v.normalizer.empty() ? json() : json::parse(v.normalizer);
+  const json dec = v.decoder.empty() ? json() : json::parse(v.decoder);
+  if (v.byte_fallback) refuse("byte-level BPE with byte_fallback");
+  if (!dec.is_object() || dec.value("type", "") != "ByteLevel") refuse("its decoder is not ByteLevel");
+  auto byte_level = [](const json& n, bool use_regex) {
+    return n.is_object() && n.value("type", "") == "ByteLevel" && !n.value("add_prefix_space", true) &&
+           n.value("use_regex", true) == use_regex;
+  };
+  if (byte_level(pre, true)) {  // GPT-2: ByteLevel's own split
+    if (!norm.is_null()) refuse("GPT-2's pre-tokenizer with a normalizer");
+    return "gpt-2";
+  }
+  if (pre.is_object() && pre.value("type", "") == "Sequence" && pre.contains("pretokenizers") && pre["pretokenizers"].is_array() &&
+      pre["pretokenizers"].size() == 2 && byte_level(pre["pretokenizers"][1], false)) {
+    const json& split = pre["pretokenizers"][0];
+    if (split.is_object() && split.value("type", "") == "Split" && split.value("behavior", "") == "Isolated" &&
+        !split.value("invert", true) && split.contains("pattern") && split["pattern"].is_object() &&
+        split["pattern"].contains("Regex") && split["pattern"]["Regex"].is_string()) {
+      const std::string regex = split["pattern"]["Regex"].get<std::string>();
+      if (regex == kLlama3Split) {
+        if (!norm.is_null()) refuse("Llama-3's split with a normalizer");
+        return "llama-bpe";
+      }
+      if (regex == kQwen2Split) {
+        // Qwen's NFC normalizer: llama.cpp's qwen2 does not normalize; text already in NFC
+        // (what editors and the web produce) tokenizes the same.
+        if (!norm.is_null() && !(norm.is_object() && norm.value("type", "") == "NFC")) refuse("Qwen2's split with a normalizer other than NFC");
+        return "qwen2";
+      }
+    }
+  }
+  return refuse("its pre-tokenizer is none of GPT-2's, Llama-3's or Qwen2's: " + v.pre_tokenizer.substr(0, 120));
+}
+
+GgufVocab byte_level_bpe_vocab(const HfTokenizer& t, const HfTokenizer::Vocabulary& hv) {
+  GgufVocab v;
+  v.model = "gpt2";
+  v.pre = byte_level_pre_name(hv, t.kind());
+  const int n = t.vocab_size();
+  v.tokens.assign(std::size_t(n), std::string());
+  v.token_types.assign(std::size_t(n), 1);
+  std::vector<bool> present(std::size_t(n), false);
+  for (std::size_t id = 0; id < hv.pieces.size(); ++id) {
+    if (hv.pieces[id].empty()) continue;
+    v.tokens[id] = hv.pieces[id];
+    present[id] = true;
+  }
+  for (const auto& a : hv.added) {  // special -> control (3), else user-defined (4): text matched as is
+    v.tokens[std::size_t(a.id)] = a.content;
+    v.token_types[std::size_t(a.id)] = a.special ? 3 : 4;
+    present[std::size_t(a.id)] = true;
+  }
+  for (int id = 0; id < n; ++id) {  // an id between the vocabulary's and the added tokens'
+    if (present[std::size_t(id)]) continue;
+    v.tokens[std::size_t(id)] = "[PAD" + std::to_string(id) + "]";
+    v.token_types[std::size_t(id)] = 5;
+  }
+  v.merges = hv.merges;
+  v.bos = t.bos_id();
+  v.eos = t.eos_id();
+  v.add_bos = !hv.prefix.empty() && hv.prefix.front() == v.bos;
+  v.add_eos = !hv.suffix.empty() && hv.suffix.back() == v.eos;
+  return v;
+}
+
+}  // namespace
+
+void pad_gguf_vocab(GgufVocab& v, int model_vocab) {
+  // As llama.cpp's convert_hf_to_gguf.py: ids the tokenizer lacks become "[PAD<id>]", unused (5).
+  for (int id = int(v.tokens.size()); id < model_vocab; ++id) {
+    v.tokens.push_back("[PAD" + std::to_string(id) + "]");
+    v.token_types.push_back(5);
+    if (!v.scores.empty()) v.scores.push_back(0.f);
+  }
+}
+
 GgufVocab gguf_vocab_of(const Tokenizer& t) {
+  if (const auto* hf = dynamic_cast<const HfTokenizer*>(&t)) {
+    const HfTokenizer::Vocabulary hv = hf->vocabulary();
+    if (hv.decoder.find("\"ByteLevel\"") != std::string::npos) return byte_level_bpe_vocab(*hf, hv);
+  }
   GgufVocab v;
   const auto pieces = t.pieces();
   if (pieces.empty())
@@ -306,7 +406,19 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
   const std::string arch = rep.arch == GgufArch::Qwen2 ? "qwen2" : "llama";
   GgufVocab vocab;
   if (tokenizer) {
-    vocab = gguf_vocab_of(*tokenizer);
+    try {
+      vocab = gguf_vocab_of(*tokenizer);
+    } catch (const Error& e) {  // a tokenizer llama.cpp would not reproduce: no keys rather than wrong ones
+      rep.notes.push_back(std::string("no tokenizer.ggml.* keys: ") + e.what());
+      tokenizer = nullptr;
+    }
+  }
+  if (tokenizer) {
+    if (vocab.model == "gpt2" && int(vocab.tokens.size()) < c.vocab) {
+      rep.notes.push_back("tokenizer: " + std::to_string(c.vocab - int(vocab.tokens.size())) +
+                          " embedding rows without a token written as [PAD<id>] (unused), as llama.cpp's converter does");
+      pad_gguf_vocab(vocab, c.vocab);
+    }
     if (int(vocab.tokens.size()) != c.vocab)
       throw Error(source, "the tokenizer has " + std::to_string(vocab.tokens.size()) + " pieces, the model " + std::to_string(c.vocab));
   }
@@ -476,13 +588,14 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
     g.put("tokenizer.ggml.model", vocab.model);
     g.put("tokenizer.ggml.pre", vocab.pre);
     g.put_strings("tokenizer.ggml.tokens", vocab.tokens);
-    g.put_f32s("tokenizer.ggml.scores", vocab.scores);
+    if (!vocab.scores.empty()) g.put_f32s("tokenizer.ggml.scores", vocab.scores);
     g.put_i32s("tokenizer.ggml.token_type", vocab.token_types);
+    if (!vocab.merges.empty()) g.put_strings("tokenizer.ggml.merges", vocab.merges);
     if (vocab.bos >= 0) g.put_u32("tokenizer.ggml.bos_token_id", uint32_t(vocab.bos));
     if (vocab.eos >= 0) g.put_u32("tokenizer.ggml.eos_token_id", uint32_t(vocab.eos));
     if (vocab.unk >= 0) g.put_u32("tokenizer.ggml.unknown_token_id", uint32_t(vocab.unk));
     g.put_bool("tokenizer.ggml.add_bos_token", vocab.add_bos);
-    g.put_bool("tokenizer.ggml.add_eos_token", false);
+    g.put_bool("tokenizer.ggml.add_eos_token", vocab.add_eos);
     rep.notes.push_back("tokenizer: " + tokenizer->kind() + " as tokenizer.ggml.model " + vocab.model);
   } else {
     rep.notes.push_back("no tokenizer: the file has no tokenizer.ggml.* keys (llama.cpp needs them to load it)");

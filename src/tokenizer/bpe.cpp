@@ -1,5 +1,6 @@
 #include "bpe.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <queue>
 
@@ -17,6 +18,17 @@ bool BpeModel::add_merge(std::string_view a, std::string_view b, int rank) {
   if (iab == vocab.end()) return false;
   merges_[key(ia->second, ib->second)] = MergeTarget{rank, iab->second};
   return true;
+}
+
+std::vector<std::pair<int, int>> BpeModel::merges_by_rank() const {
+  std::vector<std::pair<int, std::pair<int, int>>> ranked;
+  ranked.reserve(merges_.size());
+  for (const auto& [k, t] : merges_) ranked.push_back({t.rank, {int(k >> 32), int(k & 0xFFFFFFFFu)}});
+  std::sort(ranked.begin(), ranked.end());
+  std::vector<std::pair<int, int>> out;
+  out.reserve(ranked.size());
+  for (const auto& r : ranked) out.push_back(r.second);
+  return out;
 }
 
 void BpeModel::finish() {

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace quarot::tok {
@@ -36,6 +37,8 @@ class BpeModel {
   void tokenize(std::string_view word, std::vector<int>& out) const;
   std::size_t merge_count() const { return merges_.size(); }
   void reserve_merges(std::size_t n) { merges_.reserve(n); }
+  // The merges as (left id, right id), in rank order (for export).
+  std::vector<std::pair<int, int>> merges_by_rank() const;
 
  private:
   struct MergeTarget {

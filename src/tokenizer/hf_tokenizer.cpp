@@ -708,6 +708,7 @@ struct HfTokenizer::Impl {
   std::string policy_source;        // which setting decided prefix/suffix
   int bos = -1, eos = -1, vocab = 0;
   bool cleanup = false;
+  std::string normalizer_json, pre_tokenizer_json, decoder_json;  // for vocabulary()
 
   void finish() {
     model.finish();
@@ -847,6 +848,21 @@ std::string HfTokenizer::id_to_token(int id) const {
   if (auto it = impl_->added_by_id.find(id); it != impl_->added_by_id.end()) return impl_->added[it->second].content;
   if (id >= 0 && id < int(impl_->model.id_to_piece.size())) return impl_->model.id_to_piece[id];
   return {};
+}
+
+HfTokenizer::Vocabulary HfTokenizer::vocabulary() const {
+  const Impl& m = *impl_;
+  Vocabulary v;
+  v.pieces = m.model.id_to_piece;
+  for (const auto& [a, b] : m.model.merges_by_rank()) v.merges.push_back(m.model.id_to_piece[std::size_t(a)] + " " + m.model.id_to_piece[std::size_t(b)]);
+  for (const auto& t : m.added) v.added.push_back({t.id, t.content, t.special});
+  v.normalizer = m.normalizer_json;
+  v.pre_tokenizer = m.pre_tokenizer_json;
+  v.decoder = m.decoder_json;
+  v.byte_fallback = m.model.byte_fallback;
+  v.prefix = m.prefix;
+  v.suffix = m.suffix;
+  return v;
 }
 
 namespace {
@@ -1046,9 +1062,18 @@ std::unique_ptr<HfTokenizer> parse_hf_tokenizer_json(std::string_view text, cons
     for (std::size_t i = 0; i < at->size(); ++i)
       impl->added.push_back(read_added_token(d, (*at)[i], "added_tokens[" + std::to_string(i) + "]", true));
   }
-  if (const json* n = d.opt(j, "normalizer")) impl->normalizer = make_normalizer(d, *n, "normalizer");
-  if (const json* p = d.opt(j, "pre_tokenizer")) impl->pre_tokenizer = make_pre_tokenizer(d, *p, "pre_tokenizer");
-  if (const json* dec = d.opt(j, "decoder")) impl->decoder = make_decoder(d, *dec, "decoder");
+  if (const json* n = d.opt(j, "normalizer")) {
+    impl->normalizer = make_normalizer(d, *n, "normalizer");
+    impl->normalizer_json = n->dump();
+  }
+  if (const json* p = d.opt(j, "pre_tokenizer")) {
+    impl->pre_tokenizer = make_pre_tokenizer(d, *p, "pre_tokenizer");
+    impl->pre_tokenizer_json = p->dump();
+  }
+  if (const json* dec = d.opt(j, "decoder")) {
+    impl->decoder = make_decoder(d, *dec, "decoder");
+    impl->decoder_json = dec->dump();
+  }
   impl->policy_source = "no post_processor";
   if (const json* pp = d.opt(j, "post_processor")) {
     impl->policy_source = "post_processor " + d.type(*pp, "post_processor");
@@ -1140,14 +1165,24 @@ std::unique_ptr<HfTokenizer> load_hf_vocab_merges(const std::string& dir) {
     seq->parts.push_back(regex_split(kQwen2Pattern, false, SplitBehavior::Isolated));
     seq->parts.push_back(std::move(byte_level));
     impl->pre_tokenizer = std::move(seq);
+    impl->normalizer_json = json{{"type", "NFC"}}.dump();
+    impl->pre_tokenizer_json =
+        json{{"type", "Sequence"},
+             {"pretokenizers",
+              {{{"type", "Split"}, {"pattern", {{"Regex", kQwen2Pattern}}}, {"behavior", "Isolated"}, {"invert", false}},
+               {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}}}}
+            .dump();
   } else if (cls.empty() || cls == "GPT2Tokenizer" || cls == "GPT2TokenizerFast") {
     byte_level->add_prefix_space = cfg.add_prefix_space.value_or(false);
     byte_level->gpt2 = std::make_shared<tok::Regex>(kGpt2Pattern, false);
+    impl->pre_tokenizer_json =
+        json{{"type", "ByteLevel"}, {"add_prefix_space", byte_level->add_prefix_space}, {"trim_offsets", true}, {"use_regex", true}}.dump();
     impl->pre_tokenizer = std::move(byte_level);
   } else {
     dc.fail("tokenizer_class", unsupported("tokenizer class with vocab.json + merges.txt", cls, "GPT2Tokenizer, Qwen2Tokenizer"));
   }
   impl->decoder = std::make_unique<ByteLevelDecoder>();
+  impl->decoder_json = json{{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}.dump();
   impl->policy_source = fs::path(cfg_path).filename().string() + " add_bos_token";
   impl->finish();
   settle_specials(*impl, cfg);

@@ -117,6 +117,10 @@ struct Library::Api {
   void (*llama_free)(void*) = nullptr;
   const void* (*llama_model_get_vocab)(const void*) = nullptr;
   int32_t (*llama_vocab_n_tokens)(const void*) = nullptr;
+  // llama.h: int32_t llama_tokenize(const llama_vocab*, const char* text, int32_t text_len,
+  //   llama_token* tokens, int32_t n_tokens_max, bool add_special, bool parse_special);
+  // returns the count, or minus the count needed when n_tokens_max is too small.
+  int32_t (*llama_tokenize)(const void*, const char*, int32_t, int32_t*, int32_t, bool, bool) = nullptr;
   Batch (*llama_batch_init)(int32_t, int32_t, int32_t) = nullptr;
   void (*llama_batch_free)(Batch) = nullptr;
   int32_t (*llama_decode)(void*, Batch) = nullptr;
@@ -188,6 +192,7 @@ std::unique_ptr<Library> Library::open(const std::string& dir, std::string* why)
   sym(a.llama_free, "llama_free");
   sym(a.llama_model_get_vocab, "llama_model_get_vocab");
   sym(a.llama_vocab_n_tokens, "llama_vocab_n_tokens");
+  sym(a.llama_tokenize, "llama_tokenize");
   sym(a.llama_batch_init, "llama_batch_init");
   sym(a.llama_batch_free, "llama_batch_free");
   sym(a.llama_decode, "llama_decode");
@@ -396,6 +401,20 @@ std::vector<float> Model::logits(const std::vector<int>& tokens) {
   a.llama_batch_free(b);
   if (out.empty()) throw Error("llama.cpp", "llama_decode failed (rc " + std::to_string(rc) + "): " + tail(lib_->take_log()));
   return out;
+}
+
+std::vector<int> Model::tokenize(const std::string& text, bool add_special, bool parse_special) const {
+  const Library::Api& a = lib_->api();
+  const void* vocab = a.llama_model_get_vocab(model_);
+  // Asked with no room first: llama.cpp answers minus the count it needs (the ABI check: a
+  // second call with that room must return exactly that count).
+  const int32_t need = a.llama_tokenize(vocab, text.data(), int32_t(text.size()), nullptr, 0, add_special, parse_special);
+  if (need > 0 || (need == 0 && !text.empty() && !add_special))
+    throw Error("llama_tokenize", "returned " + std::to_string(need) + " with no room for tokens (ABI changed?)");
+  std::vector<int32_t> ids(std::size_t(-int64_t(need)));
+  const int32_t got = a.llama_tokenize(vocab, text.data(), int32_t(text.size()), ids.data(), int32_t(ids.size()), add_special, parse_special);
+  if (got != -need) throw Error("llama_tokenize", "returned " + std::to_string(got) + " tokens after asking for " + std::to_string(-need));
+  return std::vector<int>(ids.begin(), ids.end());
 }
 
 std::pair<double, double> Model::time_generation(const std::vector<int>& prompt, int n_decode) {

@@ -48,6 +48,10 @@ class Model {
   // only), then n_decode single-token steps (each the argmax of the previous logits), as
   // llama.cpp runs a chat. Returns {prefill seconds, decode seconds}.
   std::pair<double, double> time_generation(const std::vector<int>& prompt, int n_decode);
+  // llama_tokenize with the file's own vocabulary (tokenizer.ggml.*): add_special adds what
+  // tokenizer.ggml.add_bos_token/add_eos_token say; parse_special matches control and
+  // user-defined tokens written in the text. Throws when llama.cpp reports an error.
+  std::vector<int> tokenize(const std::string& text, bool add_special, bool parse_special) const;
 
  private:
   friend class Library;

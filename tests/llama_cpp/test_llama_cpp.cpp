@@ -369,3 +369,65 @@ TEST(LlamaCpp, Qwen2ShapedExportsAgreeWithQuarot) {
     std::filesystem::remove(path);
   }
 }
+
+// Byte-level BPE tokenizer.json models exported with tokenizer.ggml.* (model "gpt2", pre
+// "qwen2" / "llama-bpe" / "gpt-2"): llama.cpp, tokenizing with nothing but the file, gives
+// exactly quarot's ids on hand-picked strings (ASCII, accents, digits, CJK, spaces and newlines,
+// an added token) and on llama.cpp's own test texts; with add_special, what the tokenizer's
+// post-processor adds (Llama-3-Instruct: BOS). Qwen3's model has 267 padded rows past its tokens.
+TEST(LlamaCpp, ByteLevelBpeTokenizerExportsTokenizeAsQuarot) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("tokenizers/qwen2/Qwen3.tokenizer.json");
+  QUAROT_REQUIRE_DATA("tokenizers/llama3/Meta-Llama-3-8B-Instruct.tokenizer.json");
+  QUAROT_REQUIRE_DATA("tokenizers/gpt2/gpt2_tokenizer.json");
+  const std::vector<std::string> picked = {
+      "Hello world", " Hello, World!", "Héllo café naïve Äpfel", "12345 and 3.14159, 1000000",
+      "你好，世界。日本語のテキスト", "  two spaces\n\nnew lines\t tab \r\n end  ", "don't I'll we've",
+      "<|endoftext|> after an added token", "🦙 emoji and ½"};
+  struct Case {
+    const char* file;
+    const char* pre;
+    const char* vectors;  // llama.cpp's test texts for that pre-tokenizer
+    int rows;
+  };
+  for (const Case& k : {Case{"tokenizers/qwen2/Qwen3.tokenizer.json", "qwen2", "qwen2", 151936},
+                        Case{"tokenizers/llama3/Meta-Llama-3-8B-Instruct.tokenizer.json", "llama-bpe", "llama-bpe", 128256},
+                        Case{"tokenizers/gpt2/gpt2_tokenizer.json", "gpt-2", "gpt-2", 50257}}) {
+    const auto tok = quarot::load_tokenizer(data_file(k.file));
+    ASSERT_EQ(quarot::gguf_vocab_of(*tok).pre, k.pre) << k.file;
+    quarot::SynthSpec spec = quarot::synth_preset("qwen2-small");
+    spec.config.hidden = 32;
+    spec.config.intermediate = 64;
+    spec.config.n_layers = 1;
+    spec.config.n_heads = 2;
+    spec.config.n_kv_heads = 1;
+    spec.config.head_dim = 16;
+    spec.config.vocab = k.rows;
+    spec.config.bos_id = 1;
+    spec.config.eos_id = 2;
+    spec.config.max_positions = 256;
+    spec.config.tied_embeddings = true;
+    quarot::ModelWeights m = quarot::make_synthetic(spec);
+    const std::string path = temp_path(std::string(k.pre) + "-tokenizer.gguf");
+    quarot::export_gguf(m, tok.get(), quarot::plan_preset("gguf-f32").gguf.value(), {}, path);
+    auto model = library()->load(path, 256);
+    std::filesystem::remove(path);
+    ASSERT_EQ(model->vocab(), k.rows);
+    std::vector<std::string> texts = picked;
+    const std::string inp = quarot::read_text_lf(data_file(std::string("tokenizers/vectors/llama.cpp/ggml-vocab-") + k.vectors + ".gguf.inp"));
+    const std::string sep = "\n__ggml_vocab_test__\n";
+    for (std::size_t at = 0;;) {
+      const auto hit = inp.find(sep, at);
+      texts.push_back(inp.substr(at, hit == std::string::npos ? std::string::npos : hit - at));
+      if (hit == std::string::npos) break;
+      at = hit + sep.size();
+    }
+    int compared = 0;
+    for (const auto& text : texts) {
+      EXPECT_EQ(model->tokenize(text, false, true), tok->encode(text)) << k.pre << ": '" << text << "'";
+      EXPECT_EQ(model->tokenize(text, true, true), tok->encode_with_special(text)) << k.pre << ": '" << text << "'";
+      ++compared;
+    }
+    std::cout << k.pre << ": llama.cpp's ids equal quarot's on " << compared << " texts\n";
+  }
+}
