@@ -60,22 +60,44 @@ void install_stop_handlers() {
 // returns the shell's status as std::system does.
 int run_child(const std::string& cmd, std::size_t slot) {
   const std::string line = "exec " + cmd;  // before fork: the child of a threaded process only calls async-signal-safe functions
+  // The stop signals stay blocked from before the fork until the child has its default actions
+  // back and the parent has noted its pid: a signal in between would otherwise run the batch's
+  // handler inside the child, which then went on to exec the run (seen under load: the next run
+  // started and completed after the batch was told to stop).
+  sigset_t stops, old_mask;
+  sigemptyset(&stops);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&stops, sig);
+  ::pthread_sigmask(SIG_BLOCK, &stops, &old_mask);
   const pid_t pid = ::fork();
-  if (pid < 0) return -1;
   if (pid == 0) {
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &dfl, nullptr);
+    ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);  // a pending stop now ends the child (async-signal-safe)
     ::execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
-  g_children[slot] = pid;
+  if (pid > 0) g_children[slot] = pid;
+  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  if (pid < 0) return -1;
   if (const int sig = g_stop_signal.load()) ::kill(pid, sig);  // a stop that came before the slot was set
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   g_children[slot] = 0;
+  // A run that was stopped (died of a stop signal, or cleaned up and exited 130) stops the batch,
+  // also when this thread sees the child's end before the signal's handler has run on another
+  // thread of the batch.
+  int stopped_by = 0;
+  if (WIFSIGNALED(status) && (WTERMSIG(status) == SIGINT || WTERMSIG(status) == SIGTERM || WTERMSIG(status) == SIGHUP))
+    stopped_by = WTERMSIG(status);
+  else if (WIFEXITED(status) && WEXITSTATUS(status) == 130)
+    stopped_by = SIGINT;
+  if (stopped_by) {
+    int none = 0;
+    g_stop_signal.compare_exchange_strong(none, stopped_by);
+  }
   return status;
 }
 
