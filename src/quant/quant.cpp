@@ -133,13 +133,15 @@ void check_act_options(const ActQuantOptions& o) {
   check_option_value("a-clip", o.a_clip);
   check_option_value("kv-clip", o.kv_clip);
   check_option_value("a-group", o.a_group);
+  // The planner's per-layer values obey the rows of the options they refine.
   for (std::size_t l = 0; l < o.layers.size(); ++l) {
     const auto& x = o.layers[l];
-    const std::string at = "layer " + std::to_string(l) + " ";
-    for (auto [bits, name] : {std::pair{x.k_bits, "k_bits"}, {x.v_bits, "v_bits"}})
-      if (bits != 16 && (bits < 2 || bits > 8)) throw Error("--budget-kv-bits", at + name + " must be 2..8 (or 16), got " + std::to_string(bits));
-    for (auto [clip, name] : {std::pair{x.a_clip, "a_clip"}, {x.k_clip, "k_clip"}, {x.v_clip, "v_clip"}})
-      if (!(clip > 0 && clip <= 1)) throw Error("--budget-kv-bits", at + name + " must be in (0, 1], got " + std::to_string(clip));
+    const std::pair<const char*, const char*> rows[] = {
+        {"k_bits", "k-bits"}, {"v_bits", "v-bits"}, {"a_clip", "a-clip"}, {"k_clip", "kv-clip"}, {"v_clip", "kv-clip"}};
+    const double values[] = {double(x.k_bits), double(x.v_bits), x.a_clip, x.k_clip, x.v_clip};
+    for (std::size_t i = 0; i < std::size(rows); ++i)
+      if (auto problem = option_value_problem(*find_option_spec(rows[i].second), values[i]))
+        throw Error("--budget-kv-bits", "layer " + std::to_string(l) + " " + rows[i].first + ": " + *problem);
   }
 }
 
