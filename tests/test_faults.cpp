@@ -290,11 +290,13 @@ TEST(Faults, ToolsRunWithPassiveOpenMpWaitsUnlessTheUserChose) {
       ::execv(argv[0], argv);
       ::_exit(127);
     }
-    std::string env;
+    std::string env, comm;
     ASSERT_TRUE(wait_for([&] {
       if (staged_folder_complete(dir.path(), out.filename().string()).empty()) return false;
       std::ifstream f(fs::path("/proc") / std::to_string(pid) / "environ", std::ios::binary);  // size 0 in stat
       env.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+      std::ifstream c(fs::path("/proc") / std::to_string(pid) / "comm");
+      std::getline(c, comm);
       return true;
     }));
     int status = 0;
@@ -302,5 +304,6 @@ TEST(Faults, ToolsRunWithPassiveOpenMpWaitsUnlessTheUserChose) {
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     const std::string want = std::string("OMP_WAIT_POLICY=") + (given ? given : "passive");
     EXPECT_NE(env.find(want + '\0'), std::string::npos) << "want " << want;
+    EXPECT_EQ(comm, "quarot-convert");  // re-executed under its own name, not "exe": pgrep/killall find it
   }
 }

@@ -64,6 +64,14 @@ inline void check_ranges_from_table(CLI::App& app) {
 inline void prefer_passive_openmp_waits(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
   ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  // The resolved path, not /proc/self/exe itself: the kernel names the process after the file
+  // it executes, and a tool that shows up as "exe" in ps/top cannot be found by pgrep or killall.
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    self[n] = '\0';
+    ::execv(self, argv);
+  }
   ::execv("/proc/self/exe", argv);
 }
 
