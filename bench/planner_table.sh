@@ -3,7 +3,7 @@
 # the float model against bits per weight and bits per cached K/V element, for W4A4KV4 (the
 # paper's recipe: KV clip 0.95), W4A4K8V4, per-group activations (--a-group 16: four groups per
 # token of the 64-wide models) and the precision planner at two budgets (--budget-kv-bits 5, 6,
-# with --a-group 16;
+# with --a-group 16; and with --budget-act-bits 5, 6 on top of --budget-kv-bits 6: W4A8 layers;
 # planned on 2 calibration windows), GPTQ with 32 calibration windows of ctx tokens, evaluated on
 # the first 10 windows (stories260K), 20 (salty260K) or all 32 (aidreams260K): sized for a
 # loaded 2-core machine (NSAMPLES, PLAN_WINDOWS and CHUNKS_<model> override).
@@ -31,6 +31,8 @@ configs=(
   "W4A4K8V4, A4 per group of 16|--preset w4a4k8v4 --a-group 16"
   "planner, budget 5, A4 per group of 16|--preset w4a4kv4 --budget-kv-bits 5 --a-group 16"
   "planner, budget 6, A4 per group of 16|--preset w4a4kv4 --budget-kv-bits 6 --a-group 16"
+  "planner, KV budget 6 + act budget 5, A4/A8 per group of 16|--preset w4a4kv4 --budget-kv-bits 6 --budget-act-bits 5 --a-group 16"
+  "planner, KV budget 6 + act budget 6, A4/A8 per group of 16|--preset w4a4kv4 --budget-kv-bits 6 --budget-act-bits 6 --a-group 16"
 )
 [ -n "${CONFIGS:-}" ] && mapfile -t configs < <(printf '%s\n' "${configs[@]}" | sed -n "${CONFIGS}p")  # e.g. CONFIGS=1,3
 for model in "${models[@]}"; do
@@ -49,8 +51,8 @@ for model in "${models[@]}"; do
   echo
   echo "### $model (ctx $ctx, chunks $chunks (0: all), GPTQ $nsamples calibration windows, planner on $plan_windows)"
   echo
-  echo "| setting | bits/weight | bits/cached elt (codes) | integer PPL | simulated PPL | integer KLD | K/V bits per layer (planner) |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| setting | bits/weight | bits/cached elt (codes) | bits/activation (mean over layers) | integer PPL | simulated PPL | integer KLD | K/V(/A) bits per layer (planner) |"
+  echo "|---|---|---|---|---|---|---|---|"
   for entry in "${configs[@]}"; do
     name="${entry%%|*}"; flags="${entry#*|}"
     # shellcheck disable=SC2086
@@ -62,8 +64,10 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 e, s = r["eval"], r["sizes"]
 plan = r.get("precision_plan")
-layers = " ".join(f"K{l['k_bits']}V{l['v_bits']}" for l in plan["layers"]) if plan else ""
-print(f"| {sys.argv[2]} | {s['bits_per_weight']:.3f} | {s.get('kv_bits_per_element', 16):.2f} | {e['packed']['ppl']:.4f} | "
+act_planned = bool(plan and plan.get("budget_act_bits", 0) > 0)
+layers = " ".join(f"K{l['k_bits']}V{l['v_bits']}" + (f"A{l['a_bits']}" if act_planned else "") for l in plan["layers"]) if plan else ""
+a_bits = plan["act_bits_per_element"] if act_planned else r["config"]["activations"]["bits"]
+print(f"| {sys.argv[2]} | {s['bits_per_weight']:.3f} | {s.get('kv_bits_per_element', 16):.2f} | {a_bits:.2f} | {e['packed']['ppl']:.4f} | "
       f"{e['quantized']['ppl']:.4f} | {e['packed']['kld_mean']:.4f} | {layers} |")
 PY
   done

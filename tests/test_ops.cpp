@@ -108,7 +108,12 @@ const std::vector<Kernel>& kernels() {
                                {5, 192, 64, 4, 2, true, false},   {130, 512, 128, 9, 4, false, true}, {17, 1000, 0, 2, 4, false, false},
                                // AVX-512's row-interleaved GEMM per token: rows not filling a tile of
                                // 64, tokens not filling one of 6, zero points, bias
-                               {100, 320, 0, 13, 4, true, true}};
+                               {100, 320, 0, 13, 4, true, true},
+                               // W4A8 (the planner's 8-bit layers): 8-bit codes on every path, GEMV,
+                               // tiles and the row-interleaved GEMM, a wide row (int32 sums of
+                               // 15 x 127 products over 11008 columns stay exact)
+                               {100, 320, 0, 13, 8, true, true}, {70, 11008, 0, 7, 8, false, true}, {9, 4096, 128, 1, 8, true, false},
+                               {64, 512, 0, 70, 8, false, false}};
          for (const Case& c : cases) {
            const auto w = random_weights(c.rows, c.cols, c.group, c.asym, uint64_t(c.rows * 31 + c.cols));
            const auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));

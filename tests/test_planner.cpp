@@ -68,6 +68,41 @@ TEST(Planner, ChooseKvBitsRespectsTheBudgetExactly) {
   EXPECT_THROW(choose_kv_bits({1}, {1}, 3.5), Error);
 }
 
+// The activation budget (mean bits over layers): the same guarantees, one part per layer.
+TEST(Planner, ChooseActBitsRespectsTheBudgetExactly) {
+  uint64_t st = 11;
+  auto rnd = [&st] {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    return double(st >> 11) / double(1ull << 53);
+  };
+  for (int layers : {1, 2, 5, 8}) {
+    std::vector<double> sens(static_cast<std::size_t>(layers));
+    for (auto& x : sens) x = rnd();
+    const double step = 4.0 / layers;  // one layer 4 -> 8 bits
+    for (double budget = 4.0; budget <= 8.0 + 1e-12; budget += step / 3) {
+      SCOPED_TRACE("layers " + std::to_string(layers) + " budget " + std::to_string(budget));
+      const auto bits = choose_act_bits(sens, budget, 4, 8);
+      ASSERT_EQ(bits.size(), std::size_t(layers));
+      double mean = 0, lowest_raised = 1e9, highest_kept = -1;
+      for (int l = 0; l < layers; ++l) {
+        const int b = bits[std::size_t(l)];
+        ASSERT_TRUE(b == 4 || b == 8);
+        mean += double(b) / layers;
+        (b == 8 ? lowest_raised = std::min(lowest_raised, sens[std::size_t(l)]) : highest_kept = std::max(highest_kept, sens[std::size_t(l)]));
+      }
+      EXPECT_LE(mean, budget + 1e-12);
+      if (mean < 8) {
+        EXPECT_GT(mean + step, budget + 1e-12) << "a layer more would still fit";
+      }
+      EXPECT_GE(lowest_raised, highest_kept);
+    }
+  }
+  // Reachable budgets exactly: 5 layers, 5.6 bits = 2 layers at 8; ties go to the lower layer.
+  const auto two = choose_act_bits({1, 3, 2, 3, 0}, 5.6, 4, 8);
+  EXPECT_EQ(two, (std::vector<int>{4, 8, 4, 8, 4}));
+  EXPECT_THROW(choose_act_bits({1}, 3.5, 4, 8), Error);
+}
+
 TEST(Planner, PerLayerRecipeRoundTripsAndOldRecipesRead) {
   PackRecipe r;
   r.preset = "w4a4kv4";
@@ -84,11 +119,23 @@ TEST(Planner, PerLayerRecipeRoundTripsAndOldRecipesRead) {
   EXPECT_EQ(back.act, r.act);
   EXPECT_EQ(back.plan, r.plan);
   EXPECT_EQ(kv_cache_bits(back.act, 8).codes(), (8 + 4 + 4 + 4 + 8 + 4) / 6.0);
+  // Entries without activation bits (every file before them) have no "a_bits" key and take the
+  // model's; entries with them round-trip.
+  EXPECT_EQ(recipe_json(r).find("\"a_bits\":4,\"a_clip\":0.9"), std::string::npos);
+  EXPECT_EQ(back.act.layer(1).a_bits, 4);
+  r.act.layers[0].a_bits = 8;
+  r.act.layers[1].a_bits = r.act.layers[2].a_bits = 4;
+  const PackRecipe with_a = parse_recipe_json(recipe_json(r), "a8");
+  EXPECT_EQ(with_a.act, r.act);
+  EXPECT_EQ(recipe_json(with_a), recipe_json(r));
+  EXPECT_EQ(with_a.act.layer(0).a_bits, 8);
+  EXPECT_EQ(with_a.act.layer(2).a_bits, 4);
   // Bad entries are refused naming the field.
   for (const char* bad : {R"("layers":[{"k_bits":9,"v_bits":4,"a_clip":1,"k_clip":1,"v_clip":1}])",
                           R"("layers":[{"k_bits":4,"v_bits":4,"a_clip":0,"k_clip":1,"v_clip":1}])",
                           R"("layers":[{"k_bits":4.5,"v_bits":4,"a_clip":1,"k_clip":1,"v_clip":1}])", R"("layers":[])",
-                          R"("layers":[{"k_bits":4}])"}) {
+                          R"("layers":[{"k_bits":4}])", R"("layers":[{"k_bits":4,"v_bits":4,"a_clip":1,"k_clip":1,"v_clip":1,"a_bits":9}])",
+                          R"("layers":[{"k_bits":4,"v_bits":4,"a_clip":1,"k_clip":1,"v_clip":1,"a_bits":7.5}])"}) {
     std::string text = old_text;
     text.insert(1, std::string(bad) + ",");
     try {
@@ -114,6 +161,14 @@ TEST(Planner, UsageRules) {
   o.budget_kv_bits = 9;
   EXPECT_THROW(make_plan(o), UsageError);
   o.budget_kv_bits = 6;
+  o.budget_act_bits = 9;
+  EXPECT_THROW(make_plan(o), UsageError);
+  o.budget_act_bits = 6;
+  EXPECT_NO_THROW(make_plan(o));
+  o.a_bits = 8;  // per-layer activations choose between 4 and 8 bits
+  EXPECT_THROW(make_plan(o), UsageError);
+  o.a_bits = 0;
+  o.budget_act_bits = 0;
   o.preset = "w4a16";  // KV not quantized: nothing to plan
   EXPECT_THROW(make_plan(o), UsageError);
 }
@@ -193,6 +248,7 @@ TEST(Planner, NeverReadsTheEvaluationData) {
   write_file_atomic(dir / "poisoned.ids", poisoned);
   auto plan_with = [&](const std::string& eval, const std::string& name) {
     PlanOptions o = stories_plan("", 5.0);
+    o.budget_act_bits = 5.0;  // the activation sensitivities too
     o.w_method = "rtn";  // the plan is what is compared: RTN keeps the three runs quick
     o.report_dir = dir / name;
     o.eval_ids = eval;
@@ -211,6 +267,56 @@ TEST(Planner, NeverReadsTheEvaluationData) {
   ASSERT_TRUE(clean.report.eval && poison.report.eval);
   EXPECT_NE(clean.report.eval->quantized->ppl, poison.report.eval->quantized->ppl);
   EXPECT_LE(clean.report.precision_plan->kv_bits_per_element, 5.0);
+  EXPECT_LE(clean.report.precision_plan->act_bits_per_element, 5.0);
+  bool measured = false;
+  for (const auto& l : clean.report.precision_plan->layers) measured = measured || l.a_sensitivity != 0;
+  EXPECT_TRUE(measured) << "the activation sensitivities were measured (and compared above)";
+}
+
+// W4A8 layers (--budget-act-bits): the planner's activation bits are in the packed file, the
+// integer path quantizes those layers' linear inputs to 8-bit codes for the INT4 GEMM, and agrees
+// with the simulation (perplexity within 0.5%); the budget holds exactly (5 layers, budget 6:
+// 2 layers at 8 bits = 5.6).
+TEST(Planner, ActivationBitsPerLayerRunOnTheIntegerPathAsSimulated) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  TempDir dir;
+  const std::string path = dir / "a8.safetensors";
+  PlanOptions o = stories_plan(path, 6.0);
+  o.budget_act_bits = 6.0;
+  o.nsamples = 2;
+  o.plan_windows = 1;
+  const PipelineRun run = run_plan(o);
+  ASSERT_TRUE(run.report.precision_plan);
+  const auto& plan = *run.report.precision_plan;
+  EXPECT_DOUBLE_EQ(plan.act_bits_per_element, 5.6);
+  EXPECT_EQ(plan.budget_act_bits, 6.0);
+  const PackedModel p(path);
+  ASSERT_EQ(p.recipe().act.layers.size(), 5u);
+  int eight = 0;
+  for (int l = 0; l < 5; ++l) {
+    EXPECT_EQ(p.recipe().act.layers[std::size_t(l)].a_bits, plan.layers[std::size_t(l)].a_bits);
+    eight += plan.layers[std::size_t(l)].a_bits == 8;
+  }
+  EXPECT_EQ(eight, 2);
+  EXPECT_EQ(plan.to_json(), p.recipe().plan);
+  const std::string schema = read_text_file(std::string(QUAROT_SOURCE_DIR) + "/docs/report.schema.json");
+  EXPECT_EQ(validate_json_schema(schema, read_text_file(path + ".report/report.json")), std::vector<std::string>{});
+
+  const auto deq = p.dequantized();
+  std::vector<int> stream;
+  for (const auto& s : read_ids_file(data_path("tinystories/validation_100.tok512.ids"), 512)) stream.insert(stream.end(), s.begin(), s.end());
+  const auto windows = make_windows(stream, Protocol::Paper, 512, 1, kSanitizedBuild ? 4 : 20);
+  auto integer = integer_model(p, 512);
+  auto sim = simulated_model(p, deq, 512);
+  const auto ri = evaluate(integer, windows, Protocol::Paper);
+  const auto rs = evaluate(sim, windows, Protocol::Paper);
+  std::printf("stories260K W4A4/A8 (%.2f activation bits per layer): integer PPL %.4f, simulation %.4f\n", plan.act_bits_per_element, ri.ppl,
+              rs.ppl);
+  if (!kSanitizedBuild) {
+    EXPECT_LT(std::fabs(ri.ppl / rs.ppl - 1), 0.005);
+  }
 }
 
 // --target-kld: parts go to 8 bits in sensitivity order only until the calibration KLD is at most

@@ -94,6 +94,11 @@ int main(int argc, char** argv) {
                  "precision planner: keep K/V parts at 8 bits (most sensitive first, within --budget-kv-bits) only until the\n"
                  "calibration KLD is at most this")
       ->group("Precision planner");
+  app.add_option("--budget-act-bits", a.budget_act_bits,
+                 "precision planner: mean activation bits over the layers (4..8; needs --a-bits 4); from calibration windows\n"
+                 "only (the KLD of the final logits vs the float model when one layer's activations go 8 -> 4 bits), the most\n"
+                 "sensitive layers run 8-bit activations (W4A8: the INT4 GEMM on 8-bit codes); usually with --budget-kv-bits")
+      ->group("Precision planner");
   app.add_option("--plan-windows", a.plan_windows, "precision planner: calibration windows measured (at most 512 tokens each)")
       ->capture_default_str()
       ->group("Precision planner");

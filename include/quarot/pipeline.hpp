@@ -42,8 +42,8 @@ struct PlanOptions {
   std::string task, task_file, task_labels;
   int task_limit = 0;
   std::string eval_text;  // evaluation text, tokenized (instead of --eval-ids)
-  // The precision planner (0: off): --budget-kv-bits, --target-kld, --plan-windows.
-  double budget_kv_bits = 0, target_kld = 0;
+  // The precision planner (0: off): --budget-kv-bits, --budget-act-bits, --target-kld, --plan-windows.
+  double budget_kv_bits = 0, target_kld = 0, budget_act_bits = 0;
   int plan_windows = 4;
 };
 
@@ -91,7 +91,12 @@ struct Plan {
     double budget_kv_bits = 0;  // mean code bits per cached element (K and V, all layers), 4..8; 0: 8 (no budget)
     double target_kld = 0;      // stop keeping parts at 8 bits once the calibration KLD is at most this; 0: none
     int windows = 4;            // calibration windows measured (at most 512 tokens each)
-    bool enabled() const { return budget_kv_bits > 0 || target_kld > 0; }
+    // Mean activation bits over the decoder layers (4..8; every layer's linears have the same
+    // input widths, so this is also the mean per activation element): layers whose activations
+    // are most sensitive to 8 -> 4 bits run 8-bit activations (the INT4 GEMM on 8-bit codes);
+    // 0: activation bits stay the model's.
+    double budget_act_bits = 0;
+    bool enabled() const { return budget_kv_bits > 0 || target_kld > 0 || budget_act_bits > 0; }
   } planner;
   struct RunOptions {
     int threads = 0;  // 0: all cores
@@ -141,6 +146,8 @@ struct QdecStore;
 // from `high` to `low`; ties: lower layer first, K before V), raised to `high` while the mean code
 // bits per cached element (K and V of every layer averaged) stay at most `budget`. Equal cost per
 // part, so taking them by sensitivity is the best choice when the effects add up.
+// The same for activations: one part per layer, the `budget` a mean over layers.
+std::vector<int> choose_act_bits(const std::vector<double>& sens, double budget, int low, int high);
 std::vector<std::pair<int, int>> choose_kv_bits(const std::vector<double>& k_sens, const std::vector<double>& v_sens, double budget,
                                                 int low = 4, int high = 8);
 

@@ -105,11 +105,14 @@ QuantizedMatrix quantize_onto(const float* w, int64_t rows, int64_t cols, const 
 // Activation and KV-cache quantization in the forward pass (fake quant: values are rounded to
 // the grid and dequantized in place).
 // One decoder layer's own settings (the precision planner's choice, pipeline): the K and V cache
-// bits and the clip ratios of its activations, keys and values. Activation and weight bits stay
-// the model's: the INT4 kernels run one activation width (a_bits) for every layer.
+// bits, the activation bits of its linears' inputs and the clip ratios of its activations, keys
+// and values. Weight bits stay the model's (the packed format stores 2..4-bit weights).
 struct LayerActQuant {
   int k_bits = 16, v_bits = 16;
   double a_clip = 1.0, k_clip = 1.0, v_clip = 1.0;
+  // 0: the model's a_bits (ActQuantOptions::layer resolves it; every recipe before per-layer
+  // activation bits); else this layer's (the INT4 GEMM takes 2..8-bit activation codes).
+  int a_bits = 0;
   bool operator==(const LayerActQuant&) const = default;
 };
 struct ActQuantOptions {
@@ -120,16 +123,23 @@ struct ActQuantOptions {
   double kv_clip = 1.0;  // QuaRot: 0.95
   bool kv_asym = true;   // per head, asymmetric (QuaRot)
   // Per decoder layer (empty: every layer as above; else one entry per layer, which then
-  // replaces k_bits, v_bits, a_clip and kv_clip for that layer).
+  // replaces k_bits, v_bits, a_clip and kv_clip for that layer, and a_bits when its a_bits is set).
   std::vector<LayerActQuant> layers;
+  // Layer l's settings, a_bits resolved (never 0).
   LayerActQuant layer(int l) const {
-    if (!layers.empty()) return layers.at(std::size_t(l));
-    return {k_bits, v_bits, a_clip, kv_clip, kv_clip};
+    if (layers.empty()) return {k_bits, v_bits, a_clip, kv_clip, kv_clip, a_bits};
+    LayerActQuant x = layers.at(std::size_t(l));
+    if (x.a_bits == 0) x.a_bits = a_bits;
+    return x;
   }
   bool any() const {
     bool kv = k_bits < 16 || v_bits < 16;
-    for (const auto& l : layers) kv = kv || l.k_bits < 16 || l.v_bits < 16;
-    return a_bits < 16 || kv;
+    bool act = a_bits < 16;
+    for (const auto& l : layers) {
+      kv = kv || l.k_bits < 16 || l.v_bits < 16;
+      act = act || (l.a_bits > 0 && l.a_bits < 16);
+    }
+    return act || kv;
   }
   bool operator==(const ActQuantOptions&) const = default;
 };

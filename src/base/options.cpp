@@ -44,6 +44,7 @@ const OptionSpec kSpecs[] = {
     {"kv-clip", K::Real, 0, 1, true, {}, "", "KV clip ratio"},
     {"budget-kv-bits", K::Real, 4, 8, false, {}, "", "precision planner: mean bits per cached K/V element"},
     {"target-kld", K::Real, 0, 1e9, true, {}, "", "precision planner: calibration KLD to reach"},
+    {"budget-act-bits", K::Real, 4, 8, false, {}, "", "precision planner: mean activation bits over layers"},
     {"plan-windows", K::Int, 1, kWidth, false, {}, "", "precision planner: calibration windows measured"},
     {"qdec", K::Flag, 0, 0, false, {}, "", "QDEC residuals"},
     {"qdec-bits", K::Int, 4, 4, false, 8.0, "", "QDEC residual bits"},

@@ -165,8 +165,11 @@ std::string recipe_json(const PackRecipe& r) {
   // read and write as before.
   if (!r.act.layers.empty()) {
     json layers = json::array();
-    for (const auto& l : r.act.layers)
-      layers.push_back({{"k_bits", l.k_bits}, {"v_bits", l.v_bits}, {"a_clip", l.a_clip}, {"k_clip", l.k_clip}, {"v_clip", l.v_clip}});
+    for (const auto& l : r.act.layers) {
+      json e{{"k_bits", l.k_bits}, {"v_bits", l.v_bits}, {"a_clip", l.a_clip}, {"k_clip", l.k_clip}, {"v_clip", l.v_clip}};
+      if (l.a_bits != 0) e["a_bits"] = l.a_bits;  // only when set (the planner's activation bits): older files stay byte-identical
+      layers.push_back(e);
+    }
     j["layers"] = layers;
   }
   if (!r.plan.empty()) j["plan"] = json::parse(r.plan);
@@ -276,6 +279,10 @@ PackRecipe parse_recipe_json(const std::string& text, const std::string& source)
       l.a_clip = num("a_clip", "a-clip");
       l.k_clip = num("k_clip", "kv-clip");
       l.v_clip = num("v_clip", "kv-clip");
+      if (e.contains("a_bits")) {  // optional: files before per-layer activation bits have none (the model's a_bits)
+        l.a_bits = int(num("a_bits", "a-bits"));
+        if (double(l.a_bits) != e.at("a_bits").get<double>()) throw bad(where.c_str(), "bits must be integers");
+      }
       r.act.layers.push_back(l);
     }
   }

@@ -139,6 +139,7 @@ void check_given_ranges(const PlanOptions& a) {
       {"outlier-windows", double(a.outlier_windows), NAN},      {"threads", double(a.threads), NAN},
       {"qdec-bits", double(a.qdec_bits), NAN},
       {"budget-kv-bits", a.budget_kv_bits, unset.budget_kv_bits}, {"target-kld", a.target_kld, unset.target_kld},
+      {"budget-act-bits", a.budget_act_bits, unset.budget_act_bits},
       {"plan-windows", double(a.plan_windows), NAN},
   };
   for (const auto& g : given)
@@ -198,7 +199,7 @@ Plan make_plan(const PlanOptions& a) {
   p.task = {a.task, a.task_file, a.task_labels, a.task_limit};
   // --qdec-k, --qdec-slowdown and --qdec-sweep imply --qdec.
   p.qdec = {a.qdec || !a.qdec_k.empty() || a.qdec_slowdown > 0 || a.qdec_sweep, a.qdec_bits, a.qdec_k, a.qdec_slowdown, a.qdec_sweep};
-  p.planner = {a.budget_kv_bits, a.target_kld, a.plan_windows};
+  p.planner = {a.budget_kv_bits, a.target_kld, a.plan_windows, a.budget_act_bits};
   p.run.threads = a.threads;
   p.run.progress = a.quiet ? "none" : a.progress;
   p.run.stream = a.stream;
@@ -282,7 +283,7 @@ void validate(const Plan& p) {
     if (p.planner.enabled()) {
       // The planner chooses between 4- and 8-bit K/V per layer and measures KLD against the float
       // model on calibration windows: a whole model in memory with a quantized KV cache.
-      const char* flag = p.planner.budget_kv_bits > 0 ? "--budget-kv-bits" : "--target-kld";
+      const char* flag = p.planner.budget_kv_bits > 0 ? "--budget-kv-bits" : p.planner.target_kld > 0 ? "--target-kld" : "--budget-act-bits";
       if (!p.gguf_preset.empty()) throw Error(flag, "plans the packed integer path: not with a GGUF output");
       if (p.run.stream) throw Error(flag, "measures against the float model in memory: not with --stream");
       if (p.calibration.path.empty() && !p.run.dry_run) throw Error(flag, "measures on calibration data only: give --calib FILE");
@@ -292,6 +293,11 @@ void validate(const Plan& p) {
       check_option_value("plan-windows", p.planner.windows);
       if (p.planner.budget_kv_bits > 0) check_option_value("budget-kv-bits", p.planner.budget_kv_bits);
       if (p.planner.target_kld > 0) check_option_value("target-kld", p.planner.target_kld);
+      if (p.planner.budget_act_bits > 0) {
+        check_option_value("budget-act-bits", p.planner.budget_act_bits);
+        if (cfg.act.a_bits != 4)
+          throw Error("--budget-act-bits", "chooses 4 or 8 activation bits per layer: the preset must quantize activations to 4 bits (--a-bits 4)");
+      }
     }
     if (cfg.method == WeightMethod::Gptq && p.calibration.path.empty() && !p.run.dry_run)
       throw Error("--calib", "GPTQ needs calibration data (--calib FILE: *.ids or text)");
@@ -377,7 +383,10 @@ std::string plan_json(const Plan& p, int indent) {
   if (!p.task.name.empty())  // only when asked: the config of runs without a task stays as it was
     j["task"] = {{"name", p.task.name}, {"file", p.task.file}, {"labels", p.task.labels}, {"limit", p.task.limit}};
   if (p.planner.enabled())  // only when asked: the config of unplanned runs stays as it was
+  {
     j["planner"] = {{"budget_kv_bits", p.planner.budget_kv_bits}, {"target_kld", p.planner.target_kld}, {"windows", p.planner.windows}};
+    if (p.planner.budget_act_bits > 0) j["planner"]["budget_act_bits"] = p.planner.budget_act_bits;  // only when asked, as "planner"
+  }
   return j.dump(indent);
 }
 
@@ -485,11 +494,12 @@ std::string describe_plan(const Plan& p) {
                                : "16-bit",
            cfg.act.k_bits, cfg.act.v_bits, cfg.act.kv_asym ? "asymmetric per head" : "symmetric per head", cfg.act.kv_clip);
     if (p.planner.enabled())
-      append(o, "  precision planner: K and V per layer 4 or 8 bits%s%s, clips per layer (activations, K, V), from %d calibration windows "
-                "(activation and weight bits stay %d/%d: the INT4 kernels run one width)\n",
+      append(o, "  precision planner: K and V per layer 4 or 8 bits%s%s%s, clips per layer (activations, K, V), from %d calibration windows "
+                "(activation bits %d%s; weight bits stay %d: the packed format stores 2..4-bit weights)\n",
              p.planner.budget_kv_bits > 0 ? (", at most " + std::to_string(p.planner.budget_kv_bits).substr(0, 4) + " bits per cached element").c_str() : "",
-             p.planner.target_kld > 0 ? (", until the calibration KLD is at most " + std::to_string(p.planner.target_kld)).c_str() : "", p.planner.windows,
-             cfg.act.a_bits, cfg.gptq.weights.grid.bits);
+             p.planner.target_kld > 0 ? (", until the calibration KLD is at most " + std::to_string(p.planner.target_kld)).c_str() : "",
+             p.planner.budget_act_bits > 0 ? ("; activations per layer 4 or 8 bits, at most " + std::to_string(p.planner.budget_act_bits).substr(0, 4) + " bits on average").c_str() : "",
+             p.planner.windows, cfg.act.a_bits, p.planner.budget_act_bits > 0 ? " or 8 per layer" : " in every layer", cfg.gptq.weights.grid.bits);
     double est = double(lin) * bpw / 8 + double(other) * 4;
     if (!p.outputs.packed.empty()) {  // the file's bytes, tensor by tensor (the header estimated)
       PackRecipe r = make_pack_recipe(cfg);
@@ -574,6 +584,7 @@ std::string plan_command(const Plan& p) {
   if (p.qdec.sweep) flag("--qdec-sweep");
   if (p.planner.budget_kv_bits > 0) opt("--budget-kv-bits", num(p.planner.budget_kv_bits));
   if (p.planner.target_kld > 0) opt("--target-kld", num(p.planner.target_kld));
+  if (p.planner.budget_act_bits > 0) opt("--budget-act-bits", num(p.planner.budget_act_bits));
   if (p.planner.windows != PlanOptions{}.plan_windows) opt("--plan-windows", std::to_string(p.planner.windows));
   if (!p.evaluation.ids.empty()) opt("--eval-ids", p.evaluation.ids);
   if (p.evaluation.ctx) opt("--ctx", std::to_string(p.evaluation.ctx));

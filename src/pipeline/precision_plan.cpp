@@ -4,10 +4,11 @@
 // the model outputs, not a per-tensor error that may not matter downstream.
 //
 // What it can choose is what the packed integer path runs per layer: the K and V cache bits (4
-// or 8; the INT8 and INT4 KV kernels) and the clip ratios of activations, keys and values.
-// Activation and weight bits stay the model's: the INT4 GEMM takes one activation width and
-// 2..4-bit weights, so an 8-bit layer would have to be simulated only (not done: the report's
-// `limits` says so).
+// or 8; the INT8 and INT4 KV kernels), with --budget-act-bits the activation bits of the layer's
+// linears (4 or 8: the INT4 GEMM takes 2..8-bit activation codes, u4 x s8 products summed
+// exactly in int32), and the clip ratios of activations, keys and values. Weight bits stay the
+// model's: the packed format stores 2..4-bit weights, so an 8-bit layer would have to be
+// simulated only (not done: the report's `limits` says so).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -37,6 +38,21 @@ std::vector<std::pair<int, int>> choose_kv_bits(const std::vector<double>& k_sen
     const int p = order[std::size_t(i)];
     (p % 2 == 0 ? bits[std::size_t(p / 2)].first : bits[std::size_t(p / 2)].second) = high;
   }
+  return bits;
+}
+
+std::vector<int> choose_act_bits(const std::vector<double>& sens, double budget, int low, int high) {
+  if (sens.empty()) throw Error("precision planner", "one activation sensitivity per layer");
+  if (!(high > low)) throw Error("precision planner", "high bits must exceed low bits");
+  if (!(budget >= low)) throw Error("--budget-act-bits", "must be at least " + std::to_string(low) + ", got " + std::to_string(budget));
+  const int layers = int(sens.size());
+  // As choose_kv_bits: each layer raised costs (high - low) / layers bits of the mean.
+  const int raised = std::clamp(int(std::floor((budget - low) * layers / (high - low) + 1e-9)), 0, layers);
+  std::vector<int> order(static_cast<std::size_t>(layers));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sens[std::size_t(a)] > sens[std::size_t(b)]; });
+  std::vector<int> bits(std::size_t(layers), low);
+  for (int i = 0; i < raised; ++i) bits[std::size_t(order[std::size_t(i)])] = high;
   return bits;
 }
 
@@ -130,7 +146,12 @@ RunReport::PrecisionPlan plan_precision(const ModelWeights& float_model, const M
 
   ActQuantOptions base = act;
   base.layers.clear();
-  const LayerActQuant start = base.layer(0);  // the model's clips: where each layer's search starts
+  const bool plan_act = o.budget_act_bits > 0;
+  if (plan_act && base.a_bits != kLow)
+    throw Error("--budget-act-bits", "chooses 4 or 8 activation bits per layer: needs 4-bit activations (--a-bits 4), got " +
+                                         std::to_string(base.a_bits));
+  LayerActQuant start = base.layer(0);  // the model's clips: where each layer's search starts
+  start.a_bits = plan_act ? kLow : 0;   // 0: the model's (no per-layer activation bits in the recipe)
   auto with = [&](const std::vector<LayerActQuant>& ls) {
     ActQuantOptions a = base;
     a.layers = ls;
@@ -147,11 +168,20 @@ RunReport::PrecisionPlan plan_precision(const ModelWeights& float_model, const M
   plan.target_kld = o.target_kld;
   plan.windows = int(windows.size());
   plan.tokens = scorer.tokens();
-  char line[512];
-  std::snprintf(line, sizeof line,
-                "K and V per layer: %d or %d bits; clips per layer. Activations stay %d-bit and weights %d-bit in every layer: the "
-                "INT4 GEMM runs one activation width and 2..4-bit weights, so 8-bit layers would not run on the integer path.",
-                kLow, kHigh, base.a_bits, w_bits);
+  plan.budget_act_bits = o.budget_act_bits;
+  char line[640];
+  if (plan_act)
+    std::snprintf(line, sizeof line,
+                  "K and V per layer: %d or %d bits; activations per layer: %d or %d bits (the INT4 GEMM on 8-bit codes); clips per "
+                  "layer. Weights stay %d-bit in every layer: the packed format stores 2..4-bit weights, so 8-bit weight layers would "
+                  "not run on the integer path.",
+                  kLow, kHigh, kLow, kHigh, w_bits);
+  else
+    std::snprintf(line, sizeof line,
+                  "K and V per layer: %d or %d bits; clips per layer. Activations stay %d-bit (per-layer 4 or 8 bits with "
+                  "--budget-act-bits) and weights %d-bit in every layer: the packed format stores 2..4-bit weights, so 8-bit weight "
+                  "layers would not run on the integer path.",
+                  kLow, kHigh, base.a_bits, w_bits);
   plan.limits = line;
   log("precision planner: " + plan.limits + "\n");
 
@@ -170,6 +200,23 @@ RunReport::PrecisionPlan plan_precision(const ModelWeights& float_model, const M
     log(line);
   }
 
+  // Activations: every activation and K/V at 8 bits, then one layer's activations at 4.
+  std::vector<double> as(static_cast<std::size_t>(L), 0.0);
+  std::vector<int> a_bits(static_cast<std::size_t>(L), 0);
+  if (plan_act) {
+    auto high = uniform(kHigh);
+    for (auto& x : high) x.a_bits = kHigh;
+    const double a_high = scorer.kld(with(high));
+    for (int l = 0; l < L; ++l) {
+      auto ls = high;
+      ls[std::size_t(l)].a_bits = kLow;
+      as[std::size_t(l)] = scorer.kld(with(ls)) - a_high;
+      std::snprintf(line, sizeof line, "  layer %d: KLD %+.5f with activations at 4 bits\n", l, as[std::size_t(l)]);
+      log(line);
+    }
+    a_bits = choose_act_bits(as, o.budget_act_bits, kLow, kHigh);
+  }
+
   // Bits: the most sensitive parts at 8 within the budget; with a target KLD, only as many of
   // them (in the same order) as it takes to reach it.
   const double budget = o.budget_kv_bits > 0 ? o.budget_kv_bits : double(kHigh);
@@ -179,6 +226,7 @@ RunReport::PrecisionPlan plan_precision(const ModelWeights& float_model, const M
     for (int l = 0; l < L; ++l) {
       ls[std::size_t(l)].k_bits = b[std::size_t(l)].first;
       ls[std::size_t(l)].v_bits = b[std::size_t(l)].second;
+      if (plan_act) ls[std::size_t(l)].a_bits = a_bits[std::size_t(l)];
     }
     return ls;
   };
@@ -222,16 +270,18 @@ RunReport::PrecisionPlan plan_precision(const ModelWeights& float_model, const M
   act = with(ls);
   plan.kv_bits_per_element = kv_cache_bits(act, quantized.config.head_dim).codes();
   for (int l = 0; l < L; ++l) {
-    const auto& x = ls[std::size_t(l)];
-    plan.layers.push_back({l, ks[std::size_t(l)], vs[std::size_t(l)], x.k_bits, x.v_bits, x.a_clip, x.k_clip, x.v_clip});
-    std::snprintf(line, sizeof line, "  layer %d: K%d V%d, clips activations %.2f K %.2f V %.2f\n", l, x.k_bits, x.v_bits, x.a_clip, x.k_clip,
-                  x.v_clip);
+    const LayerActQuant x = act.layer(l);  // a_bits resolved
+    plan.act_bits_per_element += double(x.a_bits) / L;
+    plan.layers.push_back({l, ks[std::size_t(l)], vs[std::size_t(l)], x.k_bits, x.v_bits, x.a_clip, x.k_clip, x.v_clip, as[std::size_t(l)], x.a_bits});
+    std::snprintf(line, sizeof line, "  layer %d: K%d V%d A%d, clips activations %.2f K %.2f V %.2f\n", l, x.k_bits, x.v_bits, x.a_bits, x.a_clip,
+                  x.k_clip, x.v_clip);
     log(line);
   }
   std::snprintf(line, sizeof line,
-                "precision planner: %.2f bits per cached element (budget %.2f); calibration KLD %.5f (all K/V 8-bit %.5f, all 4-bit %.5f), "
-                "%d windows, %d tokens\n",
-                plan.kv_bits_per_element, budget, plan.kld_planned, plan.kld_high, plan.kld_low, plan.windows, plan.tokens);
+                "precision planner: %.2f bits per cached element (budget %.2f), %.2f activation bits per layer; calibration KLD %.5f (all "
+                "K/V 8-bit %.5f, all 4-bit %.5f), %d windows, %d tokens\n",
+                plan.kv_bits_per_element, budget, plan.act_bits_per_element, plan.kld_planned, plan.kld_high, plan.kld_low, plan.windows,
+                plan.tokens);
   log(line);
   return plan;
 }

@@ -142,6 +142,9 @@ void check_act_options(const ActQuantOptions& o) {
     for (std::size_t i = 0; i < std::size(rows); ++i)
       if (auto problem = option_value_problem(*find_option_spec(rows[i].second), values[i]))
         throw Error("--budget-kv-bits", "layer " + std::to_string(l) + " " + rows[i].first + ": " + *problem);
+    if (x.a_bits != 0)  // 0: the model's
+      if (auto problem = option_value_problem(*find_option_spec("a-bits"), double(x.a_bits)))
+        throw Error("--budget-act-bits", "layer " + std::to_string(l) + " a_bits: " + *problem);
   }
 }
 
@@ -205,7 +208,7 @@ ForwardHook<T> act_quant_hook(const ActQuantOptions& o, int head_dim, ForwardHoo
       case HookPoint::OProjInput:
       case HookPoint::GateUpInput:
       case HookPoint::DownProjInput:
-        if (o.a_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, o.a_group, Grid{o.a_bits, true}, l.a_clip);
+        if (l.a_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, o.a_group, Grid{l.a_bits, true}, l.a_clip);
         break;
       case HookPoint::KeyAfterRope:
         if (l.k_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, head_dim, Grid{l.k_bits, !o.kv_asym}, l.k_clip);

@@ -74,10 +74,12 @@ json precision_plan_json(const RunReport::PrecisionPlan& p) {
   json layers = json::array();
   for (const auto& l : p.layers)
     layers.push_back({{"layer", l.layer}, {"k_sensitivity", l.k_sensitivity}, {"v_sensitivity", l.v_sensitivity}, {"k_bits", l.k_bits},
-                      {"v_bits", l.v_bits}, {"a_clip", l.a_clip}, {"k_clip", l.k_clip}, {"v_clip", l.v_clip}});
+                      {"v_bits", l.v_bits}, {"a_clip", l.a_clip}, {"k_clip", l.k_clip}, {"v_clip", l.v_clip},
+                      {"a_sensitivity", l.a_sensitivity}, {"a_bits", l.a_bits}});
   return {{"budget_kv_bits", p.budget_kv_bits}, {"target_kld", p.target_kld}, {"windows", p.windows}, {"tokens", p.tokens},
           {"kld_high", p.kld_high}, {"kld_low", p.kld_low}, {"kld_planned", p.kld_planned},
-          {"kv_bits_per_element", p.kv_bits_per_element}, {"limits", p.limits}, {"layers", layers}};
+          {"kv_bits_per_element", p.kv_bits_per_element}, {"limits", p.limits}, {"layers", layers},
+          {"budget_act_bits", p.budget_act_bits}, {"act_bits_per_element", p.act_bits_per_element}};
 }
 
 RunReport::PrecisionPlan precision_plan_of(const json& j) {
@@ -91,6 +93,9 @@ RunReport::PrecisionPlan precision_plan_of(const json& j) {
   p.kld_planned = j.at("kld_planned").get<double>();
   p.kv_bits_per_element = j.at("kv_bits_per_element").get<double>();
   p.limits = j.at("limits").get<std::string>();
+  // Reports before per-layer activation bits have neither key.
+  p.budget_act_bits = j.value("budget_act_bits", 0.0);
+  p.act_bits_per_element = j.value("act_bits_per_element", 0.0);
   for (const auto& l : j.at("layers")) {
     RunReport::PrecisionPlan::Layer x;
     x.layer = l.at("layer").get<int>();
@@ -101,6 +106,8 @@ RunReport::PrecisionPlan precision_plan_of(const json& j) {
     x.a_clip = l.at("a_clip").get<double>();
     x.k_clip = l.at("k_clip").get<double>();
     x.v_clip = l.at("v_clip").get<double>();
+    x.a_sensitivity = l.value("a_sensitivity", 0.0);
+    x.a_bits = l.value("a_bits", 0);
     p.layers.push_back(x);
   }
   return p;
@@ -364,10 +371,20 @@ std::string precision_plan_svg(const RunReport& r) {
     v.y.push_back(std::max(l.v_sensitivity, 1e-7));
     v.labels.push_back(std::to_string(l.v_bits));
   }
-  ChartOptions o{"Precision planner: KLD increase per layer when K or V alone goes 8 -> 4 bits (labels: bits chosen)", "layer",
+  std::vector<ChartSeries> series{k, v};
+  if (r.precision_plan->budget_act_bits > 0) {  // activations planned too
+    ChartSeries a{"activations (8 -> 4 bits)", {}, {}, {}, false};
+    for (const auto& l : r.precision_plan->layers) {
+      a.x.push_back(l.layer);
+      a.y.push_back(std::max(l.a_sensitivity, 1e-7));
+      a.labels.push_back(std::to_string(l.a_bits));
+    }
+    series.push_back(a);
+  }
+  ChartOptions o{"Precision planner: KLD increase per layer when one part alone goes 8 -> 4 bits (labels: bits chosen)", "layer",
                  "calibration KLD increase"};
   o.log_y = true;
-  return svg_chart({k, v}, o);
+  return svg_chart(series, o);
 }
 
 std::string outliers_svg(const RunReport& r) {

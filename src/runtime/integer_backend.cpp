@@ -98,13 +98,15 @@ class IntegerBackend : public LinearBackend {
   void linear(int layer, LinearModule m, const float* in, int n, int cols, float* out, int /*rows*/, bool same_input) override {
     const Int4Weights w = m_.linear(layer, m);
     const auto& a = m_.recipe().act;
-    if (a.a_bits >= 16) {
+    const LayerActQuant la = a.layer(layer);  // the layer's activation bits (4 or 8 with the planner's), else the model's
+    if (la.a_bits >= 16) {
       int4_gemm_f32(w, in, n, nullptr, out);
       compensate(layer, m, in, n, cols, out, same_input);
       return;
     }
-    // q/k/v share one input, and gate/up another: quantize it once.
-    if (!same_input) quantize_activations(in, n, cols, a.a_bits, a.layer(layer).a_clip, a.a_group, act_, isa_);
+    // q/k/v share one input, and gate/up another: quantize it once. 8-bit codes run the same
+    // INT4 GEMM (u4 x s8 in vpdpbusd / vpmaddubsw: no saturation, exact int32 sums).
+    if (!same_input) quantize_activations(in, n, cols, la.a_bits, la.a_clip, a.a_group, act_, isa_);
     int4_gemm(w, act_, nullptr, out, isa_);
     compensate(layer, m, in, n, cols, out, same_input);
   }

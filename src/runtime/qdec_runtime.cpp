@@ -34,10 +34,11 @@ class QdecSimulationBackend : public LinearBackend {
     // q/k/v read one input, gate/up another: quantize and select once.
     const bool first = !same_input;
     const float* x = in;
-    if (act_.a_bits < 16) {
+    const LayerActQuant la = act_.layer(layer);
+    if (la.a_bits < 16) {
       if (first) {
         xq_.assign(in, in + std::size_t(n) * std::size_t(cols));
-        fake_quant_rows(xq_.data(), n, cols, act_.a_group, Grid{act_.a_bits, true}, act_.layer(layer).a_clip);
+        fake_quant_rows(xq_.data(), n, cols, act_.a_group, Grid{la.a_bits, true}, la.a_clip);
       }
       x = xq_.data();
     }
@@ -83,6 +84,7 @@ Transformer<float> qdec_simulation_model(const ModelWeights& quantized, const Qd
                                          const OnlineTransforms& online, const ActQuantOptions& act, int max_context) {
   ActQuantOptions kv_only = act;
   kv_only.a_bits = 16;  // the backend quantizes the linears' inputs (after selecting on them)
+  for (auto& l : kv_only.layers) l.a_bits = 16;
   Transformer<float> t(quantized, max_context, make_qdec_simulation_backend(quantized, store, k, act));
   if (auto hook = quantized_model_hook<float>(online, kv_only, quantized.config.head_dim)) t.set_hook(hook);
   return t;
