@@ -303,6 +303,9 @@ TEST(Planner, ActivationBitsPerLayerRunOnTheIntegerPathAsSimulated) {
   EXPECT_EQ(plan.to_json(), p.recipe().plan);
   const std::string schema = read_text_file(std::string(QUAROT_SOURCE_DIR) + "/docs/report.schema.json");
   EXPECT_EQ(validate_json_schema(schema, read_text_file(path + ".report/report.json")), std::vector<std::string>{});
+  const std::string described = LoadedModel(path, false, false).describe();  // what quarot-run/eval print
+  EXPECT_NE(described.find("A4/8"), std::string::npos) << described;
+  EXPECT_NE(described.find(" per layer"), std::string::npos) << described;
 
   const auto deq = p.dequantized();
   std::vector<int> stream;

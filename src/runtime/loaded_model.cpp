@@ -1,4 +1,5 @@
 // LoadedModel (include/quarot/runtime.hpp): any checkpoint, ready to run.
+#include <set>
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
 #include "quarot/runtime.hpp"
@@ -25,11 +26,19 @@ const ModelConfig& LoadedModel::config() const { return packed_ ? packed_->confi
 std::string LoadedModel::describe() const {
   if (packed_) {
     const auto& r = packed_->recipe();
-    std::string s = "packed INT" + std::to_string(r.w_bits) + " (" + r.preset + ": W" + std::to_string(r.w_bits) + "A" +
-                    std::to_string(r.act.a_bits) +
-                    (r.act.k_bits == r.act.v_bits ? "KV" + std::to_string(r.act.k_bits)
-                                                  : "K" + std::to_string(r.act.k_bits) + "V" + std::to_string(r.act.v_bits)) +
-                    ", " + r.method + ")";
+    // A planned recipe's bits differ per layer: "A4/8" says the layers hold both widths.
+    const auto bits = [&](int LayerActQuant::*field, int model_bits) {
+      std::set<int> seen;
+      for (std::size_t l = 0; l < r.act.layers.size(); ++l) seen.insert(r.act.layer(int(l)).*field);
+      if (seen.empty()) seen.insert(model_bits);
+      std::string t;
+      for (const int b : seen) t += (t.empty() ? "" : "/") + std::to_string(b);
+      return t;
+    };
+    const std::string a = bits(&LayerActQuant::a_bits, r.act.a_bits), kb = bits(&LayerActQuant::k_bits, r.act.k_bits),
+                      vb = bits(&LayerActQuant::v_bits, r.act.v_bits);
+    std::string s = "packed INT" + std::to_string(r.w_bits) + " (" + r.preset + ": W" + std::to_string(r.w_bits) + "A" + a +
+                    (kb == vb ? "KV" + kb : "K" + kb + "V" + vb) + (r.act.layers.empty() ? "" : " per layer") + ", " + r.method + ")";
     s += simulate_ ? ", fake-quant simulation of the same weights" : std::string(", integer path (") + isa_name(best_isa()) + ")";
     if (packed_->qdec()) {
       const QdecK k = qdec_k_ ? *qdec_k_ : packed_->qdec_k();
