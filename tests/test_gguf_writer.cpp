@@ -8,6 +8,9 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <tuple>
 #include <map>
 #include <random>
 
@@ -16,6 +19,8 @@
 #include "quarot/error.hpp"
 #include "quarot/forward.hpp"
 #include "quarot/gguf.hpp"
+#include "quarot/gguf_reader.hpp"
+#include "quarot/mapped_file.hpp"
 #include "quarot/hf_tokenizer.hpp"
 #include "quarot/pipeline.hpp"
 #include "quarot/synth.hpp"
@@ -818,4 +823,54 @@ TEST(GgufExport, ByteLevelBpePreTokenizerNames) {
   bool noted = false;
   for (const auto& n : rep.notes) noted |= n.find("no tokenizer.ggml.* keys") != std::string::npos;
   EXPECT_TRUE(noted);
+}
+
+// LLaMA-2's tokenizer.json (metaspace BPE with byte fallback) becomes the same tokenizer.ggml.*
+// vocabulary as its SentencePiece .model: the same pieces and token types id for id (unknown,
+// control, byte, normal), BOS added, scores from the merge ranks (a piece made by an earlier merge
+// scores higher). Any other pipeline is refused naming the file and the part.
+TEST(GgufExport, MetaspaceTokenizerJsonAsSentencePiece) {
+  QUAROT_REQUIRE_DATA("tokenizers/llama2/llama2.tokenizer.json");
+  QUAROT_REQUIRE_DATA("llama2-tokenizer/tokenizer.model");
+  const auto json_tok = load_tokenizer(data_file("tokenizers/llama2/llama2.tokenizer.json"));
+  const auto spm_tok = load_tokenizer(data_file("llama2-tokenizer/tokenizer.model"));
+  const GgufVocab a = gguf_vocab_of(*json_tok);
+  const GgufVocab b = gguf_vocab_of(*spm_tok);
+  EXPECT_EQ(a.model, "llama");
+  EXPECT_EQ(a.pre, "default");
+  ASSERT_EQ(a.tokens.size(), 32000u);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_EQ(a.token_types, b.token_types);
+  EXPECT_EQ(a.bos, 1);
+  EXPECT_EQ(a.eos, 2);
+  EXPECT_EQ(a.unk, 0);
+  EXPECT_TRUE(a.add_bos);
+  EXPECT_FALSE(a.add_eos);
+  ASSERT_EQ(a.scores.size(), 32000u);
+  const auto id = [&](const char* piece) { return std::size_t(std::find(a.tokens.begin(), a.tokens.end(), piece) - a.tokens.begin()); };
+  EXPECT_GT(a.scores[id("\xe2\x96\x81t")], a.scores[id("\xe2\x96\x81the")]);  // "▁t" is merged before "▁the"
+  EXPECT_GT(a.scores[id("\xe2\x96\x81the")], a.scores[id("a")]);             // a single character is never a merge
+
+  const std::string text = read_text_lf(data_file("tokenizers/llama2/llama2.tokenizer.json"));
+  const std::string path = temp_path("not-metaspace.tokenizer.json");
+  for (const auto& [from, to, why] : {std::tuple<std::string, std::string, std::string>{"\"prepend\": \"\xe2\x96\x81\"", "\"prepend\": \"_\"", "normalizer"},
+                                      {"\"byte_fallback\": true", "\"byte_fallback\": false", "byte_fallback"},
+                                      {"\"type\": \"Fuse\"", "\"type\": \"ByteFallback\"", "decoder"}}) {
+    std::string edited = text;
+    const auto at = edited.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    edited.replace(at, from.size(), to);
+    std::ofstream(path, std::ios::binary) << edited;
+    const auto t = load_tokenizer(path);  // quarot tokenizes it; llama.cpp's SPM would not
+    try {
+      gguf_vocab_of(*t);
+      ADD_FAILURE() << "accepted " << to;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(path), std::string::npos) << msg;
+      EXPECT_NE(msg.find(why), std::string::npos) << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+  }
+  fs::remove(path);
 }
