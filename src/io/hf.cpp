@@ -518,7 +518,7 @@ ModelConfig read_model_config(const std::string& path) {
       return parse_llama2c_config(f.bytes(), path);
     } else if (p.extension() == ".gguf") {
       const MappedFile f(path);
-      return gguf_model_config(parse_gguf(f.bytes(), path), path);
+      return gguf_model_config(parse_gguf(f.bytes(), path), f.bytes(), path);
     } else {
       throw Error(path, "unknown checkpoint format (expected a llama2.c .bin, a GGUF .gguf or a Hugging Face folder)");
     }
