@@ -458,6 +458,7 @@ RopeScaling llama3_scaling_of(const std::vector<float>& f, double theta, int hea
   auto fail = [&](const std::string& why) -> RopeScaling {
     throw Error(label, "GGUF tensor 'rope_freqs.weight' " + why);
   };
+  if (n == 0) fail("is empty");
   for (float x : f)
     if (!std::isfinite(x) || !(x >= 1.f) || x > 1e6f) fail("holds a factor that is not finite and in [1, 1e6]");
   std::vector<double> wavelen(n);
