@@ -5,6 +5,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <utility>
 #include <string>
 
 #include "gguf_test_writer.hpp"
@@ -210,4 +213,33 @@ TEST(GgufReader, UnsupportedTypeIsRefusedNamingTensorAndType) {
   std::memcpy(as_q8_1.data() + type_at, &q8_1, 4);
   const std::string msg = message_of(as_q8_1);
   EXPECT_NE(msg.find("'blk.0.ffn_gate.weight' has type Q8_1"), std::string::npos) << msg;
+}
+
+// A checkpoint whose name does not say its format (`quarot-quantize -o model` writes the name it
+// is given) is recognised by content: GGUF's magic, a llama2.c header; a stray safetensors file
+// and anything else get one line naming the file.
+TEST(GgufReader, FormatFromContentWhenTheExtensionIsSilent) {
+  QUAROT_REQUIRE_DATA("gguf/llama-2-tiny-random.gguf");
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  const TempDir dir;
+  const std::string gguf = dir / "tiny-random", l2c = dir / "stories";
+  std::filesystem::copy_file(data_file("gguf/llama-2-tiny-random.gguf"), gguf);
+  std::filesystem::copy_file(data_file("stories260K/stories260K.bin"), l2c);
+  EXPECT_EQ(quarot::load_model(gguf).layers[0].wq.data, quarot::load_model(data_file("gguf/llama-2-tiny-random.gguf")).layers[0].wq.data);
+  EXPECT_EQ(quarot::read_model_config(gguf).vocab, 32000);
+  EXPECT_EQ(quarot::CheckpointReader(gguf).config().hidden, 8);
+  EXPECT_EQ(quarot::load_model(l2c).layers[1].w_down.data, quarot::load_model(data_file("stories260K/stories260K.bin")).layers[1].w_down.data);
+  EXPECT_EQ(quarot::read_model_config(l2c).hidden, 64);
+  const std::string junk = dir / "junk", st = dir / "stray";
+  { std::ofstream(junk, std::ios::binary) << std::string(100, 'x'); }
+  { std::ofstream(st, std::ios::binary) << std::string("\x02\0\0\0\0\0\0\0{}", 10); }
+  for (const auto& [path, why] : {std::pair{junk, "unknown checkpoint format"}, std::pair{st, "not a quarot packed model"}}) {
+    try {
+      (void)quarot::load_model(path);
+      ADD_FAILURE() << path;
+    } catch (const quarot::Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(path, 0), 0u) << e.what();
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  }
 }

@@ -8,6 +8,9 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <tuple>
 #include <map>
 #include <random>
 
@@ -16,6 +19,8 @@
 #include "quarot/error.hpp"
 #include "quarot/forward.hpp"
 #include "quarot/gguf.hpp"
+#include "quarot/gguf_reader.hpp"
+#include "quarot/mapped_file.hpp"
 #include "quarot/hf_tokenizer.hpp"
 #include "quarot/pipeline.hpp"
 #include "quarot/synth.hpp"
@@ -818,4 +823,120 @@ TEST(GgufExport, ByteLevelBpePreTokenizerNames) {
   bool noted = false;
   for (const auto& n : rep.notes) noted |= n.find("no tokenizer.ggml.* keys") != std::string::npos;
   EXPECT_TRUE(noted);
+}
+
+// LLaMA-2's tokenizer.json (metaspace BPE with byte fallback) becomes the same tokenizer.ggml.*
+// vocabulary as its SentencePiece .model: the same pieces and token types id for id (unknown,
+// control, byte, normal), BOS added, scores from the merge ranks (a piece made by an earlier merge
+// scores higher). Any other pipeline is refused naming the file and the part.
+TEST(GgufExport, MetaspaceTokenizerJsonAsSentencePiece) {
+  QUAROT_REQUIRE_DATA("tokenizers/llama2/llama2.tokenizer.json");
+  QUAROT_REQUIRE_DATA("llama2-tokenizer/tokenizer.model");
+  const auto json_tok = load_tokenizer(data_file("tokenizers/llama2/llama2.tokenizer.json"));
+  const auto spm_tok = load_tokenizer(data_file("llama2-tokenizer/tokenizer.model"));
+  const GgufVocab a = gguf_vocab_of(*json_tok);
+  const GgufVocab b = gguf_vocab_of(*spm_tok);
+  EXPECT_EQ(a.model, "llama");
+  EXPECT_EQ(a.pre, "default");
+  ASSERT_EQ(a.tokens.size(), 32000u);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_EQ(a.token_types, b.token_types);
+  EXPECT_EQ(a.bos, 1);
+  EXPECT_EQ(a.eos, 2);
+  EXPECT_EQ(a.unk, 0);
+  EXPECT_TRUE(a.add_bos);
+  EXPECT_FALSE(a.add_eos);
+  ASSERT_EQ(a.scores.size(), 32000u);
+  const auto id = [&](const char* piece) { return std::size_t(std::find(a.tokens.begin(), a.tokens.end(), piece) - a.tokens.begin()); };
+  EXPECT_GT(a.scores[id("\xe2\x96\x81t")], a.scores[id("\xe2\x96\x81the")]);  // "▁t" is merged before "▁the"
+  EXPECT_GT(a.scores[id("\xe2\x96\x81the")], a.scores[id("a")]);             // a single character is never a merge
+
+  const std::string text = read_text_lf(data_file("tokenizers/llama2/llama2.tokenizer.json"));
+  const std::string path = temp_path("not-metaspace.tokenizer.json");
+  for (const auto& [from, to, why] : {std::tuple<std::string, std::string, std::string>{"\"prepend\": \"\xe2\x96\x81\"", "\"prepend\": \"_\"", "normalizer"},
+                                      {"\"byte_fallback\": true", "\"byte_fallback\": false", "byte_fallback"},
+                                      {"\"type\": \"Fuse\"", "\"type\": \"ByteFallback\"", "decoder"}}) {
+    std::string edited = text;
+    const auto at = edited.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    edited.replace(at, from.size(), to);
+    std::ofstream(path, std::ios::binary) << edited;
+    const auto t = load_tokenizer(path);  // quarot tokenizes it; llama.cpp's SPM would not
+    try {
+      gguf_vocab_of(*t);
+      ADD_FAILURE() << "accepted " << to;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(path), std::string::npos) << msg;
+      EXPECT_NE(msg.find(why), std::string::npos) << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+  }
+  fs::remove(path);
+}
+
+// Llama-3.1's RoPE scaling: the export writes rope_freqs.weight (F32 [head_dim/2], the factors
+// convert_hf_to_gguf.py computes), the reader recovers factor and thresholds from it, and the
+// model read back runs the same forward pass. A table that is not Llama-3's curve is refused.
+TEST(GgufExport, Llama3RopeScalingRoundTrips) {
+  SynthSpec spec = synth_preset("tiny");
+  spec.config.n_layers = 1;
+  spec.config.max_positions = 256;
+  spec.config.rope_scaling.type = RopeScalingType::Llama3;
+  spec.config.rope_scaling.factor = 8;
+  spec.config.rope_scaling.low_freq_factor = 1;
+  spec.config.rope_scaling.high_freq_factor = 4;
+  spec.config.rope_scaling.original_max_positions = 64;  // wavelengths 16..64 in the band
+  ModelWeights m = make_synthetic(spec);
+  const ModelWeights original = m;
+  const std::string path = temp_path("llama3-rope.gguf");
+  export_gguf(m, nullptr, plan_preset("gguf-f32").gguf.value(), {}, path);
+  {
+    MappedFile f(path);
+    const GgufFile g = parse_gguf(f.bytes(), path);
+    const GgufTensorInfo* t = g.find("rope_freqs.weight");
+    ASSERT_NE(t, nullptr);
+    ASSERT_EQ(t->ne, std::vector<uint64_t>{uint64_t(spec.config.head_dim / 2)});
+    std::vector<float> factors(t->ne[0]);
+    std::memcpy(factors.data(), f.bytes().data() + g.data_offset + t->offset, factors.size() * 4);
+    // head_dim 8, theta 10000: wavelengths 6.3, 63, 628, 6283: one kept, one in the band, two slowed 8x.
+    EXPECT_EQ(factors[0], 1.f);
+    EXPECT_GT(factors[1], 1.f);
+    EXPECT_LT(factors[1], 8.f);
+    EXPECT_EQ(factors[2], 8.f);
+  }
+  const ModelWeights back = load_gguf(path);
+  EXPECT_EQ(back.config.rope_scaling.type, RopeScalingType::Llama3);
+  EXPECT_NEAR(back.config.rope_scaling.factor, 8, 1e-6);
+  std::vector<int> ids;
+  for (int i = 0; i < 200; ++i) ids.push_back((i * 37 + 11) % spec.config.vocab);
+  ModelWeights back_half = back;
+  convert_rope_layout(back_half, original.config.rope_layout);
+  const auto want = logits_of(original, ids), got = logits_of(back_half, ids);
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) diff = std::max(diff, double(std::fabs(want[i] - got[i]))), scale = std::max(scale, double(std::fabs(want[i])));
+  EXPECT_LE(diff / scale, 1e-5);
+  ModelWeights unscaled = original;  // the scaling matters at these positions
+  unscaled.config.rope_scaling = {};
+  const auto plain = logits_of(unscaled, ids);
+  double moved = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) moved = std::max(moved, double(std::fabs(want[i] - plain[i])));
+  EXPECT_GT(moved / scale, 1e-2);
+
+  // A table off the curve (the band factor moved) is refused naming the file.
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  {
+    const GgufFile g = parse_gguf({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, path);
+    const float off = 5.5f;
+    std::memcpy(bytes.data() + g.data_offset + g.find("rope_freqs.weight")->offset + 4 * 2, &off, 4);
+  }
+  try {
+    parse_gguf_model({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, path);
+    ADD_FAILURE() << "accepted a rope_freqs table off Llama-3's curve";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rope_freqs.weight"), std::string::npos) << e.what();
+  }
+  fs::remove(path);
 }

@@ -427,6 +427,12 @@ TEST(PackedTools, QuantizeWritesEvalAndRunExecute) {
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
   EXPECT_NE(r.stderr_text.find("integer path"), std::string::npos) << r.stderr_text;
   EXPECT_NE(r.stdout_text.find("perplexity:"), std::string::npos);
+  // The same file under a name without the extension (`-o NAME` writes the name it is given).
+  const std::string bare = dir / "s-q4";
+  std::filesystem::copy_file(out, bare);
+  r = run_tool("quarot-eval", bare + " --ids " + ids + " --ctx 512 --chunks 4 --progress none");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("integer path"), std::string::npos) << r.stderr_text;
 
   const auto gen = run_tool("quarot-run", out + " -n 20");
   ASSERT_EQ(gen.exit_code, 0) << gen.stderr_text;

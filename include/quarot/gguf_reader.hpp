@@ -59,8 +59,9 @@ std::string ggml_type_name(uint32_t type);
 // Parses the header, metadata and tensor table, and checks that every tensor's data lies inside
 // the file. Throws quarot::Error naming `label` on anything malformed.
 GgufFile parse_gguf(std::span<const uint8_t> file, const std::string& label);
-// The model description its metadata implies (checked against the token embedding's shape).
-ModelConfig gguf_model_config(const GgufFile& g, const std::string& label);
+// The model description its metadata implies (checked against the token embedding's shape);
+// `file` is the whole file, for the data of rope_freqs.weight (Llama-3 RoPE scaling).
+ModelConfig gguf_model_config(const GgufFile& g, std::span<const uint8_t> file, const std::string& label);
 // The whole model, in the file's RoPE layout (config.rope_layout says which).
 ModelWeights parse_gguf_model(std::span<const uint8_t> file, const std::string& label);
 ModelWeights load_gguf(const std::string& path);

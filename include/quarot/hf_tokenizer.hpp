@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "quarot/tokenizer.hpp"
@@ -59,6 +60,10 @@ class HfTokenizer final : public Tokenizer {
     // merges.txt, the nodes transformers' converter builds); "" when absent.
     std::string normalizer, pre_tokenizer, decoder;
     bool byte_fallback = false;
+    bool ignore_merges = false;
+    int unk = -1;                                     // the model's unk_token id, -1 when none
+    std::vector<std::pair<int, int>> merge_ids;       // `merges` as (left id, right id)
+    std::string file;                 // the tokenizer's file (or folder), for messages
     std::vector<int> prefix, suffix;  // what encode_with_special puts around a text
   };
   Vocabulary vocabulary() const;

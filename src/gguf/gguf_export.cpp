@@ -143,6 +143,85 @@ GgufVocab byte_level_bpe_vocab(const HfTokenizer& t, const HfTokenizer::Vocabula
   return v;
 }
 
+// SentencePiece-style BPE in tokenizer.json form (LLaMA-2, Mistral, TinyLlama): the pipeline
+// HF's converter writes for a SentencePiece BPE model, which llama.cpp's "llama" (SPM) tokenizer
+// runs: add_space_prefix + spaces as U+2581, then merges by piece score, byte pieces for
+// characters outside the vocabulary. Only that exact pipeline is accepted.
+GgufVocab metaspace_bpe_vocab(const HfTokenizer& t, const HfTokenizer::Vocabulary& hv) {
+  using nlohmann::json;
+  auto refuse = [&](const std::string& why) {
+    throw Error(hv.file.empty() ? t.kind() : hv.file, "cannot be written as tokenizer.ggml.* (" + why + ")");
+  };
+  const json norm = json::parse(hv.normalizer.empty() ? "null" : hv.normalizer);
+  const json pre = json::parse(hv.pre_tokenizer.empty() ? "null" : hv.pre_tokenizer);
+  const json dec = json::parse(hv.decoder.empty() ? "null" : hv.decoder);
+  const json want_norm = json::parse(R"({"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"\u2581"},
+      {"type":"Replace","pattern":{"String":" "},"content":"\u2581"}]})");
+  const json want_dec = json::parse(R"({"type":"Sequence","decoders":[{"type":"Replace","pattern":{"String":"\u2581"},"content":" "},
+      {"type":"ByteFallback"},{"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]})");
+  if (norm != want_norm) refuse("metaspace BPE whose normalizer is not Prepend(U+2581) + Replace(' ', U+2581): " + hv.normalizer.substr(0, 120));
+  if (!pre.is_null()) refuse("metaspace BPE with a pre-tokenizer (llama.cpp's SPM tokenizer has none): " + hv.pre_tokenizer.substr(0, 120));
+  if (dec != want_dec) refuse("metaspace BPE whose decoder is not Replace + ByteFallback + Fuse + Strip: " + hv.decoder.substr(0, 120));
+  if (!hv.byte_fallback) refuse("metaspace BPE without byte_fallback (llama.cpp's SPM tokenizer falls back to byte pieces)");
+  if (hv.ignore_merges) refuse("metaspace BPE with ignore_merges");
+  GgufVocab v;
+  v.model = "llama";
+  v.pre = "default";
+  const int n = t.vocab_size();
+  // llama.cpp merges the adjacent pair whose concatenation has the highest score; HF merges the
+  // pair of lowest rank. A piece's score is minus the rank of the first merge that makes it, so
+  // both pick the same pair; pieces no merge makes (single characters, bytes, specials) are
+  // never looked up as a pair's result: they get the lowest score.
+  const float floor = -float(hv.merge_ids.size() + 1);
+  v.tokens.assign(std::size_t(n), std::string());
+  v.scores.assign(std::size_t(n), floor);
+  v.token_types.assign(std::size_t(n), 1);
+  std::vector<bool> present(std::size_t(n), false);
+  for (std::size_t id = 0; id < hv.pieces.size(); ++id) {
+    const std::string& p = hv.pieces[id];
+    if (p.empty()) continue;
+    v.tokens[id] = p;
+    present[id] = true;
+    const auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F'); };
+    if (p.size() == 6 && p.starts_with("<0x") && p.back() == '>' && hex(p[3]) && hex(p[4])) {
+      v.token_types[id] = 6;  // byte piece, as SentencePiece marks them
+      v.scores[id] = 0.f;
+    }
+  }
+  std::vector<bool> scored(std::size_t(n), false);
+  for (std::size_t rank = 0; rank < hv.merge_ids.size(); ++rank) {
+    const auto [a, b] = hv.merge_ids[rank];
+    const auto it = t.token_to_id(hv.pieces[std::size_t(a)] + hv.pieces[std::size_t(b)]);
+    if (!it || *it >= n || scored[std::size_t(*it)]) continue;
+    scored[std::size_t(*it)] = true;
+    v.scores[std::size_t(*it)] = -float(rank);
+  }
+  if (hv.unk >= 0 && hv.unk < n) {
+    v.unk = hv.unk;
+    v.token_types[std::size_t(hv.unk)] = 2;
+    v.scores[std::size_t(hv.unk)] = 0.f;
+  }
+  for (const auto& a : hv.added) {  // special -> control (3), else user-defined (4)
+    v.tokens[std::size_t(a.id)] = a.content;
+    present[std::size_t(a.id)] = true;
+    if (a.id == hv.unk) continue;
+    v.token_types[std::size_t(a.id)] = a.special ? 3 : 4;
+    v.scores[std::size_t(a.id)] = 0.f;
+  }
+  for (int id = 0; id < n; ++id) {
+    if (present[std::size_t(id)]) continue;
+    v.tokens[std::size_t(id)] = "[PAD" + std::to_string(id) + "]";
+    v.token_types[std::size_t(id)] = 5;
+  }
+  v.bos = t.bos_id();
+  v.eos = t.eos_id();
+  v.add_bos = !hv.prefix.empty() && hv.prefix.front() == v.bos;
+  v.add_eos = !hv.suffix.empty() && hv.suffix.back() == v.eos;
+  if (hv.prefix.size() > std::size_t(v.add_bos ? 1 : 0) || hv.suffix.size() > std::size_t(v.add_eos ? 1 : 0))
+    refuse("its post-processor adds tokens other than BOS/EOS, which llama.cpp cannot add");
+  return v;
+}
+
 }  // namespace
 
 void pad_gguf_vocab(GgufVocab& v, int model_vocab) {
@@ -158,6 +237,7 @@ GgufVocab gguf_vocab_of(const Tokenizer& t) {
   if (const auto* hf = dynamic_cast<const HfTokenizer*>(&t)) {
     const HfTokenizer::Vocabulary hv = hf->vocabulary();
     if (hv.decoder.find("\"ByteLevel\"") != std::string::npos) return byte_level_bpe_vocab(*hf, hv);
+    return metaspace_bpe_vocab(*hf, hv);
   }
   GgufVocab v;
   const auto pieces = t.pieces();

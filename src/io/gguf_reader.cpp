@@ -10,6 +10,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <numbers>
 #include <set>
 
 #include "quarot/dtype.hpp"
@@ -446,9 +447,81 @@ void dequantize(const GgufTensorInfo& t, const uint8_t* src, float* dst) {
   }
 }
 
+// Llama-3's RoPE scaling recovered from llama.cpp's per-frequency factors (rope_freqs.weight:
+// frequency i is divided by factor[i]; convert_hf_to_gguf.py writes 1 for wavelengths below
+// original/high_freq_factor, `factor` above original/low_freq_factor, and 1 / ((1 - s) / factor + s)
+// between, s linear in 1 / wavelength). The factors fix `factor` and the two wavelength
+// thresholds (only their ratios to original_max_position_embeddings matter); the result must
+// reproduce every factor, so any other table is refused rather than run differently.
+RopeScaling llama3_scaling_of(const std::vector<float>& f, double theta, int head_dim, const std::string& label) {
+  const std::size_t n = f.size();
+  auto fail = [&](const std::string& why) -> RopeScaling {
+    throw Error(label, "GGUF tensor 'rope_freqs.weight' " + why);
+  };
+  if (n == 0) fail("is empty");
+  for (float x : f)
+    if (!std::isfinite(x) || !(x >= 1.f) || x > 1e6f) fail("holds a factor that is not finite and in [1, 1e6]");
+  std::vector<double> wavelen(n);
+  for (std::size_t i = 0; i < n; ++i) wavelen[i] = 2 * std::numbers::pi / std::pow(theta, -2.0 * double(i) / head_dim);
+  RopeScaling r;
+  r.type = RopeScalingType::Llama3;
+  r.factor = f[n - 1];
+  const auto near = [](double a, double b) { return std::abs(a - b) <= 1e-6 * std::max(1.0, std::abs(b)); };
+  // Indices with factor 1 come first, then the band, then `factor`.
+  std::size_t ones = 0, band_end = n;
+  while (ones < n && near(f[ones], 1.0)) ++ones;
+  if (ones == n) fail("holds only ones (no scaling): not written by convert_hf_to_gguf.py");
+  while (band_end > ones && near(f[band_end - 1], r.factor)) --band_end;
+  const double F = r.factor;
+  const auto smooth = [&](std::size_t i) { return (1.0 / f[i] - 1.0 / F) / (1.0 - 1.0 / F); };
+  double inv_low, inv_high;  // 1 / low-frequency and 1 / high-frequency wavelength thresholds
+  if (band_end - ones >= 2) {  // two points of the band: the line s(1/wavelen) through them
+    const std::size_t a = ones, b = band_end - 1;
+    const double slope = (smooth(a) - smooth(b)) / (1 / wavelen[a] - 1 / wavelen[b]);
+    if (!(slope > 0)) fail("is not monotone in the wavelength as Llama-3's scaling is");
+    inv_low = 1 / wavelen[a] - smooth(a) / slope;
+    inv_high = inv_low + 1 / slope;
+  } else {  // at most one band point: thresholds between the neighbouring wavelengths
+    const double lo = ones > 0 ? wavelen[ones - 1] : wavelen[0] / 2;
+    if (band_end == ones) {
+      const double hi = band_end < n ? wavelen[band_end] : 2 * wavelen[n - 1];
+      inv_high = 1 / (lo + (hi - lo) / 3);
+      inv_low = 1 / (lo + 2 * (hi - lo) / 3);
+    } else {
+      // s = (x - 1/L) / (1/H - 1/L) at x = 1/wavelen[k]: 1/L in (1/hi, x], and 1/H must stay
+      // below 1/lo, i.e. x - 1/L < (1/lo - x) s / (1 - s); 1/L halfway in what is left.
+      const std::size_t k = ones;
+      const double hi = k + 1 < n ? wavelen[k + 1] : 2 * wavelen[n - 1];
+      const double x = 1 / wavelen[k], sk = smooth(k);
+      if (!(sk > 0 && sk < 1)) fail("has a band factor outside (1, factor)");
+      const double a_min = std::max(1 / hi, x - (1 / lo - x) * sk / (1 - sk));
+      inv_low = (a_min + x) / 2;
+      inv_high = inv_low + (x - inv_low) / sk;
+    }
+  }
+  if (!(inv_low > 0) || !(inv_high > inv_low) || !std::isfinite(inv_high)) fail("has no consistent low/high frequency thresholds");
+  // original_max_position_embeddings as the low threshold rounded, low/high factors around it.
+  r.original_max_positions = int(std::clamp(std::round(1 / inv_low), 1.0, double(1 << 24)));
+  r.low_freq_factor = r.original_max_positions * inv_low;
+  r.high_freq_factor = r.original_max_positions * inv_high;
+  for (std::size_t i = 0; i < n; ++i) {  // the recovered parameters must give back every factor
+    const double w = wavelen[i];
+    const double lw = r.original_max_positions / r.low_freq_factor, hw = r.original_max_positions / r.high_freq_factor;
+    double want = 1;
+    if (w > lw) want = F;
+    else if (w >= hw) {
+      const double s = (r.original_max_positions / w - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+      want = 1 / ((1 - s) / F + s);
+    }
+    if (std::abs(want - f[i]) > 1e-5 * want)
+      fail("is not Llama-3's scaling (factor " + std::to_string(i) + " is " + std::to_string(f[i]) + ", the fitted curve gives " + std::to_string(want) + ")");
+  }
+  return r;
+}
+
 }  // namespace
 
-ModelConfig gguf_model_config(const GgufFile& g, const std::string& label) {
+ModelConfig gguf_model_config(const GgufFile& g, std::span<const uint8_t> file, const std::string& label) {
   const Meta m{g, label};
   const std::string arch = m.string("general.architecture", "");
   if (arch.empty()) throw Error(label, "GGUF metadata lacks 'general.architecture'");
@@ -486,8 +559,16 @@ ModelConfig gguf_model_config(const GgufFile& g, const std::string& label) {
   } else if (scaling != "none") {
     throw Error(label, "GGUF " + p + "rope.scaling.type '" + scaling + "' is not supported (none, linear)");
   }
-  if (g.find("rope_freqs.weight"))
-    throw Error(label, "GGUF tensor 'rope_freqs.weight' (per-frequency RoPE factors, e.g. Llama-3.1) is not supported");
+  if (const GgufTensorInfo* t = g.find("rope_freqs.weight")) {
+    if (c.rope_scaling.type != RopeScalingType::None)
+      throw Error(label, "GGUF has both " + p + "rope.scaling.type and tensor 'rope_freqs.weight'");
+    if (t->ne != std::vector<uint64_t>{uint64_t(c.head_dim / 2)} || t->ggml_type != 0)
+      throw Error(label, "GGUF tensor 'rope_freqs.weight' is not F32 [head_dim/2 = " + std::to_string(c.head_dim / 2) + "]");
+    if (file.empty()) throw Error(label, "GGUF tensor 'rope_freqs.weight' needs the file's data");  // a caller bug
+    std::vector<float> factors(c.head_dim / 2);
+    std::memcpy(factors.data(), file.data() + g.data_offset + t->offset, factors.size() * sizeof(float));
+    c.rope_scaling = llama3_scaling_of(factors, c.rope_theta, c.head_dim, label);
+  }
   const GgufTensorInfo* emb = g.find("token_embd.weight");
   if (!emb) throw Error(label, "GGUF lacks tensor 'token_embd.weight'");
   if (emb->ne.size() != 2 || emb->ne[1] > (1u << 22))
@@ -515,7 +596,7 @@ ModelConfig gguf_model_config(const GgufFile& g, const std::string& label) {
 ModelWeights parse_gguf_model(std::span<const uint8_t> file, const std::string& label) {
   const GgufFile g = parse_gguf(file, label);
   ModelWeights m;
-  m.config = gguf_model_config(g, label);
+  m.config = gguf_model_config(g, file, label);
   m.source = label;
   const ModelConfig& c = m.config;
   std::set<std::string> used;
@@ -577,6 +658,7 @@ ModelWeights parse_gguf_model(std::span<const uint8_t> file, const std::string& 
     vec("output_norm.weight", w ? &w->final_norm : nullptr, d);
     if (!c.tied_embeddings) mat("output.weight", w ? &w->lm_head : nullptr, V, d);
   }
+  if (c.rope_scaling.type == RopeScalingType::Llama3) used.insert("rope_freqs.weight");  // read into the config
   for (const auto& t : g.tensors)
     if (!used.count(t.name))
       throw Error(label, "GGUF tensor '" + t.name + "' is not part of a " + family_name(c.family) + " model quarot runs (unsupported variant?)");

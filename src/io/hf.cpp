@@ -1,6 +1,7 @@
 // Hugging Face checkpoint folders: config.json + safetensors (one file, or shards + index).
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -19,6 +20,7 @@
 #include "quarot/finite.hpp"
 #include "quarot/gguf_reader.hpp"
 #include "quarot/json_limits.hpp"
+#include "quarot/mapped_file.hpp"
 #include "quarot/safetensors.hpp"
 
 namespace fs = std::filesystem;
@@ -354,6 +356,34 @@ ModelWeights load_hf(const std::string& dir, const LoadProgress& progress) {
   return m;
 }
 
+namespace {
+
+// A checkpoint file's format: from its extension (.bin llama2.c, .gguf), else from its content
+// (`quarot-quantize -o model` writes whatever name it is given): GGUF's magic, or a llama2.c
+// header whose seven fields are plausible. A safetensors file reaching here is not a packed
+// model (those are opened by the runtime first): said so, with where its kind is read from.
+enum class FileFormat { Llama2c, Gguf };
+FileFormat file_format(const std::string& path) {
+  const fs::path p(path);
+  if (p.extension() == ".bin") return FileFormat::Llama2c;
+  if (p.extension() == ".gguf") return FileFormat::Gguf;
+  const MappedFile f(path);
+  const auto b = f.bytes();
+  if (b.size() >= 4 && std::memcmp(b.data(), "GGUF", 4) == 0) return FileFormat::Gguf;
+  uint64_t header = 0;
+  if (b.size() >= 9) std::memcpy(&header, b.data(), 8);
+  if (b.size() >= 9 && b[8] == '{' && header >= 2 && header <= b.size() - 8)
+    throw Error(path, "a safetensors file that is not a quarot packed model (a Hugging Face checkpoint is read from its folder, with config.json)");
+  try {
+    (void)parse_llama2c_config(b, path);
+    return FileFormat::Llama2c;
+  } catch (const Error&) {
+  }
+  throw Error(path, "unknown checkpoint format (neither the extension nor the content says: expected a llama2.c .bin, a GGUF .gguf, a packed .safetensors or a Hugging Face folder)");
+}
+
+}  // namespace
+
 struct CheckpointReader::Impl {
   std::string source;
   HfFolder hf;                       // a Hugging Face folder, read tensor by tensor, or
@@ -370,14 +400,9 @@ CheckpointReader::CheckpointReader(const std::string& path) : impl_(std::make_un
     impl_->hf = open_hf(path);
   } else if (name == "config.json" || name == kSingleName || name == kIndexName || is_shard_name(name)) {
     impl_->hf = open_hf((p.has_parent_path() ? p.parent_path() : fs::path(".")).string());
-  } else if (p.extension() == ".bin") {
-    impl_->whole = std::make_unique<ModelWeights>(load_llama2c(path));
-    convert_rope_layout(*impl_->whole, RopeLayout::Half);
-  } else if (p.extension() == ".gguf") {
-    impl_->whole = std::make_unique<ModelWeights>(load_gguf(path));
-    convert_rope_layout(*impl_->whole, RopeLayout::Half);
   } else {
-    throw Error(path, "unknown checkpoint format (expected a llama2.c .bin, a GGUF .gguf or a Hugging Face folder)");
+    impl_->whole = std::make_unique<ModelWeights>(file_format(path) == FileFormat::Gguf ? load_gguf(path) : load_llama2c(path));
+    convert_rope_layout(*impl_->whole, RopeLayout::Half);
   }
   if (!impl_->whole && impl_->hf.config.rope_layout != RopeLayout::Half)
     throw Error(path, "expected the Hugging Face RoPE layout");  // parse_hf_config always gives it
@@ -497,9 +522,7 @@ ModelWeights load_model(const std::string& path, const LoadProgress& progress) {
     const fs::path parent = p.has_parent_path() ? p.parent_path() : fs::path(".");
     return load_hf(parent.string(), progress);
   }
-  if (p.extension() == ".bin") return load_llama2c(path);
-  if (p.extension() == ".gguf") return load_gguf(path);
-  throw Error(path, "unknown checkpoint format (expected a llama2.c .bin, a GGUF .gguf or a Hugging Face folder)");
+  return file_format(path) == FileFormat::Gguf ? load_gguf(path) : load_llama2c(path);
 }
 
 ModelConfig read_model_config(const std::string& path) {
@@ -513,14 +536,11 @@ ModelConfig read_model_config(const std::string& path) {
     const std::string name = p.filename().string();
     if (name == "config.json" || name == kSingleName || name == kIndexName || is_shard_name(name)) {
       dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-    } else if (p.extension() == ".bin") {
-      const MappedFile f(path);
-      return parse_llama2c_config(f.bytes(), path);
-    } else if (p.extension() == ".gguf") {
-      const MappedFile f(path);
-      return gguf_model_config(parse_gguf(f.bytes(), path), path);
     } else {
-      throw Error(path, "unknown checkpoint format (expected a llama2.c .bin, a GGUF .gguf or a Hugging Face folder)");
+      const FileFormat format = file_format(path);
+      const MappedFile f(path);
+      if (format == FileFormat::Llama2c) return parse_llama2c_config(f.bytes(), path);
+      return gguf_model_config(parse_gguf(f.bytes(), path), f.bytes(), path);
     }
   }
   const std::string cfg = (dir / "config.json").string();

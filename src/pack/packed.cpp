@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -707,9 +708,19 @@ uint64_t packed_file_bytes_estimate(const ModelConfig& c, const PackRecipe& r, b
 
 bool is_packed_model(const std::string& path) {
   const std::string ext = ".safetensors";
-  if (path.size() < ext.size() || path.compare(path.size() - ext.size(), ext.size(), ext) != 0) return false;
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) return false;
+  if (path.size() < ext.size() || path.compare(path.size() - ext.size(), ext.size(), ext) != 0) {
+    // Another name (`quarot-quantize -o model` writes the name it is given): a safetensors file
+    // by content, its 8-byte header length then the JSON header's '{'.
+    const uint64_t size = std::filesystem::file_size(path, ec);
+    std::ifstream in(path, std::ios::binary);
+    char head[9];
+    if (ec || !in.read(head, 9)) return false;
+    uint64_t header = 0;
+    std::memcpy(&header, head, 8);
+    if (head[8] != '{' || header < 2 || header > size - 8) return false;
+  }
   const SafetensorsFile f(path);
   const auto it = f.header().metadata.find("format");
   return it != f.header().metadata.end() && it->second == kPackedFormatName;

@@ -697,6 +697,7 @@ std::string token_content(const json& v) {
 // ---------------------------------------------------------------------------------------------
 struct HfTokenizer::Impl {
   std::string source;  // what kind() reports
+  std::string file;    // the file (tokenizer.json) or folder (vocab.json + merges.txt) it came from
   BpeModel model;
   std::vector<AddedToken> added;
   std::unordered_map<int, std::size_t> added_by_id;
@@ -854,12 +855,16 @@ HfTokenizer::Vocabulary HfTokenizer::vocabulary() const {
   const Impl& m = *impl_;
   Vocabulary v;
   v.pieces = m.model.id_to_piece;
-  for (const auto& [a, b] : m.model.merges_by_rank()) v.merges.push_back(m.model.id_to_piece[std::size_t(a)] + " " + m.model.id_to_piece[std::size_t(b)]);
+  v.merge_ids = m.model.merges_by_rank();
+  for (const auto& [a, b] : v.merge_ids) v.merges.push_back(m.model.id_to_piece[std::size_t(a)] + " " + m.model.id_to_piece[std::size_t(b)]);
   for (const auto& t : m.added) v.added.push_back({t.id, t.content, t.special});
   v.normalizer = m.normalizer_json;
   v.pre_tokenizer = m.pre_tokenizer_json;
   v.decoder = m.decoder_json;
   v.byte_fallback = m.model.byte_fallback;
+  v.ignore_merges = m.model.ignore_merges;
+  v.unk = m.model.unk_id;
+  v.file = m.file;
   v.prefix = m.prefix;
   v.suffix = m.suffix;
   return v;
@@ -1085,6 +1090,7 @@ std::unique_ptr<HfTokenizer> parse_hf_tokenizer_json(std::string_view text, cons
       if (!impl->added_by_id.count(id) && (id >= int(impl->model.id_to_piece.size()) || impl->model.id_to_piece[id].empty()))
         d.fail("post_processor", "token id " + std::to_string(id) + " is not in the vocabulary");
   settle_specials(*impl, cfg);
+  impl->file = name;
   impl->source = "tokenizer.json BPE (" + std::to_string(impl->model.id_to_piece.size()) + " pieces, " +
                  std::to_string(impl->model.merge_count()) + " merges, " + std::to_string(impl->added.size()) + " added)";
   return std::make_unique<HfTokenizer>(std::move(impl));
@@ -1189,6 +1195,7 @@ std::unique_ptr<HfTokenizer> load_hf_vocab_merges(const std::string& dir) {
   // GPT2Tokenizer/Qwen2Tokenizer: BOS only when add_bos_token (false by default).
   impl->prefix.clear();
   if (cfg.add_bos.value_or(false) && impl->bos >= 0) impl->prefix.push_back(impl->bos);
+  impl->file = dir;
   impl->source = "vocab.json + merges.txt BPE (" + std::to_string(impl->model.id_to_piece.size()) + " pieces, " +
                  std::to_string(impl->model.merge_count()) + " merges, " + std::to_string(impl->added.size()) + " added)";
   return std::make_unique<HfTokenizer>(std::move(impl));

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of the fuzz targets (small valid and near-valid inputs).
 Run from the repository root: python3 tests/fuzz/make_corpus.py"""
-import json, os, struct
+import json, math, os, struct
 
 root = "tests/fuzz/corpus"
 
@@ -193,7 +193,19 @@ def tdata(n, typ):
     if typ == 8: return b"".join(struct.pack("<e", 0.01) + bytes((j * 5) % 256 for j in range(32)) for _ in range(n // 32))
     if typ == 2: return b"".join(struct.pack("<e", 0.02) + bytes((j * 7) % 256 for j in range(16)) for _ in range(n // 32))
 
-def model(arch, mat_type, biases=False, tied=True):
+def llama3_rope_factors(head_dim, theta=10000.0, factor=8.0, low=1.0, high=4.0, orig=64):
+    # convert_hf_to_gguf.py's rope_freqs.weight for rope_type llama3
+    out = []
+    for i in range(head_dim // 2):
+        wavelen = 2 * math.pi * theta ** (2 * i / head_dim)
+        if wavelen < orig / high: out.append(1.0)
+        elif wavelen > orig / low: out.append(factor)
+        else:
+            sm = (orig / wavelen - low) / (high - low)
+            out.append(1 / ((1 - sm) / factor + sm))
+    return b"".join(struct.pack("<f", x) for x in out)
+
+def model(arch, mat_type, biases=False, tied=True, rope_freqs=False):
     d, f, v = 32, 32, 8
     kv = {"general.architecture": (8, arch), f"{arch}.context_length": (4, 64), f"{arch}.embedding_length": (4, d),
           f"{arch}.block_count": (4, 1), f"{arch}.feed_forward_length": (4, f), f"{arch}.attention.head_count": (4, 2),
@@ -209,11 +221,13 @@ def model(arch, mat_type, biases=False, tied=True):
     for name in ["blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"]:
         ts.append((name, [d], 0, tdata(d, 0)))
     if not tied: ts.append(("output.weight", [d, v], 0, tdata(d * v, 0)))
+    if rope_freqs: ts.append(("rope_freqs.weight", [d // 4], 0, llama3_rope_factors(d // 2)))
     return gguf(arch, kv, ts)
 
 put("fuzz_gguf", "llama-f32", model("llama", 0, tied=False))
 put("fuzz_gguf", "llama-q4_0", model("llama", 2))
 put("fuzz_gguf", "llama-q8_0", model("llama", 8))
 put("fuzz_gguf", "qwen2-f16-bias", model("qwen2", 1, biases=True))
+put("fuzz_gguf", "llama-rope-freqs", model("llama", 0, rope_freqs=True))
 put("fuzz_gguf", "vocab-only", gguf("llama", {"general.architecture": (8, "llama"),
     "tokenizer.ggml.tokens": (9, (8, ["<unk>", "<s>", "</s>"]))}, []))

@@ -431,3 +431,133 @@ TEST(LlamaCpp, ByteLevelBpeTokenizerExportsTokenizeAsQuarot) {
     std::cout << k.pre << ": llama.cpp's ids equal quarot's on " << compared << " texts\n";
   }
 }
+
+// SentencePiece-style BPE in tokenizer.json form (LLaMA-2, Mistral: metaspace normalizer, byte
+// fallback) exported as tokenizer.ggml.model "llama": llama.cpp's SPM tokenizer, running on
+// scores quarot derives from the merge ranks, gives exactly quarot's ids on hand-picked strings
+// (bytes outside the vocabulary, leading spaces, special tokens in the text) and on llama.cpp's
+// llama-spm test texts, with and without BOS.
+TEST(LlamaCpp, MetaspaceBpeTokenizerExportsTokenizeAsQuarot) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("tokenizers/llama2/llama2.tokenizer.json");
+  QUAROT_REQUIRE_DATA("tokenizers/mistral/Mistral-7B-v0.1.tokenizer.json");
+  const std::vector<std::string> picked = {
+      "Hello world", " Hello, World!", "  two leading spaces", "Héllo café naïve Äpfel", "12345 and 3.14159",
+      "你好，世界。日本語のテキスト", "  two spaces\n\nnew lines\t tab \r\n end  ", "don't I'll we've",
+      "🦙 emoji and ½ and \x01 control", ""};
+  const std::string inp = quarot::read_text_lf(data_file("tokenizers/vectors/llama.cpp/ggml-vocab-llama-spm.gguf.inp"));
+  for (const char* file : {"tokenizers/llama2/llama2.tokenizer.json", "tokenizers/mistral/Mistral-7B-v0.1.tokenizer.json"}) {
+    const auto tok = quarot::load_tokenizer(data_file(file));
+    const quarot::GgufVocab vocab = quarot::gguf_vocab_of(*tok);
+    ASSERT_EQ(vocab.model, "llama") << file;
+    EXPECT_EQ(vocab.token_types[0], 2) << file;    // <unk>
+    EXPECT_EQ(vocab.token_types[1], 3) << file;    // <s>
+    EXPECT_EQ(vocab.token_types[3], 6) << file;    // <0x00>
+    EXPECT_EQ(vocab.token_types[300], 1) << file;  // a normal piece
+    EXPECT_TRUE(vocab.add_bos && !vocab.add_eos) << file;
+    EXPECT_EQ(vocab.unk, 0) << file;
+    quarot::SynthSpec spec = quarot::synth_preset("tiny");
+    spec.config.hidden = 32;
+    spec.config.intermediate = 64;
+    spec.config.n_layers = 1;
+    spec.config.n_heads = 2;
+    spec.config.n_kv_heads = 2;
+    spec.config.head_dim = 16;
+    spec.config.vocab = 32000;
+    spec.config.bos_id = 1;
+    spec.config.eos_id = 2;
+    spec.config.max_positions = 256;
+    spec.config.tied_embeddings = true;
+    quarot::ModelWeights m = quarot::make_synthetic(spec);
+    const std::string path = temp_path("metaspace-tokenizer.gguf");
+    quarot::export_gguf(m, tok.get(), quarot::plan_preset("gguf-f32").gguf.value(), {}, path);
+    auto model = library()->load(path, 256);
+    std::filesystem::remove(path);
+    ASSERT_EQ(model->vocab(), 32000);
+    std::vector<std::string> texts = picked;
+    // Special tokens written in the text: only where the added tokens are `normalized: false`
+    // (Mistral). LLaMA-2's are `normalized: true`, and HF then drops the U+2581 around them where
+    // llama.cpp keeps it (llama.cpp's own converter gives the same file and the same difference).
+    if (std::string(file).find("mistral") != std::string::npos) texts.push_back("<s> a special token </s> in the text");
+    const std::string sep = "\n__ggml_vocab_test__\n";
+    for (std::size_t at = 0;;) {
+      const auto hit = inp.find(sep, at);
+      texts.push_back(inp.substr(at, hit == std::string::npos ? std::string::npos : hit - at));
+      if (hit == std::string::npos) break;
+      at = hit + sep.size();
+    }
+    int compared = 0;
+    for (const auto& text : texts) {
+      EXPECT_EQ(model->tokenize(text, false, true), tok->encode(text)) << file << ": '" << text << "'";
+      EXPECT_EQ(model->tokenize(text, true, true), tok->encode_with_special(text)) << file << ": '" << text << "'";
+      ++compared;
+    }
+    std::cout << file << ": llama.cpp's ids equal quarot's on " << compared << " texts\n";
+  }
+}
+
+// A Llama-3.1-shaped model (GQA, llama3 RoPE scaling with the low-frequency
+// threshold at 64 positions so that a 200-token window runs well past it): llama.cpp, applying
+// the exported rope_freqs.weight, gives quarot's logits; without the scaling the logits move by
+// far more than that tolerance, so the factors are what is being checked.
+TEST(LlamaCpp, Llama3RopeScalingExportAgreesWithQuarot) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("stories260K/tok512.bin");
+  const auto tok = quarot::load_tokenizer(data_file("stories260K/tok512.bin"));  // llama.cpp needs a vocabulary
+  quarot::SynthSpec spec = quarot::synth_preset("llama3-8b-layer");
+  spec.config.hidden = 128;
+  spec.config.intermediate = 256;
+  spec.config.n_layers = 2;
+  spec.config.n_heads = 4;
+  spec.config.n_kv_heads = 2;
+  spec.config.head_dim = 32;
+  spec.config.vocab = 512;
+  spec.config.max_positions = 256;
+  spec.config.bos_id = 1;
+  spec.config.eos_id = 2;
+  spec.config.rope_scaling.type = quarot::RopeScalingType::Llama3;
+  spec.config.rope_scaling.factor = 8;
+  spec.config.rope_scaling.low_freq_factor = 1;
+  spec.config.rope_scaling.high_freq_factor = 4;
+  spec.config.rope_scaling.original_max_positions = 64;
+  spec.config.rope_theta = 10000;  // head_dim 32: wavelengths 19.9, 35.4, 62.8 in the band, 111.7 and up slowed 8x
+  spec.residual_outliers = spec.ffn_outliers = spec.kv_outliers = 0;
+  quarot::ModelWeights m = quarot::make_synthetic(spec);
+  for (float& g : m.final_norm) g *= 0.05f;
+  std::vector<int> ids = {1};
+  uint64_t x = 88172645463325252ull;
+  while (ids.size() < 200) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    ids.push_back(int(3 + x % 509));
+  }
+  const std::string path = temp_path("llama3-rope.gguf");
+  quarot::export_gguf(m, tok.get(), quarot::plan_preset("gguf-f32").gguf.value(), {}, path);
+  auto model = library()->load(path, 256);
+  const auto ll = model->logits(ids);
+  quarot::Transformer<float> q(m, 256);
+  std::vector<float> ql;
+  q.forward(ids, ql);
+  quarot::ModelWeights unscaled = m;
+  unscaled.config.rope_scaling = {};
+  quarot::Transformer<float> u(unscaled, 256);
+  std::vector<float> ul;
+  u.forward(ids, ul);
+  // Positions 0..63 only: below the threshold the long wavelengths have barely turned.
+  const std::size_t V = 512;
+  const std::vector<float> ll_tail(ll.begin() + 64 * V, ll.end()), ql_tail(ql.begin() + 64 * V, ql.end());
+  const double err = relative_error(ll, ql), err_tail = relative_error(ll_tail, ql_tail), moved = relative_error(ul, ql);
+  std::cout << "llama3-scaled: max relative logit difference llama.cpp vs quarot " << err << " (positions 64..199: " << err_tail
+            << "); quarot without the scaling moves " << moved << "\n";
+  EXPECT_LE(err, 1e-4);
+  EXPECT_GT(moved, 1e-2);
+  // quarot reads the factors back: the same logits from the GGUF.
+  const quarot::ModelWeights back = quarot::load_gguf(path);
+  EXPECT_EQ(back.config.rope_scaling.type, quarot::RopeScalingType::Llama3);
+  quarot::ModelWeights back_m = back;
+  quarot::convert_rope_layout(back_m, m.config.rope_layout);
+  quarot::Transformer<float> b(back_m, 256);
+  std::vector<float> bl;
+  b.forward(ids, bl);
+  EXPECT_LE(relative_error(bl, ql), 1e-5);
+  std::filesystem::remove(path);
+}
