@@ -2,7 +2,8 @@
 // package @node-llama-cpp/linux-x64, scripts/install-llama-cpp.sh) in one process, on the
 // LLaMA-2-7B shapes, with the machine's ceilings measured in the same run:
 //   - the DRAM streaming read (AVX-512 loads over a buffer of --stream-mb, one and two threads),
-//   - the VNNI int8 peak (a tight loop of independent vpdpbusd), one and two threads.
+//   - the VNNI int8 peak (16 independent zmm vpdpbusd on register accumulators, in asm), one
+//     and two threads, with the core clock (a chain of dependent adds) to state it per cycle.
 // Both are measured once at the start, and again inside every case's rounds as its "ceiling"
 // row (at M = 1 a read of as many bytes as quarot's weights, at M > 1 as many int8 ops as the
 // product), so "% ceiling" compares times from the same rounds.
@@ -24,6 +25,7 @@
 // ggml rows are skipped with a message; quarot and the ceilings still run.
 //
 //   quarot-bench-vs-ggml [--reps 7] [--cycle-mb 128] [--ms 1,16,512] [--threads 1,2] [--lib DIR] [--no-a16] [--no-f32]
+//                        [--cpu-time]   (process CPU seconds: one thread on a machine shared with other jobs)
 #include <dlfcn.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -34,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -50,7 +53,17 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+// Seconds on the wall clock, or with --cpu-time the process's CPU seconds: on a machine shared
+// with other jobs a one-thread run then leaves the time it waited for the core out (with two
+// threads it is the CPU of both, a cost rather than a latency).
+bool g_cpu_time = false;
+double tick() {
+  if (!g_cpu_time) return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+double since(double t0) { return tick() - t0; }
 
 struct Stats {
   double min = 0, median = 0;
@@ -80,7 +93,7 @@ __attribute__((target("avx512f"), noinline)) uint64_t read_range(const uint8_t* 
 // Seconds to read `bytes` once with `threads` threads (each a contiguous share).
 double time_read(const uint8_t* p, std::size_t bytes, int threads) {
   volatile uint64_t sink = 0;
-  const auto t0 = Clock::now();
+  const double t0 = tick();
 #pragma omp parallel num_threads(threads)
   {
     const int n = omp_get_num_threads(), i = omp_get_thread_num();
@@ -158,14 +171,14 @@ void read_rolling(const uint8_t* p, std::size_t size, std::size_t bytes, std::si
 // Seconds of `iters` x 64 dependent adds on one thread (= iters x 64 core cycles).
 double time_add_chain(int64_t iters) {
   volatile int64_t sink = 0;
-  const auto t0 = Clock::now();
+  const double t0 = tick();
   sink = sink + add_chain(iters);
   return since(t0);
 }
 
 double time_vnni(int64_t iters, int threads) {
   volatile int64_t sink = 0;
-  const auto t0 = Clock::now();
+  const double t0 = tick();
 #pragma omp parallel num_threads(threads)
   sink = sink + vnni_loop(iters);
   return since(t0);
@@ -429,6 +442,7 @@ int main(int argc, char** argv) {
   app.add_option("--lib", lib_dir, "folder of the package's libggml*.so")->capture_default_str();
   app.add_flag("--no-ggml", no_ggml, "skip ggml");
   app.add_flag("--no-a16", no_a16, "skip quarot W4A16 (int4_gemm_f32, int4_gemm_a16_int16)");
+  app.add_flag("--cpu-time", g_cpu_time, "process CPU seconds instead of wall seconds (one thread on a busy machine)");
   app.add_flag("--no-f32", no_f32, "skip ggml F32 (slow at M = 512 on a busy machine)");
   CLI11_PARSE(app, argc, argv);
   if (reps < 1 || cycle_mb < 1 || stream_mb < 64) {
@@ -561,7 +575,7 @@ int main(int argc, char** argv) {
         for (std::size_t k = 0; k < ks.size(); ++k) ks[k].run(uses[k]);  // warm-up: page faults, graphs, thread pools
         for (int r = 0; r < reps; ++r)
           for (std::size_t k = 0; k < ks.size(); ++k) {
-            const auto t0 = Clock::now();
+            const double t0 = tick();
             ks[k].run(uses[k]);
             t[k].push_back(since(t0) / uses[k]);
           }
