@@ -2,7 +2,8 @@
 // package @node-llama-cpp/linux-x64, scripts/install-llama-cpp.sh) in one process, on the
 // LLaMA-2-7B shapes, with the machine's ceilings measured in the same run:
 //   - the DRAM streaming read (AVX-512 loads over a buffer of --stream-mb, one and two threads),
-//   - the VNNI int8 peak (a tight loop of independent vpdpbusd), one and two threads.
+//   - the VNNI int8 peak (16 independent zmm vpdpbusd on register accumulators, in asm), one
+//     and two threads, with the core clock (a chain of dependent adds) to state it per cycle.
 // Both are measured once at the start, and again inside every case's rounds as its "ceiling"
 // row (at M = 1 a read of as many bytes as quarot's weights, at M > 1 as many int8 ops as the
 // product), so "% ceiling" compares times from the same rounds.
@@ -24,6 +25,7 @@
 // ggml rows are skipped with a message; quarot and the ceilings still run.
 //
 //   quarot-bench-vs-ggml [--reps 7] [--cycle-mb 128] [--ms 1,16,512] [--threads 1,2] [--lib DIR] [--no-a16] [--no-f32]
+//                        [--cpu-time]   (process CPU seconds: one thread on a machine shared with other jobs)
 #include <dlfcn.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -34,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -50,7 +53,17 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+// Seconds on the wall clock, or with --cpu-time the process's CPU seconds: on a machine shared
+// with other jobs a one-thread run then leaves the time it waited for the core out (with two
+// threads it is the CPU of both, a cost rather than a latency).
+bool g_cpu_time = false;
+double tick() {
+  if (!g_cpu_time) return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+double since(double t0) { return tick() - t0; }
 
 struct Stats {
   double min = 0, median = 0;
@@ -80,7 +93,7 @@ __attribute__((target("avx512f"), noinline)) uint64_t read_range(const uint8_t* 
 // Seconds to read `bytes` once with `threads` threads (each a contiguous share).
 double time_read(const uint8_t* p, std::size_t bytes, int threads) {
   volatile uint64_t sink = 0;
-  const auto t0 = Clock::now();
+  const double t0 = tick();
 #pragma omp parallel num_threads(threads)
   {
     const int n = omp_get_num_threads(), i = omp_get_thread_num();
@@ -91,26 +104,53 @@ double time_read(const uint8_t* p, std::size_t bytes, int threads) {
 }
 
 // `iters` x 16 independent vpdpbusd (zmm) per thread: 16 x 64 multiply-adds = 2048 int ops each.
+// The 16 instructions are written in asm on 16 named register accumulators: the earlier version
+// (an `__m512i acc[16]` array with empty asm barriers) was compiled by g++ 12 into 16 zmm loads
+// and 16 stores to the stack per iteration, a dependency through memory that ran at 0.24-0.5
+// vpdpbusd per cycle, half or less of the row-interleaved GEMM's rate. This one runs at 1.0 per
+// cycle on Zen 4 (zmm vpdpbusd double-pumped on the 256-bit units: 4 chains already saturate it).
+#define QUAROT_DPBUSD(r) "vpdpbusd %[b], %[a], %[" #r "]\n\t"
 __attribute__((target("avx512f,avx512vnni"), noinline)) int64_t vnni_loop(int64_t iters) {
-  __m512i acc[16];
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_epi32(i);
-  __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(5);
-  asm("" : "+v"(a), "+v"(b));
+  __m512i c0 = _mm512_set1_epi32(0), c1 = _mm512_set1_epi32(1), c2 = _mm512_set1_epi32(2), c3 = _mm512_set1_epi32(3);
+  __m512i c4 = _mm512_set1_epi32(4), c5 = _mm512_set1_epi32(5), c6 = _mm512_set1_epi32(6), c7 = _mm512_set1_epi32(7);
+  __m512i c8 = _mm512_set1_epi32(8), c9 = _mm512_set1_epi32(9), c10 = _mm512_set1_epi32(10), c11 = _mm512_set1_epi32(11);
+  __m512i c12 = _mm512_set1_epi32(12), c13 = _mm512_set1_epi32(13), c14 = _mm512_set1_epi32(14), c15 = _mm512_set1_epi32(15);
+  const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(5);
+  // Two asm statements of 8 (an asm takes at most 30 operands; "+v" counts twice).
   for (int64_t k = 0; k < iters; ++k) {
-    for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
-    asm volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]), "+v"(acc[5]), "+v"(acc[6]),
-                 "+v"(acc[7]));
-    asm volatile("" : "+v"(acc[8]), "+v"(acc[9]), "+v"(acc[10]), "+v"(acc[11]), "+v"(acc[12]), "+v"(acc[13]), "+v"(acc[14]),
-                 "+v"(acc[15]));
+    asm volatile(QUAROT_DPBUSD(c0) QUAROT_DPBUSD(c1) QUAROT_DPBUSD(c2) QUAROT_DPBUSD(c3) QUAROT_DPBUSD(c4) QUAROT_DPBUSD(c5)
+                     QUAROT_DPBUSD(c6) QUAROT_DPBUSD(c7)
+                 : [c0] "+v"(c0), [c1] "+v"(c1), [c2] "+v"(c2), [c3] "+v"(c3), [c4] "+v"(c4), [c5] "+v"(c5), [c6] "+v"(c6),
+                   [c7] "+v"(c7)
+                 : [a] "v"(a), [b] "v"(b));
+    asm volatile(QUAROT_DPBUSD(c8) QUAROT_DPBUSD(c9) QUAROT_DPBUSD(c10) QUAROT_DPBUSD(c11) QUAROT_DPBUSD(c12)
+                     QUAROT_DPBUSD(c13) QUAROT_DPBUSD(c14) QUAROT_DPBUSD(c15)
+                 : [c8] "+v"(c8), [c9] "+v"(c9), [c10] "+v"(c10), [c11] "+v"(c11), [c12] "+v"(c12), [c13] "+v"(c13),
+                   [c14] "+v"(c14), [c15] "+v"(c15)
+                 : [a] "v"(a), [b] "v"(b));
   }
-  __m512i s = acc[0];
-  for (int i = 1; i < 16; ++i) s = _mm512_add_epi32(s, acc[i]);
+  const __m512i s = _mm512_add_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                       _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7))),
+      _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)),
+                       _mm512_add_epi32(_mm512_add_epi32(c12, c13), _mm512_add_epi32(c14, c15))));
   alignas(64) int32_t lanes[16];
   _mm512_store_si512(lanes, s);
   int64_t sum = 0;
   for (int32_t v : lanes) sum += v;
   return sum;
 }
+#undef QUAROT_DPBUSD
+
+// `iters` x 64 dependent 1-cycle integer adds: the core clock, to turn the peak into vpdpbusd per cycle.
+#define QUAROT_ADD8 "add $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\t"
+__attribute__((noinline)) int64_t add_chain(int64_t iters) {
+  int64_t x = 0;
+  for (int64_t k = 0; k < iters; ++k)
+    asm volatile(QUAROT_ADD8 QUAROT_ADD8 QUAROT_ADD8 QUAROT_ADD8 QUAROT_ADD8 QUAROT_ADD8 QUAROT_ADD8 QUAROT_ADD8 : [x] "+r"(x));
+  return x;
+}
+#undef QUAROT_ADD8
 
 // Reads `bytes` of the buffer [p, p + size) from `*offset` on (wrapping), split over the threads.
 void read_rolling(const uint8_t* p, std::size_t size, std::size_t bytes, std::size_t* offset, int threads) {
@@ -128,9 +168,17 @@ void read_rolling(const uint8_t* p, std::size_t size, std::size_t bytes, std::si
   }
 }
 
+// Seconds of `iters` x 64 dependent adds on one thread (= iters x 64 core cycles).
+double time_add_chain(int64_t iters) {
+  volatile int64_t sink = 0;
+  const double t0 = tick();
+  sink = sink + add_chain(iters);
+  return since(t0);
+}
+
 double time_vnni(int64_t iters, int threads) {
   volatile int64_t sink = 0;
-  const auto t0 = Clock::now();
+  const double t0 = tick();
 #pragma omp parallel num_threads(threads)
   sink = sink + vnni_loop(iters);
   return since(t0);
@@ -394,6 +442,7 @@ int main(int argc, char** argv) {
   app.add_option("--lib", lib_dir, "folder of the package's libggml*.so")->capture_default_str();
   app.add_flag("--no-ggml", no_ggml, "skip ggml");
   app.add_flag("--no-a16", no_a16, "skip quarot W4A16 (int4_gemm_f32, int4_gemm_a16_int16)");
+  app.add_flag("--cpu-time", g_cpu_time, "process CPU seconds instead of wall seconds (one thread on a busy machine)");
   app.add_flag("--no-f32", no_f32, "skip ggml F32 (slow at M = 512 on a busy machine)");
   CLI11_PARSE(app, argc, argv);
   if (reps < 1 || cycle_mb < 1 || stream_mb < 64) {
@@ -428,12 +477,19 @@ int main(int argc, char** argv) {
     const std::size_t bytes = stream_bytes;
     const uint8_t* buf = stream_buf;
     const int64_t iters = 1 << 22;
+    const int64_t clock_iters = 1 << 22;
     std::vector<std::vector<double>> tr(threads.size()), tv(threads.size());
-    for (int r = 0; r < reps; ++r)
+    std::vector<double> tclock;
+    for (int r = 0; r < reps; ++r) {
+      tclock.push_back(time_add_chain(clock_iters));
       for (std::size_t i = 0; i < threads.size(); ++i) {
         tr[i].push_back(time_read(buf, bytes, threads[i]));
         tv[i].push_back(time_vnni(iters, threads[i]));
       }
+    }
+    const double ghz = double(clock_iters) * 64 / stats_of(tclock).min / 1e9;
+    std::printf("core clock (dependent adds, best of %d): %.2f GHz; the VNNI peak in zmm vpdpbusd per cycle per thread: %.2f\n\n",
+                reps, ghz, double(iters) * 16 / stats_of(tv[0]).min / (ghz * 1e9));
     std::printf("| threads | DRAM read GB/s (best, median) | VNNI int8 GOP/s (best, median) |\n|---|---|---|\n");
     for (std::size_t i = 0; i < threads.size(); ++i) {
       const Stats sr = stats_of(tr[i]), sv = stats_of(tv[i]);
@@ -519,7 +575,7 @@ int main(int argc, char** argv) {
         for (std::size_t k = 0; k < ks.size(); ++k) ks[k].run(uses[k]);  // warm-up: page faults, graphs, thread pools
         for (int r = 0; r < reps; ++r)
           for (std::size_t k = 0; k < ks.size(); ++k) {
-            const auto t0 = Clock::now();
+            const double t0 = tick();
             ks[k].run(uses[k]);
             t[k].push_back(since(t0) / uses[k]);
           }

@@ -7,7 +7,9 @@
 //   - 64 bytes (two blocks) per load: the low nibbles of the 64 bytes are columns 0..31 of both
 //     blocks, the high nibbles columns 32..63, so two vpdpbusd take them against the token's
 //     codes permuted once per call to that order -- 6 instructions per 64 bytes instead of 12;
-//   - a software prefetch kPrefetch bytes ahead in the stream;
+//   - no software prefetch: the hardware prefetchers follow the one stream, and on Zen 4 a
+//     prefetcht0 2 KB ahead cost 20-30% of the byte rate (0.70-0.85x of the same loop without
+//     it; prefetcht1/t2 at 2-8 KB ahead 0.84-1.0x; bench/RESULTS.md, 2026-12-01 GEMV section);
 //   - rows handed to the threads in chunks (schedule dynamic): a thread that waits for a core
 //     does not hold back the other.
 // The int32 dot of every segment is exact, and the fp32 epilogue is GemmContext::add and
@@ -30,7 +32,6 @@ namespace quarot::int4_detail {
 
 namespace {
 
-constexpr int64_t kPrefetch = 2048;  // bytes ahead of the current read
 constexpr int64_t kRowChunk = 16;    // rows per dynamic work item (32-88 KB on the 7B shapes)
 
 
@@ -67,8 +68,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void gemv_stream
         }
         // Pairs of blocks: two pairs per step, 4 accumulators per token (two dependency chains each).
         for (; b + 4 <= b1; b += 4) {
-          _mm_prefetch(reinterpret_cast<const char*>(row + b * 32 + kPrefetch), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(row + b * 32 + 64 + kPrefetch), _MM_HINT_T0);
           const __m512i p0 = _mm512_loadu_si512(row + b * 32), p1 = _mm512_loadu_si512(row + b * 32 + 64);
           const __m512i l0 = _mm512_and_si512(p0, mask), h0 = _mm512_and_si512(_mm512_srli_epi16(p0, 4), mask);
           const __m512i l1 = _mm512_and_si512(p1, mask), h1 = _mm512_and_si512(_mm512_srli_epi16(p1, 4), mask);
