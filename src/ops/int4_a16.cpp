@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "quarot/act16.hpp"
 #include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/error.hpp"
 #include "quarot/int4.hpp"
@@ -422,16 +423,16 @@ void int4_gemm_a16_int16(const Int4Weights& w, const float* x, int rows, const f
   sx.assign(std::size_t(int64_t(rows) * G), 0.f);
   for (int t = 0; t < rows; ++t)
     for (int64_t g = 0; g < G; ++g) {
+      // The codes of quarot/act16.hpp (the simulation's rounding too).
       const float* xg = x + int64_t(t) * w.cols + g * gcols;
       const int64_t n = std::min(gcols, w.cols - g * gcols);
-      float m = 0.f;
-      for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(xg[i]));
+      const float m = act16_max_abs(xg, n);
       if (!std::isfinite(m)) return int4_gemm_f32(w, x, rows, bias, y, isa);
       if (m == 0.f) continue;
-      const float inv = 32767.f / m;
-      sx[std::size_t(int64_t(t) * G + g)] = m / 32767.f;
+      const float inv = act16_inverse_scale(m);
+      sx[std::size_t(int64_t(t) * G + g)] = act16_scale(m);
       int16_t* q = xq.data() + int64_t(t) * K + g * gcols;
-      for (int64_t i = 0; i < n; ++i) q[i] = int16_t(std::clamp(std::nearbyint(xg[i] * inv), -32767.f, 32767.f));
+      for (int64_t i = 0; i < n; ++i) q[i] = act16_code(xg[i], inv);
     }
   const I16 c{w, xq.data(), sx.data(), rows, bias, y, K, G, w.blocks_per_group(), K / kInt4Block, K / 2};
   const bool avx512 = isa == Isa::Avx512Vnni;
