@@ -7,6 +7,7 @@ set(QUAROT_MODULES base model io tokenizer eval ops rotate quant qdec pack runti
 
 set(QUAROT_base_HEADERS error isa large_buffer progress dtype version json_limits options detail/rng detail/eigen detail/fixed_chunks)
 set(QUAROT_base_DEPS)
+list(APPEND QUAROT_base_HEADERS act16)  # W4A16's 16-bit activation codes: the ops kernel and quant's simulation
 set(QUAROT_model_HEADERS config weights forward synth finite)
 set(QUAROT_model_DEPS base)
 set(QUAROT_io_HEADERS mapped_file atomic_file signal_cleanup file_identity safetensors sha256 checkpoint gguf_reader)

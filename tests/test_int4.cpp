@@ -8,9 +8,11 @@
 #include <cmath>
 #include <cstring>
 
+#include "quarot/act16.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/int4_a16.hpp"
 #include "quarot/quant.hpp"
 #include "test_support.hpp"
 
@@ -239,6 +241,61 @@ TEST(Int4Gemm, ExtremeCodesAreExact) {
   for (Isa isa : fast_isas()) {
     int4_gemm(w.view(), a, nullptr, got.data(), isa);
     EXPECT_EQ(got, ref) << isa_name(isa);
+  }
+}
+
+// W4A16's simulation (act16_fake_quant_rows, the fake-quant forward's rounding) against the
+// kernel (int4_gemm_a16_int16): the kernel's output is the fp64 product of the rounded
+// activations with the dequantized weights, up to fp32 rounding only (the bound of the test
+// below); the unrounded activations miss it by far more (so a simulation that skipped or changed
+// the rounding fails here). Per channel, grouped, asymmetric, a token alone, an outlier, an
+// all-zero group; and a NaN leaves the simulation's input as it is and the kernel in fp32.
+TEST(Int4GemmA16, SimulationRoundsAsTheKernelDoes) {
+  struct Case {
+    int64_t rows, cols, group;
+    bool asym;
+    int tokens;
+  };
+  for (const Case k : {Case{20, 172, 0, true, 3}, Case{9, 172, 0, false, 1}, Case{33, 256, 64, true, 2}, Case{7, 192, 64, false, 8},
+                       Case{5, 256, 128, true, 9}}) {
+    const auto w = make_weights(k.rows, k.cols, k.group, k.asym, 8);
+    auto x = gaussian(std::size_t(k.tokens * k.cols), 5);
+    x[std::size_t(k.cols / 3)] = 40.f;                                            // an outlier: coarse codes in its group
+    std::fill(x.end() - std::ptrdiff_t(std::min<int64_t>(64, k.cols)), x.end(), 0.f);  // an all-zero group (or its tail)
+    std::vector<float> y(std::size_t(k.tokens * k.rows));
+    int4_gemm_a16_int16_ref(w.view(), x.data(), k.tokens, nullptr, y.data());
+    auto xs = x;
+    ASSERT_TRUE(act16_fake_quant_rows(xs.data(), k.tokens, k.cols, k.group));
+    double worst_sim = 0, worst_raw = 0;  // in units of the bound
+    for (int t = 0; t < k.tokens; ++t)
+      for (int64_t o = 0; o < k.rows; ++o) {
+        double sim = 0, raw = 0, mag = 0;
+        for (int64_t i = 0; i < k.cols; ++i) {
+          const double wi = w.view().weight(o, i);
+          sim += double(xs[std::size_t(t * k.cols + i)]) * wi;
+          raw += double(x[std::size_t(t * k.cols + i)]) * wi;
+          mag += std::fabs(double(xs[std::size_t(t * k.cols + i)]) * wi);
+        }
+        const double bound = 1e-5 * mag + 1e-6, got = y[std::size_t(t * k.rows + o)];
+        worst_sim = std::max(worst_sim, std::fabs(got - sim) / bound);
+        worst_raw = std::max(worst_raw, std::fabs(got - raw) / bound);
+      }
+    EXPECT_LT(worst_sim, 1.0) << k.rows << "x" << k.cols << " group " << k.group;
+    EXPECT_GT(worst_raw, 3.0) << k.rows << "x" << k.cols << " group " << k.group;  // the rounding is visible
+  }
+  // A NaN anywhere: the simulation leaves the call as it is, the kernel runs it in fp32.
+  const auto w = make_weights(6, 128, 64, true, 3);
+  auto x = gaussian(3 * 128, 9);
+  x[200] = std::nanf("");
+  auto xs = x;
+  EXPECT_FALSE(act16_fake_quant_rows(xs.data(), 3, 128, 64));
+  EXPECT_EQ(0, std::memcmp(xs.data(), x.data(), x.size() * sizeof(float)));
+  std::vector<float> a(18), b(18);
+  for (Isa isa : kAllIsas) {
+    if (!isa_supported(isa)) continue;
+    int4_gemm_a16_int16(w.view(), x.data(), 3, nullptr, a.data(), isa);
+    int4_gemm_f32(w.view(), x.data(), 3, nullptr, b.data(), isa);
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << isa_name(isa);
   }
 }
 

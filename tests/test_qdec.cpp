@@ -325,8 +325,13 @@ TEST(QdecPacked, KZeroIsThePlainIntegerModelAndIntegerMatchesSimulation) {
     }
     EXPECT_GT(moved, 1e-6 * norm) << preset;  // the compensation does something
     const bool a16 = std::string(preset) == "w4a16-rtn";
-    // A16: fp32 summation order only (the W4A16 kernel's FMA lanes, and the INT8 classifier's
-    // lanes against the simulation's product): 1.03e-5 measured with both, so 2e-5.
-    EXPECT_LT(std::sqrt(dis / norm), a16 ? 2e-5 : 0.05) << preset;
+    // A16: the same 16-bit activation codes (quarot/act16.hpp) and fp32 summation order; fp32
+    // activations measured 1.03e-5 (so 2e-5 then). With codes an input 1e-7 off flips a code by one
+    // step (max |x| / 32767), which this chaotic model amplifies: measured 2026-12-01 integer vs
+    // simulation 7.1e-5 at k = 0 and 4.8e-4 at k = 64, and the simulation against itself with
+    // every linear input scaled by 1 + 1e-7..1e-6: 1.4e-4..2.7e-4 (fp32 activations: 4.3e-6..5.8e-6).
+    // So 2e-3; that both round alike is checked exactly per kernel (Int4GemmA16) and per packed
+    // model (Packed.W4A16IntegerModelMatchesTheSimulation).
+    EXPECT_LT(std::sqrt(dis / norm), a16 ? 2e-3 : 0.05) << preset;
   }
 }

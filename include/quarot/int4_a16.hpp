@@ -1,11 +1,13 @@
 #pragma once
-// W4A16 with 16-bit integer activations (src/ops/int4_a16.cpp): an opt-in alternative to
-// int4_gemm_f32 (quarot/int4.hpp) for prefill, issue 19 item 3. fp32 FMA peaks at half the
-// rate of vpdpwssd (16-bit pairs into int32) on this CPU, so the fp32 path cannot reach ggml
-// Q4_0's int8 speed; this path trades the fp32 products for exact integer sums of 16-bit codes.
+// W4A16 with 16-bit integer activations (src/ops/int4_a16.cpp), issue 19 item 3: the packed
+// runtime's W4A16 path for files whose recipe says so (ActQuantOptions::a16_group; older files run
+// int4_gemm_f32, quarot/int4.hpp). fp32 FMA peaks at half the rate of vpdpwssd (16-bit pairs into
+// int32) on this CPU, so the fp32 path cannot reach ggml Q4_0's int8 speed; this path trades the
+// fp32 products for exact integer sums of 16-bit codes.
 //
-// Each token's activations are quantized per weight group: s_x[t][g] = max |x| / 32767 over the
-// group's columns, q = nearbyint(x / s_x) in -32767..32767 (an all-zero group has s_x = 0, q = 0)
+// Each token's activations are quantized per weight group by quarot/act16.hpp (the rule the
+// simulation rounds with too): s_x[t][g] = max |x| / 32767 over the group's columns,
+// q = nearbyint(x * (32767 / max |x|)) in -32767..32767 (an all-zero group has s_x = 0, q = 0)
 // -- 15 bits plus sign, against bf16's 8. Then, per output, in one fixed order on every path:
 // 16 int32 lanes, lane j summing (u - z) * q over the columns 64b + 2j, 64b + 2j + 1,
 // 64b + 32 + 2j, 64b + 33 + 2j of every block b of a span (a group, or at most 1024 blocks of a
@@ -13,8 +15,8 @@
 // accumulator += float(lane) * (s_w[o][g] * s_x[t][g]) with one FMA; then the 16 fp32 lanes added
 // pairwise (i + (i + 8), + 4, + 2, + 1) and the bias. So the AVX-512 path equals the scalar
 // reference bit for bit, whatever the number of threads or tokens in the call. Non-finite
-// activations fall back to int4_gemm_f32 for the whole call. The error against int4_gemm_f32 is
-// the activations' rounding: |dy| <= sum_g s_x[t][g] / 2 * sum_{i in g} |w[o][i]| plus fp32 rounding.
+// activations (a NaN or an infinity anywhere) fall back to int4_gemm_f32 for the whole call. The
+// error against int4_gemm_f32 is the activations' rounding: |dy| <= sum_g s_x[t][g] / 2 * sum_{i in g} |w[o][i]| plus fp32 rounding.
 #include "quarot/int4.hpp"
 
 namespace quarot {

@@ -122,6 +122,11 @@ struct ActQuantOptions {
   int k_bits = 16, v_bits = 16;
   double kv_clip = 1.0;  // QuaRot: 0.95
   bool kv_asym = true;   // per head, asymmetric (QuaRot)
+  // a_bits 16 only: >= 0 rounds the linears' inputs per token to 16-bit codes in groups of this
+  // many columns (the weights' group: 0, the whole row), as a packed W4A16 model's integer path
+  // runs them (int4_gemm_a16_int16; the rule: quarot/act16.hpp). -1: fp32 inputs (a recipe that
+  // is not packed, and packed files written before 2026-12-01, run with int4_gemm_f32).
+  int a16_group = -1;
   // Per decoder layer (empty: every layer as above; else one entry per layer, which then
   // replaces k_bits, v_bits, a_clip and kv_clip for that layer, and a_bits when its a_bits is set).
   std::vector<LayerActQuant> layers;

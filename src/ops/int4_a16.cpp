@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "quarot/act16.hpp"
 #include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/error.hpp"
 #include "quarot/int4.hpp"
@@ -95,7 +96,9 @@ __attribute__((target("avx512f"))) inline float total_avx512(__m512 f) {
 // The 16 totals of a 4 x 4 tile at once, each the same pairwise tree as lanes_total (lane i +
 // lane i + 8, + 4, + 2, + 1), four accumulators per add: at width 64 the one-by-one totals cost
 // as much as the products.
-__attribute__((target("avx512f"))) inline void store_4x4_avx512(const A16& c, int64_t o0, int t0, const __m512 (&acc)[4][4]) {
+// (Also the int16 kernel's, whose context has the same y, bias and w.)
+template <class Context>
+__attribute__((target("avx512f"))) inline void store_4x4_avx512(const Context& c, int64_t o0, int t0, const __m512 (&acc)[4][4]) {
   const __m512* v = &acc[0][0];  // v[4 r + t]
   __m512 u[8], w[4], z[2];
   for (int m = 0; m < 8; ++m)  // lanes 0-7: v[2m]'s i + (i + 8); lanes 8-15: v[2m + 1]'s
@@ -370,8 +373,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_i16_av
           lanes[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][t]), _mm512_set1_ps(c.factor(o0 + r, t0 + t, g)), lanes[r][t]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total_avx512(lanes[r][t]));
+  if constexpr (R == 4 && T == 4)  // the same pairwise totals, 16 at once (small widths: as costly as the products)
+    store_4x4_avx512(c, o0, t0, lanes);
+  else
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total_avx512(lanes[r][t]));
 }
 
 // 4 x 4: 16 int32 accumulators, 4 code vectors, 4 weight vectors, 4 zero points and one token's
@@ -422,16 +428,16 @@ void int4_gemm_a16_int16(const Int4Weights& w, const float* x, int rows, const f
   sx.assign(std::size_t(int64_t(rows) * G), 0.f);
   for (int t = 0; t < rows; ++t)
     for (int64_t g = 0; g < G; ++g) {
+      // The codes of quarot/act16.hpp (the simulation's rounding too).
       const float* xg = x + int64_t(t) * w.cols + g * gcols;
       const int64_t n = std::min(gcols, w.cols - g * gcols);
-      float m = 0.f;
-      for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(xg[i]));
+      const float m = act16_max_abs(xg, n);
       if (!std::isfinite(m)) return int4_gemm_f32(w, x, rows, bias, y, isa);
       if (m == 0.f) continue;
-      const float inv = 32767.f / m;
-      sx[std::size_t(int64_t(t) * G + g)] = m / 32767.f;
+      const float inv = act16_inverse_scale(m);
+      sx[std::size_t(int64_t(t) * G + g)] = act16_scale(m);
       int16_t* q = xq.data() + int64_t(t) * K + g * gcols;
-      for (int64_t i = 0; i < n; ++i) q[i] = int16_t(std::clamp(std::nearbyint(xg[i] * inv), -32767.f, 32767.f));
+      for (int64_t i = 0; i < n; ++i) q[i] = act16_code(xg[i], inv);
     }
   const I16 c{w, xq.data(), sx.data(), rows, bias, y, K, G, w.blocks_per_group(), K / kInt4Block, K / 2};
   const bool avx512 = isa == Isa::Avx512Vnni;

@@ -162,6 +162,9 @@ std::string recipe_json(const PackRecipe& r) {
               {"kv_clip", r.act.kv_clip},
               {"kv_asymmetric", r.act.kv_asym},
               {"classifier_bits", r.classifier_bits}};
+  // W4A16 run with 16-bit activation codes per weight group (act.a16_group == w_group): only when
+  // set, so files without it (fp32 activations, int4_gemm_f32) read and write as before.
+  if (r.act.a16_group >= 0) j["a16_codes"] = true;
   // Per-layer KV bits and clips (the precision planner's): only when set, so files without them
   // read and write as before.
   if (!r.act.layers.empty()) {
@@ -191,6 +194,9 @@ PackRecipe make_pack_recipe(const QuantConfig& c) {
   r.w_group = w.group_size;
   r.clip_search = w.clip_search;
   r.act = c.act;
+  if (r.act.a16_group >= 0 && r.act.a16_group != w.group_size)  // the kernel rounds per the weights' own groups
+    throw Error("--w-group", "16-bit activation codes per " + std::to_string(r.act.a16_group) + " columns against weight groups of " +
+                                 std::to_string(w.group_size));
   r.classifier_bits = c.classifier_bits;
   return r;
 }
@@ -257,6 +263,10 @@ PackRecipe parse_recipe_json(const std::string& text, const std::string& source)
   r.act.kv_clip = clip("kv_clip", "kv-clip");
   r.act.kv_asym = boolean("kv_asymmetric");
   r.classifier_bits = integer("classifier_bits", "classifier-bits");
+  if (j.contains("a16_codes") && boolean("a16_codes")) {  // optional: files before 2026-12-01 ran W4A16 on fp32 activations
+    if (r.act.a_bits < 16) throw bad("a16_codes", "is for 16-bit activations, got a_bits " + std::to_string(r.act.a_bits));
+    r.act.a16_group = r.w_group;
+  }
   if (j.contains("layers")) {  // optional: files before per-layer settings have none
     const json& ls = j.at("layers");
     if (!ls.is_array() || ls.empty()) throw bad("layers", "must be a non-empty array, got " + ls.dump().substr(0, 80));

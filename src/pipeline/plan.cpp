@@ -188,6 +188,12 @@ Plan make_plan(const PlanOptions& a) {
     cfg.classifier_bits = a.classifier_bits;
   else if (!a.output.empty() && !is_gguf_path(a.output))
     cfg.classifier_bits = 8;  // a packed file's INT8 embedding/classifier tables (docs/format.md)
+  // A W4A16 recipe the packed format can hold runs its activations as 16-bit codes per weight
+  // group (int4_gemm_a16_int16), and its fake-quant forward simulates that; not a GGUF's
+  // (llama.cpp quantizes activations its own way).
+  if (cfg.act.a_bits >= 16 && cfg.method != WeightMethod::None && wq.grid.bits <= 4 && wq.group_size % kInt4Block == 0 &&
+      p.gguf_preset.empty() && !is_gguf_path(a.output))
+    cfg.act.a16_group = wq.group_size;
   if (a.no_rotate) cfg.rotate = false;
   cfg.rotation.r1_kind = a.rotation == "random" ? R1Kind::Random : R1Kind::Hadamard;
   cfg.rotation.seed = a.seed;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "quarot/act16.hpp"
 #include "quarot/detail/eigen.hpp"
 #include "quarot/error.hpp"
 #include "quarot/options.hpp"
@@ -133,6 +134,9 @@ void check_act_options(const ActQuantOptions& o) {
   check_option_value("a-clip", o.a_clip);
   check_option_value("kv-clip", o.kv_clip);
   check_option_value("a-group", o.a_group);
+  if (o.a16_group < -1 || (o.a16_group >= 0 && o.a_bits < 16))
+    throw Error("a16_group", "16-bit activation codes are for 16-bit activations (a_bits " + std::to_string(o.a_bits) + "), group " +
+                                 std::to_string(o.a16_group));
   // The planner's per-layer values obey the rows of the options they refine.
   for (std::size_t l = 0; l < o.layers.size(); ++l) {
     const auto& x = o.layers[l];
@@ -208,7 +212,10 @@ ForwardHook<T> act_quant_hook(const ActQuantOptions& o, int head_dim, ForwardHoo
       case HookPoint::OProjInput:
       case HookPoint::GateUpInput:
       case HookPoint::DownProjInput:
-        if (l.a_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, o.a_group, Grid{l.a_bits, true}, l.a_clip);
+        if (l.a_bits < 16)
+          fake_quant_rows(v.data, v.rows, v.cols, o.a_group, Grid{l.a_bits, true}, l.a_clip);
+        else if (o.a16_group >= 0)
+          act16_fake_quant_rows(v.data, v.rows, v.cols, o.a16_group);
         break;
       case HookPoint::KeyAfterRope:
         if (l.k_bits < 16) fake_quant_rows(v.data, v.rows, v.cols, head_dim, Grid{l.k_bits, !o.kv_asym}, l.k_clip);

@@ -90,7 +90,7 @@ std::vector<std::vector<int>> read_calibration(const std::string& path, const To
 
 template <class T>
 ForwardHook<T> quantized_model_hook(const OnlineTransforms& online, const ActQuantOptions& act, int head_dim) {
-  ForwardHook<T> quant = act.any() ? act_quant_hook<T>(act, head_dim) : ForwardHook<T>{};
+  ForwardHook<T> quant = act.any() || act.a16_group >= 0 ? act_quant_hook<T>(act, head_dim) : ForwardHook<T>{};
   if (online.empty()) return quant;
   return online_hook<T>(online, quant);
 }

@@ -4,6 +4,7 @@
 
 #include "quarot/error.hpp"
 #include "quarot/int4.hpp"
+#include "quarot/int4_a16.hpp"
 #include "quarot/int8_gemv.hpp"
 #include "quarot/kv_kernels.hpp"
 #include "quarot/qdec_kernels.hpp"
@@ -100,7 +101,13 @@ class IntegerBackend : public LinearBackend {
     const auto& a = m_.recipe().act;
     const LayerActQuant la = a.layer(layer);  // the layer's activation bits (4 or 8 with the planner's), else the model's
     if (la.a_bits >= 16) {
-      int4_gemm_f32(w, in, n, nullptr, out);
+      // W4A16: 16-bit activation codes per weight group where the recipe says so (every M: the
+      // simulation rounds every token, and int16 is no slower at decode; bench/RESULTS.md), else
+      // (files before 2026-12-01) fp32 activations.
+      if (a.a16_group >= 0)
+        int4_gemm_a16_int16(w, in, n, nullptr, out, isa_);
+      else
+        int4_gemm_f32(w, in, n, nullptr, out, isa_);
       compensate(layer, m, in, n, cols, out, same_input);
       return;
     }

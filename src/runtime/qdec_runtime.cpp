@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "quarot/act16.hpp"
 #include "quarot/detail/fixed_chunks.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
@@ -41,6 +42,12 @@ class QdecSimulationBackend : public LinearBackend {
         fake_quant_rows(xq_.data(), n, cols, act_.a_group, Grid{la.a_bits, true}, la.a_clip);
       }
       x = xq_.data();
+    } else if (act_.a16_group >= 0) {  // W4A16's 16-bit codes per weight group (quarot/act16.hpp)
+      if (first) {
+        xq_.assign(in, in + std::size_t(n) * std::size_t(cols));
+        xq_rounded_ = act16_fake_quant_rows(xq_.data(), n, cols, act_.a16_group);
+      }
+      if (xq_rounded_) x = xq_.data();
     }
     const Matrix& w = m_.layers[std::size_t(layer)].*linear_member(m);
     Eigen::Map<Mat> y(out, n, rows);
@@ -69,6 +76,7 @@ class QdecSimulationBackend : public LinearBackend {
   ActQuantOptions act_;
   int kv_ = 0;
   std::vector<float> xq_;
+  bool xq_rounded_ = false;  // W4A16: false for an input with a non-finite group (left fp32, as the kernel does)
   std::vector<int> sel_;
   std::vector<std::vector<float>> k_cache_, v_cache_;
 };
@@ -85,6 +93,7 @@ Transformer<float> qdec_simulation_model(const ModelWeights& quantized, const Qd
   ActQuantOptions kv_only = act;
   kv_only.a_bits = 16;  // the backend quantizes the linears' inputs (after selecting on them)
   for (auto& l : kv_only.layers) l.a_bits = 16;
+  kv_only.a16_group = -1;
   Transformer<float> t(quantized, max_context, make_qdec_simulation_backend(quantized, store, k, act));
   if (auto hook = quantized_model_hook<float>(online, kv_only, quantized.config.head_dim)) t.set_hook(hook);
   return t;
