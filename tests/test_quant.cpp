@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "quarot/detail/gptq_factor.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quant.hpp"
@@ -210,6 +211,30 @@ TEST(Rtn, ClipSearchChoosesExactlyWhatTheFullSearchChooses) {
         }
       }
   EXPECT_GT(checked, 1000);
+}
+
+// Linears that share an input share the Hessian's factor: the very result of the per-linear call.
+TEST(Gptq, SharedHessianFactorGivesTheSameResult) {
+  const int cols = 64, n = 256;
+  const auto x = gaussian(std::size_t(n) * cols, 21);
+  const auto h = hessian_of(x, n, cols);
+  GptqOptions o;
+  o.weights = {{4, true}, 16, true};
+  o.act_order = true;
+  const detail::GptqHessianFactor f = detail::gptq_factor(h, cols, o);
+  for (const int rows : {8, 24}) {
+    const auto w = gaussian(std::size_t(rows) * cols, uint64_t(rows));
+    const auto alone = gptq_quantize(w.data(), rows, cols, h, o);
+    const auto shared = detail::gptq_quantize(w.data(), rows, cols, f, o);
+    EXPECT_EQ(alone.q.codes, shared.q.codes);
+    EXPECT_EQ(alone.q.dequantized, shared.q.dequantized);
+    EXPECT_EQ(alone.loss, shared.loss);
+    EXPECT_EQ(alone.damp_used, shared.damp_used);
+  }
+  GptqOptions other = o;
+  other.act_order = false;
+  const auto w = gaussian(std::size_t(8) * cols, 5);
+  EXPECT_THROW(detail::gptq_quantize(w.data(), 8, cols, f, other), Error);
 }
 
 TEST(Gptq, IdentityHessianEqualsRtn) {
