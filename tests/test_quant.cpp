@@ -1,8 +1,11 @@
 // Quantizers: exact grids, round half to even, error bounds, the clip search, GPTQ.
+#include "quarot/detail/eigen.hpp"  // first: its diagnostics pragma must precede Eigen
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
+#include "quarot/detail/gptq_factor.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quant.hpp"
@@ -119,6 +122,119 @@ TEST(Rtn, BadOptionsAreRefused) {
   EXPECT_THROW(check_act_options(act(3, 1.5)), Error);
   EXPECT_THROW(check_act_options(act(17, 0.9)), Error);  // was taken as "none"
   EXPECT_NO_THROW(check_act_options(act(16, 0.9)));
+}
+
+namespace {
+// The clip search as it was before early abandon (c3f06ba): each of the 80 candidates scored by
+// one full vectorized pass, the first strictly smallest float sum kept, then checked against
+// no clipping with the exact pow. quantize_rtn must choose exactly what this chooses.
+QParams range_params(double lo, double hi, const Grid& g) {
+  QParams p;
+  if (g.symmetric) {
+    const double m = std::max(std::fabs(lo), std::fabs(hi));
+    p.scale = m > 0 ? double(float(m / g.qmax())) : 1.0;
+    if (p.scale == 0) p.scale = 1.0;
+    return p;
+  }
+  lo = std::min(lo, 0.0);
+  hi = std::max(hi, 0.0);
+  if (hi == lo) return p;
+  p.scale = double(float((hi - lo) / g.qmax()));
+  if (p.scale == 0) return QParams{};
+  p.zero = int(std::nearbyint(-lo / p.scale));
+  return p;
+}
+
+QParams full_pass_clip_search(const float* v, int n, const Grid& g) {
+  double lo = v[0], hi = v[0];
+  for (int i = 0; i < n; ++i) {
+    lo = std::min(lo, double(v[i]));
+    hi = std::max(hi, double(v[i]));
+  }
+  const QParams full = range_params(lo, hi, g);
+  QParams best = full;
+  float best_err = INFINITY;
+  const Eigen::ArrayXd xd = Eigen::Map<const Eigen::ArrayXf>(v, n).cast<double>();
+  Eigen::ArrayXf err(n);
+  for (int i = 0; i < 80; ++i) {
+    const double p = 1.0 - i / 100.0;
+    const QParams c = range_params(p * lo, p * hi, g);
+    err = ((((xd / c.scale).rint() + double(c.zero)).max(double(g.qmin())).min(double(g.qmax())) - double(c.zero)) * c.scale - xd)
+              .cast<float>();
+    const float e = ((err.abs().log()) * 2.4f).exp().sum();
+    if (e < best_err) {
+      best_err = e;
+      best = c;
+    }
+  }
+  auto exact = [&](const QParams& c) {
+    double s = 0;
+    for (int i = 0; i < n; ++i) s += std::pow(std::fabs(fake_quant(v[i], c, g) - v[i]), 2.4);
+    return s;
+  };
+  if (best.scale != full.scale && exact(best) > exact(full)) best = full;
+  return best;
+}
+}  // namespace
+
+// Early abandon and the candidate order change how much is computed, never what is chosen:
+// every group's parameters equal the full 80-pass search's, over shapes (group sizes that are
+// and are not multiples of the SIMD width and of the abandon block), grids and data with many
+// exact ties (integer-valued and constant rows, zeros, one outlier).
+TEST(Rtn, ClipSearchChoosesExactlyWhatTheFullSearchChooses) {
+  quarot::detail::Rng rng(11);
+  int checked = 0;
+  for (const int cols : {1, 7, 16, 100, 128, 300, 1024})
+    for (const int kind : {0, 1, 2, 3})
+      for (const Grid g : {Grid{4, true}, Grid{4, false}, Grid{3, true}, Grid{8, false}}) {
+        const int rows = 12;
+        std::vector<float> w(std::size_t(rows) * cols);
+        for (int r = 0; r < rows; ++r)
+          for (int c = 0; c < cols; ++c) {
+            float v = float(rng.gaussian());
+            if (kind == 1) v = std::round(v * 3.f);        // integer-valued: equal error sums are common
+            if (kind == 2) v = r % 3 == 0 ? 0.f : 0.25f;   // zero and constant rows
+            if (kind == 3 && c == (r * 5) % cols) v *= 30.f;  // an outlier per row
+            w[std::size_t(r) * cols + c] = kind == 3 ? v * 0.02f : v;
+          }
+        for (const int group : {0, cols % 4 == 0 ? cols / 4 : 0}) {
+          const auto q = quantize_rtn(w.data(), rows, cols, WeightQuantOptions{g, group, true});
+          const int gs = group ? group : cols;
+          for (int r = 0; r < rows; ++r)
+            for (int g0 = 0; g0 < cols; g0 += gs) {
+              const QParams want = full_pass_clip_search(w.data() + std::size_t(r) * cols + g0, gs, g);
+              const QParams& got = q.params[std::size_t(r) * (cols / gs) + g0 / gs];
+              ASSERT_EQ(got.scale, want.scale) << "cols " << cols << " kind " << kind << " bits " << g.bits << " row " << r;
+              ASSERT_EQ(got.zero, want.zero) << "cols " << cols << " kind " << kind << " bits " << g.bits << " row " << r;
+              ++checked;
+            }
+        }
+      }
+  EXPECT_GT(checked, 1000);
+}
+
+// Linears that share an input share the Hessian's factor: the very result of the per-linear call.
+TEST(Gptq, SharedHessianFactorGivesTheSameResult) {
+  const int cols = 64, n = 256;
+  const auto x = gaussian(std::size_t(n) * cols, 21);
+  const auto h = hessian_of(x, n, cols);
+  GptqOptions o;
+  o.weights = {{4, true}, 16, true};
+  o.act_order = true;
+  const detail::GptqHessianFactor f = detail::gptq_factor(h, cols, o);
+  for (const int rows : {8, 24}) {
+    const auto w = gaussian(std::size_t(rows) * cols, uint64_t(rows));
+    const auto alone = gptq_quantize(w.data(), rows, cols, h, o);
+    const auto shared = detail::gptq_quantize(w.data(), rows, cols, f, o);
+    EXPECT_EQ(alone.q.codes, shared.q.codes);
+    EXPECT_EQ(alone.q.dequantized, shared.q.dequantized);
+    EXPECT_EQ(alone.loss, shared.loss);
+    EXPECT_EQ(alone.damp_used, shared.damp_used);
+  }
+  GptqOptions other = o;
+  other.act_order = false;
+  const auto w = gaussian(std::size_t(8) * cols, 5);
+  EXPECT_THROW(detail::gptq_quantize(w.data(), 8, cols, f, other), Error);
 }
 
 TEST(Gptq, IdentityHessianEqualsRtn) {

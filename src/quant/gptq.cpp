@@ -8,6 +8,7 @@
 #include <numeric>
 #include <utility>
 #include "quarot/detail/fixed_chunks.hpp"
+#include "quarot/detail/gptq_factor.hpp"
 #include "quarot/detail/linalg.hpp"
 #include "quarot/error.hpp"
 #include "quarot/quant.hpp"
@@ -26,53 +27,34 @@ QParams params_for(const MatCM& w, int64_t row, int64_t c0, int64_t n, const Wei
 }
 }  // namespace
 
-namespace {
-// GPTQ proper; `round` (optional) replaces o.weights' grid by a grid fixed per weight beforehand.
-GptqResult gptq_core(const float* w_in, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o,
-                     const GridRounder* round) {
-  const auto t0 = std::chrono::steady_clock::now();
-  if (!round) check_weight_options(o.weights, cols, "gptq");
-  if (int64_t(hessian.size()) != cols * cols) throw Error("gptq", "Hessian size does not match the input width");
-  GptqResult res;
-  const Grid& g = o.weights.grid;
-  const int64_t gs = !round && o.weights.group_size ? o.weights.group_size : cols;
+using detail::GptqHessianFactor;
 
-  MatCM W(rows, cols);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) W(r, c) = w_in[r * cols + c];
+namespace {
+// The Hessian's part (see GptqHessianFactor).
+GptqHessianFactor make_factor(std::vector<double> hessian, int64_t cols, const GptqOptions& o) {
+  if (int64_t(hessian.size()) != cols * cols) throw Error("gptq", "Hessian size does not match the input width");
+  GptqHessianFactor f;
+  f.cols = cols;
+  f.act_order = o.act_order;
+  f.damp = o.damp;
   MatRM H = Eigen::Map<MatRM>(hessian.data(), cols, cols);
   std::vector<double>().swap(hessian);  // 1 GB at width 11008
-
+  f.dead.assign(std::size_t(cols), 0);
   for (int64_t i = 0; i < cols; ++i)
     if (H(i, i) == 0) {  // a dead input: nothing to compensate with
       H(i, i) = 1;
-      W.col(i).setZero();
-      ++res.dead_inputs;
+      f.dead[std::size_t(i)] = 1;
+      ++f.dead_inputs;
     }
-
-  // Static groups: parameters from the original weights, in the original column order.
-  std::vector<QParams> static_params;
-  const int64_t n_groups = cols / gs;
-  if (!round && o.weights.group_size && o.static_groups) {
-    static_params.resize(std::size_t(rows * n_groups));
-#pragma omp parallel for schedule(dynamic, 16) if (rows >= 64)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t gi = 0; gi < n_groups; ++gi) static_params[std::size_t(r * n_groups + gi)] = params_for(W, r, gi * gs, gs, o.weights);
-  }
-
-  std::vector<int64_t> perm(static_cast<std::size_t>(cols));
-  std::iota(perm.begin(), perm.end(), 0);
+  f.perm.resize(static_cast<std::size_t>(cols));
+  std::iota(f.perm.begin(), f.perm.end(), 0);
   if (o.act_order) {
-    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
-    MatCM Wp(rows, cols);
+    std::stable_sort(f.perm.begin(), f.perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
     MatRM Hp(cols, cols);
-    for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
     for (int64_t i = 0; i < cols; ++i)
-      for (int64_t j = 0; j < cols; ++j) Hp(i, j) = H(perm[i], perm[j]);
-    W.swap(Wp);
+      for (int64_t j = 0; j < cols; ++j) Hp(i, j) = H(f.perm[std::size_t(i)], f.perm[std::size_t(j)]);
     H.swap(Hp);
   }
-
   // Damped inverse Hessian, as the upper Cholesky factor.
   const double mean_diag = H.diagonal().mean();
   MatRM Hinv;
@@ -86,7 +68,49 @@ GptqResult gptq_core(const float* w_in, int64_t rows, int64_t cols, std::vector<
                               " (calibration data too small or degenerate?)");
     damp *= 10;
   }
-  res.damp_used = damp;
+  f.damp_used = damp;
+  MatRM().swap(H);  // before the copy: two width-11008 matrices at a time, not three
+  f.hinv_u.assign(Hinv.data(), Hinv.data() + Hinv.size());
+  return f;
+}
+
+// GPTQ proper; `round` (optional) replaces o.weights' grid by a grid fixed per weight beforehand.
+GptqResult gptq_core(const float* w_in, int64_t rows, int64_t cols, const GptqHessianFactor& f, const GptqOptions& o,
+                     const GridRounder* round) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!round) check_weight_options(o.weights, cols, "gptq");
+  if (f.cols != cols || int64_t(f.hinv_u.size()) != cols * cols)
+    throw Error("gptq", "Hessian size does not match the input width");
+  if (f.act_order != o.act_order || f.damp != o.damp) throw Error("gptq", "the Hessian factor was made for other options");
+  GptqResult res;
+  const Grid& g = o.weights.grid;
+  const int64_t gs = !round && o.weights.group_size ? o.weights.group_size : cols;
+  const std::vector<int64_t>& perm = f.perm;
+  const Eigen::Map<const MatRM> Hinv(f.hinv_u.data(), cols, cols);
+  res.dead_inputs = f.dead_inputs;
+  res.damp_used = f.damp_used;
+
+  MatCM W(rows, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) W(r, c) = w_in[r * cols + c];
+  for (int64_t i = 0; i < cols; ++i)
+    if (f.dead[std::size_t(i)]) W.col(i).setZero();
+
+  // Static groups: parameters from the original weights, in the original column order.
+  std::vector<QParams> static_params;
+  const int64_t n_groups = cols / gs;
+  if (!round && o.weights.group_size && o.static_groups) {
+    static_params.resize(std::size_t(rows * n_groups));
+#pragma omp parallel for schedule(dynamic, 16) if (rows >= 64)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t gi = 0; gi < n_groups; ++gi) static_params[std::size_t(r * n_groups + gi)] = params_for(W, r, gi * gs, gs, o.weights);
+  }
+
+  if (o.act_order) {
+    MatCM Wp(rows, cols);
+    for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[std::size_t(j)]);
+    W.swap(Wp);
+  }
 
   // Per-row parameters without groups: from the whole (permuted) row, before any update.
   std::vector<QParams> row_params;
@@ -172,14 +196,38 @@ GptqResult gptq_core(const float* w_in, int64_t rows, int64_t cols, std::vector<
 }
 }  // namespace
 
+namespace detail {
+GptqHessianFactor gptq_factor(std::vector<double> hessian, int64_t cols, const GptqOptions& o) {
+  return make_factor(std::move(hessian), cols, o);
+}
+
+GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, const GptqHessianFactor& f, const GptqOptions& o) {
+  return gptq_core(w, rows, cols, f, o, nullptr);
+}
+
+GptqResult gptq_quantize_onto(const float* w, int64_t rows, int64_t cols, const GptqHessianFactor& f, const GptqOptions& o,
+                              const GridRounder& round) {
+  if (!round) throw Error("gptq", "no grid to quantize onto");
+  return gptq_core(w, rows, cols, f, o, &round);
+}
+}  // namespace detail
+
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o) {
-  return gptq_core(w, rows, cols, std::move(hessian), o, nullptr);
+  const auto t0 = std::chrono::steady_clock::now();
+  if (int64_t(hessian.size()) != cols * cols) throw Error("gptq", "Hessian size does not match the input width");
+  check_weight_options(o.weights, cols, "gptq");
+  GptqResult r = gptq_core(w, rows, cols, make_factor(std::move(hessian), cols, o), o, nullptr);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
 }
 
 GptqResult gptq_quantize_onto(const float* w, int64_t rows, int64_t cols, std::vector<double> hessian, const GptqOptions& o,
                               const GridRounder& round) {
   if (!round) throw Error("gptq", "no grid to quantize onto");
-  return gptq_core(w, rows, cols, std::move(hessian), o, &round);
+  const auto t0 = std::chrono::steady_clock::now();
+  GptqResult r = gptq_core(w, rows, cols, make_factor(std::move(hessian), cols, o), o, &round);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
 }
 
 QuantizedMatrix quantize_onto(const float* w, int64_t rows, int64_t cols, const GridRounder& round) {

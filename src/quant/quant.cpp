@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <span>
+#include <utility>
+#include <vector>
 
 #include "quarot/act16.hpp"
 #include "quarot/detail/eigen.hpp"
@@ -39,32 +42,118 @@ double exact_clip_error(std::span<const float> x, const QParams& c, const Grid& 
   return err;
 }
 
-// Best shrink of [lo, hi] for the values x (the reference's "mse" search: norm 2.4, grid 100,
-// max shrink 0.8). The 80 candidates are scored with Eigen's vectorized log/exp (|e|^2.4 =
-// exp(2.4 log|e|); libm's pow was 70% of GPTQ's time); the winner is then checked against no
-// clipping with the exact pow, so the search is never worse than no clip.
+// The shrinks tried: p = 1 - i/100 for i < kClipCandidates (the reference's "mse" search: norm
+// 2.4, grid 100, max shrink 0.8).
+constexpr int kClipCandidates = 80;
+
+// Per-thread scratch of the clip search (a 7B has ~4M groups of 128: no allocation per group),
+// and the winner of this thread's previous search, where the next search starts (neighbouring
+// rows and groups of one matrix mostly choose the same shrink).
+struct ClipScratch {
+  Eigen::ArrayXd xd;     // the values
+  Eigen::ArrayXf err;    // one candidate's fake-quant errors
+  Eigen::ArrayXf terms;  // and its terms |err|^2.4, at the values' positions
+  std::vector<std::pair<float, Eigen::Index>> blocks;  // (largest |x|, start), largest first
+  int hint = 8;
+};
+
+// Candidate c's error terms |q(x) - x|^2.4 over x[k, k + m), stored at their positions in
+// s.terms, and their float sum: fake_quant vectorized with the very operations of quantize_code
+// and dequantize_code (division, rint = nearbyint in the default rounding mode, clamp, the
+// integer-valued difference times the scale: the same bits as the scalar loop), |e|^2.4 =
+// exp(2.4 log|e|) with Eigen's vectorized log/exp (libm's pow was 70% of GPTQ's time).
+float clip_error_terms(ClipScratch& s, Eigen::Index k, Eigen::Index m, const QParams& c, const Grid& g) {
+  const auto xs = s.xd.segment(k, m);
+  auto e = s.err.segment(k, m);
+  e = ((((xs / c.scale).rint() + double(c.zero)).max(double(g.qmin())).min(double(g.qmax())) - double(c.zero)) * c.scale - xs)
+          .cast<float>();
+  auto t = s.terms.segment(k, m);
+  t = ((e.abs().log()) * 2.4f).exp();
+  return t.sum();
+}
+
+// Best shrink of [lo, hi] for the values x: the candidate with the least float error sum (the
+// sum of the whole row's terms by Eigen's reduction), the lowest i among equal sums (a
+// candidate replaces the best only when strictly smaller, in the order i = 0, 1, ...), then
+// checked against no clipping with the exact pow, so the search is never worse than no clip.
+//
+// Early abandon, with the very same winner: candidates are scored nearest-the-hint first, each
+// block by block (~n/8 values, whole SIMD vectors), the blocks holding the largest values first
+// (clipping error sits in a few large values: a candidate that clips too much is dropped after
+// one block), and the partial sum is checked against the best so far. A partial sum of
+// nonnegative terms bounds the full one from below up to rounding: summed in any order, the
+// float sum of n nonnegative terms is within a factor (1 +- gamma_n), gamma_n <= 1.01 n u for
+// n u <= 0.01 (u = 2^-24), of the exact sum. So a candidate whose partial sum (float per block,
+// double across blocks) exceeds best * (1 + 4 n u + 1e-5) has a full float sum, in whatever
+// order Eigen's reduction adds it, strictly above the best: it can neither win nor tie. A
+// candidate that is never abandoned has all its terms stored, and their sum is taken by the
+// very reduction the plain 80-pass search ran over the same terms (tests/test_quant.cpp
+// checks the choices against that search; the bench too).
 QParams clip_searched(std::span<const float> x, double lo, double hi, const Grid& g) {
+  thread_local ClipScratch s;
   const QParams full = params_from_range(lo, hi, g);
+  const Eigen::Index n = Eigen::Index(x.size());
+  if (s.xd.size() < n) {
+    s.xd.resize(n);
+    s.err.resize(n);
+    s.terms.resize(n);
+  }
+  s.xd.head(n) = Eigen::Map<const Eigen::ArrayXf>(x.data(), n).cast<double>();
+  const Eigen::Index block = std::clamp<Eigen::Index>(n / 8 / 16 * 16, 16, 256);
+  s.blocks.clear();
+  for (Eigen::Index k = 0; k < n; k += block) {
+    float m = 0;
+    for (Eigen::Index j = k; j < std::min(n, k + block); ++j) m = std::max(m, std::fabs(x[std::size_t(j)]));
+    s.blocks.emplace_back(m, k);
+  }
+  std::stable_sort(s.blocks.begin(), s.blocks.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  const double nu = double(n) * 0x1p-24;
+  const bool can_abandon = nu <= 0.01;
+  const double margin = 1 + 4 * nu + 1e-5;
+  auto candidate = [&](int i) { return params_from_range((1.0 - i / 100.0) * lo, (1.0 - i / 100.0) * hi, g); };
   QParams best = full;
   float best_err = INFINITY;
-  const Eigen::Index n = Eigen::Index(x.size());
-  const Eigen::ArrayXd xd = Eigen::Map<const Eigen::ArrayXf>(x.data(), n).cast<double>();
-  Eigen::ArrayXf err(n);
-  for (int i = 0; i < 80; ++i) {
-    const double p = 1.0 - i / 100.0;
-    const QParams c = params_from_range(p * lo, p * hi, g);
-    // fake_quant over the row, vectorized with the very operations of quantize_code and
-    // dequantize_code (division, rint = nearbyint in the default rounding mode, clamp, the
-    // integer-valued difference times the scale): the same bits as the scalar loop, 80 times a row.
-    err = ((((xd / c.scale).rint() + double(c.zero)).max(double(g.qmin())).min(double(g.qmax())) - double(c.zero)) * c.scale - xd)
-              .cast<float>();
-    const float e = ((err.abs().log()) * 2.4f).exp().sum();
-    if (e < best_err) {
+  int best_i = kClipCandidates;
+  double lower_full = 0;  // a lower bound of candidate 0's (no clip's) error, up to rounding
+  const int h = std::clamp(s.hint, 0, kClipCandidates - 1);
+  for (int step = 0; step < 2 * kClipCandidates; ++step) {
+    // h, h+1, h-1, h+2, h-2, ... within [0, kClipCandidates)
+    const int i = step % 2 ? h + (step + 1) / 2 : h - step / 2;
+    if (i < 0 || i >= kClipCandidates) continue;
+    const QParams c = candidate(i);
+    const bool check = can_abandon && best_err < INFINITY;
+    const double limit = double(best_err) * margin;
+    double partial = 0;
+    bool abandoned = false;
+    for (const auto& [block_max, k] : s.blocks) {
+      partial += double(clip_error_terms(s, k, std::min(block, n - k), c, g));
+      if (check && partial > limit) {
+        abandoned = true;
+        break;
+      }
+    }
+    if (i == 0) lower_full = partial;
+    if (abandoned) continue;
+    const float e = s.terms.head(n).sum();
+    if (i == 0) lower_full = e;
+    if (e < best_err || (e == best_err && best_i < kClipCandidates && i < best_i)) {
       best_err = e;
       best = c;
+      best_i = i;
     }
   }
-  if (best.scale != full.scale && exact_clip_error(x, best, g) > exact_clip_error(x, full, g)) best = full;
+  if (best_i < kClipCandidates) s.hint = best_i;
+  // The check against no clip with libm's pow (2n calls: ~1/5 of the search once candidates
+  // are abandoned) decides only when the two are close: the float terms are within 1e-4 of the
+  // pow terms (float rounding of the error, Eigen's log/exp within a few ulps over the whole
+  // float range; terms below float's range are under 1e-44 each), the sums within the gamma_n
+  // above, so when the winner's float sum is below no clip's lower bound by a margin of 1e-3
+  // the exact check cannot prefer no clip and is skipped.
+  if (best.scale != full.scale) {
+    const bool clearly_better = can_abandon && best_err < INFINITY &&
+                                double(best_err) * (1 + 8 * nu + 1e-3) + 1e-30 < lower_full / (1 + 4 * nu);
+    if (!clearly_better && exact_clip_error(x, best, g) > exact_clip_error(x, full, g)) best = full;
+  }
   return best;
 }
 

@@ -8,6 +8,7 @@
 
 #include "quarot/detail/eigen.hpp"
 #include "quarot/detail/fixed_chunks.hpp"
+#include "quarot/detail/gptq_factor.hpp"
 #include "quarot/detail/rng.hpp"
 #include "quarot/checkpoint.hpp"
 #include "quarot/error.hpp"
@@ -145,6 +146,7 @@ void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg
   for (const auto& g : groups) {
     std::vector<double> h;
     if (cfg.method == WeightMethod::Gptq) h = hessian(g.input, int((L.*linear_member(g.modules[0])).cols));
+    detail::GptqHessianFactor factor;  // made once per group, timed with its first linear
     for (const LinearModule mod : g.modules) {
       const char* name = linear_module_name(mod);
       if (progress) progress(l, n_layers, name);
@@ -156,8 +158,9 @@ void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg
       if (cfg.method == WeightMethod::Rtn) {
         q = grid ? quantize_onto(w.data.data(), w.rows, w.cols, grid) : quantize_rtn(w.data.data(), w.rows, w.cols, cfg.gptq.weights);
       } else {
-        auto r = grid ? gptq_quantize_onto(w.data.data(), w.rows, w.cols, h, cfg.gptq, grid)
-                      : gptq_quantize(w.data.data(), w.rows, w.cols, h, cfg.gptq);
+        if (factor.cols == 0) factor = detail::gptq_factor(std::move(h), w.cols, cfg.gptq);
+        auto r = grid ? detail::gptq_quantize_onto(w.data.data(), w.rows, w.cols, factor, cfg.gptq, grid)
+                      : detail::gptq_quantize(w.data.data(), w.rows, w.cols, factor, cfg.gptq);
         s.gptq_loss = r.loss;
         s.damp_used = r.damp_used;
         s.dead_inputs = r.dead_inputs;
