@@ -4,7 +4,7 @@
 # paper's recipe: KV clip 0.95), W4A4K8V4, per-group activations (--a-group 16: four groups per
 # token of the 64-wide models) and the precision planner at two budgets (--budget-kv-bits 5, 6,
 # with --a-group 16; and with --budget-act-bits 5, 6 on top of --budget-kv-bits 6: W4A8 layers;
-# planned on 2 calibration windows), GPTQ with 32 calibration windows of ctx tokens, evaluated on
+# and --target-kld per model, K, V and activation parts in one order; planned on 2 calibration windows), GPTQ with 32 calibration windows of ctx tokens, evaluated on
 # the first 10 windows (stories260K), 20 (salty260K) or all 32 (aidreams260K): sized for a
 # loaded 2-core machine (NSAMPLES, PLAN_WINDOWS and CHUNKS_<model> override).
 # stories260K / salty260K: stories260K/calib-t1-seed42.ids for calibration, the TinyStories
@@ -33,6 +33,7 @@ configs=(
   "planner, budget 6, A4 per group of 16|--preset w4a4kv4 --budget-kv-bits 6 --a-group 16"
   "planner, KV budget 6 + act budget 5, A4/A8 per group of 16|--preset w4a4kv4 --budget-kv-bits 6 --budget-act-bits 5 --a-group 16"
   "planner, KV budget 6 + act budget 6, A4/A8 per group of 16|--preset w4a4kv4 --budget-kv-bits 6 --budget-act-bits 6 --a-group 16"
+  "planner, target KLD @TARGET@ (K, V and activation parts in one order), A4/A8 per group of 16|--preset w4a4kv4 --target-kld @TARGET@ --a-group 16"
 )
 [ -n "${CONFIGS:-}" ] && mapfile -t configs < <(printf '%s\n' "${configs[@]}" | sed -n "${CONFIGS}p")  # e.g. CONFIGS=1,3
 for model in "${models[@]}"; do
@@ -48,12 +49,16 @@ for model in "${models[@]}"; do
       calib="$tmp/calib.ids"; ids="$tmp/eval.ids" ;;
     *) echo "unknown model $model" >&2; exit 2 ;;
   esac
+  # The target-KLD row's calibration KLD target (TARGET_<model> overrides): about the KLD of the
+  # KV budget 6 + act budget 6 rows, to see how many bits the one sensitivity order needs for it.
+  case "$model" in stories260K) target="${TARGET_stories260K:-0.16}" ;; salty260K) target="${TARGET_salty260K:-0.12}" ;; *) target="${TARGET_aidreams260K:-0.05}" ;; esac
   echo
   echo "### $model (ctx $ctx, chunks $chunks (0: all), GPTQ $nsamples calibration windows, planner on $plan_windows)"
   echo
   echo "| setting | bits/weight | bits/cached elt (codes) | bits/activation (mean over layers) | integer PPL | simulated PPL | integer KLD | K/V(/A) bits per layer (planner) |"
   echo "|---|---|---|---|---|---|---|---|"
   for entry in "${configs[@]}"; do
+    entry="${entry//@TARGET@/$target}"
     name="${entry%%|*}"; flags="${entry#*|}"
     # shellcheck disable=SC2086
     nice -n 19 "$q" "$file" $flags -o "$tmp/m.safetensors" --calib "$calib" --seqlen "$ctx" --nsamples "$nsamples" \
@@ -64,7 +69,8 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 e, s = r["eval"], r["sizes"]
 plan = r.get("precision_plan")
-act_planned = bool(plan and plan.get("budget_act_bits", 0) > 0)
+# Activations planned: an activation budget, or a target from 4-bit activations (their sensitivities measured).
+act_planned = bool(plan and (plan.get("budget_act_bits", 0) > 0 or any(l.get("a_sensitivity", 0) != 0 for l in plan["layers"])))
 layers = " ".join(f"K{l['k_bits']}V{l['v_bits']}" + (f"A{l['a_bits']}" if act_planned else "") for l in plan["layers"]) if plan else ""
 a_bits = plan["act_bits_per_element"] if act_planned else r["config"]["activations"]["bits"]
 print(f"| {sys.argv[2]} | {s['bits_per_weight']:.3f} | {s.get('kv_bits_per_element', 16):.2f} | {a_bits:.2f} | {e['packed']['ppl']:.4f} | "

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <tuple>
 
 #include "quarot/atomic_file.hpp"
 #include "quarot/error.hpp"
@@ -167,13 +168,27 @@ TEST(Planner, UsageRules) {
   EXPECT_NO_THROW(make_plan(o));
   o.a_bits = 8;  // per-layer activations choose between 4 and 8 bits
   EXPECT_THROW(make_plan(o), UsageError);
+  o.budget_act_bits = 0;
+  o.target_kld = 0.1;  // a target from 8-bit activations: K/V alone are planned (no activation part)
+  EXPECT_NO_THROW(make_plan(o));
+  o.budget_act_bits = 6;  // ... but an activation budget there has nothing to choose
+  EXPECT_THROW(make_plan(o), UsageError);
   o.a_bits = 0;
   o.budget_act_bits = 0;
+  o.target_kld = 0;
   o.preset = "w4a16";  // KV not quantized: nothing to plan
+  EXPECT_THROW(make_plan(o), UsageError);
+  o.budget_kv_bits = 0;
+  o.target_kld = 0.1;  // nor with a target alone
   EXPECT_THROW(make_plan(o), UsageError);
 }
 
 std::string data_path(const std::string& rel) { return data_file(rel); }
+
+// Between stories260K's W4A4KV4-RTN calibration KLD (1 window) with every part at 4 bits and with
+// every activation at 8 (K/V at 4): 0.766 and 0.624 measured; the 3 most sensitive activation
+// parts reach 0.710 (2: 0.737), so activation parts alone meet it, and not all of them.
+constexpr double kActOnlyTarget = 0.72;
 
 PlanOptions stories_plan(const std::string& out, double budget) {
   PlanOptions o;
@@ -249,6 +264,7 @@ TEST(Planner, NeverReadsTheEvaluationData) {
   auto plan_with = [&](const std::string& eval, const std::string& name) {
     PlanOptions o = stories_plan("", 5.0);
     o.budget_act_bits = 5.0;  // the activation sensitivities too
+    o.target_kld = 0.3;       // and the target's walk over K, V and activation parts (the budgets cap it)
     o.w_method = "rtn";  // the plan is what is compared: RTN keeps the three runs quick
     o.report_dir = dir / name;
     o.eval_ids = eval;
@@ -322,8 +338,33 @@ TEST(Planner, ActivationBitsPerLayerRunOnTheIntegerPathAsSimulated) {
   }
 }
 
-// --target-kld: parts go to 8 bits in sensitivity order only until the calibration KLD is at most
-// the target (the clip search can only lower it); an unreachable target keeps every part at 8.
+// Sensitivity per bit added to the part's own mean (precision_plan.cpp): a K/V part adds
+// 4 / (2 L) bits per cached element, an activation part 4 / L bits per activation.
+struct PartOrder {
+  double lowest_raised = 1e300, highest_kept = -1e300;
+  int raised_act = 0, raised_kv = 0;
+};
+PartOrder part_order(const RunReport::PrecisionPlan& plan) {
+  const double L = double(plan.layers.size());
+  PartOrder r;
+  for (const auto& l : plan.layers) {
+    for (auto [bits, per_bit, act] : {std::tuple{l.k_bits, l.k_sensitivity * 2 * L / 4, false}, {l.v_bits, l.v_sensitivity * 2 * L / 4, false},
+                                      {l.a_bits, l.a_sensitivity * L / 4, true}}) {
+      EXPECT_TRUE(bits == 4 || bits == 8) << bits;
+      if (bits == 8) {
+        r.lowest_raised = std::min(r.lowest_raised, per_bit);
+        (act ? r.raised_act : r.raised_kv) += 1;
+      } else {
+        r.highest_kept = std::max(r.highest_kept, per_bit);
+      }
+    }
+  }
+  return r;
+}
+
+// --target-kld: parts (K, V and, from 4-bit activations, activations) go to 8 bits in order of
+// sensitivity per bit added only until the calibration KLD is at most the target (the clip search
+// can only lower it); an unreachable target keeps every part at 8.
 TEST(Planner, TargetKldStopsAtTheTarget) {
   QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
   QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
@@ -340,8 +381,46 @@ TEST(Planner, TargetKldStopsAtTheTarget) {
   EXPECT_GT(reachable.kld_low, 0.5) << "the all-4-bit cache must miss the target for the test to mean anything";
   EXPECT_LT(reachable.kv_bits_per_element, 8.0);
   EXPECT_GT(reachable.kv_bits_per_element, 4.0);
+  EXPECT_TRUE(reachable.activations_planned()) << "4-bit activations: their parts are in play";
+  const PartOrder order = part_order(reachable);
+  EXPECT_GE(order.lowest_raised, order.highest_kept) << "the raised parts lead the one order";
+  EXPECT_EQ(reachable.act_bits_per_element, 4.0 + 4.0 * order.raised_act / 5);
   const auto unreachable = plan(1e-6);
   EXPECT_EQ(unreachable.kv_bits_per_element, 8.0);
+  EXPECT_EQ(unreachable.act_bits_per_element, 8.0);
+}
+
+// A target that only activation parts can meet: --budget-kv-bits 4 allows no K/V part at 8 bits
+// (the budget caps the target), so the KLD must come down by 8-bit activations alone; the
+// activation bits are the fewest that reach it (most sensitive first).
+TEST(Planner, TargetKldMetByActivationPartsWhenTheCacheBudgetIsSpent) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("stories260K/calib-t1-seed42.ids");
+  PlanOptions o = stories_plan("", 4.0);
+  o.preset = "w4a4kv4-rtn";
+  o.target_kld = kActOnlyTarget;
+  o.plan_windows = 1;
+  o.nsamples = 1;
+  const auto plan = *run_plan(o).report.precision_plan;
+  EXPECT_GT(plan.kld_low, kActOnlyTarget) << "all-4-bit must miss the target for the test to mean anything";
+  EXPECT_LE(plan.kld_planned, kActOnlyTarget);
+  EXPECT_EQ(plan.kv_bits_per_element, 4.0);
+  EXPECT_GT(plan.act_bits_per_element, 4.0);
+  EXPECT_LT(plan.act_bits_per_element, 8.0) << "the target needs some activation parts, not all";
+  double lowest_raised = 1e300, highest_kept = -1e300;
+  for (const auto& l : plan.layers) {
+    EXPECT_EQ(l.k_bits, 4);
+    EXPECT_EQ(l.v_bits, 4);
+    (l.a_bits == 8 ? lowest_raised = std::min(lowest_raised, l.a_sensitivity) : highest_kept = std::max(highest_kept, l.a_sensitivity));
+  }
+  EXPECT_GE(lowest_raised, highest_kept);
+  // From 8-bit activations no activation part is plannable: the target plans K/V alone.
+  o.a_bits = 8;
+  o.budget_kv_bits = 0;
+  const auto a8 = *run_plan(o).report.precision_plan;
+  EXPECT_FALSE(a8.activations_planned());
+  EXPECT_EQ(a8.act_bits_per_element, 8.0);
+  for (const auto& l : a8.layers) EXPECT_EQ(l.a_bits, 8);
 }
 
 }  // namespace

@@ -91,8 +91,10 @@ int main(int argc, char** argv) {
                  "each layer's clips (activations, K, V) are chosen; needs --calib; the plan is in the report and the packed file")
       ->group("Precision planner");
   app.add_option("--target-kld", a.target_kld,
-                 "precision planner: keep K/V parts at 8 bits (most sensitive first, within --budget-kv-bits) only until the\n"
-                 "calibration KLD is at most this")
+                 "precision planner: raise K, V and (with --a-bits 4) activation parts of the layers to 8 bits only until the\n"
+                 "calibration KLD is at most this, in one order: KLD sensitivity per bit added to the part's own mean (a K/V part\n"
+                 "adds 4/(2 layers) bits per cached element, an activation part 4/layers bits per activation); --budget-kv-bits and\n"
+                 "--budget-act-bits cap which parts may be raised; the report gives bits per cached element and per activation")
       ->group("Precision planner");
   app.add_option("--budget-act-bits", a.budget_act_bits,
                  "precision planner: mean activation bits over the layers (4..8; needs --a-bits 4); from calibration windows\n"

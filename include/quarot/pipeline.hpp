@@ -84,12 +84,15 @@ struct Plan {
     bool sweep = false;
   } qdec;
   // The precision planner (precision_plan.cpp): from calibration windows only, the sensitivity of
-  // the final logits (KLD vs the float model) to each layer's K and V going from 8 to 4 bits, then
-  // which of them stay at 8 bits under the budget, and each layer's clip ratios. Enabled when
-  // budget_kv_bits > 0 or target_kld > 0.
+  // the final logits (KLD vs the float model) to each layer's K, V and (from 4-bit activations)
+  // activations going from 8 to 4 bits, then which of them stay at 8 bits under the budgets or
+  // the target, and each layer's clip ratios. Enabled when any of the three is set.
   struct Planner {
     double budget_kv_bits = 0;  // mean code bits per cached element (K and V, all layers), 4..8; 0: 8 (no budget)
-    double target_kld = 0;      // stop keeping parts at 8 bits once the calibration KLD is at most this; 0: none
+    // Raise parts (K, V, and activations when they are 4-bit) to 8 bits in order of sensitivity
+    // per bit added to their own mean, until the calibration KLD is at most this; the budgets cap
+    // which parts may be raised. 0: none.
+    double target_kld = 0;
     int windows = 4;            // calibration windows measured (at most 512 tokens each)
     // Mean activation bits over the decoder layers (4..8; every layer's linears have the same
     // input widths, so this is also the mean per activation element): layers whose activations

@@ -163,8 +163,8 @@ struct RunReport {
     double kld_high = 0, kld_low = 0, kld_planned = 0;  // calibration KLD: every K/V at 8 bits, at 4, as planned
     double kv_bits_per_element = 0;                     // code bits, as planned
     std::string limits;                                 // what the planner does not choose, and why
-    // Activations (--budget-act-bits; 0 without): the budget, and the mean activation bits over
-    // the layers as planned (= per activation element: every layer's linears have the same widths).
+    // Activations: the budget (--budget-act-bits; 0: none), and the mean activation bits over the
+    // layers as planned (= per activation element: every layer's linears have the same widths).
     double budget_act_bits = 0, act_bits_per_element = 0;
     struct Layer {
       int layer = 0;
@@ -172,11 +172,20 @@ struct RunReport {
       int k_bits = 0, v_bits = 0;
       double a_clip = 1, k_clip = 1, v_clip = 1;
       // KLD increase when this layer's activations alone go from 8 to 4 bits (every activation
-      // and K/V at 8 otherwise); 0 and the model's bits without --budget-act-bits.
+      // and K/V at 8 otherwise); 0 and the model's bits when activations were not planned.
       double a_sensitivity = 0;
       int a_bits = 0;
     };
     std::vector<Layer> layers;
+    // Whether activation bits were planned per layer (--budget-act-bits, or --target-kld from
+    // 4-bit activations): their sensitivities were measured (a KLD difference, never exactly 0 in
+    // a measured model; reports carry no separate key for it).
+    bool activations_planned() const {
+      if (budget_act_bits > 0) return true;
+      for (const auto& l : layers)
+        if (l.a_sensitivity != 0) return true;
+      return false;
+    }
     std::string to_json() const;
   };
   std::optional<PrecisionPlan> precision_plan;

@@ -43,7 +43,7 @@ const OptionSpec kSpecs[] = {
     {"v-bits", K::Int, 2, 8, false, 16.0, "", "value cache bits, 16: not quantized"},
     {"kv-clip", K::Real, 0, 1, true, {}, "", "KV clip ratio"},
     {"budget-kv-bits", K::Real, 4, 8, false, {}, "", "precision planner: mean bits per cached K/V element"},
-    {"target-kld", K::Real, 0, 1e9, true, {}, "", "precision planner: calibration KLD to reach"},
+    {"target-kld", K::Real, 0, 1e9, true, {}, "", "precision planner: calibration KLD to reach; K, V and (with --a-bits 4) activation parts raised to 8 bits by sensitivity per bit of their own mean, within any budgets"},
     {"budget-act-bits", K::Real, 4, 8, false, {}, "", "precision planner: mean activation bits over layers"},
     {"plan-windows", K::Int, 1, kWidth, false, {}, "", "precision planner: calibration windows measured"},
     {"qdec", K::Flag, 0, 0, false, {}, "", "QDEC residuals"},

@@ -504,8 +504,9 @@ std::string describe_plan(const Plan& p) {
                 "(activation bits %d%s; weight bits stay %d: the packed format stores 2..4-bit weights)\n",
              p.planner.budget_kv_bits > 0 ? (", at most " + std::to_string(p.planner.budget_kv_bits).substr(0, 4) + " bits per cached element").c_str() : "",
              p.planner.target_kld > 0 ? (", until the calibration KLD is at most " + std::to_string(p.planner.target_kld)).c_str() : "",
-             p.planner.budget_act_bits > 0 ? ("; activations per layer 4 or 8 bits, at most " + std::to_string(p.planner.budget_act_bits).substr(0, 4) + " bits on average").c_str() : "",
-             p.planner.windows, cfg.act.a_bits, p.planner.budget_act_bits > 0 ? " or 8 per layer" : " in every layer", cfg.gptq.weights.grid.bits);
+             p.planner.budget_act_bits > 0 ? ("; activations per layer 4 or 8 bits, at most " + std::to_string(p.planner.budget_act_bits).substr(0, 4) + " bits on average").c_str()
+             : p.planner.target_kld > 0 && cfg.act.a_bits == 4 ? "; activations per layer 4 or 8 bits" : "",
+             p.planner.windows, cfg.act.a_bits, p.planner.budget_act_bits > 0 || (p.planner.target_kld > 0 && cfg.act.a_bits == 4) ? " or 8 per layer" : " in every layer", cfg.gptq.weights.grid.bits);
     double est = double(lin) * bpw / 8 + double(other) * 4;
     if (!p.outputs.packed.empty()) {  // the file's bytes, tensor by tensor (the header estimated)
       PackRecipe r = make_pack_recipe(cfg);

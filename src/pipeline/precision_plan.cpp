@@ -1,14 +1,24 @@
-// The precision planner (issue 17): which K/V parts of which layers stay at 8 bits under a
-// budget, and each layer's clip ratios, chosen from calibration windows only. It measures the
-// final logits' KL divergence from the float model on those windows, so what it sees is what
-// the model outputs, not a per-tensor error that may not matter downstream.
+// The precision planner (issue 17): which K/V and activation parts of which layers stay at 8
+// bits under a budget or a target KLD, and each layer's clip ratios, chosen from calibration
+// windows only. It measures the final logits' KL divergence from the float model on those
+// windows, so what it sees is what the model outputs, not a per-tensor error that may not matter
+// downstream.
 //
 // What it can choose is what the packed integer path runs per layer: the K and V cache bits (4
-// or 8; the INT8 and INT4 KV kernels), with --budget-act-bits the activation bits of the layer's
+// or 8; the INT8 and INT4 KV kernels), with 4-bit activations the activation bits of the layer's
 // linears (4 or 8: the INT4 GEMM takes 2..8-bit activation codes, u4 x s8 products summed
-// exactly in int32), and the clip ratios of activations, keys and values. Weight bits stay the
-// model's: the packed format stores 2..4-bit weights, so an 8-bit layer would have to be
-// simulated only (not done: the report's `limits` says so).
+// exactly in int32; planned under --budget-act-bits or --target-kld), and the clip ratios of
+// activations, keys and values. Weight bits stay the model's: the packed format stores 2..4-bit
+// weights, so an 8-bit layer would have to be simulated only (not done: the report's `limits`
+// says so).
+//
+// --target-kld T: the parts allowed at 8 bits (every part, or those the budgets choose) go to 8
+// bits in one order until the calibration KLD is at most T. The order is sensitivity per bit
+// added to the part's own mean: a K or V part adds (8 - 4) / (2 L) bits per cached element (2 L
+// cache parts), an activation part (8 - 4) / L bits per activation (L layers, same input widths),
+// so at equal sensitivity a K/V part comes first (it costs half as many bits of its mean). The
+// two means are reported apart (kv_bits_per_element, act_bits_per_element): they count different
+// things (cache memory per token vs GEMM input width) and are not added.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -146,8 +156,10 @@ RunReport::PrecisionPlan plan_precision(const ModelWeights& float_model, const M
 
   ActQuantOptions base = act;
   base.layers.clear();
-  const bool plan_act = o.budget_act_bits > 0;
-  if (plan_act && base.a_bits != kLow)
+  // Activation parts are plannable from 4-bit activations: under --budget-act-bits (which needs
+  // them) and under --target-kld (which plans K/V alone when activations are 8- or 16-bit).
+  const bool plan_act = o.budget_act_bits > 0 || (o.target_kld > 0 && base.a_bits == kLow);
+  if (o.budget_act_bits > 0 && base.a_bits != kLow)
     throw Error("--budget-act-bits", "chooses 4 or 8 activation bits per layer: needs 4-bit activations (--a-bits 4), got " +
                                          std::to_string(base.a_bits));
   LayerActQuant start = base.layer(0);  // the model's clips: where each layer's search starts
@@ -178,8 +190,8 @@ RunReport::PrecisionPlan plan_precision(const ModelWeights& float_model, const M
                   kLow, kHigh, kLow, kHigh, w_bits);
   else
     std::snprintf(line, sizeof line,
-                  "K and V per layer: %d or %d bits; clips per layer. Activations stay %d-bit (per-layer 4 or 8 bits with "
-                  "--budget-act-bits) and weights %d-bit in every layer: the packed format stores 2..4-bit weights, so 8-bit weight "
+                  "K and V per layer: %d or %d bits; clips per layer. Activations stay %d-bit (per-layer 4 or 8 bits from 4-bit "
+                  "activations, with --budget-act-bits or --target-kld) and weights %d-bit in every layer: the packed format stores 2..4-bit weights, so 8-bit weight "
                   "layers would not run on the integer path.",
                   kLow, kHigh, base.a_bits, w_bits);
   plan.limits = line;
@@ -214,35 +226,57 @@ RunReport::PrecisionPlan plan_precision(const ModelWeights& float_model, const M
       std::snprintf(line, sizeof line, "  layer %d: KLD %+.5f with activations at 4 bits\n", l, as[std::size_t(l)]);
       log(line);
     }
-    a_bits = choose_act_bits(as, o.budget_act_bits, kLow, kHigh);
   }
 
-  // Bits: the most sensitive parts at 8 within the budget; with a target KLD, only as many of
-  // them (in the same order) as it takes to reach it.
+  // Bits: the most sensitive parts at 8 within the budgets (none given: every part allowed); with
+  // a target KLD, only as many of those parts, in order of sensitivity per bit added (see the top
+  // of this file), as it takes to reach it.
   const double budget = o.budget_kv_bits > 0 ? o.budget_kv_bits : double(kHigh);
   std::vector<std::pair<int, int>> bits = choose_kv_bits(ks, vs, budget, kLow, kHigh);
-  auto layers_of = [&](const std::vector<std::pair<int, int>>& b) {
+  if (plan_act) a_bits = choose_act_bits(as, o.budget_act_bits > 0 ? o.budget_act_bits : double(kHigh), kLow, kHigh);
+  auto layers_of = [&](const std::vector<std::pair<int, int>>& b, const std::vector<int>& a) {
     auto ls = uniform(kLow);
     for (int l = 0; l < L; ++l) {
       ls[std::size_t(l)].k_bits = b[std::size_t(l)].first;
       ls[std::size_t(l)].v_bits = b[std::size_t(l)].second;
-      if (plan_act) ls[std::size_t(l)].a_bits = a_bits[std::size_t(l)];
+      if (plan_act) ls[std::size_t(l)].a_bits = a[std::size_t(l)];
     }
     return ls;
   };
   if (o.target_kld > 0) {
-    int raised = 0;
-    for (const auto& b : bits) raised += (b.first == kHigh) + (b.second == kHigh);
-    for (int n = 0; n <= raised; ++n) {
-      const double nb = kLow + double(kHigh - kLow) * n / (2.0 * L);
-      auto candidate = choose_kv_bits(ks, vs, std::min(budget, nb), kLow, kHigh);
-      if (n == raised || scorer.kld(with(layers_of(candidate))) <= o.target_kld) {
-        bits = candidate;
+    enum Kind { K, V, A };
+    struct Part {
+      int layer;
+      Kind kind;
+      double per_bit;  // sensitivity / bits added to the part's own mean
+    };
+    const double kv_step = double(kHigh - kLow) / (2.0 * L), act_step = double(kHigh - kLow) / L;
+    std::vector<Part> allowed;  // layer by layer, K, V, A: ties keep this order (stable sort)
+    for (int l = 0; l < L; ++l) {
+      const std::size_t i = std::size_t(l);
+      if (bits[i].first == kHigh) allowed.push_back({l, K, ks[i] / kv_step});
+      if (bits[i].second == kHigh) allowed.push_back({l, V, vs[i] / kv_step});
+      if (plan_act && a_bits[i] == kHigh) allowed.push_back({l, A, as[i] / act_step});
+    }
+    std::stable_sort(allowed.begin(), allowed.end(), [](const Part& a, const Part& b) { return a.per_bit > b.per_bit; });
+    for (std::size_t n = 0; n <= allowed.size(); ++n) {
+      std::vector<std::pair<int, int>> kv(std::size_t(L), {kLow, kLow});
+      std::vector<int> a(std::size_t(L), kLow);
+      for (std::size_t i = 0; i < n; ++i) {
+        const Part& p = allowed[i];
+        (p.kind == K ? kv[std::size_t(p.layer)].first : p.kind == V ? kv[std::size_t(p.layer)].second : a[std::size_t(p.layer)]) = kHigh;
+      }
+      const double k = scorer.kld(with(layers_of(kv, a)));
+      std::snprintf(line, sizeof line, "  target KLD %.5f: %zu of %zu allowed parts at 8 bits, calibration KLD %.5f\n", o.target_kld, n, allowed.size(), k);
+      log(line);
+      if (n == allowed.size() || k <= o.target_kld) {
+        bits = kv;
+        if (plan_act) a_bits = a;
         break;
       }
     }
   }
-  std::vector<LayerActQuant> ls = layers_of(bits);
+  std::vector<LayerActQuant> ls = layers_of(bits, a_bits);
 
   // Clips: per layer and part, the candidate with the lowest calibration KLD (coordinate descent,
   // one pass, layer by layer; a candidate must be strictly better to replace the model's).

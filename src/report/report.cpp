@@ -223,15 +223,15 @@ std::string report_markdown(const RunReport& r) {
     m << "Planned: " << num(pp.kv_bits_per_element, "%.2f") << " bits per cached element; calibration KLD vs float "
       << num(pp.kld_planned, "%.5f") << " (every K/V at 8 bits: " << num(pp.kld_high, "%.5f") << ", at 4 bits: " << num(pp.kld_low, "%.5f")
       << "), " << pp.windows << " windows, " << pp.tokens << " tokens. ";
-    if (pp.budget_act_bits > 0)
-      m << "Activations: budget " << num(pp.budget_act_bits, "%.2f") << " bits on average over the layers, planned "
-        << num(pp.act_bits_per_element, "%.2f") << ". ";
+    if (pp.activations_planned())
+      m << "Activations: " << (pp.budget_act_bits > 0 ? "budget " + num(pp.budget_act_bits, "%.2f") + " bits on average over the layers, " : std::string())
+        << "planned " << num(pp.act_bits_per_element, "%.2f") << " bits per activation (mean over the layers). ";
     m << pp.limits << "\n\n"
       << "| layer | K sensitivity | V sensitivity | activation sensitivity | K bits | V bits | activation bits | activation clip | K clip | V clip |\n"
       << "|---|---|---|---|---|---|---|---|---|---|\n";
     for (const auto& l : pp.layers)
       m << "| " << l.layer << " | " << num(l.k_sensitivity, "%.5f") << " | " << num(l.v_sensitivity, "%.5f") << " | "
-        << (pp.budget_act_bits > 0 ? num(l.a_sensitivity, "%.5f") : std::string("–")) << " | " << l.k_bits << " | " << l.v_bits << " | "
+        << (pp.activations_planned() ? num(l.a_sensitivity, "%.5f") : std::string("–")) << " | " << l.k_bits << " | " << l.v_bits << " | "
         << l.a_bits << " | " << num(l.a_clip, "%.2f") << " | " << num(l.k_clip, "%.2f") << " | " << num(l.v_clip, "%.2f") << " |\n";
     m << "\n![sensitivity per layer](precision_plan.svg)\n\n";
   }

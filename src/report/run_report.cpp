@@ -372,7 +372,7 @@ std::string precision_plan_svg(const RunReport& r) {
     v.labels.push_back(std::to_string(l.v_bits));
   }
   std::vector<ChartSeries> series{k, v};
-  if (r.precision_plan->budget_act_bits > 0) {  // activations planned too
+  if (r.precision_plan->activations_planned()) {
     ChartSeries a{"activations (8 -> 4 bits)", {}, {}, {}, false};
     for (const auto& l : r.precision_plan->layers) {
       a.x.push_back(l.layer);
