@@ -29,6 +29,7 @@
 #include <dlfcn.h>
 #include <immintrin.h>
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -47,6 +48,7 @@
 #include "quarot/detail/rng.hpp"
 #include "quarot/int4.hpp"
 #include "quarot/int4_a16.hpp"
+#include "quarot/large_buffer.hpp"
 #include "int4_copies.hpp"
 
 using Clock = std::chrono::steady_clock;
@@ -431,7 +433,7 @@ int main(int argc, char** argv) {
   int reps = 7, cycle_mb = 128, stream_mb = 512;
   std::vector<int> ms = {1, 16, 512}, threads = {1, 2};
   std::string lib_dir = default_lib_dir();
-  bool no_ggml = false, no_a16 = false, no_f32 = false;
+  bool no_ggml = false, no_a16 = false, no_f32 = false, small_pages = false;
   CLI::App app{"quarot's INT4 kernels vs ggml Q4_0 / F32 on LLaMA-2-7B shapes, with DRAM read and VNNI peak.",
                "quarot-bench-vs-ggml"};
   app.add_option("--reps", reps, "interleaved rounds per case (min and median)")->capture_default_str();
@@ -443,6 +445,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-ggml", no_ggml, "skip ggml");
   app.add_flag("--no-a16", no_a16, "skip quarot W4A16 (int4_gemm_f32, int4_gemm_a16_int16)");
   app.add_flag("--cpu-time", g_cpu_time, "process CPU seconds instead of wall seconds (one thread on a busy machine)");
+  app.add_flag("--small-pages", small_pages,
+               "quarot's weight copies and the DRAM read buffer on 4 KiB pages (default: 2 MiB pages, MADV_HUGEPAGE, as the "
+               "packed runtime holds its weights)");
   app.add_flag("--no-f32", no_f32, "skip ggml F32 (slow at M = 512 on a busy machine)");
   CLI11_PARSE(app, argc, argv);
   if (reps < 1 || cycle_mb < 1 || stream_mb < 64) {
@@ -470,7 +475,9 @@ int main(int argc, char** argv) {
   // The ceilings, interleaved over the thread counts (and again inside every case's rounds below).
   std::vector<double> dram_gbs(threads.size()), vnni_gops(threads.size());
   const std::size_t stream_bytes = std::size_t(stream_mb) << 20;
-  uint8_t* stream_buf = static_cast<uint8_t*>(std::aligned_alloc(64, stream_bytes));
+  uint8_t* stream_buf = static_cast<uint8_t*>(quarot::large_alloc(stream_bytes));  // >= 64 MB: 2 MiB aligned, mapped
+  if (small_pages) ::madvise(stream_buf, stream_bytes, MADV_NOHUGEPAGE);
+  std::printf("quarot's weight copies and the DRAM read buffer on %s pages\n", small_pages ? "4 KiB" : "2 MiB (MADV_HUGEPAGE)");
   for (std::size_t i = 0; i < stream_bytes; i += 8) std::memcpy(stream_buf + i, &i, 8);
   std::size_t stream_offset = 0;
   {
@@ -515,7 +522,7 @@ int main(int argc, char** argv) {
     auto copies_for = [&](double bytes) { return int(std::max<int64_t>(1, (cycle + int64_t(bytes) - 1) / int64_t(bytes))); };
     // quarot: per-channel symmetric INT4, random codes.
     const double q_bytes = double(N * quarot::int4_padded_cols(K) / 2 + N * 4);
-    const auto wq = quarot::bench::random_int4_copies(copies_for(q_bytes), N, K, rng);
+    const auto wq = quarot::bench::random_int4_copies(copies_for(q_bytes), N, K, rng, !small_pages);
     // ggml: gaussian weights through ggml's own Q4_0 quantizer; F32 as they are.
     std::vector<float> wf(std::size_t(N * K));
     for (auto& v : wf) v = rng.gaussian() * 0.02f;
@@ -598,6 +605,6 @@ int main(int argc, char** argv) {
       }
     }
   }
-  std::free(stream_buf);
+  quarot::large_free(stream_buf, stream_bytes);
   return 0;
 }
