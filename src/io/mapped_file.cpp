@@ -63,7 +63,9 @@ void MappedFile::advise_sequential(std::size_t offset, std::size_t len) const {
   const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   const std::size_t start = offset / page * page;
   const std::size_t end = std::min(size_, offset + len);
-  ::madvise(const_cast<uint8_t*>(data_) + start, end - start, MADV_SEQUENTIAL | MADV_WILLNEED);
+  // Two calls: madvise takes one advice value, not flags (SEQUENTIAL | WILLNEED is WILLNEED alone).
+  ::madvise(const_cast<uint8_t*>(data_) + start, end - start, MADV_SEQUENTIAL);
+  ::madvise(const_cast<uint8_t*>(data_) + start, end - start, MADV_WILLNEED);
 }
 
 }  // namespace quarot
