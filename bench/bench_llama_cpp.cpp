@@ -273,6 +273,30 @@ void run_table(const lc::Library& lib, std::vector<TableSource>& sources, const 
                                                                    : "quarot rotated, reference RTN";
         row(what, out, &m);
       }
+      // A tied source gains an untied classifier under rotation (the final norm and R1 are fused
+      // into it), so the rows above carry one matrix more than llama-quantize's. Same size: the
+      // embedding at the linears' type (GgufExportOptions::embd_type, `--gguf-embd-type`), and
+      // both the embedding and the classifier at it. Q4_K's 256-block does not divide a 64-wide
+      // hidden: the fallback (Q5_0) is what the row's label names.
+      if (c.tied_embeddings && preset.method != quarot::WeightMethod::None) {
+        for (const bool output_too : {false, true}) {
+          auto o = preset;
+          o.method = quarot::WeightMethod::Gptq;
+          o.embd_type = o.type;
+          if (output_too) o.output_type = o.type;
+          quarot::ModelWeights m = src.base;
+          const std::string out = dir + "/" + src.name + "-quarot-embd-" + t + ".gguf";
+          const auto rep = quarot::export_gguf(m, src.tok.get(), o, src.calib, out);
+          std::string embd = "?", cls = "?";
+          for (const auto& tr : rep.tensors) {
+            if (tr.name == "token_embd.weight") embd = std::string(quarot::gguf_type_name(tr.type));
+            if (tr.name == "output.weight") cls = std::string(quarot::gguf_type_name(tr.type));
+          }
+          row(std::string("**quarot rotated GPTQ**, ") + (output_too ? "embedding and classifier" : "embedding") + " at the type (token_embd " +
+                  embd + ", output " + cls + ")",
+              out, &m);
+        }
+      }
     }
     std::filesystem::remove(f32);
   }

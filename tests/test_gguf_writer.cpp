@@ -940,3 +940,70 @@ TEST(GgufExport, Llama3RopeScalingRoundTrips) {
   }
   fs::remove(path);
 }
+
+// --gguf-embd-type (GgufExportOptions::embd_type): a tied source's embedding takes the asked
+// type (by default it keeps llama-quantize's classifier rule, Q8_0 for 64 columns), the
+// classifier the rotation unties keeps its rule, the file shrinks by exactly the embedding's
+// bytes saved, and the embedding read back is the dequantized table the model now holds. The
+// flag is refused (usage) without a block-quantized GGUF output, or with an unknown type.
+TEST(GgufExport, EmbeddingTypeOfATiedSource) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  const auto tok = load_tokenizer(data_file("stories260K/tok512.bin"));
+  auto opts = plan_preset("gguf-q4_0").gguf.value();
+  opts.method = WeightMethod::Rtn;
+  auto types = [](const GgufExportReport& r) {
+    std::map<std::string, std::pair<GgufType, std::size_t>> t;
+    for (const auto& x : r.tensors) t[x.name] = {x.type, x.bytes};
+    return t;
+  };
+  ModelWeights m0 = load_llama2c(data_file("stories260K/stories260K.bin"));
+  ASSERT_TRUE(m0.config.tied_embeddings);
+  const std::string path0 = temp_path("embd-default.gguf");
+  const auto r0 = export_gguf(m0, tok.get(), opts, {}, path0);
+  fs::remove(path0);
+  opts.embd_type = GgufType::Q4_0;
+  ModelWeights m1 = load_llama2c(data_file("stories260K/stories260K.bin"));
+  const std::string path = temp_path("embd-q4_0.gguf");
+  const auto r1 = export_gguf(m1, tok.get(), opts, {}, path);
+  const auto t0 = types(r0), t1 = types(r1);
+  EXPECT_EQ(t0.at("token_embd.weight").first, GgufType::Q8_0);
+  EXPECT_EQ(t1.at("token_embd.weight").first, GgufType::Q4_0);
+  EXPECT_EQ(t0.at("output.weight").first, GgufType::Q8_0);
+  EXPECT_EQ(t1.at("output.weight").first, GgufType::Q8_0);
+  EXPECT_EQ(t1.at("token_embd.weight").second, 512u * 64 / 32 * 18);
+  EXPECT_EQ(r0.file_bytes - r1.file_bytes, 512u * 64 / 32 * (34 - 18));
+  const auto g = parse_gguf(path);
+  EXPECT_EQ(g.tensors.at("token_embd.weight").type, uint32_t(GgufType::Q4_0));
+  const auto back = load_gguf(path);
+  ASSERT_EQ(back.tok_embeddings.rows, m1.tok_embeddings.rows);
+  for (int64_t i = 0; i < m1.tok_embeddings.rows * m1.tok_embeddings.cols; ++i)
+    ASSERT_EQ(back.tok_embeddings.values()[i], m1.tok_embeddings.values()[i]) << i;
+  fs::remove(path);
+
+  PlanOptions a;
+  a.model = data_file("stories260K/stories260K.bin");
+  a.dry_run = true;
+  a.gguf_embd_type = "q4_0";
+  a.preset = "w4a16";
+  a.output = "x.q4.safetensors";
+  EXPECT_NE(quarot::test::error_of([&] { (void)make_plan(a); }).find("--gguf-embd-type"), std::string::npos);
+  a.output.clear();
+  EXPECT_NE(quarot::test::error_of([&] { (void)make_plan(a); }).find("--gguf-embd-type"), std::string::npos);
+  a.preset = "gguf-f32";
+  a.output = "x.gguf";
+  EXPECT_NE(quarot::test::error_of([&] { (void)make_plan(a); }).find("--gguf-embd-type"), std::string::npos);
+  a.preset = "gguf-q4_0";
+  a.gguf_embd_type = "q3_k";
+  EXPECT_NE(quarot::test::error_of([&] { (void)make_plan(a); }).find("--gguf-embd-type"), std::string::npos);
+  a.gguf_embd_type = "iq4_nl";
+  const Plan p = make_plan(a);
+  EXPECT_EQ(p.gguf_embd_type, "iq4_nl");
+  EXPECT_NE(plan_command(p).find("--gguf-embd-type iq4_nl"), std::string::npos) << plan_command(p);
+  try {
+    a.preset = "w4a16";
+    a.output = "x.q4.safetensors";
+    (void)make_plan(a);
+    ADD_FAILURE() << "accepted";
+  } catch (const UsageError&) {  // exit 2
+  }
+}

@@ -67,6 +67,13 @@ int main(int argc, char** argv) {
   quarot::cli::add_rotation_kind(app, a.rotation)->group("Rotation");
   app.add_option("--seed", a.seed, "seed of the rotations and of calibration sampling")->capture_default_str()->group("Rotation");
   app.add_option("--preset", a.preset, "quantization preset")->check(CLI::IsMember(quarot::plan_preset_names()))->capture_default_str()->group("Weights");
+  app.add_option("--gguf-embd-type", a.gguf_embd_type,
+                 "GGUF output: token_embd.weight's type (default: llama-quantize's, Q8_0/Q6_K). A tied source (classifier =\n"
+                 "embedding) gains an untied output.weight under rotation (the final RMSNorm and R1 are fused into the\n"
+                 "classifier), one matrix more than llama-quantize's file: the embedding at the linears' type (e.g. q4_0)\n"
+                 "takes about half of that back. Types whose block does not divide the hidden size fall back as llama-quantize's do")
+      ->check(CLI::IsMember({"q4_0", "q4_1", "q5_0", "q8_0", "iq4_nl", "q4_k", "q6_k", "f16", "f32"}))
+      ->group("Weights");
   app.add_option("--w-method", a.w_method, "weight quantizer")->check(CLI::IsMember({"rtn", "gptq", "none"}))->group("Weights");
   app.add_option("--w-bits", a.w_bits, "weight bits (2..8; packed files hold 2..4)")->group("Weights");
   app.add_option("--w-group", a.w_group, "input columns per weight group (0: per output channel)")->group("Weights");

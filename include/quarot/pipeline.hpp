@@ -32,6 +32,7 @@ class UsageError : public Error {
 struct PlanOptions {
   std::string model, output, report_dir, json, preset = "w4a4kv4", calib, tokenizer, eval_ids, progress = "auto",
                                                 rotation = "hadamard", w_method, qdec_k;
+  std::string gguf_embd_type;  // --gguf-embd-type: a GGUF output's token embedding type (empty: llama-quantize's)
   int w_bits = 0, w_group = -1, a_group = -1, a_bits = 0, k_bits = 0, v_bits = 0, classifier_bits = 0, nsamples = 128, seqlen = 2048, ctx = 0,
       chunks = 0, outlier_windows = 4, threads = 0, verbose = 0, qdec_bits = 4;
   double a_clip = 0, kv_clip = 0, damp = 0.01, qdec_slowdown = 0;
@@ -59,6 +60,8 @@ struct Plan {
   // INT4 file; `quant` then says the weight method and rotation (no online transforms, float
   // activations: llama.cpp runs its own). Empty: the packed format.
   std::string gguf_preset;
+  // With a gguf-* preset: token_embd.weight's type (gguf_type_name; empty: llama-quantize's choice).
+  std::string gguf_embd_type;
   struct Calibration {
     std::string path, tokenizer;  // GPTQ's tokens: *.ids, or text with a tokenizer
   } calibration;

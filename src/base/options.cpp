@@ -51,6 +51,9 @@ const OptionSpec kSpecs[] = {
     {"qdec-k", K::Text, 0, 0, false, {}, "", "QDEC channels per 1024 inputs"},
     {"qdec-slowdown", K::Real, 0.01, 1000, false, {}, "", "QDEC decode-time budget in percent"},
     {"qdec-sweep", K::Flag, 0, 0, false, {}, "", "QDEC k sweep"},
+    {"gguf-embd-type", K::Text, 0, 0, false, {}, "q4_0|q4_1|q5_0|q8_0|iq4_nl|q4_k|q6_k|f16|f32",
+     "GGUF token embedding type (default: llama-quantize's); a tied source gains an untied classifier under rotation, so the "
+     "embedding at the linears' type keeps the file near llama-quantize's size"},
     {"calib", K::Text, 0, 0, false, {}, "", "calibration data"},
     {"tokenizer", K::Text, 0, 0, false, {}, "", "tokenizer"},
     {"nsamples", K::Int, 1, kWidth, false, {}, "", "calibration sequences"},

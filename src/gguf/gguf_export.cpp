@@ -393,11 +393,13 @@ GgufType tensor_type(const GgufExportOptions& o, Category cat, int layer, int n_
   auto use_more_bits = [](int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; };
   GgufType t = def;
   if (cat == Category::Output) {
-    if (o.output_type) return *o.output_type;  // as llama-quantize: an explicit type is taken as is
-    if (cols % gguf_block_elems(def) != 0) t = GgufType::Q8_0;
+    // An explicit type replaces llama-quantize's choice; the fallback below still applies (as in
+    // llama-quant.cpp), since a type whose block does not divide the columns cannot be written.
+    if (o.output_type) t = *o.output_type;
+    else if (cols % gguf_block_elems(def) != 0) t = GgufType::Q8_0;
     else if (def != GgufType::Q8_0) t = GgufType::Q6_K;
   } else if (cat == Category::TokenEmbd) {
-    if (o.embd_type) return *o.embd_type;
+    if (o.embd_type) t = *o.embd_type;
   } else if (cat == Category::AttnV) {
     if (o.k_mix && use_more_bits(layer, n_layers)) t = GgufType::Q6_K;
   } else if (cat == Category::FfnDown) {
@@ -545,8 +547,18 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
     }
   const bool tied = c.tied_embeddings;
   std::string embd_note, out_note;
-  const GgufType embd_type = tensor_type(opts, source_tied ? Category::Output : Category::TokenEmbd, 0, n, c.hidden, &embd_note);
+  // A tied source's embedding is llama-quantize's classifier (its rule) unless embd_type says
+  // otherwise: the rotation unties the classifier, so the embedding alone can then take the
+  // linears' type and keep the file near llama-quantize's size (docs/gguf.md).
+  const GgufType embd_type =
+      tensor_type(opts, source_tied && !opts.embd_type ? Category::Output : Category::TokenEmbd, 0, n, c.hidden, &embd_note);
   const GgufType out_type = tied ? embd_type : tensor_type(opts, Category::Output, 0, n, c.hidden, &out_note);
+  if (is_block_type(opts.type)) {
+    rep.notes.push_back("token_embd.weight " + std::string(gguf_type_name(embd_type)) + (opts.embd_type ? " (asked)" : " (llama-quantize's choice)") +
+                        (tied ? "" : ", output.weight " + std::string(gguf_type_name(out_type))) +
+                        (source_tied && !tied ? " (the source's tied classifier, untied by the rotation)" : ""));
+    say(rep.notes.back());
+  }
 
   // 5. Quantize the decoder linears.
   std::map<std::pair<int, int>, std::vector<uint8_t>> linear_data;

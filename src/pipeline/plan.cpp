@@ -144,7 +144,7 @@ void check_given_ranges(const PlanOptions& a) {
   };
   for (const auto& g : given)
     if (g.value != g.unset_value) check_option_value(g.name, g.value);
-  for (const auto& [name, value] : {std::pair<const char*, const std::string&>{"rotation", a.rotation}, {"progress", a.progress}, {"w-method", a.w_method}}) {
+  for (const auto& [name, value] : {std::pair<const char*, const std::string&>{"rotation", a.rotation}, {"progress", a.progress}, {"w-method", a.w_method}, {"gguf-embd-type", a.gguf_embd_type}}) {
     if (value.empty()) continue;
     if (auto p = option_choice_problem(*find_option_spec(name), value)) throw Error(std::string("--") + name, *p);
   }
@@ -166,6 +166,7 @@ Plan make_plan(const PlanOptions& a) {
     cfg = preset.quant;
     if (preset.gguf) p.gguf_preset = a.preset;  // the export's options (block type) come from the table again at run time
   }
+  p.gguf_embd_type = a.gguf_embd_type;
   auto& wq = cfg.gptq.weights;
   if (!a.w_method.empty()) cfg.method = a.w_method == "rtn" ? WeightMethod::Rtn : a.w_method == "gptq" ? WeightMethod::Gptq : WeightMethod::None;
   if (a.w_bits) wq.grid.bits = a.w_bits;
@@ -241,6 +242,8 @@ void validate(const Plan& p) {
     in_range("chunks", p.evaluation.chunks);
     in_range("outlier-windows", p.evaluation.outlier_windows);
     check_act_options(cfg.act);
+    if (!p.gguf_embd_type.empty() && (p.gguf_preset.empty() || !is_gguf_path(p.outputs.packed)))
+      throw Error("--gguf-embd-type", "sets a GGUF file's token embedding type: only with -o OUT.gguf and a gguf-* preset");
     if (!p.gguf_preset.empty()) {
       if (!is_gguf_path(p.outputs.packed)) throw Error("--preset " + p.gguf_preset, "writes a GGUF file: give -o OUT.gguf");
       if (cfg.act.any()) throw Error("--preset " + p.gguf_preset, "llama.cpp quantizes activations itself: no --a-bits/--k-bits/--v-bits with a GGUF output");
@@ -251,6 +254,8 @@ void validate(const Plan& p) {
       if (p.run.stream) throw Error("--stream", "GGUF export runs on the whole model in memory");
       if (p.qdec.enabled) throw Error("--qdec", "llama.cpp has no QDEC residuals: not with a GGUF output");
       if (cfg.classifier_bits != 16) throw Error("--classifier-bits", "a GGUF output sets the classifier's type by preset");
+      if (!p.gguf_embd_type.empty() && (plan_preset(p.gguf_preset).gguf->type == GgufType::F32 || plan_preset(p.gguf_preset).gguf->type == GgufType::F16))
+        throw Error("--gguf-embd-type", "--preset " + p.gguf_preset + " writes every tensor as it is: the embedding type is for a block-quantized GGUF");
     } else if (is_gguf_path(p.outputs.packed)) {
       std::string names;
       for (const auto& n : plan_preset_names())
@@ -385,6 +390,7 @@ std::string plan_json(const Plan& p, int indent) {
        {{"enabled", p.qdec.enabled}, {"bits", p.qdec.bits}, {"k_chunk", p.qdec.k}, {"slowdown_percent", p.qdec.slowdown_percent}, {"sweep", p.qdec.sweep}}},
       {"output", p.outputs.packed}};
   if (!p.gguf_preset.empty()) j["format"] = "gguf";
+  if (!p.gguf_embd_type.empty()) j["gguf_embd_type"] = p.gguf_embd_type;  // only when given
   if (!p.evaluation.text.empty()) j["evaluation"]["text"] = p.evaluation.text;  // only when given, as "task"
   if (!p.task.name.empty())  // only when asked: the config of runs without a task stays as it was
     j["task"] = {{"name", p.task.name}, {"file", p.task.file}, {"labels", p.task.labels}, {"limit", p.task.limit}};
@@ -467,6 +473,7 @@ std::string describe_plan(const Plan& p) {
            cfg.method == WeightMethod::Gptq ? (", calibration " + std::to_string(cfg.nsamples) + " x " + std::to_string(std::min(cfg.seqlen, c.max_positions)) +
                                                " tokens from " + (p.calibration.path.empty() ? "(missing: --calib is required)" : p.calibration.path)).c_str()
                                             : "");
+    if (!p.gguf_embd_type.empty()) append(o, "  token embedding: %s (--gguf-embd-type)\n", p.gguf_embd_type.c_str());
     append(o, "  rotate: %s\n", cfg.rotate ? "fuse RMSNorm scales, R1 on the residual stream, R2 within each head (absorbed; no online transforms)" : "no");
     append(o, "  output: %s (FFN widths no block holds are zero-padded, exactly)\n", p.outputs.packed.c_str());
     return o;
@@ -587,6 +594,7 @@ std::string plan_command(const Plan& p) {
   if (p.qdec.enabled) flag("--qdec");
   if (p.qdec.bits != PlanOptions{}.qdec_bits) opt("--qdec-bits", std::to_string(p.qdec.bits));
   if (!p.qdec.k.empty()) opt("--qdec-k", p.qdec.k);
+  if (!p.gguf_embd_type.empty()) opt("--gguf-embd-type", p.gguf_embd_type);
   if (p.qdec.slowdown_percent > 0) opt("--qdec-slowdown", num(p.qdec.slowdown_percent));
   if (p.qdec.sweep) flag("--qdec-sweep");
   if (p.planner.budget_kv_bits > 0) opt("--budget-kv-bits", num(p.planner.budget_kv_bits));

@@ -419,7 +419,9 @@ class Run {
     o.damp = cfg_.gptq.damp;
     o.act_order = cfg_.gptq.act_order;
     o.clip_search = cfg_.gptq.weights.clip_search;
+    if (!p_.gguf_embd_type.empty()) o.embd_type = parse_gguf_type(p_.gguf_embd_type);  // checked by the plan
     o.recipe = cfg_.describe();
+    if (o.embd_type) o.recipe += " --gguf-embd-type " + p_.gguf_embd_type;
     if (!p_.calibration.path.empty() && p_.run.checksum && cfg_.method == WeightMethod::Gptq) o.calibration_hash = sha256_file(p_.calibration.path);
     validate_gguf_options(o);
     std::unique_ptr<Tokenizer> tok;

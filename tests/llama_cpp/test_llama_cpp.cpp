@@ -561,3 +561,48 @@ TEST(LlamaCpp, Llama3RopeScalingExportAgreesWithQuarot) {
   EXPECT_LE(relative_error(bl, ql), 1e-5);
   std::filesystem::remove(path);
 }
+
+// GgufExportOptions::embd_type (quarot-quantize --gguf-embd-type): a tied source's embedding at
+// the linears' type (the rotation unties the classifier, so the embedding is only a lookup table
+// then) loads in llama.cpp, whose get_rows dequantizes each type, and llama.cpp's perplexity
+// equals quarot's evaluation of the same exported weights within 0.5%. Q4_K's and Q6_K's 256
+// blocks do not divide stories260K's 64 columns: they fall back (Q5_0, Q8_0) and say so.
+TEST(LlamaCpp, EmbeddingTypesOfATiedSourceRunInLlamaCpp) {
+  QUAROT_REQUIRE_LLAMA_CPP();
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  QUAROT_REQUIRE_DATA("tinystories/validation_100.tok512.ids");
+  const auto base = quarot::load_llama2c(data_file("stories260K/stories260K.bin"));
+  ASSERT_TRUE(base.config.tied_embeddings);
+  const auto tok = quarot::load_tokenizer(data_file("stories260K/tok512.bin"));
+  const auto windows = story_windows(256, 4);
+  using T = quarot::GgufType;
+  const struct {
+    T asked, written;
+  } cases[] = {{T::Q4_0, T::Q4_0}, {T::IQ4_NL, T::IQ4_NL}, {T::Q4_1, T::Q4_1}, {T::Q4_K, T::Q5_0}, {T::Q6_K, T::Q8_0}};
+  for (const auto& k : cases) {
+    const std::string name(quarot::gguf_type_name(k.asked));
+    auto opts = quarot::plan_preset("gguf-q4_0").gguf.value();
+    opts.method = quarot::WeightMethod::Rtn;
+    opts.embd_type = k.asked;
+    quarot::ModelWeights m = base;
+    const std::string path = temp_path("embd-" + name + ".gguf");
+    const auto rep = quarot::export_gguf(m, tok.get(), opts, {}, path);
+    const quarot::GgufTensorReport* embd = nullptr;
+    const quarot::GgufTensorReport* out = nullptr;
+    for (const auto& t : rep.tensors) {
+      if (t.name == "token_embd.weight") embd = &t;
+      if (t.name == "output.weight") out = &t;
+    }
+    ASSERT_TRUE(embd && out) << name;
+    EXPECT_EQ(embd->type, k.written) << name;
+    EXPECT_EQ(out->type, T::Q8_0) << name;  // the classifier keeps llama-quantize's rule (64 columns: Q8_0)
+    EXPECT_EQ(embd->note.empty(), k.asked == k.written) << name << ": " << embd->note;
+    auto model = library()->load(path, 256);
+    quarot::Transformer<float> q(m, 256);
+    const auto rl = model->evaluate(windows, quarot::Protocol::Paper);
+    const auto rq = quarot::evaluate(q, windows, quarot::Protocol::Paper);
+    std::cout << "token_embd " << name << ": llama.cpp ppl " << rl.ppl << ", quarot on the exported weights " << rq.ppl << "\n";
+    EXPECT_NEAR(rl.ppl, rq.ppl, 5e-3 * rq.ppl) << name;
+    std::filesystem::remove(path);
+  }
+}
