@@ -23,7 +23,7 @@ list(APPEND QUAROT_ops_HEADERS fwht)
 list(APPEND QUAROT_ops_HEADERS int4_a16)
 set(QUAROT_rotate_HEADERS hadamard rotate)
 set(QUAROT_rotate_DEPS base model ops)  # ops: the FWHT under the Hadamard transforms
-set(QUAROT_quant_HEADERS quant quantize detail/linalg)
+set(QUAROT_quant_HEADERS quant quantize detail/linalg detail/gptq_factor)
 set(QUAROT_quant_DEPS base model io tokenizer eval rotate)
 set(QUAROT_qdec_HEADERS qdec)
 set(QUAROT_qdec_DEPS base model ops)
