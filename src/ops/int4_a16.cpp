@@ -314,33 +314,55 @@ void rows_i16_scalar(const I16& c, int64_t o0, int64_t o1) {
     const uint8_t* row = c.w.packed + o * c.row_bytes;
     for (int t = 0; t < c.M; ++t) {
       const int16_t* xt = c.xq + int64_t(t) * c.K;
-      float lane[16] = {};
+      float total = 0.f;
       for (int64_t g = 0; g < c.G; ++g) {
         const int z = c.zero(o, g);
         const float f = c.factor(o, t, g);
         for (int64_t s0 = g * c.bpg; s0 < c.group_end(g); s0 += kSpanBlocks) {
-          int32_t acc[16] = {};
+          int32_t sum = 0;  // exact: any order gives the same integer
           for (int64_t b = s0; b < std::min(c.group_end(g), s0 + kSpanBlocks); ++b)
             for (int i = 0; i < 64; ++i) {  // column 64b + i: byte i % 32, low nibble for i < 32
               const uint8_t byte = row[b * 32 + i % 32];
               const int u = i < 32 ? byte & 0x0F : byte >> 4;
-              acc[(i % 32) / 2] += (u - z) * int32_t(xt[b * 64 + i]);
+              sum += (u - z) * int32_t(xt[b * 64 + i]);
             }
-          for (int j = 0; j < 16; ++j) lane[j] = std::fma(float(acc[j]), f, lane[j]);
+          total = std::fma(float(sum), f, total);
         }
       }
-      c.store(t, o, lanes_total(lane));
+      c.store(t, o, total);
     }
   }
 }
 
-// R rows x T tokens: R * T int32 accumulators per span, the fp32 lanes in memory between spans.
+// The 16 exact integer totals of a 4 x 4 tile in one vector, 128-bit lane j, element e: the
+// total of acc[e][j] (row o0 + e, token t0 + j) -- store_4x4_avx512's transpose-and-add, in
+// integers (so its order does not matter).
+__attribute__((target("avx512f"))) inline __m512i totals_4x4_epi32(const __m512i (&acc)[4][4]) {
+  const __m512i* v = &acc[0][0];  // v[4 r + t]
+  auto ps = [](__m512i i) { return _mm512_castsi512_ps(i); };
+  auto si = [](__m512 f) { return _mm512_castps_si512(f); };
+  __m512i u[8], w[4], z[2];
+  for (int m = 0; m < 8; ++m)
+    u[m] = _mm512_add_epi32(si(_mm512_shuffle_f32x4(ps(v[2 * m]), ps(v[2 * m + 1]), 0x44)),
+                            si(_mm512_shuffle_f32x4(ps(v[2 * m]), ps(v[2 * m + 1]), 0xEE)));
+  for (int n = 0; n < 4; ++n)
+    w[n] = _mm512_add_epi32(si(_mm512_shuffle_f32x4(ps(u[2 * n]), ps(u[2 * n + 1]), 0x88)),
+                            si(_mm512_shuffle_f32x4(ps(u[2 * n]), ps(u[2 * n + 1]), 0xDD)));
+  for (int a = 0; a < 2; ++a)
+    z[a] = _mm512_add_epi32(si(_mm512_shuffle_ps(ps(w[2 * a]), ps(w[2 * a + 1]), 0x44)),
+                            si(_mm512_shuffle_ps(ps(w[2 * a]), ps(w[2 * a + 1]), 0xEE)));
+  return _mm512_add_epi32(si(_mm512_shuffle_ps(ps(z[0]), ps(z[1]), 0x88)), si(_mm512_shuffle_ps(ps(z[0]), ps(z[1]), 0xDD)));
+}
+
+// R rows x T tokens: R * T int32 accumulators per span; at its end their exact totals, one FMA
+// each with the span's factor (4 x 4: 16 totals in one vector, one cvt, one FMA).
 template <int R, int T>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_i16_avx512(const I16& c, int64_t o0, int t0) {
-  __m512 lanes[R][T];
-  for (auto& r : lanes)
-    for (auto& a : r) a = _mm512_setzero_ps();
+  constexpr bool kFull = R == 4 && T == 4;
+  __m512 total16 = _mm512_setzero_ps();  // kFull: lane 4 j + e = row o0 + e, token t0 + j
+  float total[R][T] = {};
   const __m512i low = _mm512_set1_epi16(0x0F);
+  const __m512i token_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const uint8_t* rows[R];
   for (int r = 0; r < R; ++r) rows[r] = c.w.packed + (o0 + r) * c.row_bytes;
   const int16_t* xs[T];
@@ -368,16 +390,38 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_i16_av
           }
         }
       }
-      for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t)
-          lanes[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][t]), _mm512_set1_ps(c.factor(o0 + r, t0 + t, g)), lanes[r][t]);
+      if constexpr (kFull) {
+        // lane 4 j + e: s_w[o0 + e][g] * s_x[t0 + j][g], the same fp32 product as I16::factor
+        const __m512 sw = _mm512_broadcast_f32x4(_mm_setr_ps(c.w.scales[o0 * c.G + g], c.w.scales[(o0 + 1) * c.G + g],
+                                                             c.w.scales[(o0 + 2) * c.G + g], c.w.scales[(o0 + 3) * c.G + g]));
+        const __m512 sx = _mm512_permutexvar_ps(
+            token_of_lane, _mm512_castps128_ps512(_mm_setr_ps(c.sx[int64_t(t0) * c.G + g], c.sx[int64_t(t0 + 1) * c.G + g],
+                                                              c.sx[int64_t(t0 + 2) * c.G + g], c.sx[int64_t(t0 + 3) * c.G + g])));
+        total16 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(totals_4x4_epi32(acc)), _mm512_mul_ps(sw, sx), total16);
+      } else {
+        for (int r = 0; r < R; ++r)
+          for (int t = 0; t < T; ++t)
+            total[r][t] = std::fma(float(_mm512_reduce_add_epi32(acc[r][t])), c.factor(o0 + r, t0 + t, g), total[r][t]);
+      }
     }
   }
-  if constexpr (R == 4 && T == 4)  // the same pairwise totals, 16 at once (small widths: as costly as the products)
-    store_4x4_avx512(c, o0, t0, lanes);
-  else
+  if constexpr (kFull) {
+    const __m128 b = c.bias ? _mm_loadu_ps(c.bias + o0) : _mm_setzero_ps();
+    for (int t = 0; t < 4; ++t) {
+      __m128 q;
+      switch (t) {  // the lane index of vextractf32x4 is an immediate
+        case 0: q = _mm512_extractf32x4_ps(total16, 0); break;
+        case 1: q = _mm512_extractf32x4_ps(total16, 1); break;
+        case 2: q = _mm512_extractf32x4_ps(total16, 2); break;
+        default: q = _mm512_extractf32x4_ps(total16, 3); break;
+      }
+      if (c.bias) q = _mm_add_ps(q, b);
+      _mm_storeu_ps(c.y + int64_t(t0 + t) * c.w.rows + o0, q);
+    }
+  } else {
     for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total_avx512(lanes[r][t]));
+      for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total[r][t]);
+  }
 }
 
 // 4 x 4: 16 int32 accumulators, 4 code vectors, 4 weight vectors, 4 zero points and one token's
@@ -404,10 +448,7 @@ void rows_i16_avx512(const I16& c, int64_t o0, int64_t o1) {
   for (int t0 = 0; t0 < c.M; t0 += tb) {
     const int t1 = std::min(c.M, t0 + tb);
     int64_t o = o0;
-    if (c.G == 1)
-      for (; o + 4 <= o1; o += 4) tokens_i16_avx512<4, 4>(c, o, t0, t1);
-    else  // per group, the fp32 lanes join the int32 ones: 2 x 4 keeps both in registers
-      for (; o + 2 <= o1; o += 2) tokens_i16_avx512<2, 4>(c, o, t0, t1);
+    for (; o + 4 <= o1; o += 4) tokens_i16_avx512<4, 4>(c, o, t0, t1);
     for (; o < o1; ++o) tokens_i16_avx512<1, 4>(c, o, t0, t1);
   }
 }
