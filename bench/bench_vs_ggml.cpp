@@ -12,6 +12,8 @@
 //   quarot W4A4   quantize_activations (4 bits, per token) + int4_gemm, per-channel symmetric INT4
 //   quarot W4A16  int4_gemm_f32 on the same weights (fp32 FMA: the baseline of the next row)
 //   quarot W4A16 int16  int4_gemm_a16_int16: activations as 16-bit codes per token, vpdpwssd
+//   quarot W4A16 int16 gN  the same with --w-group N: weight groups of N columns (the w4a16-rtn
+//                 preset's 128), one scale per row and group (activation codes per token and group)
 //   ggml Q4_0     ggml_mul_mat through the CPU backend, the weights in the CPU_REPACK buffer type
 //                 (what llama.cpp does by default on x86 with AVX2: Q4_0 repacked to q4_0_8x8)
 //   ggml F32      ggml_mul_mat on fp32 weights
@@ -25,6 +27,7 @@
 // ggml rows are skipped with a message; quarot and the ceilings still run.
 //
 //   quarot-bench-vs-ggml [--reps 7] [--cycle-mb 128] [--ms 1,16,512] [--threads 1,2] [--lib DIR] [--no-a16] [--no-f32]
+//                        [--w-group 128]   (adds the int16 row on grouped weights)
 //                        [--cpu-time]   (process CPU seconds: one thread on a machine shared with other jobs)
 #include <dlfcn.h>
 #include <immintrin.h>
@@ -434,6 +437,7 @@ int main(int argc, char** argv) {
   std::vector<int> ms = {1, 16, 512}, threads = {1, 2};
   std::string lib_dir = default_lib_dir();
   bool no_ggml = false, no_a16 = false, no_f32 = false, small_pages = false;
+  int64_t w_group = 0;
   CLI::App app{"quarot's INT4 kernels vs ggml Q4_0 / F32 on LLaMA-2-7B shapes, with DRAM read and VNNI peak.",
                "quarot-bench-vs-ggml"};
   app.add_option("--reps", reps, "interleaved rounds per case (min and median)")->capture_default_str();
@@ -448,10 +452,16 @@ int main(int argc, char** argv) {
   app.add_flag("--small-pages", small_pages,
                "quarot's weight copies and the DRAM read buffer on 4 KiB pages (default: 2 MiB pages, MADV_HUGEPAGE, as the "
                "packed runtime holds its weights)");
+  app.add_option("--w-group", w_group, "also time int4_gemm_a16_int16 on weights grouped by this many columns (0: no)")
+      ->capture_default_str();
   app.add_flag("--no-f32", no_f32, "skip ggml F32 (slow at M = 512 on a busy machine)");
   CLI11_PARSE(app, argc, argv);
   if (reps < 1 || cycle_mb < 1 || stream_mb < 64) {
     std::fprintf(stderr, "quarot-bench-vs-ggml: --reps and --cycle-mb must be >= 1, --stream-mb >= 64\n");
+    return 2;
+  }
+  if (w_group < 0 || w_group % quarot::kInt4Block != 0 || (w_group > 0 && (4096 % w_group != 0 || 11008 % w_group != 0))) {
+    std::fprintf(stderr, "quarot-bench-vs-ggml: --w-group must be 0 or a multiple of 64 dividing 4096 and 11008\n");
     return 2;
   }
   if (!quarot::isa_supported(quarot::Isa::Avx512Vnni)) {
@@ -523,6 +533,14 @@ int main(int argc, char** argv) {
     // quarot: per-channel symmetric INT4, random codes.
     const double q_bytes = double(N * quarot::int4_padded_cols(K) / 2 + N * 4);
     const auto wq = quarot::bench::random_int4_copies(copies_for(q_bytes), N, K, rng, !small_pages);
+    // --w-group: the same codes, one scale per row and group (symmetric, as the w4a16-rtn preset's RTN)
+    const std::vector<float> group_scales(std::size_t(w_group > 0 ? N * (K / w_group) : 0), 0.003f);
+    auto grouped = [&](const quarot::bench::Int4Copy& copy) {
+      quarot::Int4Weights w = copy.view(N, K);
+      w.group_size = w_group;
+      w.scales = group_scales.data();
+      return w;
+    };
     // ggml: gaussian weights through ggml's own Q4_0 quantizer; F32 as they are.
     std::vector<float> wf(std::size_t(N * K));
     for (auto& v : wf) v = rng.gaussian() * 0.02f;
@@ -565,7 +583,13 @@ int main(int argc, char** argv) {
                         for (int u = 0; u < uses; ++u)
                           quarot::int4_gemm_a16_int16(wq[qi++ % wq.size()].view(N, K), x.data(), M, nullptr, y.data());
                       }});
+      if (!no_a16 && w_group > 0)
+        ks.push_back({"quarot W4A16 int16 g" + std::to_string(w_group), q_bytes + double(N * (K / w_group - 1) * 4), [&](int uses) {
+                        for (int u = 0; u < uses; ++u) quarot::int4_gemm_a16_int16(grouped(wq[qi++ % wq.size()]), x.data(), M, nullptr, y.data());
+                      }});
+      std::size_t ggml_q4 = ks.size();  // the ratios' baseline: ggml Q4_0 when it runs
       if (g_q4) {
+        ggml_q4 = ks.size();
         ks.push_back({std::string("ggml Q4_0") + (g.repack_buft ? " (repack)" : ""), double(g_q4->bytes()),
                       [&](int uses) { g_q4->run(x.data(), M, uses, y.data()); }});
         if (!no_f32)
@@ -588,7 +612,6 @@ int main(int argc, char** argv) {
           }
         std::vector<Stats> s(ks.size());
         for (std::size_t k = 0; k < ks.size(); ++k) s[k] = stats_of(t[k]);
-        const std::size_t ggml_q4 = g_q4 ? (no_a16 ? 2 : 4) : ks.size();
         for (std::size_t k = 0; k < ks.size(); ++k) {
           const double gbs = ks[k].bytes / s[k].min / 1e9, gops = ops / s[k].min / 1e9;
           // ceiling (k = 0): weight GB/s relative to the read's at M = 1, GOP/s relative to the peak's at M > 1

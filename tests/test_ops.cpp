@@ -152,7 +152,7 @@ const std::vector<Kernel>& kernels() {
          // reference, and within the header's bound of int4_gemm_f32 (the activations' rounding).
          std::vector<A16Case> cases(std::begin(kA16Cases), std::end(kA16Cases));
          cases.push_back({5, 66000, 0, 5, true, false});
-         cases.push_back({9, 320, 64, 1, true, true});  // decode (M = 1) with groups, rows past a 2 x 4 tile
+         cases.push_back({9, 320, 64, 1, true, true});  // decode (M = 1) with groups, rows past a 4 x 4 tile
          for (const A16Case& c : cases) {
            const auto w = random_weights(c.rows, c.cols, c.group, c.asym, uint64_t(c.rows * 31 + c.cols));
            auto x = gaussian(std::size_t(c.tokens * c.cols), uint64_t(c.tokens + 7));

@@ -8,12 +8,11 @@
 // Each token's activations are quantized per weight group by quarot/act16.hpp (the rule the
 // simulation rounds with too): s_x[t][g] = max |x| / 32767 over the group's columns,
 // q = nearbyint(x * (32767 / max |x|)) in -32767..32767 (an all-zero group has s_x = 0, q = 0)
-// -- 15 bits plus sign, against bf16's 8. Then, per output, in one fixed order on every path:
-// 16 int32 lanes, lane j summing (u - z) * q over the columns 64b + 2j, 64b + 2j + 1,
-// 64b + 32 + 2j, 64b + 33 + 2j of every block b of a span (a group, or at most 1024 blocks of a
-// per-channel row, so no lane can overflow); at the end of each span, lane j of an fp32
-// accumulator += float(lane) * (s_w[o][g] * s_x[t][g]) with one FMA; then the 16 fp32 lanes added
-// pairwise (i + (i + 8), + 4, + 2, + 1) and the bias. So the AVX-512 path equals the scalar
+// -- 15 bits plus sign, against bf16's 8. Then, per output, in one fixed order on every path: for
+// each span (a group, or at most 1024 blocks of 64 columns of it, so the span's integer sum fits
+// int32), in column order, the exact int32 sum of (u - z) * q over the span's columns (any
+// summation order gives the same integer); then total = fma(float(sum), s_w[o][g] * s_x[t][g],
+// total) from total = 0, span by span (in group order); then the bias. So the AVX-512 path equals the scalar
 // reference bit for bit, whatever the number of threads or tokens in the call. Non-finite
 // activations (a NaN or an infinity anywhere) fall back to int4_gemm_f32 for the whole call. The
 // error against int4_gemm_f32 is the activations' rounding: |dy| <= sum_g s_x[t][g] / 2 * sum_{i in g} |w[o][i]| plus fp32 rounding.

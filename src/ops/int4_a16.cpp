@@ -298,12 +298,14 @@ struct I16 {
   const Int4Weights& w;
   const int16_t* xq;  // [M][K] codes, the padded columns 0
   const float* sx;    // [M][G]
+  const uint32_t* xsum;  // [M][nb + 1]: the sum of the codes of blocks < b (mod 2^32), for the zero points
   int M;
   const float* bias;
   float* y;
   int64_t K, G, bpg, nb, row_bytes;
   int64_t group_end(int64_t g) const { return std::min(nb, (g + 1) * bpg); }
   int zero(int64_t o, int64_t g) const { return w.zeros ? w.zeros[o * G + g] : 8; }
+  uint32_t code_sum(int t, int64_t b0, int64_t b1) const { return xsum[int64_t(t) * (nb + 1) + b1] - xsum[int64_t(t) * (nb + 1) + b0]; }
   // The factor of a span's integer lanes: one rounding, the same on every path.
   float factor(int64_t o, int t, int64_t g) const { return w.scales[o * G + g] * sx[int64_t(t) * G + g]; }
   void store(int t, int64_t o, float total) const { y[int64_t(t) * w.rows + o] = bias ? total + bias[o] : total; }
@@ -314,42 +316,78 @@ void rows_i16_scalar(const I16& c, int64_t o0, int64_t o1) {
     const uint8_t* row = c.w.packed + o * c.row_bytes;
     for (int t = 0; t < c.M; ++t) {
       const int16_t* xt = c.xq + int64_t(t) * c.K;
-      float lane[16] = {};
+      float total = 0.f;
       for (int64_t g = 0; g < c.G; ++g) {
         const int z = c.zero(o, g);
         const float f = c.factor(o, t, g);
         for (int64_t s0 = g * c.bpg; s0 < c.group_end(g); s0 += kSpanBlocks) {
-          int32_t acc[16] = {};
+          int32_t sum = 0;  // exact: any order gives the same integer
           for (int64_t b = s0; b < std::min(c.group_end(g), s0 + kSpanBlocks); ++b)
             for (int i = 0; i < 64; ++i) {  // column 64b + i: byte i % 32, low nibble for i < 32
               const uint8_t byte = row[b * 32 + i % 32];
               const int u = i < 32 ? byte & 0x0F : byte >> 4;
-              acc[(i % 32) / 2] += (u - z) * int32_t(xt[b * 64 + i]);
+              sum += (u - z) * int32_t(xt[b * 64 + i]);
             }
-          for (int j = 0; j < 16; ++j) lane[j] = std::fma(float(acc[j]), f, lane[j]);
+          total = std::fma(float(sum), f, total);
         }
       }
-      c.store(t, o, lanes_total(lane));
+      c.store(t, o, total);
     }
   }
 }
 
-// R rows x T tokens: R * T int32 accumulators per span, the fp32 lanes in memory between spans.
+// The 16 exact integer totals of a 4 x 4 tile in one vector, 128-bit lane j, element e: the
+// total of acc[e][j] (row o0 + e, token t0 + j) -- store_4x4_avx512's transpose-and-add, in
+// integers (so its order does not matter).
+__attribute__((target("avx512f"))) inline __m512i totals_4x4_epi32(const __m512i (&acc)[4][4]) {
+  const __m512i* v = &acc[0][0];  // v[4 r + t]
+  auto ps = [](__m512i i) { return _mm512_castsi512_ps(i); };
+  auto si = [](__m512 f) { return _mm512_castps_si512(f); };
+  __m512i u[8], w[4], z[2];
+  for (int m = 0; m < 8; ++m)
+    u[m] = _mm512_add_epi32(si(_mm512_shuffle_f32x4(ps(v[2 * m]), ps(v[2 * m + 1]), 0x44)),
+                            si(_mm512_shuffle_f32x4(ps(v[2 * m]), ps(v[2 * m + 1]), 0xEE)));
+  for (int n = 0; n < 4; ++n)
+    w[n] = _mm512_add_epi32(si(_mm512_shuffle_f32x4(ps(u[2 * n]), ps(u[2 * n + 1]), 0x88)),
+                            si(_mm512_shuffle_f32x4(ps(u[2 * n]), ps(u[2 * n + 1]), 0xDD)));
+  for (int a = 0; a < 2; ++a)
+    z[a] = _mm512_add_epi32(si(_mm512_shuffle_ps(ps(w[2 * a]), ps(w[2 * a + 1]), 0x44)),
+                            si(_mm512_shuffle_ps(ps(w[2 * a]), ps(w[2 * a + 1]), 0xEE)));
+  return _mm512_add_epi32(si(_mm512_shuffle_ps(ps(z[0]), ps(z[1]), 0x88)), si(_mm512_shuffle_ps(ps(z[0]), ps(z[1]), 0xDD)));
+}
+
+// The 4 exact integer totals of 4 accumulators (rows o0 .. o0 + 3 of one token), element e: the
+// total of a[e]. Integers, so the tree's order does not matter.
+__attribute__((target("avx512f"))) inline __m128i totals_4x1_epi32(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+  const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+  const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+  const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));  // per 128-bit lane
+  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// R rows x T tokens: R * T int32 accumulators per span; at its end their exact totals, one FMA
+// each with the span's factor (4 x 4: 16 totals in one vector, one cvt, one FMA).
 template <int R, int T>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_i16_avx512(const I16& c, int64_t o0, int t0) {
-  __m512 lanes[R][T];
-  for (auto& r : lanes)
-    for (auto& a : r) a = _mm512_setzero_ps();
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) void tile_i16_avx512(const I16& c, int64_t o0, int t0) {
+  constexpr bool kFull = R == 4 && T == 4;
+  constexpr bool kRows4 = R == 4 && T < 4;  // decode and remainders: 4 rows' totals per token in one vector
+  __m512 total16 = _mm512_setzero_ps();  // kFull: lane 4 j + e = row o0 + e, token t0 + j
+  __m128 total4[T];                      // kRows4: lane e = row o0 + e
+  for (auto& v : total4) v = _mm_setzero_ps();
+  float total[R][T] = {};
   const __m512i low = _mm512_set1_epi16(0x0F);
+  const __m512i token_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i eight = _mm512_set1_epi32(8);
   const uint8_t* rows[R];
   for (int r = 0; r < R; ++r) rows[r] = c.w.packed + (o0 + r) * c.row_bytes;
   const int16_t* xs[T];
   for (int t = 0; t < T; ++t) xs[t] = c.xq + int64_t(t0 + t) * c.K;
   for (int64_t g = 0; g < c.G; ++g) {
-    __m512i zv[R];
-    for (int r = 0; r < R; ++r) zv[r] = _mm512_set1_epi16(short(c.zero(o0 + r, g)));
     const int64_t g1 = c.group_end(g);
     for (int64_t s0 = g * c.bpg; s0 < g1; s0 += kSpanBlocks) {
+      // The sums of u * q (wrapping mod 2^32); z * (the span's code sum) comes off at the span's
+      // end, so the exact sum of (u - z) * q, in range, is what remains.
       __m512i acc[R][T];
       for (auto& r : acc)
         for (auto& a : r) a = _mm512_setzero_si512();
@@ -358,9 +396,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_i16_av
         __m512i raw[R];
         for (int r = 0; r < R; ++r) raw[r] = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + b * 32)));
         for (int k = 0; k < 2; ++k) {
-          __m512i wv[R];  // words i: column 64b + 32k + i, u - z
-          for (int r = 0; r < R; ++r)
-            wv[r] = _mm512_sub_epi16(k ? _mm512_srli_epi16(raw[r], 4) : _mm512_and_si512(raw[r], low), zv[r]);
+          __m512i wv[R];  // words i: column 64b + 32k + i, u
+          for (int r = 0; r < R; ++r) wv[r] = k ? _mm512_srli_epi16(raw[r], 4) : _mm512_and_si512(raw[r], low);
           for (int t = 0; t < T; ++t) {
             __m512i xv = _mm512_loadu_si512(xs[t] + b * 64 + 32 * k);
             asm("" : "+v"(xv));  // one load shared by the R rows (as in tile_avx512)
@@ -368,16 +405,66 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_i16_av
           }
         }
       }
-      for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t)
-          lanes[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][t]), _mm512_set1_ps(c.factor(o0 + r, t0 + t, g)), lanes[r][t]);
+      if constexpr (kFull) {
+        // lane 4 j + e: s_w[o0 + e][g] * s_x[t0 + j][g], the same fp32 product as I16::factor
+        const __m512 sw = _mm512_broadcast_f32x4(_mm_setr_ps(c.w.scales[o0 * c.G + g], c.w.scales[(o0 + 1) * c.G + g],
+                                                             c.w.scales[(o0 + 2) * c.G + g], c.w.scales[(o0 + 3) * c.G + g]));
+        const __m512 sx = _mm512_permutexvar_ps(
+            token_of_lane, _mm512_castps128_ps512(_mm_setr_ps(c.sx[int64_t(t0) * c.G + g], c.sx[int64_t(t0 + 1) * c.G + g],
+                                                              c.sx[int64_t(t0 + 2) * c.G + g], c.sx[int64_t(t0 + 3) * c.G + g])));
+        const __m512i qs = _mm512_permutexvar_epi32(
+            token_of_lane, _mm512_castsi128_si512(_mm_setr_epi32(int(c.code_sum(t0, s0, s1)), int(c.code_sum(t0 + 1, s0, s1)),
+                                                                 int(c.code_sum(t0 + 2, s0, s1)), int(c.code_sum(t0 + 3, s0, s1)))));
+        const __m512i zq = c.w.zeros ? _mm512_mullo_epi32(_mm512_broadcast_i32x4(_mm_setr_epi32(c.zero(o0, g), c.zero(o0 + 1, g),
+                                                                                                 c.zero(o0 + 2, g), c.zero(o0 + 3, g))),
+                                                          qs)
+                                     : _mm512_mullo_epi32(eight, qs);
+        const __m512i sum = _mm512_sub_epi32(totals_4x4_epi32(acc), zq);
+        total16 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(sw, sx), total16);
+      } else if constexpr (kRows4) {
+        // The same integers, products and FMA as below, four rows per vector.
+        const __m128 sw = _mm_setr_ps(c.w.scales[o0 * c.G + g], c.w.scales[(o0 + 1) * c.G + g], c.w.scales[(o0 + 2) * c.G + g],
+                                      c.w.scales[(o0 + 3) * c.G + g]);
+        const __m128i z = _mm_setr_epi32(c.zero(o0, g), c.zero(o0 + 1, g), c.zero(o0 + 2, g), c.zero(o0 + 3, g));
+        for (int t = 0; t < T; ++t) {
+          const __m128i uq = totals_4x1_epi32(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+          const __m128i sum = _mm_sub_epi32(uq, _mm_mullo_epi32(z, _mm_set1_epi32(int(c.code_sum(t0 + t, s0, s1)))));
+          const __m128 f = _mm_mul_ps(sw, _mm_set1_ps(c.sx[int64_t(t0 + t) * c.G + g]));
+          total4[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(sum), f, total4[t]);
+        }
+      } else {
+        for (int r = 0; r < R; ++r)
+          for (int t = 0; t < T; ++t) {
+            const uint32_t uq = uint32_t(_mm512_reduce_add_epi32(acc[r][t]));
+            const int32_t sum = int32_t(uq - uint32_t(c.zero(o0 + r, g)) * c.code_sum(t0 + t, s0, s1));
+            total[r][t] = std::fma(float(sum), c.factor(o0 + r, t0 + t, g), total[r][t]);
+          }
+      }
     }
   }
-  if constexpr (R == 4 && T == 4)  // the same pairwise totals, 16 at once (small widths: as costly as the products)
-    store_4x4_avx512(c, o0, t0, lanes);
-  else
+  if constexpr (kFull) {
+    const __m128 b = c.bias ? _mm_loadu_ps(c.bias + o0) : _mm_setzero_ps();
+    for (int t = 0; t < 4; ++t) {
+      __m128 q;
+      switch (t) {  // the lane index of vextractf32x4 is an immediate
+        case 0: q = _mm512_extractf32x4_ps(total16, 0); break;
+        case 1: q = _mm512_extractf32x4_ps(total16, 1); break;
+        case 2: q = _mm512_extractf32x4_ps(total16, 2); break;
+        default: q = _mm512_extractf32x4_ps(total16, 3); break;
+      }
+      if (c.bias) q = _mm_add_ps(q, b);
+      _mm_storeu_ps(c.y + int64_t(t0 + t) * c.w.rows + o0, q);
+    }
+  } else if constexpr (kRows4) {
+    for (int t = 0; t < T; ++t) {
+      __m128 q = total4[t];
+      if (c.bias) q = _mm_add_ps(q, _mm_loadu_ps(c.bias + o0));
+      _mm_storeu_ps(c.y + int64_t(t0 + t) * c.w.rows + o0, q);
+    }
+  } else {
     for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total_avx512(lanes[r][t]));
+      for (int t = 0; t < T; ++t) c.store(t0 + t, o0 + r, total[r][t]);
+  }
 }
 
 // 4 x 4: 16 int32 accumulators, 4 code vectors, 4 weight vectors, 4 zero points and one token's
@@ -404,10 +491,7 @@ void rows_i16_avx512(const I16& c, int64_t o0, int64_t o1) {
   for (int t0 = 0; t0 < c.M; t0 += tb) {
     const int t1 = std::min(c.M, t0 + tb);
     int64_t o = o0;
-    if (c.G == 1)
-      for (; o + 4 <= o1; o += 4) tokens_i16_avx512<4, 4>(c, o, t0, t1);
-    else  // per group, the fp32 lanes join the int32 ones: 2 x 4 keeps both in registers
-      for (; o + 2 <= o1; o += 2) tokens_i16_avx512<2, 4>(c, o, t0, t1);
+    for (; o + 4 <= o1; o += 4) tokens_i16_avx512<4, 4>(c, o, t0, t1);
     for (; o < o1; ++o) tokens_i16_avx512<1, 4>(c, o, t0, t1);
   }
 }
@@ -439,7 +523,19 @@ void int4_gemm_a16_int16(const Int4Weights& w, const float* x, int rows, const f
       int16_t* q = xq.data() + int64_t(t) * K + g * gcols;
       for (int64_t i = 0; i < n; ++i) q[i] = act16_code(xg[i], inv);
     }
-  const I16 c{w, xq.data(), sx.data(), rows, bias, y, K, G, w.blocks_per_group(), K / kInt4Block, K / 2};
+  const int64_t nb = K / kInt4Block;
+  thread_local std::vector<uint32_t> xsum;
+  xsum.assign(std::size_t(int64_t(rows) * (nb + 1)), 0);
+  for (int t = 0; t < rows; ++t) {
+    uint32_t* p = xsum.data() + int64_t(t) * (nb + 1);
+    const int16_t* q = xq.data() + int64_t(t) * K;
+    for (int64_t b = 0; b < nb; ++b) {
+      int32_t s = 0;
+      for (int i = 0; i < kInt4Block; ++i) s += q[b * kInt4Block + i];
+      p[b + 1] = p[b] + uint32_t(s);
+    }
+  }
+  const I16 c{w, xq.data(), sx.data(), xsum.data(), rows, bias, y, K, G, w.blocks_per_group(), nb, K / 2};
   const bool avx512 = isa == Isa::Avx512Vnni;
   detail::for_fixed_chunks(w.rows, kRowChunk, double(rows) * double(K) * double(w.rows) >= detail::kParallelMacs,
                            [&](int64_t o0, int64_t n) { avx512 ? rows_i16_avx512(c, o0, o0 + n) : rows_i16_scalar(c, o0, o0 + n); });
