@@ -189,8 +189,8 @@ void speed_table(const lc::Library& lib, TableSource& src, const SpeedOptions& s
   std::fflush(stdout);
 }
 
-void run_table(const lc::Library& lib, std::vector<TableSource>& sources, const std::vector<std::string>& types, int threads,
-               const std::string& dir) {
+void run_table(const lc::Library& lib, std::vector<TableSource>& sources, const std::vector<std::string>& types,
+               const std::vector<quarot::WeightMethod>& methods, int threads, const std::string& dir) {
   struct TypeRow {
     const char* preset;
     int ftype;
@@ -258,9 +258,9 @@ void run_table(const lc::Library& lib, std::vector<TableSource>& sources, const 
         row(with_imatrix ? "llama-quantize + imatrix" : "llama-quantize", out, nullptr);
       }
       const auto preset = quarot::plan_preset(it->second.preset).gguf.value();
-      for (const auto method : {quarot::WeightMethod::Rtn, quarot::WeightMethod::Gptq}) {
+      for (const auto method : methods) {
         auto o = preset;
-        if (o.method == quarot::WeightMethod::None && method == quarot::WeightMethod::Gptq) continue;  // Q8_0: reference RTN only
+        if (o.method == quarot::WeightMethod::None && method != methods.front()) continue;  // Q8_0: reference RTN, one row
         if (o.method != quarot::WeightMethod::None) o.method = method;
         quarot::ModelWeights m = src.base;
         const std::string out = dir + "/" + src.name + "-quarot-" + t + ".gguf";
@@ -329,7 +329,11 @@ int main(int argc, char** argv) {
   app.add_flag("!--no-synth", synth, "--table: leave out the synthetic 7B-shaped model");
   std::vector<std::string> packed;
   SpeedOptions speed;
-  bool speed_only = false, no_small = false;
+  bool speed_only = false, no_small = false, no_speed = false;
+  std::vector<std::string> method_names = {"rtn", "gptq"};
+  app.add_option("--methods", method_names, "--table: quarot's rows (rtn: rotated RTN with clip search, gptq); on the 7B shape the clip search costs minutes")
+      ->check(CLI::IsMember({"rtn", "gptq"}));
+  app.add_flag("--no-speed", no_speed, "--table: leave out the synthetic model's speed rows");
   app.add_flag("--no-small", no_small, "--table: only the synthetic 7B-shaped model (table and speed rows)");
   app.add_option("--packed", packed,
                  "--table: quarot packed files of the same synthetic model (quarot-synth --preset llama2-7b-layer --layers 2 --vocab 512, "
@@ -406,8 +410,10 @@ int main(int argc, char** argv) {
         s.packed = packed;
         sources.push_back(std::move(s));
       }
-      if (!speed_only) run_table(*lib, sources, types, threads, dir);
-      if (synth) speed_table(*lib, sources.back(), speed, threads, dir);
+      std::vector<quarot::WeightMethod> methods;
+      for (const auto& n : method_names) methods.push_back(n == "rtn" ? quarot::WeightMethod::Rtn : quarot::WeightMethod::Gptq);
+      if (!speed_only) run_table(*lib, sources, types, methods, threads, dir);
+      if (synth && !no_speed) speed_table(*lib, sources.back(), speed, threads, dir);
       std::filesystem::remove_all(dir);
       return 0;
     }

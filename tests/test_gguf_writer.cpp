@@ -486,6 +486,10 @@ TEST(GgufExport, QuantizedExportsDequantizeToTheModel) {
     }
     const auto embd = dequantize_tensor(g, "token_embd.weight");
     for (std::size_t i = 0; i < embd.size(); ++i) ASSERT_EQ(embd[i], m.tok_embeddings.data[i]) << preset;
+    // The untied classifier too (GPTQ onto its blocks where the linears are GPTQ'd).
+    const auto cls = dequantize_tensor(g, "output.weight");
+    ASSERT_EQ(cls.size(), m.lm_head.data.size());
+    for (std::size_t i = 0; i < cls.size(); ++i) ASSERT_EQ(cls[i], m.lm_head.data[i]) << preset << " output.weight " << i;
     if (preset == "gguf-q4_k_m") {
       // Width 64: no 256-block fits, every k-quant falls back as llama-quantize does (reported).
       EXPECT_FALSE(rep.fallbacks.empty());
@@ -501,6 +505,57 @@ TEST(GgufExport, QuantizedExportsDequantizeToTheModel) {
     EXPECT_GT(rep.bits_per_weight, 4.0) << preset;
     fs::remove(path);
   }
+}
+
+// GPTQ on the classifier minimizes its output error on the calibration tokens: with the decoder
+// the same bits in both files, the logits of a GPTQ'd Q4_0 classifier are closer to the float
+// classifier's than those of llama-quantize's rounding of it.
+TEST(GgufExport, GptqClassifierBeatsRoundingOnItsCalibration) {
+  QUAROT_REQUIRE_DATA("stories260K/stories260K.bin");
+  const auto tok = load_tokenizer(data_file("stories260K/tok512.bin"));
+  const auto calib_ids = read_ids_file(data_file("stories260K/calib-t1-seed42.ids"), 512);
+  const auto calib = calibration_windows(calib_ids, 8, 64, 0, "calib");
+  auto export_with = [&](std::optional<GgufType> out, bool gptq_classifier, GgufExportReport* rep) {
+    ModelWeights m = load_llama2c(data_file("stories260K/stories260K.bin"));
+    auto o = plan_preset("gguf-q4_0").gguf.value();
+    o.output_type = out;
+    o.gptq_classifier = gptq_classifier;
+    const std::string path = temp_path("cls.gguf");
+    *rep = export_gguf(m, tok.get(), o, calib, path);
+    fs::remove(path);
+    return m;
+  };
+  GgufExportReport rf, rg, rr;
+  const ModelWeights f = export_with(GgufType::F32, true, &rf);
+  const ModelWeights g = export_with(GgufType::Q4_0, true, &rg);
+  const ModelWeights r = export_with(GgufType::Q4_0, false, &rr);
+  auto same = [](const Matrix& a, const Matrix& b) { return std::equal(a.data.begin(), a.data.end(), b.data.begin(), b.data.end()); };
+  for (int l = 0; l < f.config.n_layers; ++l) {  // the decoder: the same bits in all three
+    ASSERT_TRUE(same(f.layers[std::size_t(l)].w_down, g.layers[std::size_t(l)].w_down)) << l;
+    ASSERT_TRUE(same(r.layers[std::size_t(l)].wq, g.layers[std::size_t(l)].wq)) << l;
+  }
+  ASSERT_FALSE(same(g.lm_head, r.lm_head));
+  auto lm_head_stat = [](const GgufExportReport& rep) {
+    for (const auto& s : rep.stats)
+      if (s.module == "lm_head") return true;
+    return false;
+  };
+  EXPECT_TRUE(lm_head_stat(rg));
+  EXPECT_FALSE(lm_head_stat(rr));
+  EXPECT_FALSE(lm_head_stat(rf));
+  auto logits_error = [&](const ModelWeights& m) {
+    Transformer<float> tf(f, 64), tm(m, 64);
+    std::vector<float> a, b;
+    double e = 0;
+    for (const auto& w : calib) {
+      tf.reset(), tm.reset();
+      tf.forward(w, a), tm.forward(w, b);
+      for (std::size_t i = 0; i < a.size(); ++i) e += double(a[i] - b[i]) * double(a[i] - b[i]);
+    }
+    return e;
+  };
+  const double eg = logits_error(g), er = logits_error(r);
+  EXPECT_LT(eg, 0.8 * er) << "GPTQ " << eg << " vs rounding " << er;
 }
 
 // ---------------------------------------------------------------- against the real ggml

@@ -80,6 +80,10 @@ struct GgufExportOptions {
   std::optional<GgufType> output_type;   // default: llama-quantize's choice
   WeightMethod method = WeightMethod::Gptq;  // Rtn, Gptq; None = llama-quantize's own reference RTN
   bool clip_search = true;               // RTN/GPTQ on Q4_0/Q4_1/Q5_0/Q8_0 grids
+  // GPTQ also on output.weight (an untied classifier at a block type), with the Hessian of its
+  // input (the final RMSNorm of the quantized model's last layer on the calibration windows):
+  // llama-quantize rounds it, and at 4 bits it is what a file of llama-quantize's size loses.
+  bool gptq_classifier = true;
   double damp = 0.01;
   bool act_order = false;
   int gptq_block_size = 128;

@@ -8,14 +8,18 @@
 #include <map>
 #include <memory>
 #include <numbers>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "quarot/detail/eigen.hpp"  // first of quarot's: Eigen's GCC 12 warnings
 #include "quarot/atomic_file.hpp"
 #include "quarot/dtype.hpp"
 #include "quarot/error.hpp"
+#include "quarot/forward.hpp"
 #include "quarot/gguf.hpp"
 #include "quarot/hf_tokenizer.hpp"
+#include "quarot/quant.hpp"
 #include "quarot/rotate.hpp"
 #include "quarot/tokenizer.hpp"
 #include "quarot/version.hpp"
@@ -437,6 +441,41 @@ void dequantize_into(GgufType t, const std::vector<uint8_t>& data, Matrix& w) {
   for (int64_t r = 0; r < w.rows; ++r) gguf_dequantize_row(t, data.data() + std::size_t(r) * rb, w.row(r), w.cols);
 }
 
+// H = 2/N sum x x^T over every calibration token, x = the classifier's input: the final RMSNorm
+// (times its weight) of m's last layer output, m as quantized so far (GPTQ's convention, as the
+// decoder linears' Hessians in quantize_model.cpp).
+std::vector<double> classifier_hessian(const ModelWeights& m, const std::vector<std::vector<int>>& calib) {
+  const ModelConfig& c = m.config;
+  const int d = c.hidden, last = c.n_layers - 1;
+  std::size_t ctx = 1;
+  for (const auto& w : calib) ctx = std::max(ctx, w.size());
+  Transformer<float> t(m, int(ctx));
+  Eigen::MatrixXd h = Eigen::MatrixXd::Zero(d, d);
+  int64_t tokens = 0;
+  t.set_hook([&](HookPoint p, int layer, const ActivationView<float>& v) {
+    if (p != HookPoint::LayerOutput || layer != last) return;
+    Eigen::MatrixXd x(v.rows, d);
+    for (int r = 0; r < v.rows; ++r) {
+      const float* row = v.row(r);
+      double ms = 0;
+      for (int i = 0; i < d; ++i) ms += double(row[i]) * row[i];
+      const double inv = 1.0 / std::sqrt(ms / d + c.rms_eps);
+      for (int i = 0; i < d; ++i) x(r, i) = double(row[i]) * inv * m.final_norm[std::size_t(i)];
+    }
+    h.selfadjointView<Eigen::Lower>().rankUpdate(x.transpose());
+    tokens += v.rows;
+  });
+  t.set_stop_after(last, HookPoint::LayerOutput);
+  std::vector<float> logits;
+  for (const auto& w : calib) {
+    t.reset();
+    t.forward(w, logits);
+  }
+  h = h.selfadjointView<Eigen::Lower>();
+  h *= 2.0 / double(std::max<int64_t>(tokens, 1));
+  return std::vector<double>(h.data(), h.data() + h.size());  // symmetric: column-major = row-major
+}
+
 double rel_error(const float* a, const float* b, std::size_t n) {
   double num = 0, den = 0;
   for (std::size_t i = 0; i < n; ++i) {
@@ -562,6 +601,7 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
 
   // 5. Quantize the decoder linears.
   std::map<std::pair<int, int>, std::vector<uint8_t>> linear_data;
+  std::optional<std::vector<uint8_t>> classifier_data;  // GPTQ's blocks of output.weight (else the reference RTN's)
   const bool block_file = is_block_type(opts.type);
   if (block_file && opts.method == WeightMethod::Gptq) {
     say("GPTQ onto the blocks");
@@ -611,6 +651,39 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
     rep.stats = quantize_weights(m, none, qc, calib,
                                  [&](int l, int layers, const std::string& mod) { say("layer " + std::to_string(l + 1) + "/" + std::to_string(layers) + " " + mod); },
                                  sink);
+    if (opts.gptq_classifier && !tied && is_block_type(out_type)) {
+      say("GPTQ onto the classifier's blocks");
+      const auto ts = std::chrono::steady_clock::now();
+      const GptqOptions go = [&] {
+        GptqOptions g;
+        g.damp = opts.damp;
+        g.act_order = opts.act_order;
+        g.block_size = opts.gptq_block_size;
+        return g;
+      }();
+      const Matrix& w = m.lm_head;
+      std::vector<std::unique_ptr<BlockGridRow>> rows(std::size_t(w.rows));
+#pragma omp parallel for schedule(dynamic, 16) if (w.rows >= 64)
+      for (int64_t r = 0; r < w.rows; ++r) rows[std::size_t(r)] = std::make_unique<BlockGridRow>(out_type, w.row(r), w.cols, opts.clip_search);
+      const GridRounder grid = [&rows](int64_t r, int64_t col, double x, int* code) { return double(rows[std::size_t(r)]->round(col, float(x), code)); };
+      const GptqResult q = gptq_quantize_onto(w.data.data(), w.rows, w.cols, classifier_hessian(m, calib), go, grid);
+      const std::size_t rb = gguf_row_bytes(out_type, w.cols);
+      std::vector<uint8_t> data(rb * std::size_t(w.rows));
+      std::vector<int> codes(std::size_t(w.cols));
+      for (int64_t r = 0; r < w.rows; ++r) {
+        for (int64_t j = 0; j < w.cols; ++j) codes[std::size_t(j)] = q.q.codes[std::size_t(r * w.cols + j)];
+        rows[std::size_t(r)]->encode(codes.data(), data.data() + std::size_t(r) * rb);
+      }
+      ModuleQuantStats st{-1, "lm_head", rel_error(w.data.data(), q.q.dequantized.data(), q.q.dequantized.size())};
+      st.gptq_loss = q.loss;
+      st.damp_used = q.damp_used;
+      st.dead_inputs = q.dead_inputs;
+      classifier_data = std::move(data);
+      std::copy(q.q.dequantized.begin(), q.q.dequantized.end(), m.lm_head.data.begin());
+      st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+      rep.stats.push_back(st);
+      rep.notes.push_back("output.weight: GPTQ onto its " + std::string(gguf_type_name(out_type)) + " blocks (Hessian of the final norm's output on the calibration windows)");
+    }
   } else {
     say("rounding onto the blocks");
     for (int l = 0; l < n; ++l)
@@ -735,7 +808,10 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
     }
   }
   add_vector("output_norm.weight", m.final_norm);
-  if (!c.tied_embeddings) add_matrix_ref("output.weight", m.lm_head, out_type, out_note);
+  if (!c.tied_embeddings) {
+    if (classifier_data) add("output.weight", {m.lm_head.cols, m.lm_head.rows}, out_type, std::move(*classifier_data), out_note);
+    else add_matrix_ref("output.weight", m.lm_head, out_type, out_note);
+  }
 
   std::size_t tensor_bytes = 0;
   for (const auto& t : rep.tensors) tensor_bytes += t.bytes;
