@@ -53,10 +53,13 @@ void gguf_dequantize_row(GgufType t, const uint8_t* y, float* x, int64_t k);
 // Q4_K's 6-bit sub-scales and mins) come from the row's original weights through the reference
 // quantizer (or, with clip search, from the shrink of each block's range that minimizes
 // sum |q(w) - w|^2.4 on the fp16 grid), so that round() lands on exactly the values llama.cpp
-// dequantizes. Types: Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q6_K.
+// dequantizes. Types: Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q6_K. `importance` (one value per
+// column, e.g. the mean x_j^2 of the weight's inputs; null: none) weights the scale choice as
+// llama-quantize's imatrix does: the clip search's error terms, and IQ4_NL's scale search
+// (ggml's quant_weights rule); Q4_K and Q6_K keep the reference scales.
 class BlockGridRow {
  public:
-  BlockGridRow(GgufType t, const float* row, int64_t cols, bool clip_search);
+  BlockGridRow(GgufType t, const float* row, int64_t cols, bool clip_search, const float* importance = nullptr);
   // The level nearest to w for column `col` (as a float llama.cpp computes it) and its code.
   float round(int64_t col, float w, int* code) const;
   // The blocks of the row from one code per column (codes from round()).
@@ -84,6 +87,9 @@ struct GgufExportOptions {
   // input (the final RMSNorm of the quantized model's last layer on the calibration windows):
   // llama-quantize rounds it, and at 4 bits it is what a file of llama-quantize's size loses.
   bool gptq_classifier = true;
+  // GPTQ: each block's scale chosen with its columns weighted by the Hessian's diagonal (the
+  // clip search's error terms; IQ4_NL's scale search as llama-quantize does with an imatrix).
+  bool importance_grid = true;
   double damp = 0.01;
   bool act_order = false;
   int gptq_block_size = 128;

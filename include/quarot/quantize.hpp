@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -35,8 +36,10 @@ struct QuantConfig {
   bool kv_clip_follows_model = false;
   // When set, every decoder linear is quantized (RTN or GPTQ) onto the grid it returns for that
   // weight, fixed before quantization (llama.cpp's blocks: gguf.hpp), instead of gptq.weights'
-  // integer grid; the QuantizedMatrix then holds the grid's codes and no params.
-  std::function<GridRounder(int layer, LinearModule module, const Matrix& w)> custom_grid;
+  // integer grid; the QuantizedMatrix then holds the grid's codes and no params. `input_energy`:
+  // the diagonal of the weight's GPTQ Hessian (2/N sum x_j^2 per input column; empty under RTN),
+  // for grids that weight their scale search by it (llama.cpp's imatrix is the same statistic).
+  std::function<GridRounder(int layer, LinearModule module, const Matrix& w, std::span<const double> input_energy)> custom_grid;
   std::string describe() const;  // the effective flags, one line
 };
 

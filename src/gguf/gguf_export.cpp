@@ -10,6 +10,7 @@
 #include <numbers>
 #include <optional>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <sstream>
 
 #include "quarot/detail/eigen.hpp"  // first of quarot's: Eigen's GCC 12 warnings
@@ -613,7 +614,7 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
     qc.gptq.damp = opts.damp;
     qc.gptq.act_order = opts.act_order;
     qc.gptq.block_size = opts.gptq_block_size;
-    qc.custom_grid = [&](int l, LinearModule mod, const Matrix& w) -> GridRounder {
+    qc.custom_grid = [&](int l, LinearModule mod, const Matrix& w, std::span<const double> energy) -> GridRounder {
       const GgufType t = linear_type[std::size_t(l)][std::size_t(mod)];
       if (!is_block_type(t))  // a fallback to F16: GPTQ still compensates the fp16 rounding
         return [t](int64_t, int64_t, double x, int* code) {
@@ -623,9 +624,11 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
       auto& rows = grids[{l, int(mod)}];
       rows.clear();
       rows.resize(std::size_t(w.rows));
+      const std::vector<float> importance = opts.importance_grid ? std::vector<float>(energy.begin(), energy.end()) : std::vector<float>{};
+      const float* imp = importance.empty() ? nullptr : importance.data();
       // Rows are independent (the clip search costs 80 trials per block): one per thread.
 #pragma omp parallel for schedule(dynamic, 16) if (w.rows >= 64)
-      for (int64_t r = 0; r < w.rows; ++r) rows[std::size_t(r)] = std::make_unique<BlockGridRow>(t, w.row(r), w.cols, opts.clip_search);
+      for (int64_t r = 0; r < w.rows; ++r) rows[std::size_t(r)] = std::make_unique<BlockGridRow>(t, w.row(r), w.cols, opts.clip_search, imp);
       const auto* g = &rows;
       return [g](int64_t r, int64_t col, double x, int* code) { return double((*g)[std::size_t(r)]->round(col, float(x), code)); };
     };
@@ -662,11 +665,17 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
         return g;
       }();
       const Matrix& w = m.lm_head;
+      std::vector<double> h = classifier_hessian(m, calib);
+      std::vector<float> importance;
+      if (opts.importance_grid)
+        for (int64_t j = 0; j < w.cols; ++j) importance.push_back(float(h[std::size_t(j * w.cols + j)]));
+      const float* imp = importance.empty() ? nullptr : importance.data();
       std::vector<std::unique_ptr<BlockGridRow>> rows(std::size_t(w.rows));
 #pragma omp parallel for schedule(dynamic, 16) if (w.rows >= 64)
-      for (int64_t r = 0; r < w.rows; ++r) rows[std::size_t(r)] = std::make_unique<BlockGridRow>(out_type, w.row(r), w.cols, opts.clip_search);
+      for (int64_t r = 0; r < w.rows; ++r)
+        rows[std::size_t(r)] = std::make_unique<BlockGridRow>(out_type, w.row(r), w.cols, opts.clip_search, imp);
       const GridRounder grid = [&rows](int64_t r, int64_t col, double x, int* code) { return double(rows[std::size_t(r)]->round(col, float(x), code)); };
-      const GptqResult q = gptq_quantize_onto(w.data.data(), w.rows, w.cols, classifier_hessian(m, calib), go, grid);
+      const GptqResult q = gptq_quantize_onto(w.data.data(), w.rows, w.cols, std::move(h), go, grid);
       const std::size_t rb = gguf_row_bytes(out_type, w.cols);
       std::vector<uint8_t> data(rb * std::size_t(w.rows));
       std::vector<int> codes(std::size_t(w.cols));

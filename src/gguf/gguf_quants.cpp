@@ -182,13 +182,20 @@ void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
 // quantize_row_iq4_nl_impl for one 32-block (super_block_size == block_size == 32), no
 // importance weights. `L` is the caller's array, kept across blocks as in ggml (an all-zero block
 // with ntry <= 0 writes the previous block's codes under scale 0).
-void iq4_nl_block(const float* x, uint8_t* y, uint8_t* L, int ntry) {
+void iq4_nl_block(const float* x, uint8_t* y, uint8_t* L, int ntry, const float* qw = nullptr) {
   const int8_t* values = kIq4nlLevels;
   float weight[kQK];
   uint8_t* q4 = y + 2;
   std::memset(q4, 0, kQK / 2);
   f2h(y, 0.f);
-  for (int j = 0; j < kQK; ++j) weight[j] = x[j] * x[j];
+  if (qw) {  // ggml's quant_weights rule: qw_j * sqrt(sigma^2 + x_j^2), sigma^2 = 2 * mean x^2
+    float sigma2 = 0;
+    for (int j = 0; j < kQK; ++j) sigma2 += x[j] * x[j];
+    sigma2 *= 2.f / kQK;
+    for (int j = 0; j < kQK; ++j) weight[j] = qw[j] * std::sqrt(sigma2 + x[j] * x[j]);
+  } else {
+    for (int j = 0; j < kQK; ++j) weight[j] = x[j] * x[j];
+  }
   float amax = 0, max = 0;
   for (int j = 0; j < kQK; ++j) {
     const float ax = std::fabs(x[j]);
@@ -239,9 +246,9 @@ void iq4_nl_block(const float* x, uint8_t* y, uint8_t* L, int ntry) {
   for (int j = 0; j < 16; ++j) q4[j] = uint8_t(L[j] | (L[16 + j] << 4));
 }
 
-void iq4_nl_row(const float* x, uint8_t* y, int64_t k, int ntry) {
+void iq4_nl_row(const float* x, uint8_t* y, int64_t k, int ntry, const float* qw = nullptr) {
   uint8_t L[kQK] = {};
-  for (int64_t i = 0; i < k / kQK; ++i) iq4_nl_block(x + i * kQK, y + i * 18, L, ntry);
+  for (int64_t i = 0; i < k / kQK; ++i) iq4_nl_block(x + i * kQK, y + i * 18, L, ntry, qw ? qw + i * kQK : nullptr);
 }
 
 void check_multiple(int64_t k, int block, const char* what) {
@@ -598,20 +605,28 @@ void gguf_dequantize_row(GgufType t, const uint8_t* y, float* x, int64_t k) {
 
 namespace {
 
-// The clip search's measure (quant.hpp): sum |q - x|^2.4.
-double clip_error(const float* x, const float* q, int n) {
+// The clip search's measure (quant.hpp): sum |q - x|^2.4, each term times its column's
+// importance when there is one.
+double clip_error(const float* x, const float* q, int n, const float* importance) {
   double e = 0;
-  for (int i = 0; i < n; ++i) e += std::pow(std::fabs(double(q[i]) - x[i]), 2.4);
+  for (int i = 0; i < n; ++i) e += std::pow(std::fabs(double(q[i]) - x[i]), 2.4) * (importance ? double(importance[i]) : 1.0);
   return e;
 }
 
 }  // namespace
 
-BlockGridRow::BlockGridRow(GgufType t, const float* row, int64_t cols, bool clip_search) : type_(t), cols_(cols) {
+BlockGridRow::BlockGridRow(GgufType t, const float* row, int64_t cols, bool clip_search, const float* importance)
+    : type_(t), cols_(cols) {
   if (t == GgufType::F32 || t == GgufType::F16) throw Error("gguf", "no block grid for " + std::string(gguf_type_name(t)));
   blocks_.resize(gguf_row_bytes(t, cols));
-  // The reference quantizer fixes the scales; IQ4_NL as llama-quantize (scale search).
-  gguf_quantize_row(t, row, blocks_.data(), cols);
+  // The reference quantizer fixes the scales; IQ4_NL as llama-quantize (scale search, weighted
+  // as with an imatrix when there is an importance).
+  if (t == GgufType::IQ4_NL && importance) {
+    check_multiple(cols, kQK, "iq4_nl");
+    iq4_nl_row(row, blocks_.data(), cols, 7, importance);
+  } else {
+    gguf_quantize_row(t, row, blocks_.data(), cols);
+  }
   const bool uniform = t == GgufType::Q4_0 || t == GgufType::Q4_1 || t == GgufType::Q5_0 || t == GgufType::Q8_0;
   if (!clip_search || !uniform) return;
   const std::size_t bb = gguf_block_bytes(t);
@@ -646,7 +661,7 @@ BlockGridRow::BlockGridRow(GgufType t, const float* row, int64_t cols, bool clip
       // Round every value to the nearest level of the trial block and measure.
       BlockGridRow one(t, trial.data(), kQK);
       for (int j = 0; j < kQK; ++j) deq[j] = one.round(j, x[j], &codes[std::size_t(j)]);
-      const double e = clip_error(x, deq, kQK);
+      const double e = clip_error(x, deq, kQK, importance ? importance + b * kQK : nullptr);
       if (best < 0 || e < best) {
         best = e;
         one.encode(codes.data(), best_block);

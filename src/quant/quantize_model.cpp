@@ -146,6 +146,12 @@ void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg
   for (const auto& g : groups) {
     std::vector<double> h;
     if (cfg.method == WeightMethod::Gptq) h = hessian(g.input, int((L.*linear_member(g.modules[0])).cols));
+    std::vector<double> energy;  // H's diagonal, for custom grids (h itself becomes GPTQ's factor)
+    if (cfg.custom_grid && !h.empty()) {
+      const std::size_t n = std::size_t(std::sqrt(double(h.size())) + 0.5);
+      energy.resize(n);
+      for (std::size_t j = 0; j < n; ++j) energy[j] = h[j * n + j];
+    }
     detail::GptqHessianFactor factor;  // made once per group, timed with its first linear
     for (const LinearModule mod : g.modules) {
       const char* name = linear_module_name(mod);
@@ -154,7 +160,7 @@ void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg
       const auto t0 = std::chrono::steady_clock::now();
       ModuleQuantStats s{l, name, 0};
       QuantizedMatrix q;
-      const GridRounder grid = cfg.custom_grid ? cfg.custom_grid(l, mod, w) : GridRounder{};
+      const GridRounder grid = cfg.custom_grid ? cfg.custom_grid(l, mod, w, energy) : GridRounder{};
       if (cfg.method == WeightMethod::Rtn) {
         q = grid ? quantize_onto(w.data.data(), w.rows, w.cols, grid) : quantize_rtn(w.data.data(), w.rows, w.cols, cfg.gptq.weights);
       } else {
