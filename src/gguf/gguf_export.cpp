@@ -606,6 +606,8 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
   const bool block_file = is_block_type(opts.type);
   if (block_file && opts.method == WeightMethod::Gptq) {
     say("GPTQ onto the blocks");
+    if (opts.importance_grid)
+      rep.notes.push_back("block scales chosen with each input column weighted by its mean square on the calibration windows (the GPTQ Hessian's diagonal, llama-quantize's imatrix statistic)");
     // The grids, fixed from each weight before GPTQ touches it, kept to encode the codes after.
     std::map<std::pair<int, int>, std::vector<std::unique_ptr<BlockGridRow>>> grids;
     QuantConfig qc;
