@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <Eigen/Cholesky>
+#include <omp.h>
+
+#include <cstring>
 
 #include "quarot/detail/linalg.hpp"
 #include "quarot/detail/rng.hpp"
@@ -39,6 +42,42 @@ TEST(LinAlg, LowerTriangularInverseAcrossBlockSizes) {
     const double err = (l * inv - MatrixRowMajorD::Identity(n, n)).norm() / std::sqrt(double(n));
     EXPECT_LT(err, 1e-12) << "n " << n;
   }
+}
+
+// The recursion with whole (unchunked, serial) products: what invert_lower_triangular computed
+// before its products were cut into column chunks for the OpenMP team.
+static void invert_lower_triangular_unchunked(Eigen::Ref<MatrixRowMajorD> l) {
+  const Eigen::Index n = l.rows();
+  if (n <= 96) {
+    MatrixRowMajorD x = MatrixRowMajorD::Identity(n, n);
+    l.triangularView<Eigen::Lower>().solveInPlace(x);
+    l = x.triangularView<Eigen::Lower>();
+    return;
+  }
+  const Eigen::Index h = std::max<Eigen::Index>(64, (n / 2) / 64 * 64);
+  auto a = l.topLeftCorner(h, h);
+  auto b = l.bottomLeftCorner(n - h, h);
+  auto c = l.bottomRightCorner(n - h, n - h);
+  l.topRightCorner(h, n - h).setZero();
+  invert_lower_triangular_unchunked(a);
+  invert_lower_triangular_unchunked(c);
+  const MatrixRowMajorD ba = b * a;
+  b.noalias() = -(c * ba);
+}
+
+TEST(LinAlg, LowerTriangularInverseSameBitsForAnyThreadCount) {
+  const Eigen::Index n = 1000;
+  const MatrixRowMajorD l = Eigen::LLT<MatrixRowMajorD>(hessian(n, 77)).matrixL();
+  MatrixRowMajorD one = l, two = l, whole = l;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  quarot::detail::invert_lower_triangular(one);
+  omp_set_num_threads(2);
+  quarot::detail::invert_lower_triangular(two);
+  omp_set_num_threads(threads);
+  invert_lower_triangular_unchunked(whole);
+  EXPECT_EQ(std::memcmp(one.data(), two.data(), sizeof(double) * std::size_t(n * n)), 0);
+  EXPECT_EQ(std::memcmp(one.data(), whole.data(), sizeof(double) * std::size_t(n * n)), 0);
 }
 
 TEST(LinAlg, UpperCholeskyOfInverseMatchesTheTextbookRoute) {

@@ -1,6 +1,7 @@
 #include "quarot/detail/eigen.hpp"  // first: its diagnostics pragma must precede Eigen
 
 #include "quarot/detail/linalg.hpp"
+#include "quarot/detail/fixed_chunks.hpp"
 
 #include <Eigen/Cholesky>
 #include <algorithm>
@@ -24,10 +25,14 @@ void invert_lower_triangular(Eigen::Ref<MatrixRowMajorD> l) {
   l.topRightCorner(h, n - h).setZero();
   invert_lower_triangular(a);
   invert_lower_triangular(c);
-  // The inverses are dense here with exact zeros above the diagonal: plain GEMMs (parallel)
-  // beat Eigen's triangular products (single-threaded) on two cores.
-  const MatrixRowMajorD ba = b * a;
-  b.noalias() = -(c * ba);
+  // The inverses are dense here with exact zeros above the diagonal: plain GEMMs beat Eigen's
+  // triangular products. Eigen's own threading is off (fixed_chunks.hpp), so the two products go
+  // to the OpenMP team in fixed chunks of output columns: the same bits for any thread count
+  // (and, at kOutputChunk, the unchunked product's).
+  const bool parallel = double(n - h) * double(h) * double(std::max(h, n - h)) >= kParallelMacs;
+  MatrixRowMajorD ba(n - h, h);
+  for_fixed_chunks(h, kOutputChunk, parallel, [&](int64_t c0, int64_t m) { ba.middleCols(c0, m).noalias() = b * a.middleCols(c0, m); });
+  for_fixed_chunks(h, kOutputChunk, parallel, [&](int64_t c0, int64_t m) { b.middleCols(c0, m).noalias() = -(c * ba.middleCols(c0, m)); });
 }
 
 bool upper_cholesky_of_inverse(MatrixRowMajorD m, MatrixRowMajorD& u) {

@@ -8,8 +8,8 @@ namespace quarot::detail {
 using MatrixRowMajorD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // Inverts a lower-triangular matrix in place (the strict upper triangle is ignored and left
-// zero). Recursive 2x2 blocking, so that almost all of the 2n^3/3 flops are dense GEMMs, which
-// Eigen runs on every core.
+// zero). Recursive 2x2 blocking, so that almost all of the n^3/3 flops are dense GEMMs, run in
+// fixed column chunks on the OpenMP team (the same bits for any thread count).
 void invert_lower_triangular(Eigen::Ref<MatrixRowMajorD> l);
 
 // The upper Cholesky factor U of H^-1 (H^-1 = U^T U) of a symmetric positive definite H,
