@@ -5,9 +5,12 @@
 //
 //   quarot-bench-gptq [--samples 128] [--seqlen 2048] [--down-tokens 16384]
 #include <CLI/CLI.hpp>
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <vector>
 
 #include "quarot/detail/eigen.hpp"
 
@@ -34,6 +37,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bool factor_check = true;
   app.add_flag("!--no-factor-check", factor_check, "skip timing the textbook inverse-Cholesky route at width 11008");
+  int factor_reps = 0;
+  app.add_option("--factor-threads", factor_reps,
+                 "only time the direct factor at width 11008 with 1 and 2 OpenMP threads, alternating, this many rounds "
+                 "(min and median; the Hessian from --down-tokens)");
   CLI11_PARSE(app, argc, argv);
 
   quarot::detail::Rng rng(1);
@@ -63,6 +70,25 @@ int main(int argc, char** argv) {
     std::printf("Hessian 11008x11008 from %d tokens: %.1fs\n", down_tokens, since(t0));
   }
 
+  if (factor_reps > 0 && down_tokens > 0) {
+    MatD hd = h11008;
+    hd.diagonal().array() += 0.01 * hd.diagonal().mean();
+    std::vector<double> times[2];
+    for (int r = 0; r < factor_reps; ++r)
+      for (int t : {1, 2}) {
+        omp_set_num_threads(t);
+        t0 = Clock::now();
+        MatD u;
+        quarot::detail::upper_cholesky_of_inverse(hd, u);
+        times[t - 1].push_back(since(t0));
+      }
+    for (int t : {1, 2}) {
+      std::sort(times[t - 1].begin(), times[t - 1].end());
+      std::printf("upper Cholesky of H^-1 at 11008, %d thread%s: min %.2fs, median %.2fs\n", t, t == 1 ? "" : "s", times[t - 1].front(),
+                  times[t - 1][times[t - 1].size() / 2]);
+    }
+    return 0;
+  }
   // The step that dominates down_proj: the upper Cholesky factor of the damped inverse Hessian,
   // by the textbook route (Cholesky, inverse, Cholesky: the baseline) and directly (one Cholesky
   // and a triangular inverse), in the same run.
