@@ -93,6 +93,23 @@ __attribute__((target("avx512f"))) inline float total_avx512(__m512 f) {
   return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
 }
 
+// A 4 x 4 tile's 16 totals to y (+ bias): 128-bit lane j, element e = row o0 + e, token t0 + j.
+template <class Context>
+__attribute__((target("avx512f"))) inline void store_totals_4x4(const Context& c, int64_t o0, int t0, __m512 total) {
+  const __m128 b = c.bias ? _mm_loadu_ps(c.bias + o0) : _mm_setzero_ps();
+  for (int t = 0; t < 4; ++t) {
+    __m128 q;
+    switch (t) {  // the lane index of vextractf32x4 is an immediate
+      case 0: q = _mm512_extractf32x4_ps(total, 0); break;
+      case 1: q = _mm512_extractf32x4_ps(total, 1); break;
+      case 2: q = _mm512_extractf32x4_ps(total, 2); break;
+      default: q = _mm512_extractf32x4_ps(total, 3); break;
+    }
+    if (c.bias) q = _mm_add_ps(q, b);
+    _mm_storeu_ps(c.y + int64_t(t0 + t) * c.w.rows + o0, q);
+  }
+}
+
 // The 16 totals of a 4 x 4 tile at once, each the same pairwise tree as lanes_total (lane i +
 // lane i + 8, + 4, + 2, + 1), four accumulators per add: at width 64 the one-by-one totals cost
 // as much as the products.
@@ -108,20 +125,7 @@ __attribute__((target("avx512f"))) inline void store_4x4_avx512(const Context& c
   for (int a = 0; a < 2; ++a)  // 128-bit lane j: v[8a + j], v[8a + 4 + j]: i + (i + 2), 2 each
     z[a] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * a], w[2 * a + 1], 0x44), _mm512_shuffle_ps(w[2 * a], w[2 * a + 1], 0xEE));
   // 128-bit lane j, element e: the total of v[4e + j] = row o0 + e, token t0 + j.
-  const __m512 total = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
-  const int64_t N = c.w.rows;
-  const __m128 b = c.bias ? _mm_loadu_ps(c.bias + o0) : _mm_setzero_ps();
-  for (int t = 0; t < 4; ++t) {
-    __m128 q;
-    switch (t) {  // the lane index of vextractf32x4 is an immediate
-      case 0: q = _mm512_extractf32x4_ps(total, 0); break;
-      case 1: q = _mm512_extractf32x4_ps(total, 1); break;
-      case 2: q = _mm512_extractf32x4_ps(total, 2); break;
-      default: q = _mm512_extractf32x4_ps(total, 3); break;
-    }
-    if (c.bias) q = _mm_add_ps(q, b);
-    _mm_storeu_ps(c.y + int64_t(t0 + t) * N + o0, q);
-  }
+  store_totals_4x4(c, o0, t0, _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD)));
 }
 
 // R rows x T tokens, all columns: R * T zmm accumulators.
@@ -443,18 +447,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) void tile_i1
     }
   }
   if constexpr (kFull) {
-    const __m128 b = c.bias ? _mm_loadu_ps(c.bias + o0) : _mm_setzero_ps();
-    for (int t = 0; t < 4; ++t) {
-      __m128 q;
-      switch (t) {  // the lane index of vextractf32x4 is an immediate
-        case 0: q = _mm512_extractf32x4_ps(total16, 0); break;
-        case 1: q = _mm512_extractf32x4_ps(total16, 1); break;
-        case 2: q = _mm512_extractf32x4_ps(total16, 2); break;
-        default: q = _mm512_extractf32x4_ps(total16, 3); break;
-      }
-      if (c.bias) q = _mm_add_ps(q, b);
-      _mm_storeu_ps(c.y + int64_t(t0 + t) * c.w.rows + o0, q);
-    }
+    store_totals_4x4(c, o0, t0, total16);
   } else if constexpr (kRows4) {
     for (int t = 0; t < T; ++t) {
       __m128 q = total4[t];
