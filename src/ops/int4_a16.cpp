@@ -259,6 +259,7 @@ void rows_avx2(const A16& c, int64_t o0, int64_t o1) {
 }
 
 constexpr int64_t kRowChunk = 64;  // output rows per unit of work handed to a thread
+constexpr int64_t kDecodeRowChunk = 512;  // the same at M <= 4 (int4_gemm_a16_int16)
 
 }  // namespace
 
@@ -530,7 +531,10 @@ void int4_gemm_a16_int16(const Int4Weights& w, const float* x, int rows, const f
   }
   const I16 c{w, xq.data(), sx.data(), xsum.data(), rows, bias, y, K, G, w.blocks_per_group(), nb, K / 2};
   const bool avx512 = isa == Isa::Avx512Vnni;
-  detail::for_fixed_chunks(w.rows, kRowChunk, double(rows) * double(K) * double(w.rows) >= detail::kParallelMacs,
+  // Decode streams the weights once: long runs of rows per thread, as the W4A4 GEMV
+  // (int4_gemv.cpp); prefill keeps chunks whose weights stay in L2 across token blocks.
+  const int64_t chunk = rows <= 4 ? kDecodeRowChunk : kRowChunk;
+  detail::for_fixed_chunks(w.rows, chunk, double(rows) * double(K) * double(w.rows) >= detail::kParallelMacs,
                            [&](int64_t o0, int64_t n) { avx512 ? rows_i16_avx512(c, o0, o0 + n) : rows_i16_scalar(c, o0, o0 + n); });
 }
 

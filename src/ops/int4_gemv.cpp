@@ -32,7 +32,11 @@ namespace quarot::int4_detail {
 
 namespace {
 
-constexpr int64_t kRowChunk = 16;    // rows per dynamic work item (32-88 KB on the 7B shapes)
+// Rows per dynamic work item (1-2.8 MB on the 7B shapes): each thread streams long runs of
+// consecutive rows. With 16 rows (32-88 KB) the two threads' items interleaved and two threads
+// decoded slower than one (bench/RESULTS.md, session 10: 4096 x 4096 0.219 vs 0.205 ms; 512
+// rows: 0.122 ms); 8 items per 4096-row matrix still balance a thread that waits for a core.
+constexpr int64_t kRowChunk = 512;
 
 
 template <int T>
