@@ -442,6 +442,18 @@ void dequantize_into(GgufType t, const std::vector<uint8_t>& data, Matrix& w) {
   for (int64_t r = 0; r < w.rows; ++r) gguf_dequantize_row(t, data.data() + std::size_t(r) * rb, w.row(r), w.cols);
 }
 
+// The blocks of a matrix quantized onto fixed grids: each row's codes encoded by its grid.
+std::vector<uint8_t> encode_on_grids(GgufType t, const std::vector<std::unique_ptr<BlockGridRow>>& rows, const QuantizedMatrix& q) {
+  const std::size_t rb = gguf_row_bytes(t, q.cols);
+  std::vector<uint8_t> data(rb * std::size_t(q.rows));
+  std::vector<int> codes(std::size_t(q.cols));
+  for (int64_t r = 0; r < q.rows; ++r) {
+    for (int64_t j = 0; j < q.cols; ++j) codes[std::size_t(j)] = q.codes[std::size_t(r * q.cols + j)];
+    rows[std::size_t(r)]->encode(codes.data(), data.data() + std::size_t(r) * rb);
+  }
+  return data;
+}
+
 // H = 2/N sum x x^T over every calibration token, x = the classifier's input: the final RMSNorm
 // (times its weight) of m's last layer output, m as quantized so far (GPTQ's convention, as the
 // decoder linears' Hessians in quantize_model.cpp).
@@ -640,14 +652,7 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
       if (!is_block_type(t)) {
         data = encode_floats(t, q.dequantized.data(), q.rows * q.cols);
       } else {
-        const auto& rows = grids.at({l, int(mod)});
-        const std::size_t rb = gguf_row_bytes(t, q.cols);
-        data.resize(rb * std::size_t(q.rows));
-        std::vector<int> codes(std::size_t(q.cols));
-        for (int64_t r = 0; r < q.rows; ++r) {
-          for (int64_t j = 0; j < q.cols; ++j) codes[std::size_t(j)] = q.codes[std::size_t(r * q.cols + j)];
-          rows[std::size_t(r)]->encode(codes.data(), data.data() + std::size_t(r) * rb);
-        }
+        data = encode_on_grids(t, grids.at({l, int(mod)}), q);
         grids.erase({l, int(mod)});
       }
       linear_data[{l, int(mod)}] = std::move(data);
@@ -678,13 +683,7 @@ GgufExportReport export_gguf(ModelWeights& m, const Tokenizer* tokenizer, const 
         rows[std::size_t(r)] = std::make_unique<BlockGridRow>(out_type, w.row(r), w.cols, opts.clip_search, imp);
       const GridRounder grid = [&rows](int64_t r, int64_t col, double x, int* code) { return double(rows[std::size_t(r)]->round(col, float(x), code)); };
       const GptqResult q = gptq_quantize_onto(w.data.data(), w.rows, w.cols, std::move(h), go, grid);
-      const std::size_t rb = gguf_row_bytes(out_type, w.cols);
-      std::vector<uint8_t> data(rb * std::size_t(w.rows));
-      std::vector<int> codes(std::size_t(w.cols));
-      for (int64_t r = 0; r < w.rows; ++r) {
-        for (int64_t j = 0; j < w.cols; ++j) codes[std::size_t(j)] = q.q.codes[std::size_t(r * w.cols + j)];
-        rows[std::size_t(r)]->encode(codes.data(), data.data() + std::size_t(r) * rb);
-      }
+      std::vector<uint8_t> data = encode_on_grids(out_type, rows, q.q);
       ModuleQuantStats st{-1, "lm_head", rel_error(w.data.data(), q.q.dequantized.data(), q.q.dequantized.size())};
       st.gptq_loss = q.loss;
       st.damp_used = q.damp_used;

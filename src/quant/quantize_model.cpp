@@ -144,14 +144,12 @@ void quantize_layer(LayerWeights& L, int l, int n_layers, const QuantConfig& cfg
   // The reference's sequential order: [k, v, q] share one input, then [o], [up, gate], [down].
   static const std::vector<LinearInputGroup> groups = linear_input_groups();
   for (const auto& g : groups) {
+    const int width = int((L.*linear_member(g.modules[0])).cols);
     std::vector<double> h;
-    if (cfg.method == WeightMethod::Gptq) h = hessian(g.input, int((L.*linear_member(g.modules[0])).cols));
+    if (cfg.method == WeightMethod::Gptq) h = hessian(g.input, width);
     std::vector<double> energy;  // H's diagonal, for custom grids (h itself becomes GPTQ's factor)
-    if (cfg.custom_grid && !h.empty()) {
-      const std::size_t n = std::size_t(std::sqrt(double(h.size())) + 0.5);
-      energy.resize(n);
-      for (std::size_t j = 0; j < n; ++j) energy[j] = h[j * n + j];
-    }
+    if (cfg.custom_grid && !h.empty())
+      for (int j = 0; j < width; ++j) energy.push_back(h[std::size_t(j) * std::size_t(width) + std::size_t(j)]);
     detail::GptqHessianFactor factor;  // made once per group, timed with its first linear
     for (const LinearModule mod : g.modules) {
       const char* name = linear_module_name(mod);
