@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <set>
 
 #include "quarot/atomic_file.hpp"
 #include "quarot/checkpoint.hpp"
@@ -226,7 +227,10 @@ TEST(StreamCli, QuantizeStreamWritesTheSameFile) {
   EXPECT_EQ(run_tool("quarot-quantize", in + " --stream --w-method none").exit_code, 2);
 }
 
-TEST(Stream, SyntheticModelsWrittenShardByShardAreTheSameFiles) {
+// The generator's scratch holds one tensor: every call gets the same buffer (a buffer per tensor
+// of a shard, or of the single file, held a whole 7B model in memory), and the files are the ones
+// save_hf writes from the whole model, sharded and in one file.
+TEST(Stream, SyntheticModelsWrittenTensorByTensorAreTheSameFiles) {
   TempDir dir;
   SynthSpec s = synth_preset("qwen2-small");  // biases, tied embeddings
   s.config.n_layers = 2;
@@ -237,23 +241,35 @@ TEST(Stream, SyntheticModelsWrittenShardByShardAreTheSameFiles) {
   HfWriteOptions o;
   o.dtype = DType::BF16;
   o.max_shard_bytes = 1 << 20;
-  save_hf(make_synthetic(s), dir / "whole", o);
   const auto planted = planted_outliers(s);
   auto cfg = s.config;
   cfg.rope_layout = RopeLayout::Half;
   const auto shapes = tensor_shapes(cfg);
-  save_hf_tensors(cfg, {}, dir / "streamed", o, [&](const std::string& name, FloatBuffer& scratch) {
-    for (const auto& [n, shape] : shapes)
-      if (n == name) {
-        scratch.assign(std::size_t(shape.size() == 2 ? shape[0] * shape[1] : shape[0]), 0.f);
-        synthetic_tensor(s, planted, name, shape, scratch);
-      }
-    return std::span<const float>(scratch);
-  });
-  std::size_t files = 0;
-  for (const auto& e : fs::directory_iterator(dir / "whole")) {
-    ++files;
-    EXPECT_TRUE(read_bytes(e.path()) == read_bytes(dir / "streamed" / e.path().filename())) << e.path();
+  const ModelWeights whole = make_synthetic(s);
+  for (const uint64_t shard_bytes : {uint64_t(1) << 20, uint64_t(0)}) {
+    SCOPED_TRACE(shard_bytes);
+    o.max_shard_bytes = shard_bytes;
+    const fs::path a = dir / ("whole" + std::to_string(shard_bytes)), b = dir / ("streamed" + std::to_string(shard_bytes));
+    save_hf(whole, a, o);
+    std::set<const FloatBuffer*> scratches;
+    std::size_t calls = 0;
+    save_hf_tensors(cfg, {}, b, o, [&](const std::string& name, FloatBuffer& scratch) {
+      scratches.insert(&scratch);
+      ++calls;
+      for (const auto& [n, shape] : shapes)
+        if (n == name) {
+          scratch.assign(std::size_t(shape.size() == 2 ? shape[0] * shape[1] : shape[0]), 0.f);
+          synthetic_tensor(s, planted, name, shape, scratch);
+        }
+      return std::span<const float>(scratch);
+    });
+    EXPECT_EQ(calls, shapes.size());
+    EXPECT_EQ(scratches.size(), 1u) << "one scratch buffer for the whole write";
+    std::size_t files = 0;
+    for (const auto& e : fs::directory_iterator(a)) {
+      ++files;
+      EXPECT_TRUE(read_bytes(e.path()) == read_bytes(b / e.path().filename())) << e.path();
+    }
+    EXPECT_GT(files, shard_bytes ? 3u : 1u);  // config, index, shards / config, model.safetensors
   }
-  EXPECT_GT(files, 3u);  // config, index, shards
 }

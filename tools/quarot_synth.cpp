@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
     if (args.ffn_outliers >= 0) spec.ffn_outliers = args.ffn_outliers;
     const auto mode = quarot::cli::progress_mode(args.progress, args.quiet);
 
-    // Generated shard by shard (tensor by tensor): a model larger than memory can be written.
+    // Generated tensor by tensor: a model larger than memory can be written, sharded or not.
     spec.config.rope_layout = quarot::RopeLayout::Half;
     const auto shapes = quarot::tensor_shapes(spec.config);
     int64_t params = 0;

@@ -79,10 +79,10 @@ void save_hf(const ModelWeights& m, const std::string& dir, const HfWriteOptions
 // save_hf checks them all (by identity, and that none is a device, FIFO or link) before it
 // writes the first.
 std::vector<std::string> hf_output_paths(const ModelConfig& config, const std::string& dir, const HfWriteOptions& opts);
-// The same layout for tensors produced on demand, shard by shard: `tensor(name, scratch)` returns
+// The same layout for tensors produced on demand, one at a time: `tensor(name, scratch)` returns
 // each tensor of tensor_shapes(config) in fp32 (Hugging Face RoPE layout), either data it holds
-// or `scratch` filled (kept until its shard is written). A generator so holds one shard, not the
-// model (e.g. a synthetic model larger than memory).
+// or `scratch` filled (valid until the next call: the tensor is written before it). A generator
+// so holds one tensor, not the model (e.g. a synthetic model larger than memory, in one file).
 using TensorSource = std::function<std::span<const float>(const std::string& name, FloatBuffer& scratch)>;
 void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std::string>& metadata, const std::string& dir,
                      const HfWriteOptions& opts, const TensorSource& tensor);

@@ -3,6 +3,7 @@
 // ({name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}), then the byte buffer.
 // The reader enforces the format's rules; the writer produces deterministic, aligned files.
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -63,6 +64,12 @@ struct TensorToWrite {
 // and tensors are laid out in the order given: the same inputs give the same bytes.
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata);
+// The same file, each tensor's elements (in its `data_dtype`; `data` is ignored) asked for only
+// when that tensor is written: `data(i)` for tensors[i], in order, valid until the next call. A
+// producer so holds one tensor at a time, not the file (a 7B-sized synthetic checkpoint).
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata,
+                       const std::function<const void*(std::size_t index)>& data);
 uint64_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape);
 
 }  // namespace quarot

@@ -632,19 +632,20 @@ void save_hf_tensors(const ModelConfig& config, const std::map<std::string, std:
   StagedFolder staged(dir, [](const std::string& n) {
     return n == "config.json" || n == kSingleName || n == kIndexName || is_shard_name(n);
   }, opts.inputs);
-  // One shard's tensors in fp32 at a time: what is held is a shard, not the model.
+  // One tensor in fp32 at a time: what is held is the largest tensor, not a shard (a 7B-sized
+  // synthetic model in one file held all of it, 27 GB, and was killed at 24 GB).
+  FloatBuffer scratch;
   auto write_shard = [&](const std::string& path, const std::vector<HfEntry>& entries, const std::map<std::string, std::string>& meta) {
-    std::vector<FloatBuffer> buffers(entries.size());
     std::vector<TensorToWrite> tensors;
-    for (std::size_t i = 0; i < entries.size(); ++i) {
+    for (const auto& e : entries) tensors.push_back({e.name, opts.dtype, e.shape, nullptr, DType::F32});
+    write_safetensors(path, tensors, meta, [&](std::size_t i) -> const void* {
       const auto& e = entries[i];
       std::size_t n = 1;
       for (int64_t d : e.shape) n *= std::size_t(d);
-      const std::span<const float> data = tensor(e.name, buffers[i]);
+      const std::span<const float> data = tensor(e.name, scratch);
       if (data.size() != n) throw Error(dir, "tensor '" + e.name + "' has " + std::to_string(data.size()) + " values, its shape " + std::to_string(n));
-      tensors.push_back({e.name, opts.dtype, e.shape, data.data(), DType::F32});
-    }
-    write_safetensors(path, tensors, meta);
+      return data.data();
+    });
   };
   const fs::path root(staged.path());
   std::map<std::string, std::string> meta = metadata;

@@ -204,6 +204,12 @@ std::span<const uint8_t> SafetensorsFile::data(const TensorInfo& t) const {
 
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  write_safetensors(path, tensors, metadata, [&](std::size_t i) { return tensors[i].data; });
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata,
+                       const std::function<const void*(std::size_t index)>& data) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
@@ -230,10 +236,12 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   out.write(text);
   std::vector<uint8_t> buf;
   constexpr std::size_t kChunk = 1 << 20;  // elements converted per write
-  for (const auto& t : tensors) {
+  for (std::size_t k = 0; k < tensors.size(); ++k) {
+    const auto& t = tensors[k];
+    const void* elements = data(k);
     const uint64_t n = tensor_bytes(DType::U8, t.shape);  // element count
     if (t.dtype == t.data_dtype) {
-      out.write(t.data, n * dtype_size(t.dtype));
+      out.write(elements, n * dtype_size(t.dtype));
       continue;
     }
     for (uint64_t i = 0; i < n; i += kChunk) {
@@ -241,11 +249,11 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
       std::vector<float> f32;
       const float* src;
       if (t.data_dtype == DType::F32) {
-        src = static_cast<const float*>(t.data) + i;
+        src = static_cast<const float*>(elements) + i;
       } else {
         f32.resize(m);
         convert_to_f32(t.data_dtype,
-                       static_cast<const uint8_t*>(t.data) + i * dtype_size(t.data_dtype), m,
+                       static_cast<const uint8_t*>(elements) + i * dtype_size(t.data_dtype), m,
                        f32.data());
         src = f32.data();
       }
