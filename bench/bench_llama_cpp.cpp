@@ -189,8 +189,15 @@ void speed_table(const lc::Library& lib, TableSource& src, const SpeedOptions& s
   std::fflush(stdout);
 }
 
+// One of quarot's rows per type: the weight method, and whether the export rotates (norm fusion,
+// R1, R2 within heads) or quantizes the source's own weights (a tied source stays tied).
+struct TableMethod {
+  quarot::WeightMethod method;
+  bool rotate;
+};
+
 void run_table(const lc::Library& lib, std::vector<TableSource>& sources, const std::vector<std::string>& types,
-               const std::vector<quarot::WeightMethod>& methods, int threads, const std::string& dir) {
+               const std::vector<TableMethod>& methods, int threads, const std::string& dir) {
   struct TypeRow {
     const char* preset;
     int ftype;
@@ -258,19 +265,21 @@ void run_table(const lc::Library& lib, std::vector<TableSource>& sources, const 
         row(with_imatrix ? "llama-quantize + imatrix" : "llama-quantize", out, nullptr);
       }
       const auto preset = quarot::plan_preset(it->second.preset).gguf.value();
-      for (const auto method : methods) {
+      for (const auto& tm : methods) {
         auto o = preset;
-        if (o.method == quarot::WeightMethod::None && method != methods.front()) continue;  // Q8_0: reference RTN, one row
-        if (o.method != quarot::WeightMethod::None) o.method = method;
+        if (o.method == quarot::WeightMethod::None && &tm != &methods.front()) continue;  // Q8_0: reference RTN, one row
+        if (o.method != quarot::WeightMethod::None) o.method = tm.method;
+        o.rotate = tm.rotate;
         quarot::ModelWeights m = src.base;
         const std::string out = dir + "/" + src.name + "-quarot-" + t + ".gguf";
         const auto t0 = std::chrono::steady_clock::now();
         quarot::export_gguf(m, src.tok.get(), o, src.calib, out);
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::fprintf(stderr, "%s %s export %.1f s\n", src.name.c_str(), t.c_str(), secs);
-        const char* what = o.method == quarot::WeightMethod::Gptq ? "**quarot rotated GPTQ**"
-                           : o.method == quarot::WeightMethod::Rtn ? "quarot rotated RTN"
-                                                                   : "quarot rotated, reference RTN";
+        const std::string how = o.rotate ? "rotated" : std::string("not rotated") + (c.tied_embeddings ? ", tied" : "");
+        const std::string what = o.method == quarot::WeightMethod::Gptq ? "**quarot " + how + " GPTQ**"
+                                 : o.method == quarot::WeightMethod::Rtn ? "quarot " + how + " RTN"
+                                                                         : "quarot " + how + ", reference RTN";
         row(what, out, &m);
       }
       // A tied source gains an untied classifier under rotation (the final norm and R1 are fused
@@ -278,7 +287,9 @@ void run_table(const lc::Library& lib, std::vector<TableSource>& sources, const 
       // embedding at the linears' type (GgufExportOptions::embd_type, `--gguf-embd-type`), and
       // both the embedding and the classifier at it. Q4_K's 256-block does not divide a 64-wide
       // hidden: the fallback (Q5_0) is what the row's label names.
-      if (c.tied_embeddings && preset.method != quarot::WeightMethod::None) {
+      const bool rotated_gptq_asked =
+          std::any_of(methods.begin(), methods.end(), [](const TableMethod& tm) { return tm.rotate && tm.method == quarot::WeightMethod::Gptq; });
+      if (c.tied_embeddings && preset.method != quarot::WeightMethod::None && rotated_gptq_asked) {
         for (const bool output_too : {false, true}) {
           auto o = preset;
           o.method = quarot::WeightMethod::Gptq;
@@ -331,8 +342,10 @@ int main(int argc, char** argv) {
   SpeedOptions speed;
   bool speed_only = false, no_small = false, no_speed = false;
   std::vector<std::string> method_names = {"rtn", "gptq"};
-  app.add_option("--methods", method_names, "--table: quarot's rows (rtn: rotated RTN with clip search, gptq); on the 7B shape the clip search costs minutes")
-      ->check(CLI::IsMember({"rtn", "gptq"}));
+  app.add_option("--methods", method_names,
+                 "--table: quarot's rows (rtn: rotated RTN with clip search, gptq: rotated GPTQ, gptq-unrotated: GPTQ on the source's own "
+                 "weights, a tied source kept tied); on the 7B shape the clip search costs minutes")
+      ->check(CLI::IsMember({"rtn", "gptq", "gptq-unrotated"}));
   app.add_flag("--no-speed", no_speed, "--table: leave out the synthetic model's speed rows");
   app.add_flag("--no-small", no_small, "--table: only the synthetic 7B-shaped model (table and speed rows)");
   app.add_option("--packed", packed,
@@ -410,8 +423,8 @@ int main(int argc, char** argv) {
         s.packed = packed;
         sources.push_back(std::move(s));
       }
-      std::vector<quarot::WeightMethod> methods;
-      for (const auto& n : method_names) methods.push_back(n == "rtn" ? quarot::WeightMethod::Rtn : quarot::WeightMethod::Gptq);
+      std::vector<TableMethod> methods;
+      for (const auto& n : method_names) methods.push_back({n == "rtn" ? quarot::WeightMethod::Rtn : quarot::WeightMethod::Gptq, n != "gptq-unrotated"});
       if (!speed_only) run_table(*lib, sources, types, methods, threads, dir);
       if (synth && !no_speed) speed_table(*lib, sources.back(), speed, threads, dir);
       std::filesystem::remove_all(dir);
